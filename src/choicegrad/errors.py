@@ -1,0 +1,32 @@
+"""Errors raised for bad user input. The CLI turns them into a message and exit code 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+
+class InputError(ValueError):
+    """Bad user input. Carries every problem found, so the user fixes them in one go.
+
+    `source` names the file or argument; `problems` are one-line descriptions.
+    """
+
+    def __init__(self, source: str, problems: Sequence[str]):
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s) found\n{lines}")
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """' (did you mean "x"?)' for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def show_rows(rows: Sequence[int], limit: int = 5) -> str:
+    """'rows 3, 8, 12 and 4 more' for 0-based data-row positions, shown 1-based (header excluded)."""
+    shown = ", ".join(str(int(r) + 1) for r in rows[:limit])
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"

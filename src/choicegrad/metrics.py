@@ -1,0 +1,28 @@
+"""Metrics: regression quality of a scorer (R^2, Spearman) and, later, quality of candidates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def r2(y_true, y_pred) -> float:
+    """Coefficient of determination, 1 - SS_res / SS_tot (nan when y_true is constant)."""
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
+    return float("nan") if ss_tot == 0 else 1.0 - float(((y_true - y_pred) ** 2).sum()) / ss_tot
+
+
+def spearman(y_true, y_pred) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    return float(pd.Series(np.asarray(y_true, float)).corr(pd.Series(np.asarray(y_pred, float)), method="spearman"))
+
+
+def regression_report(y_true, y_pred, groups=None) -> dict[str, float]:
+    """{'n', 'r2', 'spearman'} pooled, plus 'spearman_per_context' (mean over groups) when given."""
+    out = {"n": int(len(y_true)), "r2": r2(y_true, y_pred), "spearman": spearman(y_true, y_pred)}
+    if groups is not None and len(np.unique(groups)) > 1:
+        frame = pd.DataFrame({"g": groups, "t": y_true, "p": y_pred})
+        per = [spearman(g.t, g.p) for _, g in frame.groupby("g") if len(g) > 2]
+        out["spearman_per_context"] = float(np.nanmean(per))
+    return out

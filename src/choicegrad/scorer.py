@@ -1,0 +1,167 @@
+"""The scorer: f(context, row) -> score, for hard rows (indices) and soft rows (probabilities).
+
+A soft row is one probability vector per slot; it is looked up as `probs @ table`, the same function
+as a one-hot linear layer, so a one-hot row gives exactly the hard lookup and gradients flow from the
+score back to a generator's probabilities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from .data import ContextEncoder
+from .space import ChoiceSpace
+
+
+class ScorerConfig(BaseModel):
+    """Architecture of one EmbeddingScorer."""
+
+    embed_dim: int = Field(16, ge=1, description="embedding size per slot category")
+    context_dim: int = Field(16, ge=1, description="embedding size per categorical context column")
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class EmbeddingScorer(nn.Module):
+    """Per-slot embedding tables + encoded context -> MLP -> one score (the users' EstimatorNet).
+
+    Slot s has categories 0..V_s-1 in a padded table (S, V_max, E); a row index of -1 (missing) uses a
+    learned per-slot "missing" embedding. Outputs are in standardised units; `Scorer` maps them back.
+    """
+
+    def __init__(self, sizes: list[int], context_sizes: list[int], num_numeric: int, config: ScorerConfig):
+        super().__init__()
+        self.config = config
+        S, V, E = len(sizes), max(sizes), config.embed_dim
+        self.register_buffer("mask", torch.arange(V)[None, :] < torch.tensor(sizes)[:, None], persistent=False)
+        self.table = nn.Parameter(torch.randn(S, V, E) * 0.3 * self.mask[..., None])
+        self.missing = nn.Parameter(torch.zeros(S, E))
+        self.context_tables = nn.ModuleList(nn.Embedding(c, config.context_dim) for c in context_sizes)
+        dims = [S * E + len(context_sizes) * config.context_dim + num_numeric, *config.hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+            if config.dropout:
+                layers.append(nn.Dropout(config.dropout))
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(dims[-1], 1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S) long indices (-1 = missing) or (B, S, V_max) probabilities -> (B, S, E)."""
+        table = self.table * self.mask[..., None]  # padding contributes nothing, even under soft input
+        if x.dtype in (torch.int64, torch.int32):
+            S = table.shape[0]
+            e = table[torch.arange(S, device=x.device), x.clamp(min=0)]
+            return torch.where((x < 0)[..., None], self.missing.to(e.dtype), e)
+        return torch.einsum("bsv,sve->bse", x.to(table.dtype), table)
+
+    def latent(self, x: torch.Tensor, ctx_cat: torch.Tensor | None = None, ctx_num: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden layer, (B, H). ctx_cat: (B, C_cat) long; ctx_num: (B, C_num) float."""
+        parts = [self.embed(x).flatten(1)]
+        if self.context_tables:
+            parts += [t(ctx_cat[:, j]) for j, t in enumerate(self.context_tables)]
+        if ctx_num is not None and ctx_num.shape[-1]:
+            parts.append(ctx_num.to(parts[0].dtype))
+        return self.body(torch.cat(parts, dim=1))
+
+    def forward(self, x: torch.Tensor, ctx_cat: torch.Tensor | None = None, ctx_num: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) standardised score."""
+        return self.head(self.latent(x, ctx_cat, ctx_num)).squeeze(-1)
+
+
+class Scorer(nn.Module):
+    """An ensemble of k EmbeddingScorers with the table schema they were fitted on.
+
+    forward returns mean - beta * std over members in the score's own units (beta > 0 is the
+    "pessimistic" score: generators exploit scorer errors, pessimism keeps them where members agree).
+    """
+
+    def __init__(self, space: ChoiceSpace, context: ContextEncoder, score_name: str,
+                 config: ScorerConfig, k: int = 1, beta: float = 0.0,
+                 y_mean: float = 0.0, y_std: float = 1.0):
+        super().__init__()
+        self.space, self.context, self.score_name, self.config = space, context, score_name, config
+        self.beta = float(beta)
+        self.members = nn.ModuleList(
+            EmbeddingScorer(space.sizes, context.cardinalities, len(context.numeric), config) for _ in range(k)
+        )
+        self.register_buffer("y_mean", torch.tensor(float(y_mean)))
+        self.register_buffer("y_std", torch.tensor(float(y_std)))
+
+    def member_scores(self, x, ctx_cat=None, ctx_num=None) -> torch.Tensor:
+        """(k, B) scores of each member, in score units."""
+        raw = torch.stack([m(x, ctx_cat, ctx_num) for m in self.members])
+        return raw * self.y_std + self.y_mean
+
+    def forward(self, x, ctx_cat=None, ctx_num=None, beta: float | None = None) -> torch.Tensor:
+        """(B,) score of hard rows (B, S) or soft rows (B, S, V_max); mean - beta * std over members."""
+        scores = self.member_scores(x, ctx_cat, ctx_num)
+        beta = self.beta if beta is None else beta
+        if len(self.members) == 1 or beta == 0:
+            return scores.mean(0)
+        return scores.mean(0) - beta * scores.std(0)
+
+    def latent(self, x, ctx_cat=None, ctx_num=None) -> torch.Tensor:
+        """(B, k * H): members' last hidden layers, concatenated."""
+        return torch.cat([m.latent(x, ctx_cat, ctx_num) for m in self.members], dim=1)
+
+    @torch.no_grad()
+    def predict(self, rows: torch.Tensor, ctx_cat: torch.Tensor, ctx_num: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
+        """(N,) scores of hard rows, in batches, on the scorer's device."""
+        self.eval()
+        dev = self.y_mean.device
+        out = [self(rows[i:i + batch_size].to(dev), ctx_cat[i:i + batch_size].to(dev), ctx_num[i:i + batch_size].to(dev)).cpu()
+               for i in range(0, len(rows), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def predict_frame(self, frame: pd.DataFrame, source: str = "rows") -> np.ndarray:
+        """Score the rows of a table (feature and context columns by name). Unknown categories raise."""
+        from .errors import InputError
+
+        problems: list[str] = []
+        rows = ctx = None
+        try:
+            rows = self.space.encode(frame, source)
+        except InputError as exc:
+            problems += exc.problems
+        try:
+            ctx = self.context.encode(frame, source)
+        except InputError as exc:
+            problems += exc.problems
+        if problems:
+            raise InputError(source, problems)
+        return self.predict(rows, *ctx).numpy()
+
+    # --- persistence: safetensors + JSON -------------------------------------------------------
+    def save(self, run_dir) -> None:
+        from . import checkpoint
+
+        meta = {
+            "kind": "choicegrad.Scorer",
+            "space": self.space.model_dump(),
+            "context": self.context.model_dump(),
+            "score": self.score_name,
+            "config": self.config.model_dump(),
+            "k": len(self.members),
+            "beta": self.beta,
+            "versions": checkpoint.versions(),
+        }
+        checkpoint.save(run_dir, "scorer", self.state_dict(), meta)
+
+    @classmethod
+    def load(cls, run_dir, map_location: str | torch.device = "cpu") -> Scorer:
+        from . import checkpoint
+        from .errors import InputError
+
+        state, meta = checkpoint.load(run_dir, "scorer")
+        try:
+            model = cls(ChoiceSpace.model_validate(meta["space"]), ContextEncoder.model_validate(meta["context"]),
+                        meta["score"], ScorerConfig.model_validate(meta["config"]), k=int(meta["k"]), beta=float(meta["beta"]))
+            model.load_state_dict(state)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise InputError(f"{run_dir}/scorer.json", [f"not a choicegrad scorer checkpoint: {exc}"]) from None
+        return model.to(map_location).eval()

@@ -1,0 +1,161 @@
+"""CLI runs: every bad input is exit code 2 with a message naming the problem, and no files left."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from choicegrad import __version__
+from choicegrad.cli import app
+
+FIT = ["--features", "s?", "--score", "y", "--context", "ctx", "--epochs", "3"]
+
+
+def run(runner, *args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_input_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in result.output, result.output
+
+
+def test_version_and_help(runner):
+    assert run(runner, "--version").output.strip() == f"choicegrad {__version__}"
+    for cmd in ("fit-scorer", "score", "demo"):
+        out = run(runner, cmd, "--help").output
+        assert "Example: choicegrad" in out, cmd
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "choicegrad.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_fit_scorer_then_score(runner, tmp_path, potts_csv, potts_frame):
+    res = run(runner, "fit-scorer", potts_csv, *FIT, "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert "Spearman" in res.output and "test" in res.output
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["scorer.json", "scorer.safetensors", "scorer_metrics.json"]
+    meta = json.loads((tmp_path / "run" / "scorer.json").read_text())
+    assert meta["space"]["slots"][0]["name"] == "s0" and meta["versions"]["choicegrad"] == __version__
+
+    rows = potts_frame.drop(columns="y").head(7)
+    rows.to_parquet(tmp_path / "rows.parquet")
+    res = run(runner, "score", tmp_path / "run", tmp_path / "rows.parquet", "--out", tmp_path / "scored.csv")
+    assert res.exit_code == 0, res.output
+    scored = pd.read_csv(tmp_path / "scored.csv")
+    assert list(scored.columns) == [*rows.columns, "score"] and len(scored) == 7
+    assert np.isfinite(scored["score"]).all()
+
+
+def test_fit_scorer_train_quantile_reports_upper(runner, tmp_path, potts_csv):
+    res = run(runner, "fit-scorer", potts_csv, *FIT, "--train-quantile", "0.5", "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert "upper" in res.output
+    metrics = json.loads((tmp_path / "run" / "scorer_metrics.json").read_text())
+    assert metrics["metrics"]["upper"]["n"] + metrics["rows"] == 400 and 190 < metrics["rows"] <= 200
+
+
+@pytest.mark.parametrize(
+    "mutate, args, needles",
+    [
+        (lambda f: f.rename(columns={"s1": "slot1"}), ["--features", "s0,s1,s2", "--score", "y"],
+         ["{path}", 'feature column "s1" not found']),
+        (lambda f: f, ["--features", "s0,s_1", "--score", "y"], ["{path}", '"s_1" not found (did you mean "s1"?)']),
+        (lambda f: f, ["--features", "s?", "--score", "yy"], ["{path}", '"yy" not found (did you mean "y"?)']),
+        (lambda f: f.assign(y=f.y.astype(object).where(f.index != 4, "n/a")), FIT, ["{path}", 'score column "y"', "row 5"]),
+        (lambda f: f.assign(y=f.y.where(f.index % 100 != 7, np.nan)), FIT, ["{path}", "rows 8, 108, 208, 308"]),
+        (lambda f: f.assign(y=f.y.where(f.index != 0, np.inf)), FIT, ["{path}", "inf at row 1"]),
+        (lambda f: f.head(0), FIT, ["{path}", "the table has no rows"]),
+        (lambda f: f, ["--features", "s?", "--score", "y", "--context", "ctx:bogus"], ["--context", "kind must be one of num, cat"]),
+    ],
+    ids=["missing-column", "did-you-mean-feature", "did-you-mean-score", "non-numeric-score", "nan-score",
+         "inf-score", "empty", "bad-context-kind"],
+)
+def test_bad_tables_exit_2_and_write_nothing(runner, tmp_path, potts_frame, mutate, args, needles):
+    path = tmp_path / "bad.csv"
+    mutate(potts_frame.copy()).to_csv(path, index=False)
+    res = run(runner, "fit-scorer", path, *args, "--out", tmp_path / "run")
+    assert_input_error(res, *(n.replace("{path}", str(path)) for n in needles))
+    assert not (tmp_path / "run").exists()
+
+
+def test_duplicate_column_names(runner, tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("a,a,y\nx,p,1\ny,q,2\n")
+    res = run(runner, "fit-scorer", path, "--features", "a", "--score", "y", "--out", tmp_path / "run")
+    assert_input_error(res, "duplicate column name: a")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_file_and_bad_type(runner, tmp_path):
+    assert_input_error(run(runner, "fit-scorer", tmp_path / "nope.csv", *FIT, "--out", tmp_path / "r"), "file not found")
+    (tmp_path / "t.xlsx").write_text("x")
+    assert_input_error(run(runner, "fit-scorer", tmp_path / "t.xlsx", *FIT, "--out", tmp_path / "r"), 'unsupported file type ".xlsx"')
+    assert not (tmp_path / "r").exists()
+
+
+def test_single_category_feature_warns_but_fits(runner, tmp_path, potts_frame):
+    path = tmp_path / "one.csv"
+    potts_frame.assign(s2="k").to_csv(path, index=False)
+    res = run(runner, "fit-scorer", path, *FIT, "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    assert 'warning:' in res.output and '"s2" has a single category' in res.output
+
+
+@pytest.fixture
+def fitted(runner, tmp_path, potts_csv):
+    res = run(runner, "fit-scorer", potts_csv, *FIT, "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    return tmp_path / "run"
+
+
+def test_score_rejects_unknown_categories(runner, tmp_path, fitted, potts_frame):
+    rows = potts_frame.drop(columns="y").head(5).copy()
+    rows.loc[2, "s1"] = "zzz"
+    rows.loc[4, "ctx"] = "c9"
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    res = run(runner, "score", fitted, tmp_path / "rows.csv", "--out", tmp_path / "out.csv")
+    assert_input_error(res, "unknown category 'zzz' at row 3", "unknown value 'c9' at row 5")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_score_missing_run_files(runner, tmp_path, potts_csv):
+    (tmp_path / "empty").mkdir()
+    res = run(runner, "score", tmp_path / "empty", potts_csv, "--out", tmp_path / "out.csv")
+    assert_input_error(res, "missing run file", "scorer.safetensors")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_score_rejects_corrupt_checkpoint(runner, tmp_path, fitted, potts_csv):
+    (fitted / "scorer.safetensors").write_bytes(b"\x00garbage")
+    res = run(runner, "score", fitted, potts_csv, "--out", tmp_path / "out.csv")
+    assert_input_error(res, "not a valid safetensors file")
+
+
+def test_out_must_be_a_table(runner, tmp_path, fitted, potts_csv):
+    res = run(runner, "score", fitted, potts_csv, "--out", tmp_path / "out.txt")
+    assert_input_error(res, 'unsupported output type ".txt"')
+
+
+def test_out_folder_must_not_be_a_file(runner, tmp_path, potts_csv):
+    (tmp_path / "f").write_text("x")
+    assert_input_error(run(runner, "fit-scorer", potts_csv, *FIT, "--out", tmp_path / "f"), "is not a folder")
+
+
+def test_demo_on_builtin_table(runner, tmp_path, monkeypatch):
+    import choicegrad.demo as demo
+
+    monkeypatch.setattr(demo, "SHARED_PARD3", Path(tmp_path / "absent.parquet"))
+    res = run(runner, "demo", "--out", tmp_path / "demo")
+    assert res.exit_code == 0, res.output
+    assert "built-in synthetic Potts table" in res.output and "upper" in res.output
+    assert (tmp_path / "demo" / "scorer.safetensors").is_file()

@@ -1,0 +1,112 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from choicegrad import Scorer, ScorerConfig, ScorerFit, fit_scorer, load_table
+from choicegrad.metrics import r2, regression_report, spearman
+
+
+def small_scorer(potts_frame, k=1, beta=0.0):
+    t = load_table(potts_frame, "s?", "y", "ctx")
+    torch.manual_seed(0)
+    return t, Scorer(t.space, t.context, "y", ScorerConfig(embed_dim=4, hidden=[16]), k=k, beta=beta)
+
+
+def one_hot(rows, V):
+    return torch.nn.functional.one_hot(rows, V).float()
+
+
+def test_soft_forward_equals_hard_forward_on_one_hot(potts_frame):
+    t, s = small_scorer(potts_frame)
+    hard = s(t.rows[:50], t.ctx_cat[:50], t.ctx_num[:50])
+    soft = s(one_hot(t.rows[:50], t.space.max_size), t.ctx_cat[:50], t.ctx_num[:50])
+    assert torch.allclose(hard, soft, atol=1e-5)
+
+
+def test_soft_forward_with_variable_vocab_ignores_padding():
+    frame = pd.DataFrame({"a": ["x", "y", "z", "x"], "b": ["p", "q", "p", "q"], "y": [1.0, 2.0, 3.0, 4.0]})
+    t = load_table(frame, "a,b", "y")
+    s = Scorer(t.space, t.context, "y", ScorerConfig(embed_dim=3, hidden=[8]))
+    probs = one_hot(t.rows, 3)
+    junk = probs.clone()
+    junk[:, 1, 2] = 5.0  # weight on slot b's padding column must not matter
+    assert torch.allclose(s(probs), s(junk))
+
+
+def test_gradients_reach_input_probabilities(potts_frame):
+    t, s = small_scorer(potts_frame)
+    probs = torch.softmax(torch.randn(8, 3, 4), -1).requires_grad_()
+    s(probs, t.ctx_cat[:8], t.ctx_num[:8]).sum().backward()
+    assert probs.grad is not None and probs.grad.abs().sum() > 0
+    # the row-sum direction aside, different categories get different gradients
+    assert (probs.grad.std(-1) > 0).all()
+
+
+def test_missing_slot_uses_missing_embedding(potts_frame):
+    t, s = small_scorer(potts_frame)
+    rows = t.rows[:4].clone()
+    rows[:, 1] = -1
+    out = s(rows, t.ctx_cat[:4], t.ctx_num[:4])
+    member = s.members[0]
+    with torch.no_grad():
+        member.table[1].add_(torch.randn_like(member.table[1]))  # slot 1's categories are unused
+    assert torch.allclose(out, s(rows, t.ctx_cat[:4], t.ctx_num[:4]))
+    with torch.no_grad():
+        member.missing[1].add_(1.0)
+    assert not torch.allclose(out, s(rows, t.ctx_cat[:4], t.ctx_num[:4]))
+
+
+def test_latent_shape(potts_frame):
+    t, s = small_scorer(potts_frame, k=2)
+    assert s.latent(t.rows[:5], t.ctx_cat[:5], t.ctx_num[:5]).shape == (5, 32)
+
+
+def test_pessimistic_ensemble_score(potts_frame):
+    t, s = small_scorer(potts_frame, k=3, beta=0.5)
+    x = (t.rows[:6], t.ctx_cat[:6], t.ctx_num[:6])
+    members = s.member_scores(*x)
+    assert torch.allclose(s(*x), members.mean(0) - 0.5 * members.std(0))
+    assert torch.allclose(s(*x, beta=0.0), members.mean(0))
+
+
+def test_fit_scorer_learns_and_is_reproducible(potts_frame):
+    t = load_table(potts_frame, "s?", "y", "ctx")
+    fit = ScorerFit(model=ScorerConfig(embed_dim=8, hidden=[64, 64]), epochs=60, batch_size=64, seed=3)
+    a = fit_scorer(t, fit, progress=False)
+    b = fit_scorer(t, fit, progress=False)
+    assert a.metrics["test"]["r2"] > 0.6, a.metrics
+    assert a.metrics == b.metrics
+    for p, q in zip(a.scorer.parameters(), b.scorer.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_ranking_loss_and_ensemble_train(potts_frame):
+    t = load_table(potts_frame, "s?", "y", "ctx")
+    fit = ScorerFit(model=ScorerConfig(embed_dim=4, hidden=[32]), epochs=30, batch_size=64, ensemble=2, ranking=0.5)
+    res = fit_scorer(t, fit, progress=False, extra_eval={"all": t})
+    assert set(res.metrics) == {"validation", "test", "all"}
+    assert res.metrics["all"]["spearman"] > 0.5
+    assert {h["member"] for h in res.history} == {0, 1}
+
+
+def test_save_load_identical_predictions(tmp_path, potts_frame):
+    t, s = small_scorer(potts_frame, k=2, beta=0.3)
+    s.save(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["scorer.json", "scorer.safetensors"]
+    loaded = Scorer.load(tmp_path / "run")
+    assert loaded.space == s.space and loaded.context == s.context and loaded.beta == 0.3
+    assert torch.equal(loaded.predict(t.rows, t.ctx_cat, t.ctx_num), s.predict(t.rows, t.ctx_cat, t.ctx_num))
+    np.testing.assert_array_equal(loaded.predict_frame(potts_frame), s.predict_frame(potts_frame))
+
+
+def test_metrics_hand_computed():
+    assert r2([1, 2, 3], [1, 2, 3]) == 1.0
+    assert r2([1, 2, 3], [2, 2, 2]) == 0.0
+    assert r2([0, 0, 4], [0, 2, 2]) == pytest.approx(1 - 8 / (16 / 9 * 2 + 64 / 9))
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks (1,2,3,4) vs (1,3,2,4): 1 - 6*2/(4*15) = 0.8
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    rep = regression_report([1, 2, 3, 1, 2, 3], [1, 2, 3, 3, 2, 1], groups=[0, 0, 0, 1, 1, 1])
+    assert rep["spearman_per_context"] == pytest.approx(0.0)
