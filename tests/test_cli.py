@@ -159,3 +159,14 @@ def test_demo_on_builtin_table(runner, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "built-in synthetic Potts table" in res.output and "upper" in res.output
     assert (tmp_path / "demo" / "scorer.safetensors").is_file()
+
+
+def test_score_can_treat_unknown_categories_as_missing(runner, tmp_path, fitted, potts_frame):
+    rows = potts_frame.drop(columns="y").head(3).copy()
+    rows.loc[1, "s1"] = "zzz"
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    res = run(runner, "score", fitted, tmp_path / "rows.csv", "--out", tmp_path / "out.csv", "--unknown", "missing")
+    assert res.exit_code == 0, res.output
+    assert np.isfinite(pd.read_csv(tmp_path / "out.csv")["score"]).all()
+    res = run(runner, "score", fitted, tmp_path / "rows.csv", "--out", tmp_path / "o2.csv", "--unknown", "skip")
+    assert_input_error(res, "--unknown", 'expected "error" or "missing"')

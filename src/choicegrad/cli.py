@@ -88,8 +88,9 @@ def fit_scorer_cmd(
     ensemble: Annotated[int, typer.Option(min=1, help="Ensemble members k.")] = 1,
     beta: Annotated[float, typer.Option(min=0.0, help="Pessimism: score = mean - beta * std over members.")] = 0.0,
     ranking: Annotated[float, typer.Option(min=0.0, help="Weight of the pairwise ranking loss.")] = 0.0,
-    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs (early stopping usually ends sooner).")] = 200,
-    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
+    epochs: Annotated[Optional[int], typer.Option(
+        min=1, help="Maximum epochs; default about 3e7 row visits (10..200). Early stopping may end sooner.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Default: training rows / 256 (128..4096).")] = None,
     train_quantile: Annotated[Optional[float], typer.Option(
         help="Fit only on rows below this score quantile of their context; report the rest as 'upper'.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -130,6 +131,8 @@ def score_cmd(
     rows: Annotated[Path, typer.Argument(help="Table of rows to score (feature and context columns), CSV or Parquet.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output table (CSV or Parquet) with a 'score' column added.")],
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="Override the ensemble pessimism.")] = None,
+    unknown: Annotated[str, typer.Option(
+        help="Unknown feature categories: 'error' (default) or 'missing' (score the slot as unobserved).")] = "error",
 ) -> None:
     """Score rows with a fitted scorer; writes the rows with a 'score' column."""
     from .data import TABLE_SUFFIXES, read_table, write_table
@@ -137,15 +140,198 @@ def score_cmd(
 
     if out.suffix.lower() not in TABLE_SUFFIXES:
         raise InputError("--out", [f'unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
+    if unknown not in ("error", "missing"):
+        raise InputError("--unknown", [f'expected "error" or "missing", got "{unknown}"'])
     scorer = Scorer.load(run)
     if beta is not None:
         scorer.beta = beta
     frame = read_table(rows)
     if "score" in frame.columns:
         typer.echo(f'warning: {rows} already has a "score" column; it is replaced', err=True)
-    frame = frame.assign(score=scorer.predict_frame(frame, str(rows)))
+    frame = frame.assign(score=scorer.predict_frame(frame, str(rows), unknown=unknown))
     write_table(frame, out)
     typer.echo(f"scored {len(frame)} rows -> {out}")
+
+
+# --- generators: fit and generate -----------------------------------------------------------------
+DEFAULT_METHOD = "reinforce"
+DEFAULT_GENERATOR = "autoregressive"
+DEFAULT_DECODER = "polish"
+
+
+def _check_method(method: str, kind: str) -> str:
+    from .errors import did_you_mean
+    from .generator_training import METHODS
+    from .generators import KINDS
+
+    problems = []
+    key = method.strip().lower().replace("_", "-")
+    if key not in METHODS:
+        problems.append(f'unknown method "{method}"{did_you_mean(key, METHODS)}; choose one of {", ".join(METHODS)}')
+    if kind not in KINDS or kind == "pointer":
+        problems.append(f'unknown generator "{kind}"{did_you_mean(kind, ["factorized", "autoregressive"])}; '
+                        "choose factorized or autoregressive")
+    if problems:
+        raise InputError("--method/--generator", problems)
+    return key
+
+
+@app.command("fit", epilog="Example: choicegrad fit ../shared/data/tfbind8.parquet --features 's?' --score y "
+             "--context tf --train-quantile 0.5 --out runs/tfbind8 --max-minutes 12")
+@user_errors
+def fit_cmd(
+    data: Annotated[Path, typer.Argument(help="Training table, CSV or Parquet.")],
+    features: Annotated[list[str], FEATURES],
+    score: Annotated[str, SCORE],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (scorer, generator, config.json, metrics.csv).")],
+    context: Annotated[Optional[list[str]], CONTEXT] = None,
+    method: Annotated[str, typer.Option(help="Gradient estimator that trains the generator "
+                                              "(reinforce, st-gumbel, gumbel-rao, reinmax, st, soft, gumbel, raml, weighted-ce).")] = DEFAULT_METHOD,
+    generator: Annotated[str, typer.Option(help="Generator form: autoregressive or factorized.")] = DEFAULT_GENERATOR,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        min=0.01, help="Time limit for the whole fit (about half for the scorer, the rest for the generator).")] = None,
+    train_quantile: Annotated[Optional[float], typer.Option(
+        help="Fit only on rows below this score quantile of their context (offline-design protocol).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=0, help="Generator training steps (default 1500).")] = None,
+    entropy: Annotated[Optional[float], typer.Option(min=0.0, help="Entropy bonus of the generator (diversity).")] = None,
+    ensemble: Annotated[int, typer.Option(min=1, help="Scorer ensemble members k.")] = 1,
+    beta: Annotated[float, typer.Option(min=0.0, help="Pessimism: the generator maximises mean - beta * std.")] = 0.0,
+    scorer_epochs: Annotated[Optional[int], typer.Option(min=1, help="Maximum scorer epochs (default: automatic).")] = None,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context."""
+    from .generator_training import fit_run
+
+    method = _check_method(method, generator)
+    _check_out_dir(out)
+    config = fit_run(data, features, score, context, out, generator=generator, method=method, seed=seed,
+                     max_minutes=max_minutes, train_quantile=train_quantile, steps=steps, entropy=entropy,
+                     ensemble=ensemble, beta=beta, scorer_epochs=scorer_epochs, device=device,
+                     echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
+    _echo_metrics(config["scorer_metrics"])
+
+
+def _hint(value: str, options: list[str]) -> str:
+    """' (did you mean "x"?)': a case-insensitive match first, else the closest spelling."""
+    from .errors import did_you_mean
+
+    same = [o for o in options if o.lower() == value.lower()]
+    return f' (did you mean "{same[0]}"?)' if same else did_you_mean(value, options)
+
+
+def _parse_fixes(fix: list[str], space) -> "torch.Tensor | None":
+    """['s0=A', 's2=C,s3=G'] -> (S,) long with -1 = free; InputError listing every bad item."""
+    import torch
+
+    if not fix:
+        return None
+    fixed = torch.full((space.num_slots,), -1, dtype=torch.long)
+    problems = []
+    for item in fix:
+        for part in [p for p in item.split(",") if p.strip()]:
+            name, eq, label = (t.strip() for t in part.partition("="))
+            if not eq or not name or not label:
+                problems.append(f'"{part}": expected FEATURE=CATEGORY')
+            elif name not in space.names:
+                problems.append(f'unknown feature "{name}"{_hint(name, space.names)}; features: {", ".join(space.names[:12])}')
+            else:
+                cats = space.slots[space.names.index(name)].categories
+                if label not in cats:
+                    problems.append(f'feature "{name}" has no category "{label}"{_hint(label, cats)}')
+                else:
+                    fixed[space.names.index(name)] = space.index_of(name, label)
+    if problems:
+        raise InputError("--fix", problems)
+    return fixed
+
+
+@app.command("generate", epilog="Example: choicegrad generate runs/tfbind8 --top-k 128 --out candidates.csv\n\n"
+             "Example: choicegrad generate runs/tfbind8 --contexts tfs.csv --fix s0=A --decoder rerank --out c.csv")
+@user_errors
+def generate_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder written by choicegrad fit.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output table, CSV or Parquet: context columns, features, score, rank.")],
+    contexts: Annotated[Optional[Path], typer.Option(
+        help="Table of contexts (CSV/Parquet) to generate for; default: every context seen in training.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Distinct rows per context.")] = 10,
+    decoder: Annotated[str, typer.Option(help="argmax, sample, topk, rerank, polish or exhaustive.")] = DEFAULT_DECODER,
+    fix: Annotated[Optional[list[str]], typer.Option(help="Fix a feature: FEATURE=CATEGORY (repeatable).")] = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (sample, rerank, polish).")] = 1.0,
+    samples: Annotated[Optional[int], typer.Option(help="Rows drawn per context by rerank/polish (default max(8K, 256)).")] = None,
+    beta: Annotated[Optional[float], typer.Option(min=0.0, help="Override the scorer's ensemble pessimism.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Generate the top-K distinct rows per context with a fitted generator; one output row per (context, rank)."""
+    import time
+
+    import pandas as pd
+    import torch
+
+    from . import generators
+    from .data import TABLE_SUFFIXES, read_table, write_table
+    from .decode import DECODERS, candidates_frame, decode
+    from .errors import did_you_mean
+    from .generators import TableContext, TableObjective
+    from .scorer import Scorer
+
+    start = time.perf_counter()
+    problems = []
+    if out.suffix.lower() not in TABLE_SUFFIXES:
+        problems.append(f'--out: unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}')
+    if top_k < 1:
+        problems.append(f"--top-k: expected an integer >= 1, got {top_k}")
+    if decoder not in DECODERS:
+        problems.append(f'--decoder: unknown decoder "{decoder}"{did_you_mean(decoder, DECODERS)}; choose one of {", ".join(DECODERS)}')
+    if temperature <= 0:
+        problems.append(f"--temperature: expected a number > 0, got {temperature}")
+    if samples is not None and samples < 1:
+        problems.append(f"--samples: expected an integer >= 1, got {samples}")
+    if problems:
+        raise InputError("generate", problems)
+    missing = [str(run / f) for f in ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json")
+               if not (run / f).is_file()]
+    if missing:
+        raise InputError(str(run), [f"missing run file {m}" + (" (written by choicegrad fit)" if "generator" in m else "")
+                                    for m in missing])
+    scorer = Scorer.load(run, device)
+    if beta is not None:
+        scorer.beta = beta
+    gen, meta = generators.load(run, device)
+    if meta.get("shape", {}).get("sizes") != scorer.space.sizes:
+        raise InputError(str(run), ["generator.json and scorer.json describe different choice spaces"])
+    fixed = _parse_fixes(fix or [], scorer.space)
+    ctx_cols = [c.name for c in scorer.context.columns]
+    if not ctx_cols:
+        if contexts is not None:
+            typer.echo(f"warning: the run has no context columns; {contexts} is ignored", err=True)
+        frame = pd.DataFrame(index=range(1))
+        ctx = TableContext.empty(1)
+    else:
+        source = contexts if contexts is not None else run / "contexts.csv"
+        if contexts is None and not source.is_file():
+            raise InputError(str(run), [f"missing run file {source}; pass --contexts"])
+        frame = read_table(source)
+        if len(frame) == 0:
+            raise InputError(str(source), ["the table has no rows"])
+        ctx = TableContext(*scorer.context.encode(frame, str(source)))   # unknown values: InputError
+        frame = frame[ctx_cols].reset_index(drop=True)
+    ctx = ctx.to(device)
+    rng = torch.Generator(device=device).manual_seed(seed)
+    try:
+        cands = decode(decoder, gen, TableObjective(scorer), ctx, top_k, fixed=fixed, temperature=temperature,
+                       samples=samples, generator=rng)
+    except ValueError as exc:  # e.g. exhaustive on a space too large to enumerate
+        raise InputError("--decoder", [str(exc)]) from None
+    result = candidates_frame(scorer.space, cands, frame if ctx_cols else None)
+    valid = cands.valid.cpu().numpy()
+    write_table(result, out)
+    short = int((valid.sum(1) < top_k).sum())
+    if short:
+        typer.echo(f"warning: {short} context(s) got fewer than {top_k} rows: the space (with --fix) is smaller", err=True)
+    typer.echo(f"generated {len(result)} rows for {len(frame)} context(s) with {decoder} in "
+               f"{time.perf_counter() - start:.1f} s ({cands.scorer_calls} scorer calls) -> {out}")
 
 
 @app.command("demo", epilog="Example: choicegrad demo --out runs/demo")

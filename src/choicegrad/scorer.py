@@ -118,14 +118,16 @@ class Scorer(nn.Module):
                for i in range(0, len(rows), batch_size)]
         return torch.cat(out) if out else torch.zeros(0)
 
-    def predict_frame(self, frame: pd.DataFrame, source: str = "rows") -> np.ndarray:
-        """Score the rows of a table (feature and context columns by name). Unknown categories raise."""
+    def predict_frame(self, frame: pd.DataFrame, source: str = "rows", unknown: str = "error") -> np.ndarray:
+        """Score the rows of a table (feature and context columns by name).
+
+        Unknown feature categories raise, unless unknown="missing" scores them as missing slots."""
         from .errors import InputError
 
         problems: list[str] = []
         rows = ctx = None
         try:
-            rows = self.space.encode(frame, source)
+            rows = self.space.encode(frame, source, unknown=unknown)
         except InputError as exc:
             problems += exc.problems
         try:

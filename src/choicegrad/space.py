@@ -105,12 +105,16 @@ class ChoiceSpace(BaseModel):
             )
         return cats.index(label)
 
-    def encode(self, frame: pd.DataFrame, source: str = "rows", allow_missing: bool = True) -> torch.Tensor:
+    def encode(self, frame: pd.DataFrame, source: str = "rows", allow_missing: bool = True,
+               unknown: str = "error") -> torch.Tensor:
         """Feature columns of `frame` -> (N, S) long indices, MISSING where a value is absent.
 
-        Unknown categories are an error (never mapped silently); so are missing values when
-        `allow_missing` is False. Every problem is reported in one InputError naming `source`.
+        Unknown categories are an error unless `unknown="missing"` asks to treat them as missing
+        (never mapped to another category); missing values are an error when `allow_missing` is
+        False. Every problem is reported in one InputError naming `source`.
         """
+        if unknown not in ("error", "missing"):
+            raise InputError("--unknown", [f'expected "error" or "missing", got "{unknown}"'])
         problems: list[str] = []
         out = np.full((len(frame), self.num_slots), MISSING, dtype=np.int64)
         for s, slot in enumerate(self.slots):
@@ -120,12 +124,14 @@ class ChoiceSpace(BaseModel):
             labels = as_labels(frame[slot.name])
             codes = pd.Index(slot.categories).get_indexer(labels.to_numpy()).astype(np.int64)
             absent = labels.isna().to_numpy()
-            unknown = np.flatnonzero((codes < 0) & ~absent)
-            if len(unknown):
-                values = sorted(set(labels.iloc[unknown]))[:5]
+            unknown_at = np.flatnonzero((codes < 0) & ~absent)
+            if len(unknown_at) and unknown == "missing":
+                codes[unknown_at] = MISSING
+            elif len(unknown_at):
+                values = sorted(set(labels.iloc[unknown_at]))[:5]
                 problems.append(
                     f'column "{slot.name}": unknown categor{"ies" if len(values) > 1 else "y"} '
-                    f"{', '.join(repr(v) for v in values)} at {show_rows(unknown)}; "
+                    f"{', '.join(repr(v) for v in values)} at {show_rows(unknown_at)}; "
                     f"known: {_preview(slot.categories)}"
                 )
             if not allow_missing and absent.any():

@@ -22,8 +22,8 @@ class ScorerFit(BaseModel):
     model: ScorerConfig = Field(default_factory=ScorerConfig)
     ensemble: int = Field(1, ge=1, description="members k; score = mean - beta * std")
     beta: float = Field(0.0, ge=0.0, description="pessimism of the ensemble score")
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(1024, ge=1)
+    epochs: int | None = Field(None, ge=1, description="None: about 3e7 row visits, clipped to 10..200 epochs")
+    batch_size: int | None = Field(None, ge=1, description="None: n_train / 256, clipped to 128..4096")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     ranking: float = Field(0.0, ge=0.0, description="weight of the pairwise ranking loss")
@@ -96,19 +96,22 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
         member.train()
         return float(sum(losses)) / len(val_t)
 
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / fit.batch_size))
-    bar = tqdm(total=fit.ensemble * fit.epochs, desc="fit scorer", unit="epoch",
+    n_train = len(train_idx)
+    epochs = fit.epochs or int(np.clip(math.ceil(3e7 / n_train), 10, 200))
+    batch_size = fit.batch_size or int(np.clip(n_train // 256, 128, 4096))
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    bar = tqdm(total=fit.ensemble * epochs, desc="fit scorer", unit="epoch",
                disable=(not progress) if progress is not None else None, leave=False)
     for m, member in enumerate(scorer.members):
         opt = torch.optim.AdamW(member.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=fit.lr, total_steps=fit.epochs * steps_per_epoch,
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=fit.lr, total_steps=epochs * steps_per_epoch,
                                                     pct_start=0.05)
         best, best_state, bad = math.inf, None, 0
-        for epoch in range(fit.epochs):
+        for epoch in range(epochs):
             member.train()
             order = train_t[torch.randperm(len(train_t), generator=gen).to(device)]
             total = 0.0
-            for batch in order.split(fit.batch_size):
+            for batch in order.split(batch_size):
                 pred = member(*(t[batch] for t in tensors))
                 loss = torch.nn.functional.mse_loss(pred, target[batch])
                 if fit.ranking:
@@ -129,7 +132,7 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
                 bad += 1
             if bad >= fit.patience or time.perf_counter() > deadline:
                 break
-        bar.update(fit.epochs - epoch - 1)
+        bar.update(epochs - epoch - 1)
         if best_state is not None:
             member.load_state_dict(best_state)
     bar.close()
