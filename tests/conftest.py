@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from choicegrad.tasks import PottsTask
+
+# The test models are tiny: one thread avoids thread-pool overhead and keeps timings steady on 2 cores.
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
