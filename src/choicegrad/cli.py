@@ -208,8 +208,8 @@ def fit_cmd(
     config = fit_run(data, features, score, context, out, generator=generator, method=method, seed=seed,
                      max_minutes=max_minutes, train_quantile=train_quantile, steps=steps, entropy=entropy,
                      ensemble=ensemble, beta=beta, scorer_epochs=scorer_epochs, device=device,
-                     echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
-    _echo_metrics(config["scorer_metrics"])
+                     echo=lambda m: typer.echo(m, err=m.startswith("warning:")), on_scorer=_echo_metrics)
+    del config
 
 
 def _hint(value: str, options: list[str]) -> str:

@@ -1,0 +1,97 @@
+"""TFBind8 benchmark of `choicegrad fit` + `choicegrad generate` (the offline-design protocol).
+
+Runs
+    choicegrad fit ../shared/data/tfbind8.parquet --features 's?' --score y --context tf \
+        --train-quantile 0.5 --out RUN --max-minutes M [--method ...] [--generator ...]
+    choicegrad generate RUN --top-k 128 --out RUN/candidates.csv [--decoder ...]
+then scores the generated rows by lookup in the full landscape and prints, per TF and averaged:
+the normalised ((y - min) / (max - min) per TF) max, median and top-1 (rank 1) of the K rows, the
+number of distinct rows, and the share of rows that are new (not among the training rows).
+
+Usage: python benchmarks/tfbind8_generate.py [--out runs/bench-tfbind8] [--max-minutes 12]
+       [--skip-fit] [--decoder polish] [--method reinforce] [--generator autoregressive] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tfbind8.parquet"
+FEATURES = [f"s{i}" for i in range(8)]
+
+
+def run(cmd: list[str]) -> float:
+    """Run a choicegrad command (same interpreter), echo it, return its wall time in seconds."""
+    print("$ choicegrad " + " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "choicegrad.cli", *cmd], check=True)
+    return time.perf_counter() - start
+
+
+def evaluate(candidates: pd.DataFrame, landscape: pd.DataFrame, train_quantile: float = 0.5) -> pd.DataFrame:
+    """Per-TF figures of the candidates, scored by lookup in the full landscape."""
+    keys = ["tf", *FEATURES]
+    land = landscape[keys + ["y"]].copy()
+    stats = land.groupby("tf")["y"].agg(["min", "max"])
+    land["train"] = land["y"] < land.groupby("tf")["y"].transform(lambda s: s.quantile(train_quantile))
+    cand = candidates.astype({k: str for k in keys}).merge(land.astype({k: str for k in keys}), on=keys, how="left")
+    if cand["y"].isna().any():
+        raise SystemExit("some generated rows are not in the landscape")
+    cand["norm"] = (cand.y - cand.tf.map(stats["min"])) / (cand.tf.map(stats["max"]) - cand.tf.map(stats["min"]))
+    rows = []
+    for tf, g in cand.groupby("tf"):
+        rows.append({"tf": tf, "max": g.norm.max(), "median": g.norm.median(),
+                     "top1": g.norm[g["rank"] == 1].iloc[0], "distinct": len(g[FEATURES].drop_duplicates()),
+                     "rows": len(g), "new": 1.0 - g.train.astype(bool).mean()})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/bench-tfbind8")
+    ap.add_argument("--max-minutes", type=float, default=12.0)
+    ap.add_argument("--top-k", type=int, default=128)
+    ap.add_argument("--decoder", default=None)
+    ap.add_argument("--method", default=None)
+    ap.add_argument("--generator", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-fit", action="store_true", help="reuse an existing run folder")
+    args = ap.parse_args()
+    out = Path(args.out)
+    times = {}
+    if not args.skip_fit:
+        cmd = ["fit", str(DATA), "--features", "s?", "--score", "y", "--context", "tf", "--train-quantile", "0.5",
+               "--out", str(out), "--max-minutes", str(args.max_minutes), "--seed", str(args.seed)]
+        cmd += ["--method", args.method] if args.method else []
+        cmd += ["--generator", args.generator] if args.generator else []
+        times["fit_s"] = run(cmd)
+    cands_path = out / "candidates.csv"
+    cmd = ["generate", str(out), "--top-k", str(args.top_k), "--out", str(cands_path), "--seed", str(args.seed)]
+    cmd += ["--decoder", args.decoder] if args.decoder else []
+    times["generate_s"] = run(cmd)
+
+    per_tf = evaluate(pd.read_csv(cands_path, dtype={f: str for f in FEATURES}), pd.read_parquet(DATA))
+    with pd.option_context("display.width", 120, "display.precision", 3):
+        print(per_tf.to_string(index=False))
+    summary = {"mean_max": per_tf["max"].mean(), "mean_median": per_tf["median"].mean(),
+               "mean_top1": per_tf["top1"].mean(), "mean_distinct": per_tf["distinct"].mean(),
+               "min_distinct": int(per_tf["distinct"].min()), "mean_new": per_tf["new"].mean(), **times}
+    config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    summary["method"] = config.get("generator_fit", {}).get("method")
+    summary["generator"] = config.get("generator", {}).get("kind")
+    summary["decoder"] = args.decoder or "polish (default)"
+    summary = {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()}
+    print(json.dumps(summary, indent=2))
+    (out / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

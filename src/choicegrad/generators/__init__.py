@@ -1,0 +1,71 @@
+"""Generators of rows: context -> choices, in three forms, plus their contexts and objectives.
+
+    gen = build(GeneratorConfig(kind="autoregressive"), space=scorer.space, context=scorer.context)
+    rows = gen.sample(ctx, k=16)                  # (B, 16, S)
+    save(gen, "runs/one"); gen = load("runs/one")
+
+`factorized` (independent slots), `autoregressive` (slot by slot, MADE) and `pointer` (slot queries
+over a list of item vectors). See base.py for the shared contract.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .autoregressive import AutoregressiveGenerator
+from .base import KINDS, Generator, GeneratorConfig, fill_fixed, rows_to_inputs
+from .context import Context, ItemContext, TableContext
+from .factorized import FactorizedGenerator
+from .objective import ItemObjective, Objective, TableObjective, score_rows
+from .pointer import PointerGenerator
+
+__all__ = [
+    "KINDS", "AutoregressiveGenerator", "Context", "FactorizedGenerator", "Generator", "GeneratorConfig",
+    "ItemContext", "ItemObjective", "Objective", "PointerGenerator", "TableContext", "TableObjective",
+    "build", "fill_fixed", "load", "rows_to_inputs", "save", "score_rows",
+]
+
+_CLASSES = {"factorized": FactorizedGenerator, "autoregressive": AutoregressiveGenerator,
+            "pointer": PointerGenerator}
+
+
+def build(config: GeneratorConfig, *, space=None, context=None, num_slots: Optional[int] = None,
+          item_dim: Optional[int] = None) -> Generator:
+    """A fresh generator. Table kinds need `space` (ChoiceSpace) and `context` (ContextEncoder);
+    the pointer kind needs `num_slots` and `item_dim`."""
+    if config.kind == "pointer":
+        if num_slots is None or item_dim is None:
+            raise ValueError("the pointer generator needs num_slots and item_dim")
+        return PointerGenerator(num_slots, item_dim, config)
+    if space is None or context is None:
+        raise ValueError(f"the {config.kind} generator needs a choice space and a context encoder")
+    return _CLASSES[config.kind](space.sizes, context.cardinalities, len(context.numeric), config)
+
+
+def save(generator: Generator, run_dir, extra: Optional[dict] = None) -> None:
+    """RUN/generator.safetensors + RUN/generator.json (kind, config, shapes, `extra`), atomically."""
+    from .. import checkpoint
+
+    meta = {"kind": "choicegrad.Generator", "generator": generator.kind, "config": generator.config.model_dump(),
+            "shape": generator.meta(), "versions": checkpoint.versions(), **(extra or {})}
+    checkpoint.save(run_dir, "generator", generator.state_dict(), meta)
+
+
+def load(run_dir, map_location="cpu") -> tuple[Generator, dict]:
+    """(generator in eval mode, its JSON metadata) from RUN; InputError for missing or broken files."""
+    from .. import checkpoint
+    from ..errors import InputError
+
+    state, meta = checkpoint.load(run_dir, "generator")
+    try:
+        config = GeneratorConfig.model_validate(meta["config"])
+        shape = meta["shape"]
+        if config.kind == "pointer":
+            gen: Generator = PointerGenerator(shape["num_slots"], shape["item_dim"], config)
+        else:
+            gen = _CLASSES[config.kind](shape["sizes"], shape["cardinalities"], shape["num_numeric"], config)
+        gen.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(str(Path(run_dir) / "generator.json"), [f"not a choicegrad generator checkpoint: {exc}"]) from None
+    return gen.to(map_location).eval(), meta

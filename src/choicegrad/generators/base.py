@@ -1,0 +1,216 @@
+"""The generator contract shared by the factorized, autoregressive and pointer generators.
+
+Shapes: B contexts, S slots, V categories per slot (padded: V_max for tables, N_max items for the
+pointer form), K or M rows per context. A row is (S,) long category indices.
+
+Every generator is an nn.Module with
+- `choice_mask(ctx)` -> (B, S, V) bool, True = a valid category (padding and padded items False);
+- `logits(ctx, x=None, features=None)` -> (B, S, V) float, masked entries set to MASK_VALUE. For an
+  autoregressive generator `x` (B, S, V) holds the rows chosen so far (one-hot, soft, or zeros for
+  "not chosen") and slot s's logits depend only on the slots before s in `order`; other generators
+  ignore `x`. `features` is what `features(ctx)` returned, reused across sequential steps;
+- `order`: the slot order of sequential decoding (identity for non-autoregressive generators).
+From those two methods this base class derives sampling, teacher-forced log-probabilities and
+relaxed (straight-through) sampling, so decoders and training code work with any generator.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from ..gradients import MASK_VALUE, select
+from ..gradients.gumbel import gumbel_max
+from .context import Context
+
+KINDS = ("factorized", "autoregressive", "pointer")
+
+
+class GeneratorConfig(BaseModel):
+    """Architecture of a generator. Stored with its checkpoint."""
+
+    kind: Literal["factorized", "autoregressive", "pointer"] = "autoregressive"
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1,
+                              description="MLP widths (trunk; MADE hidden layers for autoregressive)")
+    context_dim: int = Field(16, ge=1, description="embedding size per categorical context column")
+    order: Optional[list[int]] = Field(None, description="autoregressive slot order (default 0..S-1)")
+    heads: int = Field(4, ge=1, description="pointer: attention heads")
+    attention_layers: int = Field(1, ge=0, description="pointer: self-attention layers over the items")
+
+
+def fill_fixed(rows: Tensor, fixed: Optional[Tensor]) -> Tensor:
+    """Put fixed values into rows. rows (B, ..., S) long; fixed (B, S) or (S,) long, -1 = free."""
+    if fixed is None:
+        return rows
+    f = fixed.to(rows.device)
+    if f.dim() == 1:
+        f = f.expand(rows.shape[0], -1)
+    while f.dim() < rows.dim():
+        f = f.unsqueeze(1)
+    return torch.where(f >= 0, f.expand_as(rows), rows)
+
+
+def rows_to_inputs(rows: Tensor, V: int, dtype=torch.float32) -> Tensor:
+    """(..., S) long rows, -1 = missing/not chosen -> (..., S, V) one-hot, all-zero where missing."""
+    hot = F.one_hot(rows.clamp(min=0), V).to(dtype)
+    return hot * (rows >= 0).unsqueeze(-1).to(dtype)
+
+
+def masked_log_softmax(logits: Tensor) -> Tensor:
+    """log_softmax over the last axis in fp32 (masked logits already hold MASK_VALUE)."""
+    return torch.log_softmax(logits.float(), -1)
+
+
+class Generator(nn.Module):
+    """Abstract generator; see the module docstring for the contract."""
+
+    kind: str = ""
+    autoregressive: bool = False
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.config = config
+
+    # --- the two methods a generator defines -----------------------------------------------------
+    def choice_mask(self, ctx: Context) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def logits(self, ctx: Context, x: Optional[Tensor] = None,
+               features: Optional[Tensor] = None) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def num_slots(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def order(self) -> list[int]:
+        return list(range(self.num_slots))
+
+    def meta(self) -> dict:
+        """Constructor arguments (besides the config) recorded in the checkpoint."""
+        return {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # --- derived: teacher forcing -----------------------------------------------------------------
+    def teacher_logits(self, rows: Tensor, ctx: Context) -> Tensor:
+        """Logits of every slot given the rest of the row, in one pass.
+
+        rows (B, M, S) long (-1 = missing) -> (B, M, S, V). For an autoregressive generator slot s
+        sees only the slots before it in `order` (a missing one is an all-zero input).
+        """
+        B, M, S = rows.shape
+        if not self.autoregressive:
+            logits = self.logits(ctx)
+            return logits.unsqueeze(1).expand(B, M, *logits.shape[1:])
+        V = self.choice_mask(ctx.index(slice(0, 1))).shape[-1]
+        x = rows_to_inputs(rows.reshape(B * M, S), V)
+        return self.logits(ctx.repeat_interleave(M), x).reshape(B, M, S, V)
+
+    def log_prob(self, rows: Tensor, ctx: Context, temperature: float = 1.0) -> Tensor:
+        """Log-probability of rows, summed over observed slots.
+
+        rows (B, M, S) or (B, S) long, -1 = missing (left out of the sum) -> (B, M) or (B,).
+        Teacher forcing: one forward pass, also for autoregressive generators.
+        """
+        squeeze = rows.dim() == 2
+        r = rows.unsqueeze(1) if squeeze else rows
+        logp = masked_log_softmax(self.teacher_logits(r, ctx) / temperature)
+        lp = logp.gather(-1, r.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out = torch.where(r >= 0, lp, torch.zeros_like(lp)).sum(-1)
+        return out[:, 0] if squeeze else out
+
+    def conditional_entropy(self, rows: Tensor, ctx: Context) -> Tensor:
+        """Sum over slots of the entropy of each slot's conditional given the row's prefix (nats).
+
+        rows (B, M, S) -> (B, M). For a factorized generator this is the exact row entropy; for an
+        autoregressive one its expectation over rows ~ the generator is the exact entropy.
+        """
+        logp = masked_log_softmax(self.teacher_logits(rows, ctx))
+        return -(logp.exp() * logp).sum(-1).sum(-1)
+
+    # --- derived: sampling ------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, ctx: Context, k: int = 1, temperature: float = 1.0, fixed: Optional[Tensor] = None,
+               generator: Optional[torch.Generator] = None) -> Tensor:
+        """K rows per context drawn from the generator at `temperature`, fixed slots kept.
+
+        -> (B, k, S) long. Autoregressive generators decode slot by slot in `order`, each choice
+        conditioned on the ones before (including fixed values).
+        """
+        if not self.autoregressive:
+            logits = self.logits(ctx).float() / temperature                         # (B, S, V)
+            B, S, V = logits.shape
+            idx = gumbel_max(logits.unsqueeze(1).expand(B, k, S, V), generator=generator)
+            return fill_fixed(idx, fixed)
+        B = len(ctx)
+        flat = ctx.repeat_interleave(k)
+        mask = self.choice_mask(flat)
+        S, V = mask.shape[1:]
+        rows = torch.full((B * k, S), -1, dtype=torch.long, device=mask.device)
+        ffix = None if fixed is None else fill_fixed(torch.full((B, S), -1, dtype=torch.long, device=mask.device),
+                                                     fixed).repeat_interleave(k, 0)
+        feats = self.features(flat)
+        for s in self.order:
+            logits = self.logits(flat, rows_to_inputs(rows, V), features=feats)[:, s].float() / temperature
+            choice = gumbel_max(logits, generator=generator)
+            if ffix is not None:
+                choice = torch.where(ffix[:, s] >= 0, ffix[:, s], choice)
+            rows[:, s] = choice
+        return rows.reshape(B, k, S)
+
+    def relaxed_sample(self, ctx: Context, method: str, tau: float = 1.0, fixed: Optional[Tensor] = None,
+                       generator: Optional[torch.Generator] = None, k: int = 10) -> tuple[Tensor, Tensor, Tensor]:
+        """One row per context whose choices carry `method`'s gradient (see gradients.select).
+
+        -> (x (B, S, V) float: one-hot rows with a surrogate gradient for st/st-gumbel/gumbel-rao/
+        reinmax, soft rows for soft/gumbel; index (B, S) long hard choices; logits (B, S, V) the
+        conditionals the choices were drawn from). Autoregressive generators feed each choice, with
+        its gradient, into the next slot's input (straight-through through the sampled prefix).
+        k: conditional Gumbel draws of gumbel-rao.
+        """
+        if not self.autoregressive:
+            logits = self.logits(ctx)
+            mask = self.choice_mask(ctx)
+            x = select(logits, method, tau, mask=mask, generator=generator, k=k)
+            index = x.detach().argmax(-1)
+            if fixed is not None:
+                pinned = fill_fixed(torch.full_like(index, -1), fixed)
+                pin = pinned >= 0
+                index = torch.where(pin, pinned, index)
+                x = torch.where(pin.unsqueeze(-1), F.one_hot(index, x.shape[-1]).to(x.dtype), x)
+            return x, index, logits
+        mask = self.choice_mask(ctx)
+        B, S, V = mask.shape
+        feats = self.features(ctx)
+        slots: list[Tensor] = [torch.zeros(B, V, device=mask.device)] * S
+        index = torch.full((B, S), -1, dtype=torch.long, device=mask.device)
+        step_logits: list[Tensor] = [torch.zeros(B, V, device=mask.device)] * S
+        ffix = None if fixed is None else fill_fixed(torch.full((B, S), -1, dtype=torch.long, device=mask.device), fixed)
+        for s in self.order:
+            logits = self.logits(ctx, torch.stack(slots, 1), features=feats)[:, s]
+            choice = select(logits, method, tau, mask=mask[:, s], generator=generator, k=k)
+            idx = choice.detach().argmax(-1)
+            if ffix is not None:
+                pin = ffix[:, s] >= 0
+                idx = torch.where(pin, ffix[:, s], idx)
+                choice = torch.where(pin[:, None], F.one_hot(idx, V).to(choice.dtype), choice)
+            slots[s], step_logits[s] = choice, logits
+            index[:, s] = idx
+        return torch.stack(slots, 1), index, torch.stack(step_logits, 1)
+
+    def features(self, ctx: Context) -> Optional[Tensor]:
+        """Per-context features reused across the steps of sequential decoding (None: nothing to cache)."""
+        return None
+
+
+def mask_logits(logits: Tensor, mask: Tensor) -> Tensor:
+    """Set invalid categories to MASK_VALUE. logits (B, S, V), mask broadcastable bool."""
+    return logits.masked_fill(~mask, MASK_VALUE)

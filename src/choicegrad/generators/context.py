@@ -1,0 +1,105 @@
+"""Contexts a generator conditions on: table context columns, or a padded list of item vectors.
+
+Both kinds share one small protocol so training and decoding code never branches on the kind:
+`len(ctx)`, `ctx.index(idx)`, `ctx.repeat_interleave(k)` and `ctx.to(device)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class TableContext:
+    """Encoded context columns of B contexts. cat: (B, C_cat) long; num: (B, C_num) float.
+
+    A context-free table has C_cat = C_num = 0 (shape (B, 0)); B still counts the contexts asked for.
+    """
+
+    cat: Tensor
+    num: Tensor
+
+    def __len__(self) -> int:
+        return int(self.cat.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.cat.device
+
+    def index(self, idx) -> TableContext:
+        """The contexts at positions `idx` (long tensor, array or slice)."""
+        idx = torch.as_tensor(idx, device=self.cat.device) if not isinstance(idx, slice) else idx
+        return TableContext(self.cat[idx], self.num[idx])
+
+    def repeat_interleave(self, k: int) -> TableContext:
+        """Each context repeated k times in a row: (B, ...) -> (B * k, ...)."""
+        return TableContext(self.cat.repeat_interleave(k, 0), self.num.repeat_interleave(k, 0))
+
+    def to(self, device) -> TableContext:
+        return TableContext(self.cat.to(device), self.num.to(device))
+
+    @classmethod
+    def empty(cls, n: int, device=None) -> TableContext:
+        """n contexts of a context-free table."""
+        return cls(torch.zeros(n, 0, dtype=torch.long, device=device), torch.zeros(n, 0, device=device))
+
+    def unique(self) -> tuple[TableContext, np.ndarray]:
+        """Distinct contexts (rows of cat and num together) and the (B,) id of each original one."""
+        key = np.concatenate([self.cat.cpu().numpy().astype(np.float64), self.num.cpu().numpy().astype(np.float64)], 1)
+        if key.shape[1] == 0:
+            return self.index(slice(0, min(1, len(self)))), np.zeros(len(self), dtype=np.int64)
+        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        return self.index(torch.as_tensor(first)), inverse.reshape(-1)
+
+
+@dataclass
+class ItemContext:
+    """B lists of item vectors, padded. items: (B, N, D) float; mask: (B, N) bool, True = a real item."""
+
+    items: Tensor
+    mask: Tensor
+
+    def __post_init__(self):
+        if self.items.dim() != 3:
+            raise ValueError(f"items must have shape (B, N, D), got {tuple(self.items.shape)}")
+        if tuple(self.mask.shape) != tuple(self.items.shape[:2]) or self.mask.dtype != torch.bool:
+            raise ValueError(f"mask must be bool of shape (B, N)={tuple(self.items.shape[:2])}, "
+                             f"got {self.mask.dtype} {tuple(self.mask.shape)}")
+        if len(self.mask) and not bool(self.mask.any(1).all()):
+            raise ValueError("every item list needs at least one item (a row of mask is all False)")
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.items.device
+
+    def index(self, idx) -> ItemContext:
+        idx = torch.as_tensor(idx, device=self.items.device) if not isinstance(idx, slice) else idx
+        return ItemContext(self.items[idx], self.mask[idx])
+
+    def repeat_interleave(self, k: int) -> ItemContext:
+        return ItemContext(self.items.repeat_interleave(k, 0), self.mask.repeat_interleave(k, 0))
+
+    def to(self, device) -> ItemContext:
+        return ItemContext(self.items.to(device), self.mask.to(device))
+
+    @classmethod
+    def from_lists(cls, lists: list[Tensor]) -> ItemContext:
+        """Pad a list of (N_b, D) tensors into one ItemContext."""
+        n = max(int(t.shape[0]) for t in lists)
+        d = int(lists[0].shape[1])
+        items = torch.zeros(len(lists), n, d, dtype=lists[0].dtype)
+        mask = torch.zeros(len(lists), n, dtype=torch.bool)
+        for b, t in enumerate(lists):  # building a batch from user lists, not a hot path
+            items[b, : len(t)] = t
+            mask[b, : len(t)] = True
+        return cls(items, mask)
+
+
+Context = TableContext | ItemContext

@@ -1,0 +1,197 @@
+"""Decoders: distinct rows, fixed slots kept by every decoder, agreement with exhaustive search."""
+
+import pytest
+import torch
+
+from choicegrad.data import ContextEncoder
+from choicegrad.decode import (DECODERS, beam_search, complete_distinct, decode, distinct_topk,
+                               enumerate_allowed, first_occurrence, row_keys)
+from choicegrad.generators import GeneratorConfig, TableContext, build
+from choicegrad.space import ChoiceSpace, Slot
+from choicegrad.tasks import PlantedTask, PottsTask
+
+SIZES = [3, 4, 2, 4]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and a second OpenMP thread competing with other
+    processes for 2 cores can slow a step down a hundredfold; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def space(sizes=SIZES):
+    return ChoiceSpace(slots=[Slot(name=f"s{i}", categories=[str(j) for j in range(v)]) for i, v in enumerate(sizes)])
+
+
+def generator(kind, sizes=SIZES, scale=8.0, order=None, seed=0):
+    torch.manual_seed(seed)
+    from choicegrad.data import ContextColumn
+
+    ctx = ContextEncoder(columns=[ContextColumn(name="c", kind="categorical", categories=["a", "b", "c"])])
+    gen = build(GeneratorConfig(kind=kind, hidden=[32, 32], order=order), space=space(sizes), context=ctx)
+    with torch.no_grad():
+        for p in gen.parameters():
+            p.mul_(scale)
+    return gen.eval()
+
+
+CTX = TableContext(torch.tensor([[0], [1], [2]]), torch.zeros(3, 0))
+
+
+def all_rows(sizes=SIZES):
+    return torch.cartesian_prod(*[torch.arange(v) for v in sizes])
+
+
+def potts_objective(sizes=SIZES, seed=0):
+    """A Potts landscape on the padded space (padding never chosen), per context."""
+    task = PottsTask(slots=len(sizes), vocab=max(sizes), contexts=3, seed=seed)
+
+    def f(x, ctx):
+        if x.is_floating_point():
+            x = x.argmax(-1)
+        return task.oracle(ctx.cat[:, 0], x)
+
+    return f
+
+
+def brute_force(objective, ctx, sizes=SIZES, fixed=None):
+    rows = all_rows(sizes)
+    if fixed is not None:
+        rows = rows[((rows == fixed) | (fixed < 0)).all(1)]
+    scores = torch.stack([objective(rows, ctx.index(torch.full((len(rows),), b))) for b in range(len(ctx))])
+    return rows, scores
+
+
+def test_keys_and_distinct_topk():
+    rows = torch.tensor([[[0, 1], [1, 0], [0, 1], [2, 2]]])
+    keys = row_keys(rows, 3)
+    assert keys[0, 0] == keys[0, 2] and len(set(keys[0].tolist())) == 3
+    first = first_occurrence(keys, torch.ones(1, 4, dtype=torch.bool))
+    assert first.tolist() == [[True, True, False, True]]
+    r, s, v = distinct_topk(rows, torch.tensor([[5.0, 1.0, 5.0, 3.0]]), 4, 3)
+    assert r[0, :3].tolist() == [[0, 1], [2, 2], [1, 0]] and v.tolist() == [[True, True, True, False]]
+    assert s[0, 3] == float("-inf") and (r[0, 3] == -1).all()
+    many = torch.randint(0, 50, (2, 300, 12))   # 50**12 > 2**62: hashed keys, still exact in practice
+    k = row_keys(many, 50)
+    assert (k >= 0).all() and len(set(k[0].tolist())) == len({tuple(x) for x in many[0].tolist()})
+
+
+@pytest.mark.parametrize("order", [None, [3, 1, 0, 2]])
+@pytest.mark.parametrize("fixed", [None, torch.tensor([-1, 2, -1, -1])])
+def test_beam_of_full_width_is_exhaustive_topk_of_log_prob(order, fixed):
+    gen = generator("autoregressive", order=order)
+    rows, lp = beam_search(gen, CTX, width=96, fixed=fixed)
+    every = all_rows()
+    if fixed is not None:
+        every = every[every[:, 1] == 2]
+    ref = gen.log_prob(every.unsqueeze(0).expand(3, -1, -1), CTX)
+    n = len(every)
+    assert torch.isfinite(lp[:, :n]).all() and not torch.isfinite(lp[:, n:]).any()
+    assert torch.allclose(lp[:, :n], ref.sort(1, descending=True).values, atol=1e-4)
+    assert torch.allclose(gen.log_prob(rows[:, :n], CTX), lp[:, :n], atol=1e-4)
+    K = 10
+    top_rows, _ = beam_search(gen, CTX, width=K)   # narrow beam: still K distinct rows
+    assert all(len({tuple(r) for r in top_rows[b].tolist()}) == K for b in range(3))
+
+
+def test_factorized_topk_is_exact_with_beam_width_k():
+    gen = generator("factorized")
+    rows, lp = beam_search(gen, CTX, width=7)
+    ref = gen.log_prob(all_rows().unsqueeze(0).expand(3, -1, -1), CTX).sort(1, descending=True).values[:, :7]
+    assert torch.allclose(lp, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["factorized", "autoregressive"])
+@pytest.mark.parametrize("name", DECODERS)
+def test_every_decoder_keeps_fixed_slots_and_returns_distinct_rows(kind, name):
+    gen, f = generator(kind), potts_objective()
+    fixed = torch.tensor([2, -1, -1, 1])
+    K = 6
+    c = decode(name, gen, f, CTX, K, fixed=fixed, samples=64, generator=torch.Generator().manual_seed(0))
+    assert c.rows.shape == (3, K, 4) and c.valid.all()
+    assert (c.rows[..., 0] == 2).all() and (c.rows[..., 3] == 1).all()
+    for b in range(3):
+        assert len({tuple(r) for r in c.rows[b].tolist()}) == K
+        assert torch.allclose(c.scores[b], f(c.rows[b], CTX.index(torch.full((K,), b))))
+    assert (c.scores[:, :-1] >= c.scores[:, 1:]).all()       # best first
+    assert ((c.rows < torch.tensor(SIZES)) & (c.rows >= 0)).all()  # never a padding category
+    assert c.scorer_calls >= 3 * K
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_space_smaller_than_k(name):
+    gen, f = generator("autoregressive"), potts_objective()
+    fixed = torch.tensor([1, -1, 0, 3])   # 4 rows left
+    c = decode(name, gen, f, CTX, 9, fixed=fixed)
+    assert c.valid.sum(1).tolist() == [4, 4, 4]
+    assert (c.rows[~c.valid] == -1).all() and torch.isinf(c.scores[~c.valid]).all()
+
+
+def test_collapsed_generator_still_gives_k_distinct_rows():
+    gen = generator("factorized", scale=500.0)   # all mass on one row
+    f = potts_objective()
+    for name in ("argmax", "sample", "topk", "rerank"):
+        c = decode(name, gen, f, CTX, 20)
+        assert c.valid.all()
+        assert all(len({tuple(r) for r in c.rows[b].tolist()}) == 20 for b in range(3)), name
+
+
+@pytest.mark.parametrize("fixed", [None, torch.tensor([-1, -1, 1, -1])])
+def test_exhaustive_matches_brute_force(fixed):
+    f = potts_objective(seed=2)
+    c = decode("exhaustive", generator("factorized"), f, CTX, 5, fixed=fixed)
+    rows, scores = brute_force(f, CTX, fixed=fixed)
+    ref = scores.sort(1, descending=True)
+    assert torch.allclose(c.scores, ref.values[:, :5])
+    assert torch.equal(c.rows[:, 0], rows[ref.indices[:, 0]])
+    assert c.scorer_calls == 3 * len(rows) + 0
+
+
+def test_rerank_and_polish_reach_the_optimum():
+    # planted task: unimodal, so coordinate ascent from anywhere reaches the optimum
+    task = PlantedTask(slots=4, vocab=4, contexts=3, seed=1)
+    sizes = [4] * 4
+    f = task.objective()
+    gen = generator("autoregressive", sizes=sizes, scale=1.0)
+    ex = decode("exhaustive", gen, f, CTX, 3)
+    pol = decode("polish", gen, f, CTX, 3, samples=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pol.rows[:, 0], ex.rows[:, 0])
+    rr = decode("rerank", gen, f, CTX, 3, samples=4096)
+    assert torch.equal(rr.rows[:, 0], ex.rows[:, 0])
+    assert rr.scorer_calls == 3 * 4096
+    # Potts (rugged): polishing never loses to its starting point, and with enough samples rerank is exact
+    f2 = potts_objective(seed=4)
+    ex2 = decode("exhaustive", gen, f2, CTX, 4)
+    start = decode("rerank", gen, f2, CTX, 4, samples=8, generator=torch.Generator().manual_seed(1))
+    pol2 = decode("polish", gen, f2, CTX, 4, samples=8, generator=torch.Generator().manual_seed(1))
+    assert (pol2.scores >= start.scores - 1e-6).all()
+    assert torch.allclose(decode("rerank", gen, f2, CTX, 4, samples=4096).scores, ex2.scores)
+
+
+def test_complete_distinct_fills_from_neighbours():
+    allowed = torch.ones(2, 3, 5, dtype=torch.bool)
+    rows = torch.tensor([[[1, 1, 1]], [[2, 2, 2]]])
+    out, ok = complete_distinct(rows, torch.ones(2, 1, dtype=torch.bool), 30, allowed,
+                                torch.Generator().manual_seed(0))
+    assert ok.all() and torch.equal(out[:, 0], rows[:, 0])
+    assert all(len({tuple(r) for r in out[b].tolist()}) == 30 for b in range(2))
+
+
+def test_enumerate_allowed_mixed_sizes():
+    allowed = torch.zeros(1, 3, 4, dtype=torch.bool)
+    allowed[0, 0, :2] = allowed[0, 1, [1, 3]] = allowed[0, 2, :3] = True
+    rows, ok, total = enumerate_allowed(allowed)
+    assert total == 12 and ok.all() and len({tuple(r) for r in rows.tolist()}) == 12
+    assert set(rows[:, 1].tolist()) == {1, 3}
+
+
+def test_unknown_decoder_and_bad_k():
+    gen, f = generator("factorized"), potts_objective()
+    with pytest.raises(ValueError, match="did you mean \"topk\""):
+        decode("top-k", gen, f, CTX, 3)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        decode("argmax", gen, f, CTX, 0)

@@ -1,0 +1,204 @@
+"""Generators: each form x each applicable gradient estimator finds a planted optimum; the
+autoregressive generator is a normalised slot-by-slot model that can hold several distinct rows;
+the pointer generator solves "pick the 5" on list lengths it never saw; training is reproducible."""
+
+import csv
+
+import pytest
+import torch
+
+from choicegrad.data import load_table
+from choicegrad.decode import decode
+from choicegrad.generator_training import (METHODS, GeneratorFit, SampledContexts, TableContexts,
+                                           fit_generator)
+from choicegrad.generators import (AutoregressiveGenerator, GeneratorConfig, ItemObjective, TableContext,
+                                   TableObjective, build, load, save)
+from choicegrad.tasks import PickFiveTask, PlantedTask
+
+SMALL = dict(hidden=[48, 48], context_dim=8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and a second OpenMP thread competing with other
+    processes for 2 cores can slow a step down a hundredfold; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    task = PlantedTask(slots=4, vocab=4, contexts=2, modes=1, seed=3)
+    full = task.table(600, seed=1)
+    return task, load_table(full, "s?", "y", "ctx")
+
+
+def _fit(kind, method, data, objective, steps=150, **kw):
+    torch.manual_seed(0)
+    gen = build(GeneratorConfig(kind=kind, **SMALL), space=data.space, context=data.context)
+    opts = {"temperature": 0.3} if method in ("weighted-ce", "raml") else {}
+    fit = GeneratorFit(method=method, method_options=opts, steps=steps, batch_size=16, samples=8, lr=1e-2,
+                       warm_start_steps=0, val_every=50, patience=None, entropy=0.0, log_every=50, **kw)
+    return gen, fit_generator(gen, objective, TableContexts(data), fit)
+
+
+@pytest.mark.parametrize("kind", ["factorized", "autoregressive"])
+@pytest.mark.parametrize("method", METHODS)
+def test_generator_finds_planted_optimum(planted, kind, method):
+    task, data = planted
+    gen, res = _fit(kind, method, data, task.objective())
+    ctx = TableContexts(data).contexts
+    best = decode("argmax", gen, task.objective(), ctx, 1)
+    for b in range(len(ctx)):
+        assert torch.equal(best.rows[b, 0], task.optimum(int(ctx.cat[b, 0]))[0]), (kind, method)
+    assert res.scorer_calls > 0 and res.history
+
+
+def test_autoregressive_holds_several_distinct_rows():
+    """Two good rows per context with nothing in common: the autoregressive generator learns both
+    without mixing them; a factorized one must produce their mixtures."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"ctx": ["x"] * 4 + ["y"] * 4, "s0": list("abab") + list("cdcd"),
+                          "s1": list("abab") + list("cdcd"), "s2": list("abab") + list("cdcd"), "y": 1.0})
+    data = load_table(frame, "s?", "y", "ctx")
+    ctx = TableContexts(data).contexts
+    shares = {}
+    for kind in ("autoregressive", "factorized"):
+        torch.manual_seed(0)
+        gen = build(GeneratorConfig(kind=kind, **SMALL), space=data.space, context=data.context)
+        opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
+        for _ in range(200):
+            loss = -gen.log_prob(data.rows, TableContext(data.ctx_cat, data.ctx_num)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        rows = gen.sample(ctx, 200, generator=torch.Generator().manual_seed(1))
+        pure = (rows == rows[..., :1]).all(-1).float().mean()  # a row of one letter: a data row
+        shares[kind] = float(pure)
+        if kind == "autoregressive":
+            assert len({tuple(r) for r in rows[0].tolist()}) == 2
+    assert shares["autoregressive"] > 0.97 and shares["factorized"] < 0.5, shares
+
+
+@pytest.mark.parametrize("order", [None, [2, 0, 3, 1]])
+def test_autoregressive_is_normalised_and_causal(order):
+    task = PlantedTask(slots=4, vocab=3, contexts=2)
+    gen = AutoregressiveGenerator([3, 2, 3, 3], [2], 0, GeneratorConfig(order=order, **SMALL))
+    with torch.no_grad():
+        for p in gen.parameters():
+            p.mul_(20.0)  # a far-from-uniform distribution
+    ctx = TableContext(torch.tensor([[0], [1]]), torch.zeros(2, 0))
+    rows = torch.cartesian_prod(*[torch.arange(v) for v in [3, 2, 3, 3]])
+    lp = gen.log_prob(rows.unsqueeze(0).expand(2, -1, -1), ctx)
+    assert torch.allclose(lp.exp().sum(1), torch.ones(2), atol=1e-4)
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    logits = gen.logits(ctx, x)
+    pos = {s: i for i, s in enumerate(gen.order)}
+    for s in range(4):
+        (g,) = torch.autograd.grad(logits[:, s].sum(), x, retain_graph=True)
+        seen = (g.abs().sum((0, 2)) > 0).tolist()
+        assert seen == [pos[t] < pos[s] for t in range(4)], (s, seen)
+    del task
+
+
+def test_relaxed_sampling_is_straight_through_the_prefix():
+    gen = AutoregressiveGenerator([4, 4, 4], [], 0, GeneratorConfig(**SMALL))
+    ctx = TableContext.empty(5)
+    fixed = torch.tensor([-1, 2, -1])
+    x, index, _ = gen.relaxed_sample(ctx, "st-gumbel", 0.7, fixed=fixed, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x.detach(), torch.nn.functional.one_hot(index, 4).float())
+    assert (index[:, 1] == 2).all()
+    (x * torch.randn(5, 3, 4)).sum().backward()
+    assert gen.skip.weight.grad is not None and gen.skip.weight.grad.abs().sum() > 0  # gradient through the prefix
+
+
+@pytest.mark.parametrize("kind", ["factorized", "autoregressive"])
+def test_sample_keeps_fixed_slots_and_save_load_round_trip(tmp_path, planted, kind):
+    task, data = planted
+    gen = build(GeneratorConfig(kind=kind, **SMALL), space=data.space, context=data.context)
+    ctx = TableContexts(data).contexts
+    rows = gen.sample(ctx, 50, fixed=torch.tensor([1, -1, -1, 3]), generator=torch.Generator().manual_seed(0))
+    assert (rows[..., 0] == 1).all() and (rows[..., 3] == 3).all()
+    save(gen, tmp_path)
+    again, meta = load(tmp_path)
+    assert meta["generator"] == kind
+    assert torch.equal(gen.eval().logits(ctx), again.logits(ctx))
+    del task
+
+
+def test_fit_is_reproducible_and_logs_metrics(tmp_path, planted):
+    task, data = planted
+    states = []
+    for run in ("a", "b"):
+        fit = GeneratorFit(method="reinforce", steps=20, batch_size=8, samples=4, warm_start_steps=5, val_every=10,
+                           log_every=5, seed=7)
+        torch.manual_seed(0)
+        gen = build(GeneratorConfig(**SMALL), space=data.space, context=data.context)
+        res = fit_generator(gen, task.objective(), TableContexts(data), fit, run_dir=tmp_path / run)
+        states.append(gen.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    with open(tmp_path / "a" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    phases = {r["phase"] for r in rows}
+    assert phases == {"warm", "train", "val"}
+    train = [r for r in rows if r["phase"] == "train"]
+    assert all(float(r["entropy"]) > 0 and float(r["distinct"]) >= 1 for r in train)
+    assert int(float(rows[-1]["scorer_calls"])) == res.scorer_calls
+
+
+def test_early_stopping_keeps_best_state(planted):
+    task, data = planted
+    torch.manual_seed(0)
+    gen = build(GeneratorConfig(**SMALL), space=data.space, context=data.context)
+    fit = GeneratorFit(method="reinforce", steps=400, batch_size=16, samples=8, lr=1e-2, warm_start_steps=0,
+                       val_every=5, patience=2, entropy=0.0)
+    res = fit_generator(gen, task.objective(), TableContexts(data), fit)
+    assert res.stopped == "early stopping"
+    vals = [r["val_score"] for r in res.history if r["phase"] == "val"]
+    assert res.best_val == max(vals)
+
+
+def test_pessimistic_ensemble_objective(potts_frame):
+    from choicegrad.train import ScorerFit, fit_scorer
+
+    data = load_table(potts_frame, "s?", "y", "ctx")
+    scorer = fit_scorer(data, ScorerFit(ensemble=2, epochs=2)).scorer
+    ctx = TableContext(data.ctx_cat[:10], data.ctx_num[:10])
+    members = scorer.member_scores(data.rows[:10], ctx.cat, ctx.num)
+    got = TableObjective(scorer, beta=1.5)(data.rows[:10], ctx)
+    assert torch.allclose(got, members.mean(0) - 1.5 * members.std(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["st-gumbel", "reinforce", "gumbel-rao", "raml", "weighted-ce"])
+def test_pointer_picks_the_five_on_unseen_lengths(method):
+    task = PickFiveTask(slots=3, lengths=(4, 12))
+    torch.manual_seed(0)
+    gen = build(GeneratorConfig(kind="pointer", hidden=[32, 32], attention_layers=1), num_slots=3, item_dim=1)
+    fit = GeneratorFit(method=method, steps=150, batch_size=32, samples=8, lr=3e-3, warm_start_steps=0,
+                       val_every=50, patience=None, entropy=0.0, tau_end=0.3)
+    fit_generator(gen, ItemObjective(task.reward), SampledContexts(task.draw, validation_size=64), fit)
+    fresh = task.draw(1000, torch.Generator().manual_seed(99), lengths=(20, 40))   # never seen in training
+    best = decode("argmax", gen, ItemObjective(task.reward), fresh, 1)
+    assert task.accuracy(best.rows[:, 0], fresh) >= 0.99
+
+
+@pytest.mark.parametrize("method", ["reinforce", "weighted-ce"])
+def test_rows_with_missing_slots_train_masked(method):
+    """Warm start and weighted-ce on data rows with missing slots: the missing slots are left out."""
+    from choicegrad.generator_training import fit_table_generator
+    from choicegrad.tasks import PottsTask
+    from choicegrad.train import ScorerFit, fit_scorer
+
+    data = load_table(PottsTask(slots=3, vocab=4, contexts=2, seed=0).table(n=300, seed=1, missing=0.3),
+                      "s?", "y", "ctx")
+    assert (data.rows < 0).any()
+    scorer = fit_scorer(data, ScorerFit(epochs=2)).scorer
+    fit = GeneratorFit(method=method, steps=20, batch_size=8, samples=4, warm_start_steps=20, val_every=10)
+    res = fit_table_generator(scorer, data, GeneratorConfig(**SMALL), fit)
+    warm = [r["loss"] for r in res.history if r["phase"] == "warm"]
+    assert warm and all(torch.isfinite(torch.tensor(warm)))
+    lp = res.generator.log_prob(data.rows[:20], TableContext(data.ctx_cat[:20], data.ctx_num[:20]))
+    assert torch.isfinite(lp).all()
