@@ -110,3 +110,11 @@ def test_metrics_hand_computed():
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
     rep = regression_report([1, 2, 3, 1, 2, 3], [1, 2, 3, 3, 2, 1], groups=[0, 0, 0, 1, 1, 1])
     assert rep["spearman_per_context"] == pytest.approx(0.0)
+
+
+def test_spearman_ties_and_degenerate():
+    # ranks (1, 2.5, 2.5, 4) vs (1, 2, 3, 4): pearson of ranks
+    a, b = np.array([1, 2.5, 2.5, 4]), np.array([1, 2, 3, 4])
+    expected = np.corrcoef(a, b)[0, 1]
+    assert spearman([1, 2, 2, 3], [5, 6, 7, 8]) == pytest.approx(expected)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
