@@ -16,8 +16,10 @@ demo: $(BIN)/choicegrad
 test: $(BIN)/choicegrad
 	$(BIN)/python -m pytest
 
+# Measurements, not tests: gradient bias/variance table, then tfbind8 fit + generate (~10 minutes).
 bench: $(BIN)/choicegrad
-	$(BIN)/python benchmarks/gradients.py --out docs/gradients-table.md
+	$(BIN)/python benchmarks/gradients.py
+	$(BIN)/python benchmarks/tfbind8_generate.py --out runs/bench-tfbind8 --max-minutes 12
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -13,14 +13,6 @@ from choicegrad.tasks import PlantedTask, PottsTask
 SIZES = [3, 4, 2, 4]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a second OpenMP thread competing with other
-    processes for 2 cores can slow a step down a hundredfold; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def space(sizes=SIZES):

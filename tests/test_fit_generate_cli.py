@@ -14,14 +14,6 @@ from choicegrad.tasks import PottsTask
 FAST = ["--steps", "40", "--scorer-epochs", "4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a second OpenMP thread competing with other
-    processes for 2 cores can slow a step down a hundredfold; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(*args):

@@ -18,14 +18,6 @@ from choicegrad.tasks import PickFiveTask, PlantedTask
 SMALL = dict(hidden=[48, 48], context_dim=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a second OpenMP thread competing with other
-    processes for 2 cores can slow a step down a hundredfold; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
