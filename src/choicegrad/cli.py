@@ -98,18 +98,14 @@ def fit_scorer_cmd(
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Fit a scorer on a table and print its held-out metrics."""
-    from .data import load_table, split_below_quantile
+    from .data import hold_out_upper, load_table
     from .train import ScorerFit, fit_scorer
 
     _check_out_dir(out)
     table = load_table(data, features, score, context)
     for note in table.warnings:
         typer.echo(f"warning: {note}", err=True)
-    extra = {}
-    if train_quantile is not None:
-        below, upper = split_below_quantile(table, train_quantile)
-        extra = {"upper": table.subset(upper)}
-        table = table.subset(below)
+    table, extra = hold_out_upper(table, train_quantile)
     cfg = ScorerFit(ensemble=ensemble, beta=beta, ranking=ranking, epochs=epochs, batch_size=batch_size,
                     seed=seed, max_minutes=max_minutes, device=device)
     result = fit_scorer(table, cfg, extra_eval=extra)

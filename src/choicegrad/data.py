@@ -290,3 +290,12 @@ def split_below_quantile(data: TableData, q: float) -> tuple[np.ndarray, np.ndar
     cut = frame.groupby("g")["y"].transform(lambda s: s.quantile(q)).to_numpy()
     below = frame["y"].to_numpy() < cut
     return np.flatnonzero(below), np.flatnonzero(~below)
+
+
+def hold_out_upper(data: TableData, q: float | None) -> tuple[TableData, dict[str, TableData]]:
+    """(training table, extra held-out sets): with q, the rows below each context's q-quantile and
+    {"upper": the rest}; without q, the whole table and no extra set."""
+    if q is None:
+        return data, {}
+    below, upper = split_below_quantile(data, q)
+    return data.subset(below), {"upper": data.subset(upper)}

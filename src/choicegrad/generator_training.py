@@ -489,7 +489,7 @@ def fit_run(data, features, score: str, context, out: str | Path, *, generator: 
     import json
 
     from . import checkpoint, generators
-    from .data import load_table, split_below_quantile, write_table
+    from .data import hold_out_upper, load_table, write_table
     from .train import ScorerFit, fit_scorer
 
     start = time.perf_counter()
@@ -497,11 +497,7 @@ def fit_run(data, features, score: str, context, out: str | Path, *, generator: 
     table = load_table(data, features, score, context)
     for note in table.warnings:
         echo(f"warning: {note}")
-    extra = {}
-    if train_quantile is not None:
-        below, upper = split_below_quantile(table, train_quantile)
-        extra = {"upper": table.subset(upper)}
-        table = table.subset(below)
+    table, extra = hold_out_upper(table, train_quantile)
     scorer_cfg = ScorerFit(ensemble=ensemble, beta=beta, seed=seed, epochs=scorer_epochs, device=device,
                            max_minutes=None if max_minutes is None else max_minutes / 2)
     result = fit_scorer(table, scorer_cfg, extra_eval=extra, progress=progress)
