@@ -187,3 +187,20 @@ def test_unknown_decoder_and_bad_k():
         decode("top-k", gen, f, CTX, 3)
     with pytest.raises(ValueError, match="k must be >= 1"):
         decode("argmax", gen, f, CTX, 0)
+
+
+def test_budgeted_rerank_and_polish_stay_within_the_budget():
+    """With a per-context budget, rerank and polish score at most that many rows per context, and
+    polishing never loses to the rerank of the same draws."""
+    gen = generator("autoregressive", scale=1.0)
+    f = potts_objective(seed=4)
+    for budget in (40, 300):
+        rr = decode("rerank", gen, f, CTX, 8, budget=budget, generator=torch.Generator().manual_seed(0))
+        pol = decode("polish", gen, f, CTX, 8, budget=budget, generator=torch.Generator().manual_seed(0))
+        start = decode("rerank", gen, f, CTX, 8, samples=budget // 2, generator=torch.Generator().manual_seed(0))
+        assert rr.scorer_calls <= 3 * budget and pol.scorer_calls <= 3 * budget
+        assert pol.scorer_calls > start.scorer_calls  # the rest of the budget went to neighbours
+        assert bool(rr.valid.all()) and bool(pol.valid.all())
+        assert bool((pol.scores[:, 0] >= start.scores[:, 0] - 1e-6).all())
+    with pytest.raises(ValueError, match="budget"):
+        decode("polish", gen, f, CTX, 8, budget=0)

@@ -296,12 +296,14 @@ def beam_search(gen: Generator, ctx: Context, width: int, fixed: Optional[Tensor
 
 
 def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int = 20,
-           chunk: int = 1 << 16, max_elements: int = 1 << 25) -> Candidates:
+           chunk: int = 1 << 16, max_elements: int = 1 << 25, budget: Optional[int] = None) -> Candidates:
     """Steepest-ascent coordinate search from every valid candidate; the K best distinct rows among
     the candidates and every neighbour scored on the way.
 
     Each sweep builds all single-slot changes (B, K, S, V) of the still-improving candidates, scores
     them in one batched call, and moves each candidate to its best neighbour if that is better.
+    budget: at most this many neighbours scored per context; each sweep moves the best candidates
+    (in start order) whose neighbourhoods still fit, the rest stop.
     """
     B, K, S = start.rows.shape
     V = allowed.shape[-1]
@@ -309,18 +311,19 @@ def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tenso
     if B > per:
         parts = [_polish(objective, ctx.index(torch.arange(i, min(i + per, B), device=allowed.device)),
                          Candidates(start.rows[i:i + per], start.scores[i:i + per], start.valid[i:i + per], 0),
-                         allowed[i:i + per], sweeps, chunk) for i in range(0, B, per)]
+                         allowed[i:i + per], sweeps, chunk, budget) for i in range(0, B, per)]
         return Candidates(torch.cat([p.rows for p in parts]), torch.cat([p.scores for p in parts]),
                           torch.cat([p.valid for p in parts]), start.scorer_calls + sum(p.scorer_calls for p in parts))
-    return _polish(objective, ctx, start, allowed, sweeps, chunk)
+    return _polish(objective, ctx, start, allowed, sweeps, chunk, budget)
 
 
 def _polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int,
-            chunk: int) -> Candidates:
+            chunk: int, budget: Optional[int] = None) -> Candidates:
     rows, scores, valid = start.rows, start.scores, start.valid
     B, K, S = rows.shape
     V = allowed.shape[-1]
     calls = start.scorer_calls
+    left = torch.full((B,), math.inf if budget is None else float(budget), device=rows.device)
     best_rows, best_scores, best_valid = rows, scores, valid
     current, cur_score, active = rows.clone(), scores.clone(), valid.clone()
     eye = torch.arange(S, device=rows.device)
@@ -333,6 +336,13 @@ def _polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tens
         ok = (allowed.unsqueeze(1)                                                        # (B, 1, S, V)
               & (change != current.unsqueeze(-1))
               & active[:, :, None, None])
+        if budget is not None:  # keep the candidates whose neighbourhoods fit what is left
+            cost = ok.sum((2, 3)).float()                                                 # (B, K)
+            active = active & (cost.cumsum(1) <= left[:, None])
+            ok = ok & active[:, :, None, None]
+            left = left - (cost * active).sum(1)
+            if not bool(active.any()):
+                break
         flat_rows = nb.reshape(B, K * S * V, S)
         nb_scores, n = score_grid(objective, flat_rows, ctx, ok.reshape(B, K * S * V), chunk)
         calls += n
@@ -373,13 +383,15 @@ def exhaustive(objective: Objective, ctx: Context, k: int, allowed: Tensor, chun
 def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Context, k: int, *,
            fixed: Optional[Tensor] = None, temperature: float = 1.0, samples: Optional[int] = None,
            width: Optional[int] = None, sweeps: int = 20, generator: Optional[torch.Generator] = None,
-           mask: Optional[Tensor] = None, chunk: int = 1 << 16) -> Candidates:
+           mask: Optional[Tensor] = None, chunk: int = 1 << 16, budget: Optional[int] = None) -> Candidates:
     """K distinct candidates per context by decoder `name` (see the module docstring).
 
     gen: the generator (not needed by 'exhaustive' when `mask` (B, S, V) is given); objective:
     f(x, ctx) -> scores (the scorer); ctx: B contexts; fixed: (S,) or (B, S) long, -1 = free;
     temperature: sampling temperature (sample, rerank, polish); samples: rows drawn by rerank/polish
-    (default max(8K, 256)); width: beam width of topk (default K); sweeps: polish's maximum sweeps.
+    (default max(8K, 256)); width: beam width of topk (default K); sweeps: polish's maximum sweeps;
+    budget: scorer calls per context for rerank (all on draws) and polish (half on draws, the rest on
+    neighbours); the other decoders score only their K rows.
     """
     from .errors import did_you_mean
 
@@ -417,14 +429,19 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
                 draws = torch.cat([draws, gen.sample(ctx, max(2 * k, 32), temperature, fixed, generator)], 1)
             return finish(objective, ctx, draws, torch.ones(draws.shape[:2], dtype=torch.bool, device=draws.device),
                           k, allowed, generator=generator)
-        m = int(samples or max(8 * k, 256))
+        if budget is not None and int(budget) < 1:
+            raise ValueError(f"budget must be >= 1 scorer call per context, got {budget}")
+        m = int(samples or (max(8 * k, 256) if budget is None else budget if name == "rerank" else max(1, budget // 2)))
         draws = gen.sample(ctx, m, temperature, fixed, generator)                     # (B, M, S)
         scores, calls = score_grid(objective, draws, ctx, chunk=chunk)
         rows, top, ok = distinct_topk(draws, scores, k, allowed.shape[-1])
         cands = finish(objective, ctx, rows, ok, k, allowed, top, calls, generator)
         if name == "rerank":
             return cands
-        return polish(objective, ctx, cands, allowed, sweeps, chunk)
+        left = None if budget is None else max(0, int(budget) - math.ceil(cands.scorer_calls / max(B, 1)))
+        if left == 0:
+            return cands
+        return polish(objective, ctx, cands, allowed, sweeps, chunk, budget=left)
 
 
 def candidates_frame(space, cands: Candidates, contexts=None):
