@@ -368,6 +368,79 @@ def data_fetch_cmd(
         typer.echo(str(path))
 
 
+# --- bench: every method side by side on tasks with known optima -----------------------------------
+def _names(value: str, what: str, presets: dict[str, tuple]) -> list[str]:
+    items = [n.strip() for part in value.split(",") for n in (presets.get(part.strip()) or [part]) if n.strip()]
+    if not items:
+        raise InputError(f"--{what}", ["expected a comma-separated list, got nothing"])
+    return list(dict.fromkeys(items))
+
+
+@app.command("bench", epilog="Example: choicegrad bench --tasks potts,nk3 --methods quick --seeds 0 --out runs/bench-quick\n\n"
+             "Example: choicegrad bench --out runs/bench --docs docs/benchmarks.md   (the standard suite, `make bench`)\n\n"
+             "Example: choicegrad bench --tasks tfbind8 --methods anneal,autoregressive/reinforce/polish --out runs/tf")
+@user_errors
+def bench_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for results.csv, curves.csv, training.csv, report.md and plots.")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks, or 'standard' (potts, nk3, ehrlich, items, "
+                                            "tfbind8, gb1). Also: nk2, nk4, pard3.")] = "standard",
+    methods: Annotated[str, typer.Option(help="Comma-separated methods: peers (random, anneal, genetic, "
+                                              "gradient-ascent, exhaustive), pipelines GENERATOR/ESTIMATOR/DECODER "
+                                              "(e.g. autoregressive/reinforce/polish), 'default', or the presets "
+                                              "'standard' / 'quick'.")] = "standard",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with tfbind8/gb1/pard3.parquet (default "
+                                                          "../shared/data, else the `choicegrad data fetch` cache).")] = None,
+    docs: Annotated[Optional[Path], typer.Option(help="Also write the report to this markdown file, its figures "
+                                                      "in a folder of the same name beside it.")] = None,
+) -> None:
+    """Run every method on every task and seed with the same scorer, contexts and scorer-call budget;
+    score the candidates by ground truth; write a table (mean +- spread over seeds) and plots."""
+    from .benchmark import QUICK_METHODS, STANDARD_METHODS, STANDARD_TASKS, parse_method, run_benchmark
+
+    task_list = _names(tasks, "tasks", {"standard": STANDARD_TASKS})
+    method_list = _names(methods, "methods", {"standard": STANDARD_METHODS, "quick": QUICK_METHODS})
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise InputError("--seeds", [f"expected comma-separated integers, got {seeds!r}"]) from None
+    problems = []
+    for m in method_list:
+        try:
+            parse_method(m)
+        except ValueError as exc:
+            problems.append(str(exc))
+    from .benchmark import SPECS
+    from .errors import did_you_mean
+
+    problems += [f"unknown task {t!r}{did_you_mean(t, list(SPECS))}; choose from {', '.join(SPECS)}"
+                 for t in task_list if t not in SPECS]
+    if not seed_list:
+        problems.append("--seeds: expected at least one seed")
+    from .fetch import find_dataset
+    from .tasks.landscape import REAL
+    from .tasks.registry import DEFAULT_DATA_DIR
+
+    for t in task_list:
+        if t in REAL:
+            try:
+                find_dataset(t, data_dir if data_dir is not None else DEFAULT_DATA_DIR)
+            except FileNotFoundError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise InputError("choicegrad bench", problems)
+    try:
+        run_benchmark(task_list, method_list, seed_list, out, data_dir=data_dir)
+    except FileNotFoundError as exc:
+        raise InputError("choicegrad bench", [str(exc)]) from None
+    typer.echo(f"results: {out / 'results.csv'}")
+    typer.echo(f"report: {out / 'report.md'}")
+    if docs is not None:
+        from .report import publish
+
+        typer.echo(f"docs: {publish(out, docs)}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="choicegrad")
