@@ -16,10 +16,11 @@ demo: $(BIN)/choicegrad
 test: $(BIN)/choicegrad
 	$(BIN)/python -m pytest
 
-# Measurements, not tests: gradient bias/variance table, then tfbind8 fit + generate (~10 minutes).
+# Measurements, not tests (about 45 minutes on 2 cores): the gradient bias/variance table, then the
+# standard benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md.
 bench: $(BIN)/choicegrad
 	$(BIN)/python benchmarks/gradients.py
-	$(BIN)/python benchmarks/tfbind8_generate.py --out runs/bench-tfbind8 --max-minutes 12
+	$(BIN)/choicegrad bench --out runs/bench --docs docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -157,7 +157,7 @@ def test_table_bold_cells_and_nan_columns(results):
     assert _column(gb1, "max")["random"] == "**0.600 ± 0.100**"
     # ties at the shown precision are all bold; a column where every row ties has no bold
     assert _column(potts, "top1") == dict.fromkeys(_column(potts, "top1"), "0.500")
-    assert _column(potts, "ratio")["autoregressive/reinforce/polish"] == "**1.60**"
+    assert _column(potts, "ratio")["autoregressive/reinforce/polish"] == "**1.600**"
 
 
 def test_statements(results):
@@ -165,7 +165,7 @@ def test_statements(results):
     potts = report.split("\n## potts\n", 1)[1].split("\n## ", 1)[0]
     assert "Best choicegrad pipeline: autoregressive/reinforce/polish (gap_oracle = 0.800 ± 0.100)." in potts
     assert "Best peer: anneal (0.500 ± 0.100)." in potts
-    assert "Ratio 0.800/0.500 = 1.60: choicegrad leads the best peer." in potts
+    assert "Ratio 0.800/0.500 = 1.600: choicegrad leads the best peer." in potts
     assert "Exhaustive enumeration of the scorer reaches 0.950" in potts
     gb1 = report.split("\n## gb1\n", 1)[1]
     assert "Best peer: random (0.600 ± 0.100)." in gb1

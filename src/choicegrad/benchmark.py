@@ -66,8 +66,8 @@ class TaskSpec:
     train_rows: Optional[int] = None         # subsample of the training table (None: all of it)
     scorer_epochs: Optional[int] = None
     scorer_minutes: float = 5.0
-    steps: int = 400                         # generator training steps
-    train_minutes: float = 1.0               # cap per generator training run
+    steps: int = 300                         # generator training steps
+    train_minutes: float = 0.5               # cap per generator training run
     options: dict = field(default_factory=dict, hash=False)
 
 
@@ -81,9 +81,9 @@ SPECS = {
     "nk4": TaskSpec("nk4", "gap_oracle", budget=655, protocol="random", train_rows=30_000, scorer_epochs=40),
     "ehrlich": TaskSpec("ehrlich", "gap_oracle", budget=3906, protocol="random", train_rows=30_000, scorer_epochs=40),
     "items": TaskSpec("items", "top1", budget=200, k=16, kind="items"),
-    "tfbind8": TaskSpec("tfbind8", "max", budget=655, scorer_epochs=8, train_minutes=1.0),
+    "tfbind8": TaskSpec("tfbind8", "max", budget=655, scorer_epochs=8, steps=400, train_minutes=0.75),
     "gb1": TaskSpec("gb1", "max", budget=1600, scorer_epochs=40),
-    "pard3": TaskSpec("pard3", "max", budget=80, scorer_epochs=60),
+    "pard3": TaskSpec("pard3", "max", budget=256, scorer_epochs=60),  # 1% (80) is below K = 128
 }
 STANDARD_TASKS = ("potts", "nk3", "ehrlich", "items", "tfbind8", "gb1")
 STANDARD_METHODS = (

@@ -61,7 +61,7 @@ _DESCRIPTIONS = {
     "calls_train": "scorer calls while training (all contexts)",
     "seconds_train": "training wall time, s",
     "seconds_generate": "search / decoding wall time, s",
-    "peak_mb": "peak memory, MB",
+    "peak_mb": "peak resident memory above the level at the start of the method (training or search), MB",
     "ratio": "headline / best peer's headline",
 }
 
@@ -176,7 +176,7 @@ def _best(task_summary: pd.DataFrame, family: str) -> Optional[pd.Series]:
 
 def _fmt(value: float, metric: str) -> str:
     """One number at the metric's precision: 3 decimals for scores and shares, integers for calls,
-    1 decimal for seconds and MB (3 decimals below 0.1), 2 decimals for ratios."""
+    1 decimal for seconds and MB (3 decimals below 0.1), 3 decimals for ratios (0.998 is not 1.00)."""
     if value is None or not np.isfinite(value):
         return DASH
     if metric.startswith("calls"):
@@ -186,7 +186,7 @@ def _fmt(value: float, metric: str) -> str:
     if metric == "distinct":
         return f"{value:.1f}"
     if metric == "ratio":
-        return f"{value:.2f}"
+        return f"{value:.3f}"
     return f"{value:.3f}"
 
 
@@ -259,7 +259,7 @@ def _verdict(summary: pd.DataFrame, headline: str) -> str:
     if pipe is not None and peer is not None:
         x, y = float(pipe["headline_mean"]), float(peer["headline_mean"])
         outcome = _compare(x, float(pipe["headline_std"]), y, float(peer["headline_std"]))
-        ratio = f"Ratio {_fmt(x, headline)}/{_fmt(y, headline)} = {x / y:.2f}" if y > 0 else \
+        ratio = f"Ratio {_fmt(x, headline)}/{_fmt(y, headline)} = {x / y:.3f}" if y > 0 else \
             f"Ratio undefined (best peer's {headline} is not positive)"
         phrase = {"leads": "choicegrad leads the best peer",
                   "trails": "choicegrad trails the best peer",
@@ -269,7 +269,7 @@ def _verdict(summary: pd.DataFrame, headline: str) -> str:
         name = "Exhaustive enumeration of the scorer" if str(ref["method"]).strip().lower() == "exhaustive" \
             else f"Reference {_escape(ref['method'])}"
         parts.append(f"{name} reaches {_cell(ref['headline_mean'], ref['headline_std'], headline)}"
-                     + (f" (ratio {ref['ratio_to_best_peer']:.2f} to the best peer)."
+                     + (f" (ratio {ref['ratio_to_best_peer']:.3f} to the best peer)."
                         if np.isfinite(ref["ratio_to_best_peer"]) else "."))
     return " ".join(parts)
 
