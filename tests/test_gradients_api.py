@@ -15,7 +15,7 @@ S, V = 3, 4
 
 def test_registry_lists_all_methods():
     assert set(G.available()) == {"soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax",
-                                  "reinforce", "weighted-ce", "raml"}
+                                  "reinforce", "weighted-ce", "raml", "aligner"}
     assert G.get("ST_Gumbel").name == "st-gumbel"
 
 

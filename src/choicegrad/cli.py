@@ -182,7 +182,8 @@ def fit_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (scorer, generator, config.json, metrics.csv).")],
     context: Annotated[Optional[list[str]], CONTEXT] = None,
     method: Annotated[str, typer.Option(help="Gradient estimator that trains the generator "
-                                              "(reinforce, st-gumbel, gumbel-rao, reinmax, st, soft, gumbel, raml, weighted-ce).")] = DEFAULT_METHOD,
+                                              "(reinforce, st-gumbel, gumbel-rao, reinmax, st, soft, gumbel, raml, weighted-ce, "
+                                              "aligner: fits a learned similarity first and saves it).")] = DEFAULT_METHOD,
     generator: Annotated[str, typer.Option(help="Generator form: autoregressive or factorized.")] = DEFAULT_GENERATOR,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     max_minutes: Annotated[Optional[float], typer.Option(

@@ -43,7 +43,8 @@ from .generators.objective import score_rows
 PATHWISE = ("soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax")
 SCORE_FUNCTION = ("reinforce",)
 SUPERVISED = ("weighted-ce", "raml")
-METHODS = PATHWISE + SCORE_FUNCTION + SUPERVISED
+LEARNED = ("aligner",)    # needs an Aligner (choicegrad.aligner) and data rows of each context
+METHODS = PATHWISE + SCORE_FUNCTION + SUPERVISED + LEARNED
 METRIC_FIELDS = ["phase", "step", "loss", "score_mean", "score_max", "entropy", "distinct", "tau",
                  "val_score", "val_best", "scorer_calls", "seconds"]
 
@@ -107,8 +108,28 @@ class TableContexts:
         return len(self.contexts)
 
     def sample(self, n: int, generator: torch.Generator) -> TableContext:
-        idx = torch.randint(len(self.contexts), (n,), generator=generator, device=self.device)
-        return self.contexts.index(idx)
+        return self.contexts.index(self.sample_ids(n, generator))
+
+    def sample_ids(self, n: int, generator: torch.Generator) -> Tensor:
+        """(n,) ids of uniformly drawn contexts (positions in self.contexts)."""
+        return torch.randint(len(self.contexts), (n,), generator=generator, device=self.device)
+
+    def references(self, ids: Tensor, n: int, share: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n good and n bad data rows per context id: drawn from each context's best and worst
+        ceil(share * rows) rows by the recorded score. ids (B,) -> good (B, n, S), bad (B, n, S)."""
+        if not hasattr(self, "_ref"):
+            g, y = self.group, self.y.cpu().numpy()
+            order = torch.as_tensor(np.lexsort((-y, g)), device=self.device)       # by context, best first
+            counts = torch.as_tensor(np.bincount(g, minlength=len(self.contexts)), device=self.device)
+            starts = torch.cumsum(counts, 0) - counts
+            self._ref = order, counts, starts
+        order, counts, starts = self._ref
+        pool = (counts[ids].float() * share).ceil().clamp(min=1)                  # (B,)
+        r = torch.rand(len(ids), 2, n, generator=generator, device=self.device)
+        off = (r * pool[:, None, None]).long()
+        good = order[starts[ids, None] + off[:, 0]]
+        bad = order[starts[ids, None] + counts[ids, None] - 1 - off[:, 1]]
+        return self.rows[good], self.rows[bad]
 
     def validation(self) -> TableContext:
         n = len(self.contexts)
@@ -215,7 +236,7 @@ class MetricsLog:
 class _Step:
     """One training step's loss for a (generator, method) pair."""
 
-    def __init__(self, gen: Generator, objective, contexts, fit: GeneratorFit):
+    def __init__(self, gen: Generator, objective, contexts, fit: GeneratorFit, aligner=None):
         self.gen, self.objective, self.contexts, self.fit = gen, objective, contexts, fit
         self.method = gradients.base.normalize_name(fit.method)
         if self.method not in gradients.available():
@@ -235,6 +256,13 @@ class _Step:
         if self.method == "weighted-ce":
             self.wce = dict(weighting=opts.get("weighting", "softmax"), temperature=float(opts.get("temperature", 1.0)))
         self.relax_k = int(opts.get("k", 10)) if self.method == "gumbel-rao" else 10
+        if self.method == "aligner":
+            if aligner is None or not hasattr(contexts, "references"):
+                raise ValueError("the aligner method needs an Aligner (fit_generator(..., aligner=...)) and a table of "
+                                 "data rows for its reference rows")
+            self.aligner = aligner
+            self.references = int(opts.pop("references", 8))
+            self.reference_share = float(opts.pop("reference_share", 0.2))
         self.estimator = gradients.get(self.method, **opts)
         self.uses_tau = self.method in PATHWISE
         self.has_data = hasattr(contexts, "data_rows")
@@ -261,6 +289,11 @@ class _Step:
                 targets, target_scores, pre_calls = own[ar, best], f[ar, best], n
         elif self.method == "raml" and self.has_data:
             targets, ctx = self.contexts.data_rows(fit.batch_size, rng)
+        elif self.method == "aligner":
+            ctx, targets = None, None
+            ids = self.contexts.sample_ids(fit.batch_size, rng)
+            ctx = self.contexts.contexts.index(ids)
+            pre_calls = self._aligner_options(ids, ctx, rng)
         else:
             ctx, targets = self.contexts.sample(fit.batch_size, rng), None
         B = len(ctx)
@@ -276,6 +309,8 @@ class _Step:
             extra["targets"] = targets
         if target_scores is not None:
             extra["target_scores"] = target_scores
+        if self.method == "aligner":
+            extra.update(self._aligner_extra)
         out = self.estimator(logits, score_fn, mask=gen.choice_mask(ctx), generator=rng, **extra)
         H = slot_entropy(logits).mean()
         loss = out.loss - entropy_coef * H
@@ -283,8 +318,39 @@ class _Step:
                       "score_max": float(out.scores.float().max()) * self.scale,
                       "entropy": float(H.detach()), "scorer_calls": out.scorer_calls + pre_calls}
 
+    def _aligner_options(self, ids: Tensor, ctx: TableContext, rng: torch.Generator) -> int:
+        """Embed each context's good and bad reference rows; set the estimator's call options."""
+        good, bad = self.contexts.references(ids, self.references, self.reference_share, rng)   # (B, n, S)
+        B, n, S = good.shape
+        rep = ctx.repeat_interleave(2 * n)
+        with torch.no_grad():
+            z = self.aligner.embed(torch.cat([good, bad], 1).reshape(B * 2 * n, S), rep.cat, rep.num)
+        z = z.reshape(B, 2 * n, -1)
+        aligner = self.aligner
+        self._aligner_extra = {"embed": lambda x: aligner.embed(x, ctx.cat, ctx.num),
+                               "positives": z[:, :n], "negatives": z[:, n:]}
+        return B * 2 * n
+
     def _autoregressive(self, tau: float, entropy_coef: float, rng: torch.Generator) -> tuple[Tensor, dict]:
         fit, gen, m = self.fit, self.gen, self.method
+        if m == "aligner":
+            from .gradients.aligner import aligner_loss
+
+            ids = self.contexts.sample_ids(fit.batch_size, rng)
+            ctx = self.contexts.contexts.index(ids)
+            calls = self._aligner_options(ids, ctx, rng)
+            est = self.estimator
+            x, _, step_logits = gen.relaxed_sample(ctx, est.relaxation, tau, generator=rng)
+            loss = aligner_loss(self._aligner_extra["embed"](x), self._aligner_extra["positives"],
+                                self._aligner_extra["negatives"], est.temperature).mean()
+            with torch.set_grad_enabled(est.score_weight > 0):
+                f = self.score(x, ctx)
+            if est.score_weight > 0:
+                loss = loss - est.score_weight * f.mean()
+            H = slot_entropy(step_logits).mean()
+            return loss - entropy_coef * H, {"score_mean": float(f.detach().mean()) * self.scale,
+                                             "score_max": float(f.detach().max()) * self.scale,
+                                             "entropy": float(H.detach()), "scorer_calls": calls + len(ctx)}
         if m in PATHWISE:
             ctx = self.contexts.sample(fit.batch_size, rng)
             x, _, step_logits = gen.relaxed_sample(ctx, m, tau, generator=rng, k=self.relax_k)
@@ -380,10 +446,12 @@ def validate(gen: Generator, objective, ctx: Context, fit: GeneratorFit) -> tupl
 
 
 def fit_generator(gen: Generator, objective, contexts, fit: Optional[GeneratorFit] = None, *,
-                  run_dir: Optional[str | Path] = None, progress: Optional[bool] = None) -> GeneratorResult:
+                  run_dir: Optional[str | Path] = None, progress: Optional[bool] = None,
+                  aligner=None) -> GeneratorResult:
     """Train `gen` to maximise `objective` over contexts from `contexts` (TableContexts or
     SampledContexts). Writes RUN/metrics.csv when run_dir is given; progress=None shows a bar on a
-    terminal only. The generator is returned in eval mode with its best validation state."""
+    terminal only. The generator is returned in eval mode with its best validation state.
+    aligner: the Aligner the `aligner` method needs (reference rows come from `contexts`' data)."""
     fit = fit or GeneratorFit()
     start = time.perf_counter()
     deadline = start + 60 * fit.max_minutes if fit.max_minutes else math.inf
@@ -394,7 +462,7 @@ def fit_generator(gen: Generator, objective, contexts, fit: Optional[GeneratorFi
     scorer = getattr(objective, "scorer", None)
     if scorer is not None:
         scorer.to(device).eval().requires_grad_(False)
-    step_fn = _Step(gen, objective, contexts, fit)
+    step_fn = _Step(gen, objective, contexts, fit, aligner)
     log = MetricsLog(Path(run_dir) / "metrics.csv" if run_dir is not None else None)
     opt = torch.optim.Adam(gen.parameters(), lr=fit.lr)
     calls = 0
@@ -459,7 +527,8 @@ def fit_generator(gen: Generator, objective, contexts, fit: Optional[GeneratorFi
 
 
 def fit_table_generator(scorer, data: TableData, config=None, fit: Optional[GeneratorFit] = None, *,
-                        run_dir: Optional[str | Path] = None, progress: Optional[bool] = None) -> GeneratorResult:
+                        run_dir: Optional[str | Path] = None, progress: Optional[bool] = None,
+                        aligner=None) -> GeneratorResult:
     """Build a generator for the scorer's space and context and fit it on the contexts of `data`
     (warm start on `data`'s best rows), maximising the scorer (with `fit.beta` pessimism)."""
     from .generators import GeneratorConfig, TableObjective, build
@@ -468,7 +537,8 @@ def fit_table_generator(scorer, data: TableData, config=None, fit: Optional[Gene
     torch.manual_seed(fit.seed)
     gen = build(config or GeneratorConfig(), space=scorer.space, context=scorer.context)
     contexts = TableContexts(data, device=fit.device)
-    return fit_generator(gen, TableObjective(scorer, beta=fit.beta), contexts, fit, run_dir=run_dir, progress=progress)
+    return fit_generator(gen, TableObjective(scorer, beta=fit.beta), contexts, fit, run_dir=run_dir, progress=progress,
+                         aligner=aligner)
 
 
 def fit_run(data, features, score: str, context, out: str | Path, *, generator: str = "autoregressive",
@@ -506,12 +576,23 @@ def fit_run(data, features, score: str, context, out: str | Path, *, generator: 
     if on_scorer is not None:
         on_scorer(result.metrics)
 
+    aligner, aligner_info = None, None
+    if method == "aligner":  # the learned similarity the method pulls through, saved with the run
+        from .aligner import AlignerFit, fit_aligner
+
+        left = None if max_minutes is None else max(0.05, (max_minutes - (time.perf_counter() - start) / 60) / 3)
+        al = fit_aligner(result.scorer, table, AlignerFit(seed=seed, max_minutes=left), progress=progress)
+        aligner = al.aligner
+        aligner.save(out)
+        aligner_info = {"config": aligner.config.model_dump(), "seconds": al.seconds,
+                        "final_loss": float(np.mean([h["loss"] for h in al.history[-50:]])) if al.history else None}
+        echo(f"aligner: fitted in {al.seconds:.1f} s")
     left = None if max_minutes is None else max(0.05, max_minutes - (time.perf_counter() - start) / 60)
     gen_cfg = generators.GeneratorConfig(kind=generator)
     fit_cfg = GeneratorFit(method=method, seed=seed, device=device, max_minutes=left, beta=beta,
                            **({"steps": steps} if steps is not None else {}),
                            **({"entropy": entropy} if entropy is not None else {}))
-    res = fit_table_generator(result.scorer, table, gen_cfg, fit_cfg, run_dir=out, progress=progress)
+    res = fit_table_generator(result.scorer, table, gen_cfg, fit_cfg, run_dir=out, progress=progress, aligner=aligner)
     generators.save(res.generator.cpu(), out, {"space": result.scorer.space.model_dump(),
                                                "context": result.scorer.context.model_dump()})
     ctx_cols = [c.name for c in result.scorer.context.columns]
@@ -521,7 +602,7 @@ def fit_run(data, features, score: str, context, out: str | Path, *, generator: 
               "features": result.scorer.space.names, "score": score, "context": ctx_cols,
               "train_quantile": train_quantile, "rows": len(table), "scorer_fit": scorer_cfg.model_dump(),
               "scorer_metrics": result.metrics, "scorer_seconds": result.seconds,
-              "generator": gen_cfg.model_dump(), "generator_fit": fit_cfg.model_dump(),
+              "generator": gen_cfg.model_dump(), "generator_fit": fit_cfg.model_dump(), "aligner": aligner_info,
               "generator_training": {"seconds": res.seconds, "scorer_calls": res.scorer_calls,
                                      "best_validation": res.best_val, "stopped": res.stopped},
               "seconds": time.perf_counter() - start, "versions": checkpoint.versions()}

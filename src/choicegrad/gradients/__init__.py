@@ -9,7 +9,7 @@ logits (B, S, V); score_fn (N, S, V) float -> (N,), higher is better. See `avail
 
 from __future__ import annotations
 
-from . import relaxed, score_function, supervised  # noqa: F401  (register the methods)
+from . import aligner, relaxed, score_function, supervised  # noqa: F401  (register the methods)
 from .api import SELECT_METHODS, select, soft_lookup
 from .base import (MASK_VALUE, Estimator, EstimatorOutput, available, check_tau, get, register,
                    vocab_mask)
