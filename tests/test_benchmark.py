@@ -18,7 +18,7 @@ TINY = {
                       options={"slots": 2, "dim": 3, "lengths": (3, 5)}),
 }
 METHODS = ["random", "anneal", "genetic", "gradient-ascent", "exhaustive", "autoregressive/reinforce/polish",
-           "autoregressive/reinforce/argmax", "factorized/st-gumbel/rerank"]
+           "autoregressive/reinforce/argmax", "factorized/st-gumbel/rerank", "factorized/aligner/polish"]
 
 
 def test_parse_method_names():
@@ -53,7 +53,9 @@ def test_run_benchmark_end_to_end(tmp_path):
     assert (out / "results.csv").is_file() and (out / "report.md").is_file()
     assert (out / "curves.csv").is_file() and (out / "training.csv").is_file()
     frame = pd.read_csv(out / "results.csv")
-    assert len(frame) == len(results) == 2 * 2 * len(METHODS)
+    assert len(frame) == len(results) == 2 * 2 * len(METHODS) - 2  # the aligner needs data rows: not on items
+    assert "pointer/aligner/polish" not in set(frame.method)
+    assert frame[frame.method == "factorized/aligner/polish"].calls_train.gt(0).all()
     assert set(frame.loc[frame.task == "items", "generator"].dropna()) == {"pointer"}
     for task, spec in TINY.items():
         rows = frame[frame.task == task]
