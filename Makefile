@@ -16,11 +16,13 @@ demo: $(BIN)/choicegrad
 test: $(BIN)/choicegrad
 	$(BIN)/python -m pytest
 
-# Measurements, not tests (about 45 minutes on 2 cores): the gradient bias/variance table, then the
-# standard benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md.
+# Measurements, not tests (under an hour on 2 cores): the gradient bias/variance table, the standard
+# benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, then the
+# aligner's distance correlations (reusing the suite's scorers) refreshing docs/aligner.md.
 bench: $(BIN)/choicegrad
 	$(BIN)/python benchmarks/gradients.py
 	$(BIN)/choicegrad bench --out runs/bench --docs docs/benchmarks.md
+	$(BIN)/python benchmarks/aligner_distance.py --cache runs/bench/scorers --out docs/aligner.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -37,7 +37,7 @@ def _fit(kind, method, data, objective, steps=150, **kw):
 
 
 @pytest.mark.parametrize("kind", ["factorized", "autoregressive"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "aligner"])  # needs a Scorer: test_aligner.py
 def test_generator_finds_planted_optimum(planted, kind, method):
     task, data = planted
     gen, res = _fit(kind, method, data, task.objective())
