@@ -100,3 +100,20 @@ def test_bench_cli_rejects_bad_arguments(tmp_path):
         assert result.exit_code == 2, result.output
         assert needle in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_data_table_writes_a_task_table_the_pipeline_reads(tmp_path):
+    from choicegrad.data import load_table
+
+    runner = CliRunner()
+    out = tmp_path / "nk2.csv"
+    res = runner.invoke(app, ["data", "table", "nk2", "--protocol", "random", "--rows", "500", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = load_table(str(out), "s?", "y", "ctx")
+    assert len(data) == 500 and data.space.num_slots == 8
+    for args, needle in ((["nk9", "--out", str(tmp_path / "a.csv")], "nk2"),
+                         (["nk2", "--protocol", "random", "--out", str(tmp_path / "b.csv")], "n"),
+                         (["nk2", "--protocol", "randm", "--out", str(tmp_path / "c.csv")], "random")):
+        res = runner.invoke(app, ["data", "table", *args])
+        assert res.exit_code == 2 and needle in res.output, res.output
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()

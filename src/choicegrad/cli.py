@@ -369,6 +369,38 @@ def data_fetch_cmd(
         typer.echo(str(path))
 
 
+@data_app.command("table", epilog="Example: choicegrad data table nk3 --protocol random --rows 20000 --out nk3.csv\n\n"
+                  "Example: choicegrad data table tfbind8 --out tfbind8-train.parquet   (rows below each TF's median)\n\n"
+                  "Then: choicegrad fit nk3.csv --features 's?' --score y --context ctx --out runs/nk3")
+@user_errors
+def data_table_cmd(
+    task: Annotated[str, typer.Argument(help="A benchmark task: potts, nk2, nk3, nk4, ehrlich, tfbind8, gb1, pard3.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV or Parquet file to write.")],
+    protocol: Annotated[str, typer.Option(help="below-median (the offline-design protocol) or random.")] = "below-median",
+    rows: Annotated[Optional[int], typer.Option(min=1, help="Number of rows (required for random; a subsample otherwise).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of the sample.")] = 0,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the real landscapes (default ../shared/data, "
+                                                          "else the `choicegrad data fetch` cache).")] = None,
+) -> None:
+    """Write a task's training table (context column, s0.., y) so the whole CLI pipeline can run on it;
+    its ground truth stays in the task, for `choicegrad bench`."""
+    from .data import write_table
+    from .tasks import get_task
+    from .tasks.landscape import REAL
+
+    try:
+        if task in REAL:
+            from .fetch import find_dataset
+            from .tasks.registry import DEFAULT_DATA_DIR
+
+            data_dir = find_dataset(task, data_dir if data_dir is not None else DEFAULT_DATA_DIR).parent
+        frame = get_task(task, data_dir=data_dir).training_table(protocol, n=rows, seed=seed)
+    except (ValueError, FileNotFoundError) as exc:
+        raise InputError(f"choicegrad data table {task}", [str(exc)]) from None
+    write_table(frame, out)
+    typer.echo(f"wrote {len(frame)} rows to {out}")
+
+
 # --- bench: every method side by side on tasks with known optima -----------------------------------
 def _names(value: str, what: str, presets: dict[str, tuple]) -> list[str]:
     items = [n.strip() for part in value.split(",") for n in (presets.get(part.strip()) or [part]) if n.strip()]
