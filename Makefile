@@ -16,7 +16,7 @@ demo: $(BIN)/choicegrad
 test: $(BIN)/choicegrad
 	$(BIN)/python -m pytest
 
-# Measurements, not tests (under an hour on 2 cores): the gradient bias/variance table, the standard
+# Measurements, not tests (about 27 minutes on 2 cores): the gradient bias/variance table, the standard
 # benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, then the
 # aligner's distance correlations (reusing the suite's scorers) refreshing docs/aligner.md.
 bench: $(BIN)/choicegrad
