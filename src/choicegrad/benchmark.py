@@ -198,13 +198,6 @@ def table_problem(spec: TaskSpec, data_dir: Optional[Path], cache: Path) -> Prob
     from .data import load_table
     from .tasks import get_task
 
-    from .tasks.landscape import REAL
-
-    if spec.name in REAL:  # the given folder, else ../shared/data, else the `choicegrad data fetch` cache
-        from .fetch import find_dataset
-        from .tasks.registry import DEFAULT_DATA_DIR
-
-        data_dir = find_dataset(spec.name, data_dir if data_dir is not None else DEFAULT_DATA_DIR).parent
     task = get_task(spec.name, data_dir=data_dir, **spec.options)
     frame = task.training_table(spec.protocol, n=spec.train_rows, seed=0)
     context = [task.context_column] if task.context_column else None

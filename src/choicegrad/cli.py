@@ -386,14 +386,8 @@ def data_table_cmd(
     its ground truth stays in the task, for `choicegrad bench`."""
     from .data import write_table
     from .tasks import get_task
-    from .tasks.landscape import REAL
 
     try:
-        if task in REAL:
-            from .fetch import find_dataset
-            from .tasks.registry import DEFAULT_DATA_DIR
-
-            data_dir = find_dataset(task, data_dir if data_dir is not None else DEFAULT_DATA_DIR).parent
         frame = get_task(task, data_dir=data_dir).training_table(protocol, n=rows, seed=seed)
     except (ValueError, FileNotFoundError) as exc:
         raise InputError(f"choicegrad data table {task}", [str(exc)]) from None
@@ -454,7 +448,7 @@ def bench_cmd(
     from .tasks.landscape import REAL
     from .tasks.registry import DEFAULT_DATA_DIR
 
-    for t in task_list:
+    for t in task_list:  # before any long work: the same lookup get_task does
         if t in REAL:
             try:
                 find_dataset(t, data_dir if data_dir is not None else DEFAULT_DATA_DIR)

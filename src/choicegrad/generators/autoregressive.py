@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Generator, GeneratorConfig, mask_logits
+from .base import GeneratorConfig, TableGenerator, mask_logits
 from .context import TableContext
-from .trunk import ContextTrunk
 
 
 class MaskedLinear(nn.Linear):
@@ -43,7 +42,7 @@ def check_order(order: Optional[list[int]], num_slots: int) -> list[int]:
     return [int(o) for o in order]
 
 
-class AutoregressiveGenerator(Generator):
+class AutoregressiveGenerator(TableGenerator):
     """MADE over the row's one-hots plus the context trunk.
 
     sizes: categories per slot (S,); cardinalities / num_numeric: context columns; config.order: slot
@@ -56,14 +55,11 @@ class AutoregressiveGenerator(Generator):
     autoregressive = True
 
     def __init__(self, sizes: list[int], cardinalities: list[int], num_numeric: int, config: GeneratorConfig):
-        super().__init__(config)
-        self.sizes, self.cardinalities, self.num_numeric = list(sizes), list(cardinalities), int(num_numeric)
+        super().__init__(sizes, cardinalities, num_numeric, config, [config.hidden[0]])
         S, V = len(sizes), max(sizes)
         self._order = check_order(config.order, S)
         pos = torch.empty(S, dtype=torch.long)
         pos[torch.tensor(self._order)] = torch.arange(S)
-        self.register_buffer("mask", torch.arange(V)[None, :] < torch.tensor(sizes)[:, None], persistent=False)
-        self.trunk = ContextTrunk(self.cardinalities, self.num_numeric, config.context_dim, [config.hidden[0]])
         Hc = self.trunk.out_dim
         in_deg = (pos + 1).repeat_interleave(V)                    # (S*V,) degree of each input unit
         out_deg = pos.repeat_interleave(V)                         # (S*V,) output unit of slot s: sees pos < pos[s]
@@ -83,21 +79,8 @@ class AutoregressiveGenerator(Generator):
             self.context_head.bias.zero_()
 
     @property
-    def num_slots(self) -> int:
-        return len(self.sizes)
-
-    @property
     def order(self) -> list[int]:
         return list(self._order)
-
-    def meta(self) -> dict:
-        return {"sizes": self.sizes, "cardinalities": self.cardinalities, "num_numeric": self.num_numeric}
-
-    def choice_mask(self, ctx: TableContext) -> Tensor:
-        return self.mask.unsqueeze(0).expand(len(ctx), -1, -1)
-
-    def features(self, ctx: TableContext) -> Tensor:
-        return self.trunk(ctx)
 
     def logits(self, ctx: TableContext, x: Optional[Tensor] = None, features: Optional[Tensor] = None) -> Tensor:
         S, V = self.mask.shape

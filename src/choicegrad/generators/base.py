@@ -214,3 +214,31 @@ class Generator(nn.Module):
 def mask_logits(logits: Tensor, mask: Tensor) -> Tensor:
     """Set invalid categories to MASK_VALUE. logits (B, S, V), mask broadcastable bool."""
     return logits.masked_fill(~mask, MASK_VALUE)
+
+
+class TableGenerator(Generator):
+    """What the table-form generators share: slot sizes (S,), the context columns they embed with a
+    ContextTrunk (`trunk_hidden` widths), the (S, V_max) mask of real categories, and `meta()`."""
+
+    def __init__(self, sizes: list[int], cardinalities: list[int], num_numeric: int, config: GeneratorConfig,
+                 trunk_hidden: list[int]):
+        from .trunk import ContextTrunk
+
+        super().__init__(config)
+        self.sizes, self.cardinalities, self.num_numeric = list(sizes), list(cardinalities), int(num_numeric)
+        V = max(sizes)
+        self.register_buffer("mask", torch.arange(V)[None, :] < torch.tensor(sizes)[:, None], persistent=False)
+        self.trunk = ContextTrunk(self.cardinalities, self.num_numeric, config.context_dim, trunk_hidden)
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.sizes)
+
+    def meta(self) -> dict:
+        return {"sizes": self.sizes, "cardinalities": self.cardinalities, "num_numeric": self.num_numeric}
+
+    def choice_mask(self, ctx) -> Tensor:
+        return self.mask.unsqueeze(0).expand(len(ctx), -1, -1)
+
+    def features(self, ctx) -> Tensor:
+        return self.trunk(ctx)

@@ -7,12 +7,11 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .base import Generator, GeneratorConfig, mask_logits
+from .base import GeneratorConfig, TableGenerator, mask_logits
 from .context import TableContext
-from .trunk import ContextTrunk
 
 
-class FactorizedGenerator(Generator):
+class FactorizedGenerator(TableGenerator):
     """p(row | ctx) = prod_s softmax(logits_s(ctx)): one categorical per slot, all sharing the trunk.
 
     sizes: categories per slot (S,); cardinalities / num_numeric describe the context columns.
@@ -23,27 +22,11 @@ class FactorizedGenerator(Generator):
     kind = "factorized"
 
     def __init__(self, sizes: list[int], cardinalities: list[int], num_numeric: int, config: GeneratorConfig):
-        super().__init__(config)
-        self.sizes, self.cardinalities, self.num_numeric = list(sizes), list(cardinalities), int(num_numeric)
+        super().__init__(sizes, cardinalities, num_numeric, config, config.hidden)
         S, V = len(sizes), max(sizes)
-        self.register_buffer("mask", torch.arange(V)[None, :] < torch.tensor(sizes)[:, None], persistent=False)
-        self.trunk = ContextTrunk(self.cardinalities, self.num_numeric, config.context_dim, config.hidden)
         H = self.trunk.out_dim
         self.head_weight = nn.Parameter(torch.randn(S, H, V) * 0.01 / H ** 0.5)   # one head per slot
         self.head_bias = nn.Parameter(torch.zeros(S, V))
-
-    @property
-    def num_slots(self) -> int:
-        return len(self.sizes)
-
-    def meta(self) -> dict:
-        return {"sizes": self.sizes, "cardinalities": self.cardinalities, "num_numeric": self.num_numeric}
-
-    def choice_mask(self, ctx: TableContext) -> Tensor:
-        return self.mask.unsqueeze(0).expand(len(ctx), -1, -1)
-
-    def features(self, ctx: TableContext) -> Tensor:
-        return self.trunk(ctx)
 
     def logits(self, ctx: TableContext, x: Optional[Tensor] = None, features: Optional[Tensor] = None) -> Tensor:
         """(B, S, V_max); `x` is ignored (slots are independent given the context)."""

@@ -26,15 +26,14 @@ TASKS: dict[str, Callable[..., Landscape]] = {
 
 def get_task(name: str, data_dir: Optional[str | Path] = None, **options) -> Landscape:
     """The task `name`. Synthetic tasks take their factory's options (seed, contexts, ...); real ones
-    read DATA_DIR/NAME.parquet (default ../shared/data) and take no options."""
+    read DATA_DIR/NAME.parquet (default ../shared/data), else the `choicegrad data fetch` cache, and
+    take no options."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}{did_you_mean(name, list(TASKS))}; choose from {', '.join(TASKS)}")
     if name in REAL:
         if options:
             raise ValueError(f"{name}: a real landscape takes no options, got {', '.join(sorted(options))}")
-        path = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir) / f"{name}.parquet"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: task {name!r} needs this file; get it with `choicegrad data fetch {name}`"
-                                    " or pass data_dir=FOLDER")
-        return TASKS[name](path)
+        from ..fetch import find_dataset
+
+        return TASKS[name](find_dataset(name, Path(DEFAULT_DATA_DIR if data_dir is None else data_dir)))
     return TASKS[name](**options)
