@@ -189,18 +189,50 @@ def test_unknown_decoder_and_bad_k():
         decode("argmax", gen, f, CTX, 0)
 
 
-def test_budgeted_rerank_and_polish_stay_within_the_budget():
-    """With a per-context budget, rerank and polish score at most that many rows per context, and
-    polishing never loses to the rerank of the same draws."""
+def test_budgeted_rerank_polish_and_anneal_stay_within_the_budget():
+    """With a per-context budget, rerank, polish and anneal score at most that many rows per context,
+    and the searches never lose to the rerank of the same draws (a quarter of the budget)."""
     gen = generator("autoregressive", scale=1.0)
     f = potts_objective(seed=4)
     for budget in (40, 300):
         rr = decode("rerank", gen, f, CTX, 8, budget=budget, generator=torch.Generator().manual_seed(0))
-        pol = decode("polish", gen, f, CTX, 8, budget=budget, generator=torch.Generator().manual_seed(0))
-        start = decode("rerank", gen, f, CTX, 8, samples=budget // 2, generator=torch.Generator().manual_seed(0))
-        assert rr.scorer_calls <= 3 * budget and pol.scorer_calls <= 3 * budget
-        assert pol.scorer_calls > start.scorer_calls  # the rest of the budget went to neighbours
-        assert bool(rr.valid.all()) and bool(pol.valid.all())
-        assert bool((pol.scores[:, 0] >= start.scores[:, 0] - 1e-6).all())
+        start = decode("rerank", gen, f, CTX, 8, samples=budget // 4, generator=torch.Generator().manual_seed(0))
+        assert rr.scorer_calls <= 3 * budget and bool(rr.valid.all())
+        for name in ("polish", "anneal"):
+            c = decode(name, gen, f, CTX, 8, budget=budget, generator=torch.Generator().manual_seed(0))
+            assert c.scorer_calls <= 3 * budget
+            assert c.scorer_calls > start.scorer_calls  # the rest of the budget went to the search
+            assert bool(c.valid.all())
+            assert bool((c.scores[:, 0] >= start.scores[:, 0] - 1e-6).all())
     with pytest.raises(ValueError, match="budget"):
         decode("polish", gen, f, CTX, 8, budget=0)
+    with pytest.raises(ValueError, match="draw_share"):
+        decode("polish", gen, f, CTX, 8, budget=40, draw_share=0)
+
+
+def test_budgeted_polish_climbs_the_best_candidate_to_its_peak():
+    """A budget too small to climb every candidate goes best-first: on a unimodal task the rank-1
+    candidate reaches the optimum (spreading one step over many candidates would not)."""
+    task = PlantedTask(slots=8, vocab=6, contexts=3, seed=2)
+    f = task.objective()
+    gen = generator("factorized", sizes=[6] * 8, scale=0.0)        # uniform draws: far from the optimum
+    ex = decode("exhaustive", gen, f, CTX, 1)
+    pol = decode("polish", gen, f, CTX, 16, budget=640, generator=torch.Generator().manual_seed(0))
+    assert pol.scorer_calls <= 3 * 640
+    assert torch.equal(pol.rows[:, 0], ex.rows[:, 0])
+
+
+def test_anneal_from_keeps_its_start_and_counts_calls():
+    from choicegrad.decode import Candidates
+    from choicegrad.search import anneal_from
+
+    f = potts_objective(seed=4)
+    gen = generator("autoregressive", scale=1.0)
+    start = decode("rerank", gen, f, CTX, 8, samples=16, generator=torch.Generator().manual_seed(0))
+    allowed = gen.choice_mask(CTX)
+    out = anneal_from(f, CTX, allowed, start, 100, torch.Generator().manual_seed(0), chains=4)
+    assert out.scorer_calls == start.scorer_calls + 3 * 100
+    assert bool((out.scores[:, 0] >= start.scores[:, 0]).all())
+    same = anneal_from(f, CTX, allowed, start, 0, torch.Generator().manual_seed(0))
+    assert torch.equal(same.rows, start.rows) and same.scorer_calls == start.scorer_calls
+    assert isinstance(same, Candidates)

@@ -252,10 +252,13 @@ def generate_cmd(
     contexts: Annotated[Optional[Path], typer.Option(
         help="Table of contexts (CSV/Parquet) to generate for; default: every context seen in training.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Distinct rows per context.")] = 10,
-    decoder: Annotated[str, typer.Option(help="argmax, sample, topk, rerank, polish or exhaustive.")] = DEFAULT_DECODER,
+    decoder: Annotated[str, typer.Option(help="argmax, sample, topk, rerank, polish, anneal or exhaustive.")] = DEFAULT_DECODER,
     fix: Annotated[Optional[list[str]], typer.Option(help="Fix a feature: FEATURE=CATEGORY (repeatable).")] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (sample, rerank, polish).")] = 1.0,
-    samples: Annotated[Optional[int], typer.Option(help="Rows drawn per context by rerank/polish (default max(8K, 256)).")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Rows drawn per context by rerank/polish/anneal (sets the draws; "
+                                                   "without --budget the search after them is then unbounded).")] = None,
+    budget: Annotated[Optional[int], typer.Option(help="Scorer calls per context for rerank/polish/anneal: a quarter on draws, "
+                                                  "the rest on the search (default max(5 x top-k, 256) unless --samples is given).")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="Override the scorer's ensemble pessimism.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
@@ -285,6 +288,8 @@ def generate_cmd(
         problems.append(f"--temperature: expected a number > 0, got {temperature}")
     if samples is not None and samples < 1:
         problems.append(f"--samples: expected an integer >= 1, got {samples}")
+    if budget is not None and budget < 1:
+        problems.append(f"--budget: expected an integer >= 1 scorer call per context, got {budget}")
     if problems:
         raise InputError("generate", problems)
     missing = [str(run / f) for f in ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json")
@@ -318,7 +323,8 @@ def generate_cmd(
     rng = torch.Generator(device=device).manual_seed(seed)
     try:
         cands = decode(decoder, gen, TableObjective(scorer), ctx, top_k, fixed=fixed, temperature=temperature,
-                       samples=samples, generator=rng)
+                       samples=samples, generator=rng,
+                       budget=budget if budget is not None or samples is not None else max(5 * top_k, 256))
     except ValueError as exc:  # e.g. exhaustive on a space too large to enumerate
         raise InputError("--decoder", [str(exc)]) from None
     result = candidates_frame(scorer.space, cands, frame if ctx_cols else None)

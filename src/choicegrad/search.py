@@ -183,13 +183,51 @@ def _anneal(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
     arch = _Archive(B, k, S, V, allowed.device)
     first = _uniform_rows(allowed, init, generator)
     first_scores = arch.score(objective, first, ctx, chunk)
-    std = first_scores.std(1) if init > 1 else torch.zeros(B, device=allowed.device)
+    return _anneal_chains(objective, ctx, allowed, arch, first, first_scores, P, budget - init, t0, t1,
+                          generator, chunk)
+
+
+def anneal_from(objective: Objective, ctx: Context, allowed: Tensor, start: Candidates, budget: int,
+                generator: torch.Generator, chains: Optional[int] = None, t0: float = 0.3, t1: float = 0.01,
+                chunk: int = 1 << 16) -> Candidates:
+    """Simulated annealing (as the `anneal` peer) warm-started from scored candidates: `chains`
+    (default min(16, max(1, budget // 128))) chains start at the best valid rows of `start` (rows
+    (B, K, S), scores (B, K) best first) and spend `budget` more calls per context. -> the K best
+    distinct rows among start and every row scored; scorer_calls adds to start's."""
+    B, K, S = start.rows.shape
+    V = allowed.shape[-1]
+    arch = _Archive(B, K, S, V, allowed.device)
+    arch.add(start.rows, start.scores, start.valid)
+    arch.calls = start.scorer_calls
+    if budget < 1:
+        return arch.result()
+    P = min(int(chains or min(16, max(1, budget // 128))), budget)
+    scores = torch.where(start.valid, start.scores, torch.full_like(start.scores, _NEG))
+    n_valid = start.valid.sum(1, keepdim=True).clamp(min=1)
+    pick = torch.arange(P, device=allowed.device)[None, :] % n_valid                   # best rows, cycled
+    rows = start.rows.gather(1, pick.unsqueeze(-1).expand(B, P, S)).clamp(min=0)
+    return _anneal_chains(objective, ctx, allowed, arch, rows, scores.gather(1, pick), P, budget, t0, t1,
+                          generator, chunk, scale_rows=scores)
+
+
+def _anneal_chains(objective, ctx, allowed, arch: _Archive, first: Tensor, first_scores: Tensor, P: int,
+                   left: int, t0: float, t1: float, generator, chunk: int,
+                   scale_rows: Optional[Tensor] = None) -> Candidates:
+    """P Metropolis chains per context from the best of `first` (B, M, S) / `first_scores` (B, M),
+    spending `left` calls; temperatures are t0 -> t1 (geometric) times the std of the scores
+    `scale_rows` (B, M') (default first_scores; -inf entries ignored)."""
+    B, M, S = first.shape
+    ref = first_scores if scale_rows is None else scale_rows
+    fin = torch.isfinite(ref)
+    n = fin.sum(1)
+    mean = torch.where(fin, ref, 0).sum(1) / n.clamp(min=1)
+    var = torch.where(fin, (ref - mean[:, None]) ** 2, 0).sum(1) / (n - 1).clamp(min=1)
+    std = torch.where(n > 1, var.sqrt(), torch.zeros_like(var))
     fallback = std[std > 0].mean() if bool((std > 0).any()) else torch.tensor(1.0, device=allowed.device)
     scale = torch.where(std > 0, std, fallback)[:, None]                                # (B, 1)
     top = first_scores.topk(P, dim=1).indices
     current = first.gather(1, top.unsqueeze(-1).expand(B, P, S))
     cur_score = first_scores.gather(1, top)
-    left = budget - init
     steps = math.ceil(left / P)
     for i in range(steps):
         n = min(P, left - i * P)                                    # the last step may move fewer chains
