@@ -16,13 +16,17 @@ demo: $(BIN)/choicegrad
 test: $(BIN)/choicegrad
 	$(BIN)/python -m pytest
 
-# Measurements, not tests (about 27 minutes on 2 cores): the gradient bias/variance table, the standard
-# benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, then the
-# aligner's distance correlations (reusing the suite's scorers) refreshing docs/aligner.md.
+# Measurements, not tests (about 40 minutes on 2 cores): the gradient bias/variance table, the standard
+# benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, the
+# aligner's distance correlations (reusing the suite's scorers) refreshing docs/aligner.md, then the
+# default `choicegrad fit` + `generate` on tfbind8 (timed) and greedy generation throughput.
 bench: $(BIN)/choicegrad
 	$(BIN)/python benchmarks/gradients.py
 	$(BIN)/choicegrad bench --out runs/bench --docs docs/benchmarks.md
 	$(BIN)/python benchmarks/aligner_distance.py --cache runs/bench/scorers --out docs/aligner.md
+	mkdir -p runs/bench-tfbind8
+	$(BIN)/python benchmarks/tfbind8_generate.py --out runs/bench-tfbind8 --max-minutes 12 | tee runs/bench-tfbind8/log.txt
+	$(BIN)/python benchmarks/greedy_speed.py | tee runs/greedy_speed.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -232,3 +232,26 @@ def test_plots_many_long_methods_and_nan(tmp_path):
     top1 = _column(_task_table(markdown(frame), "t"), "top1")
     assert top1["autoregressive/estimator-with-a-long-name-5/polish"] == "—"
     assert top1["autoregressive/estimator-with-a-long-name-19/polish"] == "**0.195 ± 0.007**"
+
+
+def test_targets_table_checks_the_default_pipeline(results):
+    from choicegrad.report import targets_table
+
+    targets = (("potts", "gap_scorer", ">=", 0.7), ("potts", "calls_generate", "<=", 50),
+               ("gb1", "ratio", ">=", 1.0), ("missing-task", "max", ">=", 0.5))
+    table = targets_table(summarise(results), targets, "autoregressive/reinforce/polish")
+    lines = table.splitlines()
+    assert len(lines) == 2 + 3                                         # the missing task is left out
+    # potts: default gap_scorer = mean(0.65, 0.75, 0.85) = 0.75 >= 0.7; calls 80 > 50
+    assert lines[2] == ("| potts | gap_scorer >= 0.700 | autoregressive/reinforce/polish | 0.750 | yes | "
+                        "autoregressive/reinforce/polish | 0.750 |")
+    assert "| 80 | **no** | autoregressive/reinforce/polish | 80 |" in lines[3]
+    # gb1: ratio 0.4 / 0.6 (random, the best peer)
+    assert "| 0.667 | **no** |" in lines[4]
+
+
+def test_benchmark_default_pipeline_is_the_cli_default():
+    from choicegrad import cli
+    from choicegrad.benchmark import DEFAULT_PIPELINE
+
+    assert DEFAULT_PIPELINE == f"{cli.DEFAULT_GENERATOR}/{cli.DEFAULT_METHOD}/{cli.DEFAULT_DECODER}"

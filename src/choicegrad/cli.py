@@ -471,7 +471,9 @@ def bench_cmd(
     if docs is not None:
         from .report import publish
 
-        typer.echo(f"docs: {publish(out, docs)}")
+        from .benchmark import DEFAULT_PIPELINE, TARGETS
+
+        typer.echo(f"docs: {publish(out, docs, targets=TARGETS, default=DEFAULT_PIPELINE)}")
 
 
 def main() -> None:

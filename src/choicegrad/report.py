@@ -312,6 +312,37 @@ def _summary_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def targets_table(summary: pd.DataFrame, targets, default: str) -> str:
+    """Markdown table: each target (task, metric, op, value) against the default pipeline `default`
+    (GENERATOR/ESTIMATOR/DECODER; on a task whose pipelines use another generator, e.g. pointer on
+    item tasks, the one with the same estimator and decoder) and against the task's best pipeline.
+    Targets of tasks not in the summary are left out."""
+    lines = ["| task | target | default pipeline | value | met | best pipeline | value |",
+             "|:---|:---|:---|---:|:---:|:---|---:|"]
+    _, est, dec = default.split("/")
+    for task, metric, op, value in targets:
+        sub = summary[(summary["task"] == task) & (summary["family"] == "choicegrad")]
+        if sub.empty:
+            continue
+        col = "ratio_to_best_peer" if metric == "ratio" else f"{metric}_mean"
+        mine = sub[sub["method"] == default]
+        if mine.empty:
+            mine = sub[sub["method"].str.endswith(f"/{est}/{dec}")]
+        better = (lambda v: v >= value) if op == ">=" else (lambda v: v <= value)
+        pick = sub[col].astype(float)
+        best = sub.loc[pick.idxmax() if op == ">=" else pick.idxmin()] if pick.notna().any() else None
+        fmt = (lambda v: f"{v:.3f}") if metric in ("ratio",) + SCORES else (lambda v: f"{v:,.0f}")
+        if mine.empty or not np.isfinite(float(mine[col].iloc[0])):
+            got, met = DASH, DASH
+        else:
+            v = float(mine[col].iloc[0])
+            got, met = fmt(v), "yes" if better(v) else "**no**"
+        best_cell = (DASH, DASH) if best is None else (_escape(best["method"]), fmt(float(best[col])))
+        lines.append(f"| {task} | {metric} {op} {fmt(value)} | {_escape(mine['method'].iloc[0]) if len(mine) else DASH} | "
+                     f"{got} | {met} | {best_cell[0]} | {best_cell[1]} |")
+    return "\n".join(lines)
+
+
 def _anchor(task: str) -> str:
     """GitHub's heading anchor for '## TASK'."""
     return re.sub(r"[^\w\- ]", "", task.strip().lower()).replace(" ", "-")
@@ -674,11 +705,11 @@ def machine_line() -> str:
             f"{datetime.date.today().isoformat()}")
 
 
-def publish(run_dir: Path, docs_path: Path, command: str = "make bench") -> Path:
+def publish(run_dir: Path, docs_path: Path, command: str = "make bench", targets=(), default: str = "") -> Path:
     """Write the report of RUN_DIR to docs_path (e.g. docs/benchmarks.md) with its figures in a
     folder of the same name beside it (docs/benchmarks/), links relative to the markdown file.
     The preamble states the command, the machine, the date, the wall time and each task's setup
-    (from RUN_DIR/setup.json)."""
+    (from RUN_DIR/setup.json), then `targets` (see targets_table) for the `default` pipeline."""
     import json
 
     run_dir, docs_path = Path(run_dir), Path(docs_path)
@@ -710,5 +741,9 @@ def publish(run_dir: Path, docs_path: Path, command: str = "make bench") -> Path
                          f"{info.get('scorer_rows', DASH)} | {info.get('scorer_seconds', DASH)} | "
                          f"{DASH if rho is None else f'{rho:.3f}'} | {info.get('exhaustive_seconds', DASH)} |")
         lines.append("")
+    if targets:
+        lines += ["## Targets", "", f"The issue's targets for the default pipeline ({default}, the defaults of "
+                  "`choicegrad fit` / `generate`), and the best pipeline on the same metric:", "",
+                  targets_table(summarise(results), targets, default), ""]
     text = markdown(results, images=images, title="Benchmarks", preamble="\n".join(lines))
     return _write_text(docs_path, text)
