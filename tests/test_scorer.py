@@ -118,3 +118,43 @@ def test_spearman_ties_and_degenerate():
     expected = np.corrcoef(a, b)[0, 1]
     assert spearman([1, 2, 2, 3], [5, 6, 7, 8]) == pytest.approx(expected)
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_pairwise_term_hand_computed_and_soft_equals_hard(potts_frame):
+    t, s = small_scorer(potts_frame)
+    m = s.members[0]
+    assert m.pair_rank == 8 and m.pair.shape[0] == 1 + 8            # automatic: a small space gets it
+    torch.manual_seed(1)
+    with torch.no_grad():
+        m.pair.normal_()
+    rows, cc, cn = t.rows[:20], t.ctx_cat[:20], t.ctx_num[:20]
+    got = m.pair_term(rows, cc, cn)
+    gate = torch.cat([torch.ones(20, 1), m.pair_gate(torch.cat(m.context_features(cc, cn, got), 1))], 1)
+    S = rows.shape[1]
+    want = torch.zeros(20)
+    for b in range(20):          # sum over slot pairs s < t and ranks r of g_r W_r[s, t, x_s, x_t]
+        for a in range(S):
+            for c in range(a + 1, S):
+                want[b] += (gate[b] * m.pair[:, a, c, rows[b, a], rows[b, c]]).sum()
+    assert torch.allclose(got, want, atol=1e-4)
+    hard = s(rows, cc, cn)
+    assert torch.allclose(hard, s(one_hot(rows, t.space.max_size), cc, cn), atol=1e-4)
+    missing = rows.clone()
+    missing[:, 0] = -1          # a missing slot takes no part in any pair
+    without = want - torch.stack([sum((gate[b] * m.pair[:, 0, c, rows[b, 0], rows[b, c]]).sum() for c in range(1, S))
+                                  for b in range(20)])
+    assert torch.allclose(m.pair_term(missing, cc, cn), without, atol=1e-4)
+
+
+def test_pairwise_off_and_automatic_limit():
+    from choicegrad.scorer import pair_rank
+
+    assert pair_rank(ScorerConfig(pairwise=0), [4] * 8) == 0
+    assert pair_rank(ScorerConfig(), [4] * 8) == 8
+    assert pair_rank(ScorerConfig(), [1000] * 10) == 0          # 9 * 100 * 1000^2 numbers: off
+    frame = pd.DataFrame({"a": ["x", "y", "z", "x"], "b": ["p", "q", "p", "q"], "y": [1.0, 2.0, 3.0, 4.0]})
+    t = load_table(frame, "a,b", "y")
+    s = Scorer(t.space, t.context, "y", ScorerConfig(embed_dim=3, hidden=[8], pairwise=0))
+    assert not hasattr(s.members[0], "pair")
+    s2 = Scorer(t.space, t.context, "y", ScorerConfig(embed_dim=3, hidden=[8]))
+    assert s2.members[0].pair.shape[0] == 1                     # no context columns: one shared table
