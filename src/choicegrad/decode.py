@@ -8,7 +8,7 @@ argmax      the generator's most likely row (greedy slot by slot when autoregres
 sample      rows drawn at a temperature, first K distinct in draw order
 topk        the K most likely distinct rows by beam search (exact for factorized/pointer generators;
             width >= the space size makes it exact for autoregressive ones)
-rerank      M rows drawn from the generator, the K best distinct by the objective (the scorer)
+rerank      M distinct rows drawn from the generator, the K best by the objective (the scorer)
 polish      rerank, then steepest-ascent coordinate search on the objective from the candidates:
             each sweep scores all single-slot changes of the best still-improving candidates in one
             batched call (under a budget, a beam that narrows to the best one as the calls run out)
@@ -298,6 +298,24 @@ def beam_search(gen: Generator, ctx: Context, width: int, fixed: Optional[Tensor
         return torch.where(ok.unsqueeze(-1), rows, -1), lp
 
 
+def distinct_draws(gen: Generator, ctx: Context, m: int, temperature: float, fixed: Optional[Tensor],
+                   generator: Optional[torch.Generator], allowed: Tensor, rounds: int = 4) -> tuple[Tensor, Tensor]:
+    """Up to m distinct rows per context drawn from the generator, in draw order: rounds of m draws
+    until every context has m distinct rows (or its whole space), so a peaked generator does not
+    spend scorer calls on repeats. -> rows (B, m, S), valid (B, m) (False past the distinct rows)."""
+    V = allowed.shape[-1]
+    want = space_size(allowed).clamp(max=m)
+    draws = gen.sample(ctx, m, temperature, fixed, generator)
+    rows, valid = distinct_in_order(draws, torch.ones(draws.shape[:2], dtype=torch.bool, device=draws.device), m, V)
+    for _ in range(rounds - 1):
+        if bool((valid.sum(1) >= want).all()):
+            break
+        more = gen.sample(ctx, m, temperature, fixed, generator)
+        rows, valid = distinct_in_order(torch.cat([rows, more], 1),
+                                        torch.cat([valid, torch.ones(more.shape[:2], dtype=torch.bool, device=more.device)], 1), m, V)
+    return rows, valid
+
+
 def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int = 20,
            chunk: int = 1 << 16, max_elements: int = 1 << 25, budget: Optional[int] = None) -> Candidates:
     """Steepest-ascent coordinate search from every valid candidate; the K best distinct rows among
@@ -452,9 +470,9 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
             raise ValueError(f"budget must be >= 1 scorer call per context, got {budget}")
         m = int(samples or (max(8 * k, 256) if budget is None else budget if name == "rerank"
                             else max(1, int(budget * draw_share))))
-        draws = gen.sample(ctx, m, temperature, fixed, generator)                     # (B, M, S)
-        scores, calls = score_grid(objective, draws, ctx, chunk=chunk)
-        rows, top, ok = distinct_topk(draws, scores, k, allowed.shape[-1])
+        draws, fresh = distinct_draws(gen, ctx, m, temperature, fixed, generator, allowed)  # (B, M, S), (B, M)
+        scores, calls = score_grid(objective, draws, ctx, fresh, chunk=chunk)
+        rows, top, ok = distinct_topk(draws, scores, k, allowed.shape[-1], fresh)
         cands = finish(objective, ctx, rows, ok, k, allowed, top, calls, generator)
         if name == "rerank":
             return cands
