@@ -170,3 +170,14 @@ def test_score_can_treat_unknown_categories_as_missing(runner, tmp_path, fitted,
     assert np.isfinite(pd.read_csv(tmp_path / "out.csv")["score"]).all()
     res = run(runner, "score", fitted, tmp_path / "rows.csv", "--out", tmp_path / "o2.csv", "--unknown", "skip")
     assert_input_error(res, "--unknown", 'expected "error" or "missing"')
+
+
+def test_fit_scorer_pairwise_option(runner, tmp_path, potts_csv):
+    from choicegrad import Scorer
+
+    res = run(runner, "fit-scorer", potts_csv, *FIT, "--pairwise", "0", "--out", tmp_path / "off")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "off" / "scorer.json").read_text())["config"]["pairwise"] == 0
+    assert not hasattr(Scorer.load(tmp_path / "off").members[0], "pair")
+    res = run(runner, "fit-scorer", potts_csv, *FIT, "--pairwise", "-1", "--out", tmp_path / "bad")
+    assert res.exit_code == 2 and not (tmp_path / "bad").exists()

@@ -88,6 +88,8 @@ def fit_scorer_cmd(
     ensemble: Annotated[int, typer.Option(min=1, help="Ensemble members k.")] = 1,
     beta: Annotated[float, typer.Option(min=0.0, help="Pessimism: score = mean - beta * std over members.")] = 0.0,
     ranking: Annotated[float, typer.Option(min=0.0, help="Weight of the pairwise ranking loss.")] = 0.0,
+    pairwise: Annotated[Optional[int], typer.Option(
+        min=0, help="Context rank of the pairwise term (0 = off; default 8 where its tables stay small).")] = None,
     epochs: Annotated[Optional[int], typer.Option(
         min=1, help="Maximum epochs; default about 3e7 row visits (10..200). Early stopping may end sooner.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Default: training rows / 256 (128..4096).")] = None,
@@ -99,6 +101,7 @@ def fit_scorer_cmd(
 ) -> None:
     """Fit a scorer on a table and print its held-out metrics."""
     from .data import hold_out_upper, load_table
+    from .scorer import ScorerConfig
     from .train import ScorerFit, fit_scorer
 
     _check_out_dir(out)
@@ -106,7 +109,8 @@ def fit_scorer_cmd(
     for note in table.warnings:
         typer.echo(f"warning: {note}", err=True)
     table, extra = hold_out_upper(table, train_quantile)
-    cfg = ScorerFit(ensemble=ensemble, beta=beta, ranking=ranking, epochs=epochs, batch_size=batch_size,
+    cfg = ScorerFit(model=ScorerConfig(pairwise=pairwise), ensemble=ensemble, beta=beta, ranking=ranking,
+                    epochs=epochs, batch_size=batch_size,
                     seed=seed, max_minutes=max_minutes, device=device)
     result = fit_scorer(table, cfg, extra_eval=extra)
     result.scorer.save(out)

@@ -58,7 +58,8 @@ class GeneratorFit(BaseModel):
     batch_size: int = Field(32, ge=1, description="contexts per step")
     samples: int = Field(16, ge=1, description="rows per context for reinforce (k) and raml (m)")
     lr: float = Field(2e-3, gt=0)
-    entropy: float = Field(0.1, ge=0, description="entropy bonus coefficient (per nat, in score std units)")
+    entropy: float = Field(0.5, ge=0, description="entropy bonus coefficient (per nat, in score std units); "
+                           "enough that the draws cover several basins for the decoder to climb")
     entropy_end: Optional[float] = Field(None, ge=0, description="coefficient at the end (linear); None = constant")
     tau_start: float = Field(1.0, gt=0, description="relaxation temperature at the start (pathwise methods)")
     tau_end: float = Field(0.5, gt=0)
