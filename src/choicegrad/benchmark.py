@@ -67,6 +67,8 @@ class TaskSpec:
     train_rows: Optional[int] = None         # subsample of the training table (None: all of it)
     scorer_epochs: Optional[int] = None
     scorer_minutes: float = 5.0
+    scorer_ensemble: int = 1                 # members; the objective is mean - scorer_beta * std
+    scorer_beta: float = 0.0
     steps: int = 300                         # generator training steps
     train_minutes: float = 0.5               # cap per generator training run
     options: dict = field(default_factory=dict, hash=False)
@@ -189,7 +191,8 @@ def _scorer_for(task, spec: TaskSpec, frame: pd.DataFrame, data, cache: Path):
     from .scorer import Scorer
     from .train import ScorerFit, fit_scorer
 
-    fit = ScorerFit(epochs=spec.scorer_epochs, max_minutes=spec.scorer_minutes, seed=0)
+    fit = ScorerFit(epochs=spec.scorer_epochs, max_minutes=spec.scorer_minutes, seed=0,
+                    ensemble=spec.scorer_ensemble, beta=spec.scorer_beta)
     key = hashlib.sha1(json.dumps([spec.name, spec.options, len(frame), float(frame["y"].sum()), fit.model_dump()],
                                   sort_keys=True, default=str).encode()).hexdigest()[:12]
     folder = cache / f"{spec.name}-{key}"

@@ -744,6 +744,8 @@ def publish(run_dir: Path, docs_path: Path, command: str = "make bench", targets
     if targets:
         lines += ["## Targets", "", f"The issue's targets for the default pipeline ({default}, the defaults of "
                   "`choicegrad fit` / `generate`), and the best pipeline on the same metric:", "",
-                  targets_table(summarise(results), targets, default), ""]
+                  targets_table(summarise(results), targets, default), "",
+                  "The speed targets, what was tried for each target and why an unmet one falls short: "
+                  "[targets.md](targets.md).", ""]
     text = markdown(results, images=images, title="Benchmarks", preamble="\n".join(lines))
     return _write_text(docs_path, text)
