@@ -16,7 +16,7 @@ demo: $(BIN)/choicegrad
 test: $(BIN)/choicegrad
 	$(BIN)/python -m pytest
 
-# Measurements, not tests (about 40 minutes on 2 cores): the gradient bias/variance table, the standard
+# Measurements, not tests (48 minutes on 2 cores, 2026-11-23): the gradient bias/variance table, the standard
 # benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, the
 # aligner's distance correlations (reusing the suite's scorers) refreshing docs/aligner.md, then the
 # default `choicegrad fit` + `generate` on tfbind8 (timed) and greedy generation throughput.
