@@ -158,3 +158,18 @@ def test_pairwise_off_and_automatic_limit():
     assert not hasattr(s.members[0], "pair")
     s2 = Scorer(t.space, t.context, "y", ScorerConfig(embed_dim=3, hidden=[8]))
     assert s2.members[0].pair.shape[0] == 1                     # no context columns: one shared table
+
+
+def test_fit_scorer_decides_the_automatic_pairwise_term_on_the_data(potts_frame):
+    from choicegrad.scorer import PAIR_ROWS_PER_CELL
+    from choicegrad.tasks import PottsTask
+
+    t = load_table(potts_frame, "s?", "y", "ctx")          # 400 rows, 4 categories: 320 < 100 * 4^2 training rows
+    few = fit_scorer(t, ScorerFit(epochs=1, seed=0), progress=False)
+    assert few.scorer.config.pairwise == 0 and not hasattr(few.scorer.members[0], "pair")
+    big = load_table(PottsTask(slots=3, vocab=4, contexts=2, seed=0).table(n=2500, seed=1), "s?", "y", "ctx")
+    assert 0.8 * len(big) >= PAIR_ROWS_PER_CELL * 16
+    many = fit_scorer(big, ScorerFit(epochs=1, seed=0), progress=False)
+    assert many.scorer.config.pairwise == 8 and many.scorer.members[0].pair.shape[0] == 1 + 8
+    forced = fit_scorer(t, ScorerFit(epochs=1, seed=0, model=ScorerConfig(pairwise=2)), progress=False)
+    assert forced.scorer.config.pairwise == 2 and forced.scorer.members[0].pair.shape[0] == 1 + 2

@@ -18,6 +18,7 @@ from .space import ChoiceSpace
 
 
 PAIR_PARAMS = 4_000_000
+PAIR_ROWS_PER_CELL = 100   # fit_scorer's automatic pairwise term needs this many training rows per V_max^2
 
 
 def pair_rank(config: "ScorerConfig", sizes: list[int]) -> int:
@@ -37,7 +38,8 @@ class ScorerConfig(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     pairwise: int | None = Field(None, ge=0, description="add a pairwise term: a table per slot pair, mixed per "
                                  "context from 1 + this many context-dependent tables (0 = off; None = 8 when the "
-                                 f"tables hold at most {PAIR_PARAMS:,} numbers, else off)")
+                                 f"tables hold at most {PAIR_PARAMS:,} numbers and, in fit_scorer, the training "
+                                 f"rows number at least {PAIR_ROWS_PER_CELL} per pair of categories, else off)")
 
 
 class EmbeddingScorer(nn.Module):
