@@ -66,7 +66,7 @@ def test_generate_round_trip(fitted, tmp_path):
         assert group.score.is_monotonic_decreasing
 
 
-@pytest.mark.parametrize("decoder", ["argmax", "sample", "topk", "rerank", "polish", "exhaustive"])
+@pytest.mark.parametrize("decoder", ["argmax", "sample", "topk", "rerank", "polish", "anneal", "exhaustive"])
 def test_generate_with_contexts_and_fixed_feature(fitted, tmp_path, decoder):
     pd.DataFrame({"ctx": ["c1", "c0", "c1"], "note": ["a", "b", "c"]}).to_csv(tmp_path / "ctx.csv", index=False)
     out = tmp_path / "cands.parquet"
@@ -98,6 +98,7 @@ def test_context_free_table(tmp_path):
     "args, needles",
     [
         (["--fix", "s9=a"], ["--fix", 'unknown feature "s9"']),
+        (["--budget", "0"], ["--budget", "expected an integer >= 1"]),
         (["--fix", "S1=a"], ['unknown feature "S1"', 'did you mean "s1"']),
         (["--fix", "s_1=a"], ['unknown feature "s_1"', 'did you mean "s1"']),
         (["--fix", "s1=zz"], ['feature "s1" has no category "zz"']),
@@ -110,7 +111,7 @@ def test_context_free_table(tmp_path):
         (["--contexts", "{tmp}/no_col.csv"], ['missing context column "ctx"']),
         (["--contexts", "{tmp}/nope.csv"], ["file not found"]),
     ],
-    ids=["unknown-feature", "did-you-mean-case", "did-you-mean-feature", "unknown-category", "did-you-mean-category", "malformed-fix", "k-zero",
+    ids=["unknown-feature", "budget-zero", "did-you-mean-case", "did-you-mean-feature", "unknown-category", "did-you-mean-category", "malformed-fix", "k-zero",
          "unknown-decoder", "did-you-mean-decoder", "unknown-context", "missing-context-column", "missing-contexts"],
 )
 def test_generate_bad_input_exit_2_no_output(fitted, tmp_path, args, needles):
@@ -155,3 +156,16 @@ def test_fit_bad_method_and_generator(tmp_path):
     res = run("fit", tmp_path / "t.csv", "-f", "s?,q", "-y", "y", "--out", tmp_path / "run")
     assert_input_error(res, 'feature column "q" not found')
     assert not (tmp_path / "run").exists()
+
+
+def test_generate_spends_at_most_its_budget(fitted, tmp_path):
+    """Default: max(5K, 256) scorer calls per context for polish; --budget sets it (2 contexts)."""
+    import re
+
+    from choicegrad.decode import default_budget
+
+    for args, per_context in (([], default_budget(3)), (["--budget", "40"], 40)):
+        res = run("generate", fitted, "--top-k", "3", *args, "--out", tmp_path / "c.csv")
+        assert res.exit_code == 0, res.output
+        calls = int(re.search(r"\((\d+) scorer calls\)", res.output).group(1))
+        assert 0 < calls <= 2 * per_context

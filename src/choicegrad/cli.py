@@ -275,7 +275,7 @@ def generate_cmd(
 
     from . import generators
     from .data import TABLE_SUFFIXES, read_table, write_table
-    from .decode import DECODERS, candidates_frame, decode
+    from .decode import DECODERS, candidates_frame, decode, default_budget
     from .errors import did_you_mean
     from .generators import TableContext, TableObjective
     from .scorer import Scorer
@@ -328,7 +328,7 @@ def generate_cmd(
     try:
         cands = decode(decoder, gen, TableObjective(scorer), ctx, top_k, fixed=fixed, temperature=temperature,
                        samples=samples, generator=rng,
-                       budget=budget if budget is not None or samples is not None else max(5 * top_k, 256))
+                       budget=budget if budget is not None or samples is not None else default_budget(top_k))
     except ValueError as exc:  # e.g. exhaustive on a space too large to enumerate
         raise InputError("--decoder", [str(exc)]) from None
     result = candidates_frame(scorer.space, cands, frame if ctx_cols else None)

@@ -41,7 +41,7 @@ def run_demo(out: Path, data: Path | None = None, echo: Callable[[str], None] = 
 
     from . import generators
     from .data import read_table
-    from .decode import candidates_frame, decode
+    from .decode import candidates_frame, decode, default_budget
     from .generator_training import fit_run
     from .generators import TableContext, TableObjective
     from .scorer import Scorer
@@ -67,7 +67,7 @@ def run_demo(out: Path, data: Path | None = None, echo: Callable[[str], None] = 
     gen, _ = generators.load(out)
     contexts = read_table(out / "contexts.csv")
     ctx = TableContext(*scorer.context.encode(contexts))
-    cands = decode("polish", gen, TableObjective(scorer), ctx, TOP_K)
+    cands = decode("polish", gen, TableObjective(scorer), ctx, TOP_K, budget=default_budget(TOP_K))
     found = candidates_frame(scorer.space, cands, contexts)
     keys = [context, *features]
     truth = full[keys + ["y"]].astype({c: str for c in keys})
