@@ -236,3 +236,22 @@ def test_anneal_from_keeps_its_start_and_counts_calls():
     same = anneal_from(f, CTX, allowed, start, 0, torch.Generator().manual_seed(0))
     assert torch.equal(same.rows, start.rows) and same.scorer_calls == start.scorer_calls
     assert isinstance(same, Candidates)
+
+
+def test_budget_holds_in_every_context_when_draws_differ():
+    """Contexts whose spaces differ spend different calls on draws; each still stays within its budget."""
+    gen = generator("autoregressive", scale=1.0)
+    f = potts_objective(seed=4)
+    counts = torch.zeros(3)
+
+    def counting(rows, ctx):
+        counts.add_(torch.bincount(ctx.cat[:, 0], minlength=3).float())
+        return f(rows, ctx)
+
+    fixed = torch.full((3, 4), -1)
+    fixed[0, :3] = torch.tensor([1, 2, 0])       # context 0: 4 rows, the others 96
+    for name in ("polish", "anneal"):
+        counts.zero_()
+        c = decode(name, gen, counting, CTX, 8, fixed=fixed, budget=60, generator=torch.Generator().manual_seed(0))
+        assert bool((counts <= 60).all()), (name, counts)
+        assert c.scorer_calls == int(counts.sum())

@@ -323,38 +323,41 @@ def distinct_draws(gen: Generator, ctx: Context, m: int, temperature: float, fix
 
 
 def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int = 20,
-           chunk: int = 1 << 16, max_elements: int = 1 << 25, budget: Optional[int] = None) -> Candidates:
+           chunk: int = 1 << 16, max_elements: int = 1 << 25, budget: "Optional[int | Tensor]" = None) -> Candidates:
     """Steepest-ascent coordinate search from every valid candidate; the K best distinct rows among
     the candidates and every neighbour scored on the way.
 
     Each sweep builds all single-slot changes (B, P, S, V) of P still-improving candidates, scores
     them in one batched call, and moves each candidate to its best neighbour if that is better; a
     candidate with no better neighbour is at a local peak and stops. sweeps: at most this many.
-    budget: at most this many neighbours scored per context, spent best-first: each sweep climbs only
+    budget: at most this many neighbours scored per context (an int, or (B,) per context), spent best-first: each sweep climbs only
     the best still-improving candidates, as many as leave half the calls for the sweeps after it, so
     the beam narrows as the budget runs down and the best candidates climb to their peaks (sweeps is
     then no limit).
     """
     B, K, S = start.rows.shape
     V = allowed.shape[-1]
+    if budget is not None:  # per context, (B,)
+        budget = torch.as_tensor(budget, dtype=torch.float32, device=allowed.device).expand(B)
     per = max(1, max_elements // max(1, K * S * V * S))  # contexts per pass, bounding the neighbour grid
     if B > per:
         parts = [_polish(objective, ctx.index(torch.arange(i, min(i + per, B), device=allowed.device)),
                          Candidates(start.rows[i:i + per], start.scores[i:i + per], start.valid[i:i + per], 0),
-                         allowed[i:i + per], sweeps, chunk, budget) for i in range(0, B, per)]
+                         allowed[i:i + per], sweeps, chunk, None if budget is None else budget[i:i + per])
+                 for i in range(0, B, per)]
         return Candidates(torch.cat([p.rows for p in parts]), torch.cat([p.scores for p in parts]),
                           torch.cat([p.valid for p in parts]), start.scorer_calls + sum(p.scorer_calls for p in parts))
     return _polish(objective, ctx, start, allowed, sweeps, chunk, budget)
 
 
 def _polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int,
-            chunk: int, budget: Optional[int] = None) -> Candidates:
+            chunk: int, budget: Optional[Tensor] = None) -> Candidates:
     rows, scores, valid = start.rows, start.scores, start.valid
     B, K, S = rows.shape
     V = allowed.shape[-1]
     dev = rows.device
     calls = start.scorer_calls
-    left = torch.full((B,), math.inf if budget is None else float(budget), device=dev)
+    left = torch.full((B,), math.inf, device=dev) if budget is None else budget.clone()
     best_rows, best_scores, best_valid = rows, scores, valid
     current, cur_score, active = rows.clone(), scores.clone(), valid.clone()
     size = (allowed.sum(-1) - 1).clamp(min=0).sum(-1).float()                     # (B,) neighbours of a row
@@ -476,15 +479,21 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
             raise ValueError(f"budget must be >= 1 scorer call per context, got {budget}")
         m = int(samples or (max(8 * k, 256) if budget is None else budget if name == "rerank"
                             else max(1, int(budget * draw_share))))
+        if budget is not None and samples is None and name != "rerank":
+            room = int(budget) - int((allowed.sum(-1) - 1).clamp(min=0).sum(-1).max())   # one row's neighbours
+            m = max(1, min(m, room)) if room >= 1 else int(budget)      # else all on draws: no sweep would fit
         draws, fresh = distinct_draws(gen, ctx, m, temperature, fixed, generator, allowed)  # (B, M, S), (B, M)
         scores, calls = score_grid(objective, draws, ctx, fresh, chunk=chunk)
         rows, top, ok = distinct_topk(draws, scores, k, allowed.shape[-1], fresh)
         cands = finish(objective, ctx, rows, ok, k, allowed, top, calls, generator)
         if name == "rerank":
             return cands
-        left = None if budget is None else max(0, int(budget) - math.ceil(cands.scorer_calls / max(B, 1)))
-        if left == 0:
-            return cands
+        left = None
+        if budget is not None:  # per context: its distinct draws and the top-up rows finish scored
+            spent = fresh.sum(1) + (cands.valid.sum(1) - ok.sum(1)).clamp(min=0)
+            left = (int(budget) - spent).clamp(min=0)
+            if not bool((left > 0).any()):
+                return cands
         if name == "anneal":
             from .search import anneal_from
 

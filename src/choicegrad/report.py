@@ -325,9 +325,11 @@ def targets_table(summary: pd.DataFrame, targets, default: str) -> str:
         if sub.empty:
             continue
         col = "ratio_to_best_peer" if metric == "ratio" else f"{metric}_mean"
+        if op not in (">=", "<="):
+            raise ValueError(f"target {task} {metric}: op must be '>=' or '<=', got {op!r}")
         mine = sub[sub["method"] == default]
-        if mine.empty:
-            mine = sub[sub["method"].str.endswith(f"/{est}/{dec}")]
+        if mine.empty:  # item tasks run every pipeline with the pointer generator
+            mine = sub[sub["method"] == f"pointer/{est}/{dec}"]
         better = (lambda v: v >= value) if op == ">=" else (lambda v: v <= value)
         pick = sub[col].astype(float)
         best = sub.loc[pick.idxmax() if op == ">=" else pick.idxmin()] if pick.notna().any() else None

@@ -126,6 +126,8 @@ class Scorer(nn.Module):
                  config: ScorerConfig, k: int = 1, beta: float = 0.0,
                  y_mean: float = 0.0, y_std: float = 1.0):
         super().__init__()
+        if config.pairwise is None:  # resolve "automatic" now, so the saved config rebuilds the same model
+            config = config.model_copy(update={"pairwise": pair_rank(config, space.sizes)})
         self.space, self.context, self.score_name, self.config = space, context, score_name, config
         self.beta = float(beta)
         self.members = nn.ModuleList(
@@ -203,6 +205,7 @@ class Scorer(nn.Module):
 
         state, meta = checkpoint.load(run_dir, "scorer")
         try:
+            meta["config"].setdefault("pairwise", 0)   # written before the pairwise term existed
             model = cls(ChoiceSpace.model_validate(meta["space"]), ContextEncoder.model_validate(meta["context"]),
                         meta["score"], ScorerConfig.model_validate(meta["config"]), k=int(meta["k"]), beta=float(meta["beta"]))
             model.load_state_dict(state)

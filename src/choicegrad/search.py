@@ -187,35 +187,40 @@ def _anneal(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
                           generator, chunk)
 
 
-def anneal_from(objective: Objective, ctx: Context, allowed: Tensor, start: Candidates, budget: int,
+def anneal_from(objective: Objective, ctx: Context, allowed: Tensor, start: Candidates, budget: "int | Tensor",
                 generator: torch.Generator, chains: Optional[int] = None, t0: float = 0.3, t1: float = 0.01,
                 chunk: int = 1 << 16) -> Candidates:
     """Simulated annealing (as the `anneal` peer) warm-started from scored candidates: `chains`
     (default min(16, max(1, budget // 128))) chains start at the best valid rows of `start` (rows
-    (B, K, S), scores (B, K) best first) and spend `budget` more calls per context. -> the K best
-    distinct rows among start and every row scored; scorer_calls adds to start's."""
+    (B, K, S), scores (B, K) best first) and spend `budget` (an int, or (B,) per context) more calls
+    per context. -> the K best distinct rows among start and every row scored; scorer_calls adds to
+    start's."""
     B, K, S = start.rows.shape
     V = allowed.shape[-1]
     arch = _Archive(B, K, S, V, allowed.device)
     arch.add(start.rows, start.scores, start.valid)
     arch.calls = start.scorer_calls
-    if budget < 1:
+    left = torch.as_tensor(budget, dtype=torch.long, device=allowed.device).expand(B)
+    top = int(left.max())
+    if top < 1:
         return arch.result()
-    P = min(int(chains or min(16, max(1, budget // 128))), budget)
+    if not bool(start.valid.any(1).all()):
+        raise ValueError("anneal_from needs at least one valid start row per context")
+    P = min(int(chains or min(16, max(1, top // 128))), top)
     scores = torch.where(start.valid, start.scores, torch.full_like(start.scores, _NEG))
     n_valid = start.valid.sum(1, keepdim=True).clamp(min=1)
     pick = torch.arange(P, device=allowed.device)[None, :] % n_valid                   # best rows, cycled
     rows = start.rows.gather(1, pick.unsqueeze(-1).expand(B, P, S)).clamp(min=0)
-    return _anneal_chains(objective, ctx, allowed, arch, rows, scores.gather(1, pick), P, budget, t0, t1,
+    return _anneal_chains(objective, ctx, allowed, arch, rows, scores.gather(1, pick), P, left, t0, t1,
                           generator, chunk, scale_rows=scores)
 
 
 def _anneal_chains(objective, ctx, allowed, arch: _Archive, first: Tensor, first_scores: Tensor, P: int,
-                   left: int, t0: float, t1: float, generator, chunk: int,
+                   left: "int | Tensor", t0: float, t1: float, generator, chunk: int,
                    scale_rows: Optional[Tensor] = None) -> Candidates:
     """P Metropolis chains per context from the best of `first` (B, M, S) / `first_scores` (B, M),
-    spending `left` calls; temperatures are t0 -> t1 (geometric) times the std of the scores
-    `scale_rows` (B, M') (default first_scores; -inf entries ignored)."""
+    spending `left` calls (an int, or (B,) per context); temperatures are t0 -> t1 (geometric) times
+    the std of the scores `scale_rows` (B, M') (default first_scores; -inf entries ignored)."""
     B, M, S = first.shape
     ref = first_scores if scale_rows is None else scale_rows
     fin = torch.isfinite(ref)
@@ -228,12 +233,13 @@ def _anneal_chains(objective, ctx, allowed, arch: _Archive, first: Tensor, first
     top = first_scores.topk(P, dim=1).indices
     current = first.gather(1, top.unsqueeze(-1).expand(B, P, S))
     cur_score = first_scores.gather(1, top)
-    steps = math.ceil(left / P)
+    left = torch.as_tensor(left, dtype=torch.long, device=allowed.device).expand(B)
+    steps = math.ceil(int(left.max()) / P)
     for i in range(steps):
-        n = min(P, left - i * P)                                    # the last step may move fewer chains
+        n = (left - i * P).clamp(0, P)                              # the last steps may move fewer chains
         temp = scale * t0 * (t1 / t0) ** (i / max(steps - 1, 1))
         prop = _change_one_slot(current, allowed, generator)
-        moving = (torch.arange(P, device=allowed.device) < n).expand(B, P)
+        moving = torch.arange(P, device=allowed.device)[None, :] < n[:, None]
         score = arch.score(objective, prop, ctx, chunk, moving)
         u = torch.rand(B, P, generator=generator, device=allowed.device)
         delta = score - cur_score
