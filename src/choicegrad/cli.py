@@ -473,9 +473,8 @@ def bench_cmd(
     typer.echo(f"results: {out / 'results.csv'}")
     typer.echo(f"report: {out / 'report.md'}")
     if docs is not None:
-        from .report import publish
-
         from .benchmark import DEFAULT_PIPELINE, TARGETS
+        from .report import publish
 
         typer.echo(f"docs: {publish(out, docs, targets=TARGETS, default=DEFAULT_PIPELINE)}")
 

@@ -36,14 +36,14 @@ from .generators.context import Context
 from .generators.objective import Objective
 
 DECODERS = ("argmax", "sample", "topk", "rerank", "polish", "anneal", "exhaustive")
+MAX_ENUMERATE = 5_000_000
+_NEG = float("-inf")
 
 
 def default_budget(k: int) -> int:
     """Scorer calls per context `choicegrad generate` gives rerank/polish/anneal for K candidates:
     max(5K, 256), e.g. 640 for K = 128 (1% of a tfbind8 context is 655)."""
     return max(5 * int(k), 256)
-MAX_ENUMERATE = 5_000_000
-_NEG = float("-inf")
 
 
 @dataclass
@@ -149,6 +149,11 @@ def check_fixed(fixed: Optional[Tensor], mask: Tensor) -> Optional[Tensor]:
     if not bool(ok.all()):
         raise ValueError(f"fixed uses invalid categories at (context, slot) {(~ok).nonzero()[:5].tolist()}")
     return f
+
+
+def neighbour_count(allowed: Tensor) -> Tensor:
+    """(B,) long: single-slot changes of a row in the allowed space (B, S, V)."""
+    return (allowed.sum(-1) - 1).clamp(min=0).sum(-1)
 
 
 def space_size(allowed: Tensor) -> Tensor:
@@ -330,10 +335,10 @@ def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tenso
     Each sweep builds all single-slot changes (B, P, S, V) of P still-improving candidates, scores
     them in one batched call, and moves each candidate to its best neighbour if that is better; a
     candidate with no better neighbour is at a local peak and stops. sweeps: at most this many.
-    budget: at most this many neighbours scored per context (an int, or (B,) per context), spent best-first: each sweep climbs only
-    the best still-improving candidates, as many as leave half the calls for the sweeps after it, so
-    the beam narrows as the budget runs down and the best candidates climb to their peaks (sweeps is
-    then no limit).
+    budget: at most this many neighbours scored per context (an int, or (B,) per context), spent
+    best-first: each sweep climbs only the best still-improving candidates, as many as leave half the
+    calls for the sweeps after it, so the beam narrows as the budget runs down and the best
+    candidates climb to their peaks (sweeps is then no limit).
     """
     B, K, S = start.rows.shape
     V = allowed.shape[-1]
@@ -360,7 +365,7 @@ def _polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tens
     left = torch.full((B,), math.inf, device=dev) if budget is None else budget.clone()
     best_rows, best_scores, best_valid = rows, scores, valid
     current, cur_score, active = rows.clone(), scores.clone(), valid.clone()
-    size = (allowed.sum(-1) - 1).clamp(min=0).sum(-1).float()                     # (B,) neighbours of a row
+    size = neighbour_count(allowed).float()                                        # (B,) neighbours of a row
     eye = torch.arange(S, device=dev)
     change = torch.arange(V, device=dev)
     sweep = 0
@@ -480,7 +485,7 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
         m = int(samples or (max(8 * k, 256) if budget is None else budget if name == "rerank"
                             else max(1, int(budget * draw_share))))
         if budget is not None and samples is None and name != "rerank":
-            room = int(budget) - int((allowed.sum(-1) - 1).clamp(min=0).sum(-1).max())   # one row's neighbours
+            room = int(budget) - int(neighbour_count(allowed).max())    # leave one row's neighbours
             m = max(1, min(m, room)) if room >= 1 else int(budget)      # else all on draws: no sweep would fit
         draws, fresh = distinct_draws(gen, ctx, m, temperature, fixed, generator, allowed)  # (B, M, S), (B, M)
         scores, calls = score_grid(objective, draws, ctx, fresh, chunk=chunk)

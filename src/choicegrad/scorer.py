@@ -18,15 +18,19 @@ from .space import ChoiceSpace
 
 
 PAIR_PARAMS = 4_000_000
-PAIR_ROWS_PER_CELL = 100   # fit_scorer's automatic pairwise term needs this many training rows per V_max^2
+PAIR_ROWS_PER_CELL = 100
 
 
-def pair_rank(config: "ScorerConfig", sizes: list[int]) -> int:
-    """The context rank of the pairwise term for this space (config.pairwise, or its automatic value)."""
+def pair_rank(config: "ScorerConfig", sizes: list[int], rows: int | None = None) -> int:
+    """The context rank of the pairwise term for this space: config.pairwise, or automatically 8 when
+    its tables hold at most PAIR_PARAMS numbers and (when the training `rows` are known) there are at
+    least PAIR_ROWS_PER_CELL rows per V_max^2 pair of categories, else 0. Too few rows per cell overfit:
+    pard3, 20 categories and 16 training rows per cell, lost upper-half Spearman 0.50 -> 0.20."""
     if config.pairwise is not None:
         return config.pairwise
     S, V = len(sizes), max(sizes)
-    return 8 if 9 * S * S * V * V <= PAIR_PARAMS else 0
+    enough = rows is None or rows >= PAIR_ROWS_PER_CELL * V * V
+    return 8 if enough and 9 * S * S * V * V <= PAIR_PARAMS else 0
 
 
 class ScorerConfig(BaseModel):
@@ -71,7 +75,8 @@ class EmbeddingScorer(nn.Module):
             # second-order interactions explicitly, which an MLP on embeddings learns only approximately
             # (on tfbind8 it lifts the scorer's own top 128 from 0.77 to 0.83 median true score)
             R = 1 + (self.pair_rank if dims[0] > S * E else 0)
-            pair_mask = torch.triu(torch.ones(S, S), diagonal=1)[:, :, None, None] * (self.mask[:, None, :, None] & self.mask[None, :, None, :])
+            pair_mask = (torch.triu(torch.ones(S, S), diagonal=1)[:, :, None, None]
+                         * (self.mask[:, None, :, None] & self.mask[None, :, None, :]))
             self.register_buffer("pair_mask", pair_mask, persistent=False)
             self.pair = nn.Parameter(torch.zeros(R, S, S, V, V))
             self.pair_gate = nn.Linear(dims[0] - S * E, R - 1) if R > 1 else None
@@ -99,8 +104,10 @@ class EmbeddingScorer(nn.Module):
 
     def pair_term(self, x: torch.Tensor, ctx_cat: torch.Tensor | None = None, ctx_num: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) the pairwise term: hard rows (B, S) are one-hot, soft rows (B, S, V_max) used as they are."""
-        V = self.mask.shape[1]
-        p = nn.functional.one_hot(x.clamp(min=0), V).to(self.pair.dtype) * (x >= 0)[..., None] if not x.is_floating_point() else x.to(self.pair.dtype)
+        if x.is_floating_point():
+            p = x.to(self.pair.dtype)
+        else:  # one-hot; a missing slot (-1) takes part in no pair
+            p = nn.functional.one_hot(x.clamp(min=0), self.mask.shape[1]).to(self.pair.dtype) * (x >= 0)[..., None]
         W = self.pair * self.pair_mask
         q = torch.einsum("bsv,rstvw->brtw", p, W)                                # (B, R, S, V)
         per_r = torch.einsum("brtw,btw->br", q, p)                               # (B, R)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .data import TableData
 from .metrics import regression_report
-from .scorer import PAIR_ROWS_PER_CELL, Scorer, ScorerConfig, pair_rank
+from .scorer import Scorer, ScorerConfig, pair_rank
 
 
 class ScorerFit(BaseModel):
@@ -79,12 +79,8 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
     train_idx, val_idx, test_idx = split_indices(len(data), fit.val_fraction, fit.test_fraction, fit.seed)
     y = data.y
     y_mean, y_std = float(y[train_idx].mean()), float(y[train_idx].std()) or 1.0
-    model = fit.model
-    if model.pairwise is None:  # decide the automatic pairwise term on the data: too few rows per cell overfit
-        # (pard3, 20 categories and 16 training rows per pair of categories: upper-half Spearman 0.50 -> 0.20)
-        V = max(data.space.sizes)
-        model = model.model_copy(update={"pairwise": pair_rank(model, data.space.sizes)
-                                         if len(train_idx) >= PAIR_ROWS_PER_CELL * V * V else 0})
+    # the automatic pairwise term is decided on the training rows as well as the space
+    model = fit.model.model_copy(update={"pairwise": pair_rank(fit.model, data.space.sizes, len(train_idx))})
     scorer = Scorer(data.space, data.context, data.score, model, k=fit.ensemble, beta=fit.beta,
                     y_mean=y_mean, y_std=y_std).to(device)
     tensors = [t.to(device) for t in (data.rows, data.ctx_cat, data.ctx_num)]
