@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from choicegrad.benchmark import DEFAULT_PIPELINE, SPECS, run_benchmark
-from choicegrad.report import summarise
+from choicegrad.bench.harness import DEFAULT_PIPELINE, SPECS, run_benchmark
+from choicegrad.bench.report import summarise
 
 METHODS = ("random", "anneal", "genetic", "gradient-ascent", "exhaustive", DEFAULT_PIPELINE,
            "autoregressive/soft/polish", "factorized/st-gumbel/polish")

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-import choicegrad.gradients as G
+import choicegrad.estimators as G
 
 METHODS = [
     ("soft", dict(tau=1.0)),

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from choicegrad.data import ContextColumn, ContextEncoder
-from choicegrad.decode import beam_search
+from choicegrad.data.table import ContextColumn, ContextEncoder
+from choicegrad.decoding.decoders import beam_search
 from choicegrad.generators import GeneratorConfig, TableContext, build
-from choicegrad.space import ChoiceSpace, Slot
+from choicegrad.data.space import ChoiceSpace, Slot
 
 
 def throughput(kind: str, contexts: int, batch: int, repeats: int) -> float:

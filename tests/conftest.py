@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from choicegrad.tasks import PottsTask
+from choicegrad.bench.tasks import PottsTask
 
 # The test models are tiny: one thread avoids thread-pool overhead and keeps timings steady on 2 cores.
 torch.set_num_threads(1)

@@ -6,14 +6,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from choicegrad import gradients
-from choicegrad.aligner import AlignerFit, Aligner, fit_aligner, single_edits, soft_contrastive_loss
+from choicegrad import estimators as gradients
+from choicegrad.scorer.aligner import AlignerFit, Aligner, fit_aligner, single_edits, soft_contrastive_loss
 from choicegrad.cli import app
-from choicegrad.data import load_table
-from choicegrad.generator_training import GeneratorFit, TableContexts, fit_table_generator
+from choicegrad.data.table import load_table
+from choicegrad.training.loop import GeneratorFit, TableContexts, fit_table_generator
 from choicegrad.generators import GeneratorConfig
-from choicegrad.tasks import PottsTask
-from choicegrad.train import ScorerFit, fit_scorer
+from choicegrad.bench.tasks import PottsTask
+from choicegrad.scorer.fit import ScorerFit, fit_scorer
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from choicegrad.benchmark import (Method, TaskSpec, build_problem, parse_method, quality_diversity,
+from choicegrad.bench.harness import (Method, TaskSpec, build_problem, parse_method, quality_diversity,
                                   run_benchmark)
 from choicegrad.cli import app
-from choicegrad.tasks import get_task
+from choicegrad.bench.tasks import get_task
 
 TINY = {
     "potts": TaskSpec("potts", "gap_oracle", budget=24, k=6, protocol="random", train_rows=500, scorer_epochs=4,
@@ -103,7 +103,7 @@ def test_bench_cli_rejects_bad_arguments(tmp_path):
 
 
 def test_data_table_writes_a_task_table_the_pipeline_reads(tmp_path):
-    from choicegrad.data import load_table
+    from choicegrad.data.table import load_table
 
     runner = CliRunner()
     out = tmp_path / "nk2.csv"

@@ -152,7 +152,7 @@ def test_out_folder_must_not_be_a_file(runner, tmp_path, potts_csv):
 
 
 def test_demo_on_builtin_table(runner, tmp_path, monkeypatch):
-    import choicegrad.demo as demo
+    import choicegrad.bench.demo as demo
 
     monkeypatch.setattr(demo, "SHARED_PARD3", Path(tmp_path / "absent.parquet"))
     res = run(runner, "demo", "--out", tmp_path / "demo")

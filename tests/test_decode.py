@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from choicegrad.data import ContextEncoder
-from choicegrad.decode import (DECODERS, beam_search, complete_distinct, decode, distinct_topk,
+from choicegrad.data.table import ContextEncoder
+from choicegrad.decoding.decoders import (DECODERS, beam_search, complete_distinct, decode, distinct_topk,
                                enumerate_allowed, first_occurrence, row_keys)
 from choicegrad.generators import GeneratorConfig, TableContext, build
-from choicegrad.space import ChoiceSpace, Slot
-from choicegrad.tasks import PlantedTask, PottsTask
+from choicegrad.data.space import ChoiceSpace, Slot
+from choicegrad.bench.tasks import PlantedTask, PottsTask
 
 SIZES = [3, 4, 2, 4]
 
@@ -21,7 +21,7 @@ def space(sizes=SIZES):
 
 def generator(kind, sizes=SIZES, scale=8.0, order=None, seed=0):
     torch.manual_seed(seed)
-    from choicegrad.data import ContextColumn
+    from choicegrad.data.table import ContextColumn
 
     ctx = ContextEncoder(columns=[ContextColumn(name="c", kind="categorical", categories=["a", "b", "c"])])
     gen = build(GeneratorConfig(kind=kind, hidden=[32, 32], order=order), space=space(sizes), context=ctx)
@@ -223,8 +223,8 @@ def test_budgeted_polish_climbs_the_best_candidate_to_its_peak():
 
 
 def test_anneal_from_keeps_its_start_and_counts_calls():
-    from choicegrad.decode import Candidates
-    from choicegrad.search import anneal_from
+    from choicegrad.decoding.decoders import Candidates
+    from choicegrad.bench.peers import anneal_from
 
     f = potts_objective(seed=4)
     gen = generator("autoregressive", scale=1.0)

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from choicegrad import fetch
+from choicegrad.bench import fetch
 from choicegrad.cli import app
 from choicegrad.errors import InputError
 

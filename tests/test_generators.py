@@ -7,13 +7,13 @@ import csv
 import pytest
 import torch
 
-from choicegrad.data import load_table
-from choicegrad.decode import decode
-from choicegrad.generator_training import (METHODS, GeneratorFit, SampledContexts, TableContexts,
+from choicegrad.data.table import load_table
+from choicegrad.decoding.decoders import decode
+from choicegrad.training.loop import (METHODS, GeneratorFit, SampledContexts, TableContexts,
                                            fit_generator)
 from choicegrad.generators import (AutoregressiveGenerator, GeneratorConfig, ItemObjective, TableContext,
                                    TableObjective, build, load, save)
-from choicegrad.tasks import PickFiveTask, PlantedTask
+from choicegrad.bench.tasks import PickFiveTask, PlantedTask
 
 SMALL = dict(hidden=[48, 48], context_dim=8)
 
@@ -154,7 +154,7 @@ def test_early_stopping_keeps_best_state(planted):
 
 
 def test_pessimistic_ensemble_objective(potts_frame):
-    from choicegrad.train import ScorerFit, fit_scorer
+    from choicegrad.scorer.fit import ScorerFit, fit_scorer
 
     data = load_table(potts_frame, "s?", "y", "ctx")
     scorer = fit_scorer(data, ScorerFit(ensemble=2, epochs=2)).scorer
@@ -180,9 +180,9 @@ def test_pointer_picks_the_five_on_unseen_lengths(method):
 @pytest.mark.parametrize("method", ["reinforce", "weighted-ce"])
 def test_rows_with_missing_slots_train_masked(method):
     """Warm start and weighted-ce on data rows with missing slots: the missing slots are left out."""
-    from choicegrad.generator_training import fit_table_generator
-    from choicegrad.tasks import PottsTask
-    from choicegrad.train import ScorerFit, fit_scorer
+    from choicegrad.training.loop import fit_table_generator
+    from choicegrad.bench.tasks import PottsTask
+    from choicegrad.scorer.fit import ScorerFit, fit_scorer
 
     data = load_table(PottsTask(slots=3, vocab=4, contexts=2, seed=0).table(n=300, seed=1, missing=0.3),
                       "s?", "y", "ctx")

@@ -4,7 +4,7 @@ seeded reproducibility, for every registered method."""
 import pytest
 import torch
 
-import choicegrad.gradients as G
+import choicegrad.estimators as G
 
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import choicegrad.gradients as G
+import choicegrad.estimators as G
 
 
 

@@ -15,7 +15,7 @@ from statistics import NormalDist
 import pytest
 import torch
 
-import choicegrad.gradients as G
+import choicegrad.estimators as G
 
 
 

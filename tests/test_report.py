@@ -1,4 +1,4 @@
-"""choicegrad.report: summary statistics, the markdown report and its plots, on hand-made results."""
+"""choicegrad.bench.report: summary statistics, the markdown report and its plots, on hand-made results."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from choicegrad.report import markdown, plots, summarise, write_report
+from choicegrad.bench.report import markdown, plots, summarise, write_report
 
 PEERS = ("random", "anneal", "exhaustive")
 PIPES = ("autoregressive/reinforce/polish", "factorized/st-gumbel/argmax")
@@ -235,7 +235,7 @@ def test_plots_many_long_methods_and_nan(tmp_path):
 
 
 def test_targets_table_checks_the_default_pipeline(results):
-    from choicegrad.report import targets_table
+    from choicegrad.bench.report import targets_table
 
     targets = (("potts", "gap_scorer", ">=", 0.7), ("potts", "calls_generate", "<=", 50),
                ("gb1", "ratio", ">=", 1.0), ("missing-task", "max", ">=", 0.5))
@@ -252,6 +252,6 @@ def test_targets_table_checks_the_default_pipeline(results):
 
 def test_benchmark_default_pipeline_is_the_cli_default():
     from choicegrad import cli
-    from choicegrad.benchmark import DEFAULT_PIPELINE
+    from choicegrad.bench.harness import DEFAULT_PIPELINE
 
     assert DEFAULT_PIPELINE == f"{cli.DEFAULT_GENERATOR}/{cli.DEFAULT_METHOD}/{cli.DEFAULT_DECODER}"

@@ -147,7 +147,7 @@ def test_pairwise_term_hand_computed_and_soft_equals_hard(potts_frame):
 
 
 def test_pairwise_off_and_automatic_limit():
-    from choicegrad.scorer import pair_rank
+    from choicegrad.scorer.model import pair_rank
 
     assert pair_rank(ScorerConfig(pairwise=0), [4] * 8) == 0
     assert pair_rank(ScorerConfig(), [4] * 8) == 8
@@ -161,8 +161,8 @@ def test_pairwise_off_and_automatic_limit():
 
 
 def test_fit_scorer_decides_the_automatic_pairwise_term_on_the_data(potts_frame):
-    from choicegrad.scorer import PAIR_ROWS_PER_CELL
-    from choicegrad.tasks import PottsTask
+    from choicegrad.scorer.model import PAIR_ROWS_PER_CELL
+    from choicegrad.bench.tasks import PottsTask
 
     t = load_table(potts_frame, "s?", "y", "ctx")          # 400 rows, 4 categories: 320 < 100 * 4^2 training rows
     few = fit_scorer(t, ScorerFit(epochs=1, seed=0), progress=False)

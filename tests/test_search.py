@@ -1,13 +1,13 @@
-"""Peer baselines (choicegrad.search): budgets honoured and counted, optima found, masks respected."""
+"""Peer baselines (choicegrad.bench.peers): budgets honoured and counted, optima found, masks respected."""
 
 import pytest
 import torch
 
-from choicegrad.decode import row_keys
+from choicegrad.decoding.decoders import row_keys
 from choicegrad.generators.context import TableContext
 from choicegrad.generators.objective import ItemObjective
-from choicegrad.search import PEERS, search
-from choicegrad.tasks import PickFiveTask, PottsTask
+from choicegrad.bench.peers import PEERS, search
+from choicegrad.bench.tasks import PickFiveTask, PottsTask
 
 SEARCHERS = [p for p in PEERS if p != "exhaustive"]
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from choicegrad import MISSING, ChoiceSpace, InputError, load_table
-from choicegrad.data import ContextEncoder, split_below_quantile
-from choicegrad.space import as_labels
+from choicegrad.data.table import ContextEncoder, split_below_quantile
+from choicegrad.data.space import as_labels
 
 
 def test_vocabularies_are_sorted_and_file_order_free(potts_frame):

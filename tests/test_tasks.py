@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from choicegrad.data import load_table
+from choicegrad.data.table import load_table
 from choicegrad.errors import InputError
 from choicegrad.generators import ItemObjective
-from choicegrad.tasks import TASKS, ItemSelectionTask, Landscape, get_task
-from choicegrad.tasks.stats import nan_stats
-from choicegrad.tasks.synthetic import ehrlich, grid_space, nk, potts
+from choicegrad.bench.tasks import TASKS, ItemSelectionTask, Landscape, get_task
+from choicegrad.bench.tasks.stats import nan_stats
+from choicegrad.bench.tasks.synthetic import ehrlich, grid_space, nk, potts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

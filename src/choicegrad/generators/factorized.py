@@ -7,8 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .base import GeneratorConfig, TableGenerator, mask_logits
-from .context import TableContext
+from choicegrad.generators.base import GeneratorConfig, TableGenerator, mask_logits
+from choicegrad.generators.context import TableContext
 
 
 class FactorizedGenerator(TableGenerator):

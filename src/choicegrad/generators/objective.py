@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .context import Context, ItemContext, TableContext
+from choicegrad.generators.context import Context, ItemContext, TableContext
 
 
 class TableObjective:

@@ -14,9 +14,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .base import Generator, GeneratorConfig, mask_logits
-from .context import ItemContext
-from .trunk import mlp
+from choicegrad.generators.base import Generator, GeneratorConfig, mask_logits
+from choicegrad.generators.context import ItemContext
+from choicegrad.generators.trunk import mlp
 
 
 class PointerGenerator(Generator):

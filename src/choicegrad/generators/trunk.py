@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .context import TableContext
+from choicegrad.generators.context import TableContext
 
 
 def mlp(dims: list[int], final_activation: bool = True) -> nn.Sequential:

@@ -1,0 +1,510 @@
+"""The benchmark harness: every method on the same tasks, scorer, contexts and scorer-call budget.
+
+    results = run_benchmark(["potts", "nk3"], ["random", "anneal", "autoregressive/reinforce/polish"],
+                            seeds=[0, 1, 2], out="runs/bench")
+
+A *task* (choicegrad.bench.tasks) knows the true score of every row. For a table task the harness fits one
+scorer per task on the task's training table (rows below each context's median; seed 0, cached in
+OUT/scorers/TASK and shared by every method and seed), enumerates the scorer over every row once
+(for the scorer's gap closed and optimum), then runs each method on every context of the task:
+
+- a peer (choicegrad.bench.peers: random, anneal, genetic, gradient-ascent, exhaustive) searches the
+  scorer directly with `budget` scorer calls per context;
+- a pipeline "GENERATOR/ESTIMATOR/DECODER" trains a generator with that gradient estimator (its
+  training calls are counted apart, amortised over all contexts) and decodes K candidates with at
+  most `budget` scorer calls per context. Pipelines that share generator, estimator and seed share
+  one training run. On item tasks every generator is the pointer generator.
+
+Candidates are scored by the task's ground truth (choicegrad.metrics.candidate_report). Rows of
+OUT/results.csv, OUT/curves.csv (quality vs diversity over sampling temperature) and
+OUT/training.csv (validation score vs scorer calls) are rewritten after every method, so a long run
+can be watched and an interrupted one still leaves its figures; OUT/report.md and plots come last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from choicegrad.bench import peers
+from choicegrad.decoding.decoders import Candidates, decode, first_occurrence, row_keys, score_grid
+from choicegrad.errors import did_you_mean
+from choicegrad.generators import GeneratorConfig, ItemObjective, TableContext, TableObjective, build
+from choicegrad.training.loop import GeneratorFit, SampledContexts, TableContexts, fit_generator
+from choicegrad.metrics import candidate_report, normalised
+
+TEMPERATURES = (0.25, 0.5, 1.0, 1.5, 2.0)
+ESTIMATORS = ("soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax", "reinforce", "weighted-ce", "raml",
+              "aligner")
+DEFAULT_PIPELINE = "autoregressive/reinforce/polish"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How one task is benchmarked. budget: scorer calls per context at search / decoding time."""
+
+    name: str
+    headline: str
+    budget: int
+    k: int = 128
+    kind: str = "table"                      # "table" or "items"
+    protocol: str = "below-median"           # training table: "below-median" or "random" rows
+    train_rows: Optional[int] = None         # subsample of the training table (None: all of it)
+    scorer_epochs: Optional[int] = None
+    scorer_minutes: float = 5.0
+    scorer_ensemble: int = 1                 # members; the objective is mean - scorer_beta * std
+    scorer_beta: float = 0.0
+    steps: int = 300                         # generator training steps
+    train_minutes: float = 0.5               # cap per generator training run
+    options: dict = field(default_factory=dict, hash=False)
+
+
+# Table tasks: budget = 1% of a context's rows (issue 7's "1% of enumeration"). Synthetic tasks fit
+# the scorer on random rows (so the scorer gap measures search), real landscapes on the rows below
+# each context's median (the offline-design protocol of DESIGN.md).
+SPECS = {
+    "potts": TaskSpec("potts", "gap_oracle", budget=2621, protocol="random", train_rows=30_000, scorer_epochs=40),
+    "nk2": TaskSpec("nk2", "gap_oracle", budget=655, protocol="random", train_rows=30_000, scorer_epochs=40),
+    "nk3": TaskSpec("nk3", "gap_oracle", budget=655, protocol="random", train_rows=30_000, scorer_epochs=40),
+    "nk4": TaskSpec("nk4", "gap_oracle", budget=655, protocol="random", train_rows=30_000, scorer_epochs=40),
+    "ehrlich": TaskSpec("ehrlich", "gap_oracle", budget=3906, protocol="random", train_rows=30_000, scorer_epochs=40),
+    "items": TaskSpec("items", "top1", budget=200, k=16, kind="items"),
+    "tfbind8": TaskSpec("tfbind8", "max", budget=655, scorer_epochs=8, steps=400, train_minutes=0.75),
+    "gb1": TaskSpec("gb1", "max", budget=1600, scorer_epochs=40),
+    "pard3": TaskSpec("pard3", "max", budget=256, scorer_epochs=60),  # 1% (80) is below K = 128
+}
+STANDARD_TASKS = ("potts", "nk3", "ehrlich", "items", "tfbind8", "gb1")
+STANDARD_METHODS = (
+    "random", "anneal", "genetic", "gradient-ascent", "exhaustive",
+    *(f"autoregressive/{e}/polish" for e in ESTIMATORS),
+    *(f"autoregressive/reinforce/{d}" for d in ("argmax", "sample", "topk", "rerank", "anneal")),
+    "factorized/reinforce/polish", "factorized/st-gumbel/polish",
+)
+# Issue 7's targets for the default pipeline (the defaults of `choicegrad fit` / `generate`):
+# (task, metric, ">=" or "<=", value); "ratio" is the headline over the best peer's at the same budget.
+TARGETS = (
+    ("tfbind8", "max", ">=", 0.97), ("tfbind8", "median", ">=", 0.80), ("tfbind8", "distinct", ">=", 100),
+    ("tfbind8", "calls_generate", "<=", 655),
+    ("potts", "gap_scorer", ">=", 0.995), ("potts", "hit_scorer", ">=", 0.90), ("potts", "calls_generate", "<=", 2621),
+    ("nk3", "gap_scorer", ">=", 0.98), ("nk3", "hit_scorer", ">=", 0.60), ("nk3", "calls_generate", "<=", 655),
+    ("gb1", "ratio", ">=", 1.0), ("ehrlich", "ratio", ">=", 1.0), ("items", "ratio", ">=", 1.0),
+)
+QUICK_METHODS = ("random", "anneal", "gradient-ascent", "exhaustive", DEFAULT_PIPELINE,
+                 "factorized/st-gumbel/polish")
+
+
+# --- methods --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    name: str
+    peer: Optional[str] = None
+    generator: str = ""
+    estimator: str = ""
+    decoder: str = ""
+
+    @property
+    def family(self) -> str:
+        return "peer" if self.peer else "choicegrad"
+
+
+def parse_method(name: str) -> Method:
+    """'anneal' (a peer), 'default' or 'GENERATOR/ESTIMATOR/DECODER' (a pipeline)."""
+    from choicegrad.decoding.decoders import DECODERS
+    from choicegrad.generators.base import KINDS
+
+    if name in peers.PEERS:
+        return Method(name, peer=name)
+    if name == "default":
+        name = DEFAULT_PIPELINE
+    parts = name.split("/")
+    if len(parts) != 3:
+        raise ValueError(f"method {name!r}: expected a peer ({', '.join(peers.PEERS)}) or GENERATOR/ESTIMATOR/DECODER, "
+                         f"e.g. {DEFAULT_PIPELINE}{did_you_mean(name, list(peers.PEERS))}")
+    gen, est, dec = parts
+    from choicegrad import estimators
+
+    for value, options, what in ((gen, KINDS, "generator"), (dec, DECODERS, "decoder"),
+                                 (est, estimators.available(), "gradient estimator")):
+        if value not in options:
+            raise ValueError(f"method {name!r}: unknown {what} {value!r}{did_you_mean(value, list(options))}; "
+                             f"choose one of {', '.join(options)}")
+    return Method(name, generator=gen, estimator=est, decoder=dec)
+
+
+# --- one task, ready to be searched -------------------------------------------------------------
+@dataclass
+class Problem:
+    """Everything methods share on one task. B evaluation contexts.
+
+    objective(x, ctx) -> (N,): the scorer (or the reward of an item task); ctx: the B contexts;
+    allowed (B, S, V); truth(rows (B, M, S)) -> (B, M) ground truth; stats / scorer_stats: (B,)
+    tensors min, max, mean of the ground truth / of the objective over every row; is_new(rows) ->
+    (B, M) bool or None; contexts: where generator training draws contexts; new_generator(kind).
+    """
+
+    spec: TaskSpec
+    objective: Callable
+    ctx: Any
+    allowed: Tensor
+    truth: Callable[[Tensor], Tensor]
+    stats: dict
+    scorer_stats: dict
+    exhaustive: Candidates
+    exhaustive_seconds: float
+    contexts: Any
+    new_generator: Callable[[str], Any]
+    is_new: Optional[Callable[[Tensor], Tensor]] = None
+    setup: dict = field(default_factory=dict)
+    data: Any = None                     # the training TableData (table tasks)
+    _aligner: Any = None
+
+    def aligner(self):
+        """The task's Aligner over its scorer (fitted once, seed 0), or None without data rows."""
+        if self.data is None:
+            return None
+        if self._aligner is None:
+            from choicegrad.scorer.aligner import AlignerFit, fit_aligner
+
+            result = fit_aligner(self.objective.scorer, self.data, AlignerFit(seed=0, max_minutes=1.0), progress=False)
+            self._aligner = result.aligner
+            self.setup["aligner_seconds"] = round(result.seconds, 1)
+        return self._aligner
+
+
+def _scorer_for(task, spec: TaskSpec, frame: pd.DataFrame, data, cache: Path):
+    """Fit (or load the cached) scorer of a table task."""
+    from choicegrad.scorer.model import Scorer
+    from choicegrad.scorer.fit import ScorerFit, fit_scorer
+
+    fit = ScorerFit(epochs=spec.scorer_epochs, max_minutes=spec.scorer_minutes, seed=0,
+                    ensemble=spec.scorer_ensemble, beta=spec.scorer_beta)
+    key = hashlib.sha1(json.dumps([spec.name, spec.options, len(frame), float(frame["y"].sum()), fit.model_dump()],
+                                  sort_keys=True, default=str).encode()).hexdigest()[:12]
+    folder = cache / f"{spec.name}-{key}"
+    if (folder / "scorer.safetensors").is_file():
+        info = json.loads((folder / "fit.json").read_text())
+        return Scorer.load(folder), info
+    result = fit_scorer(data, fit, progress=False)
+    info = {"seconds": round(result.seconds, 1), "rows": len(data), "metrics": result.metrics}
+    result.scorer.save(folder)
+    (folder / "fit.json").write_text(json.dumps(info, indent=2))
+    return result.scorer, info
+
+
+def table_problem(spec: TaskSpec, data_dir: Optional[Path], cache: Path) -> Problem:
+    from choicegrad.data.table import load_table
+    from choicegrad.bench.tasks import get_task
+
+    task = get_task(spec.name, data_dir=data_dir, **spec.options)
+    frame = task.training_table(spec.protocol, n=spec.train_rows, seed=0)
+    context = [task.context_column] if task.context_column else None
+    data = load_table(frame, task.space.names, "y", context)
+    scorer, info = _scorer_for(task, spec, frame, data, cache)
+    S = task.space.num_slots
+    # scorer category index -> task category index, per slot (vocabularies are both label sets)
+    to_task = torch.full((S, scorer.space.max_size), -1, dtype=torch.long)
+    for s, (mine, theirs) in enumerate(zip(scorer.space.slots, task.space.slots)):
+        where = {label: i for i, label in enumerate(theirs.categories)}
+        to_task[s, : len(mine.categories)] = torch.tensor([where[c] for c in mine.categories])
+    if task.context_column:
+        ctx = TableContext(*scorer.context.encode(task.context_frame(), f"task {spec.name}"))
+    else:
+        ctx = TableContext.empty(1)
+    B = len(ctx)
+    allowed = scorer.space.mask().unsqueeze(0).expand(B, -1, -1)
+    objective = TableObjective(scorer)
+
+    def task_rows(rows: Tensor) -> Tensor:
+        return to_task[torch.arange(S), rows.clamp(min=0)]
+
+    def truth(rows: Tensor) -> Tensor:
+        Bn, M, _ = rows.shape
+        ids = torch.arange(Bn).repeat_interleave(M)
+        return task.oracle(ids, task_rows(rows.reshape(Bn * M, S))).reshape(Bn, M).float()
+
+    start = time.perf_counter()  # the scorer on every row, once: its optimum, mean, and the exhaustive peer
+    full, every = _objective_landscape(objective, ctx, allowed)
+    top = full.topk(spec.k, dim=1)
+    exhaustive = Candidates(every[top.indices], top.values, torch.ones_like(top.values, dtype=torch.bool),
+                            full.numel())
+    ex_seconds = time.perf_counter() - start
+    st = task.stats()
+    stats = {k: st[k].float() for k in ("min", "max", "mean")}
+    scorer_stats = {"max": full.max(1).values, "mean": full.mean(1), "min": full.min(1).values}
+    # training rows, as task row indices per context, for the share of new candidates
+    train_rows = task_rows(data.rows.clamp(min=0))
+    if task.context_column:
+        labels = {label: i for i, label in enumerate(task.context_labels)}
+        ctx_ids = torch.tensor(frame[task.context_column].astype(str).map(labels).to_numpy(), dtype=torch.long)
+    else:
+        ctx_ids = torch.zeros(len(frame), dtype=torch.long)
+    seen = torch.zeros(task.num_contexts, task.num_rows, dtype=torch.bool)
+    seen[ctx_ids, task.row_index(train_rows)] = True
+
+    def is_new(rows: Tensor) -> Tensor:
+        Bn, M, _ = rows.shape
+        idx = task.row_index(task_rows(rows.reshape(Bn * M, S))).reshape(Bn, M)
+        return ~seen.gather(1, idx)
+
+    def new_generator(kind: str):
+        return build(GeneratorConfig(kind=kind), space=scorer.space, context=scorer.context)
+
+    setup = {"scorer_seconds": info["seconds"], "scorer_rows": info["rows"], "contexts": B,
+             "scorer_test": info["metrics"].get("test", {}), "exhaustive_seconds": round(ex_seconds, 2)}
+    return Problem(spec, objective, ctx, allowed, truth, stats, scorer_stats, exhaustive, ex_seconds,
+                   TableContexts(data), new_generator, is_new, setup, data)
+
+
+def _objective_landscape(objective, ctx, allowed, chunk: int = 1 << 16) -> tuple[Tensor, Tensor]:
+    """(B, R) objective of every row of every context, and the (R, S) rows (allowed is the same
+    in every context)."""
+    from choicegrad.decoding.decoders import enumerate_allowed
+
+    B = len(ctx)
+    rows, ok, total = enumerate_allowed(allowed[:1])
+    out = torch.empty(B, total)
+    per = max(1, chunk // max(1, B))
+    for start in range(0, total, per):
+        part = rows[start:start + per]
+        scores, _ = score_grid(objective, part.unsqueeze(0).expand(B, -1, -1), ctx, chunk=chunk)
+        out[:, start:start + per] = scores
+    return out, rows
+
+
+def items_problem(spec: TaskSpec, contexts: int = 64) -> Problem:
+    from choicegrad.bench.tasks import ItemSelectionTask
+
+    task = ItemSelectionTask(**spec.options)
+    ctx = task.draw(contexts, torch.Generator().manual_seed(1234))
+    values, _ = task.enumerate(ctx)
+    finite = torch.isfinite(values)
+    scale = float(values[finite].std()) or 1.0
+    objective = ItemObjective(task.reward, scale=scale)
+    S, N = task.slots, ctx.items.shape[1]
+    allowed = ctx.mask.unsqueeze(1).expand(-1, S, -1)
+    st = task.stats(ctx)
+    stats = {k: st[k].float() for k in ("min", "max", "mean")}
+
+    def truth(rows: Tensor) -> Tensor:
+        Bn, M, _ = rows.shape
+        with torch.no_grad():
+            return objective(rows.reshape(Bn * M, S), ctx.repeat_interleave(M)).reshape(Bn, M).float()
+
+    start = time.perf_counter()
+    exhaustive = peers.search("exhaustive", objective, ctx, allowed, spec.k, budget=1, generator=torch.Generator())
+    ex_seconds = time.perf_counter() - start
+
+    def new_generator(kind: str):
+        return build(GeneratorConfig(kind="pointer"), num_slots=S, item_dim=ctx.items.shape[-1])
+
+    return Problem(spec, objective, ctx, allowed, truth, stats, dict(stats), exhaustive, ex_seconds,
+                   SampledContexts(task.draw), new_generator, None,
+                   {"contexts": contexts, "exhaustive_seconds": round(ex_seconds, 2), "max_items": N})
+
+
+def build_problem(name: str, data_dir: Optional[Path], cache: Path, specs: Optional[dict] = None) -> Problem:
+    specs = {**SPECS, **(specs or {})}
+    if name not in specs:
+        raise ValueError(f"unknown task {name!r}{did_you_mean(name, list(specs))}; choose from {', '.join(specs)}")
+    spec = specs[name]
+    return items_problem(spec) if spec.kind == "items" else table_problem(spec, data_dir, cache)
+
+
+# --- measuring ----------------------------------------------------------------------------------
+class PeakMemory:
+    """Peak resident memory (MB) of this process above its level at entry (Linux: resets VmHWM)."""
+
+    def __enter__(self):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        self.start = self._status("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        self.peak_mb = max(0.0, self._status("VmHWM") - self.start)
+
+    @staticmethod
+    def _status(key: str) -> float:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def evaluate(problem: Problem, cands: Candidates) -> dict[str, float]:
+    """Ground-truth metrics of candidates (B, K) ordered best first by the objective."""
+    true = problem.truth(cands.rows.clamp(min=0))
+    new = problem.is_new(cands.rows.clamp(min=0)) if problem.is_new else None
+    return candidate_report(true, cands.valid, stats=problem.stats, scorer=cands.scores,
+                            scorer_stats=problem.scorer_stats, new=new)
+
+
+def quality_diversity(problem: Problem, gen, seed: int, temperatures=TEMPERATURES) -> list[dict]:
+    """Per temperature: K rows sampled from the generator -> distinct count, median / max normalised
+    truth of the K samples, truth of the sample the objective ranks first (diagnostic calls, not counted)."""
+    out = []
+    rng = torch.Generator().manual_seed(10_000 + seed)
+    for t in temperatures:
+        with torch.no_grad():
+            rows = gen.sample(problem.ctx, problem.spec.k, t, None, rng)
+            scores, _ = score_grid(problem.objective, rows, problem.ctx)
+        norm = normalised(problem.truth(rows), problem.stats["min"], problem.stats["max"])
+        keys = row_keys(rows, problem.allowed.shape[-1])
+        distinct = first_occurrence(keys, torch.ones_like(keys, dtype=torch.bool)).sum(1).float()
+        first = norm.gather(1, scores.argmax(1, keepdim=True))[:, 0]
+        out.append({"temperature": t, "distinct": float(distinct.mean()), "median": float(norm.quantile(0.5, dim=1).mean()),
+                    "max": float(norm.max(1).values.mean()), "top1": float(first.mean())})
+    return out
+
+
+def run_peer(problem: Problem, method: Method, seed: int) -> dict:
+    spec = problem.spec
+    if method.peer == "exhaustive":  # computed once per task, when the problem was built
+        cands, seconds, mem = problem.exhaustive, problem.exhaustive_seconds, float("nan")
+    else:
+        with PeakMemory() as pm:
+            start = time.perf_counter()
+            cands = peers.search(method.peer, problem.objective, problem.ctx, problem.allowed, spec.k,
+                                 budget=spec.budget, generator=torch.Generator().manual_seed(seed))
+            seconds = time.perf_counter() - start
+        mem = pm.peak_mb
+    return {**evaluate(problem, cands), "calls_generate": cands.scorer_calls / len(problem.ctx), "calls_train": 0,
+            "seconds_train": 0.0, "seconds_generate": seconds, "peak_mb": mem}
+
+
+def train_pipeline(problem: Problem, method: Method, seed: int, progress: bool):
+    spec = problem.spec
+    torch.manual_seed(seed)
+    gen = problem.new_generator(method.generator)
+    fit = GeneratorFit(method=method.estimator, steps=spec.steps, seed=seed, max_minutes=spec.train_minutes)
+    with PeakMemory() as pm:
+        aligner = problem.aligner() if method.estimator == "aligner" else None
+        result = fit_generator(gen, problem.objective, problem.contexts, fit, progress=progress, aligner=aligner)
+    return result, pm.peak_mb
+
+
+def run_pipeline(problem: Problem, method: Method, seed: int, trained) -> dict:
+    spec = problem.spec
+    result, train_mb = trained
+    with PeakMemory() as pm:
+        start = time.perf_counter()
+        cands = decode(method.decoder, result.generator, problem.objective, problem.ctx, spec.k,
+                       budget=spec.budget, generator=torch.Generator().manual_seed(seed))
+        seconds = time.perf_counter() - start
+    return {**evaluate(problem, cands), "calls_generate": cands.scorer_calls / len(problem.ctx),
+            "calls_train": result.scorer_calls, "seconds_train": result.seconds, "seconds_generate": seconds,
+            "peak_mb": max(train_mb, pm.peak_mb)}
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int], out: str | Path, *,
+                  data_dir: Optional[str | Path] = None, progress: Optional[bool] = None,
+                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+                  report: bool = True, specs: Optional[dict[str, TaskSpec]] = None) -> pd.DataFrame:
+    """Run every method on every task for every seed; write OUT/results.csv, curves.csv,
+    training.csv, setup.json and (report=True) OUT/report.md with plots. Returns the results.
+    specs: task settings replacing those of SPECS by name (e.g. smaller tasks for a quick check)."""
+    parsed = [parse_method(m) for m in methods]
+    known = {**SPECS, **(specs or {})}
+    for t in tasks:
+        if t not in known:
+            raise ValueError(f"unknown task {t!r}{did_you_mean(t, list(known))}; choose from {', '.join(known)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(data_dir) if data_dir is not None else None
+    results, curves, training, setup = [], [], [], {}
+    started = time.perf_counter()
+    for task_name in tasks:
+        log(f"[{time.perf_counter() - started:6.0f}s] {task_name}: building the task and its scorer")
+        problem = build_problem(task_name, data_dir, out / "scorers", specs)
+        spec = problem.spec
+        setup[task_name] = {**problem.setup, "budget": spec.budget, "k": spec.k, "steps": spec.steps,
+                            "headline": spec.headline}
+        total = len(parsed) * len(seeds)
+        bar = tqdm(total=total, desc=task_name, unit="run", file=sys.stderr,
+                   disable=(not progress) if progress is not None else None)
+        for seed in seeds:
+            trained: dict[tuple[str, str], Any] = {}
+            for method in parsed:
+                gen_kind = "pointer" if spec.kind == "items" else method.generator
+                if method.estimator == "aligner" and problem.data is None:
+                    if seed == seeds[0]:
+                        log(f"{task_name}: {method.name} skipped: the aligner needs data rows, this task has none")
+                    bar.update(1)
+                    continue
+                if method.peer:
+                    row = run_peer(problem, method, seed)
+                    name = method.name
+                else:
+                    name = f"{gen_kind}/{method.estimator}/{method.decoder}"
+                    if any(r["method"] == name and r["seed"] == seed and r["task"] == task_name for r in results):
+                        bar.update(1)
+                        continue  # e.g. two table generators that both mean the pointer generator here
+                    key = (gen_kind, method.estimator)
+                    if key not in trained:
+                        trained[key] = train_pipeline(problem, Method(name, None, method.generator, method.estimator),
+                                                      seed, bool(progress))
+                        res = trained[key][0]
+                        training += [{"task": task_name, "method": f"{gen_kind}/{method.estimator}", "seed": seed,
+                                      "step": h["step"], "scorer_calls": h.get("scorer_calls"),
+                                      "seconds": h.get("seconds"), "val_score": h.get("val_score")}
+                                     for h in res.history if h.get("phase") == "val"]
+                        curves += [{"task": task_name, "method": f"{gen_kind}/{method.estimator}", "seed": seed, **c}
+                                   for c in quality_diversity(problem, res.generator, seed)]
+                    row = run_pipeline(problem, Method(name, None, method.generator, method.estimator, method.decoder),
+                                       seed, trained[key])
+                results.append({"task": task_name, "method": name, "family": method.family,
+                                "generator": "" if method.peer else gen_kind, "estimator": method.estimator,
+                                "decoder": method.decoder, "seed": seed, "contexts": len(problem.ctx), "k": spec.k,
+                                **row, "headline": spec.headline, "budget": spec.budget})
+                r = results[-1]
+                head = "" if spec.headline in ("max", "median") else f"{spec.headline} {r[spec.headline]:.3f}, "
+                log(f"[{time.perf_counter() - started:6.0f}s] {task_name} seed {seed} {name}: "
+                    f"{head}max {r['max']:.3f}, median {r['median']:.3f}, "
+                    f"distinct {r['distinct']:.0f}, calls/context {r['calls_generate']:.0f}")
+                _write_csv(pd.DataFrame(results), out / "results.csv")
+                bar.update(1)
+            if curves:
+                _write_csv(pd.DataFrame(curves), out / "curves.csv")
+            if training:
+                _write_csv(pd.DataFrame(training), out / "training.csv")
+        bar.close()
+        setup[task_name].update(problem.setup)   # e.g. the aligner's fitting time, known only now
+        setup["_wall_seconds"] = round(time.perf_counter() - started, 1)
+        (out / "setup.json").write_text(json.dumps(setup, indent=2, default=float) + "\n")
+    frame = pd.DataFrame(results)
+    if report and len(frame):
+        from choicegrad.bench.report import write_report
+
+        write_report(out)
+    return frame

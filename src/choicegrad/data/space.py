@@ -1,0 +1,156 @@
+"""Choice spaces: ordered slots, each with its own vocabulary, and rows <-> category indices.
+
+A row is one category index per slot; `MISSING` (-1) marks a slot that a data row does not observe.
+Vocabularies are sorted label strings, so the same table read from CSV or Parquet, in any row order,
+gives the same space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, field_validator
+
+from choicegrad.errors import InputError, show_rows
+
+MISSING = -1
+
+
+def as_labels(values: pd.Series) -> pd.Series:
+    """Category labels as strings (object dtype), missing values as None.
+
+    Integral floats print without '.0', so a CSV column of ints with gaps (read as float) keeps the
+    labels it has in a file without gaps.
+    """
+    if pd.api.types.is_float_dtype(values.dtype):
+        finite = values.dropna()
+        if len(finite) and np.all(np.mod(finite.to_numpy(), 1) == 0):
+            values = values.astype("Int64")
+    missing = values.isna().to_numpy()
+    labels = values.astype(str).to_numpy(dtype=object, copy=True)
+    labels[missing] = None
+    return pd.Series(labels, index=values.index, dtype=object)
+
+
+class Slot(BaseModel):
+    """One slot (feature) and its vocabulary."""
+
+    name: str
+    categories: list[str]
+
+    @field_validator("categories")
+    @classmethod
+    def _unique_nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("a slot needs at least one category")
+        if len(set(v)) != len(v):
+            raise ValueError("categories must be unique")
+        return v
+
+
+class ChoiceSpace(BaseModel):
+    """Ordered slots with their own vocabularies."""
+
+    slots: list[Slot]
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, features: Sequence[str]) -> ChoiceSpace:
+        """Build the space from the distinct non-missing labels of each feature column (sorted)."""
+        return cls(
+            slots=[
+                Slot(name=f, categories=sorted(set(as_labels(frame[f]).dropna())))
+                for f in features
+            ]
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.slots]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(s.categories) for s in self.slots]
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.slots)
+
+    @property
+    def max_size(self) -> int:
+        return max(self.sizes)
+
+    def num_rows(self) -> int:
+        """How many distinct complete rows the space holds."""
+        return int(np.prod([float(v) for v in self.sizes]))
+
+    def mask(self) -> torch.Tensor:
+        """(S, V_max) bool: True where a slot has a category at that index (padding is False)."""
+        sizes = torch.tensor(self.sizes)
+        return torch.arange(self.max_size)[None, :] < sizes[:, None]
+
+    def index_of(self, slot: str, label: str) -> int:
+        """Category index of `label` in `slot`; InputError naming both when absent."""
+        from choicegrad.errors import did_you_mean
+
+        if slot not in self.names:
+            raise InputError("--fix", [f'unknown feature "{slot}"{did_you_mean(slot, self.names)}'])
+        cats = self.slots[self.names.index(slot)].categories
+        if label not in cats:
+            raise InputError(
+                "--fix",
+                [f'feature "{slot}" has no category "{label}"{did_you_mean(label, cats)}'],
+            )
+        return cats.index(label)
+
+    def encode(self, frame: pd.DataFrame, source: str = "rows", allow_missing: bool = True,
+               unknown: str = "error") -> torch.Tensor:
+        """Feature columns of `frame` -> (N, S) long indices, MISSING where a value is absent.
+
+        Unknown categories are an error unless `unknown="missing"` asks to treat them as missing
+        (never mapped to another category); missing values are an error when `allow_missing` is
+        False. Every problem is reported in one InputError naming `source`.
+        """
+        if unknown not in ("error", "missing"):
+            raise InputError("--unknown", [f'expected "error" or "missing", got "{unknown}"'])
+        problems: list[str] = []
+        out = np.full((len(frame), self.num_slots), MISSING, dtype=np.int64)
+        for s, slot in enumerate(self.slots):
+            if slot.name not in frame.columns:
+                problems.append(f'missing feature column "{slot.name}"')
+                continue
+            labels = as_labels(frame[slot.name])
+            codes = pd.Index(slot.categories).get_indexer(labels.to_numpy()).astype(np.int64)
+            absent = labels.isna().to_numpy()
+            unknown_at = np.flatnonzero((codes < 0) & ~absent)
+            if len(unknown_at) and unknown == "missing":
+                codes[unknown_at] = MISSING
+            elif len(unknown_at):
+                values = sorted(set(labels.iloc[unknown_at]))[:5]
+                problems.append(
+                    f'column "{slot.name}": unknown categor{"ies" if len(values) > 1 else "y"} '
+                    f"{', '.join(repr(v) for v in values)} at {show_rows(unknown_at)}; "
+                    f"known: {_preview(slot.categories)}"
+                )
+            if not allow_missing and absent.any():
+                problems.append(f'column "{slot.name}": missing value at {show_rows(np.flatnonzero(absent))}')
+            out[:, s] = codes
+        if problems:
+            raise InputError(source, problems)
+        return torch.from_numpy(out)
+
+    def decode(self, rows: torch.Tensor) -> pd.DataFrame:
+        """(N, S) long indices -> DataFrame of labels (None where MISSING)."""
+        idx = rows.detach().cpu().numpy()
+        cols = {}
+        for s, slot in enumerate(self.slots):
+            cats = np.array(slot.categories + [None], dtype=object)
+            cols[slot.name] = cats[np.where(idx[:, s] < 0, len(slot.categories), idx[:, s])]
+        return pd.DataFrame(cols)
+
+
+def _preview(items: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")

@@ -1,0 +1,73 @@
+"""Numerically safe Gumbel sampling in fp32: noise, Gumbel-max, Gumbel-softmax, conditional Gumbels.
+
+All noise is drawn as -log(-log(U)) with U ~ Uniform clamped to [tiny, 1 - eps] in fp32, so it lies in
+about [-4.5, 15.9]; logits are upcast to fp32 before use. Every function takes a torch.Generator.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from choicegrad.estimators.base import check_int, check_tau, one_hot
+
+_TINY = torch.finfo(torch.float32).tiny
+_EPS = torch.finfo(torch.float32).eps
+
+
+def uniform(shape, *, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+    """fp32 Uniform draws of `shape`, clamped to [tiny, 1 - eps] so that log(U) and log(-log(U)) are finite."""
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+    return u.clamp_(_TINY, 1.0 - _EPS)
+
+
+def sample_gumbel(shape, *, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+    """Standard Gumbel(0, 1) noise of `shape`, fp32, always finite."""
+    return -torch.log(-torch.log(uniform(shape, generator=generator, device=device)))
+
+
+def gumbel_max(logits: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Exact categorical sample by the Gumbel-max trick: logits (..., V) -> (...,) long ~ softmax(logits)."""
+    with torch.no_grad():
+        z = logits.detach().float() + sample_gumbel(logits.shape, generator=generator, device=logits.device)
+        return z.argmax(-1)
+
+
+def gumbel_softmax(logits: Tensor, tau: float = 1.0, *, generator: Optional[torch.Generator] = None,
+                   hard: bool = False) -> Tensor:
+    """Gumbel-softmax relaxed sample softmax((logits + G) / tau): (..., V) -> (..., V).
+
+    hard=True returns the one-hot Gumbel-max sample with the relaxed sample's gradient (straight-through).
+    Computed in fp32 and returned in the logits' dtype; the gradient flows back to the logits.
+    """
+    tau = check_tau(tau)
+    z = logits.float() + sample_gumbel(logits.shape, generator=generator, device=logits.device)
+    y = torch.softmax(z / tau, -1)
+    if hard:
+        y = one_hot(z.detach().argmax(-1), y.shape[-1]) + y - y.detach()
+    return y.to(logits.dtype)
+
+
+def conditional_gumbel(logits: Tensor, index: Tensor, k: int = 1, *,
+                       generator: Optional[torch.Generator] = None) -> Tensor:
+    """K draws of the perturbed logits z = logits + G conditioned on argmax(z) == index (top-down).
+
+    logits (..., V), index (...,) long -> z (k, ..., V) fp32, detached. The maximum is drawn as
+    Gumbel(logsumexp(logits)) = logsumexp - log(E), E ~ Exp(1); each other category is a Gumbel with
+    location logits_i truncated below that maximum: z_i = -log(exp(-z_max) + exp(-logits_i) * E_i).
+    Marginalising `index` ~ softmax(logits) gives back unconditional logits + Gumbel noise.
+    """
+    k = check_int(k, "k")
+    if tuple(index.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"index must have shape {tuple(logits.shape[:-1])} (logits without the last dim), "
+                         f"got {tuple(index.shape)}")
+    with torch.no_grad():
+        theta = logits.detach().float()
+        log_e = torch.log(-torch.log(uniform((k,) + tuple(theta.shape), generator=generator,
+                                             device=theta.device)))  # log of Exp(1) draws
+        idx = index.unsqueeze(-1).expand((k,) + tuple(index.shape) + (1,))
+        top = torch.logsumexp(theta, -1, keepdim=True) - log_e.gather(-1, idx)  # (k, ..., 1)
+        others = -torch.logaddexp(-top, log_e - theta)
+        return others.scatter(-1, idx, top)
