@@ -9,8 +9,8 @@ import torch
 
 from choicegrad.data.table import load_table
 from choicegrad.decoding.decoders import decode
-from choicegrad.training.loop import (METHODS, GeneratorFit, SampledContexts, TableContexts,
-                                           fit_generator)
+from choicegrad.estimators import available
+from choicegrad.training.loop import GeneratorFit, SampledContexts, TableContexts, fit_generator
 from choicegrad.generators import (AutoregressiveGenerator, GeneratorConfig, ItemObjective, TableContext,
                                    TableObjective, build, load, save)
 from choicegrad.bench.tasks import PickFiveTask, PlantedTask
@@ -37,7 +37,7 @@ def _fit(kind, method, data, objective, steps=150, **kw):
 
 
 @pytest.mark.parametrize("kind", ["factorized", "autoregressive"])
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "aligner"])  # needs a Scorer: test_aligner.py
+@pytest.mark.parametrize("method", [m for m in available() if m != "aligner"])  # needs a Scorer: test_aligner.py
 def test_generator_finds_planted_optimum(planted, kind, method):
     task, data = planted
     gen, res = _fit(kind, method, data, task.objective())

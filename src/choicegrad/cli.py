@@ -161,7 +161,9 @@ DEFAULT_DECODER = "polish"
 
 def _check_method(method: str, kind: str) -> str:
     from choicegrad.errors import did_you_mean
-    from choicegrad.training.loop import METHODS
+    from choicegrad.estimators import available
+
+    METHODS = available()
     from choicegrad.generators import KINDS
 
     problems = []

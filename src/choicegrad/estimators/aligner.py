@@ -21,9 +21,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from choicegrad.estimators.base import (Estimator, EstimatorOutput, Prepared, ScoreFn, apply_fixed, apply_fixed_index,
-                   call_scorer, check_tau, register, score_stats)
-from choicegrad.estimators.relaxed import relax_gumbel, relax_soft, relax_st, relax_st_gumbel
+from choicegrad.estimators.base import ScoreFn, call_scorer, check_tau, score_stats
+from choicegrad.estimators.contract import Estimator, EstimatorOutput, register
 
 RELAXATIONS = ("st-gumbel", "st", "soft", "gumbel")
 
@@ -40,6 +39,7 @@ class AlignerMethod(Estimator):
     """Contrastive pull towards good reference rows in aligner space (+ optional scorer signal)."""
 
     uses_tau = True
+    family = "learned"
     call_options = ("tau", "embed", "positives", "negatives")
 
     def __init__(self, tau: float = 1.0, temperature: float = 0.1, score_weight: float = 0.0,
@@ -53,30 +53,21 @@ class AlignerMethod(Estimator):
             raise ValueError(f"relaxation must be one of {', '.join(RELAXATIONS)}, got {relaxation!r}")
         self.relaxation = relaxation
 
-    def relax(self, theta: Tensor, tau: float, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
-        if self.relaxation == "st-gumbel":
-            return relax_st_gumbel(theta, tau, generator)
-        if self.relaxation == "gumbel":
-            return relax_gumbel(theta, tau, generator)
-        return (relax_st if self.relaxation == "st" else relax_soft)(theta, tau)
-
-    def estimate(self, prep: Prepared, score_fn: ScoreFn, generator: Optional[torch.Generator], *,
+    def estimate(self, policy, score_fn: ScoreFn, generator: Optional[torch.Generator], *,
                  tau: Optional[float] = None, embed=None, positives: Optional[Tensor] = None,
                  negatives: Optional[Tensor] = None) -> EstimatorOutput:
         if embed is None or positives is None or negatives is None:
             raise ValueError("aligner needs embed=, positives=(B, P, D) and negatives=(B, N, D)")
-        B, S, V = prep.shape
+        B = policy.mask.shape[0]
         if positives.dim() != 3 or negatives.dim() != 3 or positives.shape[0] != B or negatives.shape[0] != B:
             raise ValueError(f"positives and negatives must be (B={B}, P, D) and (B={B}, N, D), got "
                              f"{tuple(positives.shape)} and {tuple(negatives.shape)}")
-        x, index = self.relax(prep.theta, check_tau(tau if tau is not None else self.tau), generator)
-        x, index = apply_fixed(x, prep), apply_fixed_index(index, prep)
-        z = embed(x)
-        loss = aligner_loss(z, positives.detach(), negatives.detach(), self.temperature).mean()
+        x, index = policy.relaxed(self.relaxation, check_tau(tau if tau is not None else self.tau), generator)
+        loss = aligner_loss(embed(x), positives.detach(), negatives.detach(), self.temperature).mean()
         scores = call_scorer(score_fn, x, grad=self.score_weight > 0)
         if self.score_weight > 0:
             loss = loss - self.score_weight * scores.mean()
+        ent = policy.entropy(index[:, None])
         return EstimatorOutput(sample=index, samples=index.unsqueeze(1), scores=scores.detach().unsqueeze(1),
-                               loss=loss, scorer_calls=B,
-                               stats={**score_stats(scores.unsqueeze(1), prep.theta, prep.free),
-                                      "aligner_loss": float(loss.detach())})
+                               loss=loss, scorer_calls=B, entropy=ent,
+                               stats={**score_stats(scores.unsqueeze(1), ent), "aligner_loss": float(loss.detach())})

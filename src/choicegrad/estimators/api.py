@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from choicegrad.estimators.base import MASK_VALUE, check_int, check_tau, normalize_name, unknown_name_error
-from choicegrad.estimators.relaxed import (relax_gumbel, relax_gumbel_rao, relax_reinmax, relax_soft, relax_st,
+from choicegrad.estimators.relax import (relax_gumbel, relax_gumbel_rao, relax_reinmax, relax_soft, relax_st,
                       relax_st_gumbel)
 
 SELECT_METHODS = ("soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax")

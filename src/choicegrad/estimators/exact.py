@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from choicegrad.estimators.base import MASK_VALUE, ScoreFn, prepare
+from choicegrad.estimators.base import ScoreFn
+from choicegrad.estimators.policy import LogitsPolicy
 
 MAX_ROWS = 2_000_000
 
@@ -22,6 +24,27 @@ def enumerate_rows(num_slots: int, vocab: int, device=None) -> Tensor:
     return torch.stack([g.reshape(-1) for g in grids], -1)
 
 
+def exact_objective(policy, score_fn: ScoreFn, *, rows_per_call: int = 1 << 16) -> Tensor:
+    """E_{x ~ policy}[f(x)] per context by enumerating every row: (B,), differentiable in whatever the
+    policy's log-probabilities depend on (logits, or a generator's parameters).
+
+    Rows that break a fixed slot or use a masked category have probability 0. score_fn sees the rows
+    context-major in chunks of at most rows_per_call ((N, S, V) one-hot, as for an estimator).
+    """
+    B, S, V = policy.mask.shape
+    rows = enumerate_rows(S, V, device=policy.mask.device)              # (R, S)
+    R = rows.shape[0]
+    every = rows.unsqueeze(0).expand(B, R, S)
+    flat = every.reshape(B * R, S)
+    with torch.no_grad():
+        f = torch.cat([score_fn(F.one_hot(chunk, V).float()).float()
+                       for chunk in flat.split(rows_per_call)]).reshape(B, R)
+    ok = policy.mask.gather(-1, every.transpose(1, 2)).transpose(1, 2).all(-1)            # (B, R)
+    ok &= ((policy.fixed[:, None, :] < 0) | (every == policy.fixed[:, None, :])).all(-1)
+    prob = torch.where(ok, policy.log_prob(every).exp(), torch.zeros(B, R, device=f.device))
+    return (prob * f).sum(-1)
+
+
 def exact_expectation(logits: Tensor, score_fn: ScoreFn, *, mask: Optional[Tensor] = None,
                       fixed: Optional[Tensor] = None, rows_per_call: int = 1 << 16) -> tuple[Tensor, Tensor]:
     """E_{x ~ prod_s softmax(logits_s)}[f(x)] per context and its exact gradient w.r.t. logits.
@@ -30,19 +53,7 @@ def exact_expectation(logits: Tensor, score_fn: ScoreFn, *, mask: Optional[Tenso
     slots are deterministic (zero gradient). f is evaluated once per row, in chunks of rows_per_call.
     """
     leaf = logits.detach().float().requires_grad_(True)
-    prep = prepare(leaf, mask, fixed)
-    B, S, V = prep.shape
-    theta = prep.theta
-    if not bool(prep.free.all()):
-        pinned = torch.where(torch.nn.functional.one_hot(prep.fixed.clamp(min=0), V).bool(), 0.0, MASK_VALUE)
-        theta = torch.where(prep.free[..., None], theta, pinned)
-    rows = enumerate_rows(S, V, device=logits.device)                   # (R, S)
-    with torch.no_grad():
-        f = torch.cat([score_fn(torch.nn.functional.one_hot(chunk, V).float()).float()
-                       for chunk in rows.split(rows_per_call)])           # (R,)
-    logp = torch.log_softmax(theta, -1)                                   # (B, S, V)
-    row_logp = logp[:, torch.arange(S, device=logits.device), rows].sum(-1)   # (B, R)
-    value = (row_logp.exp() * f).sum(-1)
+    value = exact_objective(LogitsPolicy.from_logits(leaf, mask, fixed), score_fn, rows_per_call=rows_per_call)
     (grad,) = torch.autograd.grad(value.sum(), leaf)
     return value.detach(), grad
 

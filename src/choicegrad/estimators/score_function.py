@@ -7,24 +7,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import Tensor
 
-from choicegrad.estimators.base import (Estimator, EstimatorOutput, Prepared, ScoreFn, apply_fixed_index, call_scorer,
-                   check_int, entropy, one_hot, register, score_stats, unknown_name_error)
-from choicegrad.estimators.gumbel import gumbel_max
+from choicegrad.estimators.base import ScoreFn, call_scorer, check_int, one_hot, score_stats, unknown_name_error
+from choicegrad.estimators.contract import Estimator, EstimatorOutput, register
 
 BASELINES = ("none", "mean", "rloo", "greedy")
-
-
-def sample_log_prob(theta: Tensor, index: Tensor, free: Tensor) -> Tensor:
-    """Log-probability of rows under softmax(theta), summed over free slots.
-
-    theta (B, S, V), index (B, K, S) long, free (B, S) bool -> (B, K).
-    """
-    B, K, S = index.shape
-    logp = torch.log_softmax(theta, -1).unsqueeze(1).expand(B, K, S, theta.shape[-1])
-    lp = logp.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-    return torch.where(free[:, None, :], lp, torch.zeros_like(lp)).sum(-1)
 
 
 @register("reinforce")
@@ -34,10 +21,12 @@ class Reinforce(Estimator):
     baseline: 'none' (A = f); 'mean' (A = f - mean score of all *other* B*K-1 samples in the call, a
     leave-one-out batch mean so the estimate stays unbiased); 'rloo' (A = f - mean of the other K-1
     samples of the same context, needs k >= 2; Kool et al. 2019); 'greedy' (A = f - score of the
-    argmax row of the same context, self-critical, Rennie et al. 2017; costs B extra scorer rows).
+    greedy row of the same context (argmax slot by slot), self-critical, Rennie et al. 2017; costs B extra scorer rows).
     All four are unbiased. entropy: coefficient c adding -c * (per-context entropy) to the loss.
     `sample` is the best-scoring of the K samples (first on ties); `weights` are the advantages A.
     """
+
+    family = "score-function"
 
     def __init__(self, *, k: int = 4, baseline: str = "rloo", entropy: float = 0.0):
         k = check_int(k, "k")
@@ -48,17 +37,13 @@ class Reinforce(Estimator):
             raise ValueError(f"baseline 'rloo' needs k >= 2 samples per context, got k={k}")
         self.k, self.baseline, self.entropy = int(k), base, float(entropy)
 
-    def estimate(self, prep: Prepared, score_fn: ScoreFn, generator: Optional[torch.Generator],
-                 ) -> EstimatorOutput:
-        theta, free = prep.theta, prep.free
-        B, S, V = prep.shape
+    def estimate(self, policy, score_fn: ScoreFn, generator: Optional[torch.Generator]) -> EstimatorOutput:
+        B, S, V = policy.mask.shape
         K = self.k
-        index = gumbel_max(theta.detach().unsqueeze(1).expand(B, K, S, V), generator=generator)
-        index = apply_fixed_index(index, prep)                              # (B, K, S)
+        index = policy.sample(K, generator)                                 # (B, K, S)
         rows = one_hot(index, V)                                            # (B, K, S, V)
-        if self.baseline == "greedy":  # context-major: each context's K samples, then its argmax row
-            greedy = apply_fixed_index(theta.detach().argmax(-1), prep)     # (B, S)
-            rows = torch.cat([rows, one_hot(greedy, V)[:, None]], 1)
+        if self.baseline == "greedy":  # context-major: each context's K samples, then its greedy row
+            rows = torch.cat([rows, one_hot(policy.greedy(), V)[:, None]], 1)
         all_scores = call_scorer(score_fn, rows, grad=False)                # (B, K or K + 1)
         f = all_scores[:, :K]
         if self.baseline == "none":
@@ -71,14 +56,13 @@ class Reinforce(Estimator):
         else:
             b = all_scores[:, K:].expand(B, K)
         adv = (f - b).detach()
-        logp = sample_log_prob(theta, index, free)                         # (B, K)
-        loss = -(adv * logp).mean()
-        stats = score_stats(f, theta, free)
+        loss = -(adv * policy.log_prob(index)).mean()
+        ent = policy.entropy(index)                                         # (B,)
         if self.entropy:
-            loss = loss - self.entropy * entropy(theta, free).mean()
+            loss = loss - self.entropy * ent.mean()
+        stats = score_stats(f, ent)
         stats["baseline_mean"] = float(b.float().mean())
         stats["advantage_std"] = float(adv.float().std()) if adv.numel() > 1 else 0.0
-        best = f.argmax(1)
-        sample = index[torch.arange(B, device=index.device), best]
+        sample = index[torch.arange(B, device=index.device), f.argmax(1)]
         return EstimatorOutput(sample=sample, samples=index, scores=f.detach(), loss=loss,
-                               scorer_calls=B * int(rows.shape[1]), stats=stats, weights=adv)
+                               scorer_calls=B * int(rows.shape[1]), stats=stats, weights=adv, entropy=ent)

@@ -10,37 +10,28 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from choicegrad.estimators.base import (Estimator, EstimatorOutput, Prepared, ScoreFn, apply_fixed_index, call_scorer,
-                   check_int, check_tau, one_hot, register, score_stats, unknown_name_error)
-from choicegrad.estimators.gumbel import gumbel_max, uniform
+from choicegrad.estimators.base import (ScoreFn, call_scorer, check_int, check_tau, one_hot, score_stats,
+                                       unknown_name_error)
+from choicegrad.estimators.contract import Estimator, EstimatorOutput, register
+from choicegrad.estimators.gumbel import uniform
+from choicegrad.estimators.policy import keep_fixed
 
 WEIGHTINGS = ("inverse", "softmax", "rank", "uniform")
 
 
-def row_log_likelihood(theta: Tensor, rows: Tensor, valid: Tensor) -> Tensor:
-    """Sum over valid slots of log softmax(theta)[slot, row value].
-
-    theta (B, S, V), rows (B, M, S) long (any value where invalid), valid (B, M, S) bool -> (B, M).
-    """
-    B, M, S = rows.shape
-    logp = torch.log_softmax(theta, -1).unsqueeze(1).expand(B, M, S, theta.shape[-1])
-    lp = logp.gather(-1, rows.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return torch.where(valid, lp, torch.zeros_like(lp)).sum(-1)
-
-
-def check_targets(targets: Optional[Tensor], prep: Prepared, method: str) -> Tensor:
-    """Validate targets: (B, S) integer, -1 = missing, other values valid categories under the mask."""
-    B, S, V = prep.shape
+def check_targets(targets: Optional[Tensor], mask: Tensor, method: str) -> Tensor:
+    """Validate targets: (B, S) integer, -1 = missing, other values valid categories under mask (B, S, V)."""
+    B, S, V = mask.shape
     if targets is None:
         raise ValueError(f"{method} needs targets=(B, S) long data rows (-1 = missing slot)")
     if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise TypeError(f"targets must be an integer tensor of shape (B, S), got {targets!r:.80}")
     if tuple(targets.shape) != (B, S):
         raise ValueError(f"targets must have shape (B, S)={(B, S)}, got {tuple(targets.shape)}")
-    t = targets.to(device=prep.theta.device, dtype=torch.long)
+    t = targets.to(device=mask.device, dtype=torch.long)
     if bool(((t < -1) | (t >= V)).any()):
         raise ValueError(f"targets must be -1 (missing) or a category in [0, {V})")
-    ok = prep.mask.gather(-1, t.clamp(min=0)[..., None])[..., 0] | (t < 0)
+    ok = mask.gather(-1, t.clamp(min=0)[..., None])[..., 0] | (t < 0)
     if not bool(ok.all()):
         raise ValueError(f"targets use masked (invalid) categories at (row, slot) {(~ok).nonzero()[:5].tolist()}")
     return t
@@ -87,6 +78,8 @@ class WeightedCE(Estimator):
     """
 
     call_options = ("targets", "target_scores")
+    family = "supervised"
+    wants_data_rows = True
 
     def __init__(self, *, weighting: str = "softmax", temperature: float = 1.0):
         w = str(weighting).strip().lower()
@@ -94,28 +87,28 @@ class WeightedCE(Estimator):
             raise unknown_name_error(weighting, WEIGHTINGS, what="weighting")
         self.weighting, self.temperature = w, check_tau(temperature, "temperature")
 
-    def estimate(self, prep: Prepared, score_fn: ScoreFn, generator: Optional[torch.Generator],
+    def estimate(self, policy, score_fn: ScoreFn, generator: Optional[torch.Generator],
                  targets: Optional[Tensor] = None, target_scores: Optional[Tensor] = None) -> EstimatorOutput:
-        B, S, V = prep.shape
-        t = check_targets(targets, prep, self.name)
-        filled = apply_fixed_index(torch.where(t >= 0, t, prep.theta.detach().argmax(-1)), prep)
+        B, S, V = policy.mask.shape
+        t = check_targets(targets, policy.mask, self.name)
+        filled = policy.complete(t)                                          # (B, S)
         calls = 0
         if target_scores is None:
             scores = call_scorer(score_fn, one_hot(filled, V), grad=False)
             calls = B
         else:
-            scores = torch.as_tensor(target_scores, device=prep.theta.device)
+            scores = torch.as_tensor(target_scores, device=policy.mask.device)
             if tuple(scores.shape) != (B,):
                 raise ValueError(f"target_scores must have shape (B,)=({B},), got {tuple(scores.shape)}")
         w = row_weights(scores, self.weighting, self.temperature)
-        valid = ((t >= 0) & prep.free)[:, None, :]
-        ll = row_log_likelihood(prep.theta, t[:, None, :], valid)[:, 0]  # (B,)
+        ll = policy.log_prob(t[:, None, :], valid=(t >= 0)[:, None, :])[:, 0]  # (B,)
         loss = -(w * ll).mean()
-        stats = score_stats(scores, prep.theta, prep.free)
+        ent = policy.entropy(filled[:, None, :])
+        stats = score_stats(scores, ent)
         stats["nll"] = float(-ll.detach().mean())
         stats["weight_max"] = float(w.max())
         return EstimatorOutput(sample=filled, samples=filled[:, None], scores=scores.detach()[:, None],
-                               loss=loss, scorer_calls=calls, stats=stats, weights=w[:, None])
+                               loss=loss, scorer_calls=calls, stats=stats, weights=w[:, None], entropy=ent)
 
 
 @register("raml")
@@ -128,35 +121,41 @@ class RAML(Estimator):
     self-normalised importance-sampling version of RAML's exponentiated-payoff distribution with the
     scorer as reward. Without targets: candidates are the generator's own samples (a cross-entropy-
     method-like update). Fixed slots keep their value. `sample` = best-scoring candidate.
+    data: whether a training loop should pass data rows as targets (edits of data rows) rather than
+    let the policy propose its own candidates (the default).
     """
 
     call_options = ("targets",)
+    family = "supervised"
 
-    def __init__(self, *, m: int = 8, temperature: float = 1.0, edit_prob: float = 0.2):
+    def __init__(self, *, m: int = 8, temperature: float = 1.0, edit_prob: float = 0.2, data: bool = False):
         m = check_int(m, "m")
         if not 0.0 <= float(edit_prob) <= 1.0:
             raise ValueError(f"edit_prob must be in [0, 1], got edit_prob={edit_prob!r}")
         self.m, self.temperature, self.edit_prob = int(m), check_tau(temperature, "temperature"), float(edit_prob)
+        self.data = bool(data)
 
-    def estimate(self, prep: Prepared, score_fn: ScoreFn, generator: Optional[torch.Generator],
+    @property
+    def wants_data_rows(self) -> bool:
+        return self.data
+
+    def estimate(self, policy, score_fn: ScoreFn, generator: Optional[torch.Generator],
                  targets: Optional[Tensor] = None) -> EstimatorOutput:
-        B, S, V = prep.shape
+        B, S, V = policy.mask.shape
         M = self.m
         if targets is None:
-            cand = gumbel_max(prep.theta.detach().unsqueeze(1).expand(B, M, S, V), generator=generator)
+            cand = policy.sample(M, generator)
         else:
-            t = check_targets(targets, prep, self.name)[:, None, :].expand(B, M, S)
+            t = check_targets(targets, policy.mask, self.name)[:, None, :].expand(B, M, S)
             edit = uniform((B, M, S), generator=generator, device=t.device) < self.edit_prob
-            fresh = uniform_category(prep.mask.unsqueeze(1).expand(B, M, S, V), generator)
-            cand = torch.where(edit | (t < 0), fresh, t)
-        cand = apply_fixed_index(cand, prep)                                # (B, M, S)
+            fresh = uniform_category(policy.mask.unsqueeze(1).expand(B, M, S, V), generator)
+            cand = keep_fixed(torch.where(edit | (t < 0), fresh, t), policy.fixed)   # (B, M, S)
         scores = call_scorer(score_fn, one_hot(cand, V), grad=False)        # (B, M)
         w = torch.softmax(scores.detach().float() / self.temperature, 1)
-        ll = row_log_likelihood(prep.theta, cand, prep.free[:, None, :].expand(B, M, S))
-        loss = -(w * ll).sum(1).mean()
-        stats = score_stats(scores, prep.theta, prep.free)
+        loss = -(w * policy.log_prob(cand)).sum(1).mean()
+        ent = policy.entropy(cand)
+        stats = score_stats(scores, ent)
         stats["weight_max"] = float(w.max(1).values.mean())
-        best = scores.argmax(1)
-        sample = cand[torch.arange(B, device=cand.device), best]
+        sample = cand[torch.arange(B, device=cand.device), scores.argmax(1)]
         return EstimatorOutput(sample=sample, samples=cand, scores=scores.detach(), loss=loss,
-                               scorer_calls=B * M, stats=stats, weights=w)
+                               scorer_calls=B * M, stats=stats, weights=w, entropy=ent)

@@ -145,11 +145,22 @@ class Generator(nn.Module):
         -> (B, k, S) long. Autoregressive generators decode slot by slot in `order`, each choice
         conditioned on the ones before (including fixed values).
         """
+        def pick(logits: Tensor) -> Tensor:
+            return gumbel_max(logits.float() / temperature, generator=generator)
+
+        return self._decode(ctx, k, pick, fixed)
+
+    @torch.no_grad()
+    def greedy(self, ctx: Context, fixed: Optional[Tensor] = None) -> Tensor:
+        """(B, S) long: the most likely choice slot by slot (given the earlier ones), fixed slots kept."""
+        return self._decode(ctx, 1, lambda logits: logits.argmax(-1), fixed)[:, 0]
+
+    def _decode(self, ctx: Context, k: int, pick, fixed: Optional[Tensor]) -> Tensor:
+        """k rows per context (B, k, S), each slot chosen by pick(logits (..., V)) -> (...,) long."""
         if not self.autoregressive:
-            logits = self.logits(ctx).float() / temperature                         # (B, S, V)
+            logits = self.logits(ctx)
             B, S, V = logits.shape
-            idx = gumbel_max(logits.unsqueeze(1).expand(B, k, S, V), generator=generator)
-            return fill_fixed(idx, fixed)
+            return fill_fixed(pick(logits.unsqueeze(1).expand(B, k, S, V)), fixed)
         B = len(ctx)
         flat = ctx.repeat_interleave(k)
         mask = self.choice_mask(flat)
@@ -159,8 +170,7 @@ class Generator(nn.Module):
                                                      fixed).repeat_interleave(k, 0)
         feats = self.features(flat)
         for s in self.order:
-            logits = self.logits(flat, rows_to_inputs(rows, V), features=feats)[:, s].float() / temperature
-            choice = gumbel_max(logits, generator=generator)
+            choice = pick(self.logits(flat, rows_to_inputs(rows, V), features=feats)[:, s])
             if ffix is not None:
                 choice = torch.where(ffix[:, s] >= 0, ffix[:, s], choice)
             rows[:, s] = choice

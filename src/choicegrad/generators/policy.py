@@ -1,0 +1,78 @@
+"""Generators as policies: what the gradient estimators train through (choicegrad.estimators.Policy).
+
+`policy_of(gen, ctx, fixed)` binds a generator to a batch of B contexts. Factorized and pointer
+generators give their per-slot logits to a `LogitsPolicy`; autoregressive ones a `SequentialPolicy`,
+whose rows are drawn slot by slot and whose log-probabilities are teacher-forced (one pass).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from choicegrad.estimators import LogitsPolicy
+from choicegrad.estimators.base import check_fixed_slots
+from choicegrad.generators.base import Generator, masked_log_softmax
+from choicegrad.generators.context import Context
+
+
+class SequentialPolicy:
+    """An autoregressive generator bound to contexts ctx (len B), with fixed (B, S) long (-1 = free).
+
+    log_prob and entropy are teacher-forced (slot s sees the row's earlier slots in the generator's
+    order); fixed slots are deterministic and left out of both.
+    """
+
+    def __init__(self, gen: Generator, ctx: Context, fixed: Optional[Tensor] = None):
+        self.gen, self.ctx = gen, ctx
+        self.mask = gen.choice_mask(ctx)
+        self.fixed = check_fixed_slots(fixed, self.mask)
+
+    @property
+    def free(self) -> Tensor:
+        return self.fixed < 0
+
+    def _pinned(self) -> Optional[Tensor]:
+        return None if bool(self.free.all()) else self.fixed
+
+    def sample(self, k: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        return self.gen.sample(self.ctx, k, fixed=self._pinned(), generator=generator)
+
+    def _slot_terms(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced per-slot (log p(row value), entropy), each (B, M, S)."""
+        logp = masked_log_softmax(self.gen.teacher_logits(rows, self.ctx))
+        lp = logp.gather(-1, rows.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return lp, -(logp.exp() * logp).sum(-1)
+
+    def log_prob(self, rows: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+        lp, _ = self._slot_terms(rows)
+        keep = self.free[:, None, :] & (rows >= 0) if valid is None else valid & self.free[:, None, :]
+        return torch.where(keep, lp, torch.zeros_like(lp)).sum(-1)
+
+    def relaxed(self, method: str, tau: float, generator: Optional[torch.Generator] = None,
+                k: int = 10) -> tuple[Tensor, Tensor]:
+        x, index, _ = self.gen.relaxed_sample(self.ctx, method, tau, fixed=self._pinned(), generator=generator, k=k)
+        return x, index
+
+    def entropy(self, rows: Tensor) -> Tensor:
+        _, h = self._slot_terms(rows.clamp(min=0))
+        return torch.where(self.free[:, None, :], h, torch.zeros_like(h)).sum(-1).mean(1)
+
+    def greedy(self) -> Tensor:
+        return self.gen.greedy(self.ctx, fixed=self._pinned())
+
+    def complete(self, rows: Tensor) -> Tensor:
+        pinned = torch.where(rows >= 0, rows, self.fixed)
+        return self.gen.greedy(self.ctx, fixed=pinned)
+
+
+def policy_of(gen: Generator, ctx: Context, fixed: Optional[Tensor] = None):
+    """The policy an estimator trains `gen` through on contexts ctx (len B); fixed (B, S) or (S,) long."""
+    if gen.autoregressive:
+        return SequentialPolicy(gen, ctx, fixed)
+    return LogitsPolicy.from_logits(gen.logits(ctx), gen.choice_mask(ctx), fixed)
+
+
+__all__ = ["SequentialPolicy", "policy_of"]

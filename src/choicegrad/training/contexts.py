@@ -1,0 +1,96 @@
+"""Where a generator's training contexts come from: a table's contexts (with its data rows), or a
+user function that draws fresh contexts (e.g. item lists)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from choicegrad.data.table import TableData
+from choicegrad.generators.context import Context, TableContext
+
+
+class TableContexts:
+    """Contexts of a table: the distinct contexts of its rows, drawn uniformly, plus its rows.
+
+    best_rows(top) -> (rows (N, S), context ids (N,)): each context's best `top` share of rows.
+    """
+
+    def __init__(self, data: TableData, device: str | torch.device = "cpu", max_validation: int = 256):
+        full = TableContext(data.ctx_cat, data.ctx_num)
+        self.contexts, self.group = full.unique()
+        self.contexts = self.contexts.to(device)
+        self.rows, self.y = data.rows.to(device), data.y.to(device)
+        self.group_t = torch.as_tensor(self.group, device=device)
+        self.device = torch.device(device)
+        self.max_validation = max_validation
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+    def sample(self, n: int, generator: torch.Generator) -> TableContext:
+        return self.contexts.index(self.sample_ids(n, generator))
+
+    def sample_ids(self, n: int, generator: torch.Generator) -> Tensor:
+        """(n,) ids of uniformly drawn contexts (positions in self.contexts)."""
+        return torch.randint(len(self.contexts), (n,), generator=generator, device=self.device)
+
+    def references(self, ids: Tensor, n: int, share: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n good and n bad data rows per context id: drawn from each context's best and worst
+        ceil(share * rows) rows by the recorded score. ids (B,) -> good (B, n, S), bad (B, n, S)."""
+        if not hasattr(self, "_ref"):
+            g, y = self.group, self.y.cpu().numpy()
+            order = torch.as_tensor(np.lexsort((-y, g)), device=self.device)       # by context, best first
+            counts = torch.as_tensor(np.bincount(g, minlength=len(self.contexts)), device=self.device)
+            starts = torch.cumsum(counts, 0) - counts
+            self._ref = order, counts, starts
+        order, counts, starts = self._ref
+        pool = (counts[ids].float() * share).ceil().clamp(min=1)                  # (B,)
+        r = torch.rand(len(ids), 2, n, generator=generator, device=self.device)
+        off = (r * pool[:, None, None]).long()
+        good = order[starts[ids, None] + off[:, 0]]
+        bad = order[starts[ids, None] + counts[ids, None] - 1 - off[:, 1]]
+        return self.rows[good], self.rows[bad]
+
+    def validation(self) -> TableContext:
+        n = len(self.contexts)
+        if n <= self.max_validation:
+            return self.contexts
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: self.max_validation]
+        return self.contexts.index(idx.to(self.device))
+
+    def best_rows(self, top: float) -> tuple[Tensor, TableContext]:
+        """Each context's best ceil(top * n) rows (by the recorded score) and their contexts."""
+        g, y = self.group, self.y.cpu().numpy()
+        order = np.lexsort((-y, g))                                  # by context, best first
+        gs = g[order]
+        starts = np.searchsorted(gs, gs, side="left")
+        rank = np.arange(len(gs)) - starts
+        counts = np.bincount(g)
+        keep = order[rank < np.ceil(top * counts[gs])]
+        idx = torch.as_tensor(keep, device=self.device)
+        return self.rows[idx], self.contexts.index(self.group_t[idx])
+
+    def data_rows(self, n: int, generator: torch.Generator) -> tuple[Tensor, TableContext]:
+        """n random data rows (N, S) (-1 = missing) and their contexts."""
+        idx = torch.randint(len(self.rows), (n,), generator=generator, device=self.device)
+        return self.rows[idx], self.contexts.index(self.group_t[idx])
+
+
+class SampledContexts:
+    """Contexts from a user function (n, torch.Generator) -> context batch, e.g. fresh item lists
+    (unlimited unlabelled examples). Validation uses `validation_size` contexts drawn with seed 0."""
+
+    def __init__(self, draw: Callable[[int, torch.Generator], Context], validation_size: int = 256,
+                 device: str | torch.device = "cpu"):
+        self.draw, self.device = draw, torch.device(device)
+        self._validation = draw(validation_size, torch.Generator(device=self.device).manual_seed(0)).to(self.device)
+
+    def sample(self, n: int, generator: torch.Generator) -> Context:
+        return self.draw(n, generator).to(self.device)
+
+    def validation(self) -> Context:
+        return self._validation

@@ -1,0 +1,135 @@
+"""One training step: a batch of contexts, the generator bound to them as a policy, the estimator's loss.
+
+Every generator form trains through the same call, `estimator(policy_of(gen, ctx), score_fn, ...)`:
+the estimator decides what to draw (rows, relaxed rows, data rows' likelihood) and the policy how
+(independent slots, or slot by slot). This module only chooses the batch and what the estimator is
+fed: data rows as targets for estimators that want them (weighted-ce; raml with data=True), the
+aligner's reference rows, and the relaxation temperature.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from choicegrad import estimators
+from choicegrad.estimators.base import normalize_name, unknown_name_error
+from choicegrad.generators.base import Generator
+from choicegrad.generators.context import Context, TableContext
+from choicegrad.generators.objective import score_rows
+from choicegrad.generators.policy import policy_of
+
+#: Options of the training step that are not estimator hyperparameters (aligner reference rows).
+STEP_OPTIONS = {"aligner": ("references", "reference_share")}
+
+
+class TrainingStep:
+    """The loss of one step for (generator, estimator) on contexts drawn from `contexts`.
+
+    fit: a GeneratorFit (method, method_options, batch_size, samples); objective(x, ctx) -> (N,) is
+    divided by its `scale` so that scores (and the entropy bonus) are in score standard deviations.
+    aligner: the Aligner the `aligner` method pulls through (its references come from the table).
+    """
+
+    def __init__(self, gen: Generator, objective, contexts, fit, aligner=None):
+        self.gen, self.objective, self.contexts, self.fit = gen, objective, contexts, fit
+        self.method = normalize_name(fit.method)
+        if self.method not in estimators.available():
+            raise unknown_name_error(fit.method, estimators.available())
+        self.scale = float(getattr(objective, "scale", 1.0)) or 1.0
+        opts = dict(fit.method_options)
+        step_opts = {k: opts.pop(k) for k in STEP_OPTIONS.get(self.method, ()) if k in opts}
+        if self.method == "reinforce":
+            opts.setdefault("k", fit.samples)
+            opts.pop("entropy", None)  # the loop's entropy bonus applies to every method
+        if self.method == "raml":
+            opts.setdefault("m", fit.samples)
+        self.estimator = estimators.get(self.method, **opts)
+        self.has_data = hasattr(contexts, "data_rows")
+        if self.method == "aligner":
+            if aligner is None or not hasattr(contexts, "references"):
+                raise ValueError("the aligner method needs an Aligner (fit_generator(..., aligner=...)) and a table "
+                                 "of data rows for its reference rows")
+            self.aligner = aligner
+            self.references = int(step_opts.get("references", 8))
+            self.reference_share = float(step_opts.get("reference_share", 0.2))
+
+    @property
+    def uses_tau(self) -> bool:
+        return self.estimator.uses_tau
+
+    def score(self, x: Tensor, ctx: Context) -> Tensor:
+        """Objective in scale units: x (N, S) long or (N, S, V) float, ctx of N -> (N,)."""
+        return self.objective(x, ctx) / self.scale
+
+    def __call__(self, tau: float, entropy_coef: float, rng: torch.Generator) -> tuple[Tensor, dict]:
+        """(loss with the entropy bonus, stats with score_mean/score_max/entropy/scorer_calls)."""
+        ctx, extra, pre_calls = self.batch(rng)
+        B = len(ctx)
+
+        def score_fn(x: Tensor) -> Tensor:
+            return self.score(x, ctx.repeat_interleave(x.shape[0] // B))
+
+        if self.estimator.uses_tau:
+            extra["tau"] = tau
+        out = self.estimator(policy_of(self.gen, ctx), score_fn, generator=rng, **extra)
+        H = out.entropy.mean()
+        scores = out.scores.float()
+        return out.loss - entropy_coef * H, {
+            "score_mean": float(scores.mean()) * self.scale, "score_max": float(scores.max()) * self.scale,
+            "entropy": float(H.detach()), "scorer_calls": out.scorer_calls + pre_calls}
+
+    def batch(self, rng: torch.Generator) -> tuple[Context, dict[str, Any], int]:
+        """(contexts, the estimator's per-call options, scorer calls spent choosing them)."""
+        n = self.fit.batch_size
+        if self.method == "aligner":
+            ids = self.contexts.sample_ids(n, rng)
+            ctx = self.contexts.contexts.index(ids)
+            extra, calls = self.aligner_options(ids, ctx, rng)
+            return ctx, extra, calls
+        if not self.estimator.wants_data_rows:
+            return self.contexts.sample(n, rng), {}, 0
+        if self.has_data:
+            targets, ctx = self.contexts.data_rows(n, rng)
+            return ctx, {"targets": targets}, 0
+        if "target_scores" not in self.estimator.call_options:   # raml: propose its own candidates
+            return self.contexts.sample(n, rng), {}, 0
+        # no data rows: imitate the best of `samples` own rows per context (cross-entropy method)
+        ctx = self.contexts.sample(n, rng)
+        own = self.gen.sample(ctx, self.fit.samples, generator=rng)
+        with torch.no_grad():
+            f, calls = score_rows(self.score, own, ctx)
+        best = f.argmax(1)
+        ar = torch.arange(len(ctx), device=own.device)
+        extra = {"targets": own[ar, best]}
+        if "target_scores" in self.estimator.call_options:
+            extra["target_scores"] = f[ar, best]
+        return ctx, extra, calls
+
+    def aligner_options(self, ids: Tensor, ctx: TableContext, rng: torch.Generator,
+                        ) -> tuple[dict[str, Any], int]:
+        """The aligner's call options for contexts `ids`: embed (bound to ctx), the embedded good and
+        bad reference rows of each context; and the rows embedded (counted as scorer calls)."""
+        good, bad = self.contexts.references(ids, self.references, self.reference_share, rng)   # (B, n, S)
+        B, n, S = good.shape
+        rep = ctx.repeat_interleave(2 * n)
+        with torch.no_grad():
+            z = self.aligner.embed(torch.cat([good, bad], 1).reshape(B * 2 * n, S), rep.cat, rep.num)
+        z = z.reshape(B, 2 * n, -1)
+        aligner = self.aligner
+
+        def embed(x: Tensor) -> Tensor:
+            return aligner.embed(x, ctx.cat, ctx.num)
+
+        return {"embed": embed, "positives": z[:, :n], "negatives": z[:, n:]}, B * 2 * n
+
+
+def entropy_at(fit, step: int) -> float:
+    """The entropy bonus coefficient at step (1-based): constant, or linear to fit.entropy_end."""
+    if fit.entropy_end is None:
+        return fit.entropy
+    frac = (step - 1) / max(1, fit.steps - 1)
+    return fit.entropy + (fit.entropy_end - fit.entropy) * frac
+
