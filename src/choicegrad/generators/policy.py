@@ -64,7 +64,7 @@ class SequentialPolicy:
         return self.gen.greedy(self.ctx, fixed=self._pinned())
 
     def complete(self, rows: Tensor) -> Tensor:
-        pinned = torch.where(rows >= 0, rows, self.fixed)
+        pinned = torch.where(self.fixed >= 0, self.fixed, rows)
         return self.gen.greedy(self.ctx, fixed=pinned)
 
 
