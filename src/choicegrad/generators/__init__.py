@@ -19,11 +19,12 @@ from choicegrad.generators.context import Context, ItemContext, TableContext
 from choicegrad.generators.factorized import FactorizedGenerator
 from choicegrad.generators.objective import ItemObjective, Objective, TableObjective, score_rows
 from choicegrad.generators.pointer import PointerGenerator
+from choicegrad.generators.policy import SequentialPolicy, policy_of
 
 __all__ = [
     "KINDS", "AutoregressiveGenerator", "Context", "FactorizedGenerator", "Generator", "GeneratorConfig",
-    "ItemContext", "ItemObjective", "Objective", "PointerGenerator", "TableContext", "TableObjective",
-    "build", "fill_fixed", "load", "rows_to_inputs", "save", "score_rows",
+    "ItemContext", "ItemObjective", "Objective", "PointerGenerator", "SequentialPolicy", "TableContext",
+    "TableObjective", "build", "fill_fixed", "load", "rows_to_inputs", "policy_of", "save", "score_rows",
 ]
 
 _CLASSES = {"factorized": FactorizedGenerator, "autoregressive": AutoregressiveGenerator,
