@@ -100,7 +100,8 @@ def fit_scorer_cmd(
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Fit a scorer on a table and print its held-out metrics."""
-    from choicegrad.data.table import hold_out_upper, load_table
+    from choicegrad.data.split import hold_out_upper
+    from choicegrad.data.table import load_table
     from choicegrad.scorer.model import ScorerConfig
     from choicegrad.scorer.fit import ScorerFit, fit_scorer
 
@@ -135,7 +136,7 @@ def score_cmd(
         help="Unknown feature categories: 'error' (default) or 'missing' (score the slot as unobserved).")] = "error",
 ) -> None:
     """Score rows with a fitted scorer; writes the rows with a 'score' column."""
-    from choicegrad.data.table import TABLE_SUFFIXES, read_table, write_table
+    from choicegrad.io import TABLE_SUFFIXES, read_table, write_table
     from choicegrad.scorer.model import Scorer
 
     if out.suffix.lower() not in TABLE_SUFFIXES:
@@ -274,7 +275,7 @@ def generate_cmd(
     import torch
 
     from choicegrad import generators
-    from choicegrad.data.table import TABLE_SUFFIXES, read_table, write_table
+    from choicegrad.io import TABLE_SUFFIXES, read_table, write_table
     from choicegrad.decoding.decoders import DECODERS, candidates_frame, decode, default_budget
     from choicegrad.errors import did_you_mean
     from choicegrad.generators import TableContext, TableObjective
@@ -394,7 +395,7 @@ def data_table_cmd(
 ) -> None:
     """Write a task's training table (context column, s0.., y) so the whole CLI pipeline can run on it;
     its ground truth stays in the task, for `choicegrad bench`."""
-    from choicegrad.data.table import write_table
+    from choicegrad.io import write_table
     from choicegrad.bench.tasks import get_task
 
     try:
