@@ -96,7 +96,7 @@ def fit_scorer_cmd(
     train_quantile: Annotated[Optional[float], typer.Option(
         help="Fit only on rows below this score quantile of their context; report the rest as 'upper'.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="Time limit per ensemble member.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="Time limit for the whole fit (all ensemble members).")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Fit a scorer on a table and print its held-out metrics."""

@@ -31,7 +31,9 @@ class ScorerFit(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0, lt=0.5)
     seed: int = 0
-    max_minutes: float | None = Field(None, gt=0)
+    max_minutes: float | None = Field(None, gt=0, description="time limit for the whole fit, all members together; "
+                                      "once it passes, the member in training stops after its epoch and each "
+                                      "later member trains one epoch")
     device: str = "cpu"
 
 
