@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from choicegrad.data.table import ContextEncoder
+from choicegrad.data.context import ContextEncoder
 from choicegrad.decoding.decoders import (DECODERS, beam_search, complete_distinct, decode, distinct_topk,
                                enumerate_allowed, first_occurrence, row_keys)
 from choicegrad.generators import GeneratorConfig, TableContext, build
@@ -21,7 +21,7 @@ def space(sizes=SIZES):
 
 def generator(kind, sizes=SIZES, scale=8.0, order=None, seed=0):
     torch.manual_seed(seed)
-    from choicegrad.data.table import ContextColumn
+    from choicegrad.data.context import ContextColumn
 
     ctx = ContextEncoder(columns=[ContextColumn(name="c", kind="categorical", categories=["a", "b", "c"])])
     gen = build(GeneratorConfig(kind=kind, hidden=[32, 32], order=order), space=space(sizes), context=ctx)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from choicegrad import MISSING, ChoiceSpace, InputError, load_table
-from choicegrad.data.table import ContextEncoder, split_below_quantile
+from choicegrad.data.context import ContextEncoder
+from choicegrad.data.split import split_below_quantile
 from choicegrad.data.space import as_labels
 
 

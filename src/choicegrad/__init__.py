@@ -5,7 +5,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from choicegrad import estimators as gradients  # noqa: E402
-from choicegrad.data.table import ContextEncoder, TableData, load_table, read_table  # noqa: E402
+from choicegrad.data.context import ContextEncoder  # noqa: E402
+from choicegrad.data.table import TableData, load_table  # noqa: E402
+from choicegrad.io import read_table  # noqa: E402
 from choicegrad.errors import InputError  # noqa: E402
 from choicegrad.estimators import select, soft_lookup  # noqa: E402
 from choicegrad.scorer.model import EmbeddingScorer, Scorer, ScorerConfig  # noqa: E402

@@ -96,11 +96,12 @@ def fit_scorer_cmd(
     train_quantile: Annotated[Optional[float], typer.Option(
         help="Fit only on rows below this score quantile of their context; report the rest as 'upper'.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="Time limit per ensemble member.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="Time limit for the whole fit (all ensemble members).")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Fit a scorer on a table and print its held-out metrics."""
-    from choicegrad.data.table import hold_out_upper, load_table
+    from choicegrad.data.split import hold_out_upper
+    from choicegrad.data.table import load_table
     from choicegrad.scorer.model import ScorerConfig
     from choicegrad.scorer.fit import ScorerFit, fit_scorer
 
@@ -135,7 +136,7 @@ def score_cmd(
         help="Unknown feature categories: 'error' (default) or 'missing' (score the slot as unobserved).")] = "error",
 ) -> None:
     """Score rows with a fitted scorer; writes the rows with a 'score' column."""
-    from choicegrad.data.table import TABLE_SUFFIXES, read_table, write_table
+    from choicegrad.io import TABLE_SUFFIXES, read_table, write_table
     from choicegrad.scorer.model import Scorer
 
     if out.suffix.lower() not in TABLE_SUFFIXES:
@@ -276,7 +277,7 @@ def generate_cmd(
     import torch
 
     from choicegrad import generators
-    from choicegrad.data.table import TABLE_SUFFIXES, read_table, write_table
+    from choicegrad.io import TABLE_SUFFIXES, read_table, write_table
     from choicegrad.decoding.decoders import DECODERS, candidates_frame, decode, default_budget
     from choicegrad.errors import did_you_mean
     from choicegrad.generators import TableContext, TableObjective
@@ -396,7 +397,7 @@ def data_table_cmd(
 ) -> None:
     """Write a task's training table (context column, s0.., y) so the whole CLI pipeline can run on it;
     its ground truth stays in the task, for `choicegrad bench`."""
-    from choicegrad.data.table import write_table
+    from choicegrad.io import write_table
     from choicegrad.bench.tasks import get_task
 
     try:

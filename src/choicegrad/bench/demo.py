@@ -40,7 +40,7 @@ def run_demo(out: Path, data: Path | None = None, echo: Callable[[str], None] = 
     import torch
 
     from choicegrad import generators
-    from choicegrad.data.table import read_table
+    from choicegrad.io import read_table
     from choicegrad.decoding.decoders import candidates_frame, decode, default_budget
     from choicegrad.training.loop import fit_run
     from choicegrad.generators import TableContext, TableObjective

@@ -26,10 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import resource
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from choicegrad.decoding.decoders import Candidates, decode, first_occurrence, r
 from choicegrad.errors import did_you_mean
 from choicegrad.generators import GeneratorConfig, ItemObjective, TableContext, TableObjective, build
 from choicegrad.training.loop import GeneratorFit, SampledContexts, TableContexts, fit_generator
+from choicegrad.io import write_table
 from choicegrad.metrics import candidate_report, normalised
 
 TEMPERATURES = (0.25, 0.5, 1.0, 1.5, 2.0)
@@ -417,14 +416,7 @@ def run_pipeline(problem: Problem, method: Method, seed: int, trained) -> dict:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_table(frame, path)
 
 
 def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int], out: str | Path, *,

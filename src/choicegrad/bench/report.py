@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+
+from choicegrad.io import atomic_path, atomic_write_text
 
 # Metric columns in the order of the report's tables; each with its display precision and direction.
 SCORES = ("top1", "max", "median", "gap_oracle", "gap_scorer", "hit_oracle", "hit_scorer")
@@ -433,24 +434,10 @@ def _frames(dir_or_frames) -> dict[str, Optional[pd.DataFrame]]:
                     f"of DataFrames, got {type(dir_or_frames).__name__}")
 
 
-def _readable(path) -> None:
-    """Give a mkstemp file (0600) the permissions a plain open() would: 0666 minus the umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def _save(fig, path: Path) -> Path:
     """Save a figure atomically: a temp file in the same folder, then a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _readable(tmp)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -676,22 +663,7 @@ def write_report(run_dir: Path, assets_dir: Optional[Path] = None, title: Option
         for task, paths in written.items():
             images[task] = [Path(os.path.relpath(p.resolve(), run_dir.resolve())).as_posix() for p in paths]
     text = markdown(results, images=images, title=title, preamble=preamble)
-    return _write_text(run_dir / "report.md", text)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    """Write text atomically: a temp file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        _readable(tmp)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_text(run_dir / "report.md", text)
 
 
 def machine_line() -> str:
@@ -750,4 +722,4 @@ def publish(run_dir: Path, docs_path: Path, command: str = "make bench", targets
                   "The speed targets, what was tried for each target and why an unmet one falls short: "
                   "[targets.md](targets.md).", ""]
     text = markdown(results, images=images, title="Benchmarks", preamble="\n".join(lines))
-    return _write_text(docs_path, text)
+    return atomic_write_text(docs_path, text)

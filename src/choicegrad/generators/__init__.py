@@ -2,7 +2,7 @@
 
     gen = build(GeneratorConfig(kind="autoregressive"), space=scorer.space, context=scorer.context)
     rows = gen.sample(ctx, k=16)                  # (B, 16, S)
-    save(gen, "runs/one"); gen = load("runs/one")
+    save(gen, "runs/one"); gen, meta = load("runs/one")
 
 `factorized` (independent slots), `autoregressive` (slot by slot, MADE) and `pointer` (slot queries
 over a list of item vectors). See base.py for the shared contract.

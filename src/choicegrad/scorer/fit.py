@@ -31,7 +31,9 @@ class ScorerFit(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0, lt=0.5)
     seed: int = 0
-    max_minutes: float | None = Field(None, gt=0)
+    max_minutes: float | None = Field(None, gt=0, description="time limit for the whole fit, all members together; "
+                                      "once it passes, the member in training stops after its epoch and each "
+                                      "later member trains one epoch")
     device: str = "cpu"
 
 
@@ -70,7 +72,8 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
 
     A random `val_fraction` of rows drives early stopping, `test_fraction` is held out for the reported
     metrics; `extra_eval` adds named held-out sets (e.g. the unseen upper half of each context).
-    progress=None shows a bar only on a terminal.
+    progress=None shows a bar only on a terminal. One function on purpose (over ~60 lines): the members
+    share one seeded generator, deadline, progress bar and history, which a split would pass around.
     """
     fit = fit or ScorerFit()
     start = time.perf_counter()

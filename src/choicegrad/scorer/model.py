@@ -13,8 +13,10 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from choicegrad.data.table import ContextEncoder
+from choicegrad.data.context import ContextEncoder
 from choicegrad.data.space import ChoiceSpace
+from choicegrad.errors import InputError
+from choicegrad.io import load_checkpoint, save_checkpoint, versions
 
 
 PAIR_PARAMS = 4_000_000
@@ -24,8 +26,7 @@ PAIR_ROWS_PER_CELL = 100
 def pair_rank(config: "ScorerConfig", sizes: list[int], rows: int | None = None) -> int:
     """The context rank of the pairwise term for this space: config.pairwise, or automatically 8 when
     its tables hold at most PAIR_PARAMS numbers and (when the training `rows` are known) there are at
-    least PAIR_ROWS_PER_CELL rows per V_max^2 pair of categories, else 0. Too few rows per cell overfit:
-    pard3, 20 categories and 16 training rows per cell, lost upper-half Spearman 0.50 -> 0.20."""
+    least PAIR_ROWS_PER_CELL rows per V_max^2 pair of categories, else 0 (too few rows per cell overfit)."""
     if config.pairwise is not None:
         return config.pairwise
     S, V = len(sizes), max(sizes)
@@ -73,7 +74,6 @@ class EmbeddingScorer(nn.Module):
         if self.pair_rank:
             # score += sum_{s<t} sum_r g_r(context) W_r[s, t, x_s, x_t], g = (1, linear(context features)):
             # second-order interactions explicitly, which an MLP on embeddings learns only approximately
-            # (on tfbind8 it lifts the scorer's own top 128 from 0.77 to 0.83 median true score)
             R = 1 + (self.pair_rank if dims[0] > S * E else 0)
             pair_mask = (torch.triu(torch.ones(S, S), diagonal=1)[:, :, None, None]
                          * (self.mask[:, None, :, None] & self.mask[None, :, None, :]))
@@ -173,8 +173,6 @@ class Scorer(nn.Module):
         """Score the rows of a table (feature and context columns by name).
 
         Unknown feature categories raise, unless unknown="missing" scores them as missing slots."""
-        from choicegrad.errors import InputError
-
         problems: list[str] = []
         rows = ctx = None
         try:
@@ -191,8 +189,6 @@ class Scorer(nn.Module):
 
     # --- persistence: safetensors + JSON -------------------------------------------------------
     def save(self, run_dir) -> None:
-        from choicegrad import io as checkpoint
-
         meta = {
             "kind": "choicegrad.Scorer",
             "space": self.space.model_dump(),
@@ -201,16 +197,13 @@ class Scorer(nn.Module):
             "config": self.config.model_dump(),
             "k": len(self.members),
             "beta": self.beta,
-            "versions": checkpoint.versions(),
+            "versions": versions(),
         }
-        checkpoint.save(run_dir, "scorer", self.state_dict(), meta)
+        save_checkpoint(run_dir, "scorer", self.state_dict(), meta)
 
     @classmethod
     def load(cls, run_dir, map_location: str | torch.device = "cpu") -> Scorer:
-        from choicegrad import io as checkpoint
-        from choicegrad.errors import InputError
-
-        state, meta = checkpoint.load(run_dir, "scorer")
+        state, meta = load_checkpoint(run_dir, "scorer")
         try:
             meta["config"].setdefault("pairwise", 0)   # written before the pairwise term existed
             model = cls(ChoiceSpace.model_validate(meta["space"]), ContextEncoder.model_validate(meta["context"]),

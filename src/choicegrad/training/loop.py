@@ -275,7 +275,9 @@ def fit_run(data, features, score: str, context, out: str | Path, *, generator: 
 
     from choicegrad import io as checkpoint
     from choicegrad import generators
-    from choicegrad.data.table import hold_out_upper, load_table, write_table
+    from choicegrad.data.split import hold_out_upper
+    from choicegrad.data.table import load_table
+    from choicegrad.io import write_table
     from choicegrad.scorer.fit import ScorerFit, fit_scorer
 
     start = time.perf_counter()

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from choicegrad.data.table import ContextColumn, ContextEncoder
+from choicegrad.data.context import ContextColumn, ContextEncoder
 from choicegrad.data.space import ChoiceSpace, Slot
 
 
