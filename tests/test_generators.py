@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from choicegrad.data.table import load_table
-from choicegrad.decoding.decoders import decode
+from choicegrad.decoding import decode
 from choicegrad.training.loop import (METHODS, GeneratorFit, SampledContexts, TableContexts,
                                            fit_generator)
 from choicegrad.generators import (AutoregressiveGenerator, GeneratorConfig, ItemObjective, TableContext,

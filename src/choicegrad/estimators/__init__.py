@@ -16,13 +16,13 @@ from choicegrad.estimators import supervised  # noqa: F401  (register the method
 from choicegrad.estimators.api import SELECT_METHODS, select, soft_lookup
 from choicegrad.estimators.base import (MASK_VALUE, Estimator, EstimatorOutput, available, check_tau, get, register,
                    vocab_mask)
-from choicegrad.estimators.exact import RandomMLPScorer, enumerate_rows, exact_expectation
+from choicegrad.estimators.exact import enumerate_rows, exact_expectation
 from choicegrad.estimators.gumbel import conditional_gumbel, gumbel_max, gumbel_softmax, sample_gumbel
 from choicegrad.estimators.schedules import Constant, Cosine, Exponential
 
 __all__ = [
     "MASK_VALUE", "SELECT_METHODS", "Constant", "Cosine", "Estimator", "EstimatorOutput", "Exponential",
-    "RandomMLPScorer", "available", "check_tau", "conditional_gumbel", "enumerate_rows",
+    "available", "check_tau", "conditional_gumbel", "enumerate_rows",
     "exact_expectation", "get", "gumbel_max", "gumbel_softmax", "register", "sample_gumbel", "select",
     "soft_lookup", "vocab_mask",
 ]

@@ -184,7 +184,7 @@ def make_schedule(fit: GeneratorFit, steps: int):
 
 def distinct_per_context(rows: Tensor) -> float:
     """Mean number of distinct rows per context in rows (B, M, S)."""
-    from choicegrad.decoding.decoders import first_occurrence, row_keys
+    from choicegrad.decoding.rows import first_occurrence, row_keys
 
     vocab = int(rows.max()) + 1 if rows.numel() else 1
     keys = row_keys(rows, max(vocab, 2))
@@ -200,7 +200,7 @@ def slot_entropy(logits: Tensor) -> Tensor:
 def top_distinct_value(rows: Tensor, scores: Tensor, share: float = 0.25) -> Tensor:
     """Per context, the mean score of the best ceil(share * M) distinct rows; rows a collapsed
     generator did not produce count at its worst sample's score. rows (B, M, S), scores (B, M) -> (B,)."""
-    from choicegrad.decoding.decoders import first_occurrence, row_keys
+    from choicegrad.decoding.rows import first_occurrence, row_keys
 
     B, M, _ = rows.shape
     n = max(1, math.ceil(share * M))
