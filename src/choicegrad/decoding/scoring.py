@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from choicegrad.decoding.rows import MAX_ENUMERATE, distinct_in_order, enumerate_allowed, row_keys, space_size
+from choicegrad.decoding.rows import (MAX_ENUMERATE, change_one_slot, distinct_in_order, enumerate_allowed, row_keys,
+                                      space_size)
 from choicegrad.generators.context import Context
 from choicegrad.generators.objective import Objective
 
@@ -57,12 +58,11 @@ def score_grid(objective: Objective, rows: Tensor, ctx: Context, valid: Optional
 def complete_distinct(rows: Tensor, valid: Tensor, k: int, allowed: Tensor,
                       generator: Optional[torch.Generator] = None, rounds: int = 64) -> tuple[Tensor, Tensor]:
     """Top up to min(k, space size) distinct rows per context with single-slot variants of the rows
-    found (random slot, random allowed category), then, if still short and the space is small, with enumerated rows.
+    found (change_one_slot), then, if still short and the space is small, with enumerated rows.
     rows (B, M, S), valid (B, M) -> rows (B, k, S), valid (B, k); found rows first."""
     B, S, V = allowed.shape
     rows, valid = distinct_in_order(rows, valid, k, V)
     target = space_size(allowed).clamp(max=k).long()
-    free_slot = (allowed.sum(-1) > 1).float()                                 # (B, S)
     for _ in range(rounds):
         have = valid.sum(1)
         short = have < target
@@ -73,11 +73,7 @@ def complete_distinct(rows: Tensor, valid: Tensor, k: int, allowed: Tensor,
         parent = torch.multinomial(weights, P, replacement=True, generator=generator)       # (B, P)
         base = rows.gather(1, parent.unsqueeze(-1).expand(-1, -1, S))
         base = torch.where(base < 0, allowed.float().argmax(-1).unsqueeze(1).expand(-1, P, -1), base)
-        slot_w = free_slot + (free_slot.sum(1, keepdim=True) == 0).float()
-        slot = torch.multinomial(slot_w, P, replacement=True, generator=generator)          # (B, P)
-        cat_w = allowed.float().gather(1, slot.unsqueeze(-1).expand(-1, -1, V))            # (B, P, V)
-        cat = torch.multinomial(cat_w.reshape(B * P, V), 1, generator=generator).reshape(B, P)
-        prop = base.scatter(2, slot.unsqueeze(-1), cat.unsqueeze(-1))
+        prop = change_one_slot(base, allowed, generator)
         prop_ok = short[:, None].expand(B, P)
         rows, valid = distinct_in_order(torch.cat([rows, prop], 1), torch.cat([valid, prop_ok], 1), k, V)
     short = valid.sum(1) < target
