@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/choicegrad: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,bench]'
 	touch $@
 
 demo: $(BIN)/choicegrad

@@ -24,6 +24,7 @@ import time
 import torch
 
 import choicegrad.estimators as G
+from choicegrad.bench.toys import RandomMLPScorer
 
 METHODS = [
     ("soft", dict(tau=1.0)),
@@ -70,7 +71,7 @@ def run(draws: int, seed: int):
     rows = []
     for S, V in SPACES:
         torch.manual_seed(seed)
-        f = G.RandomMLPScorer(S, V, hidden=32, seed=seed + 1, scale=2.0)
+        f = RandomMLPScorer(S, V, hidden=32, seed=seed + 1, scale=2.0)
         logits = torch.randn(1, S, V)
         _, exact = G.exact_expectation(logits, f)
         e = -exact.reshape(-1)          # estimators put the gradient of -E[f] into logits.grad

@@ -1,6 +1,10 @@
 """The benchmark harness on tiny tasks: every kind of method runs, budgets hold, metrics are sane,
 ground truth is looked up correctly, and the report and its plots are written."""
 
+import os
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 import torch
@@ -8,6 +12,7 @@ from typer.testing import CliRunner
 
 from choicegrad.bench.harness import (Method, TaskSpec, build_problem, parse_method, quality_diversity,
                                   run_benchmark)
+from choicegrad import cli
 from choicegrad.cli import app
 from choicegrad.bench.tasks import get_task
 
@@ -117,3 +122,25 @@ def test_data_table_writes_a_task_table_the_pipeline_reads(tmp_path):
         res = runner.invoke(app, ["data", "table", *args])
         assert res.exit_code == 2 and needle in res.output, res.output
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+
+
+@pytest.mark.parametrize("args", [["bench", "--out", "x"], ["data", "fetch", "tfbind8"],
+                                  ["data", "table", "nk2", "--out", "x.csv"], ["demo", "--out", "x"]])
+def test_bench_commands_without_the_bench_extra_say_how_to_install_it(args, monkeypatch, tmp_path):
+    real_find_spec = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "matplotlib" else real_find_spec(name, *a, **k))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "pip install 'choicegrad[bench]'" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_library_imports_neither_the_benchmark_nor_matplotlib():
+    code = ("import sys, choicegrad, choicegrad.cli, choicegrad.decoding, choicegrad.training.loop\n"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib'\n"
+            "assert not any(m.startswith('choicegrad.bench') for m in sys.modules), "
+            "[m for m in sys.modules if m.startswith('choicegrad.bench')]\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    assert result.returncode == 0, result.stderr

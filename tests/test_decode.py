@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from choicegrad.data.context import ContextEncoder
-from choicegrad.decoding.decoders import (DECODERS, beam_search, complete_distinct, decode, distinct_topk,
-                               enumerate_allowed, first_occurrence, row_keys)
+from choicegrad.decoding.decoders import DECODERS, beam_search, decode
+from choicegrad.decoding.rows import distinct_topk, enumerate_allowed, first_occurrence, row_keys
+from choicegrad.decoding.local_search import anneal_from
+from choicegrad.decoding.scoring import Candidates, complete_distinct
 from choicegrad.generators import GeneratorConfig, TableContext, build
 from choicegrad.data.space import ChoiceSpace, Slot
 from choicegrad.bench.tasks import PlantedTask, PottsTask
@@ -223,9 +225,6 @@ def test_budgeted_polish_climbs_the_best_candidate_to_its_peak():
 
 
 def test_anneal_from_keeps_its_start_and_counts_calls():
-    from choicegrad.decoding.decoders import Candidates
-    from choicegrad.bench.peers import anneal_from
-
     f = potts_objective(seed=4)
     gen = generator("autoregressive", scale=1.0)
     start = decode("rerank", gen, f, CTX, 8, samples=16, generator=torch.Generator().manual_seed(0))

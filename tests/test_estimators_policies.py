@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import choicegrad.estimators as E
-from choicegrad.estimators import RandomMLPScorer
+from choicegrad.bench.toys import RandomMLPScorer
 from choicegrad.generators import AutoregressiveGenerator, FactorizedGenerator, GeneratorConfig, PointerGenerator
 from choicegrad.generators.context import ItemContext, TableContext
 from choicegrad.generators.policy import SequentialPolicy, policy_of

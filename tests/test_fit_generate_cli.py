@@ -162,7 +162,7 @@ def test_generate_spends_at_most_its_budget(fitted, tmp_path):
     """Default: max(5K, 256) scorer calls per context for polish; --budget sets it (2 contexts)."""
     import re
 
-    from choicegrad.decoding.decoders import default_budget
+    from choicegrad.decoding import default_budget
 
     for args, per_context in (([], default_budget(3)), (["--budget", "40"], 40)):
         res = run("generate", fitted, "--top-k", "3", *args, "--out", tmp_path / "c.csv")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from choicegrad.data.table import load_table
-from choicegrad.decoding.decoders import decode
+from choicegrad.decoding import decode
 from choicegrad.estimators import available
 from choicegrad.training.loop import GeneratorFit, SampledContexts, TableContexts, fit_generator
 from choicegrad.generators import (AutoregressiveGenerator, GeneratorConfig, ItemObjective, TableContext,

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import choicegrad.estimators as G
+from choicegrad.bench.toys import RandomMLPScorer
 
 
 
@@ -49,7 +50,7 @@ def test_unknown_baseline_and_hyperparameter():
 @pytest.mark.parametrize("name", sorted(["soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax",
                                          "reinforce", "weighted-ce", "raml"]))
 def test_output_contract(name):
-    f = G.RandomMLPScorer(S, V, seed=0)
+    f = RandomMLPScorer(S, V, seed=0)
     B = 5
     logits = torch.randn(B, S, V, requires_grad=True)
     extra = {"targets": torch.randint(0, V, (B, S))} if name == "weighted-ce" else {}
@@ -112,7 +113,7 @@ def test_select_soft_methods_and_hard_false():
 
 def test_select_matches_estimator_gradient():
     """select(...) + your own differentiable objective gives the estimator's gradient."""
-    f = G.RandomMLPScorer(S, V, seed=1)
+    f = RandomMLPScorer(S, V, seed=1)
     logits = torch.randn(8, S, V, requires_grad=True)
     for method in ["st-gumbel", "reinmax", "gumbel-rao"]:
         logits.grad = None

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import choicegrad.estimators as G
+from choicegrad.bench.toys import RandomMLPScorer
 
 
 
@@ -25,7 +26,7 @@ def z_level(num_coords, alpha=ALPHA):
 @pytest.fixture(scope="module")
 def space():
     torch.manual_seed(0)
-    f = G.RandomMLPScorer(S, V, hidden=16, seed=1, scale=2.0)
+    f = RandomMLPScorer(S, V, hidden=16, seed=1, scale=2.0)
     return f, torch.randn(1, S, V)
 
 

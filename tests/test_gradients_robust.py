@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import choicegrad.estimators as G
+from choicegrad.bench.toys import RandomMLPScorer
 
 
 
@@ -27,7 +28,7 @@ class Recorder(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def scorer():
-    return G.RandomMLPScorer(S, V, hidden=8, seed=2)
+    return RandomMLPScorer(S, V, hidden=8, seed=2)
 
 
 def run(name, logits, f, *, seed=0, targets=None, **kw):

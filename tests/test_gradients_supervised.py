@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import choicegrad.estimators as G
+from choicegrad.bench.toys import RandomMLPScorer
 
 
 
@@ -13,7 +14,7 @@ S, V = 3, 4
 
 @pytest.fixture(scope="module")
 def scorer():
-    return G.RandomMLPScorer(S, V, hidden=8, seed=5, scale=3.0)
+    return RandomMLPScorer(S, V, hidden=8, seed=5, scale=3.0)
 
 
 def test_weighted_ce_masks_missing_slots(scorer):

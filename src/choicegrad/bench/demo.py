@@ -12,17 +12,23 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import torch
 
-SHARED_PARD3 = Path("../shared/data/pard3.parquet")
+from choicegrad import generators
+from choicegrad.bench.tasks import PottsTask
+from choicegrad.bench.tasks.registry import SHARED_DATA_DIR
+from choicegrad.io import read_table
+from choicegrad.decoding import candidates_frame, decode, default_budget
+from choicegrad.generators import TableContext, TableObjective
+from choicegrad.scorer.model import Scorer
+from choicegrad.training.loop import fit_run
+
+SHARED_PARD3 = SHARED_DATA_DIR / "pard3.parquet"
 TOP_K = 5
 
 
 def _potts_landscape():
     """Built-in fallback: a Potts table (training) and its full landscape (truth)."""
-    import torch
-
-    from choicegrad.bench.tasks import PottsTask
-
     task = PottsTask(seed=0)
     rows = task.all_rows()
     frames = []
@@ -37,22 +43,13 @@ def _potts_landscape():
 
 def run_demo(out: Path, data: Path | None = None, echo: Callable[[str], None] = print) -> dict:
     """Fit scorer + generator on pard3 (or a built-in Potts table), generate, print true scores."""
-    import torch
-
-    from choicegrad import generators
-    from choicegrad.io import read_table
-    from choicegrad.decoding.decoders import candidates_frame, decode, default_budget
-    from choicegrad.training.loop import fit_run
-    from choicegrad.generators import TableContext, TableObjective
-    from choicegrad.scorer.model import Scorer
-
     data = data or (SHARED_PARD3 if SHARED_PARD3.is_file() else None)
     if data is not None:
         echo(f"demo: {data} (features s0-s2, context toxin); scorer fitted on rows below each toxin's median")
         full = read_table(data)
         table, features, context = full, ["s0", "s1", "s2"], "toxin"
     else:
-        echo("demo: ../shared/data/pard3.parquet not found; using a built-in synthetic Potts table")
+        echo(f"demo: {SHARED_PARD3} not found; using a built-in synthetic Potts table")
         table, full, features, context = _potts_landscape()
 
     def show(metrics: dict) -> None:

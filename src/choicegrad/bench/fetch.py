@@ -41,8 +41,11 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from choicegrad.errors import InputError, did_you_mean
+from choicegrad.io import atomic_path
 
 Progress = Optional[Callable[[str], None]]
 
@@ -214,11 +217,6 @@ def download_wheel(package: str, version: str, dest: Path) -> Path:
 
 def _write(frame: pd.DataFrame, path: Path) -> None:
     """Parquet (zstd), string columns as large_string, written atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from choicegrad.io import atomic_path
-
     table = pa.Table.from_pandas(frame, preserve_index=False)
     fields = [pa.field(f.name, pa.large_string()) if pa.types.is_string(f.type) else f for f in table.schema]
     table = table.cast(pa.schema(fields, metadata=table.schema.metadata))

@@ -15,7 +15,7 @@ OUT/scorers/TASK and shared by every method and seed), enumerates the scorer ove
   most `budget` scorer calls per context. Pipelines that share generator, estimator and seed share
   one training run. On item tasks every generator is the pointer generator.
 
-Candidates are scored by the task's ground truth (choicegrad.metrics.candidate_report). Rows of
+Candidates are scored by the task's ground truth (choicegrad.bench.metrics.candidate_report). Rows of
 OUT/results.csv, OUT/curves.csv (quality vs diversity over sampling temperature) and
 OUT/training.csv (validation score vs scorer calls) are rewritten after every method, so a long run
 can be watched and an interrupted one still leaves its figures; OUT/report.md and plots come last.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import resource
 import sys
 import time
@@ -33,19 +32,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from choicegrad import estimators
 from choicegrad.bench import peers
-from choicegrad.decoding.decoders import Candidates, decode, first_occurrence, row_keys, score_grid
+from choicegrad.bench.metrics import candidate_report, normalise
+from choicegrad.bench.report import write_report
+from choicegrad.bench.tasks import ItemSelectionTask, get_task
+from choicegrad.data.table import load_table
+from choicegrad.decoding import DECODERS, Candidates, decode
+from choicegrad.decoding.rows import enumerate_allowed, first_occurrence, row_keys
+from choicegrad.decoding.scoring import score_grid
 from choicegrad.errors import did_you_mean
 from choicegrad.generators import GeneratorConfig, ItemObjective, TableContext, TableObjective, build
+from choicegrad.generators.base import KINDS
+from choicegrad.scorer.aligner import AlignerFit, fit_aligner
+from choicegrad.scorer.fit import ScorerFit, fit_scorer
+from choicegrad.scorer.model import Scorer
 from choicegrad.training.loop import GeneratorFit, SampledContexts, TableContexts, fit_generator
 from choicegrad.io import write_table
-from choicegrad.metrics import candidate_report, normalised
 
 TEMPERATURES = (0.25, 0.5, 1.0, 1.5, 2.0)
 ESTIMATORS = ("soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax", "reinforce", "weighted-ce", "raml",
@@ -123,9 +131,6 @@ class Method:
 
 def parse_method(name: str) -> Method:
     """'anneal' (a peer), 'default' or 'GENERATOR/ESTIMATOR/DECODER' (a pipeline)."""
-    from choicegrad.decoding.decoders import DECODERS
-    from choicegrad.generators.base import KINDS
-
     if name in peers.PEERS:
         return Method(name, peer=name)
     if name == "default":
@@ -135,8 +140,6 @@ def parse_method(name: str) -> Method:
         raise ValueError(f"method {name!r}: expected a peer ({', '.join(peers.PEERS)}) or GENERATOR/ESTIMATOR/DECODER, "
                          f"e.g. {DEFAULT_PIPELINE}{did_you_mean(name, list(peers.PEERS))}")
     gen, est, dec = parts
-    from choicegrad import estimators
-
     for value, options, what in ((gen, KINDS, "generator"), (dec, DECODERS, "decoder"),
                                  (est, estimators.available(), "gradient estimator")):
         if value not in options:
@@ -177,8 +180,6 @@ class Problem:
         if self.data is None:
             return None
         if self._aligner is None:
-            from choicegrad.scorer.aligner import AlignerFit, fit_aligner
-
             result = fit_aligner(self.objective.scorer, self.data, AlignerFit(seed=0, max_minutes=1.0), progress=False)
             self._aligner = result.aligner
             self.setup["aligner_seconds"] = round(result.seconds, 1)
@@ -187,9 +188,6 @@ class Problem:
 
 def _scorer_for(task, spec: TaskSpec, frame: pd.DataFrame, data, cache: Path):
     """Fit (or load the cached) scorer of a table task."""
-    from choicegrad.scorer.model import Scorer
-    from choicegrad.scorer.fit import ScorerFit, fit_scorer
-
     fit = ScorerFit(epochs=spec.scorer_epochs, max_minutes=spec.scorer_minutes, seed=0,
                     ensemble=spec.scorer_ensemble, beta=spec.scorer_beta)
     key = hashlib.sha1(json.dumps([spec.name, spec.options, len(frame), float(frame["y"].sum()), fit.model_dump()],
@@ -206,9 +204,6 @@ def _scorer_for(task, spec: TaskSpec, frame: pd.DataFrame, data, cache: Path):
 
 
 def table_problem(spec: TaskSpec, data_dir: Optional[Path], cache: Path) -> Problem:
-    from choicegrad.data.table import load_table
-    from choicegrad.bench.tasks import get_task
-
     task = get_task(spec.name, data_dir=data_dir, **spec.options)
     frame = task.training_table(spec.protocol, n=spec.train_rows, seed=0)
     context = [task.context_column] if task.context_column else None
@@ -272,8 +267,6 @@ def table_problem(spec: TaskSpec, data_dir: Optional[Path], cache: Path) -> Prob
 def _objective_landscape(objective, ctx, allowed, chunk: int = 1 << 16) -> tuple[Tensor, Tensor]:
     """(B, R) objective of every row of every context, and the (R, S) rows (allowed is the same
     in every context)."""
-    from choicegrad.decoding.decoders import enumerate_allowed
-
     B = len(ctx)
     rows, ok, total = enumerate_allowed(allowed[:1])
     out = torch.empty(B, total)
@@ -286,8 +279,6 @@ def _objective_landscape(objective, ctx, allowed, chunk: int = 1 << 16) -> tuple
 
 
 def items_problem(spec: TaskSpec, contexts: int = 64) -> Problem:
-    from choicegrad.bench.tasks import ItemSelectionTask
-
     task = ItemSelectionTask(**spec.options)
     ctx = task.draw(contexts, torch.Generator().manual_seed(1234))
     values, _ = task.enumerate(ctx)
@@ -367,7 +358,7 @@ def quality_diversity(problem: Problem, gen, seed: int, temperatures=TEMPERATURE
         with torch.no_grad():
             rows = gen.sample(problem.ctx, problem.spec.k, t, None, rng)
             scores, _ = score_grid(problem.objective, rows, problem.ctx)
-        norm = normalised(problem.truth(rows), problem.stats["min"], problem.stats["max"])
+        norm = normalise(problem.truth(rows), problem.stats)
         keys = row_keys(rows, problem.allowed.shape[-1])
         distinct = first_occurrence(keys, torch.ones_like(keys, dtype=torch.bool)).sum(1).float()
         first = norm.gather(1, scores.argmax(1, keepdim=True))[:, 0]
@@ -496,7 +487,5 @@ def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[
         (out / "setup.json").write_text(json.dumps(setup, indent=2, default=float) + "\n")
     frame = pd.DataFrame(results)
     if report and len(frame):
-        from choicegrad.bench.report import write_report
-
         write_report(out)
     return frame

@@ -27,7 +27,8 @@ gradient-ascent  `starts` = min(64, max(1, budget // 40)) random logits (B, P, S
                  argmax row plus rows sampled from its softmax(logits / tau) are scored -- only rows not
                  already in the archive nor repeated, so converged starts spend fewer calls (what
                  is saved carries over to later evaluations; what is left at the end is not spent).
-exhaustive       decode.exhaustive: every allowed row, the reference optimum; ignores the budget.
+exhaustive       decoding.decoders.exhaustive: every allowed row, the reference optimum; ignores the
+                 budget.
 
 Scorer calls: one per row passed to the objective -- a hard row scored, or a soft row evaluated
 (one gradient-ascent step of P starts costs P calls per context, forward and backward together).
@@ -36,7 +37,7 @@ all its soft calls and at most its hard share (it never re-scores an archived ro
 scorer_calls <= B * budget. Genetic never re-scores its elites.
 
 Candidates are the k best DISTINCT rows among every hard row scored during the search (a running
-archive kept with decode.distinct_topk). A peer never scores rows beyond its budget to fill the
+archive, decoding.local_search.Archive). A peer never scores rows beyond its budget to fill the
 archive: a context that saw fewer than k distinct rows (a budget below k, a space smaller than k)
 returns invalid tails (valid False, score -inf, row -1), which the benchmark reports as fewer
 distinct candidates.
@@ -45,12 +46,15 @@ distinct candidates.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from choicegrad.decoding.decoders import Candidates, distinct_topk, exhaustive, first_occurrence, row_keys, score_grid
+from choicegrad.decoding.decoders import exhaustive
+from choicegrad.decoding.local_search import Archive, anneal_chains
+from choicegrad.decoding.rows import change_one_slot, first_occurrence, row_keys
+from choicegrad.decoding.scoring import Candidates
 from choicegrad.errors import did_you_mean
 from choicegrad.generators.context import Context
 from choicegrad.generators.objective import Objective
@@ -101,56 +105,11 @@ def search(name: str, objective: Objective, ctx: Context, allowed: Tensor, k: in
 
 
 # --- shared pieces --------------------------------------------------------------------------------
-class _Archive:
-    """The k best distinct hard rows seen so far, per context, and the scorer calls spent."""
-
-    def __init__(self, B: int, k: int, S: int, V: int, device):
-        self.k, self.V = k, V
-        self.rows = torch.full((B, 0, S), -1, dtype=torch.long, device=device)
-        self.scores = torch.full((B, 0), _NEG, device=device)
-        self.valid = torch.zeros(B, 0, dtype=torch.bool, device=device)
-        self.calls = 0
-
-    def add(self, rows: Tensor, scores: Tensor, valid: Optional[Tensor] = None) -> None:
-        """rows (B, M, S), scores (B, M), valid (B, M) (default: finite scores)."""
-        valid = torch.isfinite(scores) if valid is None else valid
-        self.rows, self.scores, self.valid = distinct_topk(
-            torch.cat([self.rows, rows], 1), torch.cat([self.scores, scores], 1), self.k, self.V,
-            torch.cat([self.valid, valid], 1))
-
-    def score(self, objective: Objective, rows: Tensor, ctx: Context, chunk: int,
-              valid: Optional[Tensor] = None) -> Tensor:
-        """Score rows (B, M, S) (where valid), count the calls, archive them -> (B, M) scores."""
-        scores, n = score_grid(objective, rows, ctx, valid, chunk)
-        self.calls += n
-        self.add(rows, scores, valid)
-        return scores
-
-    def result(self) -> Candidates:
-        return Candidates(self.rows, self.scores, self.valid, self.calls)
-
-
 def _uniform_rows(allowed: Tensor, n: int, generator: torch.Generator) -> Tensor:
     """(B, n, S) rows, each slot uniform over its allowed categories."""
     B, S, V = allowed.shape
     idx = torch.multinomial(allowed.reshape(B * S, V).float(), n, replacement=True, generator=generator)
     return idx.reshape(B, S, n).transpose(1, 2)
-
-
-def _change_one_slot(rows: Tensor, allowed: Tensor, generator: torch.Generator) -> Tensor:
-    """rows (B, M, S) with one slot each moved to a different allowed category (a slot with more than
-    one allowed category; rows of a one-row space stay as they are)."""
-    B, M, S = rows.shape
-    V = allowed.shape[-1]
-    free = (allowed.sum(-1) > 1).float()                                               # (B, S)
-    free = free + (free.sum(1, keepdim=True) == 0).float()
-    slot = torch.multinomial(free, M, replacement=True, generator=generator)           # (B, M)
-    cur = rows.gather(2, slot.unsqueeze(-1))                                            # (B, M, 1)
-    ok = allowed.gather(1, slot.unsqueeze(-1).expand(B, M, V))                         # (B, M, V)
-    other = ok & (torch.arange(V, device=rows.device) != cur)
-    w = torch.where(other.any(-1, keepdim=True), other, ok).float()
-    cat = torch.multinomial(w.reshape(B * M, V), 1, generator=generator).reshape(B, M, 1)
-    return rows.scatter(2, slot.unsqueeze(-1), cat)
 
 
 def _opt(options: dict, key: str, default):
@@ -167,7 +126,7 @@ def _positive(name: str, value, integer: bool = True):
 # --- the peers ------------------------------------------------------------------------------------
 def _random(objective, ctx, allowed, k, budget, generator, chunk: int = 1 << 16) -> Candidates:
     B, S, V = allowed.shape
-    arch = _Archive(B, k, S, V, allowed.device)
+    arch = Archive(B, k, S, V, allowed.device)
     per = max(1, chunk // max(B, 1))
     for start in range(0, budget, per):
         arch.score(objective, _uniform_rows(allowed, min(per, budget - start), generator), ctx, chunk)
@@ -180,73 +139,11 @@ def _anneal(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
     P = min(_positive("chains", _opt(o, "chains", min(16, max(1, budget // 128)))), budget)
     init = min(budget, max(P, _positive("init", _opt(o, "init", max(P, budget // 10)))))
     t0, t1 = _positive("t0", _opt(o, "t0", 0.3), False), _positive("t1", _opt(o, "t1", 0.01), False)
-    arch = _Archive(B, k, S, V, allowed.device)
+    arch = Archive(B, k, S, V, allowed.device)
     first = _uniform_rows(allowed, init, generator)
     first_scores = arch.score(objective, first, ctx, chunk)
-    return _anneal_chains(objective, ctx, allowed, arch, first, first_scores, P, budget - init, t0, t1,
-                          generator, chunk)
-
-
-def anneal_from(objective: Objective, ctx: Context, allowed: Tensor, start: Candidates, budget: "int | Tensor",
-                generator: torch.Generator, chains: Optional[int] = None, t0: float = 0.3, t1: float = 0.01,
-                chunk: int = 1 << 16) -> Candidates:
-    """Simulated annealing (as the `anneal` peer) warm-started from scored candidates: `chains`
-    (default min(16, max(1, budget // 128))) chains start at the best valid rows of `start` (rows
-    (B, K, S), scores (B, K) best first) and spend `budget` (an int, or (B,) per context) more calls
-    per context. -> the K best distinct rows among start and every row scored; scorer_calls adds to
-    start's."""
-    B, K, S = start.rows.shape
-    V = allowed.shape[-1]
-    arch = _Archive(B, K, S, V, allowed.device)
-    arch.add(start.rows, start.scores, start.valid)
-    arch.calls = start.scorer_calls
-    left = torch.as_tensor(budget, dtype=torch.long, device=allowed.device).expand(B)
-    top = int(left.max())
-    if top < 1:
-        return arch.result()
-    if not bool(start.valid.any(1).all()):
-        raise ValueError("anneal_from needs at least one valid start row per context")
-    P = min(int(chains or min(16, max(1, top // 128))), top)
-    scores = torch.where(start.valid, start.scores, torch.full_like(start.scores, _NEG))
-    n_valid = start.valid.sum(1, keepdim=True).clamp(min=1)
-    pick = torch.arange(P, device=allowed.device)[None, :] % n_valid                   # best rows, cycled
-    rows = start.rows.gather(1, pick.unsqueeze(-1).expand(B, P, S)).clamp(min=0)
-    return _anneal_chains(objective, ctx, allowed, arch, rows, scores.gather(1, pick), P, left, t0, t1,
-                          generator, chunk, scale_rows=scores)
-
-
-def _anneal_chains(objective, ctx, allowed, arch: _Archive, first: Tensor, first_scores: Tensor, P: int,
-                   left: "int | Tensor", t0: float, t1: float, generator, chunk: int,
-                   scale_rows: Optional[Tensor] = None) -> Candidates:
-    """P Metropolis chains per context from the best of `first` (B, M, S) / `first_scores` (B, M),
-    spending `left` calls (an int, or (B,) per context); temperatures are t0 -> t1 (geometric) times
-    the std of the scores `scale_rows` (B, M') (default first_scores; -inf entries ignored)."""
-    B, M, S = first.shape
-    ref = first_scores if scale_rows is None else scale_rows
-    fin = torch.isfinite(ref)
-    n = fin.sum(1)
-    mean = torch.where(fin, ref, 0).sum(1) / n.clamp(min=1)
-    var = torch.where(fin, (ref - mean[:, None]) ** 2, 0).sum(1) / (n - 1).clamp(min=1)
-    std = torch.where(n > 1, var.sqrt(), torch.zeros_like(var))
-    fallback = std[std > 0].mean() if bool((std > 0).any()) else torch.tensor(1.0, device=allowed.device)
-    scale = torch.where(std > 0, std, fallback)[:, None]                                # (B, 1)
-    top = first_scores.topk(P, dim=1).indices
-    current = first.gather(1, top.unsqueeze(-1).expand(B, P, S))
-    cur_score = first_scores.gather(1, top)
-    left = torch.as_tensor(left, dtype=torch.long, device=allowed.device).expand(B)
-    steps = math.ceil(int(left.max()) / P)
-    for i in range(steps):
-        n = (left - i * P).clamp(0, P)                              # the last steps may move fewer chains
-        temp = scale * t0 * (t1 / t0) ** (i / max(steps - 1, 1))
-        prop = _change_one_slot(current, allowed, generator)
-        moving = torch.arange(P, device=allowed.device)[None, :] < n[:, None]
-        score = arch.score(objective, prop, ctx, chunk, moving)
-        u = torch.rand(B, P, generator=generator, device=allowed.device)
-        delta = score - cur_score
-        accept = moving & ((delta >= 0) | (u < torch.exp((delta / temp).clamp(max=0))))
-        current = torch.where(accept.unsqueeze(-1), prop, current)
-        cur_score = torch.where(accept, score, cur_score)
-    return arch.result()
+    return anneal_chains(objective, ctx, allowed, arch, first, first_scores, P, budget - init, t0, t1,
+                         generator, chunk)
 
 
 def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
@@ -259,7 +156,7 @@ def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
     rate = float(_opt(o, "mutation", 1.0 / S))
     if not 0 <= rate <= 1:
         raise ValueError(f"mutation must be a per-slot rate in [0, 1], got {rate}")
-    arch = _Archive(B, k, S, V, dev)
+    arch = Archive(B, k, S, V, dev)
     pop = _uniform_rows(allowed, N, generator)
     fit = arch.score(objective, pop, ctx, chunk)
     left = budget - N
@@ -275,7 +172,7 @@ def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
         mutate = torch.rand(B, n, S, generator=generator, device=dev) < rate
         child = torch.where(mutate, _uniform_rows(allowed, n, generator), child)
         clone = (child == p1).all(-1) | (child == p2).all(-1)
-        child = torch.where(clone.unsqueeze(-1), _change_one_slot(child, allowed, generator), child)
+        child = torch.where(clone.unsqueeze(-1), change_one_slot(child, allowed, generator), child)
         child_fit = arch.score(objective, child, ctx, chunk)
         left -= n
         keep = fit.topk(N - n, dim=1).indices                                          # elites (and more if n < C)
@@ -303,7 +200,7 @@ def _gradient_ascent(objective, ctx, allowed, k, budget, generator, **o) -> Cand
     R = hard // E
     at = {round((e + 1) * G / E) for e in range(E)}                      # soft steps after which to evaluate
 
-    arch = _Archive(B, k, S, V, dev)
+    arch = Archive(B, k, S, V, dev)
     logits = (torch.randn(B, P, S, V, generator=generator, device=dev) * init_scale).requires_grad_(True)
     mask = allowed.unsqueeze(1).expand(B, P, S, V)
     opt = torch.optim.Adam([logits], lr=lr)

@@ -29,13 +29,20 @@ Conventions of the report:
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import platform
 import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from choicegrad.io import atomic_path, atomic_write_text
 
@@ -442,8 +449,6 @@ def _save(fig, path: Path) -> Path:
 
 
 def _colours(n: int):
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
@@ -459,9 +464,6 @@ def _legend(ax, n: int) -> None:
 
 
 def _plot_headline(summary: pd.DataFrame, task: str, path: Path) -> Optional[Path]:
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
     headline = str(summary["headline"].iloc[0])
     mean = summary["headline_mean"].astype(float).to_numpy()
     if not np.isfinite(mean).any():
@@ -499,8 +501,6 @@ def _plot_headline(summary: pd.DataFrame, task: str, path: Path) -> Optional[Pat
 
 def _plot_quality_diversity(curves: Optional[pd.DataFrame], summary: pd.DataFrame, task: str,
                             path: Path) -> Optional[Path]:
-    from matplotlib.figure import Figure
-
     need = {"task", "method", "distinct", "median"}
     sub = None
     if curves is not None and need <= set(curves.columns):
@@ -561,8 +561,6 @@ def _plot_quality_diversity(curves: Optional[pd.DataFrame], summary: pd.DataFram
 
 
 def _plot_training(training: Optional[pd.DataFrame], task: str, path: Path) -> Optional[Path]:
-    from matplotlib.figure import Figure
-
     if training is None or not {"task", "method", "val_score"} <= set(training.columns):
         return None
     sub = training[training["task"].astype(str) == task].copy()
@@ -668,11 +666,6 @@ def write_report(run_dir: Path, assets_dir: Optional[Path] = None, title: Option
 
 def machine_line() -> str:
     """The machine and date a figure was measured on, in one line."""
-    import datetime
-    import platform
-
-    import torch
-
     cpu = platform.processor() or platform.machine()
     return (f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}, Python "
             f"{platform.python_version()}, torch {torch.__version__} on the CPU, "
@@ -684,8 +677,6 @@ def publish(run_dir: Path, docs_path: Path, command: str = "make bench", targets
     folder of the same name beside it (docs/benchmarks/), links relative to the markdown file.
     The preamble states the command, the machine, the date, the wall time and each task's setup
     (from RUN_DIR/setup.json), then `targets` (see targets_table) for the `default` pipeline."""
-    import json
-
     run_dir, docs_path = Path(run_dir), Path(docs_path)
     frames = _frames(run_dir)
     results = frames["results"]

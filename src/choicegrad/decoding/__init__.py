@@ -1,5 +1,12 @@
-"""Decoders: a trained generator (and the scorer) -> K distinct candidates per context."""
+"""Decoders: a trained generator (and the scorer) -> K distinct candidates per context.
 
-from choicegrad.decoding.decoders import DECODERS, Candidates, candidates_frame, decode, default_budget
+rows.py (distinct rows, the allowed space, single-slot changes), scoring.py (scoring, top-up,
+Candidates), local_search.py (polish, anneal_from), decoders.py (each decoder, `decode`), frame.py
+(candidates as a table).
+"""
 
-__all__ = ["DECODERS", "Candidates", "candidates_frame", "decode", "default_budget"]
+from choicegrad.decoding.decoders import DECODERS, DecodeOptions, decode
+from choicegrad.decoding.frame import candidates_frame
+from choicegrad.decoding.scoring import Candidates, default_budget
+
+__all__ = ["DECODERS", "Candidates", "DecodeOptions", "candidates_frame", "decode", "default_budget"]

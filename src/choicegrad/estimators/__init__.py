@@ -15,14 +15,14 @@ from choicegrad.estimators import aligner, relaxed, score_function, supervised  
 from choicegrad.estimators.api import SELECT_METHODS, select, soft_lookup
 from choicegrad.estimators.base import MASK_VALUE, check_tau, vocab_mask
 from choicegrad.estimators.contract import Estimator, EstimatorOutput, available, families, get, register
-from choicegrad.estimators.exact import RandomMLPScorer, enumerate_rows, exact_expectation, exact_objective
+from choicegrad.estimators.exact import enumerate_rows, exact_expectation, exact_objective
 from choicegrad.estimators.gumbel import conditional_gumbel, gumbel_max, gumbel_softmax, sample_gumbel
 from choicegrad.estimators.policy import LogitsPolicy, Policy
 from choicegrad.estimators.schedules import Constant, Cosine, Exponential
 
 __all__ = [
     "MASK_VALUE", "SELECT_METHODS", "Constant", "Cosine", "Estimator", "EstimatorOutput", "Exponential",
-    "LogitsPolicy", "Policy", "RandomMLPScorer", "available", "check_tau", "conditional_gumbel", "enumerate_rows",
+    "LogitsPolicy", "Policy", "available", "check_tau", "conditional_gumbel", "enumerate_rows",
     "exact_expectation", "exact_objective", "families", "get", "gumbel_max", "gumbel_softmax", "register",
     "sample_gumbel", "select", "soft_lookup", "vocab_mask",
 ]

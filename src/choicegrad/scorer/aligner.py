@@ -31,6 +31,8 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from choicegrad.decoding.rows import change_one_slot
+
 
 class AlignerFit(BaseModel):
     """How to build and train an aligner. Stored with it."""
@@ -113,15 +115,10 @@ def soft_contrastive_loss(z: Tensor, y: Tensor, group: Tensor, temperature: floa
 
 
 def single_edits(rows: Tensor, sizes: Tensor, generator: torch.Generator) -> Tensor:
-    """Each row (N, S) with one random slot changed to a different random category of that slot."""
-    N, S = rows.shape
-    slot = torch.randint(S, (N,), generator=generator)
-    size = sizes[slot]
-    shift = 1 + (torch.rand(N, generator=generator) * (size - 1).clamp(min=1)).long()   # 1..size-1
-    out = rows.clone()
-    cur = rows[torch.arange(N), slot].clamp(min=0)
-    out[torch.arange(N), slot] = torch.where(size > 1, (cur + shift) % size, cur)
-    return out
+    """Each row (N, S) with one random slot changed to a different random category of that slot
+    (sizes (S,): categories per slot; decoding.rows.change_one_slot)."""
+    allowed = torch.arange(int(sizes.max()), device=rows.device) < sizes.to(rows.device)[:, None]   # (S, V)
+    return change_one_slot(rows.unsqueeze(0), allowed.unsqueeze(0), generator)[0]
 
 
 @dataclass

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from choicegrad import estimators
 from choicegrad.data.table import TableData
-from choicegrad.decoding.decoders import first_occurrence, row_keys
+from choicegrad.decoding.rows import first_occurrence, row_keys
 from choicegrad.generators import GeneratorConfig, TableObjective, build
 from choicegrad.generators.base import Generator
 from choicegrad.generators.context import Context

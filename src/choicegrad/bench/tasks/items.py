@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from choicegrad.generators.context import ItemContext
+from choicegrad.bench.metrics import gap_closed, normalise
 from choicegrad.bench.tasks import stats as st
 from choicegrad.bench.tasks.landscape import rows_at
 
@@ -130,9 +131,9 @@ class ItemSelectionTask:
     @staticmethod
     def normalise(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
         """(y - min) / (max - min) per list: values (B,) or (B, M) -> same shape."""
-        return st.normalise(values, stats)
+        return normalise(values, stats)
 
     @staticmethod
     def gap_closed(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
         """(y - mean) / (max - mean) per list: values (B,) or (B, M) -> same shape."""
-        return st.gap_closed(values, stats)
+        return gap_closed(values, stats)

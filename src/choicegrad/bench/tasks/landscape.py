@@ -20,6 +20,7 @@ from torch import Tensor
 
 from choicegrad.errors import InputError, did_you_mean, show_rows
 from choicegrad.data.space import ChoiceSpace, Slot, as_labels
+from choicegrad.bench.metrics import gap_closed, normalise
 from choicegrad.bench.tasks import stats as st
 
 PROTOCOLS = ("below-median", "random")
@@ -137,12 +138,12 @@ class Landscape:
     def normalise(self, ctx: Tensor, values: Tensor) -> Tensor:
         """(y - min) / (max - min) of each value's context: ctx (N,), values (N,) -> (N,)."""
         ctx = self._check_ctx(ctx, len(values)).cpu()
-        return st.normalise(values, {k: v[ctx] for k, v in self.stats().items()})
+        return normalise(values, {k: v[ctx] for k, v in self.stats().items()})
 
     def gap_closed(self, ctx: Tensor, values: Tensor) -> Tensor:
         """(y - mean) / (max - mean) of each value's context: ctx (N,), values (N,) -> (N,)."""
         ctx = self._check_ctx(ctx, len(values)).cpu()
-        return st.gap_closed(values, {k: v[ctx] for k, v in self.stats().items()})
+        return gap_closed(values, {k: v[ctx] for k, v in self.stats().items()})
 
     # --- tables ----------------------------------------------------------------------------------
     def context_frame(self) -> pd.DataFrame:

@@ -1,16 +1,26 @@
-"""Tasks by name: get_task("nk3"), get_task("tfbind8", data_dir="../shared/data")."""
+"""Tasks by name: get_task("nk3"), get_task("tfbind8", data_dir="path/to/data").
+
+A real landscape (tfbind8, gb1, pard3) is read from NAME.parquet in the first of: the `data_dir`
+argument, $CHOICEGRAD_DATA_DIR, SHARED_DATA_DIR (if it exists), the `choicegrad data fetch` cache
+(a folder without NAME.parquet falls through to the cache).
+"""
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
-from choicegrad.errors import did_you_mean
+from choicegrad.bench.fetch import find_dataset
 from choicegrad.bench.tasks.landscape import REAL, Landscape, gb1, pard3, tfbind8
 from choicegrad.bench.tasks.synthetic import ehrlich, nk, potts
+from choicegrad.errors import did_you_mean
 
-DEFAULT_DATA_DIR = Path("../shared/data")   # relative to the working directory, as the demo reads it
+DATA_DIR_ENV = "CHOICEGRAD_DATA_DIR"
+# This repository's layout keeps the real landscapes in a `shared/data` folder beside the checkout:
+# relative to the working directory (the repository root), used when it exists.
+SHARED_DATA_DIR = Path("../shared/data")
 
 TASKS: dict[str, Callable[..., Landscape]] = {
     "potts": potts,
@@ -24,16 +34,30 @@ TASKS: dict[str, Callable[..., Landscape]] = {
 }
 
 
+def data_dir_for(data_dir: Optional[str | Path] = None) -> Optional[Path]:
+    """The folder to look for real landscapes in: `data_dir`, else $CHOICEGRAD_DATA_DIR, else
+    SHARED_DATA_DIR if it exists, else None (only the `choicegrad data fetch` cache)."""
+    if data_dir is not None:
+        return Path(data_dir)
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    return SHARED_DATA_DIR if SHARED_DATA_DIR.is_dir() else None
+
+
+def find_task_data(name: str, data_dir: Optional[str | Path] = None) -> Path:
+    """NAME.parquet of a real landscape in data_dir_for(data_dir), else in the fetch cache, else
+    FileNotFoundError (saying how to fetch it)."""
+    return find_dataset(name, data_dir_for(data_dir))
+
+
 def get_task(name: str, data_dir: Optional[str | Path] = None, **options) -> Landscape:
     """The task `name`. Synthetic tasks take their factory's options (seed, contexts, ...); real ones
-    read DATA_DIR/NAME.parquet (default ../shared/data), else the `choicegrad data fetch` cache, and
-    take no options."""
+    read NAME.parquet (find_task_data: data_dir, $CHOICEGRAD_DATA_DIR, ../shared/data, the fetch
+    cache) and take no options."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}{did_you_mean(name, list(TASKS))}; choose from {', '.join(TASKS)}")
     if name in REAL:
         if options:
             raise ValueError(f"{name}: a real landscape takes no options, got {', '.join(sorted(options))}")
-        from choicegrad.bench.fetch import find_dataset
-
-        return TASKS[name](find_dataset(name, Path(DEFAULT_DATA_DIR if data_dir is None else data_dir)))
+        return TASKS[name](find_task_data(name, data_dir))
     return TASKS[name](**options)

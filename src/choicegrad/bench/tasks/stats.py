@@ -35,20 +35,3 @@ def nan_argmax(values: Tensor) -> tuple[Tensor, Tensor]:
     """values (B, M) -> (index (B,) long, value (B,)) of the best non-NaN entry of each row."""
     best = values.masked_fill(torch.isnan(values), float("-inf")).max(-1)
     return best.indices, values.gather(-1, best.indices.unsqueeze(-1)).squeeze(-1)
-
-
-def _per_row(stat: Tensor, values: Tensor) -> Tensor:
-    """(B,) stat broadcast against values (B,) or (B, M)."""
-    return stat.view(-1, *([1] * (values.dim() - 1))).to(values.device, values.dtype)
-
-
-def normalise(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
-    """(y - min) / (max - min) per context: values (B,) or (B, M), stats of (B,) -> same shape; 1 = optimum."""
-    lo, hi = _per_row(stats["min"], values), _per_row(stats["max"], values)
-    return (values - lo) / (hi - lo).clamp(min=1e-12)
-
-
-def gap_closed(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
-    """(y - mean) / (max - mean) per context: values (B,) or (B, M) -> same shape; 0 = an average row."""
-    mean, hi = _per_row(stats["mean"], values), _per_row(stats["max"], values)
-    return (values - mean) / (hi - mean).clamp(min=1e-12)

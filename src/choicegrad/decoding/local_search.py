@@ -1,0 +1,197 @@
+"""Local search from scored candidates: steepest-ascent coordinate search (polish) and simulated
+annealing (anneal_from), both under a scorer-call budget per context.
+
+    cands = polish(objective, ctx, start, allowed, budget=left)
+    cands = anneal_from(objective, ctx, allowed, start, budget=left, generator=rng)
+
+start: Candidates (rows (B, K, S), scores (B, K) best first); allowed (B, S, V) bool. Both return the
+K best distinct rows among the start and every row scored on the way; scorer_calls adds to start's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from choicegrad.decoding.rows import change_one_slot, distinct_topk, neighbour_count
+from choicegrad.decoding.scoring import Candidates, score_grid
+from choicegrad.generators.context import Context
+from choicegrad.generators.objective import Objective
+
+_NEG = float("-inf")
+
+
+def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int = 20,
+           chunk: int = 1 << 16, max_elements: int = 1 << 25, budget: "Optional[int | Tensor]" = None) -> Candidates:
+    """Steepest-ascent coordinate search from every valid candidate; the K best distinct rows among
+    the candidates and every neighbour scored on the way.
+
+    Each sweep builds all single-slot changes (B, P, S, V) of P still-improving candidates, scores
+    them in one batched call, and moves each candidate to its best neighbour if that is better; a
+    candidate with no better neighbour is at a local peak and stops. sweeps: at most this many.
+    budget: at most this many neighbours scored per context (an int, or (B,) per context), spent
+    best-first: each sweep climbs only the best still-improving candidates, as many as leave half the
+    calls for the sweeps after it, so the beam narrows as the budget runs down and the best
+    candidates climb to their peaks (sweeps is then no limit).
+    """
+    B, K, S = start.rows.shape
+    V = allowed.shape[-1]
+    if budget is not None:  # per context, (B,)
+        budget = torch.as_tensor(budget, dtype=torch.float32, device=allowed.device).expand(B)
+    per = max(1, max_elements // max(1, K * S * V * S))  # contexts per pass, bounding the neighbour grid
+    if B > per:
+        parts = [_polish(objective, ctx.index(torch.arange(i, min(i + per, B), device=allowed.device)),
+                         Candidates(start.rows[i:i + per], start.scores[i:i + per], start.valid[i:i + per], 0),
+                         allowed[i:i + per], sweeps, chunk, None if budget is None else budget[i:i + per])
+                 for i in range(0, B, per)]
+        return Candidates(torch.cat([p.rows for p in parts]), torch.cat([p.scores for p in parts]),
+                          torch.cat([p.valid for p in parts]), start.scorer_calls + sum(p.scorer_calls for p in parts))
+    return _polish(objective, ctx, start, allowed, sweeps, chunk, budget)
+
+
+def _polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int,
+            chunk: int, budget: Optional[Tensor] = None) -> Candidates:
+    rows, scores, valid = start.rows, start.scores, start.valid
+    B, K, S = rows.shape
+    V = allowed.shape[-1]
+    dev = rows.device
+    calls = start.scorer_calls
+    left = torch.full((B,), math.inf, device=dev) if budget is None else budget.clone()
+    best_rows, best_scores, best_valid = rows, scores, valid
+    current, cur_score, active = rows.clone(), scores.clone(), valid.clone()
+    size = neighbour_count(allowed).float()                                        # (B,) neighbours of a row
+    eye = torch.arange(S, device=dev)
+    change = torch.arange(V, device=dev)
+    sweep = 0
+    while bool(active.any()) and (budget is not None or sweep < sweeps):
+        sweep += 1
+        # the beam: the best still-improving candidates; under a budget only as many as leave room for
+        # as many again next sweep, so the best candidates climb furthest (down to one, to its peak)
+        beam = active.sum(1).float()
+        if budget is not None:
+            beam = torch.minimum(beam, torch.floor(left / (2 * size.clamp(min=1))).clamp(min=1))
+            beam = torch.where(left >= size, beam, torch.zeros_like(beam))
+        P = int(beam.max())
+        if P == 0:
+            break
+        pick = torch.where(active, cur_score, torch.full_like(cur_score, _NEG)).topk(P, dim=1).indices   # (B, P)
+        on = (torch.arange(P, device=dev)[None, :] < beam[:, None]) & active.gather(1, pick)
+        base = current.gather(1, pick.unsqueeze(-1).expand(B, P, S))                    # (B, P, S)
+        nb = base.unsqueeze(2).unsqueeze(3).expand(B, P, S, V, S).clone()                # (B, P, S, V, S)
+        nb[:, :, eye, :, eye] = change.view(1, 1, 1, V).expand(B, P, S, V).permute(2, 0, 1, 3)  # slot s := v
+        ok = allowed.unsqueeze(1) & (change.view(1, 1, 1, V) != base.unsqueeze(-1)) & on[:, :, None, None]
+        left = left - ok.sum((1, 2, 3)).float()
+        flat_rows = nb.reshape(B, P * S * V, S)
+        nb_scores, n = score_grid(objective, flat_rows, ctx, ok.reshape(B, P * S * V), chunk)
+        calls += n
+        best_nb = nb_scores.reshape(B, P, S * V).max(-1)
+        base_score = cur_score.gather(1, pick)
+        improve = on & (best_nb.values > base_score + 1e-7)
+        moved = flat_rows.reshape(B, P, S * V, S).gather(2, best_nb.indices[..., None, None].expand(B, P, 1, S))[:, :, 0]
+        current = current.scatter(1, pick.unsqueeze(-1).expand(B, P, S),
+                                  torch.where(improve.unsqueeze(-1), moved, base))
+        cur_score = cur_score.scatter(1, pick, torch.where(improve, best_nb.values, base_score))
+        active = active.scatter(1, pick, active.gather(1, pick) & (improve | ~on))       # at a peak: done
+        best_rows, best_scores, best_valid = distinct_topk(
+            torch.cat([best_rows, flat_rows], 1), torch.cat([best_scores, nb_scores], 1), K, V,
+            torch.cat([best_valid, ok.reshape(B, P * S * V)], 1))
+    return Candidates(best_rows, best_scores, best_valid, calls)
+
+
+class Archive:
+    """The k best distinct hard rows seen so far, per context, and the scorer calls spent."""
+
+    def __init__(self, B: int, k: int, S: int, V: int, device):
+        self.k, self.V = k, V
+        self.rows = torch.full((B, 0, S), -1, dtype=torch.long, device=device)
+        self.scores = torch.full((B, 0), _NEG, device=device)
+        self.valid = torch.zeros(B, 0, dtype=torch.bool, device=device)
+        self.calls = 0
+
+    def add(self, rows: Tensor, scores: Tensor, valid: Optional[Tensor] = None) -> None:
+        """rows (B, M, S), scores (B, M), valid (B, M) (default: finite scores)."""
+        valid = torch.isfinite(scores) if valid is None else valid
+        self.rows, self.scores, self.valid = distinct_topk(
+            torch.cat([self.rows, rows], 1), torch.cat([self.scores, scores], 1), self.k, self.V,
+            torch.cat([self.valid, valid], 1))
+
+    def score(self, objective: Objective, rows: Tensor, ctx: Context, chunk: int,
+              valid: Optional[Tensor] = None) -> Tensor:
+        """Score rows (B, M, S) (where valid), count the calls, archive them -> (B, M) scores."""
+        scores, n = score_grid(objective, rows, ctx, valid, chunk)
+        self.calls += n
+        self.add(rows, scores, valid)
+        return scores
+
+    def result(self) -> Candidates:
+        return Candidates(self.rows, self.scores, self.valid, self.calls)
+
+
+def anneal_from(objective: Objective, ctx: Context, allowed: Tensor, start: Candidates, budget: "int | Tensor",
+                generator: torch.Generator, chains: Optional[int] = None, t0: float = 0.3, t1: float = 0.01,
+                chunk: int = 1 << 16) -> Candidates:
+    """Simulated annealing (anneal_chains, as the benchmark's `anneal` peer) warm-started from scored
+    candidates: `chains` (default min(16, max(1, budget // 128))) chains start at the best valid rows
+    of `start` (rows (B, K, S), scores (B, K) best first) and spend `budget` (an int, or (B,) per
+    context) more calls per context. -> the K best distinct rows among start and every row scored;
+    scorer_calls adds to start's."""
+    B, K, S = start.rows.shape
+    V = allowed.shape[-1]
+    arch = Archive(B, K, S, V, allowed.device)
+    arch.add(start.rows, start.scores, start.valid)
+    arch.calls = start.scorer_calls
+    left = torch.as_tensor(budget, dtype=torch.long, device=allowed.device).expand(B)
+    top = int(left.max())
+    if top < 1:
+        return arch.result()
+    if not bool(start.valid.any(1).all()):
+        raise ValueError("anneal_from needs at least one valid start row per context")
+    P = min(int(chains or min(16, max(1, top // 128))), top)
+    scores = torch.where(start.valid, start.scores, torch.full_like(start.scores, _NEG))
+    n_valid = start.valid.sum(1, keepdim=True).clamp(min=1)
+    pick = torch.arange(P, device=allowed.device)[None, :] % n_valid                   # best rows, cycled
+    rows = start.rows.gather(1, pick.unsqueeze(-1).expand(B, P, S)).clamp(min=0)
+    return anneal_chains(objective, ctx, allowed, arch, rows, scores.gather(1, pick), P, left, t0, t1,
+                         generator, chunk, scale_rows=scores)
+
+
+def anneal_chains(objective: Objective, ctx: Context, allowed: Tensor, arch: Archive, first: Tensor,
+                  first_scores: Tensor, P: int, left: "int | Tensor", t0: float, t1: float,
+                  generator: Optional[torch.Generator], chunk: int, scale_rows: Optional[Tensor] = None,
+                  ) -> Candidates:
+    """P Metropolis chains per context from the best of `first` (B, M, S) / `first_scores` (B, M),
+    spending `left` calls (an int, or (B,) per context) into `arch`; single-slot proposals
+    (change_one_slot); temperatures are t0 -> t1 (geometric) times the std of the scores `scale_rows`
+    (B, M') (default first_scores; -inf entries ignored). -> arch.result().
+
+    Many parameters: the one chain loop behind both anneal_from and the `anneal` peer, which start it
+    from different rows and archives."""
+    B, M, S = first.shape
+    ref = first_scores if scale_rows is None else scale_rows
+    fin = torch.isfinite(ref)
+    n = fin.sum(1)
+    mean = torch.where(fin, ref, 0).sum(1) / n.clamp(min=1)
+    var = torch.where(fin, (ref - mean[:, None]) ** 2, 0).sum(1) / (n - 1).clamp(min=1)
+    std = torch.where(n > 1, var.sqrt(), torch.zeros_like(var))
+    fallback = std[std > 0].mean() if bool((std > 0).any()) else torch.tensor(1.0, device=allowed.device)
+    scale = torch.where(std > 0, std, fallback)[:, None]                                # (B, 1)
+    top = first_scores.topk(P, dim=1).indices
+    current = first.gather(1, top.unsqueeze(-1).expand(B, P, S))
+    cur_score = first_scores.gather(1, top)
+    left = torch.as_tensor(left, dtype=torch.long, device=allowed.device).expand(B)
+    steps = math.ceil(int(left.max()) / P)
+    for i in range(steps):
+        n = (left - i * P).clamp(0, P)                              # the last steps may move fewer chains
+        temp = scale * t0 * (t1 / t0) ** (i / max(steps - 1, 1))
+        prop = change_one_slot(current, allowed, generator)
+        moving = torch.arange(P, device=allowed.device)[None, :] < n[:, None]
+        score = arch.score(objective, prop, ctx, chunk, moving)
+        u = torch.rand(B, P, generator=generator, device=allowed.device)
+        delta = score - cur_score
+        accept = moving & ((delta >= 0) | (u < torch.exp((delta / temp).clamp(max=0))))
+        current = torch.where(accept.unsqueeze(-1), prop, current)
+        cur_score = torch.where(accept, score, cur_score)
+    return arch.result()

@@ -1,0 +1,157 @@
+"""Rows of a choice space as tensors: keys for distinctness, the space a decoder may use, single-slot changes.
+
+rows are (..., S) long category indices (-1 where invalid); allowed (B, S, V) bool marks the categories
+allowed per context and slot (the generator's mask, restricted to the fixed value on fixed slots).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+MAX_ENUMERATE = 5_000_000
+_NEG = float("-inf")
+
+_HASH = torch.randint(1, 2**62, (1024,), generator=torch.Generator().manual_seed(12345)) | 1
+
+
+def row_keys(rows: Tensor, vocab: int) -> Tensor:
+    """(..., S) long rows -> (...,) int64 keys, equal iff rows are equal (exact mixed radix when
+    vocab**S < 2**62, else a 64-bit multiplicative hash). Keys are >= 0."""
+    S = rows.shape[-1]
+    r = rows.clamp(min=0)
+    if S * math.log2(max(vocab, 2)) < 62:
+        radix = vocab ** torch.arange(S - 1, -1, -1, device=rows.device, dtype=torch.long)
+        return (r * radix).sum(-1)
+    mult = _HASH[:S].to(rows.device) if S <= len(_HASH) else _HASH.repeat(S // len(_HASH) + 1)[:S].to(rows.device)
+    return ((r + 1) * mult).sum(-1) & (2**62 - 1)
+
+
+def first_occurrence(keys: Tensor, valid: Tensor) -> Tensor:
+    """(B, M) keys, (B, M) bool -> (B, M) bool: valid and not equal to an earlier valid key."""
+    B, M = keys.shape
+    sentinel = -1 - torch.arange(M, device=keys.device).expand(B, M)   # invalid entries never collide
+    k = torch.where(valid, keys, sentinel)
+    order = torch.argsort(k, dim=1, stable=True)
+    sk = k.gather(1, order)
+    dup_sorted = torch.zeros_like(valid)
+    dup_sorted[:, 1:] = sk[:, 1:] == sk[:, :-1]
+    dup = torch.zeros_like(valid).scatter(1, order, dup_sorted)
+    return valid & ~dup
+
+
+def _pad(rows: Tensor, scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    B, M, S = rows.shape
+    if M >= k:
+        return rows, scores, valid
+    extra = k - M
+    return (torch.cat([rows, rows.new_full((B, extra, S), -1)], 1),
+            torch.cat([scores, scores.new_full((B, extra), _NEG)], 1),
+            torch.cat([valid, valid.new_zeros((B, extra))], 1))
+
+
+def distinct_topk(rows: Tensor, scores: Tensor, k: int, vocab: int, valid: Optional[Tensor] = None,
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """The k best distinct rows per context. rows (B, M, S), scores (B, M) -> rows (B, k, S),
+    scores (B, k) best first, valid (B, k); fewer than k distinct valid rows leaves invalid tails."""
+    ok = torch.isfinite(scores) if valid is None else valid & torch.isfinite(scores)
+    keep = first_occurrence(row_keys(rows, vocab), ok)
+    s = torch.where(keep, scores, torch.full_like(scores, _NEG))
+    rows, s, keep = _pad(rows, s, keep, k)
+    top = s.topk(k, dim=1)
+    out_rows = rows.gather(1, top.indices.unsqueeze(-1).expand(-1, -1, rows.shape[-1]))
+    out_valid = keep.gather(1, top.indices)
+    return torch.where(out_valid.unsqueeze(-1), out_rows, -1), top.values, out_valid
+
+
+def distinct_in_order(rows: Tensor, valid: Tensor, k: int, vocab: int) -> tuple[Tensor, Tensor]:
+    """The first k distinct valid rows per context, in their order. -> rows (B, k, S), valid (B, k)."""
+    B, M, S = rows.shape
+    keep = first_occurrence(row_keys(rows, vocab), valid)
+    priority = torch.where(keep, torch.arange(M, device=rows.device).expand(B, M).float(),
+                           torch.full((B, M), float("inf"), device=rows.device))
+    rows, priority, keep = _pad(rows, -priority, keep, k)
+    top = priority.topk(k, dim=1)
+    out_rows = rows.gather(1, top.indices.unsqueeze(-1).expand(-1, -1, S))
+    out_valid = keep.gather(1, top.indices)
+    return torch.where(out_valid.unsqueeze(-1), out_rows, -1), out_valid
+
+
+# --- the space a decoder may use ---------------------------------------------------------------
+def allowed_choices(gen_mask: Tensor, fixed: Optional[Tensor]) -> Tensor:
+    """(B, S, V) bool: valid categories, restricted to the fixed value on fixed slots."""
+    if fixed is None:
+        return gen_mask
+    B, S, V = gen_mask.shape
+    f = fixed.to(gen_mask.device).expand(B, S)
+    pinned = torch.nn.functional.one_hot(f.clamp(min=0), V).bool()
+    return torch.where((f >= 0).unsqueeze(-1), pinned & gen_mask, gen_mask)
+
+
+def check_fixed(fixed: Optional[Tensor], mask: Tensor) -> Optional[Tensor]:
+    """Validate fixed (S,) or (B, S) against the mask (B, S, V); returns (B, S) long or None."""
+    if fixed is None:
+        return None
+    B, S, V = mask.shape
+    f = torch.as_tensor(fixed, dtype=torch.long, device=mask.device)
+    if tuple(f.shape) not in ((S,), (B, S)):
+        raise ValueError(f"fixed must have shape (S,)={(S,)} or (B, S)={(B, S)}, got {tuple(f.shape)}")
+    f = f.expand(B, S)
+    if bool(((f < -1) | (f >= V)).any()):
+        raise ValueError(f"fixed values must be -1 (free) or a category in [0, {V})")
+    ok = mask.gather(-1, f.clamp(min=0).unsqueeze(-1)).squeeze(-1) | (f < 0)
+    if not bool(ok.all()):
+        raise ValueError(f"fixed uses invalid categories at (context, slot) {(~ok).nonzero()[:5].tolist()}")
+    return f
+
+
+def neighbour_count(allowed: Tensor) -> Tensor:
+    """(B,) long: single-slot changes of a row in the allowed space (B, S, V)."""
+    return (allowed.sum(-1) - 1).clamp(min=0).sum(-1)
+
+
+def space_size(allowed: Tensor) -> Tensor:
+    """(B,) float64: rows per context in the allowed space (B, S, V)."""
+    return allowed.sum(-1).double().prod(-1)
+
+
+def enumerate_allowed(allowed: Tensor, start: int = 0, stop: Optional[int] = None) -> tuple[Tensor, Tensor, int]:
+    """Rows start..stop of the product of the categories allowed in any context.
+
+    allowed (B, S, V) -> (rows (R, S) long, ok (B, R) bool: allowed in that context, total rows).
+    """
+    union = allowed.any(0)                                                    # (S, V)
+    counts = union.sum(-1)                                                    # (S,)
+    total = int(torch.prod(counts.double()).item())
+    stop = total if stop is None else min(stop, total)
+    cats = torch.argsort((~union).to(torch.int8), dim=-1, stable=True)       # allowed categories first
+    idx = torch.arange(start, stop, device=allowed.device)
+    digits = []
+    for s in range(union.shape[0] - 1, -1, -1):  # S digits of a mixed-radix number, last slot fastest
+        digits.append(idx % counts[s])
+        idx = idx // counts[s]
+    d = torch.stack(digits[::-1], -1)                                        # (R, S)
+    rows = cats.gather(1, d.T).T
+    S = rows.shape[1]
+    ok = allowed[:, torch.arange(S, device=rows.device), rows].all(-1)       # (B, R)
+    return rows, ok, total
+
+
+def change_one_slot(rows: Tensor, allowed: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """rows (B, M, S) with one slot each moved to a different allowed category: the slot uniform over
+    the slots with more than one allowed category, the category uniform over the others allowed there
+    (rows of a one-row space stay as they are). allowed (B, S, V) -> (B, M, S)."""
+    B, M, S = rows.shape
+    V = allowed.shape[-1]
+    free = (allowed.sum(-1) > 1).float()                                               # (B, S)
+    free = free + (free.sum(1, keepdim=True) == 0).float()
+    slot = torch.multinomial(free, M, replacement=True, generator=generator)           # (B, M)
+    cur = rows.gather(2, slot.unsqueeze(-1))                                            # (B, M, 1)
+    ok = allowed.gather(1, slot.unsqueeze(-1).expand(B, M, V))                         # (B, M, V)
+    other = ok & (torch.arange(V, device=rows.device) != cur)
+    w = torch.where(other.any(-1, keepdim=True), other, ok).float()
+    cat = torch.multinomial(w.reshape(B * M, V), 1, generator=generator).reshape(B, M, 1)
+    return rows.scatter(2, slot.unsqueeze(-1), cat)
