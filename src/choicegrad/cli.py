@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,6 +16,8 @@ import typer
 
 from choicegrad import __version__
 from choicegrad.errors import InputError
+
+# Commands import the library inside their bodies so that `choicegrad --help` does not wait for torch.
 
 app = typer.Typer(
     help="Train generators of discrete choices guided by a score model.\n\n"
@@ -72,11 +76,6 @@ def _echo_metrics(metrics: dict[str, dict[str, float]]) -> None:
         typer.echo(f"{name:<14}{m['n']:>9}{m['r2']:>9.3f}{m['spearman']:>10.3f}{'' if per is None else f'{per:.3f}':>9}")
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError("--out", [f"{out} exists and is not a folder"])
-
-
 FEATURES = typer.Option("--features", "-f", help="Feature columns, comma-separated; glob patterns allowed ('s?').")
 SCORE = typer.Option("--score", "-y", help="Numeric score column (higher is better).")
 CONTEXT = typer.Option("--context", "-c",
@@ -110,9 +109,10 @@ def fit_scorer_cmd(
     from choicegrad.data.split import hold_out_upper
     from choicegrad.data.table import load_table
     from choicegrad.scorer.model import ScorerConfig
+    from choicegrad.run import check_out_dir
     from choicegrad.scorer.fit import ScorerFit, fit_scorer
 
-    _check_out_dir(out)
+    check_out_dir(out, "--out")
     table = load_table(data, features, score, context)
     for note in table.warnings:
         typer.echo(f"warning: {note}", err=True)
@@ -167,23 +167,25 @@ DEFAULT_GENERATOR = "autoregressive"
 DEFAULT_DECODER = "polish"
 
 
-def _check_method(method: str, kind: str) -> str:
-    from choicegrad.errors import did_you_mean
-    from choicegrad.estimators import available
+# Library argument names -> the flags that set them, for error messages.
+FIT_FLAGS = {"method/generator": "--method/--generator", "out": "--out"}
+GENERATE_FLAGS = {"k": "--top-k", "fix": "--fix", "decoder": "--decoder", "temperature": "--temperature",
+                  "samples": "--samples", "budget": "--budget", "contexts": "--contexts"}
 
-    METHODS = available()
-    from choicegrad.generators import KINDS
 
-    problems = []
-    key = method.strip().lower().replace("_", "-")
-    if key not in METHODS:
-        problems.append(f'unknown method "{method}"{did_you_mean(key, METHODS)}; choose one of {", ".join(METHODS)}')
-    if kind not in KINDS or kind == "pointer":
-        problems.append(f'unknown generator "{kind}"{did_you_mean(kind, ["factorized", "autoregressive"])}; '
-                        "choose factorized or autoregressive")
-    if problems:
-        raise InputError("--method/--generator", problems)
-    return key
+def _flag(problem: str, flags: dict[str, str]) -> str:
+    """'k: expected ...' -> '--top-k: expected ...' for the arguments in `flags`."""
+    name, sep, rest = problem.partition(": ")
+    return f"{flags[name]}: {rest}" if sep and name in flags else problem
+
+
+@contextlib.contextmanager
+def as_flags(flags: dict[str, str]):
+    """Re-raise the library's InputError with its argument names replaced by the CLI's flags."""
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(flags.get(exc.source, exc.source), [_flag(p, flags) for p in exc.problems]) from None
 
 
 @app.command("fit", epilog="Example: choicegrad fit ../shared/data/tfbind8.parquet --features 's?' --score y "
@@ -212,49 +214,18 @@ def fit_cmd(
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context."""
-    from choicegrad.training.loop import fit_run
+    from choicegrad.run import Run, TableSpec
+    from choicegrad.scorer.fit import ScorerFit
+    from choicegrad.training.loop import GeneratorFit
 
-    method = _check_method(method, generator)
-    _check_out_dir(out)
-    config = fit_run(data, features, score, context, out, generator=generator, method=method, seed=seed,
-                     max_minutes=max_minutes, train_quantile=train_quantile, steps=steps, entropy=entropy,
-                     ensemble=ensemble, beta=beta, scorer_epochs=scorer_epochs, device=device,
-                     echo=lambda m: typer.echo(m, err=m.startswith("warning:")), on_scorer=_echo_metrics)
-    del config
-
-
-def _hint(value: str, options: list[str]) -> str:
-    """' (did you mean "x"?)': a case-insensitive match first, else the closest spelling."""
-    from choicegrad.errors import did_you_mean
-
-    same = [o for o in options if o.lower() == value.lower()]
-    return f' (did you mean "{same[0]}"?)' if same else did_you_mean(value, options)
-
-
-def _parse_fixes(fix: list[str], space) -> "torch.Tensor | None":
-    """['s0=A', 's2=C,s3=G'] -> (S,) long with -1 = free; InputError listing every bad item."""
-    import torch
-
-    if not fix:
-        return None
-    fixed = torch.full((space.num_slots,), -1, dtype=torch.long)
-    problems = []
-    for item in fix:
-        for part in [p for p in item.split(",") if p.strip()]:
-            name, eq, label = (t.strip() for t in part.partition("="))
-            if not eq or not name or not label:
-                problems.append(f'"{part}": expected FEATURE=CATEGORY')
-            elif name not in space.names:
-                problems.append(f'unknown feature "{name}"{_hint(name, space.names)}; features: {", ".join(space.names[:12])}')
-            else:
-                cats = space.slots[space.names.index(name)].categories
-                if label not in cats:
-                    problems.append(f'feature "{name}" has no category "{label}"{_hint(label, cats)}')
-                else:
-                    fixed[space.names.index(name)] = space.index_of(name, label)
-    if problems:
-        raise InputError("--fix", problems)
-    return fixed
+    gen_options = {**({"steps": steps} if steps is not None else {}), **({"entropy": entropy} if entropy is not None else {})}
+    with as_flags(FIT_FLAGS):
+        Run.fit(data, out, TableSpec(features=features, score=score, context=context, train_quantile=train_quantile),
+                generator=generator, scorer_fit=ScorerFit(ensemble=ensemble, beta=beta, seed=seed, epochs=scorer_epochs,
+                                                          device=device),
+                generator_fit=GeneratorFit(method=method, seed=seed, device=device, beta=beta, **gen_options),
+                max_minutes=max_minutes, echo=lambda m: typer.echo(m, err=m.startswith("warning:")),
+                on_scorer=_echo_metrics)
 
 
 @app.command("generate", epilog="Example: choicegrad generate runs/tfbind8 --top-k 128 --out candidates.csv\n\n"
@@ -278,77 +249,28 @@ def generate_cmd(
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Generate the top-K distinct rows per context with a fitted generator; one output row per (context, rank)."""
-    import time
-
-    import pandas as pd
-    import torch
-
-    from choicegrad import generators
-    from choicegrad.io import TABLE_SUFFIXES, read_table, write_table
-    from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budget
-    from choicegrad.errors import did_you_mean
-    from choicegrad.generators import TableContext, TableObjective
-    from choicegrad.scorer.model import Scorer
+    from choicegrad.io import TABLE_SUFFIXES, write_table
+    from choicegrad.run import Run, generate_problems
 
     start = time.perf_counter()
-    problems = []
+    problems = [_flag(p, GENERATE_FLAGS) for p in generate_problems(top_k, decoder, temperature, samples, budget)]
     if out.suffix.lower() not in TABLE_SUFFIXES:
-        problems.append(f'--out: unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}')
-    if top_k < 1:
-        problems.append(f"--top-k: expected an integer >= 1, got {top_k}")
-    if decoder not in DECODERS:
-        problems.append(f'--decoder: unknown decoder "{decoder}"{did_you_mean(decoder, DECODERS)}; choose one of {", ".join(DECODERS)}')
-    if temperature <= 0:
-        problems.append(f"--temperature: expected a number > 0, got {temperature}")
-    if samples is not None and samples < 1:
-        problems.append(f"--samples: expected an integer >= 1, got {samples}")
-    if budget is not None and budget < 1:
-        problems.append(f"--budget: expected an integer >= 1 scorer call per context, got {budget}")
+        problems.insert(0, f'--out: unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}')
     if problems:
         raise InputError("generate", problems)
-    missing = [str(run / f) for f in ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json")
-               if not (run / f).is_file()]
-    if missing:
-        raise InputError(str(run), [f"missing run file {m}" + (" (written by choicegrad fit)" if "generator" in m else "")
-                                    for m in missing])
-    scorer = Scorer.load(run, device)
-    if beta is not None:
-        scorer.beta = beta
-    gen, meta = generators.load(run, device)
-    if meta.get("shape", {}).get("sizes") != scorer.space.sizes:
-        raise InputError(str(run), ["generator.json and scorer.json describe different choice spaces"])
-    fixed = _parse_fixes(fix or [], scorer.space)
-    ctx_cols = [c.name for c in scorer.context.columns]
-    if not ctx_cols:
-        if contexts is not None:
+    with as_flags(GENERATE_FLAGS):
+        loaded = Run.load(run, device)
+        if contexts is not None and not loaded.context_columns:
             typer.echo(f"warning: the run has no context columns; {contexts} is ignored", err=True)
-        frame = pd.DataFrame(index=range(1))
-        ctx = TableContext.empty(1)
-    else:
-        source = contexts if contexts is not None else run / "contexts.csv"
-        if contexts is None and not source.is_file():
-            raise InputError(str(run), [f"missing run file {source}; pass --contexts"])
-        frame = read_table(source)
-        if len(frame) == 0:
-            raise InputError(str(source), ["the table has no rows"])
-        ctx = TableContext(*scorer.context.encode(frame, str(source)))   # unknown values: InputError
-        frame = frame[ctx_cols].reset_index(drop=True)
-    ctx = ctx.to(device)
-    rng = torch.Generator(device=device).manual_seed(seed)
-    try:
-        cands = decode(decoder, gen, TableObjective(scorer), ctx, top_k, fixed=fixed, temperature=temperature,
-                       samples=samples, generator=rng,
-                       budget=budget if budget is not None or samples is not None else default_budget(top_k))
-    except ValueError as exc:  # e.g. exhaustive on a space too large to enumerate
-        raise InputError("--decoder", [str(exc)]) from None
-    result = candidates_frame(scorer.space, cands, frame if ctx_cols else None)
-    valid = cands.valid.cpu().numpy()
+        result = loaded.generate(contexts, k=top_k, decoder=decoder, fix=fix, temperature=temperature,
+                                 samples=samples, budget=budget, beta=beta, seed=seed)
+    stats, result.attrs = result.attrs, {}   # the counts are printed, not written into the table
     write_table(result, out)
-    short = int((valid.sum(1) < top_k).sum())
-    if short:
-        typer.echo(f"warning: {short} context(s) got fewer than {top_k} rows: the space (with --fix) is smaller", err=True)
-    typer.echo(f"generated {len(result)} rows for {len(frame)} context(s) with {decoder} in "
-               f"{time.perf_counter() - start:.1f} s ({cands.scorer_calls} scorer calls) -> {out}")
+    if stats["short"]:
+        typer.echo(f"warning: {stats['short']} context(s) got fewer than {top_k} rows: the space (with --fix) is smaller",
+                   err=True)
+    typer.echo(f"generated {len(result)} rows for {stats['contexts']} context(s) with {decoder} in "
+               f"{time.perf_counter() - start:.1f} s ({stats['scorer_calls']} scorer calls) -> {out}")
 
 
 @app.command("demo", epilog="Example: choicegrad demo --out runs/demo")

@@ -14,14 +14,12 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from choicegrad import generators
 from choicegrad.bench.tasks import PottsTask
 from choicegrad.bench.tasks.registry import SHARED_DATA_DIR
 from choicegrad.io import read_table
-from choicegrad.decoding import candidates_frame, decode, default_budget
-from choicegrad.generators import TableContext, TableObjective
-from choicegrad.scorer.model import Scorer
-from choicegrad.training.loop import fit_run
+from choicegrad.run import Run, TableSpec
+from choicegrad.scorer.fit import ScorerFit
+from choicegrad.training.loop import GeneratorFit
 
 SHARED_PARD3 = SHARED_DATA_DIR / "pard3.parquet"
 TOP_K = 5
@@ -57,22 +55,18 @@ def run_demo(out: Path, data: Path | None = None, echo: Callable[[str], None] = 
         for name, m in metrics.items():
             echo(f"{name:<14}{m['n']:>7}{m['r2']:>8.3f}{m['spearman']:>10.3f}")
 
-    config = fit_run(table, features, "y", context, out, train_quantile=0.5, scorer_epochs=40, steps=400,
-                     max_minutes=1.5, echo=echo, progress=False, on_scorer=show)
-
-    scorer = Scorer.load(out)
-    gen, _ = generators.load(out)
-    contexts = read_table(out / "contexts.csv")
-    ctx = TableContext(*scorer.context.encode(contexts))
-    cands = decode("polish", gen, TableObjective(scorer), ctx, TOP_K, budget=default_budget(TOP_K))
-    found = candidates_frame(scorer.space, cands, contexts)
+    run = Run.fit(table, out, TableSpec(features=features, score="y", context=context, train_quantile=0.5),
+                  scorer_fit=ScorerFit(epochs=40), generator_fit=GeneratorFit(steps=400, beta=0.0),
+                  max_minutes=1.5, echo=echo, progress=False, on_scorer=show)
+    found = run.generate(k=TOP_K, decoder="polish")
+    scorer_calls = found.attrs["scorer_calls"]
     keys = [context, *features]
     truth = full[keys + ["y"]].astype({c: str for c in keys})
     found = found.astype({c: str for c in keys}).merge(truth, on=keys, how="left")
     stats = truth.groupby(context)["y"].agg(["min", "max", "median"])
     found["normalised"] = (found["y"] - found[context].map(stats["min"])) / (
         found[context].map(stats["max"]) - found[context].map(stats["min"]))
-    echo(f"\ngenerated with `choicegrad generate {out} --top-k {TOP_K}` (decoder polish, {cands.scorer_calls} scorer "
+    echo(f"\ngenerated with `choicegrad generate {out} --top-k {TOP_K}` (decoder polish, {scorer_calls} scorer "
          f"calls); true = lookup in the full landscape, normalised = (y - min) / (max - min) per {context}")
     summary = {}
     for value, group in found.groupby(context, sort=False):
@@ -83,4 +77,4 @@ def run_demo(out: Path, data: Path | None = None, echo: Callable[[str], None] = 
         for _, r in group.iterrows():
             echo(f"  {r['rank']:>4}  {' '.join(r[f] for f in features):<12}{r['score']:>10.3f}{r['y']:>9.3f}{r['normalised']:>12.3f}")
         summary[value] = {"top1": float(group["normalised"].iloc[0]), "max": float(group["normalised"].max())}
-    return {"scorer": config["scorer_metrics"], "generated": summary}
+    return {"scorer": run.config["scorer_metrics"], "generated": summary}

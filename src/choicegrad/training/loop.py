@@ -18,9 +18,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
-import numpy as np
 import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
@@ -255,77 +254,3 @@ def fit_table_generator(scorer, data: TableData, config=None, fit: Optional[Gene
     return fit_generator(gen, TableObjective(scorer, beta=fit.beta), contexts, fit, run_dir=run_dir, progress=progress,
                          aligner=aligner)
 
-
-def fit_run(data, features, score: str, context, out: str | Path, *, generator: str = "autoregressive",
-            method: str = "reinforce", seed: int = 0, max_minutes: Optional[float] = None,
-            train_quantile: Optional[float] = None, steps: Optional[int] = None, entropy: Optional[float] = None,
-            ensemble: int = 1, beta: float = 0.0, scorer_epochs: Optional[int] = None, device: str = "cpu",
-            echo: Callable[[str], None] = print, progress: Optional[bool] = None,
-            on_scorer: Optional[Callable[[dict], None]] = None) -> dict:
-    """What `choicegrad fit` does: table -> scorer -> generator, everything written to RUN.
-
-    data: path or DataFrame; features/score/context as in load_table. With train_quantile, only the
-    rows below that score quantile of their context are used (the rest is reported as 'upper').
-    max_minutes bounds the whole fit (half for the scorer, the rest for the generator).
-    RUN gets scorer.{safetensors,json}, generator.{safetensors,json}, contexts.csv (distinct
-    training contexts, when there are context columns), metrics.csv and config.json (resolved
-    settings and results). on_scorer(metrics) is called once the scorer is fitted. Returns the config.
-    """
-    import json
-
-    from choicegrad import io as checkpoint
-    from choicegrad import generators
-    from choicegrad.data.split import hold_out_upper
-    from choicegrad.data.table import load_table
-    from choicegrad.io import write_table
-    from choicegrad.scorer.fit import ScorerFit, fit_scorer
-
-    start = time.perf_counter()
-    out = Path(out)
-    table = load_table(data, features, score, context)
-    for note in table.warnings:
-        echo(f"warning: {note}")
-    table, extra = hold_out_upper(table, train_quantile)
-    scorer_cfg = ScorerFit(ensemble=ensemble, beta=beta, seed=seed, epochs=scorer_epochs, device=device,
-                           max_minutes=None if max_minutes is None else max_minutes / 2)
-    result = fit_scorer(table, scorer_cfg, extra_eval=extra, progress=progress)
-    result.scorer.save(out)
-    echo(f"scorer: fitted on {len(table)} rows in {result.seconds:.1f} s")
-    if on_scorer is not None:
-        on_scorer(result.metrics)
-
-    aligner, aligner_info = None, None
-    if method == "aligner":  # the learned similarity the method pulls through, saved with the run
-        from choicegrad.scorer.aligner import AlignerFit, fit_aligner
-
-        left = None if max_minutes is None else max(0.05, (max_minutes - (time.perf_counter() - start) / 60) / 3)
-        al = fit_aligner(result.scorer, table, AlignerFit(seed=seed, max_minutes=left), progress=progress)
-        aligner = al.aligner
-        aligner.save(out)
-        aligner_info = {"config": aligner.config.model_dump(), "seconds": al.seconds,
-                        "final_loss": float(np.mean([h["loss"] for h in al.history[-50:]])) if al.history else None}
-        echo(f"aligner: fitted in {al.seconds:.1f} s")
-    left = None if max_minutes is None else max(0.05, max_minutes - (time.perf_counter() - start) / 60)
-    gen_cfg = generators.GeneratorConfig(kind=generator)
-    fit_cfg = GeneratorFit(method=method, seed=seed, device=device, max_minutes=left, beta=beta,
-                           **({"steps": steps} if steps is not None else {}),
-                           **({"entropy": entropy} if entropy is not None else {}))
-    res = fit_table_generator(result.scorer, table, gen_cfg, fit_cfg, run_dir=out, progress=progress, aligner=aligner)
-    generators.save(res.generator.cpu(), out, {"space": result.scorer.space.model_dump(),
-                                               "context": result.scorer.context.model_dump()})
-    ctx_cols = [c.name for c in result.scorer.context.columns]
-    if ctx_cols:
-        write_table(table.frame[ctx_cols].drop_duplicates().reset_index(drop=True), out / "contexts.csv")
-    config = {"data": str(data) if isinstance(data, (str, Path)) else "DataFrame",
-              "features": result.scorer.space.names, "score": score, "context": ctx_cols,
-              "train_quantile": train_quantile, "rows": len(table), "scorer_fit": scorer_cfg.model_dump(),
-              "scorer_metrics": result.metrics, "scorer_seconds": result.seconds,
-              "generator": gen_cfg.model_dump(), "generator_fit": fit_cfg.model_dump(), "aligner": aligner_info,
-              "generator_training": {"seconds": res.seconds, "scorer_calls": res.scorer_calls,
-                                     "best_validation": res.best_val, "stopped": res.stopped},
-              "seconds": time.perf_counter() - start, "versions": checkpoint.versions()}
-    with checkpoint.atomic_path(out / "config.json") as tmp:
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-    echo(f"generator: {generator} + {method}, {res.seconds:.1f} s, {res.scorer_calls} scorer calls, "
-         f"validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
-    return config

@@ -1,0 +1,336 @@
+"""A run folder: the one way to fit, load and use a scorer + generator (+ aligner) together.
+
+    run = Run.fit("table.csv", "runs/one", TableSpec(features="s?", score="y", context="ctx"),
+                  generator_fit=GeneratorFit(method="reinforce", steps=400))
+    run = Run.load("runs/one")                   # validated: the files belong together
+    top = run.generate(k=10, fix={"s0": "a"})    # DataFrame: context columns, features, score, rank
+
+RUN holds scorer.{safetensors,json}, generator.{safetensors,json}, aligner.{safetensors,json} (the
+`aligner` method only), contexts.csv (distinct training contexts, when there are context columns),
+metrics.csv (generator training) and config.json (resolved settings and results). Errors name the
+library argument (`fix`, `k`, `decoder`, ...) or the file; the CLI maps arguments to its flags.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel
+
+from choicegrad import generators
+from choicegrad import io as checkpoint
+from choicegrad.io import read_table, write_table
+from choicegrad.data import ChoiceSpace, ContextEncoder
+from choicegrad.data.split import hold_out_upper
+from choicegrad.data.table import TableData, load_table
+from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budget
+from choicegrad.errors import InputError, did_you_mean
+from choicegrad.estimators import available
+from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective
+from choicegrad.scorer.aligner import Aligner, AlignerFit, fit_aligner
+from choicegrad.scorer.fit import ScorerFit, fit_scorer
+from choicegrad.scorer.model import Scorer
+from choicegrad.training.loop import GeneratorFit, GeneratorResult, fit_table_generator
+
+RUN_FILES = ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json")
+Fix = Union[Mapping[str, str], Iterable[str], None]
+
+
+class TableSpec(BaseModel):
+    """Which columns of the training table to use (as in load_table), and the offline-design split.
+
+    train_quantile: fit only on the rows below this score quantile of their context (the rest is
+    reported as the 'upper' held-out set)."""
+
+    features: Union[str, list[str]]
+    score: str
+    context: Union[str, list[str], None] = None
+    train_quantile: Optional[float] = None
+
+
+def check_out_dir(out: str | Path, name: str = "out") -> None:
+    """InputError naming `name` when `out` exists and is not a folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(name, [f"{out} exists and is not a folder"])
+
+
+def check_method(method: str, kind: str) -> str:
+    """The normalised estimator name ('st_gumbel' -> 'st-gumbel'); InputError('method/generator')
+    for an unknown method or a generator form other than factorized or autoregressive."""
+    problems = []
+    key = method.strip().lower().replace("_", "-")
+    methods = available()
+    if key not in methods:
+        problems.append(f'unknown method "{method}"{did_you_mean(key, methods)}; choose one of {", ".join(methods)}')
+    if kind not in KINDS or kind == "pointer":
+        problems.append(f'unknown generator "{kind}"{did_you_mean(kind, ["factorized", "autoregressive"])}; '
+                        "choose factorized or autoregressive")
+    if problems:
+        raise InputError("method/generator", problems)
+    return key
+
+
+def generate_problems(k: int, decoder: str, temperature: float, samples: Optional[int],
+                      budget: Optional[int]) -> list[str]:
+    """'argument: problem' lines for bad Run.generate options (empty when all are fine)."""
+    problems = []
+    if k < 1:
+        problems.append(f"k: expected an integer >= 1, got {k}")
+    if decoder not in DECODERS:
+        problems.append(f'decoder: unknown decoder "{decoder}"{did_you_mean(decoder, DECODERS)}; '
+                        f'choose one of {", ".join(DECODERS)}')
+    if temperature <= 0:
+        problems.append(f"temperature: expected a number > 0, got {temperature}")
+    if samples is not None and samples < 1:
+        problems.append(f"samples: expected an integer >= 1, got {samples}")
+    if budget is not None and budget < 1:
+        problems.append(f"budget: expected an integer >= 1 scorer call per context, got {budget}")
+    return problems
+
+
+def _hint(value: str, options: list[str]) -> str:
+    """' (did you mean "x"?)': a case-insensitive match first, else the closest spelling."""
+    same = [o for o in options if o.lower() == value.lower()]
+    return f' (did you mean "{same[0]}"?)' if same else did_you_mean(value, options)
+
+
+def parse_fix(fix: Fix, space: ChoiceSpace) -> Optional[torch.Tensor]:
+    """{'s0': 'A'} or ['s0=A', 's2=C,s3=G'] -> (S,) long, -1 = free (None when nothing is fixed);
+    InputError('fix') listing every bad item."""
+    if not fix:
+        return None
+    if isinstance(fix, Mapping):
+        items = [(f"{name}={label}", str(name), "=", str(label)) for name, label in fix.items()]
+    else:
+        parts = [p for item in ([fix] if isinstance(fix, str) else fix) for p in item.split(",") if p.strip()]
+        items = [(p, *(t.strip() for t in p.partition("="))) for p in parts]
+    fixed = torch.full((space.num_slots,), -1, dtype=torch.long)
+    problems = []
+    for part, name, eq, label in items:
+        if not eq or not name or not label:
+            problems.append(f'"{part}": expected FEATURE=CATEGORY')
+        elif name not in space.names:
+            problems.append(f'unknown feature "{name}"{_hint(name, space.names)}; features: {", ".join(space.names[:12])}')
+        else:
+            cats = space.slots[space.names.index(name)].categories
+            if label not in cats:
+                problems.append(f'feature "{name}" has no category "{label}"{_hint(label, cats)}')
+            else:
+                fixed[space.names.index(name)] = space.index_of(name, label)
+    if problems:
+        raise InputError("fix", problems)
+    return fixed
+
+
+def _check_pair(run_dir: Path, scorer: Scorer, meta: dict) -> None:
+    """InputError naming generator.json unless the generator was trained for this scorer's space and context."""
+    shape, problems = meta.get("shape", {}), []
+    space_ok = shape.get("sizes") == scorer.space.sizes and (
+        "space" not in meta or ChoiceSpace.model_validate(meta["space"]) == scorer.space)
+    if not space_ok:
+        problems.append("generator.json and scorer.json describe different choice spaces")
+    context_ok = (shape.get("cardinalities") == scorer.context.cardinalities
+                  and shape.get("num_numeric") == len(scorer.context.numeric)
+                  and ("context" not in meta or ContextEncoder.model_validate(meta["context"]) == scorer.context))
+    if not context_ok:
+        problems.append("generator.json and scorer.json describe different context columns")
+    if problems:
+        raise InputError(str(run_dir / "generator.json"), problems + [f"{run_dir} mixes files of different runs"])
+
+
+def _read_config(path: Path) -> dict:
+    """config.json as a dict ({} when absent); InputError naming the file when it is not JSON."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(str(path), [f"not valid JSON: {exc}"]) from None
+
+
+def _read_contexts(source: str | Path, scorer: Scorer) -> tuple[pd.DataFrame, TableContext]:
+    """A table of contexts -> (its context columns (N, C), their encoding); InputError naming the file."""
+    frame = read_table(source)
+    if len(frame) == 0:
+        raise InputError(str(source), ["the table has no rows"])
+    ctx = TableContext(*scorer.context.encode(frame, str(source)))   # unknown values: InputError
+    return frame[[c.name for c in scorer.context.columns]].reset_index(drop=True), ctx
+
+
+class Run:
+    """A fitted run folder: scorer, generator, optional aligner, config (config.json as a dict) and
+    the training contexts (contexts.csv as a DataFrame; None without context columns)."""
+
+    def __init__(self, out: Path, scorer: Scorer, generator, aligner: Optional[Aligner] = None,
+                 config: Optional[dict] = None, contexts: Optional[pd.DataFrame] = None,
+                 device: str | torch.device = "cpu"):
+        self.out, self.scorer, self.generator, self.aligner = Path(out), scorer, generator, aligner
+        self.config, self.contexts, self.device = config or {}, contexts, torch.device(device)
+
+    @property
+    def context_columns(self) -> list[str]:
+        return [c.name for c in self.scorer.context.columns]
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
+        """Load and validate RUN onto `device`: the files are present and readable, the generator was
+        trained for the scorer's space and context, contexts.csv encodes. InputError names the file.
+
+            run = Run.load("runs/one", device="cuda")
+        """
+        run_dir = Path(path)
+        missing = [str(run_dir / f) for f in RUN_FILES if not (run_dir / f).is_file()]
+        if missing:
+            raise InputError(str(run_dir), [f"missing run file {m}" + (" (written by choicegrad fit)" if "generator" in m
+                                                                       else "") for m in missing])
+        scorer = Scorer.load(run_dir, device)
+        gen, meta = generators.load(run_dir, device)
+        _check_pair(run_dir, scorer, meta)
+        # the aligner gets its own copy: a fine-tuned aligner replaces the weights of the scorer it is given
+        aligner = Aligner.load(run_dir, copy.deepcopy(scorer), device) if (run_dir / "aligner.json").is_file() else None
+        contexts = None
+        if scorer.context.columns and (run_dir / "contexts.csv").is_file():
+            contexts = _read_contexts(run_dir / "contexts.csv", scorer)[0]
+        return cls(run_dir, scorer, gen, aligner, _read_config(run_dir / "config.json"), contexts, device)
+
+    def _contexts(self, contexts: pd.DataFrame | str | Path | None) -> tuple[Optional[pd.DataFrame], TableContext]:
+        """(context columns or None without context columns, their encoding on the run's device)."""
+        if not self.context_columns:
+            if contexts is not None:
+                warnings.warn(f"the run has no context columns; {contexts if isinstance(contexts, (str, Path)) else 'contexts'}"
+                              " is ignored", UserWarning, stacklevel=3)
+            return None, TableContext.empty(1).to(self.device)
+        if contexts is None:
+            if self.contexts is None:
+                raise InputError("contexts", [f"missing run file {self.out / 'contexts.csv'}; pass a table of contexts"])
+            contexts = self.contexts
+        if isinstance(contexts, (str, Path)):
+            frame, ctx = _read_contexts(contexts, self.scorer)
+        else:
+            if len(contexts) == 0:
+                raise InputError("contexts", ["the table has no rows"])
+            ctx = TableContext(*self.scorer.context.encode(contexts, "contexts"))
+            frame = contexts[self.context_columns].reset_index(drop=True)
+        return frame, ctx.to(self.device)
+
+    def generate(self, contexts: pd.DataFrame | str | Path | None = None, *, k: int = 10, decoder: str = "polish",
+                 fix: Fix = None, temperature: float = 1.0, samples: Optional[int] = None,
+                 budget: Optional[int] = None, beta: Optional[float] = None, seed: int = 0) -> pd.DataFrame:
+        """The top-k distinct rows per context: one row per (context, rank) with the context columns,
+        the features, `score` and `rank` (what `choicegrad generate` writes). Nine arguments: one per
+        flag of `choicegrad generate`.
+
+        contexts: DataFrame or CSV/Parquet path of contexts (None: the run's training contexts);
+        fix: {'feature': 'category'} or ['feature=category', ...]; samples/budget/temperature as in
+        decode (budget None: default_budget(k) unless samples is given); beta overrides the scorer's
+        ensemble pessimism. frame.attrs holds scorer_calls, contexts (count) and short (contexts with
+        fewer than k rows: the space, with `fix`, is smaller).
+
+            run.generate(k=5, decoder="rerank", fix={"s0": "a"})
+        """
+        problems = generate_problems(k, decoder, temperature, samples, budget)
+        if problems:
+            raise InputError("generate", problems)
+        fixed = parse_fix(fix, self.scorer.space)
+        frame, ctx = self._contexts(contexts)
+        rng = torch.Generator(device=self.device).manual_seed(seed)
+        try:
+            cands = decode(decoder, self.generator, TableObjective(self.scorer, beta=beta), ctx, k, fixed=fixed,
+                           temperature=temperature, samples=samples, generator=rng,
+                           budget=budget if budget is not None or samples is not None else default_budget(k))
+        except ValueError as exc:  # e.g. exhaustive on a space too large to enumerate
+            raise InputError("decoder", [str(exc)]) from None
+        result = candidates_frame(self.scorer.space, cands, frame)
+        result.attrs.update(scorer_calls=int(cands.scorer_calls), contexts=len(ctx),
+                            short=int((cands.valid.cpu().numpy().sum(1) < k).sum()))
+        return result
+
+    @classmethod
+    def fit(cls, data: str | Path | pd.DataFrame, out: str | Path, table: TableSpec, *,
+            generator: str = "autoregressive", scorer_fit: Optional[ScorerFit] = None,
+            generator_fit: Optional[GeneratorFit] = None, max_minutes: Optional[float] = None,
+            echo: Callable[[str], None] = print, progress: Optional[bool] = None,
+            on_scorer: Optional[Callable[[dict], None]] = None) -> Run:
+        """Table -> scorer -> (aligner) -> generator, everything written to `out`; returns Run.load(out).
+
+        generator: 'autoregressive' or 'factorized'; scorer_fit/generator_fit: how to fit each (seed,
+        device and beta are set in each). max_minutes bounds the whole fit (half for the scorer, the
+        rest for the generator) and overrides their own limits. echo gets the progress lines,
+        on_scorer(metrics) the scorer's held-out metrics. Ten arguments: the three option objects
+        plus output callbacks.
+
+            Run.fit("t.csv", "runs/one", TableSpec(features="s?", score="y", context="ctx", train_quantile=0.5),
+                    scorer_fit=ScorerFit(seed=1), generator_fit=GeneratorFit(method="st-gumbel", seed=1))
+        """
+        start = time.perf_counter()
+        scorer_fit, generator_fit = scorer_fit or ScorerFit(), generator_fit or GeneratorFit()
+        generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, generator)})
+        check_out_dir(out)
+        out = Path(out)
+        data_table = load_table(data, table.features, table.score, table.context)
+        for note in data_table.warnings:
+            echo(f"warning: {note}")
+        data_table, extra = hold_out_upper(data_table, table.train_quantile)
+        if max_minutes is not None:
+            scorer_fit = scorer_fit.model_copy(update={"max_minutes": max_minutes / 2})
+        result = fit_scorer(data_table, scorer_fit, extra_eval=extra, progress=progress)
+        result.scorer.save(out)
+        echo(f"scorer: fitted on {len(data_table)} rows in {result.seconds:.1f} s")
+        if on_scorer is not None:
+            on_scorer(result.metrics)
+        aligner, aligner_info = None, None
+        if generator_fit.method == "aligner":  # the learned similarity the method pulls through, saved with the run
+            aligner, aligner_info = _fit_aligner(result.scorer, data_table, out, generator_fit.seed,
+                                                 _minutes_left(max_minutes, start, 3), progress, echo)
+        if max_minutes is not None:
+            generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, start, 1)})
+        gen_cfg = GeneratorConfig(kind=generator)
+        res = fit_table_generator(result.scorer, data_table, gen_cfg, generator_fit, run_dir=out, progress=progress,
+                                  aligner=aligner)
+        generators.save(res.generator.cpu(), out, {"space": result.scorer.space.model_dump(),
+                                                   "context": result.scorer.context.model_dump()})
+        ctx_cols = [c.name for c in result.scorer.context.columns]
+        if ctx_cols:
+            write_table(data_table.frame[ctx_cols].drop_duplicates().reset_index(drop=True), out / "contexts.csv")
+        config = {"data": str(data) if isinstance(data, (str, Path)) else "DataFrame",
+                  "features": result.scorer.space.names, "score": table.score, "context": ctx_cols,
+                  "train_quantile": table.train_quantile, "rows": len(data_table), "scorer_fit": scorer_fit.model_dump(),
+                  "scorer_metrics": result.metrics, "scorer_seconds": result.seconds,
+                  "generator": gen_cfg.model_dump(), "generator_fit": generator_fit.model_dump(), "aligner": aligner_info,
+                  "generator_training": _training_summary(res),
+                  "seconds": time.perf_counter() - start, "versions": checkpoint.versions()}
+        with checkpoint.atomic_path(out / "config.json") as tmp:
+            tmp.write_text(json.dumps(config, indent=2) + "\n")
+        echo(f"generator: {generator} + {generator_fit.method}, {res.seconds:.1f} s, {res.scorer_calls} scorer calls, "
+             f"validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
+        return cls.load(out)
+
+
+def _minutes_left(max_minutes: Optional[float], start: float, share: int) -> Optional[float]:
+    """1/share of the minutes left of max_minutes since `start` (at least 0.05); None without a limit."""
+    return None if max_minutes is None else max(0.05, (max_minutes - (time.perf_counter() - start) / 60) / share)
+
+
+def _training_summary(res: GeneratorResult) -> dict:
+    return {"seconds": res.seconds, "scorer_calls": res.scorer_calls, "best_validation": res.best_val,
+            "stopped": res.stopped}
+
+
+def _fit_aligner(scorer: Scorer, data: TableData, out: Path, seed: int, minutes: Optional[float],
+                 progress: Optional[bool], echo: Callable[[str], None]) -> tuple[Aligner, dict]:
+    """Fit and save the aligner the `aligner` method needs; (aligner, its config.json entry)."""
+    al = fit_aligner(scorer, data, AlignerFit(seed=seed, max_minutes=minutes), progress=progress)
+    al.aligner.save(out)
+    echo(f"aligner: fitted in {al.seconds:.1f} s")
+    return al.aligner, {"config": al.aligner.config.model_dump(), "seconds": al.seconds,
+                        "final_loss": float(np.mean([h["loss"] for h in al.history[-50:]])) if al.history else None}
