@@ -62,12 +62,11 @@ class AlignerMethod(Estimator):
         if positives.dim() != 3 or negatives.dim() != 3 or positives.shape[0] != B or negatives.shape[0] != B:
             raise ValueError(f"positives and negatives must be (B={B}, P, D) and (B={B}, N, D), got "
                              f"{tuple(positives.shape)} and {tuple(negatives.shape)}")
-        x, index = policy.relaxed(self.relaxation, check_tau(tau if tau is not None else self.tau), generator)
+        x, index, ent = policy.relaxed(self.relaxation, check_tau(tau if tau is not None else self.tau), generator)
         loss = aligner_loss(embed(x), positives.detach(), negatives.detach(), self.temperature).mean()
         scores = call_scorer(score_fn, x, grad=self.score_weight > 0)
         if self.score_weight > 0:
             loss = loss - self.score_weight * scores.mean()
-        ent = policy.entropy(index[:, None])
         return EstimatorOutput(sample=index, samples=index.unsqueeze(1), scores=scores.detach().unsqueeze(1),
                                loss=loss, scorer_calls=B, entropy=ent,
                                stats={**score_stats(scores.unsqueeze(1), ent), "aligner_loss": float(loss.detach())})

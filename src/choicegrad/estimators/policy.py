@@ -44,9 +44,10 @@ class Policy(Protocol):
         (B, M, S) bool (default: all) -> (B, M). Fixed slots are deterministic and left out."""
 
     def relaxed(self, method: str, tau: float, generator: Optional[torch.Generator] = None,
-                k: int = 10) -> tuple[Tensor, Tensor]:
+                k: int = 10) -> tuple[Tensor, Tensor, Tensor]:
         """One row per context carrying `method`'s pathwise gradient (see `select`): x (B, S, V)
-        float (one-hot forward for st-style methods, soft for soft/gumbel) and index (B, S) long."""
+        float (one-hot forward for st-style methods, soft for soft/gumbel), index (B, S) long, and the
+        differentiable entropy (B,) of the conditionals the row was drawn from (free slots)."""
 
     def entropy(self, rows: Tensor) -> Tensor:
         """Differentiable entropy estimate (nats) per context (B,): exact for independent slots;
@@ -114,12 +115,12 @@ class LogitsPolicy:
         return torch.where(keep, lp, torch.zeros_like(lp)).sum(-1)
 
     def relaxed(self, method: str, tau: float, generator: Optional[torch.Generator] = None,
-                k: int = 10) -> tuple[Tensor, Tensor]:
+                k: int = 10) -> tuple[Tensor, Tensor, Tensor]:
         x = select(self.theta, method, tau, generator=generator, k=k)
         index = self.keep_fixed(x.detach().argmax(-1))
         if not bool(self.free.all()):
             x = torch.where(self.free[..., None], x, one_hot(index, x.shape[-1]).to(x.dtype))
-        return x, index
+        return x, index, self.entropy()
 
     def entropy(self, rows: Optional[Tensor] = None) -> Tensor:
         logp = torch.log_softmax(self.theta, -1)

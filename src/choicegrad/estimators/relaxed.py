@@ -30,9 +30,8 @@ class _Relaxed(Estimator):
                  tau: Optional[float] = None) -> EstimatorOutput:
         tau = self.tau if tau is None else check_tau(tau)
         B, S, V = policy.mask.shape
-        x, index = policy.relaxed(self.name, tau, generator, k=getattr(self, "k", 10))   # k: gumbel-rao draws
+        x, index, ent = policy.relaxed(self.name, tau, generator, k=getattr(self, "k", 10))   # k: gumbel-rao draws
         scores = call_scorer(score_fn, x, grad=True)                       # (B,)
-        ent = policy.entropy(index[:, None])
         stats = score_stats(scores, ent)
         stats["tau"] = tau
         calls = B

@@ -52,9 +52,12 @@ class SequentialPolicy:
         return torch.where(keep, lp, torch.zeros_like(lp)).sum(-1)
 
     def relaxed(self, method: str, tau: float, generator: Optional[torch.Generator] = None,
-                k: int = 10) -> tuple[Tensor, Tensor]:
-        x, index, _ = self.gen.relaxed_sample(self.ctx, method, tau, fixed=self._pinned(), generator=generator, k=k)
-        return x, index
+                k: int = 10) -> tuple[Tensor, Tensor, Tensor]:
+        x, index, logits = self.gen.relaxed_sample(self.ctx, method, tau, fixed=self._pinned(), generator=generator,
+                                                   k=k)
+        logp = masked_log_softmax(logits)                  # the conditionals along the relaxed prefix
+        h = -(logp.exp() * logp).sum(-1)
+        return x, index, torch.where(self.free, h, torch.zeros_like(h)).sum(-1)
 
     def entropy(self, rows: Tensor) -> Tensor:
         _, h = self._slot_terms(rows.clamp(min=0))
