@@ -126,7 +126,7 @@ def test_pathwise_forward_rows_are_exact_draws_of_the_sequential_policy(name):
     batch = ctx.repeat_interleave(20_000)
     out = E.get(name)(policy_of(gen, batch), f, generator=torch.Generator().manual_seed(1))
     rows = E.enumerate_rows(S, V)
-    p = policy_of(gen, ctx).log_prob(rows[None])[0].exp()                  # (R,)
+    p = policy_of(gen, ctx).log_prob(rows[None])[0].exp().detach()         # (R,)
     codes = (out.sample * torch.tensor([V * V, V, 1])).sum(-1)
     freq = torch.bincount(codes, minlength=len(rows)).float() / len(codes)
     assert float((freq - p).abs().max()) < 0.015
