@@ -1,0 +1,117 @@
+"""choicegrad.run.Run: fit writes the run folder, load validates it, generate matches `choicegrad generate`."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from choicegrad.bench.tasks import PottsTask
+from choicegrad.errors import InputError
+from choicegrad.run import Run, TableSpec, parse_fix
+from choicegrad.scorer.fit import ScorerFit
+from choicegrad.training.loop import GeneratorFit
+
+SPEC = TableSpec(features="s?", score="y", context="ctx")
+
+
+def fit(table, out, seed=1):
+    lines = []
+    run = Run.fit(table, out, SPEC, scorer_fit=ScorerFit(epochs=4, seed=seed),
+                  generator_fit=GeneratorFit(steps=40, seed=seed, beta=0.0), echo=lines.append, progress=False)
+    return run, lines
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    PottsTask(slots=3, vocab=4, contexts=2, seed=0).table(n=400, seed=1).to_csv(tmp / "table.csv", index=False)
+    run, lines = fit(tmp / "table.csv", tmp / "run")
+    return run, lines
+
+
+def test_fit_writes_the_run_and_returns_it_loaded(fitted, potts_csv, tmp_path):
+    run, lines = fitted
+    names = {p.name for p in run.out.iterdir()}
+    assert {"scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json", "config.json",
+            "metrics.csv", "contexts.csv"} <= names
+    assert lines[0].startswith("scorer: fitted on 400 rows") and lines[-1].startswith("generator: autoregressive + reinforce")
+    assert run.config == json.loads((run.out / "config.json").read_text())
+    assert run.config["generator_fit"]["steps"] == 40 and run.config["scorer_fit"]["epochs"] == 4
+    assert run.context_columns == ["ctx"] and sorted(run.contexts.ctx) == ["c0", "c1"] and run.aligner is None
+    # the conftest table fits the same way (a DataFrame is recorded as such)
+    again, _ = fit(pd.read_csv(potts_csv), tmp_path / "run")
+    assert again.config["data"] == "DataFrame" and again.config["rows"] == 400
+
+
+def test_load_round_trip_generates_the_same_rows(fitted):
+    run, _ = fitted
+    loaded = Run.load(run.out)
+    first, second = run.generate(k=4), loaded.generate(k=4)
+    pd.testing.assert_frame_equal(first, second)
+    assert list(first.columns) == ["ctx", "s0", "s1", "s2", "score", "rank"] and len(first) == 8
+    assert first.attrs["contexts"] == 2 and first.attrs["short"] == 0 and first.attrs["scorer_calls"] > 0
+
+
+def test_generate_with_fix_and_given_contexts(fitted):
+    run, _ = fitted
+    frame = run.generate(pd.DataFrame({"ctx": ["c1", "c0"], "note": ["x", "y"]}), k=3, decoder="rerank",
+                         fix={"s1": "b"})
+    assert list(frame.ctx) == ["c1"] * 3 + ["c0"] * 3 and (frame.s1 == "b").all()
+    same = run.generate(pd.DataFrame({"ctx": ["c1", "c0"]}), k=3, decoder="rerank", fix=["s1=b"])
+    pd.testing.assert_frame_equal(frame, same)
+
+
+@pytest.mark.parametrize("fix, needle", [({"s9": "a"}, 'unknown feature "s9"'), ({"s1": "A"}, 'did you mean "a"'),
+                                         (["s1"], '"s1": expected FEATURE=CATEGORY')])
+def test_bad_fix_names_the_argument(fitted, fix, needle):
+    with pytest.raises(InputError) as exc:
+        fitted[0].generate(k=2, fix=fix)
+    assert exc.value.source == "fix" and needle in str(exc.value)
+
+
+def test_bad_options_name_the_arguments(fitted):
+    with pytest.raises(InputError) as exc:
+        fitted[0].generate(k=0, decoder="beam", budget=0)
+    assert [p.split(":")[0] for p in exc.value.problems] == ["k", "decoder", "budget"]
+
+
+def test_parse_fix_dict_and_strings_agree(fitted):
+    space = fitted[0].scorer.space
+    assert torch.equal(parse_fix({"s0": "a", "s2": "c"}, space), parse_fix(["s0=a,s2=c"], space))
+    assert parse_fix(None, space) is None
+
+
+def test_load_refuses_files_of_two_runs(fitted, tmp_path):
+    run, _ = fitted
+    PottsTask(slots=3, vocab=3, contexts=2, seed=0).table(n=200, seed=1).to_csv(tmp_path / "small.csv", index=False)
+    other, _ = fit(tmp_path / "small.csv", tmp_path / "other")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(run.out, mixed)
+    for name in ("generator.json", "generator.safetensors"):
+        shutil.copy(other.out / name, mixed / name)
+    with pytest.raises(InputError) as exc:
+        Run.load(mixed)
+    assert exc.value.source == str(mixed / "generator.json")
+    assert "different choice spaces" in str(exc.value)
+
+
+def test_load_names_missing_and_broken_files(fitted, tmp_path):
+    run, _ = fitted
+    with pytest.raises(InputError, match="missing run file .*generator.json"):
+        Run.load(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(run.out, broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(InputError) as exc:
+        Run.load(broken)
+    assert exc.value.source == str(broken / "config.json")
+    (broken / "config.json").unlink()
+    (broken / "contexts.csv").write_text("ctx\nc9\n")
+    with pytest.raises(InputError, match="c9"):
+        Run.load(broken)
+    (broken / "contexts.csv").unlink()
+    with pytest.raises(InputError) as exc:
+        Run.load(broken).generate(k=2)
+    assert exc.value.source == "contexts" and "contexts.csv" in str(exc.value)
