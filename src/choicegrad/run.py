@@ -120,7 +120,8 @@ def parse_fix(fix: Fix, space: ChoiceSpace) -> Optional[torch.Tensor]:
         if not eq or not name or not label:
             problems.append(f'"{part}": expected FEATURE=CATEGORY')
         elif name not in space.names:
-            problems.append(f'unknown feature "{name}"{_hint(name, space.names)}; features: {", ".join(space.names[:12])}')
+            problems.append(f'unknown feature "{name}"{_hint(name, space.names)}; '
+                            f'features: {", ".join(space.names[:12])}')
         else:
             cats = space.slots[space.names.index(name)].categories
             if label not in cats:
@@ -191,8 +192,8 @@ class Run:
         run_dir = Path(path)
         missing = [str(run_dir / f) for f in RUN_FILES if not (run_dir / f).is_file()]
         if missing:
-            raise InputError(str(run_dir), [f"missing run file {m}" + (" (written by choicegrad fit)" if "generator" in m
-                                                                       else "") for m in missing])
+            hint = " (written by choicegrad fit)"
+            raise InputError(str(run_dir), [f"missing run file {m}" + (hint if "generator" in m else "") for m in missing])
         scorer = Scorer.load(run_dir, device)
         gen, meta = generators.load(run_dir, device)
         _check_pair(run_dir, scorer, meta)
@@ -207,12 +208,13 @@ class Run:
         """(context columns or None without context columns, their encoding on the run's device)."""
         if not self.context_columns:
             if contexts is not None:
-                warnings.warn(f"the run has no context columns; {contexts if isinstance(contexts, (str, Path)) else 'contexts'}"
-                              " is ignored", UserWarning, stacklevel=3)
+                name = contexts if isinstance(contexts, (str, Path)) else "contexts"
+                warnings.warn(f"the run has no context columns; {name} is ignored", UserWarning, stacklevel=3)
             return None, TableContext.empty(1).to(self.device)
         if contexts is None:
             if self.contexts is None:
-                raise InputError("contexts", [f"missing run file {self.out / 'contexts.csv'}; pass a table of contexts"])
+                missing = self.out / "contexts.csv"
+                raise InputError("contexts", [f"missing run file {missing}; pass a table of contexts"])
             contexts = self.contexts
         if isinstance(contexts, (str, Path)):
             frame, ctx = _read_contexts(contexts, self.scorer)
@@ -304,9 +306,10 @@ class Run:
             write_table(data_table.frame[ctx_cols].drop_duplicates().reset_index(drop=True), out / "contexts.csv")
         config = {"data": str(data) if isinstance(data, (str, Path)) else "DataFrame",
                   "features": result.scorer.space.names, "score": table.score, "context": ctx_cols,
-                  "train_quantile": table.train_quantile, "rows": len(data_table), "scorer_fit": scorer_fit.model_dump(),
-                  "scorer_metrics": result.metrics, "scorer_seconds": result.seconds,
-                  "generator": gen_cfg.model_dump(), "generator_fit": generator_fit.model_dump(), "aligner": aligner_info,
+                  "train_quantile": table.train_quantile, "rows": len(data_table),
+                  "scorer_fit": scorer_fit.model_dump(), "scorer_metrics": result.metrics,
+                  "scorer_seconds": result.seconds, "generator": gen_cfg.model_dump(),
+                  "generator_fit": generator_fit.model_dump(), "aligner": aligner_info,
                   "generator_training": _training_summary(res),
                   "seconds": time.perf_counter() - start, "versions": checkpoint.versions()}
         with checkpoint.atomic_path(out / "config.json") as tmp:
