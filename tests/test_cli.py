@@ -43,7 +43,7 @@ def test_fit_scorer_then_score(runner, tmp_path, potts_csv, potts_frame):
     assert res.exit_code == 0, res.output
     assert "Spearman" in res.output and "test" in res.output
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert files == ["scorer.json", "scorer.safetensors", "scorer_metrics.json"]
+    assert files == ["run.json", "scorer.json", "scorer.safetensors", "scorer_metrics.json"]
     meta = json.loads((tmp_path / "run" / "scorer.json").read_text())
     assert meta["space"]["slots"][0]["name"] == "s0" and meta["versions"]["choicegrad"] == __version__
 
@@ -137,6 +137,9 @@ def test_score_missing_run_files(runner, tmp_path, potts_csv):
 
 def test_score_rejects_corrupt_checkpoint(runner, tmp_path, fitted, potts_csv):
     (fitted / "scorer.safetensors").write_bytes(b"\x00garbage")
+    res = run(runner, "score", fitted, potts_csv, "--out", tmp_path / "out.csv")
+    assert_input_error(res, "scorer.safetensors does not belong to run")      # run.json's sha256 differs
+    (fitted / "run.json").unlink()                                            # a folder without a manifest
     res = run(runner, "score", fitted, potts_csv, "--out", tmp_path / "out.csv")
     assert_input_error(res, "not a valid safetensors file")
 

@@ -143,6 +143,9 @@ def test_generate_corrupt_generator(fitted, tmp_path):
         (broken / p.name).write_bytes(p.read_bytes())
     (broken / "generator.safetensors").write_bytes(b"\x00junk")
     res = run("generate", broken, "--out", tmp_path / "out.csv")
+    assert_input_error(res, "generator.safetensors does not belong to run")   # run.json's sha256 differs
+    (broken / "run.json").unlink()                                           # a folder without a manifest
+    res = run("generate", broken, "--out", tmp_path / "out.csv")
     assert_input_error(res, "not a valid safetensors file")
     assert not (tmp_path / "out.csv").exists()
 

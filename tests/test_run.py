@@ -91,6 +91,9 @@ def test_load_refuses_files_of_two_runs(fitted, tmp_path):
     shutil.copytree(run.out, mixed)
     for name in ("generator.json", "generator.safetensors"):
         shutil.copy(other.out / name, mixed / name)
+    with pytest.raises(InputError, match="generator.json does not belong to run"):
+        Run.load(mixed)                       # run.json lists the sha256 of the run's own files
+    (mixed / "run.json").unlink()             # without a manifest, the spaces still have to match
     with pytest.raises(InputError) as exc:
         Run.load(mixed)
     assert exc.value.source == str(mixed / "generator.json")
@@ -103,6 +106,11 @@ def test_load_names_missing_and_broken_files(fitted, tmp_path):
         Run.load(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(run.out, broken)
+    (broken / "contexts.csv").write_text("ctx\nc9\n")
+    with pytest.raises(InputError, match="contexts.csv does not belong to run"):
+        Run.load(broken)
+    (broken / "run.json").unlink()            # the checks below are those of a folder without a manifest
+    shutil.copy(run.out / "contexts.csv", broken / "contexts.csv")
     (broken / "config.json").write_text("{not json")
     with pytest.raises(InputError) as exc:
         Run.load(broken)

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from choicegrad import __version__
-from choicegrad.errors import InputError
+from choicegrad.errors import InputError, Interrupted
 
 # Commands import the library inside their bodies so that `choicegrad --help` does not wait for torch.
 
@@ -41,7 +41,8 @@ def _require_bench() -> None:
 
 
 def user_errors(fn):
-    """Bad input -> a message on stderr and exit code 2, no traceback."""
+    """Bad input -> a message on stderr and exit code 2; Ctrl-C / SIGTERM -> a message and exit code
+    128 + signal number (130, 143); never a traceback for either."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -51,6 +52,12 @@ def user_errors(fn):
                 return fn(*args, **kwargs)
         except InputError as exc:
             _fail(str(exc))
+        except Interrupted as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(128 + exc.signum) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -80,6 +87,11 @@ FEATURES = typer.Option("--features", "-f", help="Feature columns, comma-separat
 SCORE = typer.Option("--score", "-y", help="Numeric score column (higher is better).")
 CONTEXT = typer.Option("--context", "-c",
                        help="Context columns, comma-separated; append ':num' or ':cat' to override the detected kind.")
+RESUME = typer.Option("--resume", help="Continue an interrupted run of --out from its last checkpoint (same settings); "
+                      "a finished run is left as it is.")
+OVERWRITE = typer.Option("--overwrite", help="Replace the run already in --out (kept until the new one is complete).")
+CHECKPOINT = typer.Option(min=0.0, help="Minutes between checkpoints of long phases (also saved at the end of each "
+                          "phase and on Ctrl-C / SIGTERM).")
 
 
 @app.command("fit-scorer", epilog="Example: choicegrad fit-scorer ../shared/data/tfbind8.parquet "
@@ -102,33 +114,26 @@ def fit_scorer_cmd(
     train_quantile: Annotated[Optional[float], typer.Option(
         help="Fit only on rows below this score quantile of their context; report the rest as 'upper'.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="Time limit for the whole fit (all ensemble members).")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        min=0.01, help="Time limit for the whole fit; ensemble member m of k stops at (m + 1) / k of it.")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    resume: Annotated[bool, RESUME] = False,
+    overwrite: Annotated[bool, OVERWRITE] = False,
+    checkpoint_minutes: Annotated[float, CHECKPOINT] = 2.0,
 ) -> None:
     """Fit a scorer on a table and print its held-out metrics."""
-    from choicegrad.data.split import hold_out_upper
-    from choicegrad.data.table import load_table
+    from choicegrad.run import TableSpec, fit_scorer_run
+    from choicegrad.scorer.fit import ScorerFit
     from choicegrad.scorer.model import ScorerConfig
-    from choicegrad.run import check_out_dir
-    from choicegrad.scorer.fit import ScorerFit, fit_scorer
 
-    check_out_dir(out, "--out")
-    table = load_table(data, features, score, context)
-    for note in table.warnings:
-        typer.echo(f"warning: {note}", err=True)
-    table, extra = hold_out_upper(table, train_quantile)
     cfg = ScorerFit(model=ScorerConfig(pairwise=pairwise), ensemble=ensemble, beta=beta, ranking=ranking,
-                    epochs=epochs, batch_size=batch_size,
-                    seed=seed, max_minutes=max_minutes, device=device)
-    result = fit_scorer(table, cfg, extra_eval=extra)
-    result.scorer.save(out)
-    from choicegrad.io import atomic_path
-
-    with atomic_path(out / "scorer_metrics.json") as tmp:
-        tmp.write_text(json.dumps({"data": str(data), "rows": len(table), "train_quantile": train_quantile,
-                                   "fit": cfg.model_dump(), "metrics": result.metrics,
-                                   "seconds": result.seconds}, indent=2) + "\n")
-    typer.echo(f"fitted on {len(table)} rows in {result.seconds:.1f} s; wrote {out}/scorer.safetensors")
+                    epochs=epochs, batch_size=batch_size, seed=seed, max_minutes=max_minutes, device=device)
+    with as_flags({"out": "--out"}):
+        result = fit_scorer_run(data, out, TableSpec(features=features, score=score, context=context,
+                                                     train_quantile=train_quantile), cfg,
+                                resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
+                                echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
+    typer.echo(f"wrote {out}/scorer.safetensors")
     _echo_metrics(result.metrics)
 
 
@@ -144,12 +149,14 @@ def score_cmd(
 ) -> None:
     """Score rows with a fitted scorer; writes the rows with a 'score' column."""
     from choicegrad.io import TABLE_SUFFIXES, read_table, write_table
+    from choicegrad.runfolder import verify_run
     from choicegrad.scorer.model import Scorer
 
     if out.suffix.lower() not in TABLE_SUFFIXES:
         raise InputError("--out", [f'unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
     if unknown not in ("error", "missing"):
         raise InputError("--unknown", [f'expected "error" or "missing", got "{unknown}"'])
+    verify_run(run)
     scorer = Scorer.load(run)
     if beta is not None:
         scorer.beta = beta
@@ -212,8 +219,14 @@ def fit_cmd(
     beta: Annotated[float, typer.Option(min=0.0, help="Pessimism: the generator maximises mean - beta * std.")] = 0.0,
     scorer_epochs: Annotated[Optional[int], typer.Option(min=1, help="Maximum scorer epochs (default: automatic).")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    resume: Annotated[bool, RESUME] = False,
+    overwrite: Annotated[bool, OVERWRITE] = False,
+    checkpoint_minutes: Annotated[float, CHECKPOINT] = 2.0,
 ) -> None:
-    """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context."""
+    """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context.
+
+    The run is built beside --out and moved into place when complete; Ctrl-C or SIGTERM saves a
+    checkpoint, and the same command with --resume continues from it."""
     from choicegrad.run import Run, TableSpec
     from choicegrad.scorer.fit import ScorerFit
     from choicegrad.training.loop import GeneratorFit
@@ -224,8 +237,8 @@ def fit_cmd(
                 generator=generator, scorer_fit=ScorerFit(ensemble=ensemble, beta=beta, seed=seed, epochs=scorer_epochs,
                                                           device=device),
                 generator_fit=GeneratorFit(method=method, seed=seed, device=device, beta=beta, **gen_options),
-                max_minutes=max_minutes, echo=lambda m: typer.echo(m, err=m.startswith("warning:")),
-                on_scorer=_echo_metrics)
+                max_minutes=max_minutes, resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
+                echo=lambda m: typer.echo(m, err=m.startswith("warning:")), on_scorer=_echo_metrics)
 
 
 @app.command("generate", epilog="Example: choicegrad generate runs/tfbind8 --top-k 128 --out candidates.csv\n\n"

@@ -30,3 +30,17 @@ def show_rows(rows: Sequence[int], limit: int = 5) -> str:
     shown = ", ".join(str(int(r) + 1) for r in rows[:limit])
     more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
     return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM during a fit: the phase `phase` saved a checkpoint in `run` (unless phase is
+    "now": a second signal stopped at once, keeping the last checkpoint). The CLI exits 128 + signum."""
+
+    def __init__(self, signum: int, run, phase: str):
+        import signal
+
+        self.signum, self.run, self.phase = signum, run, phase
+        name = signal.Signals(signum).name
+        saved = ("stopped at once; the last checkpoint is kept" if phase == "now"
+                 else f"checkpoint of the {phase} phase saved")
+        super().__init__(f"interrupted by {name}: {saved} in {run}; run the same command with --resume to continue")

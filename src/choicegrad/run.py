@@ -5,9 +5,11 @@
     run = Run.load("runs/one")                   # validated: the files belong together
     top = run.generate(k=10, fix={"s0": "a"})    # DataFrame: context columns, features, score, rank
 
-RUN holds scorer.{safetensors,json}, generator.{safetensors,json}, aligner.{safetensors,json} (the
-`aligner` method only), contexts.csv (distinct training contexts, when there are context columns),
-metrics.csv (generator training) and config.json (resolved settings and results). Errors name the
+RUN holds scorer.{safetensors,json}, scorer_metrics.json, generator.{safetensors,json},
+aligner.{safetensors,json} and aligner_fit.json (the `aligner` method only), contexts.csv (distinct
+training contexts, when there are context columns), metrics.csv (generator training), config.json
+(resolved settings and results) and run.json (run id and every file's sha256: see
+choicegrad.runfolder for how a run folder is built, locked, resumed and checked). Errors name the
 library argument (`fix`, `k`, `decoder`, ...) or the file; the CLI maps arguments to its flags.
 """
 
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,8 +28,8 @@ import torch
 from pydantic import BaseModel
 
 from choicegrad import generators
-from choicegrad import io as checkpoint
-from choicegrad.io import read_table, write_table
+from choicegrad.checkpoints import CHECKPOINT_MINUTES
+from choicegrad.io import atomic_write_text, read_table, versions, write_table
 from choicegrad.data import ChoiceSpace, ContextEncoder
 from choicegrad.data.split import hold_out_upper
 from choicegrad.data.table import TableData, load_table
@@ -36,12 +37,14 @@ from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budg
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import available
 from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective
+from choicegrad.runfolder import RunWriter, verify_run
 from choicegrad.scorer.aligner import Aligner, AlignerFit, fit_aligner
-from choicegrad.scorer.fit import ScorerFit, fit_scorer
+from choicegrad.scorer.fit import ScorerFit, ScorerResult, fit_scorer
 from choicegrad.scorer.model import Scorer
 from choicegrad.training.loop import GeneratorFit, GeneratorResult, fit_table_generator
 
 RUN_FILES = ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json")
+SCORER_METRICS = "scorer_metrics.json"
 Fix = Union[Mapping[str, str], Iterable[str], None]
 
 
@@ -184,12 +187,16 @@ class Run:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
-        """Load and validate RUN onto `device`: the files are present and readable, the generator was
-        trained for the scorer's space and context, contexts.csv encodes. InputError names the file.
+        """Load and validate RUN onto `device`: the files are present, readable and those of one run
+        (run.json), the generator was trained for the scorer's space and context, contexts.csv
+        encodes. InputError names the file.
 
             run = Run.load("runs/one", device="cuda")
         """
         run_dir = Path(path)
+        if not run_dir.is_dir():
+            raise InputError(str(run_dir), ["no such run folder (written by choicegrad fit)"])
+        verify_run(run_dir)
         missing = [str(run_dir / f) for f in RUN_FILES if not (run_dir / f).is_file()]
         if missing:
             hint = " (written by choicegrad fit)"
@@ -261,67 +268,138 @@ class Run:
     def fit(cls, data: str | Path | pd.DataFrame, out: str | Path, table: TableSpec, *,
             generator: str = "autoregressive", scorer_fit: Optional[ScorerFit] = None,
             generator_fit: Optional[GeneratorFit] = None, max_minutes: Optional[float] = None,
+            resume: bool = False, overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
             echo: Callable[[str], None] = print, progress: Optional[bool] = None,
             on_scorer: Optional[Callable[[dict], None]] = None) -> Run:
-        """Table -> scorer -> (aligner) -> generator, everything written to `out`; returns Run.load(out).
+        """Table -> scorer -> (aligner) -> generator, written to `out` as one run; returns Run.load(out).
 
         generator: 'autoregressive' or 'factorized'; scorer_fit/generator_fit: how to fit each (seed,
-        device and beta are set in each). max_minutes bounds the whole fit (half for the scorer, the
-        rest for the generator) and overrides their own limits. echo gets the progress lines,
-        on_scorer(metrics) the scorer's held-out metrics. Ten arguments: the three option objects
-        plus output callbacks.
+        device and beta are set in each). max_minutes bounds the whole fit (half for the scorer, what
+        is left for the generator) and overrides their own limits. The run is built in a hidden
+        sibling folder and moved into place when complete (choicegrad.runfolder): `overwrite` allows
+        replacing a finished run, `resume` continues an interrupted one from its checkpoints (saved
+        every `checkpoint_minutes`, at the end of each phase and on SIGINT/SIGTERM, which raise
+        Interrupted). echo gets the progress lines, on_scorer(metrics) the scorer's held-out
+        metrics. Thirteen arguments: the three option objects, how the folder is written, and
+        output callbacks.
 
             Run.fit("t.csv", "runs/one", TableSpec(features="s?", score="y", context="ctx", train_quantile=0.5),
                     scorer_fit=ScorerFit(seed=1), generator_fit=GeneratorFit(method="st-gumbel", seed=1))
         """
-        start = time.perf_counter()
         scorer_fit, generator_fit = scorer_fit or ScorerFit(), generator_fit or GeneratorFit()
         generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, generator)})
+        gen_cfg = GeneratorConfig(kind=generator)
         check_out_dir(out)
         out = Path(out)
-        data_table = load_table(data, table.features, table.score, table.context)
-        for note in data_table.warnings:
-            echo(f"warning: {note}")
-        data_table, extra = hold_out_upper(data_table, table.train_quantile)
+        data_table, extra = _load(data, table, echo)
         if max_minutes is not None:
             scorer_fit = scorer_fit.model_copy(update={"max_minutes": max_minutes / 2})
-        result = fit_scorer(data_table, scorer_fit, extra_eval=extra, progress=progress)
-        result.scorer.save(out)
-        echo(f"scorer: fitted on {len(data_table)} rows in {result.seconds:.1f} s")
-        if on_scorer is not None:
-            on_scorer(result.metrics)
-        aligner, aligner_info = None, None
-        if generator_fit.method == "aligner":  # the learned similarity the method pulls through, saved with the run
-            aligner, aligner_info = _fit_aligner(result.scorer, data_table, out, generator_fit.seed,
-                                                 _minutes_left(max_minutes, start, 3), progress, echo)
-        if max_minutes is not None:
-            generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, start, 1)})
-        gen_cfg = GeneratorConfig(kind=generator)
-        res = fit_table_generator(result.scorer, data_table, gen_cfg, generator_fit, run_dir=out, progress=progress,
-                                  aligner=aligner)
-        generators.save(res.generator.cpu(), out, {"space": result.scorer.space.model_dump(),
-                                                   "context": result.scorer.context.model_dump()})
-        ctx_cols = [c.name for c in result.scorer.context.columns]
-        if ctx_cols:
-            write_table(data_table.frame[ctx_cols].drop_duplicates().reset_index(drop=True), out / "contexts.csv")
-        config = {"data": str(data) if isinstance(data, (str, Path)) else "DataFrame",
-                  "features": result.scorer.space.names, "score": table.score, "context": ctx_cols,
-                  "train_quantile": table.train_quantile, "rows": len(data_table),
-                  "scorer_fit": scorer_fit.model_dump(), "scorer_metrics": result.metrics,
-                  "scorer_seconds": result.seconds, "generator": gen_cfg.model_dump(),
-                  "generator_fit": generator_fit.model_dump(), "aligner": aligner_info,
-                  "generator_training": _training_summary(res),
-                  "seconds": time.perf_counter() - start, "versions": checkpoint.versions()}
-        with checkpoint.atomic_path(out / "config.json") as tmp:
-            tmp.write_text(json.dumps(config, indent=2) + "\n")
+        request = _request("fit", data, table, scorer_fit=scorer_fit.model_dump(), generator=gen_cfg.model_dump(),
+                           generator_fit=generator_fit.model_dump())
+        with RunWriter(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
+            for note in w.notes:
+                echo(note)
+            if w.finished:
+                return cls.load(out)
+            with w.checkpoints.catch_signals() as ckpt:
+                result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo)
+                if on_scorer is not None:
+                    on_scorer(result.metrics)
+                aligner, aligner_info = None, None
+                if generator_fit.method == "aligner":  # the learned similarity the method pulls through
+                    aligner, aligner_info = _aligner_phase(w, result.scorer, data_table, generator_fit.seed,
+                                                           _minutes_left(max_minutes, result.seconds, 3),
+                                                           progress, echo)
+                spent = result.seconds + (aligner_info["seconds"] if aligner_info else 0.0)
+                if max_minutes is not None:
+                    generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, spent, 1)})
+                res = fit_table_generator(result.scorer, data_table, gen_cfg, generator_fit, run_dir=w.dir,
+                                          progress=progress, aligner=aligner, checkpoint=ckpt)
+            generators.save(res.generator.cpu(), w.dir, {"space": result.scorer.space.model_dump(),
+                                                         "context": result.scorer.context.model_dump()})
+            ctx_cols = [c.name for c in result.scorer.context.columns]
+            if ctx_cols:
+                write_table(data_table.frame[ctx_cols].drop_duplicates().reset_index(drop=True), w.dir / "contexts.csv")
+            config = {"data": request["data"], "features": result.scorer.space.names, "score": table.score,
+                      "context": ctx_cols, "train_quantile": table.train_quantile, "rows": len(data_table),
+                      "scorer_fit": scorer_fit.model_dump(), "scorer_metrics": result.metrics,
+                      "scorer_seconds": result.seconds, "generator": gen_cfg.model_dump(),
+                      "generator_fit": generator_fit.model_dump(), "aligner": aligner_info,
+                      "generator_training": _training_summary(res),
+                      "seconds": spent + res.seconds, "versions": versions()}
+            atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
+            w.commit()
         echo(f"generator: {generator} + {generator_fit.method}, {res.seconds:.1f} s, {res.scorer_calls} scorer calls, "
              f"validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
         return cls.load(out)
 
 
-def _minutes_left(max_minutes: Optional[float], start: float, share: int) -> Optional[float]:
-    """1/share of the minutes left of max_minutes since `start` (at least 0.05); None without a limit."""
-    return None if max_minutes is None else max(0.05, (max_minutes - (time.perf_counter() - start) / 60) / share)
+def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: TableSpec,
+                   scorer_fit: Optional[ScorerFit] = None, *, resume: bool = False, overwrite: bool = False,
+                   checkpoint_minutes: float = CHECKPOINT_MINUTES, echo: Callable[[str], None] = print,
+                   progress: Optional[bool] = None) -> ScorerResult:
+    """Table -> scorer, written to `out` as one run (scorer.*, scorer_metrics.json, run.json), with
+    the same folder rules, checkpoints and resume as Run.fit. What `choicegrad fit-scorer` does."""
+    scorer_fit = scorer_fit or ScorerFit()
+    check_out_dir(out)
+    out = Path(out)
+    data_table, extra = _load(data, table, echo)
+    request = _request("fit-scorer", data, table, scorer_fit=scorer_fit.model_dump())
+    with RunWriter(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
+        for note in w.notes:
+            echo(note)
+        if w.finished:
+            return _read_scorer_result(out)
+        with w.checkpoints.catch_signals():
+            result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo)
+        w.commit()
+    return result
+
+
+def _load(data: str | Path | pd.DataFrame, table: TableSpec, echo: Callable[[str], None]):
+    """The training table and its held-out upper part, before any folder is touched."""
+    data_table = load_table(data, table.features, table.score, table.context)
+    for note in data_table.warnings:
+        echo(f"warning: {note}")
+    return hold_out_upper(data_table, table.train_quantile)
+
+
+def _request(command: str, data: str | Path | pd.DataFrame, table: TableSpec, **settings) -> dict:
+    """The settings a resumed run must share with its start, the table's identity included."""
+    if isinstance(data, (str, Path)):
+        stat = Path(data).stat()
+        source = {"data": str(data), "data_bytes": stat.st_size, "data_mtime_ns": stat.st_mtime_ns}
+    else:
+        source = {"data": "DataFrame", "data_hash": int(pd.util.hash_pandas_object(data, index=False).sum())}
+    return {"command": command, **source, "table": table.model_dump(), **settings}
+
+
+def _scorer_phase(w: RunWriter, data, data_table: TableData, table: TableSpec, fit: ScorerFit, extra: dict,
+                  progress: Optional[bool], echo: Callable[[str], None]) -> ScorerResult:
+    """Fit the scorer into the run being written (scorer.*, then scorer_metrics.json, which marks the
+    phase done), or read it back when a resumed run has it already."""
+    if w.resuming and (w.dir / SCORER_METRICS).is_file():
+        result = _read_scorer_result(w.dir)
+        echo(f"scorer: resumed, fitted on {len(data_table)} rows in {result.seconds:.1f} s")
+        return result
+    result = fit_scorer(data_table, fit, extra_eval=extra, progress=progress, checkpoint=w.checkpoints)
+    result.scorer.save(w.dir)
+    doc = {"data": str(data) if isinstance(data, (str, Path)) else "DataFrame", "rows": len(data_table),
+           "train_quantile": table.train_quantile, "fit": fit.model_dump(), "metrics": result.metrics,
+           "seconds": result.seconds}
+    atomic_write_text(w.dir / SCORER_METRICS, json.dumps(doc, indent=2) + "\n")
+    echo(f"scorer: fitted on {len(data_table)} rows in {result.seconds:.1f} s")
+    return result
+
+
+def _read_scorer_result(run_dir: Path) -> ScorerResult:
+    doc = _read_config(run_dir / SCORER_METRICS)
+    return ScorerResult(Scorer.load(run_dir), doc.get("metrics", {}), [], float(doc.get("seconds", 0.0)))
+
+
+def _minutes_left(max_minutes: Optional[float], spent: float, share: int) -> Optional[float]:
+    """1/share of the minutes left of max_minutes after `spent` seconds (at least 0.05); None without a limit."""
+    return None if max_minutes is None else max(0.05, (max_minutes - spent / 60) / share)
 
 
 def _training_summary(res: GeneratorResult) -> dict:
@@ -329,11 +407,18 @@ def _training_summary(res: GeneratorResult) -> dict:
             "stopped": res.stopped}
 
 
-def _fit_aligner(scorer: Scorer, data: TableData, out: Path, seed: int, minutes: Optional[float],
-                 progress: Optional[bool], echo: Callable[[str], None]) -> tuple[Aligner, dict]:
-    """Fit and save the aligner the `aligner` method needs; (aligner, its config.json entry)."""
-    al = fit_aligner(scorer, data, AlignerFit(seed=seed, max_minutes=minutes), progress=progress)
-    al.aligner.save(out)
+def _aligner_phase(w: RunWriter, scorer: Scorer, data: TableData, seed: int, minutes: Optional[float],
+                   progress: Optional[bool], echo: Callable[[str], None]) -> tuple[Aligner, dict]:
+    """Fit and save the aligner the `aligner` method needs, or read it back when a resumed run has it;
+    (aligner, its config.json entry). A kill during this short phase refits it from the start."""
+    info_path = w.dir / "aligner_fit.json"
+    if w.resuming and info_path.is_file():
+        echo("aligner: resumed")
+        return Aligner.load(w.dir, copy.deepcopy(scorer)), _read_config(info_path)
+    al = fit_aligner(copy.deepcopy(scorer), data, AlignerFit(seed=seed, max_minutes=minutes), progress=progress)
+    al.aligner.save(w.dir)
+    info = {"config": al.aligner.config.model_dump(), "seconds": al.seconds,
+            "final_loss": float(np.mean([h["loss"] for h in al.history[-50:]])) if al.history else None}
+    atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
     echo(f"aligner: fitted in {al.seconds:.1f} s")
-    return al.aligner, {"config": al.aligner.config.model_dump(), "seconds": al.seconds,
-                        "final_loss": float(np.mean([h["loss"] for h in al.history[-50:]])) if al.history else None}
+    return al.aligner, info

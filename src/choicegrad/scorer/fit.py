@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
-from tqdm.auto import tqdm
 
+from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
 from choicegrad.data.table import TableData
 from choicegrad.metrics import regression_report
+from choicegrad.progress import progress_bar
 from choicegrad.scorer.model import Scorer, ScorerConfig, pair_rank
 
 
@@ -31,9 +32,8 @@ class ScorerFit(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0, lt=0.5)
     seed: int = 0
-    max_minutes: float | None = Field(None, gt=0, description="time limit for the whole fit, all members together; "
-                                      "once it passes, the member in training stops after its epoch and each "
-                                      "later member trains one epoch")
+    max_minutes: float | None = Field(None, gt=0, description="time limit for the whole fit: member m of k trains "
+                                      "until (m + 1) / k of it has passed (checked after every batch)")
     device: str = "cpu"
 
 
@@ -67,89 +67,163 @@ def ranking_loss(pred: torch.Tensor, target: torch.Tensor, generator: torch.Gene
 
 
 def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | None = None,
-               extra_eval: dict[str, TableData] | None = None) -> ScorerResult:
+               extra_eval: dict[str, TableData] | None = None, checkpoint: Checkpointer | None = None) -> ScorerResult:
     """Fit a Scorer on `data` (MSE on the standardised score, optional ranking loss, early stopping).
 
     A random `val_fraction` of rows drives early stopping, `test_fraction` is held out for the reported
     metrics; `extra_eval` adds named held-out sets (e.g. the unseen upper half of each context).
-    progress=None shows a bar only on a terminal. One function on purpose (over ~60 lines): the members
-    share one seeded generator, deadline, progress bar and history, which a split would pass around.
+    progress: see choicegrad.progress.progress_bar. checkpoint: save the training state there every
+    few minutes and on SIGINT/SIGTERM (phase "scorer"), and continue from it when it holds one: the
+    result is then bit-identical to an uninterrupted fit on CPU (time limits aside).
     """
     fit = fit or ScorerFit()
-    start = time.perf_counter()
-    gen = seed_everything(fit.seed)
-    device = torch.device(fit.device)
-    train_idx, val_idx, test_idx = split_indices(len(data), fit.val_fraction, fit.test_fraction, fit.seed)
-    y = data.y
-    y_mean, y_std = float(y[train_idx].mean()), float(y[train_idx].std()) or 1.0
-    # the automatic pairwise term is decided on the training rows as well as the space
-    model = fit.model.model_copy(update={"pairwise": pair_rank(fit.model, data.space.sizes, len(train_idx))})
-    scorer = Scorer(data.space, data.context, data.score, model, k=fit.ensemble, beta=fit.beta,
-                    y_mean=y_mean, y_std=y_std).to(device)
-    tensors = [t.to(device) for t in (data.rows, data.ctx_cat, data.ctx_num)]
-    target = ((y - y_mean) / y_std).to(device)
-    deadline = start + 60 * fit.max_minutes if fit.max_minutes else math.inf
-    history: list[dict[str, float]] = []
-    train_t = torch.as_tensor(train_idx, device=device)
-    val_t = torch.as_tensor(val_idx, device=device)
-
-    def val_loss(member) -> float:
-        member.eval()
-        with torch.no_grad():
-            losses = [torch.nn.functional.mse_loss(member(*(t[b] for t in tensors)), target[b], reduction="sum")
-                      for b in val_t.split(65536)]
-        member.train()
-        return float(sum(losses)) / len(val_t)
-
-    n_train = len(train_idx)
-    epochs = fit.epochs or int(np.clip(math.ceil(3e7 / n_train), 10, 200))
-    batch_size = fit.batch_size or int(np.clip(n_train // 256, 128, 4096))
-    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-    bar = tqdm(total=fit.ensemble * epochs, desc="fit scorer", unit="epoch",
-               disable=(not progress) if progress is not None else None, leave=False)
-    for m, member in enumerate(scorer.members):
-        opt = torch.optim.AdamW(member.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=fit.lr, total_steps=epochs * steps_per_epoch,
-                                                    pct_start=0.05)
-        best, best_state, bad = math.inf, None, 0
-        for epoch in range(epochs):
-            member.train()
-            order = train_t[torch.randperm(len(train_t), generator=gen).to(device)]
-            total = 0.0
-            for batch in order.split(batch_size):
-                pred = member(*(t[batch] for t in tensors))
-                loss = torch.nn.functional.mse_loss(pred, target[batch])
-                if fit.ranking:
-                    loss = loss + fit.ranking * ranking_loss(pred, target[batch], gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(batch)
-            vl = val_loss(member)
-            history.append({"member": m, "epoch": epoch, "train_loss": total / len(train_idx), "val_mse": vl})
-            bar.update(1)
-            bar.set_postfix(member=m, train=f"{total / len(train_idx):.4f}", val=f"{vl:.4f}")
-            if vl < best - 1e-5:
-                best, bad = vl, 0
-                best_state = {k: v.detach().clone() for k, v in member.state_dict().items()}
-            else:
-                bad += 1
-            if bad >= fit.patience or time.perf_counter() > deadline:
-                break
-        bar.update(epochs - epoch - 1)
-        if best_state is not None:
-            member.load_state_dict(best_state)
-    bar.close()
-    scorer.eval()
+    training = _ScorerTraining(data, fit, checkpoint)
+    training.run(progress)
+    scorer = training.scorer.eval()
 
     def report(sub: TableData) -> dict[str, float]:
         pred = scorer.predict(sub.rows, sub.ctx_cat, sub.ctx_num).numpy()
         return regression_report(sub.y.numpy(), pred, sub.context_groups())
 
-    metrics = {"validation": report(data.subset(val_idx))}
-    if len(test_idx):
-        metrics["test"] = report(data.subset(test_idx))
+    metrics = {"validation": report(data.subset(training.val_idx))}
+    if len(training.test_idx):
+        metrics["test"] = report(data.subset(training.test_idx))
     for name, sub in (extra_eval or {}).items():
         metrics[name] = report(sub)
-    return ScorerResult(scorer.cpu(), metrics, history, time.perf_counter() - start)
+    return ScorerResult(scorer.cpu(), metrics, training.history, training.elapsed())
+
+
+class _ScorerTraining:
+    """The state of one fit_scorer call, member by member, epoch by epoch, batch by batch, so that a
+    checkpoint taken between any two batches resumes to the same result.
+
+    With max_minutes, member m trains until (m + 1) / k of the time has passed (at least one batch),
+    checked after every batch."""
+
+    def __init__(self, data: TableData, fit: ScorerFit, checkpoint: Checkpointer | None):
+        self.fit, self.ckpt, self.start = fit, checkpoint, time.perf_counter()
+        self.gen = seed_everything(fit.seed)
+        self.device = device = torch.device(fit.device)
+        self.train_idx, self.val_idx, self.test_idx = split_indices(len(data), fit.val_fraction, fit.test_fraction,
+                                                                    fit.seed)
+        y = data.y
+        y_mean, y_std = float(y[self.train_idx].mean()), float(y[self.train_idx].std()) or 1.0
+        # the automatic pairwise term is decided on the training rows as well as the space
+        model = fit.model.model_copy(update={"pairwise": pair_rank(fit.model, data.space.sizes, len(self.train_idx))})
+        self.scorer = Scorer(data.space, data.context, data.score, model, k=fit.ensemble, beta=fit.beta,
+                             y_mean=y_mean, y_std=y_std).to(device)
+        self.tensors = [t.to(device) for t in (data.rows, data.ctx_cat, data.ctx_num)]
+        self.target = ((y - y_mean) / y_std).to(device)
+        self.budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
+        self.train_t = torch.as_tensor(self.train_idx, device=device)
+        self.val_t = torch.as_tensor(self.val_idx, device=device)
+        n_train = len(self.train_idx)
+        self.epochs = fit.epochs or int(np.clip(math.ceil(3e7 / n_train), 10, 200))
+        self.batch_size = fit.batch_size or int(np.clip(n_train // 256, 128, 4096))
+        self.steps_per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        self.history: list[dict[str, float]] = []
+        self.member, self.epoch, self.pos, self.total = 0, 0, 0, 0.0
+        self.order: torch.Tensor | None = None
+        self.opt = self.sched = None
+        self.best, self.best_state, self.bad = math.inf, None, 0
+        self.before = 0.0                                   # seconds spent before a resume
+        state = checkpoint.load("scorer") if checkpoint is not None else None
+        if state is not None:
+            self.restore(state)
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def _new_member(self) -> None:
+        member = self.scorer.members[self.member]
+        self.opt = torch.optim.AdamW(member.parameters(), lr=self.fit.lr, weight_decay=self.fit.weight_decay)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=self.fit.lr, pct_start=0.05,
+                                                         total_steps=self.epochs * self.steps_per_epoch)
+        self.best, self.best_state, self.bad, self.epoch, self.order = math.inf, None, 0, 0, None
+
+    def state(self) -> dict:
+        return {"model": self.scorer.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "rng": rng_state(self.gen), "member": self.member, "epoch": self.epoch, "pos": self.pos,
+                "total": self.total, "order": self.order, "best": self.best, "best_state": self.best_state,
+                "bad": self.bad, "history": self.history, "seconds": self.elapsed()}
+
+    def restore(self, state: dict) -> None:
+        self.scorer.load_state_dict(state["model"])
+        self.member = state["member"]
+        self._new_member()
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        set_rng_state(self.gen, state["rng"])
+        for key in ("epoch", "pos", "total", "order", "best", "best_state", "bad", "history"):
+            setattr(self, key, state[key])
+        if self.order is not None:
+            self.order = self.order.to(self.device)
+        self.before = state["seconds"]
+
+    def val_loss(self, member) -> float:
+        member.eval()
+        with torch.no_grad():
+            losses = [torch.nn.functional.mse_loss(member(*(t[b] for t in self.tensors)), self.target[b],
+                                                   reduction="sum")
+                      for b in self.val_t.split(65536)]
+        member.train()
+        return float(sum(losses)) / len(self.val_t)
+
+    def train_batch(self, member, batch: torch.Tensor) -> None:
+        pred = member(*(t[batch] for t in self.tensors))
+        loss = torch.nn.functional.mse_loss(pred, self.target[batch])
+        if self.fit.ranking:
+            loss = loss + self.fit.ranking * ranking_loss(pred, self.target[batch], self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.total += float(loss.detach()) * len(batch)
+
+    def run_epoch(self, member, deadline: float) -> bool:
+        """Train the rest of the current epoch; True when the member's time ran out."""
+        member.train()
+        if self.order is None:
+            self.order = self.train_t[torch.randperm(len(self.train_t), generator=self.gen).to(self.device)]
+            self.pos, self.total = 0, 0.0
+        batches = self.order.split(self.batch_size)
+        while self.pos < len(batches):
+            self.train_batch(member, batches[self.pos])
+            self.pos += 1
+            if self.ckpt is not None and self.ckpt.tick("scorer"):
+                self.ckpt.save("scorer", self.state())
+                self.ckpt.check_stop("scorer")
+            if self.elapsed() > deadline:
+                return True
+        return False
+
+    def run(self, progress: bool | None) -> None:
+        fit = self.fit
+        bar = progress_bar(fit.ensemble * self.epochs, "fit scorer", "epoch", progress)
+        bar.update(self.member * self.epochs + self.epoch)
+        while self.member < fit.ensemble:
+            member = self.scorer.members[self.member]
+            if self.opt is None:
+                self._new_member()
+            deadline = self.budget * (self.member + 1) / fit.ensemble
+            while self.epoch < self.epochs:
+                out_of_time = self.run_epoch(member, deadline)
+                vl = self.val_loss(member)
+                train_loss = self.total / len(self.train_idx)
+                self.history.append({"member": self.member, "epoch": self.epoch, "train_loss": train_loss,
+                                     "val_mse": vl})
+                bar.update(1)
+                bar.set_postfix(member=self.member, train=f"{train_loss:.4f}", val=f"{vl:.4f}")
+                if vl < self.best - 1e-5:
+                    self.best, self.bad = vl, 0
+                    self.best_state = {k: v.detach().clone() for k, v in member.state_dict().items()}
+                else:
+                    self.bad += 1
+                self.epoch, self.order = self.epoch + 1, None
+                if self.bad >= fit.patience or out_of_time:
+                    break
+            bar.update(self.epochs - self.epoch)
+            if self.best_state is not None:
+                member.load_state_dict(self.best_state)
+            self.member, self.opt = self.member + 1, None
+        bar.close()

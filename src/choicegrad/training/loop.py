@@ -7,14 +7,13 @@ as a policy (training/step.py): the same call for every estimator and every gene
 are divided by the objective's `scale` (the scorer's score std), so the entropy bonus is in "score
 standard deviations per nat". Optional warm start: maximum likelihood on the best data rows of each
 context (missing slots masked). Validation every `val_every` steps on fixed contexts; the best state
-is kept (early stopping). Metrics go to RUN/metrics.csv; a tqdm bar shows them on a terminal.
+is kept (early stopping). Metrics go to RUN/metrics.csv; progress to stderr (choicegrad.progress).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +22,16 @@ from typing import Any, Literal, Optional
 import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from choicegrad import estimators
+from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
 from choicegrad.data.table import TableData
 from choicegrad.decoding.rows import first_occurrence, row_keys
 from choicegrad.generators import GeneratorConfig, TableObjective, build
 from choicegrad.generators.base import Generator
 from choicegrad.generators.context import Context
 from choicegrad.generators.objective import score_rows
+from choicegrad.progress import progress_bar
 from choicegrad.training.contexts import SampledContexts, TableContexts
 from choicegrad.training.log import METRIC_FIELDS, MetricsLog
 from choicegrad.training.step import TrainingStep, entropy_at
@@ -106,29 +106,6 @@ def top_distinct_value(rows: Tensor, scores: Tensor, share: float = 0.25) -> Ten
     return s.topk(n, dim=1).values.mean(1)
 
 
-def warm_start(gen: Generator, contexts, fit: GeneratorFit, opt: torch.optim.Optimizer, rng: torch.Generator,
-               log: MetricsLog, deadline: float, start: float) -> int:
-    """Maximum likelihood on each context's best data rows (missing slots masked). Returns steps run."""
-    if fit.warm_start_steps == 0 or not hasattr(contexts, "best_rows"):
-        return 0
-    rows, ctx = contexts.best_rows(fit.warm_start_top)
-    if len(rows) == 0:
-        return 0
-    for step in range(fit.warm_start_steps):
-        idx = torch.randint(len(rows), (min(fit.warm_start_batch, len(rows)),), generator=rng, device=rows.device)
-        nll = -gen.log_prob(rows[idx], ctx.index(idx)).mean()
-        opt.zero_grad(set_to_none=True)
-        nll.backward()
-        if fit.grad_clip:
-            torch.nn.utils.clip_grad_norm_(gen.parameters(), fit.grad_clip)
-        opt.step()
-        if step % fit.log_every == 0 or step == fit.warm_start_steps - 1:
-            log.log({"phase": "warm", "step": step, "loss": float(nll.detach()), "seconds": time.perf_counter() - start})
-        if time.perf_counter() > deadline:
-            return step + 1
-    return fit.warm_start_steps
-
-
 def validate(gen: Generator, objective, ctx: Context, fit: GeneratorFit) -> tuple[float, float, int]:
     """(value, mean distinct rows, scorer calls) of the generator on validation contexts: the mean
     over contexts of `top_distinct_value` of `val_samples` rows drawn with a fixed seed."""
@@ -140,11 +117,13 @@ def validate(gen: Generator, objective, ctx: Context, fit: GeneratorFit) -> tupl
 
 
 class _Loop:
-    """The state of one fit_generator call: optimiser, RNG, log, best validation state, call count."""
+    """The state of one fit_generator call: optimiser, RNG, log, best validation state, call count,
+    and where it is (warm-start step, training step), so that a checkpoint resumes to the same result."""
 
-    def __init__(self, gen: Generator, objective, contexts, fit: GeneratorFit, run_dir, aligner):
-        self.start = time.perf_counter()
-        self.deadline = self.start + 60 * fit.max_minutes if fit.max_minutes else math.inf
+    def __init__(self, gen: Generator, objective, contexts, fit: GeneratorFit, run_dir, aligner,
+                 checkpoint: Optional[Checkpointer] = None):
+        self.start, self.before = time.perf_counter(), 0.0
+        self.budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
         device = torch.device(fit.device)
         torch.manual_seed(fit.seed)
         self.rng = torch.Generator(device=device).manual_seed(fit.seed)
@@ -153,13 +132,65 @@ class _Loop:
         if scorer is not None:
             scorer.to(device).eval().requires_grad_(False)
         self.step_fn = TrainingStep(self.gen, objective, contexts, fit, aligner)
-        self.log = MetricsLog(Path(run_dir) / "metrics.csv" if run_dir is not None else None)
         self.opt = torch.optim.Adam(self.gen.parameters(), lr=fit.lr)
-        self.calls, self.bad = 0, 0
+        self.calls, self.bad, self.warm_step, self.step, self.phase = 0, 0, 0, 0, "warm"
         self.best_val, self.best_state = -math.inf, None
+        self.running = {"score_mean": 0.0, "entropy": 0.0}
+        self.ckpt = checkpoint
+        state = checkpoint.load("generator") if checkpoint is not None else None
+        if state is not None:
+            self.restore(state)
+        self.log = MetricsLog(Path(run_dir) / "metrics.csv" if run_dir is not None else None,
+                              rows=state["log"] if state is not None else ())
 
     def seconds(self) -> float:
-        return time.perf_counter() - self.start
+        return self.before + time.perf_counter() - self.start
+
+    def out_of_time(self) -> bool:
+        return self.seconds() > self.budget
+
+    def state(self) -> dict:
+        return {"gen": self.gen.state_dict(), "opt": self.opt.state_dict(), "rng": rng_state(self.rng),
+                "phase": self.phase, "warm_step": self.warm_step, "step": self.step, "calls": self.calls,
+                "bad": self.bad, "best_val": self.best_val, "best_state": self.best_state, "running": self.running,
+                "log": self.log.rows, "seconds": self.seconds()}
+
+    def restore(self, state: dict) -> None:
+        self.gen.load_state_dict(state["gen"])
+        self.opt.load_state_dict(state["opt"])
+        set_rng_state(self.rng, state["rng"])
+        for key in ("phase", "warm_step", "step", "calls", "bad", "best_val", "best_state", "running"):
+            setattr(self, key, state[key])
+        self.before = state["seconds"]
+
+    def checkpoint(self, name: str, force: bool = False) -> None:
+        """Save when the checkpointer says so (or `force`: the end of a phase); stop after a signal."""
+        if self.ckpt is not None and (self.ckpt.tick(name) or force):
+            self.ckpt.save("generator", self.state())
+            self.ckpt.check_stop(name)
+
+    def warm_start(self) -> None:
+        """Maximum likelihood on each context's best data rows (missing slots masked)."""
+        fit = self.fit
+        if fit.warm_start_steps == 0 or not hasattr(self.contexts, "best_rows"):
+            return
+        rows, ctx = self.contexts.best_rows(fit.warm_start_top)
+        if len(rows) == 0:
+            return
+        while self.warm_step < fit.warm_start_steps and not self.out_of_time():
+            step = self.warm_step
+            idx = torch.randint(len(rows), (min(fit.warm_start_batch, len(rows)),), generator=self.rng,
+                                device=rows.device)
+            nll = -self.gen.log_prob(rows[idx], ctx.index(idx)).mean()
+            self.opt.zero_grad(set_to_none=True)
+            nll.backward()
+            if fit.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.gen.parameters(), fit.grad_clip)
+            self.opt.step()
+            if step % fit.log_every == 0 or step == fit.warm_start_steps - 1:
+                self.log.log({"phase": "warm", "step": step, "loss": float(nll.detach()), "seconds": self.seconds()})
+            self.warm_step += 1
+            self.checkpoint("warm")
 
     def check_validation(self, step: int) -> None:
         """Validate, keep the best state, count validations without gain; log the result."""
@@ -185,35 +216,40 @@ class _Loop:
         self.calls += int(stats["scorer_calls"])
         return loss, stats
 
-    def log_train(self, step: int, tau: float, loss: Tensor, stats: dict, bar, running: dict) -> None:
+    def log_train(self, step: int, tau: float, loss: Tensor, stats: dict, bar) -> None:
         with torch.no_grad():
             dist = distinct_per_context(self.gen.sample(self.diag_ctx, 64, generator=self.rng))
         self.log.log({"phase": "train", "step": step, "loss": float(loss.detach()), "score_mean": stats["score_mean"],
                       "score_max": stats["score_max"], "entropy": stats["entropy"], "distinct": dist,
                       "tau": tau if self.step_fn.uses_tau else "", "scorer_calls": self.calls,
                       "seconds": self.seconds()})
-        bar.set_postfix(score=f"{running['score_mean']:.4g}", H=f"{running['entropy']:.2f}", distinct=f"{dist:.0f}/64")
+        bar.set_postfix(score=f"{self.running['score_mean']:.4g}", H=f"{self.running['entropy']:.2f}",
+                        distinct=f"{dist:.0f}/64")
 
     def run(self, progress: Optional[bool]) -> str:
         """Warm start, then train until steps, patience or the deadline; returns why it stopped."""
         fit = self.fit
-        warm_start(self.gen, self.contexts, fit, self.opt, self.rng, self.log, self.deadline, self.start)
         self.val_ctx = self.contexts.validation()
         self.diag_ctx = self.val_ctx.index(slice(0, 8))
+        if self.phase == "warm":
+            self.warm_start()
+            self.check_validation(0)
+            self.phase = "train"
+            self.checkpoint("warm", force=True)
         schedule = make_schedule(fit, fit.steps)
-        self.check_validation(0)
-        bar = tqdm(total=fit.steps, desc=f"fit generator ({fit.method})", unit="step", file=sys.stderr,
-                   disable=(not progress) if progress is not None else None, leave=False)
-        running, stopped = {"score_mean": 0.0, "entropy": 0.0}, "steps"
-        for step in range(1, fit.steps + 1):
+        bar = progress_bar(fit.steps, f"fit generator ({fit.method})", "step", progress)
+        bar.update(self.step)
+        stopped = "steps"
+        while self.step < fit.steps:
+            step = self.step = self.step + 1
             tau = schedule(step - 1)
             loss, stats = self.train_step(step, tau)
-            for key in running:
-                running[key] = stats[key] if step == 1 else 0.9 * running[key] + 0.1 * stats[key]
+            for key in self.running:
+                self.running[key] = stats[key] if step == 1 else 0.9 * self.running[key] + 0.1 * stats[key]
             bar.update(1)
             if step % fit.log_every == 0 or step == fit.steps:
-                self.log_train(step, tau, loss, stats, bar, running)
-            out_of_time = time.perf_counter() > self.deadline
+                self.log_train(step, tau, loss, stats, bar)
+            out_of_time = self.out_of_time()
             if step % fit.val_every == 0 or step == fit.steps or out_of_time:
                 self.check_validation(step)
                 if fit.patience is not None and self.bad >= fit.patience and step < fit.steps:
@@ -222,18 +258,22 @@ class _Loop:
             if out_of_time:
                 stopped = "time limit"
                 break
+            self.checkpoint("generator")
         bar.close()
         return stopped
 
 
 def fit_generator(gen: Generator, objective, contexts, fit: Optional[GeneratorFit] = None, *,
                   run_dir: Optional[str | Path] = None, progress: Optional[bool] = None,
-                  aligner=None) -> GeneratorResult:
+                  aligner=None, checkpoint: Optional[Checkpointer] = None) -> GeneratorResult:
     """Train `gen` to maximise `objective` over contexts from `contexts` (TableContexts or
-    SampledContexts). Writes RUN/metrics.csv when run_dir is given; progress=None shows a bar on a
-    terminal only. The generator is returned in eval mode with its best validation state.
-    aligner: the Aligner the `aligner` method needs (reference rows come from `contexts`' data)."""
-    loop = _Loop(gen, objective, contexts, fit or GeneratorFit(), run_dir, aligner)
+    SampledContexts). Writes RUN/metrics.csv when run_dir is given; progress: see
+    choicegrad.progress.progress_bar. The generator is returned in eval mode with its best validation
+    state. aligner: the Aligner the `aligner` method needs (reference rows come from `contexts`' data).
+    checkpoint: save the training state there every few minutes, at the end of the warm start and on
+    SIGINT/SIGTERM (phase "generator"), and continue from it when it holds one (bit-identical on CPU,
+    time limits aside)."""
+    loop = _Loop(gen, objective, contexts, fit or GeneratorFit(), run_dir, aligner, checkpoint)
     try:
         stopped = loop.run(progress)
     finally:
@@ -244,7 +284,7 @@ def fit_generator(gen: Generator, objective, contexts, fit: Optional[GeneratorFi
 
 def fit_table_generator(scorer, data: TableData, config=None, fit: Optional[GeneratorFit] = None, *,
                         run_dir: Optional[str | Path] = None, progress: Optional[bool] = None,
-                        aligner=None) -> GeneratorResult:
+                        aligner=None, checkpoint: Optional[Checkpointer] = None) -> GeneratorResult:
     """Build a generator for the scorer's space and context and fit it on the contexts of `data`
     (warm start on `data`'s best rows), maximising the scorer (with `fit.beta` pessimism)."""
     fit = fit or GeneratorFit()
@@ -252,5 +292,5 @@ def fit_table_generator(scorer, data: TableData, config=None, fit: Optional[Gene
     gen = build(config or GeneratorConfig(), space=scorer.space, context=scorer.context)
     contexts = TableContexts(data, device=fit.device)
     return fit_generator(gen, TableObjective(scorer, beta=fit.beta), contexts, fit, run_dir=run_dir, progress=progress,
-                         aligner=aligner)
+                         aligner=aligner, checkpoint=checkpoint)
 

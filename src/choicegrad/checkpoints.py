@@ -1,0 +1,202 @@
+"""Resumable training: training state saved as safetensors + JSON, a time-based checkpoint schedule,
+SIGINT/SIGTERM turned into "save, then stop", and failpoints for fault tests.
+
+A training loop calls `ckpt.tick(name)` once per step; when it returns True the loop saves its state
+with `ckpt.save(name, state)` (every `every_minutes`, and at once after a signal) and, after a signal,
+raises `Interrupted`. `ckpt.load(name)` gives the state back on `--resume`.
+
+State is a nested dict of tensors, numbers, strings, lists, tuples and dicts (optimiser and scheduler
+state dicts included). Tensors go to one safetensors file, the rest to JSON that names them; the JSON,
+written last, is the commit point: it names the weights file of its own save, so a kill between the
+two writes leaves the previous checkpoint whole. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from choicegrad.errors import InputError, Interrupted
+from choicegrad.io import atomic_path, atomic_write_text
+
+#: Default minutes between checkpoints of a long phase.
+CHECKPOINT_MINUTES = 2.0
+FAILPOINTS_ENV = "CHOICEGRAD_FAILPOINTS"
+
+
+def encode_state(state: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Nested state -> (JSON-able skeleton, flat tensors). Dicts with non-string keys, tuples and
+    non-finite floats keep their types through decode_state."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = x.detach().cpu().contiguous()
+            return {"__tensor__": key}
+        if isinstance(x, dict):
+            if all(isinstance(k, str) and not k.startswith("__") for k in x):
+                return {k: enc(v) for k, v in x.items()}
+            return {"__items__": [[enc(k), enc(v)] for k, v in x.items()]}
+        if isinstance(x, tuple):
+            return {"__tuple__": [enc(v) for v in x]}
+        if isinstance(x, list):
+            return [enc(v) for v in x]
+        if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+            return {"__float__": repr(x)}
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        raise TypeError(f"cannot checkpoint a {type(x).__name__}")
+
+    return enc(state), tensors
+
+
+def decode_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of encode_state; KeyError/TypeError/ValueError on a skeleton that does not fit."""
+    def dec(x: Any) -> Any:
+        if isinstance(x, dict):
+            if "__tensor__" in x:
+                return tensors[x["__tensor__"]]
+            if "__items__" in x:
+                return {dec(k): dec(v) for k, v in x["__items__"]}
+            if "__tuple__" in x:
+                return tuple(dec(v) for v in x["__tuple__"])
+            if "__float__" in x:
+                return float(x["__float__"])
+            return {k: dec(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [dec(v) for v in x]
+        return x
+
+    return dec(skeleton)
+
+
+def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The states a training step draws from: its own generator and torch's global CPU generator."""
+    return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(generator: torch.Generator, state: dict[str, torch.Tensor]) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+
+
+class _Failpoints:
+    """CHOICEGRAD_FAILPOINTS="scorer=30,generator=5": SIGKILL this process at the 30th tick of the
+    scorer loop (or the 5th of the generator's). Only for fault tests; unset, a tick costs one dict lookup."""
+
+    def __init__(self, spec: str):
+        self.at: dict[str, int] = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, _, count = part.partition("=")
+            self.at[name.strip()] = int(count or 1)
+        self.seen: dict[str, int] = {}
+
+    def hit(self, name: str) -> None:
+        if name in self.at:
+            self.seen[name] = self.seen.get(name, 0) + 1
+            if self.seen[name] >= self.at[name]:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def failpoint(name: str) -> None:
+    """A named point where the fault tests may kill the process (see _Failpoints)."""
+    _FAILPOINTS.hit(name)
+
+
+_FAILPOINTS = _Failpoints(os.environ.get(FAILPOINTS_ENV, ""))
+
+
+class Checkpointer:
+    """Checkpoints of the training phases of one run, in folder `root` (RUN/.checkpoint while it is built).
+
+    every_minutes: time between saves of a phase (0: at every tick). resume: load() returns saved
+    state; otherwise it returns None. label: the run folder named in messages (default: root's
+    parent). `stop` is set by catch_signals() when SIGINT/SIGTERM arrive.
+    """
+
+    def __init__(self, root: str | Path, every_minutes: float = CHECKPOINT_MINUTES, resume: bool = False,
+                 label: str | Path | None = None):
+        self.root, self.every, self.resume = Path(root), 60.0 * every_minutes, resume
+        self.label = Path(label) if label is not None else self.root.parent
+        self.last = time.monotonic()
+        self.stop: Optional[int] = None
+
+    def tick(self, name: str) -> bool:
+        """Called once per training step of phase `name`: True when it is time to save (or a signal came)."""
+        failpoint(name)
+        return self.stop is not None or time.monotonic() - self.last >= self.every
+
+    def check_stop(self, name: str) -> None:
+        """After a save: raise Interrupted when a signal asked to stop."""
+        if self.stop is not None:
+            raise Interrupted(self.stop, self.label, name)
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        """Write state atomically: weights file first (a fresh name), then the JSON that names it."""
+        skeleton, tensors = encode_state(state)
+        self.root.mkdir(parents=True, exist_ok=True)
+        weights = f"{name}-{uuid.uuid4().hex[:8]}.safetensors"
+        with atomic_path(self.root / weights) as tmp:
+            save_file(tensors, str(tmp))
+        old = self._weights_of(name)
+        atomic_write_text(self.root / f"{name}.json", json.dumps({"weights": weights, "state": skeleton}) + "\n")
+        if old and old != weights:
+            (self.root / old).unlink(missing_ok=True)
+        self.last = time.monotonic()
+
+    def _weights_of(self, name: str) -> Optional[str]:
+        try:
+            return json.loads((self.root / f"{name}.json").read_text())["weights"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def load(self, name: str) -> Optional[dict[str, Any]]:
+        """The last state saved for `name` (None when not resuming or nothing was saved);
+        InputError naming the file when it is unreadable."""
+        path = self.root / f"{name}.json"
+        if not self.resume or not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+            tensors = load_file(str(self.root / doc["weights"]))
+            return decode_state(doc["state"], tensors)
+        except Exception as exc:  # json, safetensors and a skeleton that does not fit all raise their own types
+            raise InputError(str(path), [f"unreadable checkpoint ({type(exc).__name__}: {exc}); "
+                                         "start over with --overwrite"]) from None
+
+    def has(self, name: str) -> bool:
+        return (self.root / f"{name}.json").is_file()
+
+    @contextmanager
+    def catch_signals(self) -> Iterator[Checkpointer]:
+        """While inside: the first SIGINT/SIGTERM sets `stop` (the loop saves and raises Interrupted);
+        a second one stops at once. Only in the main thread; elsewhere a no-op."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):
+            if self.stop is not None:            # second signal: no more waiting
+                raise Interrupted(signum, self.label, "now")
+            self.stop = signum
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
