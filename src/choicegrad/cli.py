@@ -262,6 +262,7 @@ def generate_cmd(
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Generate the top-K distinct rows per context with a fitted generator; one output row per (context, rank)."""
+    from choicegrad.checkpoints import failpoint
     from choicegrad.io import TABLE_SUFFIXES, write_table
     from choicegrad.run import Run, generate_problems
 
@@ -278,6 +279,7 @@ def generate_cmd(
         result = loaded.generate(contexts, k=top_k, decoder=decoder, fix=fix, temperature=temperature,
                                  samples=samples, budget=budget, beta=beta, seed=seed)
     stats, result.attrs = result.attrs, {}   # the counts are printed, not written into the table
+    failpoint("generate")
     write_table(result, out)
     if stats["short"]:
         typer.echo(f"warning: {stats['short']} context(s) got fewer than {top_k} rows: the space (with --fix) is smaller",

@@ -35,7 +35,6 @@ from typing import Any, Callable, Optional, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from choicegrad import estimators
 from choicegrad.bench import peers
@@ -49,6 +48,7 @@ from choicegrad.decoding.scoring import score_grid
 from choicegrad.errors import did_you_mean
 from choicegrad.generators import GeneratorConfig, ItemObjective, TableContext, TableObjective, build
 from choicegrad.generators.base import KINDS
+from choicegrad.progress import progress_bar
 from choicegrad.scorer.aligner import AlignerFit, fit_aligner
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
 from choicegrad.scorer.model import Scorer
@@ -434,8 +434,7 @@ def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[
         setup[task_name] = {**problem.setup, "budget": spec.budget, "k": spec.k, "steps": spec.steps,
                             "headline": spec.headline}
         total = len(parsed) * len(seeds)
-        bar = tqdm(total=total, desc=task_name, unit="run", file=sys.stderr,
-                   disable=(not progress) if progress is not None else None)
+        bar = progress_bar(total, task_name, "run", progress)
         for seed in seeds:
             trained: dict[tuple[str, str], Any] = {}
             for method in parsed:

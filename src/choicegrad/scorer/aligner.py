@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from choicegrad.decoding.rows import change_one_slot
+from choicegrad.progress import progress_bar
 
 
 class AlignerFit(BaseModel):
@@ -151,8 +151,7 @@ def fit_aligner(scorer, data, fit: Optional[AlignerFit] = None, progress: Option
     G, R = fit.contexts_per_batch, fit.rows_per_context
     n_edit = int(round(fit.edits * R))
     history: list[dict[str, float]] = []
-    bar = tqdm(total=fit.steps, desc="fit aligner", unit="step", disable=(not progress) if progress is not None else None,
-               leave=False)
+    bar = progress_bar(fit.steps, "fit aligner", "step", progress)
     aligner.train()
     for step in range(fit.steps):
         g = usable[torch.randint(len(usable), (G,), generator=rng)]                           # (G,)

@@ -137,8 +137,10 @@ class _ScorerTraining:
     def _new_member(self) -> None:
         member = self.scorer.members[self.member]
         self.opt = torch.optim.AdamW(member.parameters(), lr=self.fit.lr, weight_decay=self.fit.weight_decay)
-        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=self.fit.lr, pct_start=0.05,
-                                                         total_steps=self.epochs * self.steps_per_epoch)
+        total = self.epochs * self.steps_per_epoch
+        pct = 0.05 if 0.05 * total != 1 else 0.04  # OneCycleLR divides by zero when pct_start * total_steps == 1
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=self.fit.lr, pct_start=pct,
+                                                         total_steps=total)
         self.best, self.best_state, self.bad, self.epoch, self.order = math.inf, None, 0, 0, None
 
     def state(self) -> dict:
