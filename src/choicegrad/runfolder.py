@@ -215,6 +215,8 @@ class RunWriter:
         """Seal the run (run.json with every file's sha256) and move it into place."""
         shutil.rmtree(self.dir / CHECKPOINT_DIR, ignore_errors=True)
         (self.dir / REQUEST).unlink(missing_ok=True)
+        for stale in self.dir.glob(".*.tmp"):          # temporary files of writes a kill cut short
+            stale.unlink()
         run_id = uuid.uuid4().hex[:12]
         files = {p.name: sha256_file(p) for p in sorted(self.dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
         manifest = {"run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "request": self.request,
