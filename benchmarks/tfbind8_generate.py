@@ -2,8 +2,8 @@
 
 Runs
     choicegrad fit ../shared/data/tfbind8.parquet --features 's?' --score y --context tf \
-        --train-quantile 0.5 --out RUN --max-minutes M [--method ...] [--generator ...]
-    choicegrad generate RUN --top-k 128 --out RUN/candidates.csv [--decoder ...]
+        --train-quantile 0.5 --out OUT/run --overwrite --max-minutes M [--method ...] [--generator ...]
+    choicegrad generate OUT/run --top-k 128 --out OUT/candidates.csv [--decoder ...]
 then scores the generated rows by lookup in the full landscape and prints, per TF and averaged:
 the normalised ((y - min) / (max - min) per TF) max, median and top-1 (rank 1) of the K rows, the
 number of distinct rows, and the share of rows that are new (not among the training rows).
@@ -63,18 +63,19 @@ def main() -> None:
     ap.add_argument("--method", default=None)
     ap.add_argument("--generator", default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip-fit", action="store_true", help="reuse an existing run folder")
+    ap.add_argument("--skip-fit", action="store_true", help="reuse the run folder OUT/run")
     args = ap.parse_args()
     out = Path(args.out)
+    run_dir = out / "run"     # the run folder; candidates, log and summary sit beside it in OUT
     times = {}
     if not args.skip_fit:
         cmd = ["fit", str(DATA), "--features", "s?", "--score", "y", "--context", "tf", "--train-quantile", "0.5",
-               "--out", str(out), "--max-minutes", str(args.max_minutes), "--seed", str(args.seed)]
+               "--out", str(run_dir), "--overwrite", "--max-minutes", str(args.max_minutes), "--seed", str(args.seed)]
         cmd += ["--method", args.method] if args.method else []
         cmd += ["--generator", args.generator] if args.generator else []
         times["fit_s"] = run(cmd)
     cands_path = out / "candidates.csv"
-    cmd = ["generate", str(out), "--top-k", str(args.top_k), "--out", str(cands_path), "--seed", str(args.seed)]
+    cmd = ["generate", str(run_dir), "--top-k", str(args.top_k), "--out", str(cands_path), "--seed", str(args.seed)]
     cmd += ["--decoder", args.decoder] if args.decoder else []
     times["generate_s"] = run(cmd)
 
@@ -84,7 +85,7 @@ def main() -> None:
     summary = {"mean_max": per_tf["max"].mean(), "mean_median": per_tf["median"].mean(),
                "mean_top1": per_tf["top1"].mean(), "mean_distinct": per_tf["distinct"].mean(),
                "min_distinct": int(per_tf["distinct"].min()), "mean_new": per_tf["new"].mean(), **times}
-    config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     summary["method"] = config.get("generator_fit", {}).get("method")
     summary["generator"] = config.get("generator", {}).get("kind")
     summary["decoder"] = args.decoder or "polish (default)"
