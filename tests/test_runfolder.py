@@ -134,3 +134,9 @@ def test_a_run_respects_the_umask(tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "run", *(tmp_path / "run").iterdir()]}
     assert modes == {"run": 0o750, "scorer.json": 0o640, MANIFEST: 0o640}
+
+
+def test_a_partial_killed_before_its_request_is_started_over(tmp_path):
+    (tmp_path / ".run.partial").mkdir()
+    w = write_run(tmp_path / "run")
+    assert not w.resuming and (tmp_path / "run" / "scorer.json").is_file()

@@ -175,6 +175,8 @@ class RunWriter:
 
     def _prepare(self) -> None:
         holds_run = self.out.is_dir() and any(self.out.iterdir())
+        if self.dir.exists() and not (self.dir / REQUEST).is_file():
+            shutil.rmtree(self.dir)                    # killed before it held anything: nothing to resume
         if self.dir.exists():
             if self.resume:
                 self._check_request(self.dir / REQUEST)
