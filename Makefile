@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test fuzz bench clean
 
 $(BIN)/choicegrad: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,11 @@ demo: $(BIN)/choicegrad
 
 test: $(BIN)/choicegrad
 	$(BIN)/python -m pytest
+
+# The property-based fuzz suite with many random examples (`make test` runs it briefly, with a fixed seed).
+# CHOICEGRAD_FUZZ_STATS=FILE also writes how many examples each property ran and how they ended.
+fuzz: $(BIN)/choicegrad
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py
 
 # Measurements, not tests (48 minutes on 2 cores, 2026-11-23): the gradient bias/variance table, the standard
 # benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, the

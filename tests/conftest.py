@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, settings
 from typer.testing import CliRunner
 
 from choicegrad.bench.tasks import PottsTask
 
 # The test models are tiny: one thread avoids thread-pool overhead and keeps timings steady on 2 cores.
 torch.set_num_threads(1)
+
+# Property tests (tests/test_fuzz.py): `ci` (the default, `make test`) tries few examples from a fixed
+# seed, so a run is quick and reproducible; `fuzz` (`make fuzz`) tries many, from a fresh seed each run.
+# Pick one with HYPOTHESIS_PROFILE. Examples run the CLI or fit models, so there is no deadline.
+# `ci` stops at the first failure without shrinking it (a CLI example takes up to a second); `fuzz`
+# shrinks each distinct failure to a minimal example.
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None,
+                          phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False,
+                          suppress_health_check=_SLOW_OK)
+settings.register_profile("fuzz", max_examples=1000, deadline=None, suppress_health_check=_SLOW_OK)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

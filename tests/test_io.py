@@ -112,3 +112,20 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     (tmp_path / "m.safetensors").write_bytes(b"\x80\x04pickle?")
     with pytest.raises(InputError, match="not a valid safetensors file"):
         load_checkpoint(tmp_path, "m")
+
+
+@pytest.mark.parametrize("text, problem", [(b"[1, 2]", "expected a JSON object, got list"), (b"null", "got NoneType"),
+                                           (b'{"kind": "\xff"}', "not valid JSON"), (b"[" * 100000, "not valid JSON")])
+def test_checkpoint_json_must_be_an_object(tmp_path, text, problem):
+    save_checkpoint(tmp_path, "m", {"w": torch.ones(2)}, {"kind": "test"})
+    (tmp_path / "m.json").write_bytes(text)
+    with pytest.raises(InputError, match=problem) as info:
+        load_checkpoint(tmp_path, "m")
+    assert info.value.source == str(tmp_path / "m.json")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_checkpoint_weights_must_be_finite(tmp_path, bad):
+    save_checkpoint(tmp_path, "m", {"w": torch.tensor([1.0, bad]), "n": torch.tensor([1, 2])}, {"kind": "test"})
+    with pytest.raises(InputError, match="weights hold NaN or inf .*: w$"):
+        load_checkpoint(tmp_path, "m")

@@ -121,20 +121,26 @@ def save_checkpoint(run_dir: str | Path, name: str, state: dict[str, torch.Tenso
 
 
 def load_checkpoint(run_dir: str | Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read RUN/name.safetensors + RUN/name.json; InputError naming the missing or broken file."""
+    """Read RUN/name.safetensors + RUN/name.json; InputError naming the missing or broken file: JSON
+    that is not an object, weights that do not load or hold NaN/inf."""
     run_dir = Path(run_dir)
     weights, config = run_dir / f"{name}.safetensors", run_dir / f"{name}.json"
     missing = [str(p) for p in (weights, config) if not p.is_file()]
     if missing:
         raise InputError(str(run_dir), [f"missing run file {m}" for m in missing])
     try:
-        meta = json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        meta = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
         raise InputError(str(config), [f"not valid JSON: {exc}"]) from None
+    if not isinstance(meta, dict):
+        raise InputError(str(config), [f"expected a JSON object, got {type(meta).__name__}"])
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types
         raise InputError(str(weights), [f"not a valid safetensors file: {exc}"]) from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InputError(str(weights), [f"weights hold NaN or inf (damaged or a diverged fit): {', '.join(sorted(bad)[:5])}"])
     return state, meta
 
 

