@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -28,7 +29,8 @@ from pydantic import BaseModel
 
 from choicegrad import generators
 from choicegrad import io as checkpoint
-from choicegrad.io import read_table, write_table
+from choicegrad.device import check_device
+from choicegrad.io import check_finite, read_table, write_table
 from choicegrad.data import ChoiceSpace, ContextEncoder
 from choicegrad.data.split import hold_out_upper
 from choicegrad.data.table import TableData, load_table
@@ -42,6 +44,9 @@ from choicegrad.scorer.model import Scorer
 from choicegrad.training.loop import GeneratorFit, GeneratorResult, fit_table_generator
 
 RUN_FILES = ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json")
+#: Most rows (contexts x k) one Run.generate call returns: beyond this the table itself, not the search,
+#: would exhaust memory.
+MAX_GENERATE_ROWS = 10_000_000
 Fix = Union[Mapping[str, str], Iterable[str], None]
 
 
@@ -116,7 +121,16 @@ def parse_fix(fix: Fix, space: ChoiceSpace) -> Optional[torch.Tensor]:
         items = [(p, *(t.strip() for t in p.partition("="))) for p in parts]
     fixed = torch.full((space.num_slots,), -1, dtype=torch.long)
     problems = []
+    labels: dict[str, list[str]] = {}
+    for _, name, eq, label in items:
+        if eq and name and label:
+            labels.setdefault(name, []).append(label)
+    clash = {name: values for name, values in labels.items() if len(set(values)) > 1}
+    problems += [f'feature "{name}" fixed {"twice" if len(v) == 2 else f"{len(v)} times"} ({", ".join(v)}); '
+                 "give one category" for name, v in clash.items()]
     for part, name, eq, label in items:
+        if name in clash:
+            continue
         if not eq or not name or not label:
             problems.append(f'"{part}": expected FEATURE=CATEGORY')
         elif name not in space.names:
@@ -190,6 +204,7 @@ class Run:
             run = Run.load("runs/one", device="cuda")
         """
         run_dir = Path(path)
+        device = check_device(device)
         missing = [str(run_dir / f) for f in RUN_FILES if not (run_dir / f).is_file()]
         if missing:
             hint = " (written by choicegrad fit)"
@@ -245,14 +260,22 @@ class Run:
             raise InputError("generate", problems)
         fixed = parse_fix(fix, self.scorer.space)
         frame, ctx = self._contexts(contexts)
+        free = [size for size, f in zip(self.scorer.space.sizes, [-1] * len(self.scorer.space.sizes)
+                                        if fixed is None else fixed.tolist()) if f < 0]
+        rows_k = int(min(k, math.prod(free)))   # no more candidates than the space (with `fix`) holds
+        if len(ctx) * rows_k > MAX_GENERATE_ROWS:
+            raise InputError("k", [f"{rows_k:,} rows for each of {len(ctx):,} contexts is {len(ctx) * rows_k:,} rows; "
+                                   f"at most {MAX_GENERATE_ROWS:,} per call: ask for fewer rows or fewer contexts"])
         rng = torch.Generator(device=self.device).manual_seed(seed)
         try:
-            cands = decode(decoder, self.generator, TableObjective(self.scorer, beta=beta), ctx, k, fixed=fixed,
+            cands = decode(decoder, self.generator, TableObjective(self.scorer, beta=beta), ctx, rows_k, fixed=fixed,
                            temperature=temperature, samples=samples, generator=rng,
-                           budget=budget if budget is not None or samples is not None else default_budget(k))
+                           budget=budget if budget is not None or samples is not None else default_budget(rows_k))
         except ValueError as exc:  # e.g. exhaustive on a space too large to enumerate
             raise InputError("decoder", [str(exc)]) from None
         result = candidates_frame(self.scorer.space, cands, frame)
+        result["score"] = self.scorer.to_score(result["score"].to_numpy())
+        check_finite(result["score"].to_numpy(), "generate", "the scorer's score of generated row")
         result.attrs.update(scorer_calls=int(cands.scorer_calls), contexts=len(ctx),
                             short=int((cands.valid.cpu().numpy().sum(1) < k).sum()))
         return result

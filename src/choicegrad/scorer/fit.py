@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from tqdm.auto import tqdm
 
-from choicegrad.data.table import TableData
+from choicegrad.data.table import TableData, check_fit_rows, score_stats
+from choicegrad.device import device_field
 from choicegrad.metrics import regression_report
 from choicegrad.scorer.model import Scorer, ScorerConfig, pair_rank
 
@@ -35,6 +36,11 @@ class ScorerFit(BaseModel):
                                       "once it passes, the member in training stops after its epoch and each "
                                       "later member trains one epoch")
     device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
+        return device_field(value)
 
 
 @dataclass
@@ -75,19 +81,20 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
     progress=None shows a bar only on a terminal. One function on purpose (over ~60 lines): the members
     share one seeded generator, deadline, progress bar and history, which a split would pass around.
     """
+    check_fit_rows(data)
     fit = fit or ScorerFit()
     start = time.perf_counter()
     gen = seed_everything(fit.seed)
     device = torch.device(fit.device)
     train_idx, val_idx, test_idx = split_indices(len(data), fit.val_fraction, fit.test_fraction, fit.seed)
     y = data.y
-    y_mean, y_std = float(y[train_idx].mean()), float(y[train_idx].std()) or 1.0
+    y_mean, y_std = score_stats(y[train_idx])
     # the automatic pairwise term is decided on the training rows as well as the space
     model = fit.model.model_copy(update={"pairwise": pair_rank(fit.model, data.space.sizes, len(train_idx))})
     scorer = Scorer(data.space, data.context, data.score, model, k=fit.ensemble, beta=fit.beta,
                     y_mean=y_mean, y_std=y_std).to(device)
     tensors = [t.to(device) for t in (data.rows, data.ctx_cat, data.ctx_num)]
-    target = ((y - y_mean) / y_std).to(device)
+    target = ((y.double() - y_mean) / y_std).float().to(device)
     deadline = start + 60 * fit.max_minutes if fit.max_minutes else math.inf
     history: list[dict[str, float]] = []
     train_t = torch.as_tensor(train_idx, device=device)
