@@ -251,7 +251,8 @@ class Run:
         fix: {'feature': 'category'} or ['feature=category', ...]; samples/budget/temperature as in
         decode (budget None: default_budget(k) unless samples is given); beta overrides the scorer's
         ensemble pessimism. frame.attrs holds scorer_calls, contexts (count) and short (contexts with
-        fewer than k rows: the space, with `fix`, is smaller).
+        fewer than k rows: the space, with `fix`, is smaller). Scores are float64 in the score's units;
+        InputError('k') beyond MAX_GENERATE_ROWS rows in all.
 
             run.generate(k=5, decoder="rerank", fix={"s0": "a"})
         """
@@ -260,9 +261,9 @@ class Run:
             raise InputError("generate", problems)
         fixed = parse_fix(fix, self.scorer.space)
         frame, ctx = self._contexts(contexts)
-        free = [size for size, f in zip(self.scorer.space.sizes, [-1] * len(self.scorer.space.sizes)
-                                        if fixed is None else fixed.tolist()) if f < 0]
-        rows_k = int(min(k, math.prod(free)))   # no more candidates than the space (with `fix`) holds
+        pinned = [-1] * self.scorer.space.num_slots if fixed is None else fixed.tolist()
+        space_rows = math.prod(size for size, f in zip(self.scorer.space.sizes, pinned) if f < 0)
+        rows_k = int(min(k, space_rows))   # no more candidates than the space (with `fix`) holds
         if len(ctx) * rows_k > MAX_GENERATE_ROWS:
             raise InputError("k", [f"{rows_k:,} rows for each of {len(ctx):,} contexts is {len(ctx) * rows_k:,} rows; "
                                    f"at most {MAX_GENERATE_ROWS:,} per call: ask for fewer rows or fewer contexts"])
@@ -275,7 +276,7 @@ class Run:
             raise InputError("decoder", [str(exc)]) from None
         result = candidates_frame(self.scorer.space, cands, frame)
         result["score"] = self.scorer.to_score(result["score"].to_numpy())
-        check_finite(result["score"].to_numpy(), "generate", "the scorer's score of generated row")
+        check_finite(result["score"].to_numpy(), "generate", "the generated score")
         result.attrs.update(scorer_calls=int(cands.scorer_calls), contexts=len(ctx),
                             short=int((cands.valid.cpu().numpy().sum(1) < k).sum()))
         return result
