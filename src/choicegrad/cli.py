@@ -41,8 +41,9 @@ def _require_bench() -> None:
 
 
 def user_errors(fn):
-    """Bad input -> a message on stderr and exit code 2; Ctrl-C / SIGTERM -> a message and exit code
-    128 + signal number (130, 143); never a traceback for either."""
+    """Bad input -> a message on stderr and exit code 2, no traceback. A pydantic ValidationError
+    (an option the settings models reject, e.g. --device cuda without CUDA) names its flag.
+    Ctrl-C / SIGTERM -> a message and exit code 128 + signal number (130, 143)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -58,6 +59,14 @@ def user_errors(fn):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except ValueError as exc:
+            from pydantic import ValidationError
+
+            if not isinstance(exc, ValidationError):
+                raise
+            problems = [f"--{str(e['loc'][-1]).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}"
+                        if e["loc"] else e["msg"] for e in exc.errors()]
+            _fail(str(InputError(f"choicegrad {fn.__name__.removesuffix('_cmd').replace('_', '-')}", problems)))
 
     return wrapper
 
@@ -77,10 +86,12 @@ def main_options(
 
 
 def _echo_metrics(metrics: dict[str, dict[str, float]]) -> None:
+    from choicegrad.metrics import metric_text
+
     typer.echo(f"{'held-out set':<14}{'rows':>9}{'R^2':>9}{'Spearman':>10}{'per ctx':>9}")
     for name, m in metrics.items():
-        per = m.get("spearman_per_context")
-        typer.echo(f"{name:<14}{m['n']:>9}{m['r2']:>9.3f}{m['spearman']:>10.3f}{'' if per is None else f'{per:.3f}':>9}")
+        per = metric_text(m["spearman_per_context"], 9) if "spearman_per_context" in m else ""
+        typer.echo(f"{name:<14}{m['n']:>9}{metric_text(m['r2'], 9)}{metric_text(m['spearman'], 10)}{per}")
 
 
 FEATURES = typer.Option("--features", "-f", help="Feature columns, comma-separated; glob patterns allowed ('s?').")
@@ -148,7 +159,7 @@ def score_cmd(
         help="Unknown feature categories: 'error' (default) or 'missing' (score the slot as unobserved).")] = "error",
 ) -> None:
     """Score rows with a fitted scorer; writes the rows with a 'score' column."""
-    from choicegrad.io import TABLE_SUFFIXES, read_table, write_table
+    from choicegrad.io import TABLE_SUFFIXES, check_finite, check_writable, read_table, write_table
     from choicegrad.runfolder import verify_run
     from choicegrad.scorer.model import Scorer
 
@@ -156,6 +167,7 @@ def score_cmd(
         raise InputError("--out", [f'unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
     if unknown not in ("error", "missing"):
         raise InputError("--unknown", [f'expected "error" or "missing", got "{unknown}"'])
+    check_writable(out, "--out")
     verify_run(run)
     scorer = Scorer.load(run)
     if beta is not None:
@@ -164,6 +176,7 @@ def score_cmd(
     if "score" in frame.columns:
         typer.echo(f'warning: {rows} already has a "score" column; it is replaced', err=True)
     frame = frame.assign(score=scorer.predict_frame(frame, str(rows), unknown=unknown))
+    check_finite(frame["score"], str(rows), "the predicted score")
     write_table(frame, out)
     typer.echo(f"scored {len(frame)} rows -> {out}")
 
@@ -177,7 +190,7 @@ DEFAULT_DECODER = "polish"
 # Library argument names -> the flags that set them, for error messages.
 FIT_FLAGS = {"method/generator": "--method/--generator", "out": "--out"}
 GENERATE_FLAGS = {"k": "--top-k", "fix": "--fix", "decoder": "--decoder", "temperature": "--temperature",
-                  "samples": "--samples", "budget": "--budget", "contexts": "--contexts"}
+                  "samples": "--samples", "budget": "--budget", "contexts": "--contexts", "device": "--device"}
 
 
 def _flag(problem: str, flags: dict[str, str]) -> str:
@@ -263,7 +276,8 @@ def generate_cmd(
 ) -> None:
     """Generate the top-K distinct rows per context with a fitted generator; one output row per (context, rank)."""
     from choicegrad.checkpoints import failpoint
-    from choicegrad.io import TABLE_SUFFIXES, write_table
+    from choicegrad.device import check_device
+    from choicegrad.io import TABLE_SUFFIXES, check_writable, write_table
     from choicegrad.run import Run, generate_problems
 
     start = time.perf_counter()
@@ -272,6 +286,8 @@ def generate_cmd(
         problems.insert(0, f'--out: unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}')
     if problems:
         raise InputError("generate", problems)
+    check_device(device, "--device")
+    check_writable(out, "--out")
     with as_flags(GENERATE_FLAGS):
         loaded = Run.load(run, device)
         if contexts is not None and not loaded.context_columns:
@@ -345,9 +361,10 @@ def data_table_cmd(
     """Write a task's training table (context column, s0.., y) so the whole CLI pipeline can run on it;
     its ground truth stays in the task, for `choicegrad bench`."""
     _require_bench()
-    from choicegrad.io import write_table
+    from choicegrad.io import check_writable, write_table
     from choicegrad.bench.tasks import get_task
 
+    check_writable(out, "--out")
     try:
         frame = get_task(task, data_dir=data_dir).training_table(protocol, n=rows, seed=seed)
     except (ValueError, FileNotFoundError) as exc:
@@ -387,7 +404,9 @@ def bench_cmd(
     score the candidates by ground truth; write a table (mean +- spread over seeds) and plots."""
     _require_bench()
     from choicegrad.bench.harness import QUICK_METHODS, STANDARD_METHODS, STANDARD_TASKS, parse_method, run_benchmark
+    from choicegrad.run import check_out_dir
 
+    check_out_dir(out, "--out")
     task_list = _names(tasks, "tasks", {"standard": STANDARD_TASKS})
     method_list = _names(methods, "methods", {"standard": STANDARD_METHODS, "quick": QUICK_METHODS})
     try:

@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from choicegrad.errors import InputError
+from choicegrad.errors import InputError, show_rows
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -73,9 +74,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file; InputError for a missing file, bad format or duplicate columns."""
+    """Read a CSV (UTF-8; delimiter , ; tab or | detected from the header) or Parquet file; InputError
+    for a missing file, a folder, bad format, text that is not UTF-8 or duplicate columns."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(str(path), ["is a folder; expected a CSV or Parquet file"])
     if not path.is_file():
         raise InputError(str(path), ["file not found"])
     suffix = path.suffix.lower()
@@ -83,20 +90,77 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise InputError(str(path), [f'unsupported file type "{suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
     try:
         if suffix == ".csv":
-            with path.open(newline="") as fh:
-                header = next(csv.reader(fh), [])
-            frame = pd.read_csv(path, keep_default_na=True)
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                line = fh.readline()
+            sep = csv_delimiter(line)
+            header = next(csv.reader([line], delimiter=sep), [])
+            frame = pd.read_csv(path, sep=sep, keep_default_na=True, encoding="utf-8")
         else:
             import pyarrow.parquet as pq  # here, not at the top: only Parquet needs it and it is slow to import
 
             header = pq.read_schema(path).names
             frame = pd.read_parquet(path)
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except UnicodeDecodeError:
+        raise InputError(str(path), [_not_utf8(path)]) from None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(str(path), [f"cannot read as {suffix[1:]}: {exc}"]) from None
     dupes = sorted(n for n, c in Counter(header).items() if c > 1)
     if dupes:
         raise InputError(str(path), [f"duplicate column name{'s' if len(dupes) > 1 else ''}: {', '.join(dupes)}"])
     return frame
+
+
+def csv_delimiter(header: str) -> str:
+    """The delimiter among , ; tab | that splits the header line into the most columns (comma on a tie)."""
+    counts = {d: len(next(csv.reader([header], delimiter=d), [])) for d in CSV_DELIMITERS}
+    return max(CSV_DELIMITERS, key=lambda d: (counts[d], d == ","))
+
+
+def _not_utf8(path: Path) -> str:
+    """'not UTF-8 text: line N has byte 0x..' for the first line that does not decode, plus a hint."""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                where = f"line {number} has byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
+                break
+        else:
+            where = "a byte sequence does not decode"
+    return (f"not UTF-8 text: {where}; convert it first, e.g. iconv -f latin1 -t utf-8 {path.name} "
+            f"> {path.stem}-utf8{path.suffix}")
+
+
+def check_writable(path: str | Path, name: str = "out") -> Path:
+    """InputError naming `name` unless a file can be written at `path`: its folder exists (or can be
+    made inside the nearest existing folder) and a file can be created there. Checks by creating and
+    deleting a temporary file, so it works for permissions, read-only mounts and a file in the way."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(name, [f"{path} is a folder; expected a file name"])
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(name, [f"cannot write {path}: {folder} is a file, not a folder"])
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".choicegrad-check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise InputError(name, [f"cannot write {path}: no permission to create files in {folder} "
+                                f"({exc.strerror or exc})"]) from None
+    return path
+
+
+def check_finite(values, source: str, what: str = "score") -> None:
+    """InputError naming `source` and the rows (1-based) where `values` are NaN or infinite: a table
+    never gets NaN written as a prediction."""
+    values = np.asarray(values, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise InputError(source, [f"{what} is {values[bad[0]]} at {show_rows(bad)}: not a finite number, so nothing "
+                                  "is written"])
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> None:
@@ -142,6 +206,31 @@ def load_checkpoint(run_dir: str | Path, name: str) -> tuple[dict[str, torch.Ten
     if bad:
         raise InputError(str(weights), [f"weights hold NaN or inf (damaged or a diverged fit): {', '.join(sorted(bad)[:5])}"])
     return state, meta
+
+
+def meta_problem(exc: Exception) -> str:
+    """One line saying what is wrong in a checkpoint's JSON, from the error that rebuilding it raised:
+    a missing field, a wrong type, or pydantic's field-by-field report."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc}"
+    errors = getattr(exc, "errors", None)
+    if callable(errors):  # pydantic.ValidationError
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in errors()[:5])
+    return str(exc)
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """module.load_state_dict(state) with every missing, unexpected or wrongly shaped tensor reported
+    in one InputError naming `source` (the .safetensors file)."""
+    own = module.state_dict()
+    problems = [f"missing tensor {k}" for k in own if k not in state]
+    problems += [f"unexpected tensor {k}" for k in state if k not in own]
+    problems += [f"tensor {k} has shape {list(state[k].shape)}, expected {list(v.shape)}"
+                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise InputError(str(source), problems[:8] + ([f"and {len(problems) - 8} more"] if len(problems) > 8 else [])
+                         + ["the weights do not match the settings in the .json file beside it"])
+    module.load_state_dict(state)
 
 
 save, load = save_checkpoint, load_checkpoint  # the old names, until callers in aligner.py and generators/ switch

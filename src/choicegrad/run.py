@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -29,7 +30,8 @@ from pydantic import BaseModel
 
 from choicegrad import generators
 from choicegrad.checkpoints import CHECKPOINT_MINUTES
-from choicegrad.io import atomic_write_text, read_table, versions, write_table
+from choicegrad.device import check_device
+from choicegrad.io import atomic_write_text, check_finite, read_table, versions, write_table
 from choicegrad.data import ChoiceSpace, ContextEncoder
 from choicegrad.data.split import hold_out_upper
 from choicegrad.data.table import TableData, load_table
@@ -45,6 +47,9 @@ from choicegrad.training.loop import GeneratorFit, GeneratorResult, fit_table_ge
 
 RUN_FILES = ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json")
 SCORER_METRICS = "scorer_metrics.json"
+#: Most rows (contexts x k) one Run.generate call returns: beyond this the table itself, not the search,
+#: would exhaust memory.
+MAX_GENERATE_ROWS = 10_000_000
 Fix = Union[Mapping[str, str], Iterable[str], None]
 
 
@@ -119,7 +124,16 @@ def parse_fix(fix: Fix, space: ChoiceSpace) -> Optional[torch.Tensor]:
         items = [(p, *(t.strip() for t in p.partition("="))) for p in parts]
     fixed = torch.full((space.num_slots,), -1, dtype=torch.long)
     problems = []
+    labels: dict[str, list[str]] = {}
+    for _, name, eq, label in items:
+        if eq and name and label:
+            labels.setdefault(name, []).append(label)
+    clash = {name: values for name, values in labels.items() if len(set(values)) > 1}
+    problems += [f'feature "{name}" fixed {"twice" if len(v) == 2 else f"{len(v)} times"} ({", ".join(v)}); '
+                 "give one category" for name, v in clash.items()]
     for part, name, eq, label in items:
+        if name in clash:
+            continue
         if not eq or not name or not label:
             problems.append(f'"{part}": expected FEATURE=CATEGORY')
         elif name not in space.names:
@@ -194,6 +208,7 @@ class Run:
             run = Run.load("runs/one", device="cuda")
         """
         run_dir = Path(path)
+        device = check_device(device)
         if not run_dir.is_dir():
             raise InputError(str(run_dir), ["no such run folder (written by choicegrad fit)"])
         verify_run(run_dir)
@@ -243,7 +258,8 @@ class Run:
         fix: {'feature': 'category'} or ['feature=category', ...]; samples/budget/temperature as in
         decode (budget None: default_budget(k) unless samples is given); beta overrides the scorer's
         ensemble pessimism. frame.attrs holds scorer_calls, contexts (count) and short (contexts with
-        fewer than k rows: the space, with `fix`, is smaller).
+        fewer than k rows: the space, with `fix`, is smaller). Scores are float64 in the score's units;
+        InputError('k') beyond MAX_GENERATE_ROWS rows in all.
 
             run.generate(k=5, decoder="rerank", fix={"s0": "a"})
         """
@@ -252,14 +268,22 @@ class Run:
             raise InputError("generate", problems)
         fixed = parse_fix(fix, self.scorer.space)
         frame, ctx = self._contexts(contexts)
+        pinned = [-1] * self.scorer.space.num_slots if fixed is None else fixed.tolist()
+        space_rows = math.prod(size for size, f in zip(self.scorer.space.sizes, pinned) if f < 0)
+        rows_k = int(min(k, space_rows))   # no more candidates than the space (with `fix`) holds
+        if len(ctx) * rows_k > MAX_GENERATE_ROWS:
+            raise InputError("k", [f"{rows_k:,} rows for each of {len(ctx):,} contexts is {len(ctx) * rows_k:,} rows; "
+                                   f"at most {MAX_GENERATE_ROWS:,} per call: ask for fewer rows or fewer contexts"])
         rng = torch.Generator(device=self.device).manual_seed(seed)
         try:
-            cands = decode(decoder, self.generator, TableObjective(self.scorer, beta=beta), ctx, k, fixed=fixed,
+            cands = decode(decoder, self.generator, TableObjective(self.scorer, beta=beta), ctx, rows_k, fixed=fixed,
                            temperature=temperature, samples=samples, generator=rng,
-                           budget=budget if budget is not None or samples is not None else default_budget(k))
+                           budget=budget if budget is not None or samples is not None else default_budget(rows_k))
         except ValueError as exc:  # e.g. exhaustive on a space too large to enumerate
             raise InputError("decoder", [str(exc)]) from None
         result = candidates_frame(self.scorer.space, cands, frame)
+        result["score"] = self.scorer.to_score(result["score"].to_numpy())
+        check_finite(result["score"].to_numpy(), "generate", "the generated score")
         result.attrs.update(scorer_calls=int(cands.scorer_calls), contexts=len(ctx),
                             short=int((cands.valid.cpu().numpy().sum(1) < k).sum()))
         return result

@@ -17,6 +17,7 @@ import torch
 from choicegrad.bench.tasks import PottsTask
 from choicegrad.bench.tasks.registry import SHARED_DATA_DIR
 from choicegrad.io import read_table
+from choicegrad.metrics import metric_text
 from choicegrad.run import Run, TableSpec
 from choicegrad.scorer.fit import ScorerFit
 from choicegrad.training.loop import GeneratorFit
@@ -53,7 +54,7 @@ def run_demo(out: Path, data: Path | None = None, echo: Callable[[str], None] = 
     def show(metrics: dict) -> None:
         echo(f"{'held-out set':<14}{'rows':>7}{'R^2':>8}{'Spearman':>10}")
         for name, m in metrics.items():
-            echo(f"{name:<14}{m['n']:>7}{m['r2']:>8.3f}{m['spearman']:>10.3f}")
+            echo(f"{name:<14}{m['n']:>7}{metric_text(m['r2'], 8)}{metric_text(m['spearman'], 10)}")
 
     run = Run.fit(table, out, TableSpec(features=features, score="y", context=context, train_quantile=0.5),
                   scorer_fit=ScorerFit(epochs=40), generator_fit=GeneratorFit(steps=400, beta=0.0),

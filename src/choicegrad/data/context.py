@@ -51,9 +51,16 @@ class ContextEncoder(BaseModel):
                 numeric = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
                 kind = "numeric" if numeric else "categorical"
             if kind == "numeric":
-                x = values.to_numpy(dtype=float)
-                std = float(np.std(x))
-                columns.append(ContextColumn(name=name, kind="numeric", mean=float(np.mean(x)), std=std if std > 0 else 1.0))
+                x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+                text = np.flatnonzero(values.notna().to_numpy() & np.isnan(x))
+                if len(text):
+                    raise ValueError(f'column "{name}" is read as numbers (:num) but holds text, e.g. '
+                                     f'{values.iloc[text[0]]!r} at {show_rows(text)}; leave out ":num" to use its '
+                                     "values as categories")
+                x = x[np.isfinite(x)]   # missing values are reported by encode, with their rows
+                std = float(np.std(x)) if len(x) else 0.0
+                columns.append(ContextColumn(name=name, kind="numeric", mean=float(np.mean(x)) if len(x) else 0.0,
+                                             std=std if std > 0 else 1.0))
             else:
                 columns.append(ContextColumn(name=name, kind="categorical", categories=sorted(set(as_labels(values).dropna()))))
         return cls(columns=columns)

@@ -27,7 +27,8 @@ from choicegrad.io import read_table
 @dataclass
 class TableData:
     """A validated table. rows: (N, S) long (MISSING = -1); ctx_cat: (N, C_cat) long;
-    ctx_num: (N, C_num) float; y: (N,) float."""
+    ctx_num: (N, C_num) float; y: (N,) float64 (scores of any size a float64 holds); source: the
+    file (or "table") it came from, for error messages."""
 
     space: ChoiceSpace
     context: ContextEncoder
@@ -38,6 +39,7 @@ class TableData:
     y: torch.Tensor
     frame: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    source: str = "table"
 
     def __len__(self) -> int:
         return len(self.y)
@@ -47,7 +49,7 @@ class TableData:
         idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
         return TableData(
             self.space, self.context, self.score, self.rows[idx], self.ctx_cat[idx], self.ctx_num[idx],
-            self.y[idx], self.frame.iloc[idx.numpy()].reset_index(drop=True), list(self.warnings),
+            self.y[idx], self.frame.iloc[idx.numpy()].reset_index(drop=True), list(self.warnings), self.source,
         )
 
     def context_groups(self) -> np.ndarray:
@@ -77,11 +79,55 @@ def load_table(
     space = ChoiceSpace.from_frame(frame, feats)
     encoder, ctx_cat, ctx_num = _encode_context(frame, source, ctx_specs)
     rows = space.encode(frame, source)
+    notes += [f"{source}: {n}" for n in id_like_features(frame, feats, space)]
+    if np.all(y == y[0]):
+        notes.append(f'{source}: score column "{score}" is constant ({y[0]:g} on every row); '
+                     "a scorer fitted on it predicts that value everywhere")
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    if not math.isfinite(float(np.std(y))) or float(np.std(y)) == 0.0:
-        notes.append(f'{source}: score column "{score}" is constant')
-    return TableData(space, encoder, score, rows, ctx_cat, ctx_num, torch.tensor(y, dtype=torch.float32), frame, notes)
+    return TableData(space, encoder, score, rows, ctx_cat, ctx_num, torch.tensor(y, dtype=torch.float64), frame, notes,
+                     source)
+
+
+#: Fewest rows fit_scorer accepts: a tenth (at least one row) is held out for early stopping and a
+#: tenth for the test metrics, and the mean and spread of the score need several training rows.
+MIN_ROWS = 10
+
+#: A feature is flagged as an ID column when it has more than ID_MIN_CATEGORIES categories and they
+#: number more than ID_SHARE of its rows: too few rows per category to learn anything about one.
+ID_MIN_CATEGORIES, ID_SHARE = 1000, 0.5
+
+
+def check_fit_rows(data: TableData, source: str | None = None) -> None:
+    """InputError naming the table (`source`, default data.source) when it has fewer than MIN_ROWS rows."""
+    if len(data) < MIN_ROWS:
+        raise InputError(source or data.source, [
+            f"{len(data)} row{'s' if len(data) != 1 else ''} to fit a scorer on; at least {MIN_ROWS} are needed "
+            "(a tenth is held out for early stopping and a tenth for the test metrics)"])
+
+
+def id_like_features(frame: pd.DataFrame, feats: Sequence[str], space: ChoiceSpace) -> list[str]:
+    """A note for each feature with more than ID_MIN_CATEGORIES categories that number more than
+    ID_SHARE of the rows: likely an ID, which a scorer cannot learn from."""
+    n = len(frame)
+    return [f'feature column "{f}" has {size} categories for {n} rows: it looks like an ID, which the scorer '
+            "cannot learn from (a category seen once says nothing about the next); drop it, or use it as --context"
+            for f, size in zip(feats, space.sizes) if size > ID_MIN_CATEGORIES and size > ID_SHARE * n]
+
+
+def score_stats(y: np.ndarray | torch.Tensor) -> tuple[float, float]:
+    """(mean, sample std) of finite scores in float64, without overflow or underflow at any size a
+    float64 holds (computed on y / max|y|); std 1.0 where fewer than 2 scores differ, so standardising
+    never divides by 0."""
+    y = np.asarray(y, dtype=np.float64)
+    top = float(np.abs(y).max()) if len(y) else 0.0
+    if not math.isfinite(top):
+        raise ValueError("scores must be finite numbers")
+    if top == 0.0:
+        return 0.0, 1.0
+    z = y / top
+    std = float(z.std(ddof=1)) * top if len(y) > 1 else 0.0
+    return float(z.mean()) * top, (std if std > 0 else 1.0)
 
 
 def _check_columns(

@@ -20,7 +20,10 @@ exhaustive  every row of a small space, the K best: the reference optimum
 Every decoder keeps fixed slots (fixed (B, S) or (S,) long, -1 = free) at their value, returns K
 distinct rows whenever the space (with the fixed slots) holds K rows -- a decoder that finds fewer
 tops up with single-slot variants of what it found -- and sorts candidates by objective, best first.
-Candidates beyond the size of a tiny space are marked invalid (valid False, score -inf, row -1).
+K larger than the largest context's space is lowered to that size; candidates beyond the size of a
+smaller context's space are marked invalid (valid False, score -inf, row -1). Contexts are decoded
+in groups of at most `max_rows` rows handled at once, so memory stays bounded for any K and number
+of contexts.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class DecodeOptions(BaseModel):
     draws), polish and anneal (`draw_share` of it on draws, the rest on the search from the best of
     them); the other decoders score only their K rows. Measured on the benchmark tasks, a quarter on
     draws beats a half: the trained generator's draws are good starts, and the local search, not more
-    draws, finds the optimum near them.
+    draws, finds the optimum near them. max_rows: contexts are decoded in groups so that a group's
+    draws, beams and candidates (estimated by rows_per_context) stay within about this many rows.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -70,6 +74,7 @@ class DecodeOptions(BaseModel):
     chunk: int = 1 << 16
     budget: Optional[int] = None
     draw_share: float = 0.25
+    max_rows: int = 1 << 20
 
     @field_validator("fixed", mode="before")
     @classmethod
@@ -154,6 +159,12 @@ def exhaustive(objective: Objective, ctx: Context, k: int, allowed: Tensor, chun
             torch.cat([best_rows, grid], 1), torch.cat([best_scores, scores], 1), k, V,
             torch.cat([best_valid, ok], 1))
     return Candidates(best_rows, best_scores, best_valid, calls)
+
+
+def rows_per_context(k: int, o: DecodeOptions) -> int:
+    """About how many rows a decoder handles at once per context: the largest of its K candidates
+    (8K for sample's rounds of draws), the beam width, the draws and the budget."""
+    return max(8 * k, int(o.width or 0), int(o.samples or 0), int(o.budget or 0), 256)
 
 
 # --- one function per decoder: (gen, objective, ctx, k, allowed, fixed, options, generator) -> Candidates ---
@@ -257,7 +268,6 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
         raise ValueError(f"temperature must be > 0, got {o.temperature}")
     if not 0 < o.draw_share <= 1:
         raise ValueError(f"draw_share must be in (0, 1], got {o.draw_share}")
-    k = int(k)
     rng = o.generator if o.generator is not None else torch.Generator(device=ctx.device).manual_seed(0)
     with torch.no_grad():
         gen_mask = gen.choice_mask(ctx) if o.mask is None else o.mask.expand(len(ctx), -1, -1)
@@ -265,4 +275,13 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
         allowed = allowed_choices(gen_mask, fixed)
         if gen is None and name != "exhaustive":
             raise ValueError(f"decoder {name!r} needs a generator")
-        return _DECODE[name](gen, objective, ctx, k, allowed, fixed, o, rng)
+        k = int(min(int(k), max(1.0, float(space_size(allowed).max()))))   # no more candidates than rows
+        B = len(ctx)
+        per = max(1, int(o.max_rows) // rows_per_context(k, o))            # contexts per group
+        if B <= per:
+            return _DECODE[name](gen, objective, ctx, k, allowed, fixed, o, rng)
+        parts = [_DECODE[name](gen, objective, ctx.index(torch.arange(i, min(i + per, B), device=allowed.device)), k,
+                               allowed[i:i + per], None if fixed is None else fixed[i:i + per], o, rng)
+                 for i in range(0, B, per)]
+        return Candidates(torch.cat([c.rows for c in parts]), torch.cat([c.scores for c in parts]),
+                          torch.cat([c.valid for c in parts]), sum(c.scorer_calls for c in parts))

@@ -95,11 +95,13 @@ def finish(objective: Objective, ctx: Context, rows: Tensor, valid: Tensor, k: i
     top_rows, top_valid = distinct_in_order(rows, valid, k, V)
     top_rows, top_valid = complete_distinct(top_rows, top_valid, k, allowed, generator)
     s = torch.full(top_valid.shape, float("nan"), device=rows.device)
-    if scores is not None:  # recover the known scores of kept rows by key match, (B, k, M)
+    if scores is not None and M > 0:  # recover the known scores of kept rows: look their keys up among the source's
         src_keys = torch.where(valid, row_keys(rows, V), torch.full((B, M), -1, dtype=torch.long, device=rows.device))
-        match = (row_keys(top_rows, V).unsqueeze(2) == src_keys.unsqueeze(1)) & top_valid.unsqueeze(2)
-        got = scores.gather(1, match.float().argmax(2))
-        s = torch.where(match.any(2), got, s)
+        sorted_keys, order = src_keys.sort(dim=1, stable=True)
+        want = row_keys(top_rows, V)                                                       # (B, k)
+        pos = torch.searchsorted(sorted_keys, want).clamp(max=M - 1)
+        hit = (sorted_keys.gather(1, pos) == want) & top_valid
+        s = torch.where(hit, scores.gather(1, order.gather(1, pos)), s)
     need = top_valid & torch.isnan(s)
     if bool(need.any()):
         fresh, n = score_grid(objective, top_rows, ctx, need)

@@ -63,10 +63,14 @@ def load(run_dir, map_location="cpu") -> tuple[Generator, dict]:
         config = GeneratorConfig.model_validate(meta["config"])
         shape = meta["shape"]
         if config.kind == "pointer":
-            gen: Generator = PointerGenerator(shape["num_slots"], shape["item_dim"], config)
+            gen: Generator = PointerGenerator(int(shape["num_slots"]), int(shape["item_dim"]), config)
         else:
-            gen = _CLASSES[config.kind](shape["sizes"], shape["cardinalities"], shape["num_numeric"], config)
-        gen.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise InputError(str(Path(run_dir) / "generator.json"), [f"not a choicegrad generator checkpoint: {exc}"]) from None
+            sizes, cards = [int(v) for v in shape["sizes"]], [int(v) for v in shape["cardinalities"]]
+            if not sizes or min(sizes + cards + [1]) < 1:
+                raise ValueError(f"shape: sizes {sizes} and cardinalities {cards} must be positive (and sizes non-empty)")
+            gen = _CLASSES[config.kind](sizes, cards, int(shape["num_numeric"]), config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(str(Path(run_dir) / "generator.json"),
+                         [f"not a choicegrad generator checkpoint: {checkpoint.meta_problem(exc)}"]) from None
+    checkpoint.load_state(gen, state, Path(run_dir) / "generator.safetensors")
     return gen.to(map_location).eval(), meta

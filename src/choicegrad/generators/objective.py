@@ -17,10 +17,11 @@ from choicegrad.generators.context import Context, ItemContext, TableContext
 
 
 class TableObjective:
-    """A fitted Scorer as objective: scorer(x, ctx.cat, ctx.num, beta=beta) in the score's units.
+    """A fitted Scorer as objective: scorer(x, ctx.cat, ctx.num, beta=beta) in its working units, the
+    score's own units unless float32 cannot hold them (then standardised; scorer.to_score converts).
 
     beta: ensemble pessimism (mean - beta * std over members); None uses the scorer's own beta.
-    `scale` (the scorer's score std) lets training code work in unit-free terms.
+    `scale` (the scorer's score std, in working units) lets training code work in unit-free terms.
     """
 
     def __init__(self, scorer, beta: Optional[float] = None):

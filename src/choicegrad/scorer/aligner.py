@@ -93,11 +93,13 @@ class Aligner(nn.Module):
         try:
             config = AlignerFit.model_validate(meta["config"])
             model = cls(scorer, config)
-            model.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
-            if config.finetune:
-                scorer.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("scorer.")})
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise InputError(f"{Path(run_dir) / 'aligner.json'}", [f"not a choicegrad aligner checkpoint: {exc}"]) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{Path(run_dir) / 'aligner.json'}",
+                             [f"not a choicegrad aligner checkpoint: {checkpoint.meta_problem(exc)}"]) from None
+        weights = Path(run_dir) / "aligner.safetensors"
+        checkpoint.load_state(model.head, {k[5:]: v for k, v in state.items() if k.startswith("head.")}, weights)
+        if config.finetune:
+            checkpoint.load_state(scorer, {k[7:]: v for k, v in state.items() if k.startswith("scorer.")}, weights)
         return model.to(map_location).eval()
 
 

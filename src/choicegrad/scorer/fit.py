@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
-from choicegrad.data.table import TableData
+from choicegrad.data.table import TableData, check_fit_rows, score_stats
+from choicegrad.device import device_field
 from choicegrad.metrics import regression_report
 from choicegrad.progress import progress_bar
 from choicegrad.scorer.model import Scorer, ScorerConfig, pair_rank
@@ -35,6 +36,11 @@ class ScorerFit(BaseModel):
     max_minutes: float | None = Field(None, gt=0, description="time limit for the whole fit: member m of k trains "
                                       "until (m + 1) / k of it has passed (checked after every batch)")
     device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
+        return device_field(value)
 
 
 @dataclass
@@ -76,6 +82,7 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
     few minutes and on SIGINT/SIGTERM (phase "scorer"), and continue from it when it holds one: the
     result is then bit-identical to an uninterrupted fit on CPU (time limits aside).
     """
+    check_fit_rows(data)
     fit = fit or ScorerFit()
     training = _ScorerTraining(data, fit, checkpoint)
     training.run(progress)
@@ -107,13 +114,13 @@ class _ScorerTraining:
         self.train_idx, self.val_idx, self.test_idx = split_indices(len(data), fit.val_fraction, fit.test_fraction,
                                                                     fit.seed)
         y = data.y
-        y_mean, y_std = float(y[self.train_idx].mean()), float(y[self.train_idx].std()) or 1.0
+        y_mean, y_std = score_stats(y[self.train_idx])
         # the automatic pairwise term is decided on the training rows as well as the space
         model = fit.model.model_copy(update={"pairwise": pair_rank(fit.model, data.space.sizes, len(self.train_idx))})
         self.scorer = Scorer(data.space, data.context, data.score, model, k=fit.ensemble, beta=fit.beta,
                              y_mean=y_mean, y_std=y_std).to(device)
         self.tensors = [t.to(device) for t in (data.rows, data.ctx_cat, data.ctx_num)]
-        self.target = ((y - y_mean) / y_std).to(device)
+        self.target = ((y.double() - y_mean) / y_std).float().to(device)
         self.budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
         self.train_t = torch.as_tensor(self.train_idx, device=device)
         self.val_t = torch.as_tensor(self.val_idx, device=device)

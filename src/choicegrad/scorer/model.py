@@ -7,6 +7,8 @@ score back to a generator's probabilities.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -16,7 +18,7 @@ from torch import nn
 from choicegrad.data.context import ContextEncoder
 from choicegrad.data.space import ChoiceSpace
 from choicegrad.errors import InputError
-from choicegrad.io import load_checkpoint, save_checkpoint, versions
+from choicegrad.io import load_checkpoint, load_state, meta_problem, save_checkpoint, versions
 
 
 PAIR_PARAMS = 4_000_000
@@ -122,11 +124,38 @@ class EmbeddingScorer(nn.Module):
         return out + self.pair_term(x, ctx_cat, ctx_num) if self.pair_rank else out
 
 
+def working_units(y_mean: float, y_std: float) -> tuple[float, float]:
+    """(offset, unit) of the float32 scores a Scorer computes with: (score - offset) / unit.
+
+    (0, 1), the score's own units, wherever float32 resolves the scores (std within 1e-20..1e20 and
+    |mean| at most 1e4 std); else (mean, std): standardised, so scores of any size a float64 holds
+    (1e300, 1e-45, 1e9 +- 1) keep their order and spread."""
+    if 1e-20 <= y_std <= 1e20 and abs(y_mean) <= 1e4 * y_std:
+        return 0.0, 1.0
+    return float(y_mean), float(y_std)
+
+
+class ScorerMeta(BaseModel):
+    """What scorer.json must hold to rebuild a Scorer (other fields, e.g. versions, are ignored)."""
+
+    space: ChoiceSpace
+    context: ContextEncoder
+    score: str
+    config: ScorerConfig
+    k: int = Field(ge=1)
+    beta: float = Field(ge=0.0)
+    offset: float = Field(0.0, allow_inf_nan=False)
+    unit: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+
+
 class Scorer(nn.Module):
     """An ensemble of k EmbeddingScorers with the table schema they were fitted on.
 
-    forward returns mean - beta * std over members in the score's own units (beta > 0 is the
-    "pessimistic" score: generators exploit scorer errors, pessimism keeps them where members agree).
+    forward returns mean - beta * std over members in working units, (score - offset) / unit (see
+    working_units: the score's own units unless float32 cannot hold them); predict returns float64
+    scores in the score's units. beta > 0 is the "pessimistic" score: generators exploit scorer
+    errors, pessimism keeps them where members agree. The buffers y_mean and y_std hold the score's
+    training mean and std in working units.
     """
 
     def __init__(self, space: ChoiceSpace, context: ContextEncoder, score_name: str,
@@ -140,11 +169,17 @@ class Scorer(nn.Module):
         self.members = nn.ModuleList(
             EmbeddingScorer(space.sizes, context.cardinalities, len(context.numeric), config) for _ in range(k)
         )
-        self.register_buffer("y_mean", torch.tensor(float(y_mean)))
-        self.register_buffer("y_std", torch.tensor(float(y_std)))
+        self.offset, self.unit = working_units(float(y_mean), float(y_std))
+        self.register_buffer("y_mean", torch.tensor((float(y_mean) - self.offset) / self.unit))
+        self.register_buffer("y_std", torch.tensor(float(y_std) / self.unit))
+
+    def to_score(self, values) -> np.ndarray:
+        """Working-unit values (tensor or array) -> float64 scores in the score's own units."""
+        v = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
+        return v * self.unit + self.offset
 
     def member_scores(self, x, ctx_cat=None, ctx_num=None) -> torch.Tensor:
-        """(k, B) scores of each member, in score units."""
+        """(k, B) scores of each member, in working units."""
         raw = torch.stack([m(x, ctx_cat, ctx_num) for m in self.members])
         return raw * self.y_std + self.y_mean
 
@@ -162,12 +197,12 @@ class Scorer(nn.Module):
 
     @torch.no_grad()
     def predict(self, rows: torch.Tensor, ctx_cat: torch.Tensor, ctx_num: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
-        """(N,) scores of hard rows, in batches, on the scorer's device."""
+        """(N,) float64 scores of hard rows in the score's own units, in batches on the scorer's device."""
         self.eval()
         dev = self.y_mean.device
         out = [self(rows[i:i + batch_size].to(dev), ctx_cat[i:i + batch_size].to(dev), ctx_num[i:i + batch_size].to(dev)).cpu()
                for i in range(0, len(rows), batch_size)]
-        return torch.cat(out) if out else torch.zeros(0)
+        return torch.from_numpy(self.to_score(torch.cat(out) if out else torch.zeros(0)))
 
     def predict_frame(self, frame: pd.DataFrame, source: str = "rows", unknown: str = "error") -> np.ndarray:
         """Score the rows of a table (feature and context columns by name).
@@ -197,18 +232,24 @@ class Scorer(nn.Module):
             "config": self.config.model_dump(),
             "k": len(self.members),
             "beta": self.beta,
+            "offset": self.offset,
+            "unit": self.unit,
             "versions": versions(),
         }
         save_checkpoint(run_dir, "scorer", self.state_dict(), meta)
 
     @classmethod
     def load(cls, run_dir, map_location: str | torch.device = "cpu") -> Scorer:
+        """The scorer saved in RUN; InputError naming scorer.json or scorer.safetensors when either
+        is not a scorer checkpoint or they do not match."""
         state, meta = load_checkpoint(run_dir, "scorer")
+        if isinstance(meta.get("config"), dict):
+            meta["config"] = {"pairwise": 0, **meta["config"]}   # written before the pairwise term existed
         try:
-            meta["config"].setdefault("pairwise", 0)   # written before the pairwise term existed
-            model = cls(ChoiceSpace.model_validate(meta["space"]), ContextEncoder.model_validate(meta["context"]),
-                        meta["score"], ScorerConfig.model_validate(meta["config"]), k=int(meta["k"]), beta=float(meta["beta"]))
-            model.load_state_dict(state)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise InputError(f"{run_dir}/scorer.json", [f"not a choicegrad scorer checkpoint: {exc}"]) from None
+            m = ScorerMeta.model_validate(meta)
+            model = cls(m.space, m.context, m.score, m.config, k=m.k, beta=m.beta)
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(str(Path(run_dir) / "scorer.json"), [f"not a choicegrad scorer checkpoint: {meta_problem(exc)}"]) from None
+        model.offset, model.unit = m.offset, m.unit
+        load_state(model, state, Path(run_dir) / "scorer.safetensors")
         return model.to(map_location).eval()

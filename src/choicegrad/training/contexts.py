@@ -23,7 +23,7 @@ class TableContexts:
         full = TableContext(data.ctx_cat, data.ctx_num)
         self.contexts, self.group = full.unique()
         self.contexts = self.contexts.to(device)
-        self.rows, self.y = data.rows.to(device), data.y.to(device)
+        self.rows, self.y = data.rows.to(device), data.y   # scores stay on the CPU: float64, read with numpy
         self.group_t = torch.as_tensor(self.group, device=device)
         self.device = torch.device(device)
         self.max_validation = max_validation

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from torch import Tensor
 
 from choicegrad import estimators
 from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
 from choicegrad.data.table import TableData
 from choicegrad.decoding.rows import first_occurrence, row_keys
+from choicegrad.device import device_field
 from choicegrad.generators import GeneratorConfig, TableObjective, build
 from choicegrad.generators.base import Generator
 from choicegrad.generators.context import Context
@@ -67,6 +68,11 @@ class GeneratorFit(BaseModel):
     seed: int = 0
     device: str = "cpu"
     max_minutes: Optional[float] = Field(None, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
+        return device_field(value)
 
 
 @dataclass

@@ -1,0 +1,43 @@
+"""The one check of a torch device argument, before any work is done on it."""
+
+from __future__ import annotations
+
+import torch
+
+from choicegrad.errors import InputError
+
+
+def check_device(device: str | torch.device, name: str = "device") -> torch.device:
+    """`device` as a torch.device that this machine has; InputError naming `name` for an unknown
+    device, CUDA or MPS that is not available, or a GPU index out of range.
+
+        check_device("cuda:1", "--device")
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(name, [f'unknown device "{device}"; expected cpu, cuda, cuda:N or mps']) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise InputError(name, [f'"{device}": CUDA is not available ({why}); use cpu'])
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise InputError(name, [f'"{device}": there {"is" if count == 1 else "are"} {count} CUDA GPU(s), '
+                                    f"numbered 0..{count - 1}"])
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(name, [f'"{device}": MPS (Apple GPU) is not available on this machine; use cpu'])
+    elif dev.type != "cpu":
+        raise InputError(name, [f'"{device}": device type "{dev.type}" is not supported; expected cpu, cuda, cuda:N or mps'])
+    return dev
+
+
+def device_field(value: str) -> str:
+    """A pydantic validator's body for a `device` field: `value` unchanged, or ValueError saying why
+    it is not usable here (pydantic names the field)."""
+    try:
+        check_device(value)
+    except InputError as exc:
+        raise ValueError("; ".join(exc.problems)) from None
+    return value
