@@ -141,8 +141,6 @@ CSV = ("csv", ",", "utf-8", csv.QUOTE_MINIMAL)
 PARQUET = ("parquet", None, None, None)
 
 
-@pytest.mark.xfail(reason="issue 13: the ci profile's examples reach the load_table-* cases of KNOWN below; "
-                          "pending fix on branch wt-a", strict=False)
 @examples(3.0)
 @given(table=tables(), fmt=FORMATS, glob=st.booleans())
 def test_load_table_is_finite_or_input_error(table, fmt, glob):
@@ -496,55 +494,57 @@ def test_damaged_run_folder(runs, base, damages):
 
 # --- the failures found, one minimal example each --------------------------------------------------------
 
-def pending(branch: str, what: str):
-    return pytest.mark.xfail(reason=f"issue 13: {what}; pending fix on branch {branch}", strict=False)
+def found(where: str, what: str) -> tuple:
+    """A fixed failure, kept as a regression case: `what` it was and on which branch it was mended.
+    No mark: the case must pass."""
+    return ()
 
 
 ROW = {"fixes": [], "contexts": "none", "run_at": "fit", "out_suffix": ".csv"}
 KNOWN = [
     pytest.param(test_load_table_is_finite_or_input_error,
                  dict(table=(pd.DataFrame({"a": ["x", "y"], "y": [0.0, 1e300]}), ["a"], "y", []), fmt=CSV, glob=False),
-                 marks=pending("wt-a", "a score of 1e300 becomes inf in float32 (data/table.py load_table)"),
+                 marks=found("wt-a", "a score of 1e300 becomes inf in float32 (data/table.py load_table)"),
                  id="load_table-score-1e300"),
     pytest.param(test_load_table_is_finite_or_input_error,
                  dict(table=(pd.DataFrame({"a": [1e300, 0.0], "y": [0.0, 1.0]}), ["a"], "y", []), fmt=PARQUET, glob=False),
-                 marks=pending("wt-a", "an integral float label beyond int64 raises TypeError (data/space.py as_labels)"),
+                 marks=found("wt-a", "an integral float label beyond int64 raises TypeError (data/space.py as_labels)"),
                  id="load_table-feature-1e300"),
     pytest.param(test_score_cli,
                  dict(rows=pd.DataFrame({"ctx": ["c0"], "s0": ["a"], "s1": ["b"], "s2": [2.0**63]}), fmt=CSV,
                       run_at="scorer", out_suffix=".csv", extra=[]),
-                 marks=pending("wt-a", "TypeError from data/space.py as_labels via Scorer.predict_frame"),
+                 marks=found("wt-a", "TypeError from data/space.py as_labels via Scorer.predict_frame"),
                  id="score-feature-2**63"),
     pytest.param(test_fit_scorer_cli, dict(table=good(1), fmt=CSV, extra=[], data_at="table", out_at="new", drop=None),
-                 marks=pending("main", "one row: ZeroDivisionError (scorer/fit.py fit_scorer, empty training split)"),
+                 marks=found("main", "one row: ZeroDivisionError (scorer/fit.py fit_scorer, empty training split)"),
                  id="fit-scorer-1-row"),
     pytest.param(test_fit_scorer_cli, dict(table=good(2), fmt=CSV, extra=[], data_at="table", out_at="new", drop=None),
-                 marks=pending("main", "two rows: exit 0 with NaN weights (scorer/fit.py fit_scorer: y_std of one training row)"),
+                 marks=found("main", "two rows: exit 0 with NaN weights (scorer/fit.py fit_scorer: y_std of one training row)"),
                  id="fit-scorer-2-rows"),
     *[pytest.param(test_fit_scorer_cli, dict(table=good(12), fmt=CSV, extra=["--device", device], data_at="table",
                                              out_at="new", drop=None),
-                   marks=pending("main", f"--device {device!r}: torch's error escapes (scorer/fit.py fit_scorer)"),
+                   marks=found("main", f"--device {device!r}: torch's error escapes (scorer/fit.py fit_scorer)"),
                    id=f"fit-scorer-device-{device or 'empty'}") for device in ("cuda", "", "meta")],
     *[pytest.param(test_fit_scorer_cli, dict(table=good(12), fmt=CSV, extra=[flag, value], data_at="table", out_at="new",
-                                             drop=None), marks=pending("main", what), id=name)
+                                             drop=None), marks=found("main", what), id=name)
       for name, flag, value, what in [
           ("fit-scorer-seed-huge", "--seed", HUGE, "ValueError: Overflow when unpacking long long (scorer/fit.py seed_everything)"),
           ("fit-scorer-seed-negative", "--seed", "-1", "ValueError: expected non-negative integer (scorer/fit.py seed_everything)"),
           ("fit-scorer-batch-size-huge", "--batch-size", HUGE, "ValueError: Overflow when unpacking long long (scorer/fit.py fit_scorer)"),
           ("fit-scorer-ranking-inf", "--ranking", "inf", "exit 0 with NaN weights (scorer/fit.py fit_scorer)")]],
     pytest.param(test_generate_cli, dict(extra=["--seed", HUGE], **ROW),
-                 marks=pending("wt-a", "ValueError: Overflow when unpacking long long (run.py Run.generate)"),
+                 marks=found("wt-a", "ValueError: Overflow when unpacking long long (run.py Run.generate)"),
                  id="generate-seed-huge"),
     pytest.param(test_generate_cli, dict(extra=["--top-k", HUGE], **ROW),
-                 marks=pending("wt-a", "OverflowError (decoding/decoders.py distinct_draws)"), id="generate-top-k-huge"),
+                 marks=found("wt-a", "OverflowError (decoding/decoders.py distinct_draws)"), id="generate-top-k-huge"),
     *[pytest.param(test_generate_cli, dict(extra=["--device", device], **ROW),
-                   marks=pending("wt-a", f"--device {device!r}: torch's error escapes (Scorer.load, Run.generate)"),
+                   marks=found("wt-a", f"--device {device!r}: torch's error escapes (Scorer.load, Run.generate)"),
                    id=f"generate-device-{device or 'empty'}") for device in ("cuda", "", "meta")],
     pytest.param(test_damaged_run_folder, dict(base="fit", damages=[("json-node", "generator.json", ("context", None))]),
-                 marks=pending("wt-a", 'generator.json "context": null raises pydantic ValidationError (run.py _check_pair)'),
+                 marks=found("wt-a", 'generator.json "context": null raises pydantic ValidationError (run.py _check_pair)'),
                  id="damaged-generator-context-null"),
     pytest.param(test_damaged_run_folder, dict(base="fit", damages=[("flip", "config.json", [(0, 0x80)])]),
-                 marks=pending("wt-a", "config.json not UTF-8 raises UnicodeDecodeError (run.py _read_config)"),
+                 marks=found("wt-a", "config.json not UTF-8 raises UnicodeDecodeError (run.py _read_config)"),
                  id="damaged-config-json-not-utf8"),
     pytest.param(test_damaged_run_folder, dict(base="fit", damages=[("flip", "scorer.json", [(0, 0xFF)])]),
                  id="damaged-scorer-json-not-utf8"),      # was UnicodeDecodeError (io.load_checkpoint)

@@ -124,7 +124,7 @@ def fit_scorer_cmd(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Default: training rows / 256 (128..4096).")] = None,
     train_quantile: Annotated[Optional[float], typer.Option(
         help="Fit only on rows below this score quantile of their context; report the rest as 'upper'.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")] = 0,
     max_minutes: Annotated[Optional[float], typer.Option(
         min=0.01, help="Time limit for the whole fit; ensemble member m of k stops at (m + 1) / k of it.")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
@@ -190,7 +190,8 @@ DEFAULT_DECODER = "polish"
 # Library argument names -> the flags that set them, for error messages.
 FIT_FLAGS = {"method/generator": "--method/--generator", "out": "--out"}
 GENERATE_FLAGS = {"k": "--top-k", "fix": "--fix", "decoder": "--decoder", "temperature": "--temperature",
-                  "samples": "--samples", "budget": "--budget", "contexts": "--contexts", "device": "--device"}
+                  "samples": "--samples", "budget": "--budget", "contexts": "--contexts", "device": "--device",
+                  "seed": "--seed"}
 
 
 def _flag(problem: str, flags: dict[str, str]) -> str:
@@ -221,7 +222,7 @@ def fit_cmd(
                                               "(reinforce, st-gumbel, gumbel-rao, reinmax, st, soft, gumbel, raml, weighted-ce, "
                                               "aligner: fits a learned similarity first and saves it).")] = DEFAULT_METHOD,
     generator: Annotated[str, typer.Option(help="Generator form: autoregressive or factorized.")] = DEFAULT_GENERATOR,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")] = 0,
     max_minutes: Annotated[Optional[float], typer.Option(
         min=0.01, help="Time limit for the whole fit (about half for the scorer, the rest for the generator).")] = None,
     train_quantile: Annotated[Optional[float], typer.Option(
@@ -271,7 +272,7 @@ def generate_cmd(
     budget: Annotated[Optional[int], typer.Option(help="Scorer calls per context for rerank/polish/anneal: a quarter on draws, "
                                                   "the rest on the search (default max(5 x top-k, 256) unless --samples is given).")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="Override the scorer's ensemble pessimism.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Generate the top-K distinct rows per context with a fitted generator; one output row per (context, rank)."""
@@ -353,7 +354,7 @@ def data_table_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV or Parquet file to write.")],
     protocol: Annotated[str, typer.Option(help="below-median (the offline-design protocol) or random.")] = "below-median",
     rows: Annotated[Optional[int], typer.Option(min=1, help="Number of rows (required for random; a subsample otherwise).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed of the sample.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed of the sample.")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the real landscapes (default "
                                                           "$CHOICEGRAD_DATA_DIR, else ../shared/data, else the "
                                                           "`choicegrad data fetch` cache).")] = None,

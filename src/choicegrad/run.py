@@ -89,7 +89,7 @@ def check_method(method: str, kind: str) -> str:
 
 
 def generate_problems(k: int, decoder: str, temperature: float, samples: Optional[int],
-                      budget: Optional[int]) -> list[str]:
+                      budget: Optional[int], seed: int = 0) -> list[str]:
     """'argument: problem' lines for bad Run.generate options (empty when all are fine)."""
     problems = []
     if k < 1:
@@ -101,6 +101,8 @@ def generate_problems(k: int, decoder: str, temperature: float, samples: Optiona
         problems.append(f"temperature: expected a number > 0, got {temperature}")
     if samples is not None and samples < 1:
         problems.append(f"samples: expected an integer >= 1, got {samples}")
+    if not 0 <= seed < 2**63:
+        problems.append(f"seed: expected an integer in 0 .. 2**63 - 1, got {seed}")
     if budget is not None and budget < 1:
         problems.append(f"budget: expected an integer >= 1 scorer call per context, got {budget}")
     return problems
@@ -167,13 +169,17 @@ def _check_pair(run_dir: Path, scorer: Scorer, meta: dict) -> None:
 
 
 def _read_config(path: Path) -> dict:
-    """config.json as a dict ({} when absent); InputError naming the file when it is not JSON."""
+    """A JSON object file as a dict ({} when absent); InputError naming the file when it is not UTF-8
+    JSON or not an object."""
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
         raise InputError(str(path), [f"not valid JSON: {exc}"]) from None
+    if not isinstance(doc, dict):
+        raise InputError(str(path), [f"expected a JSON object, got {type(doc).__name__}"])
+    return doc
 
 
 def _read_contexts(source: str | Path, scorer: Scorer) -> tuple[pd.DataFrame, TableContext]:
@@ -263,7 +269,7 @@ class Run:
 
             run.generate(k=5, decoder="rerank", fix={"s0": "a"})
         """
-        problems = generate_problems(k, decoder, temperature, samples, budget)
+        problems = generate_problems(k, decoder, temperature, samples, budget, seed)
         if problems:
             raise InputError("generate", problems)
         fixed = parse_fix(fix, self.scorer.space)

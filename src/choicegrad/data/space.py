@@ -26,8 +26,8 @@ def as_labels(values: pd.Series) -> pd.Series:
     labels it has in a file without gaps.
     """
     if pd.api.types.is_float_dtype(values.dtype):
-        finite = values.dropna()
-        if len(finite) and np.all(np.mod(finite.to_numpy(), 1) == 0):
+        finite = values.dropna().to_numpy()
+        if len(finite) and np.all(np.mod(finite, 1) == 0) and np.all(np.abs(finite) < 2.0**63):  # int64's range
             values = values.astype("Int64")
     missing = values.isna().to_numpy()
     labels = values.astype(str).to_numpy(dtype=object, copy=True)

@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from choicegrad.decoding.rows import change_one_slot
@@ -36,6 +36,8 @@ from choicegrad.progress import progress_bar
 
 class AlignerFit(BaseModel):
     """How to build and train an aligner. Stored with it."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # an inf or NaN setting would train to NaN weights
 
     dim: int = Field(32, ge=2, description="aligner space dimension")
     hidden: int = Field(128, ge=1, description="width of the projection head's hidden layer")
@@ -47,7 +49,7 @@ class AlignerFit(BaseModel):
     contexts_per_batch: int = Field(8, ge=1)
     rows_per_context: int = Field(32, ge=4)
     lr: float = Field(2e-3, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="random seed (torch takes 0 <= seed < 2**63)")
     max_minutes: Optional[float] = Field(None, gt=0)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
 from choicegrad.data.table import TableData, check_fit_rows, score_stats
@@ -21,6 +21,8 @@ from choicegrad.scorer.model import Scorer, ScorerConfig, pair_rank
 class ScorerFit(BaseModel):
     """How to fit a scorer. Stored with the run."""
 
+    model_config = ConfigDict(allow_inf_nan=False)  # an inf or NaN setting would train to NaN weights
+
     model: ScorerConfig = Field(default_factory=ScorerConfig)
     ensemble: int = Field(1, ge=1, description="members k; score = mean - beta * std")
     beta: float = Field(0.0, ge=0.0, description="pessimism of the ensemble score")
@@ -32,7 +34,7 @@ class ScorerFit(BaseModel):
     patience: int = Field(6, ge=1, description="epochs without validation gain before stopping")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0, lt=0.5)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="random seed (torch takes 0 <= seed < 2**63)")
     max_minutes: float | None = Field(None, gt=0, description="time limit for the whole fit: member m of k trains "
                                       "until (m + 1) / k of it has passed (checked after every batch)")
     device: str = "cpu"
@@ -126,7 +128,7 @@ class _ScorerTraining:
         self.val_t = torch.as_tensor(self.val_idx, device=device)
         n_train = len(self.train_idx)
         self.epochs = fit.epochs or int(np.clip(math.ceil(3e7 / n_train), 10, 200))
-        self.batch_size = fit.batch_size or int(np.clip(n_train // 256, 128, 4096))
+        self.batch_size = min(fit.batch_size or int(np.clip(n_train // 256, 128, 4096)), n_train)
         self.steps_per_epoch = max(1, math.ceil(n_train / self.batch_size))
         self.history: list[dict[str, float]] = []
         self.member, self.epoch, self.pos, self.total = 0, 0, 0, 0.0

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from choicegrad import estimators
@@ -44,6 +44,8 @@ __all__ = ["METRIC_FIELDS", "GeneratorFit", "GeneratorResult", "SampledContexts"
 class GeneratorFit(BaseModel):
     """How to train a generator. Stored with the run."""
 
+    model_config = ConfigDict(allow_inf_nan=False)  # an inf or NaN setting would train to NaN weights
+
     method: str = Field("reinforce", description="gradient estimator, see choicegrad.estimators.available()")
     method_options: dict[str, Any] = Field(default_factory=dict, description="estimator hyperparameters")
     steps: int = Field(1500, ge=0)
@@ -65,7 +67,7 @@ class GeneratorFit(BaseModel):
     patience: Optional[int] = Field(8, ge=1, description="validations without gain before stopping (None: never)")
     log_every: int = Field(10, ge=1)
     grad_clip: Optional[float] = Field(1.0, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="random seed (torch takes 0 <= seed < 2**63)")
     device: str = "cpu"
     max_minutes: Optional[float] = Field(None, gt=0)
 
