@@ -25,7 +25,9 @@ _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.functi
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None,
                           phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False,
                           suppress_health_check=_SLOW_OK)
-settings.register_profile("fuzz", max_examples=1000, deadline=None, suppress_health_check=_SLOW_OK)
+# $CHOICEGRAD_FUZZ_EXAMPLES sizes a shorter or longer fuzz run (default 1000 per table test; CLI tests get a share)
+settings.register_profile("fuzz", max_examples=int(os.environ.get("CHOICEGRAD_FUZZ_EXAMPLES", 1000)), deadline=None,
+                          suppress_health_check=_SLOW_OK)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -4,8 +4,8 @@ Invariants: a result whose numbers are finite, or an InputError (in the CLI: exi
 `error:` message); never any other exception, never a traceback, never a half-written output. The `ci`
 profile (tests/conftest.py; `make test`) tries few examples from a fixed seed, `make fuzz` many. With
 CHOICEGRAD_FUZZ_STATS=FILE the examples each test ran, and how they ended, are written to FILE (JSON).
-Each distinct failure found is kept, as its minimal example, in KNOWN at the end (xfail while its fix
-is pending on another branch).
+Each distinct failure found is kept, as its minimal example, in KNOWN at the end: a regression case
+that must pass now that it is fixed.
 
 Flags that size work (--epochs, --ensemble, --pairwise, --samples, --budget) get small or moderately
 large values, so that every example stays under a second or so; the rest also get huge ones.

@@ -162,7 +162,7 @@ def fit_aligner(scorer, data, fit: Optional[AlignerFit] = None, progress: Option
         off = (torch.rand(G, R - n_edit, generator=rng) * counts[g, None]).long()
         idx = order[starts[g, None] + off].flatten()                                         # data rows
         rows, cat, num = data.rows[idx], data.ctx_cat[idx], data.ctx_num[idx]
-        y = data.y[idx] / y_std
+        y = ((data.y[idx] - scorer.offset) / (scorer.unit * y_std)).float()   # the scorer's working units, in stds
         grp = g.repeat_interleave(R - n_edit)
         if n_edit:
             pick = torch.randint(R - n_edit, (G, n_edit), generator=rng) + (torch.arange(G) * (R - n_edit))[:, None]
