@@ -10,34 +10,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from choicegrad.bench.tasks import PottsTask
+from cli_helpers import assert_input_error, run
 from choicegrad.data import ChoiceSpace, ContextEncoder
-from choicegrad.cli import app
 from choicegrad.data.table import MIN_ROWS, check_fit_rows, load_table, score_stats
 from choicegrad.decoding import decode
 from choicegrad.device import check_device
 from choicegrad.errors import InputError
-from choicegrad.generators import GeneratorConfig, TableContext, TableObjective, build
+from choicegrad.generators import GeneratorConfig, TableContext, build
 from choicegrad.io import check_finite, check_writable, read_table
 from choicegrad.run import Run
-from choicegrad.scorer.fit import ScorerFit, fit_scorer
+from choicegrad.scorer.fit import ScorerFit
 from choicegrad.training.loop import GeneratorFit
 
 FAST = ["--steps", "0", "--scorer-epochs", "3", "--seed", "1"]
 COLUMNS = ["--features", "s?", "--score", "y", "--context", "ctx"]
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_input_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    for n in needles:
-        assert n in result.output, result.output
 
 
 def small_frame(n=300, scale=1.0):

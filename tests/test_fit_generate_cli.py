@@ -5,26 +5,15 @@ import json
 
 import pandas as pd
 import pytest
-import torch
-from typer.testing import CliRunner
 
-from choicegrad.cli import app
 from choicegrad.bench.tasks import PottsTask
+from cli_helpers import assert_input_error, run
 
 FAST = ["--steps", "40", "--scorer-epochs", "4"]
 
 
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_input_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    for n in needles:
-        assert n in result.output, result.output
 
 
 @pytest.fixture(scope="module")
