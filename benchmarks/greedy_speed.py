@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from choicegrad.data.table import ContextColumn, ContextEncoder
+from choicegrad.data.context import ContextColumn, ContextEncoder
 from choicegrad.decoding.decoders import beam_search
 from choicegrad.generators import GeneratorConfig, TableContext, build
 from choicegrad.data.space import ChoiceSpace, Slot
