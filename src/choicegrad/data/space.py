@@ -27,7 +27,9 @@ def as_labels(values: pd.Series) -> pd.Series:
     """
     if pd.api.types.is_float_dtype(values.dtype):
         finite = values.dropna().to_numpy()
-        if len(finite) and np.all(np.mod(finite, 1) == 0) and np.all(np.abs(finite) < 2.0**63):  # int64's range
+        with np.errstate(invalid="ignore"):                                 # inf % 1 is NaN: not integral
+            integral = len(finite) and np.all(np.mod(finite, 1) == 0) and np.all(np.abs(finite) < 2.0**63)
+        if integral:                                                         # within int64's range
             values = values.astype("Int64")
     missing = values.isna().to_numpy()
     labels = values.astype(str).to_numpy(dtype=object, copy=True)
