@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import AfterValidator
 
 from choicegrad.errors import InputError
 
@@ -34,10 +37,14 @@ def check_device(device: str | torch.device, name: str = "device") -> torch.devi
 
 
 def device_field(value: str) -> str:
-    """A pydantic validator's body for a `device` field: `value` unchanged, or ValueError saying why
-    it is not usable here (pydantic names the field)."""
+    """The validator of `Device`: `value` unchanged, or ValueError saying why it is not usable here
+    (pydantic names the field)."""
     try:
         check_device(value)
     except InputError as exc:
         raise ValueError("; ".join(exc.problems)) from None
     return value
+
+
+#: A settings field holding a torch device this machine has (ScorerFit.device, GeneratorFit.device).
+Device = Annotated[str, AfterValidator(device_field)]

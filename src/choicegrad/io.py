@@ -176,6 +176,17 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
             frame.to_parquet(tmp, index=False)
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A UTF-8 JSON file holding an object, as a dict; InputError naming the file otherwise."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise InputError(str(path), [f"not valid JSON: {exc}"]) from None
+    if not isinstance(doc, dict):
+        raise InputError(str(path), [f"expected a JSON object, got {type(doc).__name__}"])
+    return doc
+
+
 def save_checkpoint(run_dir: str | Path, name: str, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write RUN/name.safetensors and RUN/name.json atomically (weights first, JSON last)."""
     run_dir = Path(run_dir)
@@ -192,12 +203,7 @@ def load_checkpoint(run_dir: str | Path, name: str) -> tuple[dict[str, torch.Ten
     missing = [str(p) for p in (weights, config) if not p.is_file()]
     if missing:
         raise InputError(str(run_dir), [f"missing run file {m}" for m in missing])
-    try:
-        meta = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
-        raise InputError(str(config), [f"not valid JSON: {exc}"]) from None
-    if not isinstance(meta, dict):
-        raise InputError(str(config), [f"expected a JSON object, got {type(meta).__name__}"])
+    meta = read_json_object(config)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types

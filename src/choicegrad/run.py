@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from choicegrad import generators
 from choicegrad.checkpoints import CHECKPOINT_MINUTES
 from choicegrad.device import check_device
-from choicegrad.io import atomic_write_text, check_finite, read_table, versions, write_table
+from choicegrad.io import atomic_write_text, check_finite, read_json_object, read_table, versions, write_table
 from choicegrad.data import ChoiceSpace, ContextEncoder
 from choicegrad.data.split import hold_out_upper
 from choicegrad.data.table import TableData, load_table
@@ -171,15 +171,7 @@ def _check_pair(run_dir: Path, scorer: Scorer, meta: dict) -> None:
 def _read_config(path: Path) -> dict:
     """A JSON object file as a dict ({} when absent); InputError naming the file when it is not UTF-8
     JSON or not an object."""
-    if not path.is_file():
-        return {}
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
-        raise InputError(str(path), [f"not valid JSON: {exc}"]) from None
-    if not isinstance(doc, dict):
-        raise InputError(str(path), [f"expected a JSON object, got {type(doc).__name__}"])
-    return doc
+    return read_json_object(path) if path.is_file() else {}
 
 
 def _read_contexts(source: str | Path, scorer: Scorer) -> tuple[pd.DataFrame, TableContext]:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
 from choicegrad.data.table import TableData, check_fit_rows, score_stats
-from choicegrad.device import device_field
+from choicegrad.device import Device
 from choicegrad.metrics import regression_report
 from choicegrad.progress import progress_bar
 from choicegrad.scorer.model import Scorer, ScorerConfig, pair_rank
@@ -37,12 +37,7 @@ class ScorerFit(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63, description="random seed (torch takes 0 <= seed < 2**63)")
     max_minutes: float | None = Field(None, gt=0, description="time limit for the whole fit: member m of k trains "
                                       "until (m + 1) / k of it has passed (checked after every batch)")
-    device: str = "cpu"
-
-    @field_validator("device")
-    @classmethod
-    def _device_exists(cls, value: str) -> str:
-        return device_field(value)
+    device: Device = "cpu"
 
 
 @dataclass

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from choicegrad import estimators
 from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
 from choicegrad.data.table import TableData
 from choicegrad.decoding.rows import first_occurrence, row_keys
-from choicegrad.device import device_field
+from choicegrad.device import Device
 from choicegrad.generators import GeneratorConfig, TableObjective, build
 from choicegrad.generators.base import Generator
 from choicegrad.generators.context import Context
@@ -68,13 +68,8 @@ class GeneratorFit(BaseModel):
     log_every: int = Field(10, ge=1)
     grad_clip: Optional[float] = Field(1.0, gt=0)
     seed: int = Field(0, ge=0, lt=2**63, description="random seed (torch takes 0 <= seed < 2**63)")
-    device: str = "cpu"
+    device: Device = "cpu"
     max_minutes: Optional[float] = Field(None, gt=0)
-
-    @field_validator("device")
-    @classmethod
-    def _device_exists(cls, value: str) -> str:
-        return device_field(value)
 
 
 @dataclass
