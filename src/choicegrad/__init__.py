@@ -6,6 +6,7 @@ The whole pipeline, table -> scorer -> estimator -> generator -> decoder -> cand
     scorer = cg.fit_scorer(table, cg.ScorerFit(seed=0)).scorer
     result = cg.fit_table_generator(scorer, table, fit=cg.GeneratorFit(method="reinforce"))
     run = cg.Run.fit("t.csv", "runs/one", cg.TableSpec(features="s?", score="y", context="ctx"))
+    designer = cg.Designer(features="s?", score="y", context="ctx"); designer.tell(frame); designer.ask(128)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 from choicegrad import estimators  # noqa: E402
 from choicegrad.data import MISSING, ChoiceSpace, ContextEncoder, TableData, load_table  # noqa: E402
 from choicegrad.decoding import Candidates, DecodeOptions, decode  # noqa: E402
+from choicegrad.design import DesignConfig, Designer  # noqa: E402
 from choicegrad.errors import InputError  # noqa: E402
 from choicegrad.estimators import select, soft_lookup  # noqa: E402
 from choicegrad.generators import Generator, GeneratorConfig, TableContext, TableObjective, build, policy_of  # noqa: E402
@@ -24,7 +26,8 @@ from choicegrad.scorer import EmbeddingScorer, Scorer, ScorerConfig, ScorerFit, 
 from choicegrad.training import GeneratorFit, TableContexts, fit_generator, fit_table_generator  # noqa: E402
 
 __all__ = [
-    "MISSING", "Candidates", "ChoiceSpace", "ContextEncoder", "DecodeOptions", "EmbeddingScorer", "Generator",
+    "MISSING", "Candidates", "ChoiceSpace", "ContextEncoder", "DecodeOptions", "DesignConfig", "Designer",
+    "EmbeddingScorer", "Generator",
     "GeneratorConfig", "GeneratorFit", "InputError", "Run", "Scorer", "ScorerConfig", "ScorerFit", "TableContext",
     "TableContexts", "TableData", "TableObjective", "TableSpec", "build", "decode", "estimators", "fit_generator",
     "fit_scorer", "fit_table_generator", "load_table", "policy_of", "read_table", "select", "soft_lookup",

@@ -100,6 +100,8 @@ CONTEXT = typer.Option("--context", "-c",
 RESUME = typer.Option("--resume", help="Continue an interrupted run of --out from its last checkpoint (same settings); "
                       "a finished run is left as it is.")
 OVERWRITE = typer.Option("--overwrite", help="Replace the run already in --out (kept until the new one is complete).")
+SPACE = typer.Option("--space", help='JSON object {"feature": ["category", ...]} declaring every category a feature may '
+                     "take, measured or not (default: the categories the table holds).")
 CHECKPOINT = typer.Option(min=0.0, help="Minutes between checkpoints of long phases (also saved at the end of each "
                           "phase and on Ctrl-C / SIGTERM).")
 
@@ -130,6 +132,7 @@ def fit_scorer_cmd(
     resume: Annotated[bool, RESUME] = False,
     overwrite: Annotated[bool, OVERWRITE] = False,
     checkpoint_minutes: Annotated[float, CHECKPOINT] = 2.0,
+    space: Annotated[Optional[Path], SPACE] = None,
 ) -> None:
     """Fit a scorer on a table and print its held-out metrics."""
     from choicegrad.run import TableSpec, fit_scorer_run
@@ -140,7 +143,8 @@ def fit_scorer_cmd(
                     epochs=epochs, batch_size=batch_size, seed=seed, max_minutes=max_minutes, device=device)
     with as_flags({"out": "--out"}):
         result = fit_scorer_run(data, out, TableSpec(features=features, score=score, context=context,
-                                                     train_quantile=train_quantile), cfg,
+                                                     train_quantile=train_quantile,
+                                                     space=None if space is None else str(space)), cfg,
                                 resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
                                 echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
     typer.echo(f"wrote {out}/scorer.safetensors")
@@ -235,6 +239,7 @@ def fit_cmd(
     resume: Annotated[bool, RESUME] = False,
     overwrite: Annotated[bool, OVERWRITE] = False,
     checkpoint_minutes: Annotated[float, CHECKPOINT] = 2.0,
+    space: Annotated[Optional[Path], SPACE] = None,
 ) -> None:
     """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context.
 
@@ -246,7 +251,8 @@ def fit_cmd(
 
     gen_options = {**({"steps": steps} if steps is not None else {}), **({"entropy": entropy} if entropy is not None else {})}
     with as_flags(FIT_FLAGS):
-        Run.fit(data, out, TableSpec(features=features, score=score, context=context, train_quantile=train_quantile),
+        Run.fit(data, out, TableSpec(features=features, score=score, context=context, train_quantile=train_quantile,
+                                     space=None if space is None else str(space)),
                 generator=generator, scorer_fit=ScorerFit(ensemble=ensemble, beta=beta, seed=seed, epochs=scorer_epochs,
                                                           device=device),
                 generator_fit=GeneratorFit(method=method, seed=seed, device=device, beta=beta, **gen_options),
@@ -302,6 +308,74 @@ def generate_cmd(
                    err=True)
     typer.echo(f"generated {len(result)} rows for {stats['contexts']} context(s) with {decoder} in "
                f"{time.perf_counter() - start:.1f} s ({stats['scorer_calls']} scorer calls) -> {out}")
+
+
+@app.command("propose", epilog="Example (one design round a week): choicegrad propose measured.csv --features 's?' "
+             "--score y --context tf --batch 128 --out next.csv --state design-state\n\n"
+             "Example: choicegrad propose measured.parquet -f 's?' -y y --space space.json --contexts tfs.csv "
+             "--batch 96 --min-distance 2 --out next.csv")
+@user_errors
+def propose_cmd(
+    measured: Annotated[Path, typer.Argument(help="Every row measured so far, CSV or Parquet; a score of -inf or an "
+                                                  "empty score marks a row that failed.")],
+    features: Annotated[list[str], FEATURES],
+    score: Annotated[str, SCORE],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output table, CSV or Parquet: context columns, features, "
+                                                          "predicted, uncertainty, [p_feasible,] rank.")],
+    batch: Annotated[int, typer.Option(min=1, help="New distinct rows per context.")],
+    context: Annotated[Optional[list[str]], CONTEXT] = None,
+    contexts: Annotated[Optional[Path], typer.Option(
+        help="Table of contexts (CSV/Parquet) to propose for; default: every context of the measured table.")] = None,
+    space: Annotated[Optional[Path], SPACE] = None,
+    state: Annotated[Optional[Path], typer.Option(
+        help="Folder keeping the models between rounds: read for a warm start when present, rewritten after the "
+             "round. Without it every round refits from scratch.")] = None,
+    acquisition: Annotated[str, typer.Option(help="ucb (mean + kappa x std of the ensemble) or thompson.")] = "ucb",
+    kappa: Annotated[float, typer.Option(min=0.0, help="Optimism of ucb, in ensemble standard deviations.")] = 1.0,
+    min_distance: Annotated[int, typer.Option(min=1, help="Least Hamming distance between two rows of a batch.")] = 1,
+    ensemble: Annotated[int, typer.Option(min=2, help="Scorer ensemble members (their spread is the uncertainty).")] = 4,
+    max_minutes: Annotated[float, typer.Option(min=0.01, help="Time for the round's refits.")] = 3.0,
+    seed: Annotated[int, typer.Option(min=0, max=2**62 - 1, help="Random seed (round r uses seed + r).")] = 0,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """One design round: refit on every row measured so far, then write BATCH new rows per context to measure next.
+
+    Rows measured before (in that context) and rows that failed are never proposed. Run it again with the
+    new results added to MEASURED for the next round; --state keeps the models for a warm start."""
+    from choicegrad.design import DesignConfig, Designer
+    from choicegrad.device import check_device
+    from choicegrad.io import TABLE_SUFFIXES, check_writable, write_table
+    from choicegrad.run import check_out_dir
+
+    start = time.perf_counter()
+    if out.suffix.lower() not in TABLE_SUFFIXES:
+        raise InputError("--out", [f'unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
+    if acquisition not in ("ucb", "thompson"):
+        raise InputError("--acquisition", [f'expected "ucb" or "thompson", got "{acquisition}"'])
+    check_device(device, "--device")
+    check_writable(out, "--out")
+    if state is not None:
+        check_out_dir(state, "--state")
+    config = DesignConfig(acquisition=acquisition, kappa=kappa, min_distance=min_distance, ensemble=ensemble,
+                          max_minutes=max_minutes, seed=seed, device=device)
+    designer = Designer(features, score, context, space=space, config=config)
+    if state is not None and (state / "designer.json").is_file():
+        designer.warm_from(state)
+        typer.echo(f"warm start from {state} (round {designer.rounds})", err=True)
+    designer.tell(measured)
+    with as_flags({"contexts": "--contexts", "n": "--batch"}):
+        result = designer.ask(batch, contexts, echo=lambda m: typer.echo(m, err=True))
+    if state is not None:
+        designer.save(state)
+    short = result.attrs.get("short", 0)
+    result.attrs = {}
+    write_table(result, out)
+    info = designer.last
+    if short:
+        typer.echo(f"warning: {short} context(s) got fewer than {batch} rows: fewer rows not yet measured remain "
+                   f"(at --min-distance {min_distance})", err=True)
+    typer.echo(f"proposed {len(result)} rows ({info['rows']} measured, {info['failed']} failed) in "
+               f"{time.perf_counter() - start:.1f} s -> {out}")
 
 
 @app.command("demo", epilog="Example: choicegrad demo --out runs/demo")

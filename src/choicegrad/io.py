@@ -225,14 +225,20 @@ def meta_problem(exc: Exception) -> str:
     return str(exc)
 
 
-def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """module.load_state_dict(state) with every missing, unexpected or wrongly shaped tensor reported
-    in one InputError naming `source` (the .safetensors file)."""
+def state_problems(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Why `state` cannot load into `module`: missing, unexpected or wrongly shaped tensors (empty
+    when it can; a warm start checks this before copying weights)."""
     own = module.state_dict()
     problems = [f"missing tensor {k}" for k in own if k not in state]
     problems += [f"unexpected tensor {k}" for k in state if k not in own]
-    problems += [f"tensor {k} has shape {list(state[k].shape)}, expected {list(v.shape)}"
-                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    return problems + [f"tensor {k} has shape {list(state[k].shape)}, expected {list(v.shape)}"
+                       for k, v in own.items() if k in state and state[k].shape != v.shape]
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """module.load_state_dict(state) with every missing, unexpected or wrongly shaped tensor reported
+    in one InputError naming `source` (the .safetensors file)."""
+    problems = state_problems(module, state)
     if problems:
         raise InputError(str(source), problems[:8] + ([f"and {len(problems) - 8} more"] if len(problems) > 8 else [])
                          + ["the weights do not match the settings in the .json file beside it"])

@@ -57,12 +57,14 @@ class TableSpec(BaseModel):
     """Which columns of the training table to use (as in load_table), and the offline-design split.
 
     train_quantile: fit only on the rows below this score quantile of their context (the rest is
-    reported as the 'upper' held-out set)."""
+    reported as the 'upper' held-out set). space: every category each feature may take, as a dict
+    or a JSON file of one (see choicegrad.data.space.read_space); default: the table's labels."""
 
     features: Union[str, list[str]]
     score: str
     context: Union[str, list[str], None] = None
     train_quantile: Optional[float] = None
+    space: Union[str, dict[str, list[str]], None] = None
 
 
 def check_out_dir(out: str | Path, name: str = "out") -> None:
@@ -380,7 +382,7 @@ def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: Tabl
 
 def _load(data: str | Path | pd.DataFrame, table: TableSpec, echo: Callable[[str], None]):
     """The training table and its held-out upper part, before any folder is touched."""
-    data_table = load_table(data, table.features, table.score, table.context)
+    data_table = load_table(data, table.features, table.score, table.context, space=table.space)
     for note in data_table.warnings:
         echo(f"warning: {note}")
     return hold_out_upper(data_table, table.train_quantile)

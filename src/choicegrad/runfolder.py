@@ -37,7 +37,7 @@ MANIFEST = "run.json"
 REQUEST = "request.json"
 CHECKPOINT_DIR = ".checkpoint"
 #: Files whose sha256 readers check: what generation and scoring read (logs and reports may be edited).
-VERIFIED = ("scorer.", "generator.", "aligner.", "contexts.csv")
+VERIFIED = ("scorer.", "generator.", "aligner.", "feasibility.", "contexts.csv")
 #: Settings that may change when a run is resumed.
 RESUMABLE_CHANGES = ("max_minutes",)
 

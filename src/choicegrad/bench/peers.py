@@ -53,7 +53,7 @@ from torch import Tensor
 
 from choicegrad.decoding.decoders import exhaustive
 from choicegrad.decoding.local_search import Archive, anneal_chains
-from choicegrad.decoding.rows import change_one_slot, first_occurrence, row_keys
+from choicegrad.decoding.rows import change_one_slot, first_occurrence, row_keys, uniform_rows
 from choicegrad.decoding.scoring import Candidates
 from choicegrad.errors import did_you_mean
 from choicegrad.generators.context import Context
@@ -105,13 +105,6 @@ def search(name: str, objective: Objective, ctx: Context, allowed: Tensor, k: in
 
 
 # --- shared pieces --------------------------------------------------------------------------------
-def _uniform_rows(allowed: Tensor, n: int, generator: torch.Generator) -> Tensor:
-    """(B, n, S) rows, each slot uniform over its allowed categories."""
-    B, S, V = allowed.shape
-    idx = torch.multinomial(allowed.reshape(B * S, V).float(), n, replacement=True, generator=generator)
-    return idx.reshape(B, S, n).transpose(1, 2)
-
-
 def _opt(options: dict, key: str, default):
     value = options.get(key)
     return default if value is None else value
@@ -129,7 +122,7 @@ def _random(objective, ctx, allowed, k, budget, generator, chunk: int = 1 << 16)
     arch = Archive(B, k, S, V, allowed.device)
     per = max(1, chunk // max(B, 1))
     for start in range(0, budget, per):
-        arch.score(objective, _uniform_rows(allowed, min(per, budget - start), generator), ctx, chunk)
+        arch.score(objective, uniform_rows(allowed, min(per, budget - start), generator), ctx, chunk)
     return arch.result()
 
 
@@ -140,7 +133,7 @@ def _anneal(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
     init = min(budget, max(P, _positive("init", _opt(o, "init", max(P, budget // 10)))))
     t0, t1 = _positive("t0", _opt(o, "t0", 0.3), False), _positive("t1", _opt(o, "t1", 0.01), False)
     arch = Archive(B, k, S, V, allowed.device)
-    first = _uniform_rows(allowed, init, generator)
+    first = uniform_rows(allowed, init, generator)
     first_scores = arch.score(objective, first, ctx, chunk)
     return anneal_chains(objective, ctx, allowed, arch, first, first_scores, P, budget - init, t0, t1,
                          generator, chunk)
@@ -157,7 +150,7 @@ def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
     if not 0 <= rate <= 1:
         raise ValueError(f"mutation must be a per-slot rate in [0, 1], got {rate}")
     arch = Archive(B, k, S, V, dev)
-    pop = _uniform_rows(allowed, N, generator)
+    pop = uniform_rows(allowed, N, generator)
     fit = arch.score(objective, pop, ctx, chunk)
     left = budget - N
     C = N - E
@@ -170,7 +163,7 @@ def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
         p2 = pop.gather(1, parent[1].unsqueeze(-1).expand(B, n, S))
         child = torch.where(torch.rand(B, n, S, generator=generator, device=dev) < 0.5, p1, p2)
         mutate = torch.rand(B, n, S, generator=generator, device=dev) < rate
-        child = torch.where(mutate, _uniform_rows(allowed, n, generator), child)
+        child = torch.where(mutate, uniform_rows(allowed, n, generator), child)
         clone = (child == p1).all(-1) | (child == p2).all(-1)
         child = torch.where(clone.unsqueeze(-1), change_one_slot(child, allowed, generator), child)
         child_fit = arch.score(objective, child, ctx, chunk)

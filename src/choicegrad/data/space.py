@@ -7,14 +7,17 @@ gives the same space.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, field_validator
 
-from choicegrad.errors import InputError, show_rows
+from choicegrad.errors import InputError, did_you_mean, show_rows
+from choicegrad.io import read_json_object
 
 MISSING = -1
 
@@ -68,6 +71,22 @@ class ChoiceSpace(BaseModel):
             ]
         )
 
+    @classmethod
+    def declared(cls, frame: pd.DataFrame, features: Sequence[str], declaration: dict[str, list[str]] | None,
+                 source: str = "space") -> ChoiceSpace:
+        """The space of `features`: each declared feature takes the categories `declaration` lists, in
+        that order (measured or not: 20 amino acids, 4 bases, a catalogue), the others the distinct
+        labels of `frame` (sorted, as from_frame). InputError naming `source` for a declared name that
+        is not a feature; labels of `frame` outside the declaration are reported by `encode`."""
+        if not declaration:
+            return cls.from_frame(frame, features)
+        problems = [f'"{name}" is not among the features ({", ".join(features[:12])}){did_you_mean(name, features)}'
+                    for name in declaration if name not in features]
+        if problems:
+            raise InputError(source, problems)
+        return cls(slots=[Slot(name=f, categories=list(declaration[f])) if f in declaration
+                          else Slot(name=f, categories=sorted(set(as_labels(frame[f]).dropna()))) for f in features])
+
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.slots]
@@ -95,8 +114,6 @@ class ChoiceSpace(BaseModel):
 
     def index_of(self, slot: str, label: str) -> int:
         """Category index of `label` in `slot`; InputError naming both when absent."""
-        from choicegrad.errors import did_you_mean
-
         if slot not in self.names:
             raise InputError("--fix", [f'unknown feature "{slot}"{did_you_mean(slot, self.names)}'])
         cats = self.slots[self.names.index(slot)].categories
@@ -156,3 +173,32 @@ class ChoiceSpace(BaseModel):
 def _preview(items: Sequence[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def read_space(path: str | Path) -> dict[str, list[str]]:
+    """A space declaration file: a JSON object {"feature": ["category", ...], ...}. Categories are
+    strings (integral numbers become labels as in tables: 3 -> "3"), unique, at least one per
+    feature. InputError naming the file and every bad entry."""
+    doc = read_json_object(path)
+    problems, out = [], {}
+    if not doc:
+        problems.append('expected at least one feature, e.g. {"s0": ["A", "C", "G", "T"]}')
+    for name, cats in doc.items():
+        if not isinstance(cats, list) or not cats:
+            problems.append(f'"{name}": expected a non-empty list of categories, got {json.dumps(cats)[:60]}')
+            continue
+        labels = []
+        for c in cats:
+            if isinstance(c, bool) or not isinstance(c, (str, int, float)) or (isinstance(c, float) and not c.is_integer()):
+                problems.append(f'"{name}": category {json.dumps(c)[:40]} is not a label (a string or an integer)')
+                break
+            labels.append(str(int(c)) if isinstance(c, (int, float)) else c)
+        else:
+            dup = sorted({c for c in labels if labels.count(c) > 1})
+            if dup:
+                problems.append(f'"{name}": categor{"ies" if len(dup) > 1 else "y"} {", ".join(map(repr, dup[:5]))} '
+                                "listed more than once")
+            out[str(name)] = labels
+    if problems:
+        raise InputError(str(path), problems)
+    return out

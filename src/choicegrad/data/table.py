@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from choicegrad.data.context import ContextEncoder
-from choicegrad.data.space import ChoiceSpace, as_labels
+from choicegrad.data.space import ChoiceSpace, as_labels, read_space
 from choicegrad.data.spec import expand_features, parse_context, parse_names
 from choicegrad.errors import InputError, did_you_mean, show_rows
 from choicegrad.io import read_table
@@ -65,23 +65,31 @@ def load_table(
     features: str | Sequence[str],
     score: str,
     context: str | Sequence[str] | None = None,
+    *,
+    space: dict[str, list[str]] | str | Path | None = None,
+    failures: bool = False,
 ) -> TableData:
     """Read and validate a training table; every problem is reported in one InputError.
 
     `features` are column names or glob patterns; `context` entries may end in ':num' or ':cat' to
     override the detected kind (numeric dtype -> numeric, else categorical). Missing feature values are
-    kept as MISSING (masked later), never invented.
+    kept as MISSING (masked later), never invented. space: declared categories per feature, or a JSON
+    file of them (read_space; ChoiceSpace.declared: a table label outside them is an error). failures: a score of -inf or an empty
+    score marks a row that failed (design rounds) and is kept as -inf instead of being an error.
     """
     source = "table" if isinstance(path, pd.DataFrame) else str(path)
+    space_source = str(space) if isinstance(space, (str, Path)) else "space"
+    declaration = read_space(space) if isinstance(space, (str, Path)) else space
     frame = path if isinstance(path, pd.DataFrame) else read_table(path)
     feats, ctx_specs = _check_columns(frame, source, features, score, context)
-    y, notes = _check_values(frame, source, feats, score)
-    space = ChoiceSpace.from_frame(frame, feats)
+    y, notes = _check_values(frame, source, feats, score, failures)
+    space = ChoiceSpace.declared(frame, feats, declaration, source=space_source)
     encoder, ctx_cat, ctx_num = _encode_context(frame, source, ctx_specs)
     rows = space.encode(frame, source)
     notes += [f"{source}: {n}" for n in id_like_features(frame, feats, space)]
-    if np.all(y == y[0]):
-        notes.append(f'{source}: score column "{score}" is constant ({y[0]:g} on every row); '
+    finite = y[np.isfinite(y)]
+    if len(finite) and np.all(finite == finite[0]):
+        notes.append(f'{source}: score column "{score}" is constant ({finite[0]:g} on every row); '
                      "a scorer fitted on it predicts that value everywhere")
     for note in notes:
         warnings.warn(note, stacklevel=2)
@@ -155,15 +163,24 @@ def _check_columns(
     return feats, ctx_specs
 
 
-def _check_values(frame: pd.DataFrame, source: str, feats: Sequence[str], score: str) -> tuple[np.ndarray, list[str]]:
+def _check_values(frame: pd.DataFrame, source: str, feats: Sequence[str], score: str,
+                  failures: bool = False) -> tuple[np.ndarray, list[str]]:
     """(scores (N,) float, notes): InputError for non-finite scores or an all-missing feature; a note
-    for each feature with a single category."""
+    for each feature with a single category. failures: -inf and empty scores are allowed (as -inf)."""
     problems: list[str] = []
     notes: list[str] = []
-    y = pd.to_numeric(frame[score], errors="coerce").to_numpy(dtype=float)
-    bad = np.flatnonzero(~np.isfinite(y))
-    if len(bad):
-        problems.append(f'score column "{score}": expected finite numbers, got missing/non-numeric/inf at {show_rows(bad)}')
+    y = pd.to_numeric(frame[score], errors="coerce").to_numpy(dtype=float, copy=True)
+    if failures:
+        empty = frame[score].isna().to_numpy() | frame[score].astype(str).str.strip().eq("").to_numpy()
+        y[empty | (y == -np.inf)] = -np.inf
+        bad = np.flatnonzero(np.isnan(y) | (y == np.inf))
+        if len(bad):
+            problems.append(f'score column "{score}": expected numbers, -inf or an empty cell (a failed row), got '
+                            f'text/+inf at {show_rows(bad)}')
+    else:
+        bad = np.flatnonzero(~np.isfinite(y))
+        if len(bad):
+            problems.append(f'score column "{score}": expected finite numbers, got missing/non-numeric/inf at {show_rows(bad)}')
     for f in feats:
         labels = as_labels(frame[f])
         distinct = labels.dropna().nunique()

@@ -140,6 +140,13 @@ def enumerate_allowed(allowed: Tensor, start: int = 0, stop: Optional[int] = Non
     return rows, ok, total
 
 
+def uniform_rows(allowed: Tensor, n: int, generator: Optional[torch.Generator]) -> Tensor:
+    """(B, n, S) rows, each slot uniform over its allowed categories. allowed (B, S, V) bool."""
+    B, S, V = allowed.shape
+    idx = torch.multinomial(allowed.reshape(B * S, V).float(), n, replacement=True, generator=generator)
+    return idx.reshape(B, S, n).transpose(1, 2)
+
+
 def change_one_slot(rows: Tensor, allowed: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     """rows (B, M, S) with one slot each moved to a different allowed category: the slot uniform over
     the slots with more than one allowed category, the category uniform over the others allowed there

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
 from choicegrad.data.table import TableData, check_fit_rows, score_stats
 from choicegrad.device import Device
+from choicegrad.io import state_problems
 from choicegrad.metrics import regression_report
 from choicegrad.progress import progress_bar
 from choicegrad.scorer.model import Scorer, ScorerConfig, pair_rank
@@ -31,6 +33,8 @@ class ScorerFit(BaseModel):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     ranking: float = Field(0.0, ge=0.0, description="weight of the pairwise ranking loss")
+    loss: Literal["mse", "logistic"] = Field("mse", description="mse: regression on the standardised score; "
+                                             "logistic: a classifier of 0/1 scores whose outputs are logits")
     patience: int = Field(6, ge=1, description="epochs without validation gain before stopping")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0, lt=0.5)
@@ -70,18 +74,21 @@ def ranking_loss(pred: torch.Tensor, target: torch.Tensor, generator: torch.Gene
 
 
 def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | None = None,
-               extra_eval: dict[str, TableData] | None = None, checkpoint: Checkpointer | None = None) -> ScorerResult:
+               extra_eval: dict[str, TableData] | None = None, checkpoint: Checkpointer | None = None,
+               init: Scorer | None = None) -> ScorerResult:
     """Fit a Scorer on `data` (MSE on the standardised score, optional ranking loss, early stopping).
 
     A random `val_fraction` of rows drives early stopping, `test_fraction` is held out for the reported
     metrics; `extra_eval` adds named held-out sets (e.g. the unseen upper half of each context).
     progress: see choicegrad.progress.progress_bar. checkpoint: save the training state there every
     few minutes and on SIGINT/SIGTERM (phase "scorer"), and continue from it when it holds one: the
-    result is then bit-identical to an uninterrupted fit on CPU (time limits aside).
+    result is then bit-identical to an uninterrupted fit on CPU (time limits aside). init: start from
+    this scorer's weights (a warm start, e.g. the last design round's) where its members have the
+    same shapes; otherwise from a fresh initialisation.
     """
     check_fit_rows(data)
     fit = fit or ScorerFit()
-    training = _ScorerTraining(data, fit, checkpoint)
+    training = _ScorerTraining(data, fit, checkpoint, init)
     training.run(progress)
     scorer = training.scorer.eval()
 
@@ -97,6 +104,19 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
     return ScorerResult(scorer.cpu(), metrics, training.history, training.elapsed())
 
 
+def warm_start(scorer: Scorer, init: Scorer) -> bool:
+    """Copy `init`'s member weights into `scorer` where every member's parameters have the same
+    shapes (member i from init's member i mod k); True when copied. A space, context or
+    architecture that changed leaves `scorer` as it is."""
+    new, old = scorer.members, init.members
+    if state_problems(new[0], old[0].state_dict()):
+        return False
+    with torch.no_grad():
+        for i, member in enumerate(new):
+            member.load_state_dict(old[i % len(old)].state_dict())
+    return True
+
+
 class _ScorerTraining:
     """The state of one fit_scorer call, member by member, epoch by epoch, batch by batch, so that a
     checkpoint taken between any two batches resumes to the same result.
@@ -104,18 +124,22 @@ class _ScorerTraining:
     With max_minutes, member m trains until (m + 1) / k of the time has passed (at least one batch),
     checked after every batch."""
 
-    def __init__(self, data: TableData, fit: ScorerFit, checkpoint: Checkpointer | None):
+    def __init__(self, data: TableData, fit: ScorerFit, checkpoint: Checkpointer | None,
+                 init: Scorer | None = None):
         self.fit, self.ckpt, self.start = fit, checkpoint, time.perf_counter()
         self.gen = seed_everything(fit.seed)
         self.device = device = torch.device(fit.device)
         self.train_idx, self.val_idx, self.test_idx = split_indices(len(data), fit.val_fraction, fit.test_fraction,
                                                                     fit.seed)
         y = data.y
-        y_mean, y_std = score_stats(y[self.train_idx])
+        y_mean, y_std = score_stats(y[self.train_idx]) if fit.loss == "mse" else (0.0, 1.0)  # logits as they are
         # the automatic pairwise term is decided on the training rows as well as the space
         model = fit.model.model_copy(update={"pairwise": pair_rank(fit.model, data.space.sizes, len(self.train_idx))})
         self.scorer = Scorer(data.space, data.context, data.score, model, k=fit.ensemble, beta=fit.beta,
-                             y_mean=y_mean, y_std=y_std).to(device)
+                             y_mean=y_mean, y_std=y_std)
+        if init is not None:
+            warm_start(self.scorer, init)
+        self.scorer.to(device)
         self.tensors = [t.to(device) for t in (data.rows, data.ctx_cat, data.ctx_num)]
         self.target = ((y.double() - y_mean) / y_std).float().to(device)
         self.budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
@@ -166,18 +190,22 @@ class _ScorerTraining:
             self.order = self.order.to(self.device)
         self.before = state["seconds"]
 
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if self.fit.loss == "logistic":
+            return torch.nn.functional.binary_cross_entropy_with_logits(pred, target, reduction=reduction)
+        return torch.nn.functional.mse_loss(pred, target, reduction=reduction)
+
     def val_loss(self, member) -> float:
         member.eval()
         with torch.no_grad():
-            losses = [torch.nn.functional.mse_loss(member(*(t[b] for t in self.tensors)), self.target[b],
-                                                   reduction="sum")
+            losses = [self.loss(member(*(t[b] for t in self.tensors)), self.target[b], reduction="sum")
                       for b in self.val_t.split(65536)]
         member.train()
         return float(sum(losses)) / len(self.val_t)
 
     def train_batch(self, member, batch: torch.Tensor) -> None:
         pred = member(*(t[batch] for t in self.tensors))
-        loss = torch.nn.functional.mse_loss(pred, self.target[batch])
+        loss = self.loss(pred, self.target[batch])
         if self.fit.ranking:
             loss = loss + self.fit.ranking * ranking_loss(pred, self.target[batch], self.gen)
         self.opt.zero_grad(set_to_none=True)

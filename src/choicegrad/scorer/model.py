@@ -223,7 +223,7 @@ class Scorer(nn.Module):
         return self.predict(rows, *ctx).numpy()
 
     # --- persistence: safetensors + JSON -------------------------------------------------------
-    def save(self, run_dir) -> None:
+    def save(self, run_dir, name: str = "scorer") -> None:
         meta = {
             "kind": "choicegrad.Scorer",
             "space": self.space.model_dump(),
@@ -236,20 +236,20 @@ class Scorer(nn.Module):
             "unit": self.unit,
             "versions": versions(),
         }
-        save_checkpoint(run_dir, "scorer", self.state_dict(), meta)
+        save_checkpoint(run_dir, name, self.state_dict(), meta)
 
     @classmethod
-    def load(cls, run_dir, map_location: str | torch.device = "cpu") -> Scorer:
-        """The scorer saved in RUN; InputError naming scorer.json or scorer.safetensors when either
+    def load(cls, run_dir, map_location: str | torch.device = "cpu", name: str = "scorer") -> Scorer:
+        """The scorer saved in RUN as NAME.{json,safetensors}; InputError naming either file when it
         is not a scorer checkpoint or they do not match."""
-        state, meta = load_checkpoint(run_dir, "scorer")
+        state, meta = load_checkpoint(run_dir, name)
         if isinstance(meta.get("config"), dict):
             meta["config"] = {"pairwise": 0, **meta["config"]}   # written before the pairwise term existed
         try:
             m = ScorerMeta.model_validate(meta)
             model = cls(m.space, m.context, m.score, m.config, k=m.k, beta=m.beta)
         except (ValueError, RuntimeError) as exc:
-            raise InputError(str(Path(run_dir) / "scorer.json"), [f"not a choicegrad scorer checkpoint: {meta_problem(exc)}"]) from None
+            raise InputError(str(Path(run_dir) / f"{name}.json"), [f"not a choicegrad scorer checkpoint: {meta_problem(exc)}"]) from None
         model.offset, model.unit = m.offset, m.unit
-        load_state(model, state, Path(run_dir) / "scorer.safetensors")
+        load_state(model, state, Path(run_dir) / f"{name}.safetensors")
         return model.to(map_location).eval()

@@ -1,0 +1,331 @@
+"""Online benchmark: design rounds with a landscape's ground truth as the oracle.
+
+    records = run_online("ehrlich", ["designer", "genetic"], seeds=[0, 1, 2], out="runs/online")
+
+Every method starts from the same measured rows (per context, a seeded random sample of the rows
+below the context's median, or of all rows: OnlineSpec.start), then proposes `batch` new rows per
+context per round for `rounds` rounds; each proposal is measured by the oracle and added to what the
+method knows. A row fails when the oracle has no score for it (gb1's unmeasured variants) or scores
+it as infeasible (ehrlich); methods see a failure as -inf.
+
+Methods (ONLINE_METHODS):
+designer  choicegrad.design.Designer with its defaults (round time capped by OnlineSpec.minutes).
+genetic   an elitist genetic algorithm: parents are the best `batch` measured rows of the context
+          (tournaments of 2), uniform crossover, per-slot mutation at 1/S, children never measured
+          before, distinct; random rows fill a batch the children cannot.
+random    uniform random rows never measured before.
+offline   the one-shot pipeline (scorer + autoregressive/reinforce generator + polish decoding, as
+          `choicegrad fit` + `generate`) fitted once on the start rows, asked for rounds x batch rows
+          at once; its "round r" is its ranks up to r x batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from choicegrad.bench.metrics import normalise
+from choicegrad.bench.tasks import stats as st
+from choicegrad.bench.tasks.landscape import Landscape
+from choicegrad.bench.tasks.registry import get_task
+from choicegrad.data.table import load_table
+from choicegrad.decoding import decode, default_budget
+from choicegrad.decoding.rows import change_one_slot, first_occurrence, row_keys, uniform_rows
+from choicegrad.design import DesignConfig, Designer
+from choicegrad.generators import GeneratorConfig, TableContext, TableObjective
+from choicegrad.io import atomic_write_text, write_table
+from choicegrad.scorer.fit import ScorerFit, fit_scorer
+from choicegrad.training.loop import GeneratorFit, fit_table_generator
+
+ONLINE_METHODS = ("designer", "genetic", "random", "offline")
+
+
+@dataclass(frozen=True)
+class OnlineSpec:
+    """One online task: the landscape (`task` and its options), the start (`start_rows` per context
+    drawn from the rows below the median, or from all rows when start="random"), the batch per
+    context per round, the rounds, and the minutes each designer round may take."""
+
+    task: str
+    start: str = "below-median"
+    start_rows: int = 1024
+    batch: int = 128
+    rounds: int = 4
+    minutes: float = 0.5
+    options: tuple = ()
+
+
+ONLINE_TASKS = {
+    "tfbind8": OnlineSpec("tfbind8", start_rows=1024, rounds=4),
+    "gb1": OnlineSpec("gb1", start_rows=1024, rounds=4),
+    "ehrlich": OnlineSpec("ehrlich", start="random", start_rows=256, rounds=8),
+    "nk3": OnlineSpec("nk3", start_rows=256, rounds=4),
+}
+
+
+class Oracle:
+    """A landscape as the lab: measure(ctx (N,), rows (N, S)) -> (N,) float64 scores, -inf for a row
+    that fails: no score, a row the landscape does not flag as measured (gb1's imputed variants are
+    no ground truth), or the landscape's `infeasible` value (ehrlich)."""
+
+    def __init__(self, landscape: Landscape):
+        self.landscape = landscape
+        self.infeasible = getattr(landscape.model, "infeasible", None)
+        self.calls = 0
+
+    def measure(self, ctx: Tensor, rows: Tensor) -> Tensor:
+        self.calls += len(rows)
+        y = self.landscape.oracle(ctx, rows).double()
+        failed = torch.isnan(y) if self.infeasible is None else torch.isnan(y) | (y == self.infeasible)
+        if self.landscape.measured is not None:
+            failed |= ~self.landscape.measured[ctx, self.landscape.row_index(rows)]
+        return y.masked_fill(failed, float("-inf"))
+
+
+def start_rows(landscape: Landscape, spec: OnlineSpec, seed: int) -> tuple[Tensor, Tensor]:
+    """(ctx (N,), row index (N,)): spec.start_rows seeded random rows per context from its pool (the
+    scored, measured rows; below the context's median unless spec.start == "random")."""
+    scores = landscape.scores
+    pool = ~torch.isnan(scores)
+    if landscape.measured is not None:
+        pool &= landscape.measured
+    if spec.start != "random":
+        pool &= scores < st.nan_stats(scores.masked_fill(~pool, float("nan")))["median"][:, None]
+    key = torch.rand(scores.shape, generator=torch.Generator().manual_seed(seed)).masked_fill(~pool, -1.0)
+    index = key.topk(spec.start_rows, dim=1).indices                                # (C, n)
+    ctx = torch.arange(scores.shape[0]).repeat_interleave(spec.start_rows)
+    return ctx, index.flatten()
+
+
+class History:
+    """What one method has measured: ctx (N,), rows (N, S), y (N,) float64 (-inf = failed)."""
+
+    def __init__(self, ctx: Tensor, rows: Tensor, y: Tensor, vocab: int):
+        self.ctx, self.rows, self.y, self.vocab = ctx, rows, y, max(vocab, 2)
+
+    def add(self, ctx: Tensor, rows: Tensor, y: Tensor) -> None:
+        self.ctx, self.rows, self.y = torch.cat([self.ctx, ctx]), torch.cat([self.rows, rows]), torch.cat([self.y, y])
+
+    def keys(self, ctx: Tensor, rows: Tensor) -> Tensor:
+        return row_keys(rows, self.vocab) * 1024 + ctx          # exact for the benchmark spaces (< 2**52 rows)
+
+    def seen(self, ctx: Tensor, rows: Tensor) -> Tensor:
+        known = self.keys(self.ctx, self.rows).unique()
+        k = self.keys(ctx, rows)
+        at = torch.searchsorted(known, k).clamp(max=len(known) - 1)
+        return known[at] == k
+
+
+def fill_new(history: History, cands: Tensor, n: int) -> Tensor:
+    """The first n candidates per context never measured and distinct: cands (C, M, S) -> (C, n, S).
+    ValueError when some context has fewer than n."""
+    C, M, S = cands.shape
+    ctx = torch.arange(C).repeat_interleave(M)
+    fresh = ~history.seen(ctx, cands.flatten(0, 1)).view(C, M)
+    keep = first_occurrence(row_keys(cands, history.vocab), fresh)
+    if bool((keep.sum(1) < n).any()):
+        raise ValueError("fewer new rows than the batch")
+    order = torch.where(keep, torch.arange(M).expand(C, M).float(), torch.tensor(float("inf"))).argsort(1)[:, :n]
+    return cands.gather(1, order.unsqueeze(-1).expand(C, n, S))
+
+
+def random_batch(history: History, allowed: Tensor, n: int, rng: torch.Generator) -> Tensor:
+    """n new uniform random rows per context: (C, n, S)."""
+    for factor in (2, 8, 64):
+        try:
+            return fill_new(history, uniform_rows(allowed, factor * n, rng), n)
+        except ValueError:
+            continue
+    raise ValueError("the space has too few unmeasured rows for a random batch")
+
+
+def genetic_batch(history: History, allowed: Tensor, n: int, rng: torch.Generator) -> Tensor:
+    """n new rows per context from an elitist genetic algorithm on the measured rows: (C, n, S)."""
+    C, S, _ = allowed.shape
+    P = n                                                       # parents: the best n measured rows per context
+    y = history.y.float()
+    order = torch.as_tensor(np.lexsort((-history.y.numpy(), history.ctx.numpy())))   # by context, best first
+    counts = torch.bincount(history.ctx, minlength=C)
+    starts = torch.cumsum(counts, 0) - counts
+    at = starts[:, None] + torch.arange(P)[None, :] % counts[:, None].clamp(min=1)
+    parents, fit = history.rows[order[at]], y[order[at]]        # (C, P, S), (C, P)
+    M = 4 * n
+    pick = torch.randint(P, (2, C, M, 2), generator=rng)
+    win = fit.unsqueeze(1).unsqueeze(0).expand(2, C, M, P).gather(3, pick).argmax(3, keepdim=True)
+    chosen = pick.gather(3, win).squeeze(3)                                       # (2, C, M)
+    p1 = parents.gather(1, chosen[0].unsqueeze(-1).expand(C, M, S))
+    p2 = parents.gather(1, chosen[1].unsqueeze(-1).expand(C, M, S))
+    child = torch.where(torch.rand(C, M, S, generator=rng) < 0.5, p1, p2)
+    child = torch.where(torch.rand(C, M, S, generator=rng) < 1.0 / S, uniform_rows(allowed, M, rng), child)
+    clone = (child == p1).all(-1) | (child == p2).all(-1)
+    child = torch.where(clone.unsqueeze(-1), change_one_slot(child, allowed, rng), child)
+    cands = torch.cat([child, uniform_rows(allowed, 4 * n, rng)], 1)             # random rows as the reserve
+    try:
+        return fill_new(history, cands, n)
+    except ValueError:
+        return random_batch(history, allowed, n, rng)
+
+
+def _frame(landscape: Landscape, ctx: Tensor, rows: Tensor, y: Tensor) -> pd.DataFrame:
+    out = landscape.space.decode(rows)
+    if landscape.context_column is not None:
+        out.insert(0, landscape.context_column, np.asarray(landscape.context_labels, dtype=object)[ctx.numpy()])
+    out["y"] = y.numpy()
+    return out
+
+
+class DesignerMethod:
+    """The Designer, told the start rows, asked for a batch per round."""
+
+    def __init__(self, landscape: Landscape, spec: OnlineSpec, history: History, seed: int):
+        self.landscape = landscape
+        self.designer = Designer(landscape.space.names, "y", landscape.context_column,
+                                 space={s.name: s.categories for s in landscape.space.slots},
+                                 config=DesignConfig(seed=seed, max_minutes=spec.minutes))
+        self.designer.tell(_frame(landscape, history.ctx, history.rows, history.y))
+
+    def propose(self, n: int) -> Tensor:
+        batch = self.designer.ask(n)
+        C = self.landscape.num_contexts
+        if len(batch) != C * n:
+            raise RuntimeError(f"the designer proposed {len(batch)} rows, expected {C * n}")
+        order = np.lexsort((batch["rank"].to_numpy(), _context_ids(self.landscape, batch)))
+        return self.landscape.space.encode(batch.iloc[order]).view(C, n, -1)
+
+    def tell(self, ctx: Tensor, rows: Tensor, y: Tensor) -> None:
+        self.designer.tell(_frame(self.landscape, ctx, rows, y))
+
+
+def _context_ids(landscape: Landscape, frame: pd.DataFrame) -> np.ndarray:
+    if landscape.context_column is None:
+        return np.zeros(len(frame), dtype=np.int64)
+    return pd.Index(landscape.context_labels).get_indexer(frame[landscape.context_column].astype(str))
+
+
+def offline_rows(landscape: Landscape, history: History, n: int, minutes: float, seed: int) -> Tensor:
+    """The one-shot pipeline's n best rows per context from the start rows: (C, n, S), best first."""
+    frame = _frame(landscape, history.ctx, history.rows, history.y)
+    data = load_table(frame[np.isfinite(frame["y"].to_numpy())], landscape.space.names, "y",
+                      landscape.context_column, space={s.name: s.categories for s in landscape.space.slots})
+    scorer = fit_scorer(data, ScorerFit(seed=seed, max_minutes=minutes / 2), progress=False).scorer
+    gen = fit_table_generator(scorer, data, GeneratorConfig(kind="autoregressive"),
+                              GeneratorFit(seed=seed, max_minutes=minutes / 2), progress=False).generator
+    ctx = TableContext(*scorer.context.encode(landscape.context_frame(), "contexts")) \
+        if landscape.context_column else TableContext.empty(1)
+    cands = decode("polish", gen, TableObjective(scorer), ctx, n, budget=default_budget(n),
+                   generator=torch.Generator().manual_seed(seed))
+    return cands.rows
+
+
+def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
+               echo: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """Rounds of one method from the start rows: one record per round (round 0: the start)."""
+    oracle = Oracle(landscape)
+    C, S = landscape.num_contexts, landscape.space.num_slots
+    ctx0, index0 = start_rows(landscape, spec, seed)
+    rows0 = landscape.rows_at(index0)
+    history = History(ctx0, rows0, oracle.measure(ctx0, rows0), landscape.space.max_size)
+    allowed = landscape.space.mask().expand(C, -1, -1)
+    rng = torch.Generator().manual_seed(seed)
+    truth = truth_mask(landscape)
+    stats = st.nan_stats(landscape.scores.masked_fill(~truth, float("nan")))
+    records = [_record(landscape, truth, stats, history, None, 0, 0.0, spec, method, seed)]
+    agent = DesignerMethod(landscape, spec, history, seed) if method == "designer" else None
+    offline = None
+    if method == "offline":
+        t0 = time.perf_counter()
+        offline = offline_rows(landscape, history, spec.rounds * spec.batch, spec.minutes * 2, seed)
+        offline_seconds = time.perf_counter() - t0
+    failed_rows = History(ctx0[:0], rows0[:0], history.y[:0], landscape.space.max_size)
+    for r in range(1, spec.rounds + 1):
+        t0 = time.perf_counter()
+        if method == "designer":
+            batch = agent.propose(spec.batch)
+        elif method == "genetic":
+            batch = genetic_batch(history, allowed, spec.batch, rng)
+        elif method == "random":
+            batch = random_batch(history, allowed, spec.batch, rng)
+        elif method == "offline":
+            batch = offline[:, (r - 1) * spec.batch: r * spec.batch]
+        else:
+            raise ValueError(f"unknown online method {method!r}; choose from {', '.join(ONLINE_METHODS)}")
+        seconds = time.perf_counter() - t0 + (offline_seconds if method == "offline" and r == 1 else 0.0)
+        ctx = torch.arange(C).repeat_interleave(spec.batch)
+        rows = batch.reshape(-1, S)
+        y = oracle.measure(ctx, rows)
+        repeats = int(failed_rows.seen(ctx, rows).sum()) if len(failed_rows.y) else 0
+        history.add(ctx, rows, y)
+        bad = ~torch.isfinite(y)
+        failed_rows.add(ctx[bad], rows[bad], y[bad])
+        if agent is not None:
+            agent.tell(ctx, rows, y)
+        rec = _record(landscape, truth, stats, history, (ctx, y), r, seconds, spec, method, seed)
+        rec["failed_repeats"] = repeats
+        records.append(rec)
+        echo(f"{landscape.name} {method} seed {seed} round {r}: best {rec['best']:.3f}, solved {rec['solved']:.2f}, "
+             f"batch median {rec['batch_median']:.3f}, failed {rec['failed_share']:.2f}, {seconds:.1f} s")
+    return records
+
+
+def _record(landscape: Landscape, truth: Tensor, stats: dict, history: History, batch, r: int, seconds: float,
+            spec: OnlineSpec, method: str, seed: int) -> dict:
+    """Best-so-far and batch figures, normalised per context ((y - min) / (max - min) over the rows
+    with ground truth: truth (C, R), stats of them), means over contexts."""
+    C = landscape.num_contexts
+    y = history.y.float().masked_fill(~torch.isfinite(history.y), float("-inf"))
+    best = torch.full((C,), float("-inf")).scatter_reduce(0, history.ctx, y, "amax")
+    best_norm = normalise(best.clamp(min=float(stats["min"].min())), stats).clamp(min=0)
+    solved = best >= stats["max"] - 1e-6
+    top_share = ((landscape.scores >= best[:, None]) & truth).sum(1).float() / truth.sum(1)
+    rec = {"task": landscape.name, "method": method, "seed": seed, "round": r, "calls": r * spec.batch,
+           "best": float(best_norm.mean()), "solved": float(solved.float().mean()),
+           "top_share": float(top_share.mean()), "seconds": seconds, "batch_median": float("nan"),
+           "failed_share": float("nan"), "failed_repeats": 0}
+    if batch is not None:
+        ctx, yb = batch
+        vals = yb.float().masked_fill(~torch.isfinite(yb), float("nan"))
+        norm = normalise(vals, {k: v[ctx] for k, v in stats.items()}).nan_to_num(0.0)   # failed: the worst
+        rec["batch_median"] = float(norm.view(C, -1).median(1).values.mean())
+        rec["failed_share"] = float((~torch.isfinite(yb)).float().mean())
+    return rec
+
+
+def truth_mask(landscape: Landscape) -> Tensor:
+    """(C, R) bool: rows with ground truth (scored, and flagged measured where the landscape flags rows)."""
+    return ~torch.isnan(landscape.scores) if landscape.measured is None else landscape.measured
+
+
+def run_online(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int], out: str | Path,
+               echo: Callable[[str], None] = print, specs: Optional[dict[str, OnlineSpec]] = None,
+               data_dir: Optional[str | Path] = None) -> pd.DataFrame:
+    """Every (task, method, seed): rounds from the same start. Writes OUT/online.csv (one row per
+    round) after each run, so a long benchmark shows its progress; returns the records."""
+    specs = {**ONLINE_TASKS, **(specs or {})}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    for task in tasks:
+        spec = specs[task]
+        landscape = get_task(spec.task, data_dir=data_dir, **dict(spec.options))
+        for method in methods:
+            for seed in seeds:
+                records += run_method(landscape, spec, method, seed, echo)
+                write_table(pd.DataFrame(records), out / "online.csv")
+        atomic_write_text(out / "specs.json", json.dumps({t: asdict(specs[t]) for t in tasks}, indent=2) + "\n")
+    return pd.DataFrame(records)
+
+
+def area(curve: pd.DataFrame) -> float:
+    """Area under best-so-far against calls, from the start (calls 0) to the last round, per call."""
+    c = curve.sort_values("calls")
+    x, y = c["calls"].to_numpy(dtype=float), c["best"].to_numpy(dtype=float)
+    return float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 and x[-1] > x[0] else math.nan

@@ -1,0 +1,416 @@
+"""Design rounds as ask/tell: propose a batch, measure it, tell the results, propose again.
+
+    d = Designer(features="s?", score="y", context="tf", space={"s0": list("ACGT"), ...})
+    d.tell(measured_frame)                    # rows with feature, context and score columns
+    batch = d.ask(128)                        # 128 new distinct rows per context, best first
+    d.tell(batch.assign(y=lab_results))       # a score of -inf or an empty score: the row failed
+    d.save("state")                           # models for the next round's warm start
+    d = Designer.load("state"); d.tell(all_rows_so_far); d.ask(128)
+
+Each `ask` refits, within `max_minutes`: the scorer ensemble on the rows that did not fail, a
+feasibility classifier on all rows (when some failed), and the autoregressive generator trained by
+REINFORCE on the acquisition (choicegrad.design.acquisition); each starts from the last round's
+weights when it has them. A pool of `pool` x n candidates per context is then searched on the
+acquisition with measured rows kept out (polish decoding from the generator's draws, plus uniform
+random rows as a reserve; every row when the space is that small) and the batch is picked from it
+(choicegrad.design.select).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Literal, Optional, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from choicegrad import generators
+from choicegrad.data.space import read_space
+from choicegrad.data.table import MIN_ROWS, TableData, load_table
+from choicegrad.decoding import Candidates, decode
+from choicegrad.decoding.local_search import polish
+from choicegrad.decoding.rows import MAX_ENUMERATE, change_one_slot, uniform_rows
+from choicegrad.design.acquisition import Acquisition, Measured, context_keys, log_feasible
+from choicegrad.design.select import select_batch
+from choicegrad.device import Device
+from choicegrad.errors import InputError
+from choicegrad.generators import GeneratorConfig, TableContext
+from choicegrad.io import atomic_write_text, check_finite, read_json_object, read_table, state_problems, versions
+from choicegrad.runfolder import RunWriter, verify_run
+from choicegrad.scorer.fit import ScorerFit, fit_scorer
+from choicegrad.scorer.model import Scorer, ScorerConfig
+from choicegrad.training.contexts import TableContexts
+from choicegrad.training.loop import GeneratorFit, fit_generator
+
+STATE_FILE = "designer.json"
+#: Shares of a round's max_minutes: the scorer ensemble, the feasibility classifier (when rows
+#: failed), then the generator gets this share of what is left (the search is bounded by calls).
+SCORER_SHARE, FEASIBILITY_SHARE, GENERATOR_SHARE = 0.45, 0.1, 0.8
+
+
+class DesignConfig(BaseModel):
+    """How a Designer proposes. Stored in its state."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    acquisition: Literal["ucb", "thompson"] = Field("ucb", description="ucb: mean + kappa * std of the ensemble; "
+                                                    "thompson: each batch row picked by one random member")
+    kappa: float = Field(1.0, ge=0, description="optimism of ucb, in ensemble standard deviations")
+    ensemble: int = Field(4, ge=2, description="scorer members (the uncertainty is their spread)")
+    min_distance: int = Field(1, ge=1, description="least Hamming distance between two rows of a batch")
+    feasibility_weight: float = Field(1.0, ge=0, description="score std per nat of log P(feasible)")
+    pool: int = Field(4, ge=1, description="candidates searched per batch row before the batch is picked")
+    local_share: float = Field(0.5, ge=0, le=1, description="share of the batch picked among one- and two-slot "
+                               "changes of the best measured rows (a trust region: where the scorer is least "
+                               "wrong); the rest from the whole search")
+    elite: int = Field(32, ge=1, description="best measured rows per context the local changes start from")
+    budget: Optional[int] = Field(None, ge=1, description="scorer calls per context for the search "
+                                  "(None: 5 x pool x batch, at least 256)")
+    max_minutes: float = Field(3.0, gt=0, description="time for one round's refits")
+    generator_steps: int = Field(1500, ge=0)
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
+    seed: int = Field(0, ge=0, lt=2**62)
+    device: Device = "cpu"
+
+
+class Designer:
+    """Ask/tell design rounds over a choice space (see the module docstring).
+
+    features: names or glob patterns; score: the score column; context: context columns (as in
+    load_table); space: declared categories per feature (dict or JSON file), so categories never
+    measured can be proposed. measured: every row told so far (a DataFrame); scorer, feasibility,
+    generator: the models of the last ask (None before). rounds: asks so far; last: facts about
+    the last ask (seconds per phase, scorer calls, rows, failed rows).
+    """
+
+    def __init__(self, features: Union[str, list[str]], score: str = "y",
+                 context: Union[str, list[str], None] = None,
+                 space: Union[dict[str, list[str]], str, Path, None] = None, config: Optional[DesignConfig] = None):
+        self.features, self.score, self.context = features, score, context
+        # the declaration itself is what a saved state must match; a file is read once, errors name it
+        self.space = read_space(space) if isinstance(space, (str, Path)) else space
+        self._space_arg = space
+        self.config = config or DesignConfig()
+        self.measured: Optional[pd.DataFrame] = None
+        self.scorer: Optional[Scorer] = None
+        self.feasibility: Optional[Scorer] = None
+        self.generator = None
+        self.rounds = 0
+        self.last: dict = {}
+
+    # --- data ------------------------------------------------------------------------------------
+    def table(self, frame: Union[pd.DataFrame, str, Path, None] = None) -> TableData:
+        """The measured rows (or `frame`, a DataFrame or a CSV/Parquet file) validated as a table:
+        failed rows hold -inf."""
+        frame = self.measured if frame is None else frame
+        if frame is None:
+            raise InputError("ask", ["nothing measured yet: tell(rows, scores) first"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")              # single-category and ID notes: not a design error
+            return load_table(frame, self.features, self.score, self.context, space=self._space_arg, failures=True)
+
+    def tell(self, rows: Union[pd.DataFrame, str, Path], scores=None) -> None:
+        """Add measured rows (a DataFrame, or a CSV/Parquet file whose name the errors give): feature
+        and context columns, and the score column unless `scores` ((N,) numbers; -inf, NaN or None for
+        a row that failed) is given. InputError (nothing added) for a bad table."""
+        if isinstance(rows, (str, Path)):
+            rows = self.table(rows).frame if scores is None else read_table(rows)
+        frame = rows.reset_index(drop=True).copy()
+        if scores is not None:
+            values = pd.to_numeric(pd.Series(list(scores), dtype=object), errors="coerce").to_numpy(dtype=float)
+            if len(values) != len(frame):
+                raise InputError("scores", [f"{len(values)} scores for {len(frame)} rows"])
+            frame[self.score] = values
+        combined = frame if self.measured is None else pd.concat([self.measured, frame], ignore_index=True)
+        self.table(combined)
+        self.measured = combined
+
+    # --- one round ---------------------------------------------------------------------------------
+    def ask(self, n: int, contexts: Union[pd.DataFrame, str, Path, None] = None, *, progress: Optional[bool] = False,
+            echo: Callable[[str], None] = lambda line: None) -> pd.DataFrame:
+        """n new distinct rows per context, never measured in that context, best first: the context
+        columns, the features, `predicted` (ensemble mean, score units), `uncertainty` (ensemble
+        std), `p_feasible` (only when some measured row failed) and `rank` (1 = best).
+
+        contexts: a DataFrame or CSV/Parquet file of context columns (default: the measured
+        contexts; a categorical value never measured is an InputError). Fewer than n
+        rows come back for a context only when its space holds fewer rows not yet measured (at the
+        batch's min_distance); frame.attrs["short"] counts such contexts."""
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise InputError("n", [f"expected a batch size >= 1, got {n!r}"])
+        cfg = self.config
+        data = self.table()
+        seed = cfg.seed + self.rounds
+        ok = np.isfinite(data.y.numpy())
+        if ok.sum() < MIN_ROWS:
+            raise InputError(data.source, [f"{int(ok.sum())} of {len(data)} measured rows have a score (the others "
+                                           f"failed); at least {MIN_ROWS} are needed to fit a scorer"])
+        frame, ctx = self._contexts(data, contexts)
+        start, timing = time.perf_counter(), {}
+        budget_s = 60 * cfg.max_minutes
+        feasible = data.subset(np.flatnonzero(ok))
+
+        res = fit_scorer(feasible, ScorerFit(model=cfg.scorer, ensemble=cfg.ensemble, seed=seed, test_fraction=0.0,
+                                             max_minutes=SCORER_SHARE * cfg.max_minutes, device=cfg.device),
+                         progress=progress, init=self.scorer)
+        self.scorer = res.scorer.to(cfg.device).eval().requires_grad_(False)
+        timing["scorer"] = res.seconds
+        echo(f"scorer: {cfg.ensemble} members on {len(feasible)} rows in {res.seconds:.1f} s")
+
+        self.feasibility = None if ok.all() else self._fit_feasibility(data, ok, seed, progress)
+        timing["feasibility"] = time.perf_counter() - start - timing["scorer"] if not ok.all() else 0.0
+
+        acq = Acquisition(self.scorer, cfg.kappa if cfg.acquisition == "ucb" else 0.0, self.feasibility,
+                          cfg.feasibility_weight)
+        left = max(0.05, (budget_s - (time.perf_counter() - start)) / 60)
+        t0 = time.perf_counter()
+        self._fit_generator(feasible, acq, seed, GENERATOR_SHARE * left, progress)
+        timing["generator"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        calls_before = acq.calls
+        rows, ok_batch = self._search(data, acq, ctx, int(n), seed)
+        timing["search"] = time.perf_counter() - t0
+        out = self._frame(rows, ok_batch, ctx, frame)
+        self.rounds += 1
+        self.last = {"round": self.rounds, "rows": len(data), "failed": int((~ok).sum()), "seconds": timing,
+                     "search_calls_per_context": (acq.calls - calls_before) / max(1, len(ctx)),
+                     "short": out.attrs["short"]}
+        echo(f"round {self.rounds}: {len(out)} rows for {len(ctx)} context(s) in "
+             f"{time.perf_counter() - start:.1f} s")
+        return out
+
+    def _fit_feasibility(self, data: TableData, ok: np.ndarray, seed: int, progress) -> Scorer:
+        """A classifier of rows that do not fail (logistic loss on 0/1), on every measured row."""
+        cfg = self.config
+        labels = data.subset(np.arange(len(data)))
+        labels.y = torch.as_tensor(ok, dtype=torch.float64)
+        fit = ScorerFit(model=cfg.scorer, ensemble=2, loss="logistic", seed=seed + 1, test_fraction=0.0,
+                        max_minutes=FEASIBILITY_SHARE * cfg.max_minutes, device=cfg.device)
+        return fit_scorer(labels, fit, progress=progress, init=self.feasibility).scorer.to(
+            cfg.device).eval().requires_grad_(False)
+
+    def _fit_generator(self, feasible: TableData, acq: Acquisition, seed: int, minutes: float, progress) -> None:
+        cfg = self.config
+        torch.manual_seed(seed)
+        gen = generators.build(GeneratorConfig(kind="autoregressive"), space=self.scorer.space,
+                               context=self.scorer.context)
+        warm = self.generator is not None and not state_problems(gen, self.generator.state_dict())
+        if warm:
+            gen.load_state_dict(self.generator.state_dict())
+        fit = GeneratorFit(method="reinforce", steps=cfg.generator_steps, seed=seed, device=cfg.device,
+                           max_minutes=minutes, warm_start_steps=50 if warm else 200)
+        res = fit_generator(gen, acq, TableContexts(feasible, device=cfg.device), fit, progress=progress)
+        self.generator = res.generator
+
+    def _contexts(self, data: TableData, contexts) -> tuple[pd.DataFrame, TableContext]:
+        """(context columns, their encoding) of the contexts to propose for (default: the measured
+        ones); InputError naming the file (or "contexts") for unknown values, before any fitting."""
+        columns = [c.name for c in data.context.columns]
+        dev = torch.device(self.config.device)
+        if not columns:
+            return pd.DataFrame(index=range(1)), TableContext.empty(1).to(dev)
+        source = str(contexts) if isinstance(contexts, (str, Path)) else "contexts"
+        if contexts is None:
+            contexts = data.frame[columns]
+        elif isinstance(contexts, (str, Path)):
+            contexts = read_table(contexts)
+        if len(contexts) == 0:
+            raise InputError(source, ["the table has no rows"])
+        frame = contexts[columns].drop_duplicates().reset_index(drop=True) if set(columns) <= set(contexts.columns) \
+            else contexts
+        return frame, TableContext(*data.context.encode(frame, source)).to(dev)
+
+    def _search(self, data: TableData, acq: Acquisition, ctx: TableContext, n: int, seed: int):
+        """(rows (B, n, S), ok (B, n)): the batch per context, picked from the searched pools."""
+        cfg, space = self.config, self.scorer.space
+        dev = torch.device(cfg.device)
+        rng = torch.Generator(device=dev).manual_seed(seed)
+        complete = (data.rows >= 0).all(1)
+        measured = Measured(data.rows[complete].to(dev),
+                            TableContext(data.ctx_cat[complete], data.ctx_num[complete]).to(dev), space.max_size)
+        B, S, total = len(ctx), space.num_slots, space.num_rows()
+        size = min(cfg.pool * n, total)
+        local = None
+        if total <= max(size, 4096) and total <= MAX_ENUMERATE:     # every row is a candidate
+            cands = decode("exhaustive", self.generator, acq, ctx, total)
+            pools = [(cands.rows, cands.scores)]
+        else:
+            budget = cfg.budget or max(5 * size, 256)
+            search = measured.excluding(acq)
+            allowed = space.mask().to(dev).expand(B, -1, -1)
+            drawn = decode("polish", self.generator, search, ctx, size, budget=budget // 2, generator=rng)
+            elite, has = self._elite(data, ctx, cfg.elite)
+            E = elite.shape[1]
+            with torch.no_grad():
+                elite_value = search(elite.clamp(min=0).flatten(0, 1), ctx.repeat_interleave(E)).view(B, E)
+            start = Candidates(torch.cat([elite, elite.new_full((B, size - E, S), -1)], 1) if size > E else elite,
+                               torch.cat([elite_value.float().masked_fill(~has, float("-inf")),
+                                          torch.full((B, max(0, size - E)), float("-inf"), device=dev)], 1),
+                               torch.cat([has, has.new_zeros((B, max(0, size - E)))], 1), B * E)
+            climbed = polish(search, ctx, start, allowed, budget=budget - budget // 2)
+            reserve = uniform_rows(allowed, size, rng)
+            local = _changes(elite, has, allowed, size, rng)                       # (B, size, S), -1 = none
+            pools = [(drawn.rows, drawn.scores), (climbed.rows, climbed.scores)]
+            for extra in (reserve, local):
+                with torch.no_grad():
+                    v = acq(extra.clamp(min=0).flatten(0, 1), ctx.repeat_interleave(size)).view(B, size)
+                pools.append((extra, v))
+        rows = torch.cat([r for r, _ in pools], 1)
+        value = torch.cat([v.float() for _, v in pools], 1)
+        P = rows.shape[1]
+        flat_ctx = ctx.repeat_interleave(P)
+        valid = (rows >= 0).all(-1)
+        seen = measured.contains(rows.clamp(min=0).flatten(0, 1), flat_ctx).view(B, P)
+        value = value.masked_fill(seen | ~valid | ~torch.isfinite(value), float("-inf"))
+        draws = None
+        if cfg.acquisition == "thompson":
+            with torch.no_grad():
+                draws = acq.members(rows.clamp(min=0).flatten(0, 1), flat_ctx).view(-1, B, P)
+        n_local = round(cfg.local_share * n) if local is not None else 0
+        taken = rows.new_zeros((B, 0, S))
+        parts, oks = [], []
+        if n_local:
+            at = torch.arange(P - local.shape[1], P, device=dev)                  # the local pool is last
+            idx, ok = select_batch(rows[:, at], value[:, at], n_local, min_distance=cfg.min_distance,
+                                   draws=None if draws is None else draws[:, :, at], generator=rng)
+            taken = torch.where(ok[..., None], rows[:, at].gather(1, idx[..., None].expand(-1, -1, S)), -1)
+            parts.append(taken)
+            oks.append(ok)
+        idx, ok = select_batch(rows, value, n - n_local, min_distance=cfg.min_distance, draws=draws, generator=rng,
+                               taken=taken)
+        parts.append(rows.gather(1, idx[..., None].expand(-1, -1, S)))
+        oks.append(ok)
+        return _best_first(torch.cat(parts, 1), torch.cat(oks, 1), acq, ctx)
+
+    def _elite(self, data: TableData, ctx: TableContext, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best `top` measured rows that did not fail of each context in ctx: (rows (B, top, S),
+        -1 where a context has fewer; has (B, top) bool)."""
+        B, S = len(ctx), data.rows.shape[1]
+        dev = ctx.device
+        y = data.y.numpy()
+        ok = np.flatnonzero(np.isfinite(y) & (data.rows >= 0).all(1).numpy())
+        keys = context_keys(TableContext(data.ctx_cat[ok], data.ctx_num[ok]).to(dev)).cpu().numpy()
+        order = ok[np.lexsort((-y[ok], keys))]                       # by context key, best first
+        sorted_keys = np.sort(keys)
+        want = context_keys(ctx).cpu().numpy()
+        first = np.searchsorted(sorted_keys, want, side="left")
+        count = np.searchsorted(sorted_keys, want, side="right") - first
+        at = first[:, None] + np.arange(top)[None, :]
+        has = np.arange(top)[None, :] < count[:, None]
+        if not len(order):
+            return torch.full((B, top, S), -1, dtype=torch.long, device=dev), torch.zeros(B, top, dtype=torch.bool,
+                                                                                        device=dev)
+        rows = data.rows[torch.as_tensor(order[np.where(has, at, 0).clip(max=len(order) - 1)])].to(dev)
+        has_t = torch.as_tensor(has, device=dev)
+        return torch.where(has_t[..., None], rows, -1), has_t
+
+    def _frame(self, rows: torch.Tensor, ok: torch.Tensor, ctx: TableContext, frame: pd.DataFrame) -> pd.DataFrame:
+        B, n, S = rows.shape
+        keep = ok.flatten().cpu().numpy()
+        flat = rows.flatten(0, 1)
+        flat_ctx = ctx.repeat_interleave(n)
+        with torch.no_grad():
+            members = self.scorer.member_scores(flat, flat_ctx.cat, flat_ctx.num)     # (k, B * n)
+            p_ok = log_feasible(self.feasibility, flat, flat_ctx).exp() if self.feasibility is not None else None
+        owner = np.repeat(np.arange(B), n)[keep]
+        out = frame.iloc[owner].reset_index(drop=True) if len(frame.columns) else pd.DataFrame(index=range(len(owner)))
+        feats = self.scorer.space.decode(flat[torch.as_tensor(keep, device=flat.device)])
+        out = pd.concat([out, feats], axis=1)
+        out["predicted"] = self.scorer.to_score(members.mean(0))[keep]
+        out["uncertainty"] = (members.std(0).double().cpu().numpy() * self.scorer.unit)[keep]
+        if p_ok is not None:
+            out["p_feasible"] = p_ok.double().cpu().numpy()[keep]
+        out["rank"] = np.tile(np.arange(1, n + 1), B)[keep]
+        check_finite(out["predicted"].to_numpy(), "ask", "the predicted score")
+        out.attrs["short"] = int((ok.sum(1) < n).sum())
+        return out
+
+    # --- state between rounds ------------------------------------------------------------------------
+    def spec(self) -> dict:
+        """What a saved state must share with the Designer that loads it."""
+        return {"features": self.features, "score": self.score, "context": self.context, "space": self.space}
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Write the models and the round count to folder `path` (a run folder: atomic, locked,
+        replacing the previous state only once complete). Needs a finished ask."""
+        if self.scorer is None or self.generator is None:
+            raise InputError("save", ["nothing to save: ask() fits the models first"])
+        request = {"command": "design-state", **json.loads(json.dumps(self.spec(), default=str))}
+        with RunWriter(path, request, overwrite=True, name="state") as w:
+            self.scorer.cpu().save(w.dir)
+            if self.feasibility is not None:
+                self.feasibility.cpu().save(w.dir, "feasibility")
+            generators.save(self.generator.cpu(), w.dir, {"space": self.scorer.space.model_dump(),
+                                                          "context": self.scorer.context.model_dump()})
+            doc = {"kind": "choicegrad.Designer", "spec": request, "config": self.config.model_dump(),
+                   "rounds": self.rounds, "last": self.last, "versions": versions()}
+            atomic_write_text(w.dir / STATE_FILE, json.dumps(doc, indent=2, default=str) + "\n")
+            w.commit()
+        dev = torch.device(self.config.device)
+        self.scorer.to(dev)
+        self.generator.to(dev)
+        if self.feasibility is not None:
+            self.feasibility.to(dev)
+
+    def warm_from(self, path: Union[str, Path]) -> None:
+        """Take the models and round count of a saved state (written by `save` for the same features,
+        score, context and space); InputError naming the folder otherwise."""
+        path = Path(path)
+        verify_run(path)
+        doc = read_json_object(path / STATE_FILE)
+        spec = {k: v for k, v in doc.get("spec", {}).items() if k != "command"}
+        mine = json.loads(json.dumps(self.spec(), default=str))
+        diff = [f"{k}: the state has {spec.get(k)!r}, this round {mine[k]!r}" for k in mine if spec.get(k) != mine[k]]
+        if diff:
+            raise InputError(str(path), ["the state was written for another design (use another folder, or delete "
+                                         "it to start from scratch)"] + diff)
+        dev = self.config.device
+        self.scorer = Scorer.load(path, dev)
+        self.feasibility = Scorer.load(path, dev, name="feasibility") if (path / "feasibility.json").is_file() else None
+        self.generator, _ = generators.load(path, dev)
+        self.rounds = int(doc.get("rounds", 0))
+
+    @classmethod
+    def load(cls, path: Union[str, Path], config: Optional[DesignConfig] = None) -> Designer:
+        """A Designer from a saved state, with its stored settings (or `config`); tell it the
+        measured rows before asking."""
+        doc = read_json_object(Path(path) / STATE_FILE)
+        spec = doc.get("spec", {})
+        try:
+            config = config or DesignConfig.model_validate(doc.get("config", {}))
+        except ValueError as exc:
+            raise InputError(str(Path(path) / STATE_FILE), [f"not a designer state: {exc}"]) from None
+        d = cls(spec.get("features"), spec.get("score", "y"), spec.get("context"), spec.get("space"), config)
+        d.warm_from(path)
+        return d
+
+
+
+def _changes(elite: torch.Tensor, has: torch.Tensor, allowed: torch.Tensor, m: int,
+             rng: torch.Generator) -> torch.Tensor:
+    """m rows per context, each one of the elite rows (uniform among those a context has) with one
+    or two slots changed (half each): (B, m, S), -1 rows for a context without elite rows."""
+    B, E, S = elite.shape
+    count = has.sum(1)
+    pick = (torch.rand(B, m, generator=rng, device=elite.device) * count.clamp(min=1)[:, None]).long()
+    base = elite.clamp(min=0).gather(1, pick[..., None].expand(B, m, S))
+    one = change_one_slot(base, allowed, rng)
+    two = change_one_slot(one, allowed, rng)
+    rows = torch.where(torch.rand(B, m, 1, generator=rng, device=elite.device) < 0.5, one, two)
+    return torch.where((count > 0)[:, None, None], rows, -1)
+
+
+def _best_first(rows: torch.Tensor, ok: torch.Tensor, acq: Acquisition, ctx: TableContext):
+    """The batch ordered by the acquisition, best first, rows that are not ok last: (rows, ok)."""
+    B, n, S = rows.shape
+    with torch.no_grad():
+        v = acq(rows.clamp(min=0).flatten(0, 1), ctx.repeat_interleave(n)).view(B, n).float()
+    order = v.masked_fill(~ok, float("-inf")).argsort(dim=1, descending=True, stable=True)
+    return rows.gather(1, order[..., None].expand(B, n, S)), ok.gather(1, order)

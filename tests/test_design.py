@@ -1,0 +1,236 @@
+"""Design rounds: batch selection, membership, the acquisition, the failure mode of tables, declared
+spaces, and the ask/tell loop's invariants (n distinct new rows per context, no repeats, failed rows
+learned and never proposed again, warm starts from a saved state)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from choicegrad.bench.tasks import PottsTask
+from choicegrad.data.space import read_space
+from choicegrad.data.table import load_table
+from choicegrad.design import Acquisition, DesignConfig, Designer, Measured, select_batch
+from choicegrad.design.acquisition import EXCLUDED_PENALTY, log_feasible
+from choicegrad.errors import InputError
+from choicegrad.generators import TableContext
+from choicegrad.scorer.fit import ScorerFit, fit_scorer
+
+FAST = dict(ensemble=2, max_minutes=0.05, generator_steps=40, seed=0)
+
+
+# --- selection ------------------------------------------------------------------------------------------
+def test_select_batch_greedy_by_value_with_min_distance():
+    rows = torch.tensor([[[0, 0, 0], [0, 0, 1], [1, 1, 1], [1, 1, 0], [2, 2, 2]]])
+    value = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    idx, ok = select_batch(rows, value, 3)
+    assert idx.tolist() == [[0, 1, 2]] and ok.all()
+    idx, ok = select_batch(rows, value, 3, min_distance=2)     # row 1 is 1 away from row 0, row 3 from row 2
+    assert idx.tolist() == [[0, 2, 4]] and ok.all()
+    idx, ok = select_batch(rows, value, 4, min_distance=3)     # only 0, 2 (distance 3) and 4 fit
+    assert ok.tolist() == [[True, True, True, False]] and idx[0, :3].tolist() == [0, 2, 4]
+
+
+def test_select_batch_skips_disallowed_and_taken_rows():
+    rows = torch.tensor([[[0, 0], [0, 1], [1, 1]]])
+    value = torch.tensor([[float("-inf"), 2.0, 1.0]])
+    idx, ok = select_batch(rows, value, 2, taken=torch.tensor([[[0, 1]]]))
+    assert idx[0, 0].item() == 2 and ok.tolist() == [[True, False]]
+
+
+def test_select_batch_thompson_uses_one_member_per_pick():
+    rows = torch.tensor([[[0], [1], [2]]])
+    draws = torch.tensor([[[0.0, 9.0, 1.0]], [[0.0, 1.0, 9.0]]])           # (k=2, B=1, P=3)
+    idx, ok = select_batch(rows, torch.zeros(1, 3), 2, draws=draws, generator=torch.Generator().manual_seed(0))
+    assert sorted(idx[0].tolist()) == [1, 2] and ok.all()
+
+
+# --- membership and the acquisition ---------------------------------------------------------------------------
+def test_measured_rows_are_per_context():
+    rows = torch.tensor([[0, 1, 2], [2, 2, 2]])
+    ctx = TableContext(torch.tensor([[0], [1]]), torch.tensor([[0.5], [-1.0]]))
+    m = Measured(rows, ctx, vocab=3)
+    q_rows = torch.tensor([[0, 1, 2], [0, 1, 2], [2, 2, 2], [2, 2, 1]])
+    q_ctx = TableContext(torch.tensor([[0], [1], [1], [1]]), torch.tensor([[0.5], [-1.0], [-1.0], [-1.0]]))
+    assert m.contains(q_rows, q_ctx).tolist() == [True, False, True, False]
+    assert not Measured(rows[:0], ctx.index(slice(0, 0)), 3).contains(q_rows, q_ctx).any()
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    frame = PottsTask(slots=3, vocab=4, contexts=2, seed=0).table(n=300, seed=1)
+    data = load_table(frame, "s?", "y", "ctx")
+    scorer = fit_scorer(data, ScorerFit(ensemble=3, epochs=3, seed=0)).scorer.eval()
+    labels = data.subset(np.arange(len(data)))
+    labels.y = torch.tensor((frame["s0"] != "a").to_numpy(), dtype=torch.float64)
+    feas = fit_scorer(labels, ScorerFit(ensemble=2, epochs=60, loss="logistic", seed=0)).scorer.eval()
+    return data, scorer, feas
+
+
+def test_acquisition_is_mean_plus_kappa_std_plus_log_feasible(fitted):
+    data, scorer, feas = fitted
+    x, ctx = data.rows[:8], TableContext(data.ctx_cat[:8], data.ctx_num[:8])
+    m = scorer.member_scores(x, ctx.cat, ctx.num)
+    acq = Acquisition(scorer, kappa=2.0)
+    assert torch.allclose(acq(x, ctx), m.mean(0) + 2.0 * m.std(0))
+    p = torch.sigmoid(feas.member_scores(x, ctx.cat, ctx.num)).mean(0)
+    assert torch.allclose(log_feasible(feas, x, ctx), p.log(), atol=1e-5)
+    both = Acquisition(scorer, kappa=0.0, feasibility=feas, weight=0.5)
+    assert torch.allclose(both(x, ctx), m.mean(0) + 0.5 * float(scorer.y_std) * p.log(), atol=1e-5)
+    assert acq.calls == 8 and both.calls == 8
+    soft = torch.nn.functional.one_hot(x, 4).float().requires_grad_(True)   # relaxed estimators need gradients
+    both(soft, ctx).sum().backward()
+    assert soft.grad is not None and torch.isfinite(soft.grad).all()
+    assert torch.allclose(both(soft.detach(), ctx), both(x, ctx), atol=1e-5)
+
+
+def test_excluding_objective_pushes_measured_rows_down(fitted):
+    data, scorer, _ = fitted
+    ctx = TableContext(data.ctx_cat[:4], data.ctx_num[:4])
+    acq = Acquisition(scorer)
+    search = Measured(data.rows[:2], ctx.index(slice(0, 2)), 4).excluding(acq)
+    drop = (acq(data.rows[:4], ctx) - search(data.rows[:4], ctx)) / acq.scale
+    assert torch.allclose(drop, torch.tensor([EXCLUDED_PENALTY, EXCLUDED_PENALTY, 0, 0]))
+
+
+def test_logistic_scorer_learns_a_feasibility_rule(fitted):
+    data, _, feas = fitted
+    p = log_feasible(feas, data.rows, TableContext(data.ctx_cat, data.ctx_num)).exp()
+    rule = data.rows[:, 0] != 0
+    assert p[rule].mean() > 0.8 and p[~rule].mean() < 0.3
+
+
+# --- tables with failures and declared spaces ------------------------------------------------------------
+def test_failures_mode_keeps_failed_rows_as_minus_inf(tmp_path):
+    frame = pd.DataFrame({"a": list("xyzxy"), "y": ["1.5", "-inf", "", "2", None]})
+    data = load_table(frame, "a", "y", failures=True)
+    assert data.y[0] == 1.5 and data.y[3] == 2 and bool(torch.isinf(data.y[[1, 2, 4]]).all())
+    with pytest.raises(InputError, match="finite numbers"):
+        load_table(frame, "a", "y")
+    for bad in ("abc", "inf"):
+        with pytest.raises(InputError, match="text/\\+inf at row 2"):
+            load_table(frame.assign(y=["1", bad, "2", "3", "4"]), "a", "y", failures=True)
+
+
+def test_declared_space_keeps_order_and_unmeasured_categories(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"a": ["z", "y", "x", "w"], "n": [1, 2, 3]}))
+    decl = read_space(path)
+    assert decl == {"a": ["z", "y", "x", "w"], "n": ["1", "2", "3"]}
+    frame = pd.DataFrame({"a": list("xyzxy"), "n": [1, 2, 1, 2, 1], "b": list("ppqqp"), "y": range(5)})
+    data = load_table(frame, "a,n,b", "y", space=path)
+    assert data.space.slots[0].categories == ["z", "y", "x", "w"] and data.space.sizes == [4, 3, 2]
+    assert data.rows[0].tolist() == [2, 0, 0]
+    with pytest.raises(InputError, match="unknown category .q. at row 1"):
+        load_table(frame.assign(a=["q", "y", "z", "x", "y"]), "a,n,b", "y", space=path)
+    with pytest.raises(InputError, match=str(path)):
+        load_table(frame, "a,b", "y", space=path)                      # "n" is not a feature
+    for doc, needle in [([1, 2], "JSON object"), ({}, "at least one feature"), ({"a": []}, "non-empty list"),
+                        ({"a": ["x", "x"]}, "more than once"), ({"a": [1.5]}, "not a label"),
+                        ({"a": [None]}, "not a label")]:
+        path.write_text(json.dumps(doc))
+        with pytest.raises(InputError, match=needle):
+            read_space(path)
+
+
+# --- the ask/tell loop ----------------------------------------------------------------------------
+def _keys(frame, cols):
+    return set(map(tuple, frame[cols].astype(str).to_numpy()))
+
+
+def test_ask_tell_rounds_on_a_small_space_are_new_distinct_and_use_unmeasured_categories():
+    task = PottsTask(slots=3, vocab=3, contexts=2, seed=0)
+    frame = task.table(n=30, seed=1).drop_duplicates(["ctx", "s0", "s1", "s2"])
+    space = {"s0": ["a", "b", "c", "d"]}                                 # "d" never measured
+    d = Designer("s?", "y", "ctx", space=space, config=DesignConfig(**FAST))
+    d.tell(frame)
+    seen = _keys(frame, ["ctx", "s0", "s1", "s2"])
+    for _ in range(2):
+        batch = d.ask(6)
+        assert list(batch.columns) == ["ctx", "s0", "s1", "s2", "predicted", "uncertainty", "rank"]
+        assert batch.groupby("ctx").size().tolist() == [6, 6]
+        keys = _keys(batch, ["ctx", "s0", "s1", "s2"])
+        assert len(keys) == 12 and not keys & seen
+        assert np.isfinite(batch[["predicted", "uncertainty"]].to_numpy()).all() and (batch["uncertainty"] > 0).all()
+        assert batch.groupby("ctx")["rank"].apply(list).tolist() == [list(range(1, 7))] * 2
+        seen |= keys
+        d.tell(batch.assign(y=np.arange(len(batch), dtype=float)).drop(columns=["predicted", "uncertainty", "rank"]))
+    everything = d.ask(4 * 3 * 3)                                         # more than the rows left: all of them
+    left = [36 - sum(k[0] == c for k in seen) for c in ("c0", "c1")]
+    assert everything.groupby("ctx").size().tolist() == left
+    assert everything.attrs["short"] == 2
+    rest = _keys(everything, ["ctx", "s0", "s1", "s2"])
+    assert not rest & seen and len(rest | seen) == 2 * 36                # with every row of "d", never measured
+
+
+def _failing_table(n=240, seed=1):
+    """6 slots x 5 categories (searched, not enumerated), 2 contexts; rows with s0 == s1 fail."""
+    task = PottsTask(slots=6, vocab=5, contexts=2, seed=0)
+    frame = task.table(n=n, seed=seed).drop_duplicates(["ctx"] + [f"s{i}" for i in range(6)]).reset_index(drop=True)
+    fails = frame["s0"] == frame["s1"]
+    frame.loc[fails, "y"] = np.where(np.arange(fails.sum()) % 2, -np.inf, np.nan)
+    return task, frame
+
+
+def test_failed_rows_are_learned_and_never_proposed_again(tmp_path):
+    task, frame = _failing_table()
+    cols = ["ctx"] + [f"s{i}" for i in range(6)]
+    cfg = DesignConfig(**FAST, min_distance=2, acquisition="thompson")
+    d = Designer("s?", "y", "ctx", config=cfg)
+    d.tell(frame)
+    seen, failed = _keys(frame, cols), _keys(frame[~np.isfinite(frame["y"])], cols)
+    shares = []
+    for r in range(2):
+        batch = d.ask(16)
+        assert "p_feasible" in batch.columns and batch["p_feasible"].between(0, 1).all()
+        assert batch.groupby("ctx").size().tolist() == [16, 16]
+        keys = _keys(batch, cols)
+        assert len(keys) == 32 and not keys & seen and not keys & failed
+        for _, grp in batch.groupby("ctx"):                                  # min_distance within each context
+            x = grp[cols[1:]].to_numpy()
+            dist = (x[:, None, :] != x[None, :, :]).sum(-1) + 99 * np.eye(len(x), dtype=int)
+            assert dist.min() >= 2
+        fail = (batch["s0"] == batch["s1"]).to_numpy()
+        shares.append(fail.mean())
+        y = np.where(fail, -np.inf, 1.0)
+        d.tell(batch[cols], y)
+        seen |= keys
+        failed |= _keys(batch[fail], cols)
+    assert d.last["failed"] >= int((~np.isfinite(frame["y"])).sum())
+    assert shares[-1] <= 0.5                                             # the classifier keeps most rows feasible
+
+
+def test_state_round_trip_and_warm_start(tmp_path):
+    _, frame = _failing_table()
+    d = Designer("s?", "y", "ctx", config=DesignConfig(**FAST))
+    d.tell(frame)
+    d.ask(4)
+    d.save(tmp_path / "state")
+    loaded = Designer.load(tmp_path / "state")
+    assert loaded.rounds == 1 and loaded.feasibility is not None
+    for a, b in zip(d.scorer.state_dict().values(), loaded.scorer.state_dict().values()):
+        assert torch.equal(a.cpu(), b)
+    loaded.tell(frame)
+    assert len(loaded.ask(4)) == 8 and loaded.rounds == 2
+    other = Designer("s0,s1", "y", "ctx", config=DesignConfig(**FAST))
+    with pytest.raises(InputError, match="another design"):
+        other.warm_from(tmp_path / "state")
+
+
+def test_designer_bad_inputs():
+    _, frame = _failing_table()
+    d = Designer("s?", "y", "ctx", config=DesignConfig(**FAST))
+    with pytest.raises(InputError, match="nothing measured yet"):
+        d.ask(4)
+    with pytest.raises(InputError, match="score"):
+        d.tell(frame.drop(columns="y"))
+    assert d.measured is None                                            # nothing half-added
+    with pytest.raises(InputError, match="2 scores for 3 rows"):
+        d.tell(frame.head(3), [1.0, 2.0])
+    d.tell(frame.head(12).assign(y=[1.0, 2.0] + [-np.inf] * 10))
+    with pytest.raises(InputError, match="2 of 12 measured rows have a score"):
+        d.ask(4)
+    with pytest.raises(InputError, match="batch size"):
+        d.ask(0)
