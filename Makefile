@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test fuzz bench clean
+.PHONY: demo test fuzz bench online clean
 
 $(BIN)/choicegrad: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,13 @@ bench: $(BIN)/choicegrad
 	mkdir -p runs/bench-tfbind8
 	$(BIN)/python benchmarks/tfbind8_generate.py --out runs/bench-tfbind8 --max-minutes 12 | tee runs/bench-tfbind8/log.txt
 	$(BIN)/python benchmarks/greedy_speed.py | tee runs/greedy_speed.json
+
+# Design rounds against the ground truth (about 45 minutes on 2 cores): designer, genetic algorithm, random
+# rows and the offline pipeline on tfbind8, gb1, ehrlich and nk3, 3 seeds; refreshes docs/online.md, then
+# times one `propose` round on a 50,000-row table of 32 slots x 32 categories.
+online: $(BIN)/choicegrad
+	$(BIN)/choicegrad bench-online --out runs/online --docs docs/online.md
+	$(BIN)/python benchmarks/propose_speed.py | tee runs/online/propose_speed.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

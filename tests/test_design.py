@@ -16,7 +16,8 @@ from choicegrad.design import Acquisition, DesignConfig, Designer, Measured, sel
 from choicegrad.design.acquisition import EXCLUDED_PENALTY, log_feasible
 from choicegrad.errors import InputError
 from choicegrad.generators import TableContext
-from choicegrad.scorer.fit import ScorerFit, fit_scorer
+from choicegrad.scorer.fit import ScorerFit, fit_scorer, warm_start
+from choicegrad.scorer.model import Scorer
 
 FAST = dict(ensemble=2, max_minutes=0.05, generator_steps=40, seed=0)
 
@@ -40,11 +41,17 @@ def test_select_batch_skips_disallowed_and_taken_rows():
     assert idx[0, 0].item() == 2 and ok.tolist() == [[True, False]]
 
 
-def test_select_batch_thompson_uses_one_member_per_pick():
-    rows = torch.tensor([[[0], [1], [2]]])
-    draws = torch.tensor([[[0.0, 9.0, 1.0]], [[0.0, 1.0, 9.0]]])           # (k=2, B=1, P=3)
-    idx, ok = select_batch(rows, torch.zeros(1, 3), 2, draws=draws, generator=torch.Generator().manual_seed(0))
-    assert sorted(idx[0].tolist()) == [1, 2] and ok.all()
+def test_select_batch_thompson_draws_a_member_per_pick():
+    B = 400
+    rows = torch.tensor([[0], [1], [2]]).expand(B, 3, 1)
+    draws = torch.tensor([[0.0, 9.0, 1.0], [0.0, 1.0, 9.0]])[:, None, :].expand(2, B, 3)   # member 0 likes 1, 1 likes 2
+    idx, ok = select_batch(rows, torch.zeros(B, 3), 1, draws=draws, generator=torch.Generator().manual_seed(0))
+    first = torch.bincount(idx[:, 0], minlength=3).tolist()
+    assert ok.all() and first[0] == 0 and 150 < first[1] < 250 and first[1] + first[2] == B
+    nan = draws.clone()
+    nan[0, :, 1] = float("nan")                                          # a NaN draw is never picked
+    idx, _ = select_batch(rows, torch.zeros(B, 3), 1, draws=nan, generator=torch.Generator().manual_seed(0))
+    assert (idx[:, 0] != 1).all()
 
 
 # --- membership and the acquisition ---------------------------------------------------------------------------
@@ -181,7 +188,6 @@ def test_failed_rows_are_learned_and_never_proposed_again(tmp_path):
     d = Designer("s?", "y", "ctx", config=cfg)
     d.tell(frame)
     seen, failed = _keys(frame, cols), _keys(frame[~np.isfinite(frame["y"])], cols)
-    shares = []
     for r in range(2):
         batch = d.ask(16)
         assert "p_feasible" in batch.columns and batch["p_feasible"].between(0, 1).all()
@@ -193,13 +199,12 @@ def test_failed_rows_are_learned_and_never_proposed_again(tmp_path):
             dist = (x[:, None, :] != x[None, :, :]).sum(-1) + 99 * np.eye(len(x), dtype=int)
             assert dist.min() >= 2
         fail = (batch["s0"] == batch["s1"]).to_numpy()
-        shares.append(fail.mean())
-        y = np.where(fail, -np.inf, 1.0)
+        y = np.where(fail, -np.inf, np.where(np.arange(len(batch)) % 3, 1.0, np.nan))   # NaN: failed as well
         d.tell(batch[cols], y)
         seen |= keys
-        failed |= _keys(batch[fail], cols)
-    assert d.last["failed"] >= int((~np.isfinite(frame["y"])).sum())
-    assert shares[-1] <= 0.5                                             # the classifier keeps most rows feasible
+        failed |= _keys(batch[~np.isfinite(y)], cols)
+    assert len(failed) == int(torch.isinf(d.table().y).sum())                # every failure kept as -inf
+    assert d.feasibility is not None
 
 
 def test_state_round_trip_and_warm_start(tmp_path):
@@ -210,13 +215,28 @@ def test_state_round_trip_and_warm_start(tmp_path):
     d.save(tmp_path / "state")
     loaded = Designer.load(tmp_path / "state")
     assert loaded.rounds == 1 and loaded.feasibility is not None
-    for a, b in zip(d.scorer.state_dict().values(), loaded.scorer.state_dict().values()):
-        assert torch.equal(a.cpu(), b)
+    saved, back = d.scorer.state_dict(), loaded.scorer.state_dict()
+    assert list(saved) == list(back) and all(torch.equal(saved[k].cpu(), back[k]) for k in saved)
+    fresh = Scorer(loaded.scorer.space, loaded.scorer.context, "y", loaded.scorer.config, k=2)
+    assert warm_start(fresh, loaded.scorer)                                   # what the next round starts from
+    assert all(torch.equal(a, b) for a, b in zip(fresh.members[1].parameters(), loaded.scorer.members[1].parameters()))
+    other = Scorer(loaded.scorer.space, loaded.scorer.context, "y", loaded.scorer.config.model_copy(
+        update={"embed_dim": 3}), k=2)
+    assert not warm_start(other, loaded.scorer)                               # other shapes: a fresh start
     loaded.tell(frame)
     assert len(loaded.ask(4)) == 8 and loaded.rounds == 2
+    same = Designer(["s0,s1", "s2,s3,s4,s5"], "y", ["ctx"], config=DesignConfig(**FAST))
+    same.tell(frame)
+    same.warm_from(tmp_path / "state")                                        # the same columns, spelled otherwise
     other = Designer("s0,s1", "y", "ctx", config=DesignConfig(**FAST))
+    other.tell(frame)
     with pytest.raises(InputError, match="another design"):
         other.warm_from(tmp_path / "state")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.csv").write_text("x\n")
+    with pytest.raises(InputError, match="not a design state"):
+        same.save(tmp_path / "data")
+    assert (tmp_path / "data" / "keep.csv").is_file()
 
 
 def test_designer_bad_inputs():
@@ -229,8 +249,18 @@ def test_designer_bad_inputs():
     assert d.measured is None                                            # nothing half-added
     with pytest.raises(InputError, match="2 scores for 3 rows"):
         d.tell(frame.head(3), [1.0, 2.0])
+    with pytest.raises(InputError, match="text/\\+inf at row 2"):
+        d.tell(frame.head(3), [1.0, "high", None])
+    assert d.measured is None
     d.tell(frame.head(12).assign(y=[1.0, 2.0] + [-np.inf] * 10))
     with pytest.raises(InputError, match="2 of 12 measured rows have a score"):
         d.ask(4)
     with pytest.raises(InputError, match="batch size"):
         d.ask(0)
+    d.tell(frame.iloc[12:40])
+    far = Designer("s?", "y", "ctx", config=DesignConfig(**FAST, min_distance=7))
+    far.tell(frame)
+    with pytest.raises(InputError, match="more than the 6 slots"):
+        far.ask(2)
+    with pytest.raises(InputError, match="unknown value 'c9'"):
+        d.ask(2, pd.DataFrame({"ctx": ["c9"]}))

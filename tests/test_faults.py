@@ -118,3 +118,19 @@ def test_interrupted_overwrite_leaves_the_old_run(table, reference, tmp_path):
     resumed = cli("fit", table, *FIT, "--seed", "2", "--out", out, "--overwrite", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert digest(out) != before and Run.load(out).config["generator_fit"]["seed"] == 2
+
+
+def test_kill_during_propose_keeps_the_previous_state(table, tmp_path):
+    """A propose round killed while writing its state leaves the last round's state whole and no
+    output; running the round again gives both."""
+    args = ["propose", table, "--features", "s?", "--score", "y", "--context", "ctx", "--batch", "3",
+            "--ensemble", "2", "--max-minutes", "0.05", "--state", tmp_path / "state"]
+    assert cli(*args, "--out", tmp_path / "r1.csv").returncode == 0
+    before = digest(tmp_path / "state", ("scorer.safetensors", "generator.safetensors", "designer.json"))
+    killed = cli(*args, "--out", tmp_path / "r2.csv", failpoints="state=1")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "r2.csv").exists()
+    assert digest(tmp_path / "state", ("scorer.safetensors", "generator.safetensors", "designer.json")) == before
+    again = cli(*args, "--out", tmp_path / "r2.csv")
+    assert again.returncode == 0, again.stderr
+    assert "warm start" in again.stderr and len(pd.read_csv(tmp_path / "r2.csv")) == 6

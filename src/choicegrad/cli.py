@@ -343,9 +343,10 @@ def propose_cmd(
     Rows measured before (in that context) and rows that failed are never proposed. Run it again with the
     new results added to MEASURED for the next round; --state keeps the models for a warm start."""
     from choicegrad.design import DesignConfig, Designer
+    from choicegrad.design.designer import check_state_folder
     from choicegrad.device import check_device
     from choicegrad.io import TABLE_SUFFIXES, check_writable, write_table
-    from choicegrad.run import check_out_dir
+    from choicegrad.runfolder import RunLock
 
     start = time.perf_counter()
     if out.suffix.lower() not in TABLE_SUFFIXES:
@@ -354,16 +355,24 @@ def propose_cmd(
         raise InputError("--acquisition", [f'expected "ucb" or "thompson", got "{acquisition}"'])
     check_device(device, "--device")
     check_writable(out, "--out")
+    if out.resolve() == measured.resolve() or (state is not None and state.resolve() in out.resolve().parents):
+        raise InputError("--out", [f"{out} would replace the measured rows or sit inside --state; write elsewhere"])
     if state is not None:
-        check_out_dir(state, "--state")
+        check_state_folder(state, "--state")
+        with RunLock(state, "--state"):                     # another round writing it: refuse now, not after this one
+            pass
+    if contexts is not None and not context:
+        typer.echo(f"warning: no --context columns; {contexts} is ignored", err=True)
+        contexts = None
     config = DesignConfig(acquisition=acquisition, kappa=kappa, min_distance=min_distance, ensemble=ensemble,
                           max_minutes=max_minutes, seed=seed, device=device)
     designer = Designer(features, score, context, space=space, config=config)
-    if state is not None and (state / "designer.json").is_file():
-        designer.warm_from(state)
-        typer.echo(f"warm start from {state} (round {designer.rounds})", err=True)
     designer.tell(measured)
-    with as_flags({"contexts": "--contexts", "n": "--batch"}):
+    if state is not None and (state / "designer.json").is_file():
+        with as_flags({"state": "--state"}):
+            designer.warm_from(state)
+        typer.echo(f"warm start from {state} (round {designer.rounds})", err=True)
+    with as_flags({"contexts": "--contexts", "n": "--batch", "min_distance": "--min-distance"}):
         result = designer.ask(batch, contexts, echo=lambda m: typer.echo(m, err=True))
     if state is not None:
         designer.save(state)
@@ -445,6 +454,71 @@ def data_table_cmd(
         raise InputError(f"choicegrad data table {task}", [str(exc)]) from None
     write_table(frame, out)
     typer.echo(f"wrote {len(frame)} rows to {out}")
+
+
+# --- bench-online: design rounds with the ground truth as the oracle ---------------------------------
+@app.command("bench-online", epilog="Example: choicegrad bench-online --out runs/online --docs docs/online.md   "
+             "(every task, method and seed: `make online`)\n\n"
+             "Example: choicegrad bench-online --tasks ehrlich --methods designer,genetic --seeds 0 --rounds 3 "
+             "--out runs/online-quick")
+@user_errors
+def bench_online_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for online.csv (one row per round) and specs.json.")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated: tfbind8, gb1, ehrlich, nk3.")] = "tfbind8,gb1,ehrlich,nk3",
+    methods: Annotated[str, typer.Option(help="Comma-separated: designer, genetic, random, offline.")] =
+        "designer,genetic,random,offline",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    rounds: Annotated[Optional[int], typer.Option(min=1, help="Rounds per run (default: each task's).")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Rows per context per round (default: each task's).")] = None,
+    minutes: Annotated[Optional[float], typer.Option(
+        min=0.01, help="Designer minutes per round (default: each task's).")] = None,
+    docs: Annotated[Optional[Path], typer.Option(help="Also write this markdown report (figures beside it).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with tfbind8.parquet / gb1.parquet.")] = None,
+) -> None:
+    """Design rounds on landscapes with known scores: the designer against a genetic algorithm, random
+    rows and the offline pipeline, at the same number of oracle calls."""
+    _require_bench()
+    import dataclasses
+
+    from choicegrad.bench.online import ONLINE_METHODS, ONLINE_TASKS, run_online
+    from choicegrad.bench.online_report import publish_online
+    from choicegrad.errors import did_you_mean
+
+    task_list, method_list = [t.strip() for t in tasks.split(",") if t.strip()], [m.strip() for m in methods.split(",") if m.strip()]
+    problems = [f'--tasks: unknown task "{t}"{did_you_mean(t, list(ONLINE_TASKS))}; choose from {", ".join(ONLINE_TASKS)}'
+                for t in task_list if t not in ONLINE_TASKS]
+    problems += [f'--methods: unknown method "{m}"{did_you_mean(m, ONLINE_METHODS)}; choose from {", ".join(ONLINE_METHODS)}'
+                 for m in method_list if m not in ONLINE_METHODS]
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        problems.append(f'--seeds: expected comma-separated integers, got "{seeds}"')
+    from choicegrad.bench.tasks.landscape import REAL
+    from choicegrad.bench.tasks.registry import find_task_data
+
+    for t in task_list:
+        if t in ONLINE_TASKS and ONLINE_TASKS[t].task in REAL:
+            try:
+                find_task_data(ONLINE_TASKS[t].task, data_dir)
+            except FileNotFoundError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise InputError("choicegrad bench-online", problems)
+    if docs is not None:
+        from choicegrad.io import check_writable
+
+        check_writable(docs, "--docs")
+    change = {k: v for k, v in (("rounds", rounds), ("batch", batch), ("minutes", minutes)) if v is not None}
+    specs = {t: dataclasses.replace(ONLINE_TASKS[t], **change) for t in task_list}
+    try:
+        run_online(task_list, method_list, seed_list, out, echo=lambda m: typer.echo(m, err=True), specs=specs,
+                   data_dir=data_dir)
+    except FileNotFoundError as exc:
+        raise InputError("choicegrad bench-online", [str(exc)]) from None
+    typer.echo(f"wrote {out}/online.csv")
+    if docs is not None:
+        publish_online(out, docs)
+        typer.echo(f"wrote {docs}")
 
 
 # --- bench: every method side by side on tasks with known optima -----------------------------------

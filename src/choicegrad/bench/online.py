@@ -39,8 +39,8 @@ from choicegrad.bench.tasks.landscape import Landscape
 from choicegrad.bench.tasks.registry import get_task
 from choicegrad.data.table import load_table
 from choicegrad.decoding import decode, default_budget
-from choicegrad.decoding.rows import change_one_slot, first_occurrence, row_keys, uniform_rows
-from choicegrad.design import DesignConfig, Designer
+from choicegrad.decoding.rows import change_one_slot, distinct_in_order, uniform_rows
+from choicegrad.design import DesignConfig, Designer, Measured
 from choicegrad.generators import GeneratorConfig, TableContext, TableObjective
 from choicegrad.io import atomic_write_text, write_table
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
@@ -67,7 +67,7 @@ class OnlineSpec:
 ONLINE_TASKS = {
     "tfbind8": OnlineSpec("tfbind8", start_rows=1024, rounds=4),
     "gb1": OnlineSpec("gb1", start_rows=1024, rounds=4),
-    "ehrlich": OnlineSpec("ehrlich", start="random", start_rows=256, rounds=8),
+    "ehrlich": OnlineSpec("ehrlich", start="random", start_rows=128, batch=32, rounds=8),
     "nk3": OnlineSpec("nk3", start_rows=256, rounds=4),
 }
 
@@ -100,10 +100,19 @@ def start_rows(landscape: Landscape, spec: OnlineSpec, seed: int) -> tuple[Tenso
         pool &= landscape.measured
     if spec.start != "random":
         pool &= scores < st.nan_stats(scores.masked_fill(~pool, float("nan")))["median"][:, None]
+    short = (pool.sum(1) < spec.start_rows).nonzero()[:, 0].tolist()
+    if short:
+        raise ValueError(f"start_rows: {spec.start_rows} rows per context, but context(s) {short[:5]} hold fewer "
+                         f"in the {spec.start} pool of {landscape.name}")
     key = torch.rand(scores.shape, generator=torch.Generator().manual_seed(seed)).masked_fill(~pool, -1.0)
     index = key.topk(spec.start_rows, dim=1).indices                                # (C, n)
     ctx = torch.arange(scores.shape[0]).repeat_interleave(spec.start_rows)
     return ctx, index.flatten()
+
+
+def _ids(ctx: Tensor) -> TableContext:
+    """Context ids as the one categorical column of a TableContext (for Measured)."""
+    return TableContext(ctx[:, None], torch.zeros(len(ctx), 0))
 
 
 class History:
@@ -115,27 +124,20 @@ class History:
     def add(self, ctx: Tensor, rows: Tensor, y: Tensor) -> None:
         self.ctx, self.rows, self.y = torch.cat([self.ctx, ctx]), torch.cat([self.rows, rows]), torch.cat([self.y, y])
 
-    def keys(self, ctx: Tensor, rows: Tensor) -> Tensor:
-        return row_keys(rows, self.vocab) * 1024 + ctx          # exact for the benchmark spaces (< 2**52 rows)
-
     def seen(self, ctx: Tensor, rows: Tensor) -> Tensor:
-        known = self.keys(self.ctx, self.rows).unique()
-        k = self.keys(ctx, rows)
-        at = torch.searchsorted(known, k).clamp(max=len(known) - 1)
-        return known[at] == k
+        """(N,) bool: rows (N, S) measured before in their contexts ctx (N,)."""
+        return Measured(self.rows, _ids(self.ctx), self.vocab).contains(rows, _ids(ctx))
 
 
 def fill_new(history: History, cands: Tensor, n: int) -> Tensor:
     """The first n candidates per context never measured and distinct: cands (C, M, S) -> (C, n, S).
     ValueError when some context has fewer than n."""
     C, M, S = cands.shape
-    ctx = torch.arange(C).repeat_interleave(M)
-    fresh = ~history.seen(ctx, cands.flatten(0, 1)).view(C, M)
-    keep = first_occurrence(row_keys(cands, history.vocab), fresh)
-    if bool((keep.sum(1) < n).any()):
+    fresh = ~history.seen(torch.arange(C).repeat_interleave(M), cands.flatten(0, 1)).view(C, M)
+    rows, ok = distinct_in_order(cands, fresh, n, history.vocab)
+    if not bool(ok.all()):
         raise ValueError("fewer new rows than the batch")
-    order = torch.where(keep, torch.arange(M).expand(C, M).float(), torch.tensor(float("inf"))).argsort(1)[:, :n]
-    return cands.gather(1, order.unsqueeze(-1).expand(C, n, S))
+    return rows
 
 
 def random_batch(history: History, allowed: Tensor, n: int, rng: torch.Generator) -> Tensor:
@@ -227,8 +229,10 @@ def offline_rows(landscape: Landscape, history: History, n: int, minutes: float,
 
 
 def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
-               echo: Callable[[str], None] = lambda line: None) -> list[dict]:
-    """Rounds of one method from the start rows: one record per round (round 0: the start)."""
+               echo: Callable[[str], None] = lambda line: None, task: Optional[str] = None) -> list[dict]:
+    """Rounds of one method from the start rows: one record per round (round 0: the start), named
+    `task` (default: the landscape's name)."""
+    task = task or landscape.name
     oracle = Oracle(landscape)
     C, S = landscape.num_contexts, landscape.space.num_slots
     ctx0, index0 = start_rows(landscape, spec, seed)
@@ -238,7 +242,7 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
     rng = torch.Generator().manual_seed(seed)
     truth = truth_mask(landscape)
     stats = st.nan_stats(landscape.scores.masked_fill(~truth, float("nan")))
-    records = [_record(landscape, truth, stats, history, None, 0, 0.0, spec, method, seed)]
+    records = [_record(landscape, truth, stats, history, None, 0, 0.0, spec, method, seed, task)]
     agent = DesignerMethod(landscape, spec, history, seed) if method == "designer" else None
     offline = None
     if method == "offline":
@@ -268,16 +272,16 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
         failed_rows.add(ctx[bad], rows[bad], y[bad])
         if agent is not None:
             agent.tell(ctx, rows, y)
-        rec = _record(landscape, truth, stats, history, (ctx, y), r, seconds, spec, method, seed)
+        rec = _record(landscape, truth, stats, history, (ctx, y), r, seconds, spec, method, seed, task)
         rec["failed_repeats"] = repeats
         records.append(rec)
-        echo(f"{landscape.name} {method} seed {seed} round {r}: best {rec['best']:.3f}, solved {rec['solved']:.2f}, "
+        echo(f"{task} {method} seed {seed} round {r}: best {rec['best']:.3f}, solved {rec['solved']:.2f}, "
              f"batch median {rec['batch_median']:.3f}, failed {rec['failed_share']:.2f}, {seconds:.1f} s")
     return records
 
 
 def _record(landscape: Landscape, truth: Tensor, stats: dict, history: History, batch, r: int, seconds: float,
-            spec: OnlineSpec, method: str, seed: int) -> dict:
+            spec: OnlineSpec, method: str, seed: int, task: str) -> dict:
     """Best-so-far and batch figures, normalised per context ((y - min) / (max - min) over the rows
     with ground truth: truth (C, R), stats of them), means over contexts."""
     C = landscape.num_contexts
@@ -286,7 +290,7 @@ def _record(landscape: Landscape, truth: Tensor, stats: dict, history: History, 
     best_norm = normalise(best.clamp(min=float(stats["min"].min())), stats).clamp(min=0)
     solved = best >= stats["max"] - 1e-6
     top_share = ((landscape.scores >= best[:, None]) & truth).sum(1).float() / truth.sum(1)
-    rec = {"task": landscape.name, "method": method, "seed": seed, "round": r, "calls": r * spec.batch,
+    rec = {"task": task, "method": method, "seed": seed, "round": r, "calls": r * spec.batch, "contexts": C,
            "best": float(best_norm.mean()), "solved": float(solved.float().mean()),
            "top_share": float(top_share.mean()), "seconds": seconds, "batch_median": float("nan"),
            "failed_share": float("nan"), "failed_repeats": 0}
@@ -318,14 +322,18 @@ def run_online(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int
         landscape = get_task(spec.task, data_dir=data_dir, **dict(spec.options))
         for method in methods:
             for seed in seeds:
-                records += run_method(landscape, spec, method, seed, echo)
+                records += run_method(landscape, spec, method, seed, echo, task)
                 write_table(pd.DataFrame(records), out / "online.csv")
         atomic_write_text(out / "specs.json", json.dumps({t: asdict(specs[t]) for t in tasks}, indent=2) + "\n")
     return pd.DataFrame(records)
 
 
 def area(curve: pd.DataFrame) -> float:
-    """Area under best-so-far against calls, from the start (calls 0) to the last round, per call."""
+    """Area under best-so-far above the start's best, against calls from the start (calls 0) to the
+    last round, per call: what the rounds added (the start alone gives 0)."""
     c = curve.sort_values("calls")
     x, y = c["calls"].to_numpy(dtype=float), c["best"].to_numpy(dtype=float)
-    return float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 and x[-1] > x[0] else math.nan
+    if len(x) < 2 or x[-1] <= x[0]:
+        return math.nan
+    gain = y - y[0]
+    return float(((gain[1:] + gain[:-1]) / 2 * np.diff(x)).sum() / (x[-1] - x[0]))

@@ -10,10 +10,12 @@
 Each `ask` refits, within `max_minutes`: the scorer ensemble on the rows that did not fail, a
 feasibility classifier on all rows (when some failed), and the autoregressive generator trained by
 REINFORCE on the acquisition (choicegrad.design.acquisition); each starts from the last round's
-weights when it has them. A pool of `pool` x n candidates per context is then searched on the
-acquisition with measured rows kept out (polish decoding from the generator's draws, plus uniform
-random rows as a reserve; every row when the space is that small) and the batch is picked from it
-(choicegrad.design.select).
+weights when it has them. Candidates are then searched on the acquisition with measured rows kept
+out: polish decoding from the generator's draws, polish climbs from the best measured rows, and
+uniform random rows as a reserve (`pool` x n of each per context), or every row when the space holds
+at most max(pool x n, 4096). `local_share` of the batch is picked first among one- and two-slot
+changes of the `elite` best measured rows (a trust region; searched spaces only), the rest from all
+candidates (choicegrad.design.select).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from choicegrad import generators
+from choicegrad.checkpoints import failpoint
 from choicegrad.data.space import read_space
+from choicegrad.data.spec import parse_names
 from choicegrad.data.table import MIN_ROWS, TableData, load_table
 from choicegrad.decoding import Candidates, decode
 from choicegrad.decoding.local_search import polish
@@ -49,6 +53,8 @@ from choicegrad.training.contexts import TableContexts
 from choicegrad.training.loop import GeneratorFit, fit_generator
 
 STATE_FILE = "designer.json"
+#: Most candidates (contexts x batch x pool) one ask searches: beyond this the pools exhaust memory.
+MAX_POOL_ROWS = 20_000_000
 #: Shares of a round's max_minutes: the scorer ensemble, the feasibility classifier (when rows
 #: failed), then the generator gets this share of what is left (the search is bounded by calls).
 SCORER_SHARE, FEASIBILITY_SHARE, GENERATOR_SHARE = 0.45, 0.1, 0.8
@@ -93,9 +99,10 @@ class Designer:
                  context: Union[str, list[str], None] = None,
                  space: Union[dict[str, list[str]], str, Path, None] = None, config: Optional[DesignConfig] = None):
         self.features, self.score, self.context = features, score, context
-        # the declaration itself is what a saved state must match; a file is read once, errors name it
+        # the declaration itself is what a saved state must match: a file is read once, here
         self.space = read_space(space) if isinstance(space, (str, Path)) else space
-        self._space_arg = space
+        self._space_source = str(space) if isinstance(space, (str, Path)) else "space"
+        self._source: Optional[str] = None                     # the file the measured rows came from
         self.config = config or DesignConfig()
         self.measured: Optional[pd.DataFrame] = None
         self.scorer: Optional[Scorer] = None
@@ -108,28 +115,38 @@ class Designer:
     def table(self, frame: Union[pd.DataFrame, str, Path, None] = None) -> TableData:
         """The measured rows (or `frame`, a DataFrame or a CSV/Parquet file) validated as a table:
         failed rows hold -inf."""
+        source = None if frame is not None else self._source
         frame = self.measured if frame is None else frame
         if frame is None:
             raise InputError("ask", ["nothing measured yet: tell(rows, scores) first"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")              # single-category and ID notes: not a design error
-            return load_table(frame, self.features, self.score, self.context, space=self._space_arg, failures=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")          # single-category and ID notes: not a design error
+                data = load_table(frame, self.features, self.score, self.context, space=self.space, failures=True)
+        except InputError as exc:
+            name = {"space": self._space_source, "table": source or exc.source}.get(exc.source, exc.source)
+            raise InputError(name, exc.problems) from None
+        if source is not None:
+            data.source = source
+        return data
 
     def tell(self, rows: Union[pd.DataFrame, str, Path], scores=None) -> None:
         """Add measured rows (a DataFrame, or a CSV/Parquet file whose name the errors give): feature
         and context columns, and the score column unless `scores` ((N,) numbers; -inf, NaN or None for
         a row that failed) is given. InputError (nothing added) for a bad table."""
-        if isinstance(rows, (str, Path)):
+        source = str(rows) if isinstance(rows, (str, Path)) else None
+        if source is not None:
             rows = self.table(rows).frame if scores is None else read_table(rows)
         frame = rows.reset_index(drop=True).copy()
         if scores is not None:
-            values = pd.to_numeric(pd.Series(list(scores), dtype=object), errors="coerce").to_numpy(dtype=float)
+            values = list(scores)                          # load_table checks them: text is an error
             if len(values) != len(frame):
                 raise InputError("scores", [f"{len(values)} scores for {len(frame)} rows"])
-            frame[self.score] = values
+            frame[self.score] = pd.Series(values, dtype=object)
         combined = frame if self.measured is None else pd.concat([self.measured, frame], ignore_index=True)
         self.table(combined)
         self.measured = combined
+        self._source = source if self._source is None or source == self._source else "the measured rows"
 
     # --- one round ---------------------------------------------------------------------------------
     def ask(self, n: int, contexts: Union[pd.DataFrame, str, Path, None] = None, *, progress: Optional[bool] = False,
@@ -146,12 +163,18 @@ class Designer:
             raise InputError("n", [f"expected a batch size >= 1, got {n!r}"])
         cfg = self.config
         data = self.table()
+        S = data.space.num_slots
+        if cfg.min_distance > S:
+            raise InputError("min_distance", [f"{cfg.min_distance} slots apart is more than the {S} slots a row has"])
         seed = cfg.seed + self.rounds
         ok = np.isfinite(data.y.numpy())
         if ok.sum() < MIN_ROWS:
             raise InputError(data.source, [f"{int(ok.sum())} of {len(data)} measured rows have a score (the others "
                                            f"failed); at least {MIN_ROWS} are needed to fit a scorer"])
         frame, ctx = self._contexts(data, contexts)
+        if len(ctx) * n * cfg.pool > MAX_POOL_ROWS:
+            raise InputError("n", [f"{n:,} rows for each of {len(ctx):,} contexts searches {len(ctx) * n * cfg.pool:,} "
+                                   f"candidates; at most {MAX_POOL_ROWS:,}: ask for fewer rows or fewer contexts"])
         start, timing = time.perf_counter(), {}
         budget_s = 60 * cfg.max_minutes
         feasible = data.subset(np.flatnonzero(ok))
@@ -283,11 +306,14 @@ class Designer:
             taken = torch.where(ok[..., None], rows[:, at].gather(1, idx[..., None].expand(-1, -1, S)), -1)
             parts.append(taken)
             oks.append(ok)
-        idx, ok = select_batch(rows, value, n - n_local, min_distance=cfg.min_distance, draws=draws, generator=rng,
-                               taken=taken)
+        # as many more as each context still needs: all n where the local pass came up short
+        idx, ok = select_batch(rows, value, n, min_distance=cfg.min_distance, draws=draws, generator=rng, taken=taken)
         parts.append(rows.gather(1, idx[..., None].expand(-1, -1, S)))
         oks.append(ok)
-        return _best_first(torch.cat(parts, 1), torch.cat(oks, 1), acq, ctx)
+        picked, ok = torch.cat(parts, 1), torch.cat(oks, 1)
+        first = (~ok).to(torch.int8).argsort(dim=1, stable=True)[:, :n]           # the ok picks, in order
+        picked, ok = picked.gather(1, first[..., None].expand(-1, -1, S)), ok.gather(1, first)
+        return _best_first(picked, ok, acq, ctx)
 
     def _elite(self, data: TableData, ctx: TableContext, top: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The best `top` measured rows that did not fail of each context in ctx: (rows (B, top, S),
@@ -328,20 +354,30 @@ class Designer:
         if p_ok is not None:
             out["p_feasible"] = p_ok.double().cpu().numpy()[keep]
         out["rank"] = np.tile(np.arange(1, n + 1), B)[keep]
-        check_finite(out["predicted"].to_numpy(), "ask", "the predicted score")
+        for column in ("predicted", "uncertainty", "p_feasible"):
+            if column in out:
+                check_finite(out[column].to_numpy(), "ask", f"the {column} value")
         out.attrs["short"] = int((ok.sum(1) < n).sum())
         return out
 
     # --- state between rounds ------------------------------------------------------------------------
     def spec(self) -> dict:
-        """What a saved state must share with the Designer that loads it."""
-        return {"features": self.features, "score": self.score, "context": self.context, "space": self.space}
+        """What a saved state must share with the Designer that loads it: the feature and context
+        columns (resolved against the measured rows when there are some: 's?' and 's0,s1,s2' agree),
+        the score column and the declared space."""
+        if self.measured is not None:
+            data = self.table()
+            features, context = data.space.names, [f"{c.name}:{c.kind[:3]}" for c in data.context.columns]
+        else:
+            features, context = parse_names(self.features), parse_names(self.context)
+        return {"features": features, "score": self.score, "context": context, "space": self.space}
 
     def save(self, path: Union[str, Path]) -> None:
         """Write the models and the round count to folder `path` (a run folder: atomic, locked,
         replacing the previous state only once complete). Needs a finished ask."""
         if self.scorer is None or self.generator is None:
             raise InputError("save", ["nothing to save: ask() fits the models first"])
+        check_state_folder(path)
         request = {"command": "design-state", **json.loads(json.dumps(self.spec(), default=str))}
         with RunWriter(path, request, overwrite=True, name="state") as w:
             self.scorer.cpu().save(w.dir)
@@ -352,6 +388,7 @@ class Designer:
             doc = {"kind": "choicegrad.Designer", "spec": request, "config": self.config.model_dump(),
                    "rounds": self.rounds, "last": self.last, "versions": versions()}
             atomic_write_text(w.dir / STATE_FILE, json.dumps(doc, indent=2, default=str) + "\n")
+            failpoint("state")
             w.commit()
         dev = torch.device(self.config.device)
         self.scorer.to(dev)
@@ -391,6 +428,17 @@ class Designer:
         d.warm_from(path)
         return d
 
+
+
+def check_state_folder(path: Union[str, Path], name: str = "state") -> None:
+    """InputError naming `name` unless `path` is absent, an empty folder or a designer state: a
+    state is replaced each round, and another folder must never be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(name, [f"{path} exists and is not a folder"])
+    if path.is_dir() and any(path.iterdir()) and not (path / STATE_FILE).is_file():
+        raise InputError(name, [f"{path} holds other files and no {STATE_FILE}: it is not a design state, and a "
+                                "round would replace it; give a new or empty folder"])
 
 
 def _changes(elite: torch.Tensor, has: torch.Tensor, allowed: torch.Tensor, m: int,

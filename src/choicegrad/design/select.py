@@ -28,16 +28,16 @@ def select_batch(rows: Tensor, value: Tensor, n: int, *, min_distance: int = 1, 
     """
     B, P, _ = rows.shape
     allowed = torch.isfinite(value)
-    if taken is not None and taken.shape[1]:
-        dist = (rows[:, :, None, :] != taken[:, None, :, :]).sum(-1)                    # (B, P, T)
-        allowed &= ~((dist < min_distance) & (taken >= 0).all(-1)[:, None, :]).any(-1)
+    for t in range(taken.shape[1] if taken is not None else 0):          # T rows, each (B, P) at a time
+        row = taken[:, t]
+        allowed &= ~(((rows != row[:, None, :]).sum(-1) < min_distance) & (row >= 0).all(-1)[:, None])
     idx = torch.zeros(B, n, dtype=torch.long, device=rows.device)
     ok = torch.zeros(B, n, dtype=torch.bool, device=rows.device)
     batch = torch.arange(B, device=rows.device)
     for i in range(n):  # n picks, each vectorised over contexts and the pool
         if draws is not None:
             member = torch.randint(len(draws), (B,), generator=generator, device=rows.device)
-            crit = draws[member, batch]
+            crit = draws[member, batch].nan_to_num(nan=_NEG)
         else:
             crit = value
         crit = crit.masked_fill(~allowed, _NEG)
