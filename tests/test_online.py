@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from choicegrad.bench.online import (History, OnlineSpec, Oracle, area, genetic_batch, random_batch, run_method,
-                                     run_online, start_rows)
+from choicegrad.bench.online import (History, OnlineSpec, Oracle, area, genetic_batch, parse_method, random_batch,
+                                     run_method, run_online, start_rows)
 from choicegrad.bench.online_report import publish_online
 from choicegrad.bench.tasks import get_task
 
@@ -59,11 +59,23 @@ def test_area_is_what_the_rounds_added():
     assert area(curve) == pytest.approx(((0 + 0.2) / 2 * 10 + (0.2 + 0.4) / 2 * 10) / 20)   # 0.2
 
 
+def test_parse_method():
+    assert parse_method("designer") == ("designer", {})
+    assert parse_method("designer:min_distance=3+acquisition=thompson") == (
+        "designer", {"min_distance": 3, "acquisition": "thompson"})
+    for bad in ("nope", "genetic:kappa=1", "designer:foo=1", "designer:kappa=-1"):
+        with pytest.raises(ValueError):
+            parse_method(bad)
+
+
 def test_run_online_and_report(tmp_path):
     spec = OnlineSpec(**dict(TINY.__dict__, rounds=1))
     frame = run_online(["tiny"], ["genetic", "random"], [0, 1], tmp_path / "run", echo=lambda m: None,
                        specs={"tiny": spec})
     assert len(frame) == 2 * 2 * 2 and (tmp_path / "run" / "online.csv").is_file()
+    frame = run_online(["tiny"], ["random"], [1], tmp_path / "run", echo=lambda m: None, specs={"tiny": spec},
+                       append=True)
+    assert len(frame) == 2 * 2 * 2 and len(pd.read_csv(tmp_path / "run" / "online.csv")) == 8
     doc = publish_online(tmp_path / "run", tmp_path / "docs" / "online.md", command="test")
     text = doc.read_text()
     assert "## tiny" in text and "| genetic |" in text and (tmp_path / "docs" / "online" / "tiny.png").is_file()

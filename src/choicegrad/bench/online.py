@@ -17,6 +17,7 @@ random    uniform random rows never measured before.
 offline   the one-shot pipeline (scorer + autoregressive/reinforce generator + polish decoding, as
           `choicegrad fit` + `generate`) fitted once on the start rows, asked for rounds x batch rows
           at once; its "round r" is its ranks up to r x batch.
+A designer with other settings is named "designer:KEY=VALUE+KEY=VALUE" (DesignConfig fields).
 """
 
 from __future__ import annotations
@@ -188,11 +189,11 @@ def _frame(landscape: Landscape, ctx: Tensor, rows: Tensor, y: Tensor) -> pd.Dat
 class DesignerMethod:
     """The Designer, told the start rows, asked for a batch per round."""
 
-    def __init__(self, landscape: Landscape, spec: OnlineSpec, history: History, seed: int):
+    def __init__(self, landscape: Landscape, spec: OnlineSpec, history: History, seed: int, options: dict):
         self.landscape = landscape
         self.designer = Designer(landscape.space.names, "y", landscape.context_column,
                                  space={s.name: s.categories for s in landscape.space.slots},
-                                 config=DesignConfig(seed=seed, max_minutes=spec.minutes))
+                                 config=DesignConfig(seed=seed, max_minutes=spec.minutes, **options))
         self.designer.tell(_frame(landscape, history.ctx, history.rows, history.y))
 
     def propose(self, n: int) -> Tensor:
@@ -228,6 +229,22 @@ def offline_rows(landscape: Landscape, history: History, n: int, minutes: float,
     return cands.rows
 
 
+def parse_method(name: str) -> tuple[str, dict]:
+    """'designer' -> ('designer', {}); 'designer:min_distance=3+kappa=2' -> ('designer', {...}): a
+    designer with other DesignConfig settings. ValueError for an unknown method or setting."""
+    base, _, rest = name.partition(":")
+    if base not in ONLINE_METHODS:
+        raise ValueError(f"unknown online method {base!r}; choose from {', '.join(ONLINE_METHODS)}")
+    options = {}
+    for item in filter(None, rest.split("+")):
+        key, _, value = item.partition("=")
+        if base != "designer" or key not in DesignConfig.model_fields:
+            raise ValueError(f"{name!r}: {key!r} is not a designer setting")
+        options[key] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
+    DesignConfig(**options)                                  # bad values fail here, before any round
+    return base, options
+
+
 def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
                echo: Callable[[str], None] = lambda line: None, task: Optional[str] = None) -> list[dict]:
     """Rounds of one method from the start rows: one record per round (round 0: the start), named
@@ -243,7 +260,8 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
     truth = truth_mask(landscape)
     stats = st.nan_stats(landscape.scores.masked_fill(~truth, float("nan")))
     records = [_record(landscape, truth, stats, history, None, 0, 0.0, spec, method, seed, task)]
-    agent = DesignerMethod(landscape, spec, history, seed) if method == "designer" else None
+    base, options = parse_method(method)
+    agent = DesignerMethod(landscape, spec, history, seed, options) if base == "designer" else None
     offline = None
     if method == "offline":
         t0 = time.perf_counter()
@@ -252,7 +270,7 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
     failed_rows = History(ctx0[:0], rows0[:0], history.y[:0], landscape.space.max_size)
     for r in range(1, spec.rounds + 1):
         t0 = time.perf_counter()
-        if method == "designer":
+        if base == "designer":
             batch = agent.propose(spec.batch)
         elif method == "genetic":
             batch = genetic_batch(history, allowed, spec.batch, rng)
@@ -310,13 +328,20 @@ def truth_mask(landscape: Landscape) -> Tensor:
 
 def run_online(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int], out: str | Path,
                echo: Callable[[str], None] = print, specs: Optional[dict[str, OnlineSpec]] = None,
-               data_dir: Optional[str | Path] = None) -> pd.DataFrame:
+               data_dir: Optional[str | Path] = None, append: bool = False) -> pd.DataFrame:
     """Every (task, method, seed): rounds from the same start. Writes OUT/online.csv (one row per
-    round) after each run, so a long benchmark shows its progress; returns the records."""
+    round) after each run, so a long benchmark shows its progress; returns the records. append:
+    keep OUT/online.csv's other (task, method, seed) runs and OUT/specs.json's other tasks."""
     specs = {**ONLINE_TASKS, **(specs or {})}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
+    kept: dict = {}
+    if append and (out / "online.csv").is_file():
+        old = pd.read_csv(out / "online.csv")
+        redo = old["task"].isin(tasks) & old["method"].isin(methods) & old["seed"].isin(seeds)
+        records = old[~redo].to_dict("records")
+        kept = json.loads((out / "specs.json").read_text()) if (out / "specs.json").is_file() else {}
     for task in tasks:
         spec = specs[task]
         landscape = get_task(spec.task, data_dir=data_dir, **dict(spec.options))
@@ -324,7 +349,7 @@ def run_online(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int
             for seed in seeds:
                 records += run_method(landscape, spec, method, seed, echo, task)
                 write_table(pd.DataFrame(records), out / "online.csv")
-        atomic_write_text(out / "specs.json", json.dumps({t: asdict(specs[t]) for t in tasks}, indent=2) + "\n")
+        atomic_write_text(out / "specs.json", json.dumps({**kept, **{t: asdict(specs[t]) for t in tasks}}, indent=2) + "\n")
     return pd.DataFrame(records)
 
 

@@ -68,19 +68,22 @@ def summary_table(frame: pd.DataFrame) -> str:
 
 
 def plot_task(frame: pd.DataFrame, task: str, path: Path) -> Path:
-    """Best-so-far (solid, band = min..max over seeds) and batch median (dashed) against oracle calls."""
+    """Best-so-far (solid, band = min..max over seeds; from round 1, the start's value in the title)
+    and batch median (dashed) against oracle calls."""
     fig = Figure(figsize=(9, 3.6))
     ax1, ax2 = fig.subplots(1, 2)
     methods = _methods(frame)
     for colour, m in zip(_colours(len(methods)), methods):
-        sub = frame[frame["method"] == m]
+        sub = frame[(frame["method"] == m) & (frame["round"] > 0)]
         g = sub.groupby("calls")
         x = np.array(sorted(sub["calls"].unique()), dtype=float)
         ax1.plot(x, g["best"].mean().to_numpy(), "-o", ms=3, color=colour, label=m)
         ax1.fill_between(x, g["best"].min().to_numpy(), g["best"].max().to_numpy(), color=colour, alpha=0.15)
         b = sub[sub["round"] > 0].groupby("calls")["batch_median"]
         ax2.plot(np.array(sorted(b.groups), dtype=float), b.mean().to_numpy(), "--o", ms=3, color=colour, label=m)
-    ax1.set(title=f"{task}: best so far", xlabel="oracle calls per context", ylabel="normalised score")
+    start = frame[frame["round"] == 0]["best"].mean()
+    ax1.set(title=f"{task}: best so far (start {start:.2f})", xlabel="oracle calls per context",
+            ylabel="normalised score")
     ax2.set(title=f"{task}: median of each batch", xlabel="oracle calls per context")
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
@@ -167,6 +170,16 @@ def publish_online(run_dir: str | Path, docs_path: str | Path, command: str = "m
         lines.append(f"| {task} | {contexts.get(task, DASH) if len(contexts) else DASH} | {start} | {s['batch']} | "
                      f"{s['rounds']} | {s['minutes']} |")
     lines += ["", "## Targets", "", *targets(frame, specs), ""]
+    speed_path = run_dir / "propose_speed.json"
+    if speed_path.is_file():                       # benchmarks/propose_speed.py, as `make online` runs it
+        sp = json.loads(speed_path.read_text())
+        cold, warm = sp["cold"], sp["warm"]
+        lines += [f"One round of `choicegrad propose` (defaults, batch {sp['batch']}) on a {sp['rows']:,}-row table of "
+                  f"{sp['slots']} slots x {sp['vocab']} categories, {sp['contexts']} contexts, in a fresh process "
+                  f"(`benchmarks/propose_speed.py`): **{cold['seconds']:.0f} s** from scratch "
+                  f"({', '.join(f'{k} {v:.0f} s' for k, v in cold['phases'].items())}), **{warm['seconds']:.0f} s** "
+                  f"warm-started from its state; target < 180 s: "
+                  f"{'met' if cold['under_3_minutes'] and warm['under_3_minutes'] else '**not met**'}.", ""]
     for task, tf in frame.groupby("task", sort=False):
         fig = plot_task(tf, task, assets / f"{task}.png")
         rel = Path(os.path.relpath(fig.resolve(), docs_path.parent.resolve())).as_posix()

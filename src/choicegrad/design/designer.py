@@ -78,7 +78,7 @@ class DesignConfig(BaseModel):
     elite: int = Field(32, ge=1, description="best measured rows per context the local changes start from")
     budget: Optional[int] = Field(None, ge=1, description="scorer calls per context for the search "
                                   "(None: 5 x pool x batch, at least 256)")
-    max_minutes: float = Field(3.0, gt=0, description="time for one round's refits")
+    max_minutes: float = Field(2.5, gt=0, description="time for one round's refits (the whole round, with the search, stays near it)")
     generator_steps: int = Field(1500, ge=0)
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     seed: int = Field(0, ge=0, lt=2**62)
@@ -158,7 +158,8 @@ class Designer:
         contexts: a DataFrame or CSV/Parquet file of context columns (default: the measured
         contexts; a categorical value never measured is an InputError). Fewer than n
         rows come back for a context only when its space holds fewer rows not yet measured (at the
-        batch's min_distance); frame.attrs["short"] counts such contexts."""
+        batch's min_distance); frame.attrs["short"] counts such contexts. progress: bars of the fits
+        (None: on a terminal, plain lines elsewhere; see choicegrad.progress); echo: one line per phase."""
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise InputError("n", [f"expected a batch size >= 1, got {n!r}"])
         cfg = self.config
@@ -406,8 +407,10 @@ class Designer:
         mine = json.loads(json.dumps(self.spec(), default=str))
         diff = [f"{k}: the state has {spec.get(k)!r}, this round {mine[k]!r}" for k in mine if spec.get(k) != mine[k]]
         if diff:
+            hint = [] if self.measured is not None else ["tell() the measured rows first, so that column patterns "
+                                                         "resolve to names"]
             raise InputError(str(path), ["the state was written for another design (use another folder, or delete "
-                                         "it to start from scratch)"] + diff)
+                                         "it to start from scratch)"] + diff + hint)
         dev = self.config.device
         self.scorer = Scorer.load(path, dev)
         self.feasibility = Scorer.load(path, dev, name="feasibility") if (path / "feasibility.json").is_file() else None
