@@ -492,6 +492,81 @@ def test_damaged_run_folder(runs, base, damages):
         seen[f"scorer_{outcomes[0]}, run_{outcomes[1]}"] += 1
 
 
+# --- design rounds: propose on random tables, failures, spaces and flags ----------------------------------
+
+SPACES = st.sampled_from([None] * 4 + [{"s0": list("abcdz")}, {"s1": list("dcbaq"), "s2": list("abcd")}] * 2
+                         + [{"s0": ["a"]}, {"nope": ["a"]}, {"s1": []}, [1], {"s2": [1.5]}])
+PROPOSE_FLAGS = some(
+    flag("--batch", st.sampled_from(["1", "3", "5", "1", "3", "0", "-2", "x", "100000000"])),
+    flag("--min-distance", st.sampled_from(["1", "2", "3", "1", "2", "4", "0"])),
+    flag("--kappa", st.sampled_from(["0", "1", "2.5"]) | FLOATS),
+    flag("--acquisition", st.sampled_from(["ucb", "thompson", "ucb", "thompson", "ei", ""])),
+    flag("--ensemble", st.sampled_from(["2", "3", "2", "3", "1", "x"])), flag("--seed", INTS),
+    flag("--device", st.just("cpu") | DEVICES),
+)
+
+
+@st.composite
+def measured_tables(draw) -> tuple[pd.DataFrame, list[str], str, list[str]]:
+    """10-40 rows of a real table (or a few), some scores replaced by failures (-inf, empty, NaN) or junk."""
+    frame, feats, score, context = draw(good_tables())
+    n, start = draw(st.integers(10, 40)), draw(st.integers(0, 20))
+    if draw(st.booleans()):
+        frame = GOOD.iloc[start:start + n].reset_index(drop=True)
+    frame = frame.astype({score: object})
+    for i in draw(st.lists(st.integers(0, max(0, len(frame) - 1)), max_size=6)):
+        if len(frame):
+            frame.loc[i, score] = draw(st.sampled_from(["-inf", "", None, float("nan"), "-Infinity", "inf", "x"]))
+    return frame, feats, score, context
+
+
+@examples(0.25)
+@given(table=measured_tables() | tables(), fmt=FORMATS, extra=PROPOSE_FLAGS, space=SPACES,
+       state_at=st.sampled_from([None, None, "new", "new", "file", "other-folder"]),
+       contexts_at=st.sampled_from([None, None, None, "known", "known", "unknown", "empty"]))
+def test_propose_cli(table, fmt, extra, space, state_at, contexts_at):
+    frame, feats, score, context = table
+    with tally("propose_cli") as seen, tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = write(frame, tmp, fmt)
+        out = tmp / "next.csv"
+        args = ["propose", data, "--features", ",".join(feats), "--score", score, "--out", out,
+                *[x for c in context for x in ("--context", c)], "--max-minutes", "0.02", *extra]
+        if "--batch" not in extra:
+            args += ["--batch", "2"]
+        if space is not None:
+            (tmp / "space.json").write_text(json.dumps(space))
+            args += ["--space", tmp / "space.json"]
+        if state_at is not None:
+            state = tmp / "state"
+            if state_at == "file":
+                state.write_text("x")
+            elif state_at == "other-folder":
+                state.mkdir()
+                (state / "keep.txt").write_text("keep")
+            args += ["--state", state]
+        if contexts_at is not None:
+            values = {"known": ["c0"], "unknown": ["zz"], "empty": []}[contexts_at]
+            pd.DataFrame({"ctx": values}, dtype=object).to_csv(tmp / "ctx.csv", index=False)
+            args += ["--contexts", tmp / "ctx.csv"]
+        result = invoke(args)
+        check_cli(result)
+        if result.exit_code == 0:
+            batch = pd.read_csv(out, keep_default_na=False)
+            assert {"predicted", "uncertainty", "rank"} <= set(batch.columns)
+            assert len(batch) or "fewer rows not yet measured remain" in result.output   # every row measured
+            assert np.isfinite(batch[[c for c in ("predicted", "uncertainty", "p_feasible") if c in batch]]
+                               .to_numpy(float)).all()
+            cols = [c for c in batch.columns if c in frame.columns and c != score]
+            told = set(map(tuple, frame[cols].astype(str).to_numpy()))
+            assert not told & set(map(tuple, batch[cols].astype(str).to_numpy()))     # never a measured row
+        else:
+            assert not out.exists()
+        if state_at == "other-folder":
+            assert (tmp / "state" / "keep.txt").read_text() == "keep"
+        seen[f"exit_{result.exit_code}"] += 1
+
+
 # --- the failures found, one minimal example each --------------------------------------------------------
 
 def found(where: str, what: str) -> tuple:
