@@ -21,7 +21,6 @@ candidates (choicegrad.design.select).
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from pathlib import Path
