@@ -81,10 +81,8 @@ class Oracle:
     def __init__(self, landscape: Landscape):
         self.landscape = landscape
         self.infeasible = getattr(landscape.model, "infeasible", None)
-        self.calls = 0
 
     def measure(self, ctx: Tensor, rows: Tensor) -> Tensor:
-        self.calls += len(rows)
         y = self.landscape.oracle(ctx, rows).double()
         failed = torch.isnan(y) if self.infeasible is None else torch.isnan(y) | (y == self.infeasible)
         if self.landscape.measured is not None:
@@ -250,6 +248,7 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
     """Rounds of one method from the start rows: one record per round (round 0: the start), named
     `task` (default: the landscape's name)."""
     task = task or landscape.name
+    base, options = parse_method(method)
     oracle = Oracle(landscape)
     C, S = landscape.num_contexts, landscape.space.num_slots
     ctx0, index0 = start_rows(landscape, spec, seed)
@@ -260,10 +259,9 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
     truth = truth_mask(landscape)
     stats = st.nan_stats(landscape.scores.masked_fill(~truth, float("nan")))
     records = [_record(landscape, truth, stats, history, None, 0, 0.0, spec, method, seed, task)]
-    base, options = parse_method(method)
     agent = DesignerMethod(landscape, spec, history, seed, options) if base == "designer" else None
     offline = None
-    if method == "offline":
+    if base == "offline":
         t0 = time.perf_counter()
         offline = offline_rows(landscape, history, spec.rounds * spec.batch, spec.minutes * 2, seed)
         offline_seconds = time.perf_counter() - t0
@@ -272,15 +270,13 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
         t0 = time.perf_counter()
         if base == "designer":
             batch = agent.propose(spec.batch)
-        elif method == "genetic":
+        elif base == "genetic":
             batch = genetic_batch(history, allowed, spec.batch, rng)
-        elif method == "random":
+        elif base == "random":
             batch = random_batch(history, allowed, spec.batch, rng)
-        elif method == "offline":
+        else:                                                  # offline: its ranks (r - 1) x batch .. r x batch
             batch = offline[:, (r - 1) * spec.batch: r * spec.batch]
-        else:
-            raise ValueError(f"unknown online method {method!r}; choose from {', '.join(ONLINE_METHODS)}")
-        seconds = time.perf_counter() - t0 + (offline_seconds if method == "offline" and r == 1 else 0.0)
+        seconds = time.perf_counter() - t0 + (offline_seconds if base == "offline" and r == 1 else 0.0)
         ctx = torch.arange(C).repeat_interleave(spec.batch)
         rows = batch.reshape(-1, S)
         y = oracle.measure(ctx, rows)

@@ -57,12 +57,10 @@ class Acquisition:
 
     def __call__(self, x: Tensor, ctx: TableContext) -> Tensor:
         self.calls += int(x.shape[0])
-        scores = self.scorer.member_scores(x, ctx.cat, ctx.num)
+        scores = self.members(x, ctx)                      # the feasibility term shifts every member alike
         value = scores.mean(0)
         if self.kappa and len(scores) > 1:
             value = value + self.kappa * scores.std(0)
-        if self.feasibility is not None:
-            value = value + self.weight * log_feasible(self.feasibility, x, ctx)
         return value
 
 

@@ -101,7 +101,7 @@ class Designer:
         # the declaration itself is what a saved state must match: a file is read once, here
         self.space = read_space(space) if isinstance(space, (str, Path)) else space
         self._space_source = str(space) if isinstance(space, (str, Path)) else "space"
-        self._source: Optional[str] = None                     # the file the measured rows came from
+        self._data: Optional[TableData] = None                 # the measured rows, validated by tell()
         self.config = config or DesignConfig()
         self.measured: Optional[pd.DataFrame] = None
         self.scorer: Optional[Scorer] = None
@@ -111,13 +111,15 @@ class Designer:
         self.last: dict = {}
 
     # --- data ------------------------------------------------------------------------------------
-    def table(self, frame: Union[pd.DataFrame, str, Path, None] = None) -> TableData:
-        """The measured rows (or `frame`, a DataFrame or a CSV/Parquet file) validated as a table:
-        failed rows hold -inf."""
-        source = None if frame is not None else self._source
-        frame = self.measured if frame is None else frame
-        if frame is None:
+    def table(self) -> TableData:
+        """The measured rows validated as a table (failed rows hold -inf), as the last tell() loaded them."""
+        if self._data is None:
             raise InputError("ask", ["nothing measured yet: tell(rows, scores) first"])
+        return self._data
+
+    def _load(self, frame: pd.DataFrame, source: Optional[str]) -> TableData:
+        """`frame` validated as a table; InputError naming `source` (the file the rows came from,
+        None: "table") and the space file."""
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")          # single-category and ID notes: not a design error
@@ -134,18 +136,16 @@ class Designer:
         and context columns, and the score column unless `scores` ((N,) numbers; -inf, NaN or None for
         a row that failed) is given. InputError (nothing added) for a bad table."""
         source = str(rows) if isinstance(rows, (str, Path)) else None
-        if source is not None:
-            rows = self.table(rows).frame if scores is None else read_table(rows)
-        frame = rows.reset_index(drop=True).copy()
+        frame = (read_table(rows) if source is not None else rows).reset_index(drop=True).copy()
         if scores is not None:
             values = list(scores)                          # load_table checks them: text is an error
             if len(values) != len(frame):
                 raise InputError("scores", [f"{len(values)} scores for {len(frame)} rows"])
             frame[self.score] = pd.Series(values, dtype=object)
         combined = frame if self.measured is None else pd.concat([self.measured, frame], ignore_index=True)
-        self.table(combined)
+        # errors number the rows of `combined`: the file's own rows only when it is the first told
+        self._data = self._load(combined, source if self.measured is None else "the measured rows")
         self.measured = combined
-        self._source = source if self._source is None or source == self._source else "the measured rows"
 
     # --- one round ---------------------------------------------------------------------------------
     def ask(self, n: int, contexts: Union[pd.DataFrame, str, Path, None] = None, *, progress: Optional[bool] = False,
@@ -186,8 +186,9 @@ class Designer:
         timing["scorer"] = res.seconds
         echo(f"scorer: {cfg.ensemble} members on {len(feasible)} rows in {res.seconds:.1f} s")
 
+        t0 = time.perf_counter()
         self.feasibility = None if ok.all() else self._fit_feasibility(data, ok, seed, progress)
-        timing["feasibility"] = time.perf_counter() - start - timing["scorer"] if not ok.all() else 0.0
+        timing["feasibility"] = time.perf_counter() - t0
 
         acq = Acquisition(self.scorer, cfg.kappa if cfg.acquisition == "ucb" else 0.0, self.feasibility,
                           cfg.feasibility_weight)
@@ -379,22 +380,17 @@ class Designer:
             raise InputError("save", ["nothing to save: ask() fits the models first"])
         check_state_folder(path)
         request = {"command": "design-state", **json.loads(json.dumps(self.spec(), default=str))}
-        with RunWriter(path, request, overwrite=True, name="state") as w:
-            self.scorer.cpu().save(w.dir)
+        with RunWriter(path, request, overwrite=True, name="state") as w:   # weights are written from the CPU
+            self.scorer.save(w.dir)
             if self.feasibility is not None:
-                self.feasibility.cpu().save(w.dir, "feasibility")
-            generators.save(self.generator.cpu(), w.dir, {"space": self.scorer.space.model_dump(),
-                                                          "context": self.scorer.context.model_dump()})
+                self.feasibility.save(w.dir, "feasibility")
+            generators.save(self.generator, w.dir, {"space": self.scorer.space.model_dump(),
+                                                    "context": self.scorer.context.model_dump()})
             doc = {"kind": "choicegrad.Designer", "spec": request, "config": self.config.model_dump(),
                    "rounds": self.rounds, "last": self.last, "versions": versions()}
             atomic_write_text(w.dir / STATE_FILE, json.dumps(doc, indent=2, default=str) + "\n")
             failpoint("state")
             w.commit()
-        dev = torch.device(self.config.device)
-        self.scorer.to(dev)
-        self.generator.to(dev)
-        if self.feasibility is not None:
-            self.feasibility.to(dev)
 
     def warm_from(self, path: Union[str, Path]) -> None:
         """Take the models and round count of a saved state (written by `save` for the same features,
