@@ -267,7 +267,9 @@ def generate_cmd(
     run: Annotated[Path, typer.Argument(help="Run folder written by choicegrad fit.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output table, CSV or Parquet: context columns, features, score, rank.")],
     contexts: Annotated[Optional[Path], typer.Option(
-        help="Table of contexts (CSV/Parquet) to generate for; default: every context seen in training.")] = None,
+        help="Table of contexts (CSV/Parquet) to generate for, new ones included; default: every context seen in "
+             "training. Numeric values may lie outside the training range (a warning when far outside); a category "
+             "unseen in training is an error.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Distinct rows per context.")] = 10,
     decoder: Annotated[str, typer.Option(help="argmax, sample, topk, rerank, polish, anneal or exhaustive.")] = DEFAULT_DECODER,
     fix: Annotated[Optional[list[str]], typer.Option(help="Fix a feature: FEATURE=CATEGORY (repeatable).")] = None,
@@ -282,6 +284,7 @@ def generate_cmd(
 ) -> None:
     """Generate the top-K distinct rows per context with a fitted generator; one output row per (context, rank)."""
     from choicegrad.checkpoints import failpoint
+    from choicegrad.data.context import ContextRangeWarning
     from choicegrad.device import check_device
     from choicegrad.io import TABLE_SUFFIXES, check_writable, write_table
     from choicegrad.run import Run, generate_problems
@@ -298,8 +301,13 @@ def generate_cmd(
         loaded = Run.load(run, device)
         if contexts is not None and not loaded.context_columns:
             typer.echo(f"warning: the run has no context columns; {contexts} is ignored", err=True)
-        result = loaded.generate(contexts, k=top_k, decoder=decoder, fix=fix, temperature=temperature,
-                                 samples=samples, budget=budget, beta=beta, seed=seed)
+        with warnings.catch_warnings(record=True) as caught:   # new contexts far outside the training range
+            warnings.simplefilter("always", ContextRangeWarning)
+            result = loaded.generate(contexts, k=top_k, decoder=decoder, fix=fix, temperature=temperature,
+                                     samples=samples, budget=budget, beta=beta, seed=seed)
+    for w in caught:
+        if issubclass(w.category, ContextRangeWarning):
+            typer.echo(f"warning: {contexts}: {w.message}", err=True)
     stats, result.attrs = result.attrs, {}   # the counts are printed, not written into the table
     failpoint("generate")
     write_table(result, out)

@@ -33,6 +33,7 @@ from choicegrad.checkpoints import CHECKPOINT_MINUTES
 from choicegrad.device import check_device
 from choicegrad.io import atomic_write_text, check_finite, read_json_object, read_table, versions, write_table
 from choicegrad.data import ChoiceSpace, ContextEncoder
+from choicegrad.data.context import ContextRangeWarning
 from choicegrad.data.split import hold_out_upper
 from choicegrad.data.table import TableData, load_table
 from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budget
@@ -233,6 +234,7 @@ class Run:
                 name = contexts if isinstance(contexts, (str, Path)) else "contexts"
                 warnings.warn(f"the run has no context columns; {name} is ignored", UserWarning, stacklevel=3)
             return None, TableContext.empty(1).to(self.device)
+        given = contexts is not None   # the training contexts need no range check
         if contexts is None:
             if self.contexts is None:
                 missing = self.out / "contexts.csv"
@@ -245,6 +247,8 @@ class Run:
                 raise InputError("contexts", ["the table has no rows"])
             ctx = TableContext(*self.scorer.context.encode(contexts, "contexts"))
             frame = contexts[self.context_columns].reset_index(drop=True)
+        for note in self.scorer.context.out_of_range(frame) if given else []:   # allowed; the scorer extrapolates
+            warnings.warn(note, ContextRangeWarning, stacklevel=3)
         return frame, ctx.to(self.device)
 
     def generate(self, contexts: pd.DataFrame | str | Path | None = None, *, k: int = 10, decoder: str = "polish",
@@ -254,7 +258,10 @@ class Run:
         the features, `score` and `rank` (what `choicegrad generate` writes). Nine arguments: one per
         flag of `choicegrad generate`.
 
-        contexts: DataFrame or CSV/Parquet path of contexts (None: the run's training contexts);
+        contexts: DataFrame or CSV/Parquet path of contexts (None: the run's training contexts), new
+        ones included: a numeric value outside the training range is allowed, far outside it (more
+        than one training std beyond min/max) a ContextRangeWarning; a category unseen in training
+        is an InputError (the scorer has no embedding for it);
         fix: {'feature': 'category'} or ['feature=category', ...]; samples/budget/temperature as in
         decode (budget None: default_budget(k) unless samples is given); beta overrides the scorer's
         ensemble pessimism. frame.attrs holds scorer_calls, contexts (count) and short (contexts with

@@ -1,4 +1,11 @@
-"""Context columns -> tensors: categorical columns as indices, numeric columns standardised."""
+"""Context columns -> tensors: categorical columns as indices, numeric columns standardised.
+
+New contexts: a numeric column takes any finite value, inside its training range or not (the scorer
+extrapolates); ContextEncoder.out_of_range names the values far outside it (FAR_OUTSIDE training
+standard deviations beyond [min, max]), which Run.generate warns about (ContextRangeWarning). A
+categorical column has one embedding per training category and none for an unseen one: encode
+raises InputError for it.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +21,37 @@ from choicegrad.data.space import as_labels
 from choicegrad.errors import InputError, did_you_mean, show_rows
 
 
+#: A numeric context value is "far outside" its training range when it lies more than this many
+#: training standard deviations below the training min or above the training max.
+FAR_OUTSIDE = 1.0
+#: Encoders saved before min/max were kept: the training range is taken as mean +- this many std.
+FALLBACK_STDS = 3.0
+
+
+class ContextRangeWarning(UserWarning):
+    """A numeric context value far outside the range the scorer was trained on (see ContextEncoder.out_of_range)."""
+
+
 class ContextColumn(BaseModel):
-    """How one context column is encoded: categorical (embedded) or numeric (standardised)."""
+    """How one context column is encoded: categorical (embedded) or numeric (standardised).
+
+    Numeric columns keep the training mean and std (std 1 for a constant column) and the training
+    range min/max (None in encoders saved before it was kept: see `training_range`)."""
 
     name: str
     kind: Literal["categorical", "numeric"]
     categories: list[str] | None = None
     mean: float | None = None
     std: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def training_range(self) -> tuple[float, float]:
+        """(min, max) seen in training; mean +- FALLBACK_STDS std for an encoder saved without them."""
+        mean, std = self.mean or 0.0, self.std or 1.0
+        lo = self.min if self.min is not None else mean - FALLBACK_STDS * std
+        hi = self.max if self.max is not None else mean + FALLBACK_STDS * std
+        return lo, hi
 
 
 class ContextEncoder(BaseModel):
@@ -60,7 +90,8 @@ class ContextEncoder(BaseModel):
                 x = x[np.isfinite(x)]   # missing values are reported by encode, with their rows
                 std = float(np.std(x)) if len(x) else 0.0
                 columns.append(ContextColumn(name=name, kind="numeric", mean=float(np.mean(x)) if len(x) else 0.0,
-                                             std=std if std > 0 else 1.0))
+                                             std=std if std > 0 else 1.0, min=float(x.min()) if len(x) else None,
+                                             max=float(x.max()) if len(x) else None))
             else:
                 columns.append(ContextColumn(name=name, kind="categorical", categories=sorted(set(as_labels(values).dropna()))))
         return cls(columns=columns)
@@ -85,7 +116,9 @@ class ContextEncoder(BaseModel):
                 vals = sorted(set(labels.iloc[unknown]))[:5]
                 problems.append(
                     f'context column "{col.name}": unknown value {", ".join(map(repr, vals))} at {show_rows(unknown)}; '
-                    f"known: {', '.join((col.categories or [])[:8])}{' ...' if len(col.categories or []) > 8 else ''}"
+                    f"known: {', '.join((col.categories or [])[:8])}{' ...' if len(col.categories or []) > 8 else ''}; "
+                    "the scorer has no embedding for a category unseen in training: drop these rows, or refit on a "
+                    "table that includes the category"
                 )
             cat[:, j] = codes
         for j, col in enumerate(self.numeric):
@@ -100,3 +133,27 @@ class ContextEncoder(BaseModel):
         if problems:
             raise InputError(source, problems)
         return torch.from_numpy(cat), torch.from_numpy(num)
+
+    def out_of_range(self, frame: pd.DataFrame) -> list[str]:
+        """One line per numeric column of `frame` with values far outside the training range: more
+        than FAR_OUTSIDE training std below its min or above its max (std 1 for a constant column).
+        Names the column, the number of rows, the first rows, and the range seen against the range
+        trained on. Missing columns and non-finite values are left to `encode`."""
+        notes = []
+        for col in self.numeric:
+            if col.name not in frame.columns:
+                continue
+            x = pd.to_numeric(frame[col.name], errors="coerce").to_numpy(dtype=float)
+            lo, hi = col.training_range()
+            margin = FAR_OUTSIDE * (col.std or 1.0)
+            with np.errstate(invalid="ignore"):
+                far = np.flatnonzero(np.isfinite(x) & ((x < lo - margin) | (x > hi + margin)))
+            if len(far):
+                seen = x[np.isfinite(x)]
+                trained = (f"{lo:.6g} .. {hi:.6g}" if col.min is not None else
+                           f"about {lo:.6g} .. {hi:.6g} (mean +- {FALLBACK_STDS:g} std: saved without its range)")
+                notes.append(f'context column "{col.name}": {len(far)} row(s) far outside the training range '
+                             f"(more than {margin:.3g}, {FAR_OUTSIDE:g} training std, beyond it) at {show_rows(far)}: "
+                             f"values {seen.min():.6g} .. {seen.max():.6g}, trained on {trained}; the scorer "
+                             "extrapolates there, so its scores are less reliable")
+        return notes
