@@ -612,6 +612,79 @@ def bench_cmd(
         typer.echo(f"docs: {publish(out, docs, targets=TARGETS, default=DEFAULT_PIPELINE)}")
 
 
+@app.command("bench-budgets", epilog="Example: choicegrad bench-budgets --out runs/bench --docs docs/benchmarks.md   "
+             "(every budget task, 3 seeds: part of `make bench`)\n\n"
+             "Example: choicegrad bench-budgets --tasks items --seeds 0 --pipelines autoregressive/reinforce "
+             "--peers random,genetic --out runs/budgets-quick")
+@user_errors
+def bench_budgets_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for budgets.csv (one row per method, budget and seed).")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated: potts-ctx, mixed-ctx (unseen contexts), items "
+                                            "(unseen lists), or any `choicegrad bench` task.")] =
+        "potts-ctx,mixed-ctx,items,ehrlich",
+    pipelines: Annotated[str, typer.Option(help="Comma-separated GENERATOR/ESTIMATOR pairs.")] =
+        "autoregressive/reinforce,autoregressive/trajectory-balance,factorized/reinforce",
+    peers: Annotated[str, typer.Option(help="Comma-separated peers: random, anneal, genetic, gradient-ascent.")] =
+        "random,anneal,genetic,gradient-ascent",
+    budgets: Annotated[Optional[str], typer.Option(
+        help="Comma-separated scorer calls per context (default: 16, 64, 128, 160, the task's 1 percent and 4 times it).")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with tfbind8/gb1/pard3.parquet.")] = None,
+    docs: Annotated[Optional[Path], typer.Option(help="Also write (or replace) the budget section of this markdown "
+                                                      "file, figures in the folder of the same name beside it.")] = None,
+) -> None:
+    """Quality against inference budget: each pipeline (its generator alone, and draws + polish) and each
+    peer at several scorer-call budgets per context, judged by ground truth; on unseen contexts for the
+    contextual tasks. Also contexts per second at each budget."""
+    _require_bench()
+    from choicegrad.bench import peers as peer_module
+    from choicegrad.bench.budgets import run_budgets
+    from choicegrad.bench.harness import SPECS, parse_method
+    from choicegrad.errors import did_you_mean
+    from choicegrad.run import check_out_dir
+
+    check_out_dir(out, "--out")
+    problems = []
+    task_list = _names(tasks, "tasks", {})
+    problems += [f"--tasks: unknown task {t!r}{did_you_mean(t, list(SPECS))}; choose from {', '.join(SPECS)}"
+                 for t in task_list if t not in SPECS]
+    pipe_list = _names(pipelines, "pipelines", {})
+    for p in pipe_list:
+        try:
+            parse_method(f"{p}/polish")
+        except ValueError as exc:
+            problems.append(f"--pipelines: {p!r}: {str(exc).split(': ', 1)[-1]}")
+    peer_list = _names(peers, "peers", {})
+    problems += [f"--peers: unknown peer {p!r}{did_you_mean(p, list(peer_module.PEERS))}" for p in peer_list
+                 if p not in peer_module.PEERS or p == "exhaustive"]
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        budget_list = [int(b) for b in budgets.split(",") if b.strip()] if budgets else None
+    except ValueError:
+        problems.append(f"--seeds / --budgets: expected comma-separated integers, got {seeds!r} / {budgets!r}")
+        seed_list, budget_list = [0], None
+    if budget_list is not None and (not budget_list or min(budget_list) < 1):
+        problems.append(f"--budgets: expected positive integers, got {budgets!r}")
+    if not seed_list:
+        problems.append("--seeds: expected at least one seed")
+    if docs is not None:
+        from choicegrad.io import check_writable
+
+        check_writable(docs, "--docs")
+    if problems:
+        raise InputError("choicegrad bench-budgets", problems)
+    try:
+        run_budgets(task_list, seed_list, out, pipelines=pipe_list, peers=peer_list, budgets=budget_list,
+                    data_dir=data_dir)
+    except FileNotFoundError as exc:
+        raise InputError("choicegrad bench-budgets", [str(exc)]) from None
+    typer.echo(f"results: {out / 'budgets.csv'}")
+    if docs is not None:
+        from choicegrad.bench.budget_report import publish_budgets
+
+        typer.echo(f"docs: {publish_budgets(out, docs, command='make bench')}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="choicegrad")

@@ -41,6 +41,7 @@ from choicegrad.bench import peers
 from choicegrad.bench.metrics import candidate_report, normalise
 from choicegrad.bench.report import write_report
 from choicegrad.bench.tasks import ItemSelectionTask, get_task
+from choicegrad.bench.tasks.contextual import CONTEXTUAL
 from choicegrad.data.table import load_table
 from choicegrad.decoding import DECODERS, Candidates, decode
 from choicegrad.decoding.rows import enumerate_allowed, first_occurrence, row_keys
@@ -69,7 +70,7 @@ class TaskSpec:
     headline: str
     budget: int
     k: int = 128
-    kind: str = "table"                      # "table" or "items"
+    kind: str = "table"                      # "table", "items" or "contextual" (choicegrad.bench.tasks.contextual)
     protocol: str = "below-median"           # training table: "below-median" or "random" rows
     train_rows: Optional[int] = None         # subsample of the training table (None: all of it)
     scorer_epochs: Optional[int] = None
@@ -79,6 +80,12 @@ class TaskSpec:
     steps: int = 300                         # generator training steps
     train_minutes: float = 0.5               # cap per generator training run
     options: dict = field(default_factory=dict, hash=False)
+    contexts: int = 256                      # contextual tasks: unseen evaluation contexts
+
+    @property
+    def seen(self) -> bool:
+        """Whether the evaluation contexts are contexts the scorer and generator trained on."""
+        return self.kind == "table"
 
 
 # Table tasks: budget = 1% of a context's rows (issue 7's "1% of enumeration"). Synthetic tasks fit
@@ -94,6 +101,11 @@ SPECS = {
     "tfbind8": TaskSpec("tfbind8", "max", budget=655, scorer_epochs=8, steps=400, train_minutes=0.75),
     "gb1": TaskSpec("gb1", "max", budget=1600, scorer_epochs=40),
     "pard3": TaskSpec("pard3", "max", budget=256, scorer_epochs=60),  # 1% (80) is below K = 128
+    # contextual tasks: a log of 40,000 rows, one context per row; 256 unseen evaluation contexts
+    "potts-ctx": TaskSpec("potts-ctx", "gap_oracle", budget=655, k=16, kind="contextual", train_rows=40_000,
+                          scorer_epochs=40, steps=1500, train_minutes=3.0),
+    "mixed-ctx": TaskSpec("mixed-ctx", "gap_oracle", budget=655, k=16, kind="contextual", train_rows=40_000,
+                          scorer_epochs=40, steps=1500, train_minutes=3.0),
 }
 STANDARD_TASKS = ("potts", "nk3", "ehrlich", "items", "tfbind8", "gb1")
 STANDARD_METHODS = (
@@ -264,6 +276,44 @@ def table_problem(spec: TaskSpec, data_dir: Optional[Path], cache: Path) -> Prob
                    TableContexts(data), new_generator, is_new, setup, data)
 
 
+def contextual_problem(spec: TaskSpec, cache: Path) -> Problem:
+    """A contextual task: the scorer and generator learn from a log (one context per row); methods are
+    judged on `spec.contexts` contexts drawn apart from the log's, never seen in training."""
+    task = CONTEXTUAL[spec.name](**spec.options)
+    frame = task.log(spec.train_rows or 40_000, seed=0)
+    data = load_table(frame, task.space.names, "y", task.context_columns)
+    scorer, info = _scorer_for(task, spec, frame, data, cache)
+    held_out = task.contexts(spec.contexts, seed=1)
+    num, site = task.encode(held_out)
+    ctx = TableContext(*scorer.context.encode(held_out, f"task {spec.name}"))
+    B = len(ctx)
+    allowed = scorer.space.mask().unsqueeze(0).expand(B, -1, -1)
+    objective = TableObjective(scorer)
+
+    def truth(rows: Tensor) -> Tensor:
+        Bn, M, S = rows.shape
+        return task.oracle(num.repeat_interleave(M, 0), site.repeat_interleave(M), rows.reshape(Bn * M, S)
+                           ).reshape(Bn, M).float()
+
+    true = task.enumerate(num, site)
+    stats = {"min": true.min(1).values, "max": true.max(1).values, "mean": true.mean(1)}
+    start = time.perf_counter()
+    full, every = _objective_landscape(objective, ctx, allowed)
+    top = full.topk(spec.k, dim=1)
+    exhaustive = Candidates(every[top.indices], top.values, torch.ones_like(top.values, dtype=torch.bool),
+                            full.numel())
+    ex_seconds = time.perf_counter() - start
+    scorer_stats = {"max": full.max(1).values, "mean": full.mean(1), "min": full.min(1).values}
+
+    def new_generator(kind: str):
+        return build(GeneratorConfig(kind=kind), space=scorer.space, context=scorer.context)
+
+    setup = {"scorer_seconds": info["seconds"], "scorer_rows": info["rows"], "contexts": B, "seen": False,
+             "scorer_test": info["metrics"].get("test", {}), "exhaustive_seconds": round(ex_seconds, 2)}
+    return Problem(spec, objective, ctx, allowed, truth, stats, scorer_stats, exhaustive, ex_seconds,
+                   TableContexts(data), new_generator, None, setup, data)
+
+
 def _objective_landscape(objective, ctx, allowed, chunk: int = 1 << 16) -> tuple[Tensor, Tensor]:
     """(B, R) objective of every row of every context, and the (R, S) rows (allowed is the same
     in every context)."""
@@ -312,7 +362,11 @@ def build_problem(name: str, data_dir: Optional[Path], cache: Path, specs: Optio
     if name not in specs:
         raise ValueError(f"unknown task {name!r}{did_you_mean(name, list(specs))}; choose from {', '.join(specs)}")
     spec = specs[name]
-    return items_problem(spec) if spec.kind == "items" else table_problem(spec, data_dir, cache)
+    if spec.kind == "items":
+        return items_problem(spec)
+    if spec.kind == "contextual":
+        return contextual_problem(spec, cache)
+    return table_problem(spec, data_dir, cache)
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -467,7 +521,8 @@ def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[
                                        seed, trained[key])
                 results.append({"task": task_name, "method": name, "family": method.family,
                                 "generator": "" if method.peer else gen_kind, "estimator": method.estimator,
-                                "decoder": method.decoder, "seed": seed, "contexts": len(problem.ctx), "k": spec.k,
+                                "decoder": method.decoder, "seed": seed, "contexts": len(problem.ctx), "seen": spec.seen,
+                                "k": spec.k,
                                 **row, "headline": spec.headline, "budget": spec.budget})
                 r = results[-1]
                 head = "" if spec.headline in ("max", "median") else f"{spec.headline} {r[spec.headline]:.3f}, "

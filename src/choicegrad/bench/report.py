@@ -395,6 +395,10 @@ def markdown(results: pd.DataFrame, *, images: Optional[Mapping[str, Sequence[st
         for col, word in (("k", "candidates per context"), ("contexts", "contexts")):
             if col in raw and raw[col].notna().any():
                 facts.append(f"{int(raw[col].dropna().iloc[0])} {word}")
+        if "seen" in raw and raw["seen"].notna().any():
+            seen = bool(raw["seen"].dropna().iloc[0])
+            facts.append("evaluation contexts **seen** in training" if seen else
+                         "evaluation contexts **unseen** in training (held out)")
         n = sorted(set(int(v) for v in sub["n_seeds"]))
         facts.append(f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} seed{'s' if n[-1] != 1 else ''}")
         out += [f"## {task}", "", "; ".join(facts) + ".", "", _table(sub, headline), "",
@@ -713,4 +717,7 @@ def publish(run_dir: Path, docs_path: Path, command: str = "make bench", targets
                   "The speed targets, what was tried for each target and why an unmet one falls short: "
                   "[targets.md](targets.md).", ""]
     text = markdown(results, images=images, title="Benchmarks", preamble="\n".join(lines))
-    return atomic_write_text(docs_path, text)
+    from choicegrad.bench.budget_report import kept_section   # the budget benchmark's own section stays
+
+    kept = kept_section(docs_path)
+    return atomic_write_text(docs_path, text + ("\n" + kept if kept else ""))

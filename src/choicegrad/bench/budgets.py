@@ -1,0 +1,179 @@
+"""Quality against inference budget: every pipeline and peer at several scorer-call budgets per context.
+
+    frame = run_budgets(["potts-ctx", "items"], seeds=[0, 1, 2], out="runs/budgets")
+
+For each task (choicegrad.bench.harness: its scorer, evaluation contexts and truth) and seed, each
+pipeline GENERATOR/ESTIMATOR is trained once and decoded at every budget b (scorer calls per context:
+16 = K, 64, 160 = 10K, the task's benchmark budget (1% of the space) and 4 times that):
+
+- `generator` line: the generator alone. b = 0: its most likely row (beam search, ranked by the
+  generator's log-probability, no scorer call); 0 < b <= 160: its b most likely distinct rows (topk),
+  scored, best first.
+- `search` line: b draws and polish from them (the default decoder of `choicegrad generate`).
+- each peer (random, anneal, genetic, gradient-ascent) searches the scorer with b calls.
+
+Quality is the ground truth of the row each method ranks first, as gap closed (table tasks) or
+normalised score (items). Rows of OUT/budgets.csv hold task, method, line, seed, budget, calls, the
+quality metrics, seconds and contexts per second; `area` is the mean quality over log10(budget)
+from the smallest to the largest positive budget (trapezoid), so one number compares whole curves.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from choicegrad.bench import harness
+from choicegrad.bench.harness import Method, Problem, build_problem, evaluate, parse_method, train_pipeline
+from choicegrad.decoding import Candidates, decode
+from choicegrad.decoding.scoring import score_grid
+from choicegrad.io import write_table
+from choicegrad.progress import progress_bar
+
+SMALL = (16, 64, 128, 160)  # K, 4K, 128 and 10K calls; then the task's 1% of the space and 4 times that
+GENERATOR_MAX = 160        # the generator-only line stops here (a wider beam is search by another name)
+BUDGET_TASKS = ("potts-ctx", "mixed-ctx", "items", "ehrlich")
+BUDGET_PIPELINES = ("autoregressive/reinforce", "autoregressive/trajectory-balance", "factorized/reinforce")
+BUDGET_PEERS = ("random", "anneal", "genetic", "gradient-ascent")
+K = 16          # candidates returned per context (the top-1 is what is judged)
+
+
+def quality_metric(problem: Problem) -> str:
+    return "top1" if problem.spec.kind == "items" else "gap_oracle"
+
+
+def _row(problem: Problem, cands: Candidates, seconds: float) -> dict:
+    B = len(problem.ctx)
+    return {**evaluate(problem, cands), "calls": cands.scorer_calls / B, "seconds": seconds,
+            "contexts_per_s": B / max(seconds, 1e-9)}
+
+
+def generator_only(problem: Problem, gen, budget: int, seed: int) -> tuple[Candidates, float]:
+    """The generator's `budget` most likely distinct rows, scored, best first; budget 0: its most
+    likely row, ranked by log-probability, scores not used (no scorer call counted)."""
+    start = time.perf_counter()
+    k = max(1, budget)
+    with torch.no_grad():
+        cands = decode("topk", gen, problem.objective, problem.ctx, k, generator=torch.Generator().manual_seed(seed))
+    if budget == 0:
+        rows = cands.rows[:, :1] if k == 1 else _most_likely(gen, problem, cands)
+        cands = Candidates(rows, torch.zeros(rows.shape[:2]), torch.ones(rows.shape[:2], dtype=torch.bool), 0)
+    return cands, time.perf_counter() - start
+
+
+def _most_likely(gen, problem: Problem, cands: Candidates):
+    B, M, S = cands.rows.shape
+    with torch.no_grad():
+        lp = gen.log_prob(cands.rows.clamp(min=0).reshape(B * M, S), problem.ctx.repeat_interleave(M)).reshape(B, M)
+    lp = lp.masked_fill(~cands.valid, -math.inf)
+    return cands.rows.gather(1, lp.argmax(1)[:, None, None].expand(B, 1, S))
+
+
+def run_budgets(tasks: Sequence[str] = BUDGET_TASKS, seeds: Sequence[int] = (0, 1, 2), out: str | Path = "runs/budgets", *,
+                pipelines: Sequence[str] = BUDGET_PIPELINES, peers: Sequence[str] = BUDGET_PEERS,
+                budgets: Optional[Sequence[int]] = None, data_dir: Optional[str | Path] = None,
+                specs: Optional[dict] = None, progress: Optional[bool] = None,
+                log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> pd.DataFrame:
+    """Every pipeline line and peer at every budget, for every task and seed; OUT/budgets.csv is
+    rewritten after each task and seed (an interrupted run keeps what it measured)."""
+    for p in pipelines:
+        parse_method(f"{p}/polish")
+    for p in peers:
+        if parse_method(p).peer is None:
+            raise ValueError(f"peer {p!r}: expected one of {', '.join(harness.peers.PEERS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    started = time.perf_counter()
+    for task in tasks:
+        log(f"[{time.perf_counter() - started:6.0f}s] {task}: building the task and its scorer")
+        problem = build_problem(task, Path(data_dir) if data_dir else None, out / "scorers", specs)
+        spec, metric = problem.spec, quality_metric(problem)
+        task_budgets = sorted(set(budgets or (*SMALL, spec.budget, 4 * spec.budget)))
+        base = {"task": task, "seen": spec.seen, "contexts": len(problem.ctx), "metric": metric}
+        ref = evaluate(problem, problem.exhaustive)
+        rows.append({**base, "method": "exhaustive", "line": "reference", "seed": -1, "budget": -1,
+                     **ref, "calls": problem.exhaustive.scorer_calls / len(problem.ctx),
+                     "seconds": problem.exhaustive_seconds, "contexts_per_s": math.nan})
+        bar = progress_bar(len(seeds) * (len(pipelines) + len(peers)), task, "method", progress)
+        for seed in seeds:
+            done = set()
+            for p in pipelines:
+                gen_kind, est = p.split("/")
+                gen_kind = "pointer" if spec.kind == "items" else gen_kind
+                if (gen_kind, est) in done:    # two table generators that both mean the pointer one here
+                    bar.update(1)
+                    continue
+                done.add((gen_kind, est))
+                trained = train_pipeline(problem, Method(p, None, gen_kind, est), seed, False)
+                gen = trained[0].generator
+                name = f"{gen_kind}/{est}"
+                for b in (0, *[b for b in task_budgets if b <= GENERATOR_MAX]):
+                    cands, sec = generator_only(problem, gen, b, seed)
+                    rows.append({**base, "method": name, "line": "generator", "seed": seed, "budget": b,
+                                 **_row(problem, cands, sec), "seconds_train": trained[0].seconds})
+                for b in task_budgets:
+                    if b <= K:
+                        continue     # at K calls, search is the generator's own K rows
+                    start = time.perf_counter()
+                    cands = decode("polish", gen, problem.objective, problem.ctx, K, budget=b,
+                                   generator=torch.Generator().manual_seed(seed))
+                    rows.append({**base, "method": name, "line": "search", "seed": seed, "budget": b,
+                                 **_row(problem, cands, time.perf_counter() - start),
+                                 "seconds_train": trained[0].seconds})
+                last = [r for r in rows if (r["task"], r["method"], r["seed"]) == (task, name, seed)]
+                log(f"[{time.perf_counter() - started:6.0f}s] {task} seed {seed} {name}: "
+                    + ", ".join(f"{r['line'][0]}{r['budget']} {r[metric]:.3f}" for r in last))
+                bar.update(1)
+            for peer in peers:
+                for b in task_budgets:
+                    start = time.perf_counter()
+                    cands = harness.peers.search(peer, problem.objective, problem.ctx, problem.allowed, min(K, b),
+                                                 budget=b, generator=torch.Generator().manual_seed(seed))
+                    rows.append({**base, "method": peer, "line": "peer", "seed": seed, "budget": b,
+                                 **_row(problem, cands, time.perf_counter() - start), "seconds_train": 0.0})
+                last = [r for r in rows if (r["task"], r["method"], r["seed"]) == (task, peer, seed)]
+                log(f"[{time.perf_counter() - started:6.0f}s] {task} seed {seed} {peer}: "
+                    + ", ".join(f"{r['budget']} {r[metric]:.3f}" for r in last))
+                bar.update(1)
+            write_table(pd.DataFrame(rows), out / "budgets.csv")
+        bar.close()
+    return pd.DataFrame(rows)
+
+
+# --- summaries ------------------------------------------------------------------------------------
+def curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of quality, calls and contexts/s per (task, method, line, budget)."""
+    frame = frame[frame["line"] != "reference"].copy()
+    frame["quality"] = [r[r["metric"]] for _, r in frame.iterrows()]
+    g = frame.groupby(["task", "method", "line", "budget"], sort=False)
+    out = g.agg(quality=("quality", "mean"), quality_std=("quality", "std"), calls=("calls", "mean"),
+                contexts_per_s=("contexts_per_s", "mean"), seconds=("seconds", "mean"), n=("seed", "nunique"))
+    return out.reset_index()
+
+
+def curve_area(budgets: Sequence[float], quality: Sequence[float]) -> float:
+    """Mean quality over log10(budget) between the smallest and largest positive budget (trapezoid)."""
+    pts = sorted((float(b), float(q)) for b, q in zip(budgets, quality) if b > 0 and np.isfinite(q))
+    if len(pts) < 2:
+        return pts[0][1] if pts else math.nan
+    x = np.log10([b for b, _ in pts])
+    y = np.array([q for _, q in pts])
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
+
+
+def line_curve(curve: pd.DataFrame, task: str, method: str) -> pd.DataFrame:
+    """One method's curve as a user would run it: the generator alone up to K calls, then search
+    (pipelines); the peer's own points otherwise."""
+    sub = curve[(curve["task"] == task) & (curve["method"] == method)]
+    if (sub["line"] == "peer").any():
+        return sub.sort_values("budget")
+    gen = sub[(sub["line"] == "generator") & (sub["budget"] <= K)]
+    return pd.concat([gen, sub[sub["line"] == "search"]]).sort_values("budget")
