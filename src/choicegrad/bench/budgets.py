@@ -33,7 +33,6 @@ import torch
 from choicegrad.bench import harness
 from choicegrad.bench.harness import Method, Problem, build_problem, evaluate, parse_method, train_pipeline
 from choicegrad.decoding import Candidates, decode
-from choicegrad.decoding.scoring import score_grid
 from choicegrad.io import write_table
 from choicegrad.progress import progress_bar
 
