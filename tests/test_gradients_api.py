@@ -16,7 +16,7 @@ S, V = 3, 4
 
 def test_registry_lists_all_methods():
     assert set(G.available()) == {"soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax",
-                                  "reinforce", "weighted-ce", "raml", "aligner"}
+                                  "reinforce", "weighted-ce", "raml", "aligner", "trajectory-balance"}
     assert G.get("ST_Gumbel").name == "st-gumbel"
 
 

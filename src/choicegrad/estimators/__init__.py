@@ -4,6 +4,7 @@
     out = est(logits, score_fn, mask=mask, fixed=fixed, generator=rng)   # per-slot logits (B, S, V)
     out = est(gen.policy(ctx), score_fn, generator=rng)                  # any generator, same loss
     out.loss.backward()                        # gradient of -E[score], averaged over the batch
+                                               # (trajectory-balance: of its TB loss, see there)
 
 score_fn (N, S, V) float -> (N,), higher is better. `available()` is the one list of method names;
 `Policy` (policy.py) is what an estimator asks of a generator; one module per family.
@@ -11,7 +12,8 @@ score_fn (N, S, V) float -> (N,), higher is better. `available()` is the one lis
 
 from __future__ import annotations
 
-from choicegrad.estimators import aligner, relaxed, score_function, supervised  # noqa: F401  (register the methods)
+from choicegrad.estimators import (  # noqa: F401  (register the methods)
+    aligner, relaxed, score_function, supervised, trajectory_balance)
 from choicegrad.estimators.api import SELECT_METHODS, select, soft_lookup
 from choicegrad.estimators.base import MASK_VALUE, check_tau, vocab_mask
 from choicegrad.estimators.contract import Estimator, EstimatorOutput, available, families, get, register

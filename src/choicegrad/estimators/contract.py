@@ -25,9 +25,11 @@ class EstimatorOutput:
         first on ties). samples: (B, K, S) long, K = 1 for single-sample methods. scores: (B, K),
         detached scorer values of `samples` (for `soft`/`gumbel`: the score of the soft input).
     loss: scalar; `loss.backward()` writes the estimator's gradient of -E[score], averaged over the
-        batch, into the logits' grad. scorer_calls: number of rows passed to score_fn.
+        batch, into the logits' grad (trajectory-balance instead minimises its own loss, whose optimum
+        samples exp(score/T)/Z; see trajectory_balance.py). scorer_calls: number of rows passed to score_fn.
     stats: floats for logging. weights: (B, K) or None, the detached coefficient multiplying each
-        sample's log-likelihood in the loss (advantages for reinforce, row weights for weighted-ce/raml).
+        sample's log-likelihood in the loss (advantages for reinforce, row weights for weighted-ce/raml,
+        residuals for trajectory-balance).
     entropy: (B,) differentiable entropy estimate of the policy at the rows used (see Policy.entropy),
         for a training loop's entropy bonus.
     """
@@ -49,8 +51,9 @@ class Estimator:
     fixed=None, generator=None, **extra) for per-slot logits (B, S, V) (wrapped in a LogitsPolicy).
     score_fn: (N, S, V) float -> (N,), higher is better, N = B * R with rows grouped by context (row n
     belongs to context n // R), R = 1 except reinforce (k, or k + 1 with the greedy baseline: each
-    context's k samples then its greedy row) and raml (m); mask: (S, V) or (B, S, V) bool, True =
-    valid; fixed: (B, S) long, -1 = free slot; generator: a torch.Generator for all randomness.
+    context's k samples then its greedy row), raml (m) and trajectory-balance (k); mask: (S, V) or
+    (B, S, V) bool, True = valid; fixed: (B, S) long, -1 = free slot; generator: a torch.Generator for
+    all randomness.
     `extra` holds per-call options listed in `call_options`. Subclasses implement `estimate`.
     """
 
@@ -58,7 +61,7 @@ class Estimator:
     uses_tau: bool = False  #: whether a `tau=` per-call override (and a temperature schedule) applies
     call_options: tuple[str, ...] = ()
     wants_data_rows: bool = False  #: a training loop should pass data rows as `targets`
-    family: str = ""  #: pathwise, score-function, supervised or learned (for listings and docs)
+    family: str = ""  #: pathwise, score-function, supervised, learned or reward-proportional (listings, docs)
 
     def __call__(self, policy, score_fn: ScoreFn, *, mask: Optional[Tensor] = None,
                  fixed: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,

@@ -8,6 +8,8 @@ are divided by the objective's `scale` (the scorer's score std), so the entropy 
 standard deviations per nat". Optional warm start: maximum likelihood on the best data rows of each
 context (missing slots masked). Validation every `val_every` steps on fixed contexts; the best state
 is kept (early stopping). Metrics go to RUN/metrics.csv; progress to stderr (choicegrad.progress).
+Trajectory balance also learns a log Z per context (TrainingStep.log_z), with the same Adam at
+LOG_Z_LR_FACTOR times the learning rate, saved in the checkpoint with the rest.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ from choicegrad.progress import progress_bar
 from choicegrad.training.contexts import SampledContexts, TableContexts
 from choicegrad.training.log import METRIC_FIELDS, MetricsLog
 from choicegrad.training.step import TrainingStep, entropy_at
+
+#: Learning rate of trajectory balance's log Z relative to fit.lr (the policy's): 0.1 at the default lr,
+#: the trajectory-balance paper's log Z rate. Log Z must keep up with the policy: at 10x, on-policy TB
+#: collapsed onto the best row at T = 0.25 std (benchmarks/trajectory_balance.py, docs/gradients.md).
+LOG_Z_LR_FACTOR = 50.0
 
 __all__ = ["METRIC_FIELDS", "GeneratorFit", "GeneratorResult", "SampledContexts", "TableContexts", "fit_generator",
            "fit_table_generator"]
@@ -135,7 +142,11 @@ class _Loop:
         if scorer is not None:
             scorer.to(device).eval().requires_grad_(False)
         self.step_fn = TrainingStep(self.gen, objective, contexts, fit, aligner)
-        self.opt = torch.optim.Adam(self.gen.parameters(), lr=fit.lr)
+        groups = [{"params": list(self.gen.parameters())}]
+        self.log_z = self.step_fn.log_z          # trajectory balance's learned log Z (None for other methods)
+        if self.log_z is not None:               # log Z moves faster than the policy, as is usual for TB
+            groups.append({"params": list(self.log_z.parameters()), "lr": LOG_Z_LR_FACTOR * fit.lr})
+        self.opt = torch.optim.Adam(groups, lr=fit.lr)
         self.calls, self.bad, self.warm_step, self.step, self.phase = 0, 0, 0, 0, "warm"
         self.best_val, self.best_state = -math.inf, None
         self.running = {"score_mean": 0.0, "entropy": 0.0}
@@ -153,13 +164,18 @@ class _Loop:
         return self.seconds() > self.budget
 
     def state(self) -> dict:
-        return {"gen": self.gen.state_dict(), "opt": self.opt.state_dict(), "rng": rng_state(self.rng),
-                "phase": self.phase, "warm_step": self.warm_step, "step": self.step, "calls": self.calls,
-                "bad": self.bad, "best_val": self.best_val, "best_state": self.best_state, "running": self.running,
-                "log": self.log.rows, "seconds": self.seconds()}
+        state = {"gen": self.gen.state_dict(), "opt": self.opt.state_dict(), "rng": rng_state(self.rng),
+                 "phase": self.phase, "warm_step": self.warm_step, "step": self.step, "calls": self.calls,
+                 "bad": self.bad, "best_val": self.best_val, "best_state": self.best_state, "running": self.running,
+                 "log": self.log.rows, "seconds": self.seconds()}
+        if self.log_z is not None:
+            state["log_z"] = self.log_z.state_dict()
+        return state
 
     def restore(self, state: dict) -> None:
         self.gen.load_state_dict(state["gen"])
+        if self.log_z is not None and state.get("log_z") is not None:   # checkpoints before TB have none
+            self.log_z.load_state_dict(state["log_z"])
         self.opt.load_state_dict(state["opt"])
         set_rng_state(self.rng, state["rng"])
         for key in ("phase", "warm_step", "step", "calls", "bad", "best_val", "best_state", "running"):

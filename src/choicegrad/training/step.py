@@ -4,7 +4,8 @@ Every generator form trains through the same call, `estimator(policy_of(gen, ctx
 the estimator decides what to draw (rows, relaxed rows, data rows' likelihood) and the policy how
 (independent slots, or slot by slot). This module only chooses the batch and what the estimator is
 fed: data rows as targets for estimators that want them (weighted-ce; raml with data=True), the
-aligner's reference rows, and the relaxation temperature.
+aligner's reference rows, the relaxation temperature, and trajectory balance's learned log Z (a `LogZ`
+module of the context that the step owns and the loop optimises and checkpoints).
 """
 
 from __future__ import annotations
@@ -12,17 +13,76 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from choicegrad import estimators
 from choicegrad.estimators.base import normalize_name, unknown_name_error
 from choicegrad.generators.base import Generator
-from choicegrad.generators.context import Context, TableContext
+from choicegrad.generators.context import Context, ItemContext, TableContext
 from choicegrad.generators.objective import score_rows
 from choicegrad.generators.policy import policy_of
 
 #: Options of the training step that are not estimator hyperparameters (aligner reference rows).
 STEP_OPTIONS = {"aligner": ("references", "reference_share")}
+
+#: Trajectory balance's default temperature in training, in scorer standard deviations: the generator
+#: samples rows with probability proportional to exp(score / (0.25 std)), so a row 1 std better is
+#: e^4 ~ 55 times likelier: concentrated on the good rows, yet holding many distinct ones (measured in
+#: benchmarks/trajectory_balance.py, docs/gradients.md). Override with method_options={"temperature": T}.
+TB_TEMPERATURE = 0.25
+
+
+class LogZ(nn.Module):
+    """Trajectory balance's learned log Z of a context: a scalar per context, linear in the context.
+
+    TableContext: per categorical column a 1-dimensional embedding (summed), a linear layer on the
+    numeric columns, and a bias; ItemContext: a linear layer on the masked mean of the item vectors
+    plus a bias; a context-free table: the bias alone. `ready` (a buffer, so it is checkpointed) says
+    whether the bias has been set from a first batch estimate (see `initialise`).
+    """
+
+    def __init__(self, cardinalities: list[int] = (), num_numeric: int = 0, item_dim: int = 0):
+        super().__init__()
+        self.embeds = nn.ModuleList(nn.Embedding(int(c), 1) for c in cardinalities)
+        for e in self.embeds:
+            nn.init.zeros_(e.weight)
+        self.numeric = nn.Linear(int(num_numeric), 1, bias=False) if num_numeric else None
+        self.items = nn.Linear(int(item_dim), 1, bias=False) if item_dim else None
+        for lin in (self.numeric, self.items):
+            if lin is not None:
+                nn.init.zeros_(lin.weight)
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
+
+    @classmethod
+    def for_generator(cls, gen: Generator) -> "LogZ":
+        """The LogZ for the contexts `gen` conditions on (table columns, or item vectors)."""
+        if hasattr(gen, "item_dim"):
+            return cls(item_dim=gen.item_dim)
+        return cls(getattr(gen, "cardinalities", []), getattr(gen, "num_numeric", 0))
+
+    def forward(self, ctx: Context) -> Tensor:
+        B = len(ctx)
+        out = self.bias.expand(B)
+        if isinstance(ctx, ItemContext):
+            if self.items is not None:
+                m = ctx.mask.to(ctx.items.dtype).unsqueeze(-1)
+                mean = (ctx.items * m).sum(1) / m.sum(1).clamp_min(1.0)
+                out = out + self.items(mean.to(self.bias.dtype))[:, 0]
+            return out
+        for j, e in enumerate(self.embeds):
+            out = out + e(ctx.cat[:, j])[:, 0]
+        if self.numeric is not None and ctx.num.shape[-1]:
+            out = out + self.numeric(ctx.num.to(self.bias.dtype))[:, 0]
+        return out
+
+    @torch.no_grad()
+    def initialise(self, shift: float) -> None:
+        """Once, move the bias by `shift` (the batch estimate of log Z minus the current prediction) so
+        that log Z starts near its value for the untrained policy instead of 0."""
+        if not bool(self.ready):
+            self.bias.add_(shift)
+            self.ready.fill_(True)
 
 
 class TrainingStep:
@@ -46,6 +106,11 @@ class TrainingStep:
             opts.pop("entropy", None)  # the loop's entropy bonus applies to every method
         if self.method == "raml":
             opts.setdefault("m", fit.samples)
+        self.log_z = None
+        if self.method == "trajectory-balance":
+            opts.setdefault("k", fit.samples)
+            opts.setdefault("temperature", TB_TEMPERATURE)
+            self.log_z = LogZ.for_generator(gen).to(gen.device)
         self.estimator = estimators.get(self.method, **opts)
         self.has_data = hasattr(contexts, "data_rows")
         if self.method == "aligner":
@@ -74,7 +139,16 @@ class TrainingStep:
 
         if self.estimator.uses_tau:
             extra["tau"] = tau
+        if self.log_z is not None:
+            # Trajectory balance: the learned log Z of each context. Its target already is the
+            # maximiser of E[f]/T + entropy, so the loop's entropy bonus is not added (a bonus c would
+            # only raise the temperature to T (1 + c/2)).
+            extra["log_z"] = self.log_z(ctx)
+            entropy_coef = 0.0
         out = self.estimator(policy_of(self.gen, ctx), score_fn, generator=rng, **extra)
+        if self.log_z is not None and not bool(self.log_z.ready):
+            # first step: start log Z at the batch estimate mean(f/T - log p) (residuals are log_z - that)
+            self.log_z.initialise(-float(out.weights.mean()))
         H = out.entropy.mean()
         scores = out.scores.float()
         return out.loss - entropy_coef * H, {
