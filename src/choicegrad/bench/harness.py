@@ -58,7 +58,7 @@ from choicegrad.io import write_table
 
 TEMPERATURES = (0.25, 0.5, 1.0, 1.5, 2.0)
 ESTIMATORS = ("soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax", "reinforce", "weighted-ce", "raml",
-              "aligner")
+              "aligner", "trajectory-balance")
 DEFAULT_PIPELINE = "autoregressive/reinforce/polish"
 
 
