@@ -83,13 +83,15 @@ def scorer(table):
     return fit_scorer(table, ScorerFit(epochs=4, seed=0), progress=False).scorer
 
 
-@pytest.mark.parametrize("kind,method,phase,at", [
-    ("autoregressive", "reinforce", "warm", 7),        # during the warm start
-    ("autoregressive", "reinforce", "generator", 23),  # between validations
-    ("factorized", "st-gumbel", "generator", 40),      # right after a validation
+@pytest.mark.parametrize("kind,method,phase,at,distill", [
+    ("autoregressive", "reinforce", "warm", 7, 0.0),        # during the warm start
+    ("autoregressive", "reinforce", "generator", 23, 0.0),  # between validations
+    ("factorized", "st-gumbel", "generator", 40, 0.0),      # right after a validation
+    ("autoregressive", "reinforce", "generator", 23, 1.0),  # amortised search: its replay is restored too
 ])
-def test_generator_resume_is_bit_identical(table, scorer, tmp_path, kind, method, phase, at):
-    fit = GeneratorFit(method=method, steps=60, val_every=20, warm_start_steps=15, log_every=5, seed=2)
+def test_generator_resume_is_bit_identical(table, scorer, tmp_path, kind, method, phase, at, distill):
+    fit = GeneratorFit(method=method, steps=60, val_every=20, warm_start_steps=15, log_every=5, seed=2,
+                       distill=distill)
     cfg = GeneratorConfig(kind=kind, hidden=[32])
     full = fit_table_generator(scorer, table, cfg, fit, progress=False)
     ckpt = StopAt(tmp_path / "ck", phase, at)

@@ -68,6 +68,9 @@ class GeneratorFit(BaseModel):
     warm_start_steps: int = Field(200, ge=0, description="max-likelihood steps on the best data rows first")
     warm_start_top: float = Field(0.2, gt=0, le=1, description="share of each context's best rows used")
     warm_start_batch: int = Field(256, ge=1)
+    distill: float = Field(0.0, ge=0, description="amortised search: weight of the likelihood of the rows a short "
+                           "local search reaches from the generator's best draw (replayed per training context); 0 = off")
+    distill_sweeps: int = Field(2, ge=1, description="sweeps of single-slot changes in that search")
     beta: Optional[float] = Field(None, ge=0, description="ensemble pessimism of the scorer (None: its own)")
     val_every: int = Field(50, ge=1)
     val_samples: int = Field(64, ge=4, description="rows drawn per validation context")
@@ -170,12 +173,16 @@ class _Loop:
                  "log": self.log.rows, "seconds": self.seconds()}
         if self.log_z is not None:
             state["log_z"] = self.log_z.state_dict()
+        if self.step_fn.distill is not None:
+            state["distill"] = self.step_fn.distill.state()
         return state
 
     def restore(self, state: dict) -> None:
         self.gen.load_state_dict(state["gen"])
         if self.log_z is not None and state.get("log_z") is not None:   # checkpoints before TB have none
             self.log_z.load_state_dict(state["log_z"])
+        if self.step_fn.distill is not None and state.get("distill") is not None:
+            self.step_fn.distill.restore(state["distill"])
         self.opt.load_state_dict(state["opt"])
         set_rng_state(self.rng, state["rng"])
         for key in ("phase", "warm_step", "step", "calls", "bad", "best_val", "best_state", "running"):

@@ -21,6 +21,7 @@ from choicegrad.generators.base import Generator
 from choicegrad.generators.context import Context, ItemContext, TableContext
 from choicegrad.generators.objective import score_rows
 from choicegrad.generators.policy import policy_of
+from choicegrad.training.distill import Distillation
 
 #: Options of the training step that are not estimator hyperparameters (aligner reference rows).
 STEP_OPTIONS = {"aligner": ("references", "reference_share")}
@@ -113,6 +114,10 @@ class TrainingStep:
             self.log_z = LogZ.for_generator(gen).to(gen.device)
         self.estimator = estimators.get(self.method, **opts)
         self.has_data = hasattr(contexts, "data_rows")
+        self.distill, self.ids = None, None
+        if fit.distill > 0:
+            ids = len(contexts) if hasattr(contexts, "sample_ids") else None
+            self.distill = Distillation(fit.distill, fit.distill_sweeps, ids, gen.num_slots, gen.device)
         if self.method == "aligner":
             if aligner is None or not hasattr(contexts, "references"):
                 raise ValueError("the aligner method needs an Aligner (fit_generator(..., aligner=...)) and a table "
@@ -145,13 +150,19 @@ class TrainingStep:
             # only raise the temperature to T (1 + c/2)).
             extra["log_z"] = self.log_z(ctx)
             entropy_coef = 0.0
-        out = self.estimator(policy_of(self.gen, ctx), score_fn, generator=rng, **extra)
+        policy = policy_of(self.gen, ctx)
+        out = self.estimator(policy, score_fn, generator=rng, **extra)
         if self.log_z is not None and not bool(self.log_z.ready):
             # first step: start log Z at the batch estimate mean(f/T - log p) (residuals are log_z - that)
             self.log_z.initialise(-float(out.weights.mean()))
+        loss = out.loss
+        if self.distill is not None:       # amortised search: raise the likelihood of what search found
+            targets, calls = self.distill.targets(self.score, ctx, policy.mask, out.samples, out.scores, self.ids)
+            loss = loss + self.distill.loss(self.gen, targets, ctx)
+            pre_calls += calls
         H = out.entropy.mean()
         scores = out.scores.float()
-        return out.loss - entropy_coef * H, {
+        return loss - entropy_coef * H, {
             "score_mean": float(scores.mean()) * self.scale, "score_max": float(scores.max()) * self.scale,
             "entropy": float(H.detach()), "scorer_calls": out.scorer_calls + pre_calls}
 
@@ -164,6 +175,9 @@ class TrainingStep:
             extra, calls = self.aligner_options(ids, ctx, rng)
             return ctx, extra, calls
         if not self.estimator.wants_data_rows:
+            if self.distill is not None and self.distill.rows is not None:   # ids for the replay
+                self.ids = self.contexts.sample_ids(n, rng)
+                return self.contexts.contexts.index(self.ids), {}, 0
             return self.contexts.sample(n, rng), {}, 0
         if self.has_data:
             targets, ctx = self.contexts.data_rows(n, rng)

@@ -1,0 +1,69 @@
+"""Amortised search (expert iteration, self-distillation): the generator learns what search finds.
+
+Each training step, the best of the generator's own draws per context is improved by a short
+steepest-ascent search on the objective (`sweeps` sweeps of single-slot changes, decoding's polish),
+the best row found so far for each training context is kept (a replay of one row per context, for
+table contexts, which have ids), and the generator's likelihood of those rows is raised:
+
+    loss = estimator loss + weight * mean_b( -log p(target_b | context_b) ) / S
+
+so that the generator alone comes to propose what the search would have reached, and generation
+for a new context needs no search. The search's scorer calls are counted with the step's.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from choicegrad.decoding.local_search import polish
+from choicegrad.decoding.scoring import Candidates
+from choicegrad.generators.context import Context
+
+
+class Distillation:
+    """Search-improved targets per step, with a replay of the best row per training context.
+
+    num_contexts: training contexts with ids (None: fresh contexts every step, no replay); slots S.
+    """
+
+    def __init__(self, weight: float, sweeps: int, num_contexts: Optional[int], slots: int, device):
+        self.weight, self.sweeps, self.slots = float(weight), int(sweeps), int(slots)
+        self.rows = self.scores = None
+        if num_contexts is not None:
+            self.rows = torch.full((num_contexts, slots), -1, dtype=torch.long, device=device)
+            self.scores = torch.full((num_contexts,), float("-inf"), device=device)
+
+    def targets(self, objective, ctx: Context, allowed: Tensor, samples: Tensor, scores: Tensor,
+                ids: Optional[Tensor]) -> tuple[Tensor, int]:
+        """(B, S) rows whose likelihood to raise, and the scorer calls spent finding them.
+
+        samples (B, K, S) long and their scores (B, K) in the objective's units; allowed (B, S, V)."""
+        B = samples.shape[0]
+        ar = torch.arange(B, device=samples.device)
+        best = scores.argmax(1)
+        start = Candidates(samples[ar, best][:, None], scores[ar, best][:, None].float(),
+                           torch.ones(B, 1, dtype=torch.bool, device=samples.device), 0)
+        with torch.no_grad():
+            found = polish(objective, ctx, start, allowed, sweeps=self.sweeps)
+        rows, value = found.rows[:, 0], found.scores[:, 0]
+        if self.rows is not None and ids is not None:
+            better = value > self.scores[ids]
+            self.rows[ids] = torch.where(better[:, None], rows, self.rows[ids])
+            self.scores[ids] = torch.where(better, value, self.scores[ids])
+            rows = self.rows[ids]
+        return rows, found.scorer_calls
+
+    def loss(self, gen, rows: Tensor, ctx: Context) -> Tensor:
+        """weight * mean negative log-likelihood per slot of rows (B, S)."""
+        return self.weight * -gen.log_prob(rows, ctx).mean() / self.slots
+
+    def state(self) -> dict:
+        return {"rows": self.rows, "scores": self.scores}
+
+    def restore(self, state: dict) -> None:
+        if state.get("rows") is not None and self.rows is not None:
+            self.rows.copy_(state["rows"])
+            self.scores.copy_(state["scores"])
