@@ -222,8 +222,9 @@ def fit_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (scorer, generator, config.json, metrics.csv).")],
     context: Annotated[Optional[list[str]], CONTEXT] = None,
     method: Annotated[str, typer.Option(help="Gradient estimator that trains the generator "
-                                              "(reinforce, st-gumbel, gumbel-rao, reinmax, st, soft, gumbel, raml, weighted-ce, "
-                                              "aligner: fits a learned similarity first and saves it).")] = DEFAULT_METHOD,
+                                              "(reinforce, trajectory-balance, st-gumbel, gumbel-rao, reinmax, st, soft, gumbel, "
+                                              "raml, weighted-ce, aligner: fits a learned similarity first and saves it).")] =
+        DEFAULT_METHOD,
     generator: Annotated[str, typer.Option(help="Generator form: autoregressive or factorized.")] = DEFAULT_GENERATOR,
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")] = 0,
     max_minutes: Annotated[Optional[float], typer.Option(
@@ -232,6 +233,9 @@ def fit_cmd(
         help="Fit only on rows below this score quantile of their context (offline-design protocol).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=0, help="Generator training steps (default 1500).")] = None,
     entropy: Annotated[Optional[float], typer.Option(min=0.0, help="Entropy bonus of the generator (diversity).")] = None,
+    distill: Annotated[Optional[float], typer.Option(
+        min=0.0, help="Amortised search: weight of learning the rows a short local search reaches from the generator's "
+                      "draws, so the generator alone proposes what search finds (default 1; 0 = off).")] = None,
     ensemble: Annotated[int, typer.Option(min=1, help="Scorer ensemble members k.")] = 1,
     beta: Annotated[float, typer.Option(min=0.0, help="Pessimism: the generator maximises mean - beta * std.")] = 0.0,
     scorer_epochs: Annotated[Optional[int], typer.Option(min=1, help="Maximum scorer epochs (default: automatic).")] = None,
@@ -249,7 +253,8 @@ def fit_cmd(
     from choicegrad.scorer.fit import ScorerFit
     from choicegrad.training.loop import GeneratorFit
 
-    gen_options = {**({"steps": steps} if steps is not None else {}), **({"entropy": entropy} if entropy is not None else {})}
+    gen_options = {key: value for key, value in (("steps", steps), ("entropy", entropy), ("distill", distill))
+                   if value is not None}
     with as_flags(FIT_FLAGS):
         Run.fit(data, out, TableSpec(features=features, score=score, context=context, train_quantile=train_quantile,
                                      space=None if space is None else str(space)),
@@ -612,7 +617,7 @@ def bench_cmd(
         typer.echo(f"docs: {publish(out, docs, targets=TARGETS, default=DEFAULT_PIPELINE)}")
 
 
-@app.command("bench-budgets", epilog="Example: choicegrad bench-budgets --out runs/bench --docs docs/benchmarks.md   "
+@app.command("bench-budgets", epilog="Example: choicegrad bench-budgets --out runs/budgets --jobs 2 --docs docs/benchmarks.md   "
              "(every budget task, 3 seeds: part of `make bench`)\n\n"
              "Example: choicegrad bench-budgets --tasks items --seeds 0 --pipelines autoregressive/reinforce "
              "--peers random,genetic --out runs/budgets-quick")
@@ -623,12 +628,14 @@ def bench_budgets_cmd(
                                             "(unseen lists), or any `choicegrad bench` task.")] =
         "potts-ctx,mixed-ctx,items,ehrlich",
     pipelines: Annotated[str, typer.Option(help="Comma-separated GENERATOR/ESTIMATOR pairs.")] =
-        "autoregressive/reinforce,autoregressive/trajectory-balance,factorized/reinforce",
+        "autoregressive/reinforce,autoregressive/trajectory-balance",
     peers: Annotated[str, typer.Option(help="Comma-separated peers: random, anneal, genetic, gradient-ascent.")] =
         "random,anneal,genetic,gradient-ascent",
     budgets: Annotated[Optional[str], typer.Option(
         help="Comma-separated scorer calls per context (default: 16, 64, 128, 160, the task's 1 percent and 4 times it).")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    jobs: Annotated[int, typer.Option(min=1, help="Tasks run at once, each in its own process with one torch thread "
+                                                  "(1: every task in this process).")] = 1,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with tfbind8/gb1/pard3.parquet.")] = None,
     docs: Annotated[Optional[Path], typer.Option(help="Also write (or replace) the budget section of this markdown "
                                                       "file, figures in the folder of the same name beside it.")] = None,
@@ -638,7 +645,7 @@ def bench_budgets_cmd(
     contextual tasks. Also contexts per second at each budget."""
     _require_bench()
     from choicegrad.bench import peers as peer_module
-    from choicegrad.bench.budgets import run_budgets
+    from choicegrad.bench.budgets import run_budgets, run_budgets_parallel
     from choicegrad.bench.harness import SPECS, parse_method
     from choicegrad.errors import did_you_mean
     from choicegrad.run import check_out_dir
@@ -674,8 +681,11 @@ def bench_budgets_cmd(
     if problems:
         raise InputError("choicegrad bench-budgets", problems)
     try:
-        run_budgets(task_list, seed_list, out, pipelines=pipe_list, peers=peer_list, budgets=budget_list,
-                    data_dir=data_dir)
+        options = {"pipelines": pipe_list, "peers": peer_list, "budgets": budget_list, "data_dir": data_dir}
+        if jobs > 1 and len(task_list) > 1:
+            run_budgets_parallel(task_list, seed_list, out, min(jobs, len(task_list)), **options)
+        else:
+            run_budgets(task_list, seed_list, out, **options)
     except FileNotFoundError as exc:
         raise InputError("choicegrad bench-budgets", [str(exc)]) from None
     typer.echo(f"results: {out / 'budgets.csv'}")

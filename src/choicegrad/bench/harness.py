@@ -103,9 +103,9 @@ SPECS = {
     "pard3": TaskSpec("pard3", "max", budget=256, scorer_epochs=60),  # 1% (80) is below K = 128
     # contextual tasks: a log of 40,000 rows, one context per row; 256 unseen evaluation contexts
     "potts-ctx": TaskSpec("potts-ctx", "gap_oracle", budget=655, k=16, kind="contextual", train_rows=40_000,
-                          scorer_epochs=40, steps=1500, train_minutes=3.0),
+                          scorer_epochs=40, steps=1500, train_minutes=1.5),
     "mixed-ctx": TaskSpec("mixed-ctx", "gap_oracle", budget=655, k=16, kind="contextual", train_rows=40_000,
-                          scorer_epochs=40, steps=1500, train_minutes=3.0),
+                          scorer_epochs=40, steps=1500, train_minutes=1.5),
 }
 STANDARD_TASKS = ("potts", "nk3", "ehrlich", "items", "tfbind8", "gb1")
 STANDARD_METHODS = (
