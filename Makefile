@@ -24,7 +24,9 @@ fuzz: $(BIN)/choicegrad
 # Measurements, not tests (48 minutes on 2 cores, 2026-11-23): the gradient bias/variance table, the standard
 # benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, the
 # aligner's distance correlations (reusing the suite's scorers) refreshing docs/aligner.md, then the
-# default `choicegrad fit` + `generate` on tfbind8 (timed) and greedy generation throughput.
+# default `choicegrad fit` + `generate` on tfbind8 (timed), greedy generation throughput, then quality
+# against inference budget on unseen contexts (bench-budgets, its own section of docs/benchmarks.md, about
+# 30 minutes) and generation speed for 20,000 unseen contexts with `choicegrad fit` timed on a 40,000-row log.
 bench: $(BIN)/choicegrad
 	$(BIN)/python benchmarks/gradients.py
 	$(BIN)/choicegrad bench --out runs/bench --docs docs/benchmarks.md
@@ -32,6 +34,8 @@ bench: $(BIN)/choicegrad
 	mkdir -p runs/bench-tfbind8
 	$(BIN)/python benchmarks/tfbind8_generate.py --out runs/bench-tfbind8 --max-minutes 12 | tee runs/bench-tfbind8/log.txt
 	$(BIN)/python benchmarks/greedy_speed.py | tee runs/greedy_speed.json
+	$(BIN)/choicegrad bench-budgets --out runs/budgets --jobs 2 --docs docs/benchmarks.md
+	$(BIN)/python benchmarks/unseen_speed.py --refit | tee runs/unseen_speed.json
 
 # Design rounds against the ground truth (about 50 minutes on 2 cores): designer, genetic algorithm, random
 # rows and the offline pipeline on tfbind8, gb1, ehrlich and nk3, 3 seeds, and a more diverse designer

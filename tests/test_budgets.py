@@ -122,3 +122,13 @@ def test_bench_budgets_cli_rejects_bad_names_before_work(runner, tmp_path):
     for text in ("unknown task 'pots'", "unknown peer 'exhaustive'", "--budgets: expected positive"):
         assert text in result.output
     assert not (tmp_path / "o" / "budgets.csv").exists()
+
+
+def test_parallel_run_gathers_every_task(tmp_path):
+    from choicegrad.bench.budgets import run_budgets_parallel
+
+    frame = run_budgets_parallel(["potts-ctx", "items"], [0], tmp_path, 2, pipelines=["autoregressive/reinforce"],
+                                 peers=["random"], budgets=[4, 16], specs=TINY)
+    assert set(frame["task"]) == {"potts-ctx", "items"}
+    assert len(pd.read_csv(tmp_path / "budgets.csv")) == len(frame)
+    assert (tmp_path / "tasks" / "items" / "budgets.csv").is_file()

@@ -23,7 +23,7 @@ def test_targets_climb_from_the_best_draw_and_the_replay_keeps_the_best_per_cont
     samples = torch.tensor([[[0, 0, 0], [1, 0, 0]], [[2, 2, 2], [0, 1, 0]]])
     scores = quadratic(samples.reshape(-1, 3), None).reshape(2, 2)
     rows, calls = d.targets(quadratic, ctx, allowed, samples, scores, torch.tensor([0, 4]))
-    assert calls == 2 * 3 * 3                                  # one sweep: every single-slot change
+    assert calls == 2 + 2 * 3 * 3                              # the starts re-scored, one sweep of changes
     assert quadratic(rows, None).tolist() == [4.0, 7.0]         # the best change of the best draw
     assert rows[1].tolist() == [2, 2, 3]
     assert d.scores[[0, 4]].tolist() == [4.0, 7.0] and d.rows[1].tolist() == [-1, -1, -1]
@@ -36,13 +36,32 @@ def test_targets_climb_from_the_best_draw_and_the_replay_keeps_the_best_per_cont
     assert quadratic(rows, None).tolist() == [3.0, 3.0]         # no ids: this step's search alone
 
 
+def test_a_context_drawn_twice_in_a_step_keeps_its_best_row():
+    d = Distillation(weight=1.0, sweeps=1, num_contexts=3, slots=3, device="cpu")
+    ctx = TableContext.empty(3)
+    allowed = torch.ones(3, 3, 4, dtype=torch.bool)
+    samples = torch.tensor([[[2, 2, 2]], [[0, 0, 0]], [[2, 2, 0]]])        # context 1 drawn twice: 7 and 3 reached
+    rows, _ = d.targets(quadratic, ctx, allowed, samples, torch.zeros(3, 1), torch.tensor([1, 1, 2]))
+    assert d.scores.tolist() == [float("-inf"), 7.0, 7.0]
+    assert quadratic(d.rows[1:], None).tolist() == [7.0, 7.0]
+    assert quadratic(rows, None).tolist() == [7.0, 7.0, 7.0]              # both draws of context 1 learn the best
+
+
+def test_trajectory_balance_is_not_distilled_by_default():
+    from choicegrad.training.step import DISTILL, distill_weight
+
+    assert distill_weight(None, "reinforce") == DISTILL > 0
+    assert distill_weight(None, "trajectory-balance") == 0.0
+    assert distill_weight(0.5, "trajectory-balance") == 0.5
+
+
 def test_fit_with_distillation_spends_the_search_calls_and_learns(tmp_path):
     frame = PottsTask(slots=4, vocab=4, contexts=3, seed=0).table(n=600, seed=1)
     data = load_table(frame, "s?", "y", "ctx")
     scorer = fit_scorer(data, ScorerFit(epochs=5, seed=0), progress=False).scorer
     base = dict(method="reinforce", steps=40, val_every=20, warm_start_steps=0, seed=1)
     cfg = GeneratorConfig(kind="autoregressive", hidden=[32])
-    plain = fit_table_generator(scorer, data, cfg, GeneratorFit(**base), progress=False)
+    plain = fit_table_generator(scorer, data, cfg, GeneratorFit(**base, distill=0.0), progress=False)
     distilled = fit_table_generator(scorer, data, cfg, GeneratorFit(**base, distill=1.0), progress=False)
     assert distilled.scorer_calls > plain.scorer_calls
     objective = TableObjective(scorer)

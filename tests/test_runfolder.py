@@ -80,6 +80,21 @@ def test_resume_needs_the_same_settings_except_time(tmp_path):
         w.commit()
 
 
+def test_a_run_started_before_a_setting_existed_resumes_with_its_old_value(tmp_path):
+    out = tmp_path / "run"
+    before = {**REQ, "generator_fit": {"seed": 0}}                    # written before amortised search existed
+    with pytest.raises(KeyboardInterrupt):
+        with RunWriter(out, before) as w:
+            (w.dir / "scorer.json").write_text("phase 1")
+            raise KeyboardInterrupt
+    now = {**REQ, "generator_fit": {"seed": 0, "distill": None, "distill_sweeps": 2}}
+    with pytest.raises(InputError, match=r"generator_fit.distill: 0.0 -> None"):
+        write_run(out, request=now, resume=True)
+    off = {**REQ, "generator_fit": {"seed": 0, "distill": 0.0, "distill_sweeps": 2}}
+    with RunWriter(out, off, resume=True) as w:                       # --distill 0: the run as it was started
+        assert w.resuming
+
+
 def test_resume_of_a_finished_run_does_nothing(tmp_path):
     out = tmp_path / "run"
     write_run(out, text="done")

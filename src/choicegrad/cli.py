@@ -313,6 +313,8 @@ def generate_cmd(
     for w in caught:
         if issubclass(w.category, ContextRangeWarning):
             typer.echo(f"warning: {contexts}: {w.message}", err=True)
+        else:                                      # any other warning as Python would have shown it
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     stats, result.attrs = result.attrs, {}   # the counts are printed, not written into the table
     failpoint("generate")
     write_table(result, out)
@@ -541,6 +543,22 @@ def bench_online_cmd(
 
 
 # --- bench: every method side by side on tasks with known optima -----------------------------------
+def _missing_data(tasks: list[str], data_dir: Optional[Path]) -> list[str]:
+    """A problem line per real landscape among `tasks` whose data is not found: checked before any
+    long work, with the same lookup get_task does."""
+    from choicegrad.bench.tasks.landscape import REAL
+    from choicegrad.bench.tasks.registry import find_task_data
+
+    problems = []
+    for t in tasks:
+        if t in REAL:
+            try:
+                find_task_data(t, data_dir)
+            except FileNotFoundError as exc:
+                problems.append(str(exc))
+    return problems
+
+
 def _names(value: str, what: str, presets: dict[str, tuple]) -> list[str]:
     items = [n.strip() for part in value.split(",") for n in (presets.get(part.strip()) or [part]) if n.strip()]
     if not items:
@@ -593,15 +611,7 @@ def bench_cmd(
                  for t in task_list if t not in SPECS]
     if not seed_list:
         problems.append("--seeds: expected at least one seed")
-    from choicegrad.bench.tasks.landscape import REAL
-    from choicegrad.bench.tasks.registry import find_task_data
-
-    for t in task_list:  # before any long work: the same lookup get_task does
-        if t in REAL:
-            try:
-                find_task_data(t, data_dir)
-            except FileNotFoundError as exc:
-                problems.append(str(exc))
+    problems += _missing_data(task_list, data_dir)
     if problems:
         raise InputError("choicegrad bench", problems)
     try:
@@ -674,6 +684,7 @@ def bench_budgets_cmd(
         problems.append(f"--budgets: expected positive integers, got {budgets!r}")
     if not seed_list:
         problems.append("--seeds: expected at least one seed")
+    problems += _missing_data(task_list, data_dir)
     if docs is not None:
         from choicegrad.io import check_writable
 

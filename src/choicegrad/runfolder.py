@@ -40,6 +40,9 @@ CHECKPOINT_DIR = ".checkpoint"
 VERIFIED = ("scorer.", "generator.", "aligner.", "feasibility.", "contexts.csv")
 #: Settings that may change when a run is resumed.
 RESUMABLE_CHANGES = ("max_minutes",)
+#: Settings added after runs were first written, with the value a run written before them had: an
+#: interrupted run from then is compared as if it had asked for that value (so it resumes only with it).
+ADDED_SETTINGS = {"generator_fit.distill": 0.0, "generator_fit.distill_sweeps": 2}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -119,7 +122,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """'key: old -> new' for every setting that differs (nested dicts flattened with dots)."""
     out = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, ADDED_SETTINGS.get(f"{prefix}{key}")), new.get(key)
         if key in RESUMABLE_CHANGES:
             continue
         if isinstance(a, dict) and isinstance(b, dict):

@@ -122,6 +122,9 @@ def targets(frame: pd.DataFrame) -> list[str]:
     def ok(flag):
         return "yes" if flag else "no"
 
+    def fmt(value):
+        return f"{value:.3f}" if np.isfinite(value) else DASH
+
     for task in curve["task"].unique():
         raw = frame[frame["task"] == task]
         seen, metric = bool(raw["seen"].iloc[0]), str(raw["metric"].iloc[0])
@@ -135,27 +138,28 @@ def targets(frame: pd.DataFrame) -> list[str]:
         if not seen and task != "items":
             enum = float(ref.iloc[0][metric]) if len(ref) else math.nan
             rows.append(f"| {task} | generator-only top-1 at 16 calls within 0.005 of enumerating the scorer | "
-                        f"{top16:.3f} against {enum:.3f} | {ok(top16 >= enum - 0.005)} |")
+                        f"{fmt(top16)} against {fmt(enum)} | {ok(top16 >= enum - 0.005)} |")
             g128 = curve[(curve["task"] == task) & (curve["method"] == default) & (curve["line"] == "generator")
                          & (curve["budget"] == 128)]
             if len(g128):
                 sc = frame[(frame["task"] == task) & (frame["method"] == default) & (frame["line"] == "generator")
                            & (frame["budget"] == 128)]["gap_scorer"].mean()
                 rows.append(f"| {task} | gap closed on the scorer >= 0.995 at 128 calls (generator alone) | "
-                            f"{sc:.3f} | {ok(sc >= 0.995)} |")
+                            f"{fmt(sc)} | {ok(sc >= 0.995)} |")
             for b in (16, 128):
                 mine = q(task, default, "generator", b)
                 best = max(((q(task, p, "peer", b), p) for p in peers), default=(math.nan, ""))
-                rows.append(f"| {task} | default ahead of every peer at {b} calls | {mine:.3f} against "
-                            f"{best[1]} {best[0]:.3f} | {ok(mine > best[0])} |")
+                rows.append(f"| {task} | default ahead of every peer at {b} calls | {fmt(mine)} against "
+                            f"{best[1]} {fmt(best[0])} | {ok(mine > best[0])} |")
             best10 = max(((q(task, p, "peer", 160), p) for p in peers), default=(math.nan, ""))
-            rows.append(f"| {task} | default at 16 calls >= the best peer at 160 | {top16:.3f} against "
-                        f"{best10[1]} {best10[0]:.3f} | {ok(top16 >= best10[0])} |")
+            if np.isfinite(best10[0]):
+                rows.append(f"| {task} | default at 16 calls >= the best peer at 160 | {fmt(top16)} against "
+                            f"{best10[1]} {fmt(best10[0])} | {ok(top16 >= best10[0])} |")
         elif task == "items":
-            rows.append(f"| items (unseen lists) | top-1 >= 0.99 at 16 calls | {top16:.3f} | {ok(top16 >= 0.99)} |")
+            rows.append(f"| items (unseen lists) | top-1 >= 0.99 at 16 calls | {fmt(top16)} | {ok(top16 >= 0.99)} |")
         elif task == "ehrlich":
             g = q(task, default, "generator", 128)
-            rows.append(f"| ehrlich (seen) | generator alone (topk) at 128 calls >= 0.897 | {g:.3f} | {ok(g >= 0.897)} |")
+            rows.append(f"| ehrlich (seen) | generator alone (topk) at 128 calls >= 0.897 | {fmt(g)} | {ok(g >= 0.897)} |")
     return rows
 
 

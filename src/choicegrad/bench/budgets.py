@@ -4,10 +4,10 @@
 
 For each task (choicegrad.bench.harness: its scorer, evaluation contexts and truth) and seed, each
 pipeline GENERATOR/ESTIMATOR is trained once and decoded at every budget b (scorer calls per context:
-16 = K, 64, 160 = 10K, the task's benchmark budget (1% of the space) and 4 times that):
+16 = K, 64, 128, 160 = 10K, the task's benchmark budget (1% of the space) and 4 times that):
 
-- `generator` line: the generator alone. b = 0: its most likely row (beam search, ranked by the
-  generator's log-probability, no scorer call); 0 < b <= 160: its b most likely distinct rows (topk),
+- `generator` line: the generator alone. b = 0: its most likely row (greedy, slot by slot; no scorer
+  call); 0 < b <= 160: its b most likely distinct rows (topk),
   scored, best first.
 - `search` line: b draws and polish from them (the default decoder of `choicegrad generate`).
 - each peer (random, anneal, genetic, gradient-ascent) searches the scorer with b calls.
@@ -33,6 +33,7 @@ import torch
 from choicegrad.bench import harness
 from choicegrad.bench.harness import Method, Problem, build_problem, evaluate, parse_method, train_pipeline
 from choicegrad.decoding import Candidates, decode
+from choicegrad.decoding.decoders import beam_search
 from choicegrad.io import write_table
 from choicegrad.progress import progress_bar
 
@@ -55,24 +56,18 @@ def _row(problem: Problem, cands: Candidates, seconds: float) -> dict:
 
 
 def generator_only(problem: Problem, gen, budget: int, seed: int) -> tuple[Candidates, float]:
-    """The generator's `budget` most likely distinct rows, scored, best first; budget 0: its most
-    likely row, ranked by log-probability, scores not used (no scorer call counted)."""
+    """The generator's `budget` most likely distinct rows (beam search), scored, best first; budget 0:
+    its most likely row (greedy beam of width 1), no scorer call."""
     start = time.perf_counter()
-    k = max(1, budget)
-    with torch.no_grad():
-        cands = decode("topk", gen, problem.objective, problem.ctx, k, generator=torch.Generator().manual_seed(seed))
     if budget == 0:
-        rows = cands.rows[:, :1] if k == 1 else _most_likely(gen, problem, cands)
-        cands = Candidates(rows, torch.zeros(rows.shape[:2]), torch.ones(rows.shape[:2], dtype=torch.bool), 0)
+        rows, _ = beam_search(gen, problem.ctx, 1)
+        shape = rows.shape[:2]
+        cands = Candidates(rows, torch.zeros(shape), torch.ones(shape, dtype=torch.bool), 0)
+    else:
+        with torch.no_grad():
+            cands = decode("topk", gen, problem.objective, problem.ctx, budget,
+                           generator=torch.Generator().manual_seed(seed))
     return cands, time.perf_counter() - start
-
-
-def _most_likely(gen, problem: Problem, cands: Candidates):
-    B, M, S = cands.rows.shape
-    with torch.no_grad():
-        lp = gen.log_prob(cands.rows.clamp(min=0).reshape(B * M, S), problem.ctx.repeat_interleave(M)).reshape(B, M)
-    lp = lp.masked_fill(~cands.valid, -math.inf)
-    return cands.rows.gather(1, lp.argmax(1)[:, None, None].expand(B, 1, S))
 
 
 def run_budgets(tasks: Sequence[str] = BUDGET_TASKS, seeds: Sequence[int] = (0, 1, 2), out: str | Path = "runs/budgets", *,

@@ -21,6 +21,7 @@ from torch import Tensor
 from choicegrad.decoding.local_search import polish
 from choicegrad.decoding.scoring import Candidates
 from choicegrad.generators.context import Context
+from choicegrad.generators.objective import score_rows
 
 
 class Distillation:
@@ -40,19 +41,23 @@ class Distillation:
                 ids: Optional[Tensor]) -> tuple[Tensor, int]:
         """(B, S) rows whose likelihood to raise, and the scorer calls spent finding them.
 
-        samples (B, K, S) long and their scores (B, K) in the objective's units; allowed (B, S, V)."""
+        samples (B, K, S) long, the estimator's rows; scores (B, K) pick the start (the best of them);
+        allowed (B, S, V). ids (B,) training-context ids (repeats allowed) for the replay, or None."""
         B = samples.shape[0]
         ar = torch.arange(B, device=samples.device)
-        best = scores.argmax(1)
-        start = Candidates(samples[ar, best][:, None], scores[ar, best][:, None].float(),
-                           torch.ones(B, 1, dtype=torch.bool, device=samples.device), 0)
+        start_rows = samples[ar, scores.argmax(1)][:, None]              # (B, 1, S)
         with torch.no_grad():
+            # re-scored: relaxed estimators report the score of their soft input, not of the hard row
+            start_scores, calls = score_rows(objective, start_rows, ctx)
+            start = Candidates(start_rows, start_scores, torch.ones(B, 1, dtype=torch.bool, device=samples.device), calls)
             found = polish(objective, ctx, start, allowed, sweeps=self.sweeps)
         rows, value = found.rows[:, 0], found.scores[:, 0]
         if self.rows is not None and ids is not None:
-            better = value > self.scores[ids]
-            self.rows[ids] = torch.where(better[:, None], rows, self.rows[ids])
-            self.scores[ids] = torch.where(better, value, self.scores[ids])
+            old = self.scores[ids]
+            best = self.scores.clone().scatter_reduce_(0, ids, value, "amax")  # one best per id, repeats too
+            win = (value > old) & (value >= best[ids])
+            self.rows[ids[win]] = rows[win]
+            self.scores = best
             rows = self.rows[ids]
         return rows, found.scorer_calls
 
