@@ -25,8 +25,8 @@ fuzz: $(BIN)/choicegrad
 # benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, the
 # aligner's distance correlations (reusing the suite's scorers) refreshing docs/aligner.md, then the
 # default `choicegrad fit` + `generate` on tfbind8 (timed), greedy generation throughput, then quality
-# against inference budget on unseen contexts (bench-budgets, its own section of docs/benchmarks.md, about
-# 30 minutes) and generation speed for 20,000 unseen contexts with `choicegrad fit` timed on a 40,000-row log.
+# against inference budget on unseen contexts (bench-budgets, its own section of docs/benchmarks.md, 35
+# minutes) and generation speed for 20,000 unseen contexts with `choicegrad fit` timed on a 40,000-row log.
 bench: $(BIN)/choicegrad
 	$(BIN)/python benchmarks/gradients.py
 	$(BIN)/choicegrad bench --out runs/bench --docs docs/benchmarks.md

@@ -10,7 +10,6 @@ in test_estimators_policies.py).
 """
 
 import math
-import signal
 from statistics import NormalDist
 
 import pytest
@@ -20,6 +19,7 @@ import choicegrad.estimators as E
 from choicegrad.bench.tasks import PlantedTask
 from choicegrad.bench.toys import RandomMLPScorer
 from choicegrad.checkpoints import Checkpointer
+from test_checkpoints import StopAt
 from choicegrad.data.table import load_table
 from choicegrad.errors import Interrupted
 from choicegrad.generators import AutoregressiveGenerator, FactorizedGenerator, GeneratorConfig, PointerGenerator
@@ -231,21 +231,6 @@ def test_training_reaches_the_target_distribution():
     tv = 0.5 * (p - target).abs().sum(1)
     assert bool((tv < 0.05).all()), tv
     assert torch.allclose(learned, log_z, atol=0.05), (learned, log_z)
-
-
-class StopAt(Checkpointer):
-    """Saves at every tick and stops (as after SIGINT) at tick `at` of phase `name`."""
-
-    def __init__(self, root, name: str, at: int):
-        super().__init__(root, every_minutes=0)
-        self.name, self.at, self.count = name, at, 0
-
-    def tick(self, name: str) -> bool:
-        if name == self.name:
-            self.count += 1
-            if self.count == self.at:
-                self.stop = signal.SIGINT
-        return super().tick(name)
 
 
 def test_fit_generator_trains_and_checkpoints_log_z(tmp_path, monkeypatch):

@@ -159,7 +159,7 @@ def targets(frame: pd.DataFrame) -> list[str]:
             rows.append(f"| items (unseen lists) | top-1 >= 0.99 at 16 calls | {fmt(top16)} | {ok(top16 >= 0.99)} |")
         elif task == "ehrlich":
             g = q(task, default, "generator", 128)
-            rows.append(f"| ehrlich (seen) | generator alone (topk) at 128 calls >= 0.897 | {fmt(g)} | {ok(g >= 0.897)} |")
+            rows.append(f"| ehrlich (seen) | generator alone (topk) at 128 calls >= 0.897 | {g:.4f} | {ok(g >= 0.897)} |")
     return rows
 
 
@@ -175,7 +175,8 @@ def section(run_dir: Path, docs_path: Path, command: str) -> str:
            f"of `choicegrad generate` at that budget. K = {K} candidates per context. Peers search the scorer "
            "with the same calls. *area*: mean quality over log10(calls) from 16 to the largest budget "
            "(a pipeline's curve: the generator alone at 16, then draws + polish). *contexts/s*: evaluation "
-           "contexts decoded per second (2 CPU cores, batch of every context at once).", "",
+           "contexts decoded per second, every context in one batch (with `--jobs 2`, one CPU thread per task; "
+           "`benchmarks/unseen_speed.py` measures generation speed at scale).", "",
            "potts-ctx and mixed-ctx (choicegrad.bench.tasks.contextual) are trained from a log of 40,000 rows, "
            "one context per row, and judged on 256 contexts drawn apart from the log: **no evaluation context "
            "was seen in training**. items is judged on item lists drawn apart from training (unseen lists). "
