@@ -97,7 +97,7 @@ def plot_task(frame: pd.DataFrame, task: str, path: Path) -> Path:
     ticks = [zero_x] + sorted(int(b) for b in sub["budget"].unique() if b > 0)
     ax.set_xscale("log")
     ax.set_xticks(ticks)
-    ax.set_xticklabels(["0"] + [str(t) for t in ticks[1:]], fontsize=8)
+    ax.set_xticklabels(["0"] + [str(t) for t in ticks[1:]], fontsize=8, rotation=45)
     ax.minorticks_off()
     ax.set_xlabel(f"scorer calls per context (log; 0 = the generator's most likely row; dotted: the generator "
                   f"alone up to {GENERATOR_MAX})", fontsize=8)
