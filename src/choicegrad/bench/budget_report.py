@@ -17,19 +17,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from choicegrad.bench.budgets import GENERATOR_MAX, K, curve_area, curves, line_curve
-from choicegrad.bench.report import _colours, _save, machine_line
+from choicegrad.bench.report import DASH, _cell, _colours, _save, machine_line
 from choicegrad.io import atomic_write_text, read_table
 
 BEGIN, END = "<!-- budgets: begin -->", "<!-- budgets: end -->"
-DASH = "–"
 DEFAULT = "autoregressive/reinforce"
 PEERS_ORDER = ("random", "anneal", "genetic", "gradient-ascent")
-
-
-def _cell(mean: float, std: float) -> str:
-    if not np.isfinite(mean):
-        return DASH
-    return f"{mean:.3f}" + (f" ± {std:.3f}" if np.isfinite(std) and std >= 0.0005 else "")
 
 
 def _methods(curve: pd.DataFrame, task: str) -> list[str]:
@@ -53,7 +46,8 @@ def task_table(frame: pd.DataFrame, task: str) -> str:
             if part.empty:
                 continue
             label = m if ln == "peer" else f"{m} · {'generator alone' if ln == 'generator' else 'draws + polish'}"
-            cells = [_cell(part["quality"].get(b, math.nan), part["quality_std"].get(b, math.nan)) for b in budgets]
+            cells = [_cell(part["quality"].get(b, math.nan), part["quality_std"].get(b, math.nan), "quality")
+                     for b in budgets]
             full = line_curve(curve, task, m)
             a = curve_area(full["budget"], full["quality"]) if ln != "generator" else curve_area(part.index, part["quality"])
             speed = part["contexts_per_s"].get(16, math.nan)

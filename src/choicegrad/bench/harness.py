@@ -243,15 +243,9 @@ def table_problem(spec: TaskSpec, data_dir: Optional[Path], cache: Path) -> Prob
         ids = torch.arange(Bn).repeat_interleave(M)
         return task.oracle(ids, task_rows(rows.reshape(Bn * M, S))).reshape(Bn, M).float()
 
-    start = time.perf_counter()  # the scorer on every row, once: its optimum, mean, and the exhaustive peer
-    full, every = _objective_landscape(objective, ctx, allowed)
-    top = full.topk(spec.k, dim=1)
-    exhaustive = Candidates(every[top.indices], top.values, torch.ones_like(top.values, dtype=torch.bool),
-                            full.numel())
-    ex_seconds = time.perf_counter() - start
+    exhaustive, ex_seconds, scorer_stats = _scorer_enumeration(objective, ctx, allowed, spec.k)
     st = task.stats()
     stats = {k: st[k].float() for k in ("min", "max", "mean")}
-    scorer_stats = {"max": full.max(1).values, "mean": full.mean(1), "min": full.min(1).values}
     # training rows, as task row indices per context, for the share of new candidates
     train_rows = task_rows(data.rows.clamp(min=0))
     if task.context_column:
@@ -267,13 +261,10 @@ def table_problem(spec: TaskSpec, data_dir: Optional[Path], cache: Path) -> Prob
         idx = task.row_index(task_rows(rows.reshape(Bn * M, S))).reshape(Bn, M)
         return ~seen.gather(1, idx)
 
-    def new_generator(kind: str):
-        return build(GeneratorConfig(kind=kind), space=scorer.space, context=scorer.context)
-
     setup = {"scorer_seconds": info["seconds"], "scorer_rows": info["rows"], "contexts": B,
              "scorer_test": info["metrics"].get("test", {}), "exhaustive_seconds": round(ex_seconds, 2)}
     return Problem(spec, objective, ctx, allowed, truth, stats, scorer_stats, exhaustive, ex_seconds,
-                   TableContexts(data), new_generator, is_new, setup, data)
+                   TableContexts(data), _generator_for(scorer), is_new, setup, data)
 
 
 def contextual_problem(spec: TaskSpec, cache: Path) -> Problem:
@@ -297,21 +288,30 @@ def contextual_problem(spec: TaskSpec, cache: Path) -> Problem:
 
     true = task.enumerate(num, site)
     stats = {"min": true.min(1).values, "max": true.max(1).values, "mean": true.mean(1)}
-    start = time.perf_counter()
-    full, every = _objective_landscape(objective, ctx, allowed)
-    top = full.topk(spec.k, dim=1)
-    exhaustive = Candidates(every[top.indices], top.values, torch.ones_like(top.values, dtype=torch.bool),
-                            full.numel())
-    ex_seconds = time.perf_counter() - start
-    scorer_stats = {"max": full.max(1).values, "mean": full.mean(1), "min": full.min(1).values}
-
-    def new_generator(kind: str):
-        return build(GeneratorConfig(kind=kind), space=scorer.space, context=scorer.context)
-
+    exhaustive, ex_seconds, scorer_stats = _scorer_enumeration(objective, ctx, allowed, spec.k)
     setup = {"scorer_seconds": info["seconds"], "scorer_rows": info["rows"], "contexts": B, "seen": False,
              "scorer_test": info["metrics"].get("test", {}), "exhaustive_seconds": round(ex_seconds, 2)}
     return Problem(spec, objective, ctx, allowed, truth, stats, scorer_stats, exhaustive, ex_seconds,
-                   TableContexts(data), new_generator, None, setup, data)
+                   TableContexts(data), _generator_for(scorer), None, setup, data)
+
+
+def _scorer_enumeration(objective, ctx, allowed, k: int) -> tuple[Candidates, float, dict]:
+    """The scorer on every row of every context, once: the exhaustive peer's k best rows, the seconds
+    it took, and the scorer's max / mean / min per context (for its gap closed)."""
+    start = time.perf_counter()
+    full, every = _objective_landscape(objective, ctx, allowed)
+    top = full.topk(k, dim=1)
+    exhaustive = Candidates(every[top.indices], top.values, torch.ones_like(top.values, dtype=torch.bool),
+                            full.numel())
+    seconds = time.perf_counter() - start
+    return exhaustive, seconds, {"max": full.max(1).values, "mean": full.mean(1), "min": full.min(1).values}
+
+
+def _generator_for(scorer) -> Callable[[str], Any]:
+    """new_generator(kind) of a table task: a fresh generator for the scorer's space and context."""
+    def new_generator(kind: str):
+        return build(GeneratorConfig(kind=kind), space=scorer.space, context=scorer.context)
+    return new_generator
 
 
 def _objective_landscape(objective, ctx, allowed, chunk: int = 1 << 16) -> tuple[Tensor, Tensor]:
