@@ -8,6 +8,8 @@ context columns; timed: the issue's "< 3 minutes" target), then generates for N 
 in training (drawn apart from the log) and prints, as JSON, contexts per second and the ground-truth
 quality (top-1 gap closed, optimum hit) for:
 
+- `beam (0 calls)`: the generator's 16 most likely rows (beam search), ranked by its log-probability,
+  no scorer call: generation by the generator alone;
 - `sample+rank`: 16 rows drawn from the generator, scored by the scorer, the best first (16 calls);
 - `topk`: the generator's 16 most likely distinct rows (beam search), scored, best first (16 calls);
 - `generate (topk)`: `Run.generate(..., decoder="topk")`, the whole API call, with its output table;
@@ -31,6 +33,7 @@ from choicegrad.bench.metrics import gap_closed
 from choicegrad.bench.report import machine_line
 from choicegrad.bench.tasks.contextual import potts_ctx
 from choicegrad.decoding import decode
+from choicegrad.decoding.decoders import beam_search
 from choicegrad.generators.context import TableContext
 from choicegrad.generators.objective import TableObjective, score_rows
 
@@ -95,6 +98,9 @@ def main() -> None:
             scores, _ = score_rows(objective, rows, c)
         return rows.gather(1, scores.argsort(1, descending=True)[..., None].expand_as(rows))
 
+    def beam(c):
+        return beam_search(gen, c, 16)[0]
+
     def topk(c):
         with torch.no_grad():
             return decode("topk", gen, objective, c, 16).rows
@@ -102,6 +108,7 @@ def main() -> None:
     def polish(c):
         return decode("polish", gen, objective, c, 16, budget=656).rows
 
+    out["beam (0 calls, 16 rows)"] = timed(beam)
     out["sample+rank (16 calls)"] = timed(sample_rank)
     out["topk (16 calls)"] = timed(topk)
     start = time.perf_counter()

@@ -57,7 +57,7 @@ from choicegrad.decoding.rows import change_one_slot, first_occurrence, row_keys
 from choicegrad.decoding.scoring import Candidates
 from choicegrad.errors import did_you_mean
 from choicegrad.generators.context import Context
-from choicegrad.generators.objective import Objective
+from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
 PEERS = ("random", "anneal", "genetic", "gradient-ascent", "exhaustive")
 _NEG = float("-inf")
@@ -117,7 +117,7 @@ def _positive(name: str, value, integer: bool = True):
 
 
 # --- the peers ------------------------------------------------------------------------------------
-def _random(objective, ctx, allowed, k, budget, generator, chunk: int = 1 << 16) -> Candidates:
+def _random(objective, ctx, allowed, k, budget, generator, chunk: int = SCORE_CHUNK) -> Candidates:
     B, S, V = allowed.shape
     arch = Archive(B, k, S, V, allowed.device)
     per = max(1, chunk // max(B, 1))
@@ -128,7 +128,7 @@ def _random(objective, ctx, allowed, k, budget, generator, chunk: int = 1 << 16)
 
 def _anneal(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
     B, S, V = allowed.shape
-    chunk = _opt(o, "chunk", 1 << 16)
+    chunk = _opt(o, "chunk", SCORE_CHUNK)
     P = min(_positive("chains", _opt(o, "chains", min(16, max(1, budget // 128)))), budget)
     init = min(budget, max(P, _positive("init", _opt(o, "init", max(P, budget // 10)))))
     t0, t1 = _positive("t0", _opt(o, "t0", 0.3), False), _positive("t1", _opt(o, "t1", 0.01), False)
@@ -142,7 +142,7 @@ def _anneal(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
 def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
     B, S, V = allowed.shape
     dev = allowed.device
-    chunk = _opt(o, "chunk", 1 << 16)
+    chunk = _opt(o, "chunk", SCORE_CHUNK)
     N = min(budget, _positive("population", _opt(o, "population", min(32, max(2, budget // 8)))))
     E = min(N - 1, _positive("elite", _opt(o, "elite", max(1, N // 8)))) if N > 1 else 0
     T = _positive("tournament", _opt(o, "tournament", 2))
@@ -177,7 +177,7 @@ def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
 def _gradient_ascent(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
     B, S, V = allowed.shape
     dev = allowed.device
-    chunk = _opt(o, "chunk", 1 << 16)
+    chunk = _opt(o, "chunk", SCORE_CHUNK)
     P = min(budget, _positive("starts", _opt(o, "starts", min(64, max(1, budget // 40)))))
     lr = _positive("lr", _opt(o, "lr", 0.3), False)
     tau = _positive("tau", _opt(o, "tau", 1.0), False)

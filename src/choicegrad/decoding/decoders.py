@@ -40,8 +40,8 @@ from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixe
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import did_you_mean
 from choicegrad.generators.base import Generator, masked_log_softmax, rows_to_inputs
-from choicegrad.generators.context import Context
-from choicegrad.generators.objective import Objective
+from choicegrad.generators.context import Context, in_context_chunks
+from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
 _NEG = float("-inf")
 
@@ -71,7 +71,7 @@ class DecodeOptions(BaseModel):
     sweeps: int = 20
     generator: Optional[torch.Generator] = None
     mask: Optional[Tensor] = None
-    chunk: int = 1 << 16
+    chunk: int = SCORE_CHUNK
     budget: Optional[int] = None
     draw_share: float = 0.25
     max_rows: int = 1 << 20
@@ -90,35 +90,37 @@ def beam_search(gen: Generator, ctx: Context, width: int, fixed: Optional[Tensor
     than W rows). Exact top-W for generators without slot dependencies; for autoregressive ones it is
     exact once W >= the number of rows.
     """
-    B = len(ctx)
     with torch.no_grad():
         mask = gen.choice_mask(ctx)
-        fixed = check_fixed(fixed, mask)
-        allowed = allowed_choices(mask, fixed)
-        _, S, V = mask.shape
-        W = int(width)
-        dev = mask.device
-        rows = torch.full((B, W, S), -1, dtype=torch.long, device=dev)
-        lp = torch.full((B, W), _NEG, device=dev)
-        lp[:, 0] = 0.0
-        flat_ctx = ctx.repeat_interleave(W) if gen.autoregressive else None
-        feats = gen.features(flat_ctx) if gen.autoregressive else None
-        static = None if gen.autoregressive else masked_log_softmax(gen.logits(ctx).float() / temperature)
-        for s in gen.order:
-            if gen.autoregressive:
-                logits = gen.logits(flat_ctx, rows_to_inputs(rows.reshape(B * W, S), V), features=feats)[:, s]
-                logp = masked_log_softmax(logits.float() / temperature).reshape(B, W, V)
-            else:
-                logp = static[:, s].unsqueeze(1).expand(B, W, V)
-            logp = torch.where(allowed[:, s].unsqueeze(1), logp, torch.full_like(logp, _NEG))
-            total = (lp.unsqueeze(-1) + logp).reshape(B, W * V)
-            top = total.topk(W, dim=1)
-            beam, cat = top.indices // V, top.indices % V
-            rows = rows.gather(1, beam.unsqueeze(-1).expand(-1, -1, S)).clone()
-            rows[:, :, s] = cat
-            lp = top.values
-        ok = torch.isfinite(lp)
-        return torch.where(ok.unsqueeze(-1), rows, -1), lp
+        allowed = allowed_choices(mask, check_fixed(fixed, mask))
+        return in_context_chunks(lambda c, a: _beam(gen, c, int(width), a, temperature), ctx, int(width), allowed)
+
+
+def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    B, S, V = allowed.shape
+    rows = torch.full((B, W, S), -1, dtype=torch.long, device=allowed.device)
+    lp = torch.full((B, W), _NEG, device=allowed.device)
+    lp[:, 0] = 0.0
+    feats, carry = (gen.features(ctx), None) if gen.autoregressive else (None, None)
+    static = None if gen.autoregressive else masked_log_softmax(gen.logits(ctx).float() / temperature)
+    for s in gen.order:
+        if gen.autoregressive:
+            logits, carry = gen.slot_logits(feats, rows_to_inputs(rows, V), s, carry)
+            logp = masked_log_softmax(logits.float() / temperature)
+        else:
+            logp = static[:, s].unsqueeze(1).expand(B, W, V)
+        logp = torch.where(allowed[:, s].unsqueeze(1), logp, torch.full_like(logp, _NEG))
+        total = (lp.unsqueeze(-1) + logp).reshape(B, W * V)
+        top = total.topk(W, dim=1)
+        beam, cat = top.indices // V, top.indices % V
+        parent = (beam + torch.arange(B, device=beam.device).unsqueeze(1) * W).reshape(-1)   # (B*W,) row copies
+        rows = rows.reshape(B * W, S).index_select(0, parent).reshape(B, W, S)
+        if carry is not None:
+            carry = [t.reshape(B * W, -1).index_select(0, parent).reshape(B, W, -1) for t in carry]
+        rows[:, :, s] = cat
+        lp = top.values
+    ok = torch.isfinite(lp)
+    return torch.where(ok.unsqueeze(-1), rows, -1), lp
 
 
 def distinct_draws(gen: Generator, ctx: Context, m: int, temperature: float, fixed: Optional[Tensor],

@@ -19,13 +19,13 @@ from torch import Tensor
 from choicegrad.decoding.rows import change_one_slot, distinct_topk, neighbour_count
 from choicegrad.decoding.scoring import Candidates, score_grid
 from choicegrad.generators.context import Context
-from choicegrad.generators.objective import Objective
+from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
 _NEG = float("-inf")
 
 
 def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int = 20,
-           chunk: int = 1 << 16, max_elements: int = 1 << 25, budget: "Optional[int | Tensor]" = None) -> Candidates:
+           chunk: int = SCORE_CHUNK, max_elements: int = 1 << 25, budget: "Optional[int | Tensor]" = None) -> Candidates:
     """Steepest-ascent coordinate search from every valid candidate; the K best distinct rows among
     the candidates and every neighbour scored on the way.
 
@@ -132,7 +132,7 @@ class Archive:
 
 def anneal_from(objective: Objective, ctx: Context, allowed: Tensor, start: Candidates, budget: "int | Tensor",
                 generator: torch.Generator, chains: Optional[int] = None, t0: float = 0.3, t1: float = 0.01,
-                chunk: int = 1 << 16) -> Candidates:
+                chunk: int = SCORE_CHUNK) -> Candidates:
     """Simulated annealing (anneal_chains, as the benchmark's `anneal` peer) warm-started from scored
     candidates: `chains` (default min(16, max(1, budget // 128))) chains start at the best valid rows
     of `start` (rows (B, K, S), scores (B, K) best first) and spend `budget` (an int, or (B,) per

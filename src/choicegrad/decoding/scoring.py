@@ -11,7 +11,7 @@ from torch import Tensor
 from choicegrad.decoding.rows import (MAX_ENUMERATE, change_one_slot, distinct_in_order, enumerate_allowed, row_keys,
                                       space_size)
 from choicegrad.generators.context import Context
-from choicegrad.generators.objective import Objective
+from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
 _NEG = float("-inf")
 
@@ -33,7 +33,7 @@ class Candidates:
     scorer_calls: int
 
 
-def score_flat(objective: Objective, rows: Tensor, owner: Tensor, ctx: Context, chunk: int = 1 << 16) -> Tensor:
+def score_flat(objective: Objective, rows: Tensor, owner: Tensor, ctx: Context, chunk: int = SCORE_CHUNK) -> Tensor:
     """Objective of rows (N, S) whose contexts are ctx.index(owner) (N,) -> (N,), in chunks, no grad."""
     outs = []
     with torch.no_grad():
@@ -44,7 +44,7 @@ def score_flat(objective: Objective, rows: Tensor, owner: Tensor, ctx: Context, 
 
 
 def score_grid(objective: Objective, rows: Tensor, ctx: Context, valid: Optional[Tensor] = None,
-               chunk: int = 1 << 16) -> tuple[Tensor, int]:
+               chunk: int = SCORE_CHUNK) -> tuple[Tensor, int]:
     """Objective of rows (B, M, S) for B contexts -> ((B, M) scores, -inf where not valid; calls)."""
     B, M, S = rows.shape
     valid = torch.ones(B, M, dtype=torch.bool, device=rows.device) if valid is None else valid

@@ -5,11 +5,14 @@ pointer form), K or M rows per context. A row is (S,) long category indices.
 
 Every generator is an nn.Module with
 - `choice_mask(ctx)` -> (B, S, V) bool, True = a valid category (padding and padded items False);
-- `logits(ctx, x=None, features=None)` -> (B, S, V) float, masked entries set to MASK_VALUE. For an
-  autoregressive generator `x` (B, S, V) holds the rows chosen so far (one-hot, soft, or zeros for
-  "not chosen") and slot s's logits depend only on the slots before s in `order`; other generators
-  ignore `x`. `features` is what `features(ctx)` returned, reused across sequential steps;
-- `order`: the slot order of sequential decoding (identity for non-autoregressive generators).
+- `logits(ctx, x=None)` -> (B, S, V) float, masked entries set to MASK_VALUE. For an autoregressive
+  generator `x` (B, S, V) holds the rows chosen so far (one-hot, soft, or zeros for "not chosen") and
+  slot s's logits depend only on the slots before s in `order`; other generators ignore `x`;
+- `order`: the slot order of sequential decoding (identity for non-autoregressive generators);
+- autoregressive generators also define `features(ctx)` (what the B contexts contribute, computed
+  once) and `slot_logits(features, x, s, carry)`: x (B, M, S, V) -> ((B, M, V) slot s's logits for M
+  rows per context, carry), called once per slot in `order`; carry is the generator's own state
+  for those rows (None at the first slot), reordered along M by beam search.
 From those two methods this base class derives sampling, teacher-forced log-probabilities and
 relaxed (straight-through) sampling, so decoders and training code work with any generator.
 """
@@ -25,7 +28,7 @@ from torch import Tensor, nn
 
 from choicegrad.estimators import MASK_VALUE, select
 from choicegrad.estimators.gumbel import gumbel_max
-from choicegrad.generators.context import Context
+from choicegrad.generators.context import Context, in_context_chunks
 
 KINDS = ("factorized", "autoregressive", "pointer")
 
@@ -79,8 +82,13 @@ class Generator(nn.Module):
     def choice_mask(self, ctx: Context) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def logits(self, ctx: Context, x: Optional[Tensor] = None,
-               features: Optional[Tensor] = None) -> Tensor:  # pragma: no cover - abstract
+    def logits(self, ctx: Context, x: Optional[Tensor] = None) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def features(self, ctx: Context):  # pragma: no cover - autoregressive generators only
+        raise NotImplementedError
+
+    def slot_logits(self, features, x: Tensor, s: int) -> Tensor:  # pragma: no cover - autoregressive only
         raise NotImplementedError
 
     @property
@@ -161,20 +169,23 @@ class Generator(nn.Module):
             logits = self.logits(ctx)
             B, S, V = logits.shape
             return fill_fixed(pick(logits.unsqueeze(1).expand(B, k, S, V)), fixed)
-        B = len(ctx)
-        flat = ctx.repeat_interleave(k)
-        mask = self.choice_mask(flat)
+        mask = self.choice_mask(ctx.index(slice(0, 1)))
         S, V = mask.shape[1:]
-        rows = torch.full((B * k, S), -1, dtype=torch.long, device=mask.device)
-        ffix = None if fixed is None else fill_fixed(torch.full((B, S), -1, dtype=torch.long, device=mask.device),
-                                                     fixed).repeat_interleave(k, 0)
-        feats = self.features(flat)
+        ffix = None if fixed is None else fill_fixed(torch.full((len(ctx), S), -1, dtype=torch.long, device=mask.device),
+                                                     fixed)
+        return in_context_chunks(lambda c, f: self._decode_chunk(c, k, pick, f, S, V), ctx, k, ffix)
+
+    def _decode_chunk(self, ctx: Context, k: int, pick, fixed: Optional[Tensor], S: int, V: int) -> Tensor:
+        rows = torch.full((len(ctx), k, S), -1, dtype=torch.long, device=self.device)
+        ffix = None if fixed is None else fixed.unsqueeze(1)
+        feats, carry = self.features(ctx), None
         for s in self.order:
-            choice = pick(self.logits(flat, rows_to_inputs(rows, V), features=feats)[:, s])
+            logits, carry = self.slot_logits(feats, rows_to_inputs(rows, V), s, carry)
+            choice = pick(logits)
             if ffix is not None:
-                choice = torch.where(ffix[:, s] >= 0, ffix[:, s], choice)
-            rows[:, s] = choice
-        return rows.reshape(B, k, S)
+                choice = torch.where(ffix[:, :, s] >= 0, ffix[:, :, s], choice)
+            rows[:, :, s] = choice
+        return rows
 
     def relaxed_sample(self, ctx: Context, method: str, tau: float = 1.0, fixed: Optional[Tensor] = None,
                        generator: Optional[torch.Generator] = None, k: int = 10) -> tuple[Tensor, Tensor, Tensor]:
@@ -199,13 +210,14 @@ class Generator(nn.Module):
             return x, index, logits
         mask = self.choice_mask(ctx)
         B, S, V = mask.shape
-        feats = self.features(ctx)
+        feats, carry = self.features(ctx), None
         slots: list[Tensor] = [torch.zeros(B, V, device=mask.device)] * S
         index = torch.full((B, S), -1, dtype=torch.long, device=mask.device)
         step_logits: list[Tensor] = [torch.zeros(B, V, device=mask.device)] * S
         ffix = None if fixed is None else fill_fixed(torch.full((B, S), -1, dtype=torch.long, device=mask.device), fixed)
         for s in self.order:
-            logits = self.logits(ctx, torch.stack(slots, 1), features=feats)[:, s]
+            logits, carry = self.slot_logits(feats, torch.stack(slots, 1).unsqueeze(1), s, carry)
+            logits = logits[:, 0]
             choice = select(logits, method, tau, mask=mask[:, s], generator=generator, k=k)
             idx = choice.detach().argmax(-1)
             if ffix is not None:
@@ -215,10 +227,6 @@ class Generator(nn.Module):
             slots[s], step_logits[s] = choice, logits
             index[:, s] = idx
         return torch.stack(slots, 1), index, torch.stack(step_logits, 1)
-
-    def features(self, ctx: Context) -> Optional[Tensor]:
-        """Per-context features reused across the steps of sequential decoding (None: nothing to cache)."""
-        return None
 
 
 def mask_logits(logits: Tensor, mask: Tensor) -> Tensor:
@@ -249,6 +257,3 @@ class TableGenerator(Generator):
 
     def choice_mask(self, ctx) -> Tensor:
         return self.mask.unsqueeze(0).expand(len(ctx), -1, -1)
-
-    def features(self, ctx) -> Tensor:
-        return self.trunk(ctx)

@@ -103,3 +103,22 @@ class ItemContext:
 
 
 Context = TableContext | ItemContext
+
+DECODE_ROWS = 1 << 13
+"""Rows per chunk of sequential decoding: small enough that each step's activations stay in cache
+(one large tensor per step spends most of its time on fresh memory)."""
+
+
+def in_context_chunks(fn, ctx: Context, rows_per_context: int, *per_context):
+    """fn(ctx chunk, *per_context chunks) over chunks of about DECODE_ROWS rows (B_chunk * rows_per_context)
+    -> its tensor, or tuple of tensors, concatenated along dim 0. per_context: (B, ...) tensors or None."""
+    size = max(1, DECODE_ROWS // max(1, rows_per_context))
+    if len(ctx) <= size:
+        return fn(ctx, *per_context)
+    parts = []
+    for start in range(0, len(ctx), size):
+        sl = slice(start, start + size)
+        parts.append(fn(ctx.index(sl), *(None if t is None else t[sl] for t in per_context)))
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p, 0) for p in zip(*parts))
+    return torch.cat(parts, 0)

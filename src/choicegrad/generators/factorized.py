@@ -28,7 +28,7 @@ class FactorizedGenerator(TableGenerator):
         self.head_weight = nn.Parameter(torch.randn(S, H, V) * 0.01 / H ** 0.5)   # one head per slot
         self.head_bias = nn.Parameter(torch.zeros(S, V))
 
-    def logits(self, ctx: TableContext, x: Optional[Tensor] = None, features: Optional[Tensor] = None) -> Tensor:
+    def logits(self, ctx: TableContext, x: Optional[Tensor] = None) -> Tensor:
         """(B, S, V_max); `x` is ignored (slots are independent given the context)."""
-        h = self.trunk(ctx) if features is None else features
+        h = self.trunk(ctx)
         return mask_logits(torch.einsum("bh,shv->bsv", h, self.head_weight) + self.head_bias, self.mask)

@@ -51,7 +51,7 @@ class PointerGenerator(Generator):
     def choice_mask(self, ctx: ItemContext) -> Tensor:
         return ctx.mask.unsqueeze(1).expand(-1, self.slots, -1)
 
-    def logits(self, ctx: ItemContext, x: Optional[Tensor] = None, features: Optional[Tensor] = None) -> Tensor:
+    def logits(self, ctx: ItemContext, x: Optional[Tensor] = None) -> Tensor:
         """(B, S, N) slot-over-item logits; `x` is ignored (slots are independent given the items)."""
         pad = ~ctx.mask
         e = self.encoder(ctx.items.to(self.queries.dtype))                        # (B, N, H)
