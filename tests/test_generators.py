@@ -196,7 +196,8 @@ def test_rows_with_missing_slots_train_masked(method):
     assert torch.isfinite(lp).all()
 
 
-@pytest.mark.parametrize("order,hidden", [(None, [64, 64]), ([3, 1, 0, 4, 2], [32, 48, 40]), ([2, 0, 1, 4, 3], [7])])
+@pytest.mark.parametrize("order,hidden", [(None, [64, 64]), ([3, 1, 0, 4, 2], [32, 48, 40]), ([2, 0, 1, 4, 3], [7]),
+                                         ([4, 3, 2, 1, 0], [3, 2])])
 def test_slot_logits_equal_the_full_pass(order, hidden):
     """Sequential decoding's per-slot logits (each position's new units only, the rest carried; context
     terms once per context) equal the full masked pass, for any order, depth and width, with missing
@@ -243,3 +244,5 @@ def test_decoding_in_context_chunks_matches_one_chunk(monkeypatch):
     assert torch.equal(rows, rows2) and torch.equal(greedy, greedy2)
     torch.testing.assert_close(lp, lp2)
     assert draws2.shape == draws.shape and bool((draws2[::2, :, 1] == 3).all())
+    empty, lp0 = beam_search(gen, ctx.index(slice(0, 0)), 5)
+    assert empty.shape == (0, 5, 4) and lp0.shape == (0, 5)

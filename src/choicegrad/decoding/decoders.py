@@ -116,7 +116,7 @@ def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: fl
         parent = (beam + torch.arange(B, device=beam.device).unsqueeze(1) * W).reshape(-1)   # (B*W,) row copies
         rows = rows.reshape(B * W, S).index_select(0, parent).reshape(B, W, S)
         if carry is not None:
-            carry = [t.reshape(B * W, -1).index_select(0, parent).reshape(B, W, -1) for t in carry]
+            carry = [t.reshape(B * W, t.shape[-1]).index_select(0, parent).reshape(B, W, t.shape[-1]) for t in carry]
         rows[:, :, s] = cat
         lp = top.values
     ok = torch.isfinite(lp)

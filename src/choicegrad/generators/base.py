@@ -13,13 +13,13 @@ Every generator is an nn.Module with
   once) and `slot_logits(features, x, s, carry)`: x (B, M, S, V) -> ((B, M, V) slot s's logits for M
   rows per context, carry), called once per slot in `order`; carry is the generator's own state
   for those rows (None at the first slot), reordered along M by beam search.
-From those two methods this base class derives sampling, teacher-forced log-probabilities and
+From these methods this base class derives sampling, teacher-forced log-probabilities and
 relaxed (straight-through) sampling, so decoders and training code work with any generator.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +88,7 @@ class Generator(nn.Module):
     def features(self, ctx: Context):  # pragma: no cover - autoregressive generators only
         raise NotImplementedError
 
-    def slot_logits(self, features, x: Tensor, s: int) -> Tensor:  # pragma: no cover - autoregressive only
+    def slot_logits(self, features, x: Tensor, s: int, carry=None) -> tuple[Tensor, Any]:  # pragma: no cover
         raise NotImplementedError
 
     @property
@@ -151,7 +151,8 @@ class Generator(nn.Module):
         """K rows per context drawn from the generator at `temperature`, fixed slots kept.
 
         -> (B, k, S) long. Autoregressive generators decode slot by slot in `order`, each choice
-        conditioned on the ones before (including fixed values).
+        conditioned on the ones before (including fixed values), in chunks of about DECODE_ROWS rows:
+        with a seeded `generator`, draws of more rows than that depend on the chunk size.
         """
         def pick(logits: Tensor) -> Tensor:
             return gumbel_max(logits.float() / temperature, generator=generator)
