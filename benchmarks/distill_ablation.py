@@ -5,8 +5,9 @@
 
 Builds the benchmark task (choicegrad.bench.harness: its scorer, cached in --cache, and its evaluation
 contexts), trains autoregressive/reinforce once per weight (seed 0), then prints per weight the
-generator alone at 0, 16 and 128 calls and polish at the task's budget, each as ground-truth
-gap closed / gap closed on the scorer (items: normalised top-1).
+generator alone at 0, 16 and 128 calls and polish at the task's budget (its candidate count), each as
+ground-truth gap closed / gap closed on the scorer (items: normalised top-1), and polish's headline
+metric (e.g. gb1's max of 128) and median.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ def main() -> None:
             cands, _ = generator_only(p, res.generator, b, args.seed)
             r = evaluate(p, cands)
             out.append(f"g{b} {r[metric]:.3f}/{r['gap_scorer']:.3f}")
-        cands = decode("polish", res.generator, p.objective, p.ctx, 16, budget=p.spec.budget,
+        cands = decode("polish", res.generator, p.objective, p.ctx, p.spec.k, budget=p.spec.budget,
                        generator=torch.Generator().manual_seed(args.seed))
         r = evaluate(p, cands)
-        out.append(f"polish{p.spec.budget} {r[metric]:.3f}/{r['gap_scorer']:.3f}")
+        out.append(f"polish{p.spec.budget} {r[metric]:.3f}/{r['gap_scorer']:.3f}, its {p.spec.k} rows' "
+                   f"{p.spec.headline} {r[p.spec.headline]:.3f}, median {r['median']:.3f}")
         print(", ".join(out), flush=True)
 
 
