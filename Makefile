@@ -21,7 +21,7 @@ test: $(BIN)/choicegrad
 fuzz: $(BIN)/choicegrad
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py
 
-# Measurements, not tests (48 minutes on 2 cores, 2026-11-23): the gradient bias/variance table, the standard
+# Measurements, not tests (about 2 hours on 2 cores, 2026-11-26; the suite alone 71 minutes): the gradient bias/variance table, the standard
 # benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, the
 # aligner's distance correlations (reusing the suite's scorers) refreshing docs/aligner.md, then the
 # default `choicegrad fit` + `generate` on tfbind8 (timed), greedy generation throughput, then quality
