@@ -40,7 +40,7 @@ from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixe
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import did_you_mean
 from choicegrad.generators.base import Generator, masked_log_softmax, rows_to_inputs
-from choicegrad.generators.context import Context, in_context_chunks
+from choicegrad.generators.context import Context, decode_chunk, in_context_chunks
 from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
 _NEG = float("-inf")
@@ -93,7 +93,8 @@ def beam_search(gen: Generator, ctx: Context, width: int, fixed: Optional[Tensor
     with torch.no_grad():
         mask = gen.choice_mask(ctx)
         allowed = allowed_choices(mask, check_fixed(fixed, mask))
-        return in_context_chunks(lambda c, a: _beam(gen, c, int(width), a, temperature), ctx, int(width), allowed)
+        return in_context_chunks(lambda c, a: _beam(gen, c, int(width), a, temperature), ctx,
+                                 decode_chunk(int(width)), allowed)
 
 
 def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -278,12 +279,6 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
         if gen is None and name != "exhaustive":
             raise ValueError(f"decoder {name!r} needs a generator")
         k = int(min(int(k), max(1.0, float(space_size(allowed).max()))))   # no more candidates than rows
-        B = len(ctx)
         per = max(1, int(o.max_rows) // rows_per_context(k, o))            # contexts per group
-        if B <= per:
-            return _DECODE[name](gen, objective, ctx, k, allowed, fixed, o, rng)
-        parts = [_DECODE[name](gen, objective, ctx.index(torch.arange(i, min(i + per, B), device=allowed.device)), k,
-                               allowed[i:i + per], None if fixed is None else fixed[i:i + per], o, rng)
-                 for i in range(0, B, per)]
-        return Candidates(torch.cat([c.rows for c in parts]), torch.cat([c.scores for c in parts]),
-                          torch.cat([c.valid for c in parts]), sum(c.scorer_calls for c in parts))
+        return in_context_chunks(lambda c, a, f: _DECODE[name](gen, objective, c, k, a, f, o, rng), ctx, per,
+                                 allowed, fixed)

@@ -10,6 +10,7 @@ K best distinct rows among the start and every row scored on the way; scorer_cal
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from choicegrad.decoding.rows import change_one_slot, distinct_topk, neighbour_count
 from choicegrad.decoding.scoring import Candidates, score_grid
-from choicegrad.generators.context import Context
+from choicegrad.generators.context import Context, in_context_chunks
 from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
 _NEG = float("-inf")
@@ -42,14 +43,11 @@ def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tenso
     if budget is not None:  # per context, (B,)
         budget = torch.as_tensor(budget, dtype=torch.float32, device=allowed.device).expand(B)
     per = max(1, max_elements // max(1, K * S * V * S))  # contexts per pass, bounding the neighbour grid
-    if B > per:
-        parts = [_polish(objective, ctx.index(torch.arange(i, min(i + per, B), device=allowed.device)),
-                         Candidates(start.rows[i:i + per], start.scores[i:i + per], start.valid[i:i + per], 0),
-                         allowed[i:i + per], sweeps, chunk, None if budget is None else budget[i:i + per])
-                 for i in range(0, B, per)]
-        return Candidates(torch.cat([p.rows for p in parts]), torch.cat([p.scores for p in parts]),
-                          torch.cat([p.valid for p in parts]), start.scorer_calls + sum(p.scorer_calls for p in parts))
-    return _polish(objective, ctx, start, allowed, sweeps, chunk, budget)
+    if B <= per:
+        return _polish(objective, ctx, start, allowed, sweeps, chunk, budget)
+    out = in_context_chunks(lambda c, r, s, v, a, b: _polish(objective, c, Candidates(r, s, v, 0), a, sweeps, chunk, b),
+                            ctx, per, start.rows, start.scores, start.valid, allowed, budget)
+    return dataclasses.replace(out, scorer_calls=start.scorer_calls + out.scorer_calls)
 
 
 def _polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int,

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from choicegrad.estimators import MASK_VALUE, select
 from choicegrad.estimators.gumbel import gumbel_max
-from choicegrad.generators.context import Context, in_context_chunks
+from choicegrad.generators.context import Context, decode_chunk, in_context_chunks
 
 KINDS = ("factorized", "autoregressive", "pointer")
 
@@ -174,7 +174,7 @@ class Generator(nn.Module):
         S, V = mask.shape[1:]
         ffix = None if fixed is None else fill_fixed(torch.full((len(ctx), S), -1, dtype=torch.long, device=mask.device),
                                                      fixed)
-        return in_context_chunks(lambda c, f: self._decode_chunk(c, k, pick, f, S, V), ctx, k, ffix)
+        return in_context_chunks(lambda c, f: self._decode_chunk(c, k, pick, f, S, V), ctx, decode_chunk(k), ffix)
 
     def _decode_chunk(self, ctx: Context, k: int, pick, fixed: Optional[Tensor], S: int, V: int) -> Tensor:
         rows = torch.full((len(ctx), k, S), -1, dtype=torch.long, device=self.device)

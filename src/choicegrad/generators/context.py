@@ -6,6 +6,7 @@ Both kinds share one small protocol so training and decoding code never branches
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,16 +110,31 @@ DECODE_ROWS = 1 << 13
 (one large tensor per step spends most of its time on fresh memory)."""
 
 
-def in_context_chunks(fn, ctx: Context, rows_per_context: int, *per_context):
-    """fn(ctx chunk, *per_context chunks) over chunks of about DECODE_ROWS rows (B_chunk * rows_per_context)
-    -> its tensor, or tuple of tensors, concatenated along dim 0. per_context: (B, ...) tensors or None."""
-    size = max(1, DECODE_ROWS // max(1, rows_per_context))
+def decode_chunk(rows_per_context: int) -> int:
+    """Contexts per chunk of sequential decoding: about DECODE_ROWS rows."""
+    return max(1, DECODE_ROWS // max(1, rows_per_context))
+
+
+def in_context_chunks(fn, ctx: Context, size: int, *per_context):
+    """fn(ctx chunk, *per_context chunks) over chunks of `size` contexts, the results joined: tensors
+    concatenated along dim 0, tuples and dataclasses (e.g. Candidates) field by field, ints summed.
+    per_context: (B, ...) tensors or None."""
+    size = max(1, int(size))
     if len(ctx) <= size:
         return fn(ctx, *per_context)
     parts = []
     for start in range(0, len(ctx), size):
         sl = slice(start, start + size)
         parts.append(fn(ctx.index(sl), *(None if t is None else t[sl] for t in per_context)))
-    if isinstance(parts[0], tuple):
-        return tuple(torch.cat(p, 0) for p in zip(*parts))
-    return torch.cat(parts, 0)
+    return _join(parts)
+
+
+def _join(parts: list):
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts, 0)
+    if isinstance(first, tuple):
+        return tuple(_join(list(p)) for p in zip(*parts))
+    if dataclasses.is_dataclass(first):
+        return type(first)(**{f.name: _join([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(first)})
+    return sum(parts)
