@@ -87,6 +87,30 @@ def test_run_benchmark_end_to_end(tmp_path):
     assert list((out / "plots").glob("*.png"))
 
 
+def test_update_reruns_one_task_and_keeps_the_others(tmp_path):
+    from choicegrad.bench.report import publish
+
+    out = tmp_path / "bench"
+    quiet = dict(specs=TINY, progress=False, log=lambda m: None)
+    run_benchmark(["potts", "items"], ["random", "autoregressive/reinforce/argmax"], [0], out, **quiet)
+    before = pd.read_csv(out / "results.csv")
+    training = pd.read_csv(out / "training.csv")
+    run_benchmark(["potts"], ["anneal"], [0], out, update=True, **quiet)
+    after = pd.read_csv(out / "results.csv")
+    assert list(after.task.unique()) == ["potts", "items"]                  # a re-run task keeps its place
+    assert list(after[after.task == "potts"].method) == ["anneal"]
+    pd.testing.assert_frame_equal(after[after.task == "items"].reset_index(drop=True),
+                                  before[before.task == "items"].reset_index(drop=True))
+    kept = pd.read_csv(out / "training.csv")
+    assert set(kept.task) == {"items"} and len(kept) == (training.task == "items").sum()
+    import json
+
+    setup = json.loads((out / "setup.json").read_text())
+    assert {"potts", "items", "_wall_seconds"} <= set(setup) and [u["tasks"] for u in setup["_updates"]] == [["potts"]]
+    text = publish(out, tmp_path / "docs" / "bench.md").read_text()
+    assert "Then potts re-run on" in text and "## items" in text and "## potts" in text
+
+
 def test_quality_diversity_more_distinct_when_hotter(tmp_path):
     problem = build_problem("potts", None, tmp_path, TINY)
     gen = problem.new_generator("factorized")

@@ -47,12 +47,30 @@ def test_a_context_drawn_twice_in_a_step_keeps_its_best_row():
     assert quadratic(rows, None).tolist() == [7.0, 7.0, 7.0]              # both draws of context 1 learn the best
 
 
-def test_trajectory_balance_is_not_distilled_by_default():
+def test_trajectory_balance_and_a_single_context_are_not_distilled_by_default():
     from choicegrad.training.step import DISTILL, distill_weight
 
     assert distill_weight(None, "reinforce") == DISTILL > 0
+    assert distill_weight(None, "reinforce", contexts=None) == DISTILL      # a stream of fresh contexts
+    assert distill_weight(None, "reinforce", contexts=2) == DISTILL
+    assert distill_weight(None, "reinforce", contexts=1) == 0.0             # nothing to amortise
+    assert distill_weight(0.5, "reinforce", contexts=1) == 0.5              # unless asked for
     assert distill_weight(None, "trajectory-balance") == 0.0
     assert distill_weight(0.5, "trajectory-balance") == 0.5
+
+
+def test_a_table_without_contexts_trains_without_distillation_by_default():
+    from choicegrad.training.contexts import TableContexts
+    from choicegrad.training.step import TrainingStep
+
+    frame = PottsTask(slots=3, vocab=3, contexts=2, seed=0).table(n=200, seed=1)
+    one = load_table(frame, "s?", "y")                     # no context column: one context
+    two = load_table(frame, "s?", "y", "ctx")
+    from choicegrad.generators import AutoregressiveGenerator
+
+    gen = AutoregressiveGenerator(one.space.sizes, [], 0, GeneratorConfig(kind="autoregressive", hidden=[8]))
+    steps = [TrainingStep(gen, None, TableContexts(d), GeneratorFit(method="reinforce")) for d in (one, two)]
+    assert steps[0].distill is None and steps[1].distill is not None and steps[1].distill.weight == 1.0
 
 
 def test_fit_with_distillation_spends_the_search_calls_and_learns(tmp_path):

@@ -235,7 +235,8 @@ def fit_cmd(
     entropy: Annotated[Optional[float], typer.Option(min=0.0, help="Entropy bonus of the generator (diversity).")] = None,
     distill: Annotated[Optional[float], typer.Option(
         min=0.0, help="Amortised search: weight of learning the rows a short local search reaches from the generator's "
-                      "draws, so the generator alone proposes what search finds (default 1; 0 = off).")] = None,
+                      "draws, so the generator alone proposes what search finds (default 1, but off for a table with "
+                      "one context; 0 = off).")] = None,
     ensemble: Annotated[int, typer.Option(min=1, help="Scorer ensemble members k.")] = 1,
     beta: Annotated[float, typer.Option(min=0.0, help="Pessimism: the generator maximises mean - beta * std.")] = 0.0,
     scorer_epochs: Annotated[Optional[int], typer.Option(min=1, help="Maximum scorer epochs (default: automatic).")] = None,
@@ -568,7 +569,9 @@ def _names(value: str, what: str, presets: dict[str, tuple]) -> list[str]:
 
 @app.command("bench", epilog="Example: choicegrad bench --tasks potts,nk3 --methods quick --seeds 0 --out runs/bench-quick\n\n"
              "Example: choicegrad bench --out runs/bench --docs docs/benchmarks.md   (the standard suite, `make bench`)\n\n"
-             "Example: choicegrad bench --tasks tfbind8 --methods anneal,autoregressive/reinforce/polish --out runs/tf")
+             "Example: choicegrad bench --tasks tfbind8 --methods anneal,autoregressive/reinforce/polish --out runs/tf\n\n"
+             "Example: choicegrad bench --tasks gb1 --update --out runs/bench --docs docs/benchmarks.md   (re-run one "
+             "task of the suite, keeping the others)")
 @user_errors
 def bench_cmd(
     out: Annotated[Path, typer.Option(help="Folder for results.csv, curves.csv, training.csv, report.md and plots.")],
@@ -584,6 +587,8 @@ def bench_cmd(
                                                           "`choicegrad data fetch` cache).")] = None,
     docs: Annotated[Optional[Path], typer.Option(help="Also write the report to this markdown file, its figures "
                                                       "in a folder of the same name beside it.")] = None,
+    update: Annotated[bool, typer.Option(help="Keep the other tasks' results already in --out and replace only "
+                                              "those of --tasks (re-run one task of a suite).")] = False,
 ) -> None:
     """Run every method on every task and seed with the same scorer, contexts and scorer-call budget;
     score the candidates by ground truth; write a table (mean +- spread over seeds) and plots."""
@@ -615,7 +620,7 @@ def bench_cmd(
     if problems:
         raise InputError("choicegrad bench", problems)
     try:
-        run_benchmark(task_list, method_list, seed_list, out, data_dir=data_dir)
+        run_benchmark(task_list, method_list, seed_list, out, data_dir=data_dir, update=update)
     except FileNotFoundError as exc:
         raise InputError("choicegrad bench", [str(exc)]) from None
     typer.echo(f"results: {out / 'results.csv'}")

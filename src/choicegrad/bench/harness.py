@@ -54,7 +54,7 @@ from choicegrad.scorer.aligner import AlignerFit, fit_aligner
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
 from choicegrad.scorer.model import Scorer
 from choicegrad.training.loop import GeneratorFit, SampledContexts, TableContexts, fit_generator
-from choicegrad.io import write_table
+from choicegrad.io import atomic_write_text, write_table
 
 TEMPERATURES = (0.25, 0.5, 1.0, 1.5, 2.0)
 ESTIMATORS = ("soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax", "reinforce", "weighted-ce", "raml",
@@ -464,13 +464,41 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     write_table(frame, path)
 
 
+def _kept(out: Path, tasks: Sequence[str]) -> tuple[dict[str, pd.DataFrame], dict, list[str]]:
+    """What `update` keeps of an earlier run in OUT: its csv frames and setup without `tasks`, and
+    its order of tasks."""
+    frames, order = {}, []
+    for name in ("results", "curves", "training"):
+        path = out / f"{name}.csv"
+        if path.is_file():
+            old = pd.read_csv(path)
+            order += [t for t in dict.fromkeys(old["task"]) if t not in order]
+            frames[name] = old[~old["task"].isin(tasks)]
+    path = out / "setup.json"
+    setup = json.loads(path.read_text()) if path.is_file() else {}
+    return frames, {k: v for k, v in setup.items() if k not in tasks}, order
+
+
+def _joined(kept: Optional[pd.DataFrame], rows: list[dict], order: Sequence[str] = ()) -> pd.DataFrame:
+    """Kept rows and new ones, tasks in `order` (a re-run task keeps its place), others after."""
+    new = pd.DataFrame(rows)
+    if kept is None or not len(kept):
+        return new
+    frame = pd.concat([kept, new], ignore_index=True)
+    rank = {t: i for i, t in enumerate(dict.fromkeys([*order, *frame["task"]]))}
+    return frame.sort_values("task", key=lambda c: c.map(rank), kind="stable").reset_index(drop=True)
+
+
 def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int], out: str | Path, *,
                   data_dir: Optional[str | Path] = None, progress: Optional[bool] = None,
                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
-                  report: bool = True, specs: Optional[dict[str, TaskSpec]] = None) -> pd.DataFrame:
+                  report: bool = True, specs: Optional[dict[str, TaskSpec]] = None,
+                  update: bool = False) -> pd.DataFrame:
     """Run every method on every task for every seed; write OUT/results.csv, curves.csv,
     training.csv, setup.json and (report=True) OUT/report.md with plots. Returns the results.
-    specs: task settings replacing those of SPECS by name (e.g. smaller tasks for a quick check)."""
+    specs: task settings replacing those of SPECS by name (e.g. smaller tasks for a quick check).
+    update: keep the other tasks' results already in OUT and replace only those of `tasks` (re-run
+    one task of a suite); setup.json records each update under "_updates"."""
     parsed = [parse_method(m) for m in methods]
     known = {**SPECS, **(specs or {})}
     for t in tasks:
@@ -480,6 +508,11 @@ def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir) if data_dir is not None else None
     results, curves, training, setup = [], [], [], {}
+    kept: dict[str, pd.DataFrame] = {}
+    order: list[str] = []
+    if update:
+        kept, setup, order = _kept(out, tasks)
+    updates = list(setup.get("_updates", []))
     started = time.perf_counter()
     for task_name in tasks:
         log(f"[{time.perf_counter() - started:6.0f}s] {task_name}: building the task and its scorer")
@@ -529,17 +562,24 @@ def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[
                 log(f"[{time.perf_counter() - started:6.0f}s] {task_name} seed {seed} {name}: "
                     f"{head}max {r['max']:.3f}, median {r['median']:.3f}, "
                     f"distinct {r['distinct']:.0f}, calls/context {r['calls_generate']:.0f}")
-                _write_csv(pd.DataFrame(results), out / "results.csv")
+                _write_csv(_joined(kept.get("results"), results, order), out / "results.csv")
                 bar.update(1)
-            if curves:
-                _write_csv(pd.DataFrame(curves), out / "curves.csv")
-            if training:
-                _write_csv(pd.DataFrame(training), out / "training.csv")
+            for name, rows in (("curves", curves), ("training", training)):
+                if rows or update:   # an update also drops the re-run task's old rows
+                    frame = _joined(kept.get(name), rows, order)
+                    if len(frame):
+                        _write_csv(frame, out / f"{name}.csv")
+                    else:
+                        (out / f"{name}.csv").unlink(missing_ok=True)
         bar.close()
         setup[task_name].update(problem.setup)   # e.g. the aligner's fitting time, known only now
-        setup["_wall_seconds"] = round(time.perf_counter() - started, 1)
-        (out / "setup.json").write_text(json.dumps(setup, indent=2, default=float) + "\n")
-    frame = pd.DataFrame(results)
+        if update:
+            setup["_updates"] = updates + [{"tasks": list(tasks[:tasks.index(task_name) + 1]), "date": time.strftime(
+                "%Y-%m-%d"), "seconds": round(time.perf_counter() - started, 1)}]
+        else:
+            setup["_wall_seconds"] = round(time.perf_counter() - started, 1)
+        atomic_write_text(out / "setup.json", json.dumps(setup, indent=2, default=float) + "\n")
+    frame = _joined(kept.get("results"), results, order)
     if report and len(frame):
         write_report(out)
     return frame

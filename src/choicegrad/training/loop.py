@@ -70,8 +70,9 @@ class GeneratorFit(BaseModel):
     warm_start_batch: int = Field(256, ge=1)
     distill: Optional[float] = Field(None, ge=0, description="amortised search: weight of the likelihood of the rows a "
                                      "short local search reaches from the generator's best draw (replayed per training "
-                                     "context when contexts have ids); 0 = off; None = 1 (DISTILL), but 0 for "
-                                     "trajectory-balance, whose target is exp(score/T), not the search's best rows")
+                                     "context when contexts have ids); 0 = off; None = 1 (DISTILL), but 0 for a "
+                                     "single training context (nothing to amortise) and for trajectory-balance, "
+                                     "whose target is exp(score/T), not the search's best rows")
     distill_sweeps: int = Field(2, ge=1, description="sweeps of single-slot changes in that search")
     beta: Optional[float] = Field(None, ge=0, description="ensemble pessimism of the scorer (None: its own)")
     val_every: int = Field(50, ge=1)

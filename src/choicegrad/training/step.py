@@ -10,7 +10,7 @@ module of the context that the step owns and the loop optimises and checkpoints)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -38,12 +38,18 @@ TB_TEMPERATURE = 0.25
 DISTILL = 1.0
 
 
-def distill_weight(distill, method: str) -> float:
-    """The amortised-search weight a fit uses: `distill`, or by default DISTILL (0 for trajectory
-    balance, which is to sample in proportion to exp(score / T), not to climb to the best rows)."""
+def distill_weight(distill, method: str, contexts: Optional[int] = None) -> float:
+    """The amortised-search weight a fit uses: `distill`, or by default DISTILL, but 0 for trajectory
+    balance (its target is to sample in proportion to exp(score / T), not to climb to the best rows)
+    and 0 for a single training context (contexts == 1: search at generation time is then paid once,
+    so there is nothing to amortise, and learning that context's one best row collapses the draws that
+    many distinct candidates start from: gb1's max of 128 fell from 0.933 to 0.633,
+    benchmarks/distill_ablation.py). contexts: training contexts, None for a stream of fresh ones."""
     if distill is not None:
         return float(distill)
-    return 0.0 if normalize_name(method) == "trajectory-balance" else DISTILL
+    if normalize_name(method) == "trajectory-balance" or contexts == 1:
+        return 0.0
+    return DISTILL
 
 
 class LogZ(nn.Module):
@@ -128,9 +134,9 @@ class TrainingStep:
         self.estimator = estimators.get(self.method, **opts)
         self.has_data = hasattr(contexts, "data_rows")
         self.distill, self.ids = None, None
-        weight = distill_weight(fit.distill, self.method)
+        ids = len(contexts) if hasattr(contexts, "sample_ids") else None
+        weight = distill_weight(fit.distill, self.method, ids)
         if weight > 0:
-            ids = len(contexts) if hasattr(contexts, "sample_ids") else None
             self.distill = Distillation(weight, fit.distill_sweeps, ids, gen.num_slots, gen.device)
         if self.method == "aligner":
             if aligner is None or not hasattr(contexts, "references"):
