@@ -123,12 +123,13 @@ class Checkpointer:
 
     every_minutes: time between saves of a phase (0: at every tick). resume: load() returns saved
     state; otherwise it returns None. label: the run folder named in messages (default: root's
-    parent). `stop` is set by catch_signals() when SIGINT/SIGTERM arrive.
+    parent). `stop` is set by catch_signals() when SIGINT/SIGTERM arrive. writer=False: save() writes
+    nothing (data-parallel ranks other than 0 read rank 0's checkpoints and never write them).
     """
 
     def __init__(self, root: str | Path, every_minutes: float = CHECKPOINT_MINUTES, resume: bool = False,
-                 label: str | Path | None = None):
-        self.root, self.every, self.resume = Path(root), 60.0 * every_minutes, resume
+                 label: str | Path | None = None, writer: bool = True):
+        self.root, self.every, self.resume, self.writer = Path(root), 60.0 * every_minutes, resume, writer
         self.label = Path(label) if label is not None else self.root.parent
         self.last = time.monotonic()
         self.stop: Optional[int] = None
@@ -145,6 +146,9 @@ class Checkpointer:
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         """Write state atomically: weights file first (a fresh name), then the JSON that names it."""
+        if not self.writer:
+            self.last = time.monotonic()
+            return
         skeleton, tensors = encode_state(state)
         self.root.mkdir(parents=True, exist_ok=True)
         weights = f"{name}-{uuid.uuid4().hex[:8]}.safetensors"

@@ -29,7 +29,10 @@ app = typer.Typer(
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    from choicegrad import distributed
+
+    if distributed.is_main():     # under torchrun every rank fails alike: one message
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
 
@@ -53,7 +56,10 @@ def user_errors(fn):
         except InputError as exc:
             _fail(str(exc))
         except Interrupted as exc:
-            typer.echo(str(exc), err=True)
+            from choicegrad import distributed
+
+            if distributed.is_main():
+                typer.echo(str(exc), err=True)
             raise typer.Exit(128 + exc.signum) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -107,7 +113,10 @@ CHECKPOINT = typer.Option(min=0.0, help="Minutes between checkpoints of long pha
 
 
 @app.command("fit-scorer", epilog="Example: choicegrad fit-scorer ../shared/data/tfbind8.parquet "
-             "--features 's?' --score y --context tf --train-quantile 0.5 --out runs/tfbind8")
+             "--features 's?' --score y --context tf --train-quantile 0.5 --out runs/tfbind8\n\n"
+             "Example (data-parallel, 2 processes; nccl on GPUs, gloo on the CPU; rank 0 writes the run): "
+             "torchrun --nproc-per-node=2 -m choicegrad fit-scorer table.csv --features 's?' --score y "
+             "--batch-size 1024 --out runs/ddp")
 @user_errors
 def fit_scorer_cmd(
     data: Annotated[Path, typer.Argument(help="Training table, CSV or Parquet.")],
@@ -139,16 +148,22 @@ def fit_scorer_cmd(
     from choicegrad.scorer.fit import ScorerFit
     from choicegrad.scorer.model import ScorerConfig
 
+    from choicegrad import distributed
+
     cfg = ScorerFit(model=ScorerConfig(pairwise=pairwise), ensemble=ensemble, beta=beta, ranking=ranking,
                     epochs=epochs, batch_size=batch_size, seed=seed, max_minutes=max_minutes, device=device)
-    with as_flags({"out": "--out"}):
-        result = fit_scorer_run(data, out, TableSpec(features=features, score=score, context=context,
-                                                     train_quantile=train_quantile,
-                                                     space=None if space is None else str(space)), cfg,
-                                resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
-                                echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
-    typer.echo(f"wrote {out}/scorer.safetensors")
-    _echo_metrics(result.metrics)
+    try:
+        with as_flags({"out": "--out"}):
+            result = fit_scorer_run(data, out, TableSpec(features=features, score=score, context=context,
+                                                         train_quantile=train_quantile,
+                                                         space=None if space is None else str(space)), cfg,
+                                    resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
+                                    echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
+        if distributed.current().main:
+            typer.echo(f"wrote {out}/scorer.safetensors")
+            _echo_metrics(result.metrics)
+    finally:
+        distributed.leave()
 
 
 @app.command("score", epilog="Example: choicegrad score runs/tfbind8 candidates.csv --out scored.csv")

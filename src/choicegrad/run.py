@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel
 
-from choicegrad import generators
+from choicegrad import distributed, generators
 from choicegrad.checkpoints import CHECKPOINT_MINUTES
 from choicegrad.device import check_device
 from choicegrad.io import atomic_write_text, check_finite, read_json_object, read_table, versions, write_table
@@ -40,7 +40,7 @@ from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budg
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import available
 from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective
-from choicegrad.runfolder import RunWriter, verify_run
+from choicegrad.runfolder import RunWriter, run_writer, verify_run
 from choicegrad.scorer.aligner import Aligner, AlignerFit, fit_aligner
 from choicegrad.scorer.fit import ScorerFit, ScorerResult, fit_scorer
 from choicegrad.scorer.model import Scorer
@@ -317,6 +317,10 @@ class Run:
             Run.fit("t.csv", "runs/one", TableSpec(features="s?", score="y", context="ctx", train_quantile=0.5),
                     scorer_fit=ScorerFit(seed=1), generator_fit=GeneratorFit(method="st-gumbel", seed=1))
         """
+        if distributed.launched():
+            raise InputError("choicegrad fit", [
+                "data-parallel training (torchrun) covers fit-scorer so far; run fit in one process, or "
+                "fit-scorer under torchrun"])
         scorer_fit, generator_fit = scorer_fit or ScorerFit(), generator_fit or GeneratorFit()
         generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, generator)})
         gen_cfg = GeneratorConfig(kind=generator)
@@ -370,13 +374,22 @@ def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: Tabl
                    checkpoint_minutes: float = CHECKPOINT_MINUTES, echo: Callable[[str], None] = print,
                    progress: Optional[bool] = None) -> ScorerResult:
     """Table -> scorer, written to `out` as one run (scorer.*, scorer_metrics.json, run.json), with
-    the same folder rules, checkpoints and resume as Run.fit. What `choicegrad fit-scorer` does."""
+    the same folder rules, checkpoints and resume as Run.fit. What `choicegrad fit-scorer` does.
+
+    Started by torchrun (WORLD_SIZE > 1), it trains data-parallel (choicegrad.distributed): every
+    rank reads the table, rank 0 alone writes the run and logs; "cuda" means each rank's own GPU."""
     scorer_fit = scorer_fit or ScorerFit()
+    settings = scorer_fit.model_dump()          # as asked: "cuda", not this rank's "cuda:1"
+    world, device = distributed.join(scorer_fit.device)
+    if world.distributed:
+        scorer_fit = scorer_fit.model_copy(update={"device": device})
+        if not world.main:
+            echo, progress = (lambda message: None), False
     check_out_dir(out)
     out = Path(out)
     data_table, extra = _load(data, table, echo)
-    request = _request("fit-scorer", data, table, scorer_fit=scorer_fit.model_dump())
-    with RunWriter(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
+    request = _request("fit-scorer", data, table, scorer_fit=settings)
+    with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
         for note in w.notes:
             echo(note)
         if w.finished:
@@ -414,6 +427,8 @@ def _scorer_phase(w: RunWriter, data, data_table: TableData, table: TableSpec, f
         echo(f"scorer: resumed, fitted on {len(data_table)} rows in {result.seconds:.1f} s")
         return result
     result = fit_scorer(data_table, fit, extra_eval=extra, progress=progress, checkpoint=w.checkpoints)
+    if not distributed.current().main:
+        return result
     result.scorer.save(w.dir)
     doc = {"data": str(data) if isinstance(data, (str, Path)) else "DataFrame", "rows": len(data_table),
            "train_quantile": table.train_quantile, "fit": fit.model_dump(), "metrics": result.metrics,

@@ -14,6 +14,8 @@ one process at a time, and sealed by a manifest that readers check.
 - Replacing a finished run needs overwrite=True; the old run stays in place until the new one is
   complete, then the two are swapped by two renames (a crash between them is repaired on the next
   start).
+- Data-parallel training (torchrun): `run_writer` gives rank 0 the RunWriter and every other rank a
+  read-only view of the same folder (its checkpoints, to resume from), so one process writes.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
+from choicegrad import distributed
 from choicegrad.checkpoints import CHECKPOINT_MINUTES, Checkpointer
 from choicegrad.errors import InputError
 from choicegrad.io import atomic_write_text
@@ -249,6 +254,49 @@ class RunWriter:
 
     def _has_work(self) -> bool:
         return any(p.name != REQUEST for p in self.dir.iterdir())
+
+
+class RankView:
+    """What a data-parallel rank other than 0 sees of the run rank 0 writes: the folder being built
+    and its checkpoints, to read (resume) but never write. commit() does nothing."""
+
+    def __init__(self, out: Path, state: dict[str, Any], checkpoint_minutes: float):
+        self.out, self.dir = out, Path(state["dir"])
+        self.resuming, self.finished, self.committed = state["resuming"], state["finished"], False
+        self.notes: list[str] = []
+        self.checkpoints = Checkpointer(self.dir / CHECKPOINT_DIR, checkpoint_minutes, resume=state["resuming"],
+                                        label=out, writer=False)
+
+    def commit(self) -> None:
+        pass
+
+
+@contextmanager
+def run_writer(out: str | Path, request: dict[str, Any], **options: Any) -> Iterator[RunWriter | RankView]:
+    """RunWriter(out, request, **options) in one process; under torchrun, the RunWriter on rank 0 and
+    a RankView of its folder on the others. Rank 0's refusal (a locked folder, a run already there)
+    is raised on every rank, so no rank waits for a run that will not start."""
+    if not distributed.current().distributed:
+        with RunWriter(out, request, **options) as w:
+            yield w
+        return
+    if not distributed.current().main:
+        state = distributed.share()
+        if "error" in state:
+            raise InputError(state["error"][0], state["error"][1])
+        yield RankView(Path(out), state, options.get("checkpoint_minutes", CHECKPOINT_MINUTES))
+        return
+    with ExitStack() as stack:
+        try:
+            writer = stack.enter_context(RunWriter(out, request, **options))
+        except InputError as exc:
+            distributed.share({"error": (exc.source, exc.problems)})
+            raise
+        except BaseException as exc:
+            distributed.share({"error": (str(out), [f"rank 0 could not start the run: {exc}"])})
+            raise
+        distributed.share({"dir": str(writer.dir), "resuming": writer.resuming, "finished": writer.finished})
+        yield writer
 
 
 def verify_run(path: str | Path) -> Optional[dict[str, Any]]:

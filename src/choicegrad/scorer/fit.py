@@ -11,9 +11,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from choicegrad import distributed
 from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
 from choicegrad.data.table import TableData, check_fit_rows, score_stats
 from choicegrad.device import Device
+from choicegrad.errors import Interrupted
 from choicegrad.io import state_problems
 from choicegrad.metrics import regression_report
 from choicegrad.progress import progress_bar
@@ -66,9 +68,16 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
 
 
-def ranking_loss(pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Pairwise logistic loss on random in-batch pairs: prefer the row with the higher target."""
-    j = torch.randperm(len(pred), generator=generator).to(pred.device)
+def ranking_loss(pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator,
+                 draw: int | None = None) -> torch.Tensor:
+    """Pairwise logistic loss on random in-batch pairs: prefer the row with the higher target.
+
+    draw: pair through a permutation of this many (>= len(pred)), so that data-parallel ranks whose
+    shares differ in size draw alike from their (shared) generator."""
+    j = torch.randperm(draw or len(pred), generator=generator)
+    j = j[j < len(pred)].to(pred.device)
+    if not len(j):
+        return pred.sum() * 0.0
     sign = torch.sign(target - target[j])
     return (torch.nn.functional.softplus(-sign * (pred - pred[j])) * sign.abs()).mean()
 
@@ -85,6 +94,11 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
     result is then bit-identical to an uninterrupted fit on CPU (time limits aside). init: start from
     this scorer's weights (a warm start, e.g. the last design round's) where its members have the
     same shapes; otherwise from a fresh initialisation.
+
+    Under torchrun (choicegrad.distributed.join first), every rank takes its share of each global
+    batch of `batch_size` rows and the gradients are averaged (DistributedDataParallel): with the same
+    seed the model equals one process's at the same batch size, within float tolerance (the ranking
+    loss, if on, pairs rows within each rank's share). Only rank 0 saves checkpoints.
     """
     check_fit_rows(data)
     fit = fit or ScorerFit()
@@ -127,6 +141,7 @@ class _ScorerTraining:
     def __init__(self, data: TableData, fit: ScorerFit, checkpoint: Checkpointer | None,
                  init: Scorer | None = None):
         self.fit, self.ckpt, self.start = fit, checkpoint, time.perf_counter()
+        self.world = distributed.current()
         self.gen = seed_everything(fit.seed)
         self.device = device = torch.device(fit.device)
         self.train_idx, self.val_idx, self.test_idx = split_indices(len(data), fit.val_fraction, fit.test_fraction,
@@ -152,7 +167,7 @@ class _ScorerTraining:
         self.history: list[dict[str, float]] = []
         self.member, self.epoch, self.pos, self.total = 0, 0, 0, 0.0
         self.order: torch.Tensor | None = None
-        self.opt = self.sched = None
+        self.opt = self.sched = self.model = None
         self.best, self.best_state, self.bad = math.inf, None, 0
         self.before = 0.0                                   # seconds spent before a resume
         state = checkpoint.load("scorer") if checkpoint is not None else None
@@ -164,6 +179,10 @@ class _ScorerTraining:
 
     def _new_member(self) -> None:
         member = self.scorer.members[self.member]
+        self.model = member
+        if self.world.distributed:   # gradients averaged over the ranks
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(member, device_ids=ids, gradient_as_bucket_view=True)
         self.opt = torch.optim.AdamW(member.parameters(), lr=self.fit.lr, weight_decay=self.fit.weight_decay)
         total = self.epochs * self.steps_per_epoch
         pct = 0.05 if 0.05 * total != 1 else 0.04  # OneCycleLR divides by zero when pct_start * total_steps == 1
@@ -199,20 +218,30 @@ class _ScorerTraining:
         member.eval()
         with torch.no_grad():
             losses = [self.loss(member(*(t[b] for t in self.tensors)), self.target[b], reduction="sum")
-                      for b in self.val_t.split(65536)]
+                      for b in self.world.shard(self.val_t).split(65536)]
         member.train()
-        return float(sum(losses)) / len(self.val_t)
+        return distributed.sum_ranks(float(sum(losses)), self.device) / len(self.val_t)
 
     def train_batch(self, member, batch: torch.Tensor) -> None:
-        pred = member(*(t[batch] for t in self.tensors))
-        loss = self.loss(pred, self.target[batch])
-        if self.fit.ranking:
-            loss = loss + self.fit.ranking * ranking_loss(pred, self.target[batch], self.gen)
+        """One optimiser step on the global batch (N,) of row positions (this rank's share of it)."""
+        if self.world.distributed:
+            # sum over this rank's rows / N, times the ranks DDP averages over: the global batch's mean
+            mine = self.world.shard(batch)
+            pred = self.model(*(t[mine] for t in self.tensors))
+            loss = self.loss(pred, self.target[mine], reduction="sum") * (self.world.size / len(batch))
+            if self.fit.ranking:
+                loss = loss + self.fit.ranking * ranking_loss(pred, self.target[mine], self.gen, draw=len(batch))
+            self.total += float(loss.detach()) * len(batch) / self.world.size    # this rank's sum
+        else:
+            pred = member(*(t[batch] for t in self.tensors))
+            loss = self.loss(pred, self.target[batch])
+            if self.fit.ranking:
+                loss = loss + self.fit.ranking * ranking_loss(pred, self.target[batch], self.gen)
+            self.total += float(loss.detach()) * len(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.sched.step()
-        self.total += float(loss.detach()) * len(batch)
 
     def run_epoch(self, member, deadline: float) -> bool:
         """Train the rest of the current epoch; True when the member's time ran out."""
@@ -224,10 +253,19 @@ class _ScorerTraining:
         while self.pos < len(batches):
             self.train_batch(member, batches[self.pos])
             self.pos += 1
-            if self.ckpt is not None and self.ckpt.tick("scorer"):
+            save = self.ckpt is not None and self.ckpt.tick("scorer")
+            late = self.elapsed() > deadline
+            if self.world.distributed:   # decided together, or one rank would wait for the others forever
+                stop = self.ckpt is not None and self.ckpt.stop is not None
+                save, late, stop = distributed.any_rank([save, late, stop], self.device)
+                if (save or stop) and self.world.main:
+                    self.ckpt.save("scorer", self.state())
+                if stop:
+                    raise Interrupted(self.ckpt.stop or 15, self.ckpt.label, "scorer")
+            elif save:
                 self.ckpt.save("scorer", self.state())
                 self.ckpt.check_stop("scorer")
-            if self.elapsed() > deadline:
+            if late:
                 return True
         return False
 
@@ -243,7 +281,7 @@ class _ScorerTraining:
             while self.epoch < self.epochs:
                 out_of_time = self.run_epoch(member, deadline)
                 vl = self.val_loss(member)
-                train_loss = self.total / len(self.train_idx)
+                train_loss = distributed.sum_ranks(self.total, self.device) / len(self.train_idx)
                 self.history.append({"member": self.member, "epoch": self.epoch, "train_loss": train_loss,
                                      "val_mse": vl})
                 bar.update(1)
