@@ -66,8 +66,8 @@ def test_two_ranks_agree_and_equal_one_process_at_the_same_global_batch(tmp_path
         assert torch.allclose(states[0][name], value, atol=1e-5, rtol=1e-4), name
 
 
-def _torchrun(*args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _torchrun(*args, cwd, **env_vars):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
            "-m", "choicegrad", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -90,6 +90,35 @@ def test_torchrun_fit_scorer_writes_one_run_from_rank_0(tmp_path):
     again = _torchrun(*args, "--out", "run", cwd=tmp_path)                      # refused on every rank, no hang
     assert again.returncode != 0
     assert again.stderr.count("already holds a run") == 1
+
+
+def test_torchrun_fit_killed_then_resumed_equals_an_uninterrupted_fit(tmp_path):
+    table = _table(tmp_path / "t.csv")
+    args = ["fit-scorer", str(table), "--features", "s?", "--score", "y", "--context", "ctx", "--epochs", "3",
+            "--batch-size", "123", "--seed", "3", "--out", "run", "--checkpoint-minutes", "0"]
+    killed = _torchrun(*args, cwd=tmp_path, CHOICEGRAD_FAILPOINTS="scorer=20")    # mid second epoch, every rank
+    assert killed.returncode != 0 and not (tmp_path / "run").exists()
+    assert (tmp_path / ".run.partial" / ".checkpoint" / "scorer.json").is_file()
+    done = _torchrun(*args, "--resume", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = fit_scorer(load_table(table, "s?", "y", "ctx"), ScorerFit(**FIT), progress=False)
+    written = load_file(str(tmp_path / "run" / "scorer.safetensors"))
+    reference = one.scorer.state_dict()
+    assert all(torch.allclose(written[k], reference[k], atol=1e-5, rtol=1e-4) for k in written if k in reference)
+    import json
+
+    history = json.loads((tmp_path / "run" / "scorer_metrics.json").read_text())["metrics"]
+    assert history["validation"]["r2"] == pytest.approx(one.metrics["validation"]["r2"], abs=1e-4)
+
+
+def test_other_commands_refuse_to_run_under_torchrun(tmp_path):
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1"}
+    done = subprocess.run([sys.executable, "-m", "choicegrad", "score", "a", "b", "--out", "c.csv"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr == ""                           # rank 1 stays quiet
+    done = subprocess.run([sys.executable, "-m", "choicegrad", "score", "a", "b", "--out", "c.csv"],
+                          env={**env, "RANK": "0"}, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and "does not run under torchrun" in done.stderr
 
 
 def test_fit_under_torchrun_is_a_clear_error(tmp_path, monkeypatch):

@@ -62,7 +62,10 @@ def user_errors(fn):
                 typer.echo(str(exc), err=True)
             raise typer.Exit(128 + exc.signum) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            from choicegrad import distributed
+
+            if distributed.is_main():
+                typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
         except ValueError as exc:
             from pydantic import ValidationError
@@ -84,10 +87,21 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     """Train generators of discrete choices guided by a score model."""
+    from choicegrad import distributed
+
+    if distributed.launched() and ctx.invoked_subcommand not in DATA_PARALLEL:
+        # every rank would run the whole command and write the same files
+        _fail(f"choicegrad {ctx.invoked_subcommand} does not run under torchrun (several processes); run it "
+              f"as one process. Data-parallel: {', '.join(DATA_PARALLEL)}")
+
+
+#: The commands that run data-parallel under torchrun (choicegrad.distributed).
+DATA_PARALLEL = ("fit-scorer",)
 
 
 def _echo_metrics(metrics: dict[str, dict[str, float]]) -> None:

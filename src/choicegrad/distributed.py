@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -70,11 +70,18 @@ def join(device: str) -> tuple[World, str]:
     The backend is nccl for CUDA and gloo for the CPU."""
     if not launched() or not dist.is_available():
         return current(), device
+    from choicegrad.errors import InputError
+
     dev = torch.device(device)
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda" and dev.index is not None:
+        raise InputError("--device", [f'"{device}" under torchrun: every rank would use the same GPU; pass "cuda" '
+                                      "and each rank takes GPU LOCAL_RANK"])
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError("--device", [f'"{device}" under torchrun: data-parallel training runs on cpu (gloo) or '
+                                      "cuda (nccl)"])
     if dev.type == "cuda":
-        if dev.index is None:
-            device = f"cuda:{local}"
+        device = f"cuda:{local}"
         torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
@@ -87,13 +94,20 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def any_rank(flags: Sequence[bool], device: torch.device | str = "cpu") -> list[bool]:
-    """Each flag true on any rank, for decisions every rank must take together (stop, save)."""
+def max_ranks(values: Sequence[int], device: torch.device | str = "cpu") -> list[int]:
+    """Each value's maximum over the ranks, for decisions every rank must take together (save, stop,
+    which signal)."""
     if not current().distributed:
-        return [bool(f) for f in flags]
-    t = torch.tensor([int(bool(f)) for f in flags], device=device)
+        return [int(v) for v in values]
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+    return [int(v) for v in t.tolist()]
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if current().distributed:
+        dist.barrier()
 
 
 def sum_ranks(value: float, device: torch.device | str = "cpu") -> float:
@@ -113,3 +127,11 @@ def share(obj: Any = None) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def from_main(fn: Callable[[], Any]) -> Any:
+    """fn() computed on rank 0 and sent to every rank (a file check or read that the other ranks,
+    perhaps on other machines, must not do themselves); just fn() in one process."""
+    if not current().distributed:
+        return fn()
+    return share(fn() if current().main else None)

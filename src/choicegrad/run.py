@@ -393,9 +393,10 @@ def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: Tabl
         for note in w.notes:
             echo(note)
         if w.finished:
-            return _read_scorer_result(out)
+            return distributed.from_main(lambda: _read_scorer_result(out))
         with w.checkpoints.catch_signals():
             result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo)
+        distributed.barrier()            # every rank done with the folder before rank 0 moves it
         w.commit()
     return result
 
@@ -422,8 +423,8 @@ def _scorer_phase(w: RunWriter, data, data_table: TableData, table: TableSpec, f
                   progress: Optional[bool], echo: Callable[[str], None]) -> ScorerResult:
     """Fit the scorer into the run being written (scorer.*, then scorer_metrics.json, which marks the
     phase done), or read it back when a resumed run has it already."""
-    if w.resuming and (w.dir / SCORER_METRICS).is_file():
-        result = _read_scorer_result(w.dir)
+    if distributed.from_main(lambda: w.resuming and (w.dir / SCORER_METRICS).is_file()):
+        result = distributed.from_main(lambda: _read_scorer_result(w.dir))
         echo(f"scorer: resumed, fitted on {len(data_table)} rows in {result.seconds:.1f} s")
         return result
     result = fit_scorer(data_table, fit, extra_eval=extra, progress=progress, checkpoint=w.checkpoints)

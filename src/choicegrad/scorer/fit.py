@@ -98,7 +98,8 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
     Under torchrun (choicegrad.distributed.join first), every rank takes its share of each global
     batch of `batch_size` rows and the gradients are averaged (DistributedDataParallel): with the same
     seed the model equals one process's at the same batch size, within float tolerance (the ranking
-    loss, if on, pairs rows within each rank's share). Only rank 0 saves checkpoints.
+    loss, if on, pairs rows within each rank's share; dropout masks differ). Only rank 0 reads and
+    saves checkpoints; it sends the state to the others on a resume.
     """
     check_fit_rows(data)
     fit = fit or ScorerFit()
@@ -170,7 +171,9 @@ class _ScorerTraining:
         self.opt = self.sched = self.model = None
         self.best, self.best_state, self.bad = math.inf, None, 0
         self.before = 0.0                                   # seconds spent before a resume
-        state = checkpoint.load("scorer") if checkpoint is not None else None
+        state = checkpoint.load("scorer") if checkpoint is not None and self.world.main else None
+        if self.world.distributed:   # rank 0's checkpoint, sent: other ranks (other machines) read no file
+            state = distributed.share(state)
         if state is not None:
             self.restore(state)
 
@@ -205,6 +208,8 @@ class _ScorerTraining:
         set_rng_state(self.gen, state["rng"])
         for key in ("epoch", "pos", "total", "order", "best", "best_state", "bad", "history"):
             setattr(self, key, state[key])
+        if not self.world.main:
+            self.total = 0.0         # the saved total is the ranks' sum: rank 0 carries it on
         if self.order is not None:
             self.order = self.order.to(self.device)
         self.before = state["seconds"]
@@ -228,9 +233,11 @@ class _ScorerTraining:
             # sum over this rank's rows / N, times the ranks DDP averages over: the global batch's mean
             mine = self.world.shard(batch)
             pred = self.model(*(t[mine] for t in self.tensors))
-            loss = self.loss(pred, self.target[mine], reduction="sum") * (self.world.size / len(batch))
-            if self.fit.ranking:
-                loss = loss + self.fit.ranking * ranking_loss(pred, self.target[mine], self.gen, draw=len(batch))
+            share = self.world.size / len(batch)
+            loss = self.loss(pred, self.target[mine], reduction="sum") * share
+            if self.fit.ranking:   # each rank's pair mean weighted by its pairs
+                loss = loss + self.fit.ranking * len(mine) * share * ranking_loss(
+                    pred, self.target[mine], self.gen, draw=len(batch))
             self.total += float(loss.detach()) * len(batch) / self.world.size    # this rank's sum
         else:
             pred = member(*(t[batch] for t in self.tensors))
@@ -253,21 +260,33 @@ class _ScorerTraining:
         while self.pos < len(batches):
             self.train_batch(member, batches[self.pos])
             self.pos += 1
-            save = self.ckpt is not None and self.ckpt.tick("scorer")
-            late = self.elapsed() > deadline
-            if self.world.distributed:   # decided together, or one rank would wait for the others forever
-                stop = self.ckpt is not None and self.ckpt.stop is not None
-                save, late, stop = distributed.any_rank([save, late, stop], self.device)
-                if (save or stop) and self.world.main:
-                    self.ckpt.save("scorer", self.state())
-                if stop:
-                    raise Interrupted(self.ckpt.stop or 15, self.ckpt.label, "scorer")
-            elif save:
+            if self.world.distributed:
+                if self.collective_checks(deadline):
+                    return True
+                continue
+            if self.ckpt is not None and self.ckpt.tick("scorer"):
                 self.ckpt.save("scorer", self.state())
                 self.ckpt.check_stop("scorer")
-            if late:
+            if self.elapsed() > deadline:
                 return True
         return False
+
+    def collective_checks(self, deadline: float) -> bool:
+        """Data-parallel ranks decide together whether to save, stop on a signal (raising Interrupted
+        with the same signal on every rank) or end on the time limit (True), or one rank would wait
+        for the others forever."""
+        ckpt = self.ckpt
+        save = ckpt is not None and ckpt.tick("scorer")
+        signum = (ckpt.stop or 0) if ckpt is not None else 0
+        save, late, signum = distributed.max_ranks([int(save), int(self.elapsed() > deadline), int(signum)],
+                                                   self.device)
+        if (save or signum) and ckpt is not None:
+            total = distributed.sum_ranks(self.total, self.device)    # the epoch's loss so far, every rank's
+            if self.world.main:
+                ckpt.save("scorer", {**self.state(), "total": total})
+        if signum:
+            raise Interrupted(signum, ckpt.label if ckpt is not None else "the fit", "scorer")
+        return bool(late)
 
     def run(self, progress: bool | None) -> None:
         fit = self.fit
