@@ -246,3 +246,30 @@ def test_decoding_in_context_chunks_matches_one_chunk(monkeypatch):
     assert draws2.shape == draws.shape and bool((draws2[::2, :, 1] == 3).all())
     empty, lp0 = beam_search(gen, ctx.index(slice(0, 0)), 5)
     assert empty.shape == (0, 5, 4) and lp0.shape == (0, 5)
+
+
+def test_vocabulary_weights_are_known_before_building():
+    """vocabulary_elements (what training_bytes and fit's memory check use) grows exactly as the
+    built generator's parameters and buffers do when a vocabulary grows."""
+    from choicegrad.generators import AutoregressiveGenerator, FactorizedGenerator
+
+    def count(g):
+        return sum(p.numel() for p in g.parameters()) + sum(b.numel() for b in g.buffers())
+
+    for cls in (AutoregressiveGenerator, FactorizedGenerator):
+        cfg = GeneratorConfig(kind=cls.kind, hidden=[16, 8])
+        for small, big in (([3, 5], [3, 9]), ([4, 4, 2], [4, 7, 2])):
+            grown = count(cls(big, [3], 2, cfg)) - count(cls(small, [3], 2, cfg))
+            assert grown == cls.vocabulary_elements(big, cfg) - cls.vocabulary_elements(small, cfg)
+
+
+def test_fit_refuses_a_generator_too_big_for_the_machine_before_training():
+    from choicegrad.data.space import ChoiceSpace, Slot
+    from choicegrad.errors import InputError
+    from choicegrad.run import check_generator_fits
+
+    space = ChoiceSpace(slots=[Slot(name="item", categories=[f"i{i}" for i in range(2000)]),
+                               Slot(name="a", categories=["x", "y"])])
+    check_generator_fits(GeneratorConfig(kind="autoregressive"), space, memory=2**40)
+    with pytest.raises(InputError, match=r'"item" has 2,000 categories.*fit-scorer'):
+        check_generator_fits(GeneratorConfig(kind="autoregressive"), space, memory=2**28)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -327,6 +328,7 @@ class Run:
         check_out_dir(out)
         out = Path(out)
         data_table, extra = _load(data, table, echo)
+        check_generator_fits(gen_cfg, data_table.space)
         if max_minutes is not None:
             scorer_fit = scorer_fit.model_copy(update={"max_minutes": max_minutes / 2})
         request = _request("fit", data, table, scorer_fit=scorer_fit.model_dump(), generator=gen_cfg.model_dump(),
@@ -367,6 +369,31 @@ class Run:
         echo(f"generator: {generator} + {generator_fit.method}, {res.seconds:.1f} s, {res.scorer_calls} scorer calls, "
              f"validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
         return cls.load(out)
+
+
+def machine_memory() -> int:
+    """Bytes of memory this machine has (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_generator_fits(config: GeneratorConfig, space: ChoiceSpace, memory: Optional[int] = None) -> None:
+    """InputError before any training when the generator for `space` would need more memory than
+    the machine has: its weights alone, which grow with the slots times the largest vocabulary (a
+    lower bound: training also holds (batch, samples, S, V_max) tensors)."""
+    need, have = generators.training_bytes(config, space.sizes), memory if memory is not None else machine_memory()
+    if not have or need <= have:
+        return
+    big = max(space.slots, key=lambda slot: len(slot.categories))
+    why = ("every slot is padded to the largest vocabulary, and its skip layer grows with (slots x that)^2"
+           if config.kind == "autoregressive" else "one head of the largest vocabulary per slot")
+    raise InputError("--generator", [
+        f"the {config.kind} generator for this table needs at least {need / 2**30:,.0f} GB to train, more than this "
+        f"machine's {have / 2**30:,.0f} GB: feature \"{big.name}\" has {len(big.categories):,} categories and {why}. "
+        "The table generators do not handle catalogues this large yet (docs/scaling.md); choicegrad fit-scorer "
+        "fits the scorer alone, which does"])
 
 
 def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: TableSpec,

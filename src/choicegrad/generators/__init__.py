@@ -44,6 +44,13 @@ def build(config: GeneratorConfig, *, space=None, context=None, num_slots: Optio
     return _CLASSES[config.kind](space.sizes, context.cardinalities, len(context.numeric), config)
 
 
+def training_bytes(config: GeneratorConfig, sizes: list[int]) -> int:
+    """The memory a table generator's vocabulary-sized weights take in training (float32 weights,
+    their gradients and Adam's two moments), known before it is built: a lower bound on what training
+    needs, which also holds (batch, samples, S, V_max) activations."""
+    return 4 * 4 * _CLASSES[config.kind].vocabulary_elements(list(sizes), config)
+
+
 def save(generator: Generator, run_dir, extra: Optional[dict] = None) -> None:
     """RUN/generator.safetensors + RUN/generator.json (kind, config, shapes, `extra`), atomically."""
     from choicegrad import io as checkpoint

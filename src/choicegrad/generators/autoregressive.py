@@ -94,6 +94,13 @@ class AutoregressiveGenerator(TableGenerator):
             self.context_head.weight.mul_(0.01)
             self.context_head.bias.zero_()
 
+    @staticmethod
+    def vocabulary_elements(sizes: list[int], config: GeneratorConfig) -> int:
+        """Elements of the weights, masks and buffers that grow with the vocabulary (the rest is
+        small): every slot is padded to V_max, and the skip layer is (S V_max)^2 with its mask."""
+        SV, first, last = len(sizes) * max(sizes), config.hidden[0], config.hidden[-1]
+        return 2 * first * SV + (2 * last + 1) * SV + (2 * SV + 1) * SV + (first + 1) * SV + SV
+
     @property
     def order(self) -> list[int]:
         return list(self._order)
