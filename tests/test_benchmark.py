@@ -106,9 +106,19 @@ def test_update_reruns_one_task_and_keeps_the_others(tmp_path):
     import json
 
     setup = json.loads((out / "setup.json").read_text())
-    assert {"potts", "items", "_wall_seconds"} <= set(setup) and [u["tasks"] for u in setup["_updates"]] == [["potts"]]
+    assert {"potts", "items", "_wall_seconds", "_machine"} <= set(setup)
+    assert [u["tasks"] for u in setup["_updates"]] == [["potts"]]
+    assert [k for k in setup if not k.startswith("_")] == ["potts", "items"]     # the setup table's order too
     text = publish(out, tmp_path / "docs" / "bench.md").read_text()
     assert "Then potts re-run on" in text and "## items" in text and "## potts" in text
+    first = tmp_path / "fresh"                                                 # nothing to keep: an ordinary run
+    run_benchmark(["potts"], ["random"], [0], first, update=True, **quiet)
+    assert "_updates" not in json.loads((first / "setup.json").read_text())
+    (first / "results.csv").write_text("a,b\n1,2\n")
+    from choicegrad.errors import InputError
+
+    with pytest.raises(InputError, match="no task column"):
+        run_benchmark(["potts"], ["random"], [0], first, update=True, **quiet)
 
 
 def test_quality_diversity_more_distinct_when_hotter(tmp_path):

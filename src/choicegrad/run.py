@@ -328,7 +328,7 @@ class Run:
         check_out_dir(out)
         out = Path(out)
         data_table, extra = _load(data, table, echo)
-        check_generator_fits(gen_cfg, data_table.space)
+        check_generator_fits(gen_cfg, data_table.space, device=generator_fit.device)
         if max_minutes is not None:
             scorer_fit = scorer_fit.model_copy(update={"max_minutes": max_minutes / 2})
         request = _request("fit", data, table, scorer_fit=scorer_fit.model_dump(), generator=gen_cfg.model_dump(),
@@ -371,27 +371,43 @@ class Run:
         return cls.load(out)
 
 
-def machine_memory() -> int:
-    """Bytes of memory this machine has (0 where the system does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
+def machine_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes of memory training on `device` can use: a CUDA device's own; for the CPU the machine's,
+    or its container's limit (cgroup) when lower. 0 where the system does not say."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.get_device_properties(dev.index or 0).total_memory)
+    if dev.type != "cpu":
         return 0
+    try:
+        have = max(0, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        have = 0
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit() and (not have or int(value) < have):
+            have = int(value)
+    return have
 
 
-def check_generator_fits(config: GeneratorConfig, space: ChoiceSpace, memory: Optional[int] = None) -> None:
+def check_generator_fits(config: GeneratorConfig, space: ChoiceSpace, memory: Optional[int] = None,
+                         device: str | torch.device = "cpu") -> None:
     """InputError before any training when the generator for `space` would need more memory than
     the machine has: its weights alone, which grow with the slots times the largest vocabulary (a
     lower bound: training also holds (batch, samples, S, V_max) tensors)."""
-    need, have = generators.training_bytes(config, space.sizes), memory if memory is not None else machine_memory()
+    need = generators.training_bytes(config, space.sizes)
+    have = memory if memory is not None else machine_memory(device)
     if not have or need <= have:
         return
     big = max(space.slots, key=lambda slot: len(slot.categories))
     why = ("every slot is padded to the largest vocabulary, and its skip layer grows with (slots x that)^2"
            if config.kind == "autoregressive" else "one head of the largest vocabulary per slot")
     raise InputError("--generator", [
-        f"the {config.kind} generator for this table needs at least {need / 2**30:,.0f} GB to train, more than this "
-        f"machine's {have / 2**30:,.0f} GB: feature \"{big.name}\" has {len(big.categories):,} categories and {why}. "
+        f"the {config.kind} generator for this table needs at least {need / 2**30:,.0f} GiB to train, more than the "
+        f"{have / 2**30:,.0f} GiB of {torch.device(device)}: feature \"{big.name}\" has {len(big.categories):,} categories and {why}. "
         "The table generators do not handle catalogues this large yet (docs/scaling.md); choicegrad fit-scorer "
         "fits the scorer alone, which does"])
 

@@ -39,14 +39,14 @@ from torch import Tensor
 from choicegrad import estimators
 from choicegrad.bench import peers
 from choicegrad.bench.metrics import candidate_report, normalise
-from choicegrad.bench.report import write_report
+from choicegrad.bench.report import machine_line, write_report
 from choicegrad.bench.tasks import ItemSelectionTask, get_task
 from choicegrad.bench.tasks.contextual import CONTEXTUAL
 from choicegrad.data.table import load_table
 from choicegrad.decoding import DECODERS, Candidates, decode
 from choicegrad.decoding.rows import enumerate_allowed, first_occurrence, row_keys
 from choicegrad.decoding.scoring import score_grid
-from choicegrad.errors import did_you_mean
+from choicegrad.errors import InputError, did_you_mean
 from choicegrad.generators import GeneratorConfig, ItemObjective, TableContext, TableObjective, build
 from choicegrad.generators.base import KINDS
 from choicegrad.progress import progress_bar
@@ -466,16 +466,21 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def _kept(out: Path, tasks: Sequence[str]) -> tuple[dict[str, pd.DataFrame], dict, list[str]]:
     """What `update` keeps of an earlier run in OUT: its csv frames and setup without `tasks`, and
-    its order of tasks."""
+    its order of tasks. InputError for a file that is not a benchmark output."""
+    from choicegrad.bench.report import _read
+    from choicegrad.io import read_json_object
+
     frames, order = {}, []
     for name in ("results", "curves", "training"):
-        path = out / f"{name}.csv"
-        if path.is_file():
-            old = pd.read_csv(path)
-            order += [t for t in dict.fromkeys(old["task"]) if t not in order]
-            frames[name] = old[~old["task"].isin(tasks)]
+        old = _read(out / f"{name}.csv")
+        if old is None:
+            continue
+        if "task" not in old.columns:
+            raise InputError("--update", [f"{out / name}.csv has no task column: not a choicegrad bench output"])
+        order += [t for t in dict.fromkeys(old["task"]) if t not in order]
+        frames[name] = old[~old["task"].isin(tasks)]
     path = out / "setup.json"
-    setup = json.loads(path.read_text()) if path.is_file() else {}
+    setup = read_json_object(path) if path.is_file() else {}
     return frames, {k: v for k, v in setup.items() if k not in tasks}, order
 
 
@@ -484,6 +489,8 @@ def _joined(kept: Optional[pd.DataFrame], rows: list[dict], order: Sequence[str]
     new = pd.DataFrame(rows)
     if kept is None or not len(kept):
         return new
+    if not rows:
+        return kept.reset_index(drop=True)
     frame = pd.concat([kept, new], ignore_index=True)
     rank = {t: i for i, t in enumerate(dict.fromkeys([*order, *frame["task"]]))}
     return frame.sort_values("task", key=lambda c: c.map(rank), kind="stable").reset_index(drop=True)
@@ -510,8 +517,11 @@ def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[
     results, curves, training, setup = [], [], [], {}
     kept: dict[str, pd.DataFrame] = {}
     order: list[str] = []
+    update = update and (out / "results.csv").is_file()    # nothing to keep: an ordinary run
     if update:
         kept, setup, order = _kept(out, tasks)
+    else:
+        setup["_machine"] = machine_line()
     updates = list(setup.get("_updates", []))
     started = time.perf_counter()
     for task_name in tasks:
@@ -576,6 +586,7 @@ def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[
         if update:
             setup["_updates"] = updates + [{"tasks": list(tasks[:tasks.index(task_name) + 1]), "date": time.strftime(
                 "%Y-%m-%d"), "seconds": round(time.perf_counter() - started, 1)}]
+            setup = {k: setup[k] for k in dict.fromkeys([*order, *setup]) if k in setup}   # tasks in their place
         else:
             setup["_wall_seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_text(out / "setup.json", json.dumps(setup, indent=2, default=float) + "\n")

@@ -45,10 +45,11 @@ def build(config: GeneratorConfig, *, space=None, context=None, num_slots: Optio
 
 
 def training_bytes(config: GeneratorConfig, sizes: list[int]) -> int:
-    """The memory a table generator's vocabulary-sized weights take in training (float32 weights,
-    their gradients and Adam's two moments), known before it is built: a lower bound on what training
-    needs, which also holds (batch, samples, S, V_max) activations."""
-    return 4 * 4 * _CLASSES[config.kind].vocabulary_elements(list(sizes), config)
+    """Bytes a table generator's vocabulary-sized weights take in training (float32 parameters with
+    their gradients and Adam's two moments, buffers once), known before it is built: a lower bound,
+    as training also holds (batch, samples, S, V_max) activations."""
+    parameters, buffers = _CLASSES[config.kind].vocabulary_elements(list(sizes), config)
+    return 4 * (4 * parameters + buffers)
 
 
 def save(generator: Generator, run_dir, extra: Optional[dict] = None) -> None:

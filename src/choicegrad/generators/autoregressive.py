@@ -95,11 +95,12 @@ class AutoregressiveGenerator(TableGenerator):
             self.context_head.bias.zero_()
 
     @staticmethod
-    def vocabulary_elements(sizes: list[int], config: GeneratorConfig) -> int:
-        """Elements of the weights, masks and buffers that grow with the vocabulary (the rest is
-        small): every slot is padded to V_max, and the skip layer is (S V_max)^2 with its mask."""
+    def vocabulary_elements(sizes: list[int], config: GeneratorConfig) -> tuple[int, int]:
+        """(parameters, buffers): elements that grow with the vocabulary (the rest is small). Every
+        slot is padded to V_max, and the skip layer is (S V_max)^2 with a mask as large."""
         SV, first, last = len(sizes) * max(sizes), config.hidden[0], config.hidden[-1]
-        return 2 * first * SV + (2 * last + 1) * SV + (2 * SV + 1) * SV + (first + 1) * SV + SV
+        parameters = first * SV + (last + 1) * SV + (SV + 1) * SV + (first + 1) * SV
+        return parameters, first * SV + last * SV + SV * SV + SV     # the masks and the (S, V) mask
 
     @property
     def order(self) -> list[int]:

@@ -29,11 +29,11 @@ class FactorizedGenerator(TableGenerator):
         self.head_bias = nn.Parameter(torch.zeros(S, V))
 
     @staticmethod
-    def vocabulary_elements(sizes: list[int], config: GeneratorConfig) -> int:
-        """Elements of the weights and buffers that grow with the vocabulary: one (H, V_max) head per
-        slot, its bias and the (S, V_max) mask."""
+    def vocabulary_elements(sizes: list[int], config: GeneratorConfig) -> tuple[int, int]:
+        """(parameters, buffers): elements that grow with the vocabulary: one (H, V_max) head per slot
+        and its bias; the (S, V_max) mask."""
         S, V = len(sizes), max(sizes)
-        return S * config.hidden[-1] * V + 2 * S * V
+        return S * config.hidden[-1] * V + S * V, S * V
 
     def logits(self, ctx: TableContext, x: Optional[Tensor] = None) -> Tensor:
         """(B, S, V_max); `x` is ignored (slots are independent given the context)."""
