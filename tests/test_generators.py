@@ -275,3 +275,27 @@ def test_fit_refuses_a_generator_too_big_for_the_machine_before_training():
     check_generator_fits(GeneratorConfig(kind="autoregressive"), space, memory=2**40)
     with pytest.raises(InputError, match=r'"item" has 2,000 categories.*fit-scorer'):
         check_generator_fits(GeneratorConfig(kind="autoregressive"), space, memory=2**28)
+
+
+def test_draws_of_a_large_vocabulary_go_in_chunks_of_bounded_size(monkeypatch):
+    """Gumbel-max noise is (rows, S, V): with many logits per context the draws go in chunks of
+    contexts (DECODE_ELEMENTS), every draw still a valid category; small draws stay in one piece."""
+    import choicegrad.generators.base as base
+    import choicegrad.generators.context as context
+    from choicegrad.generators import FactorizedGenerator
+
+    cfg = GeneratorConfig(kind="factorized", hidden=[8])
+    sizes = [50, 3, 7]
+    ctx = TableContext(torch.randint(4, (9, 1)), torch.zeros(9, 0))
+    for cls in (FactorizedGenerator, AutoregressiveGenerator):
+        gen = cls(sizes, [4], 0, cfg.model_copy(update={"kind": cls.kind}))
+        whole = gen.sample(ctx, 6, generator=torch.Generator().manual_seed(0))
+        seen = []
+        monkeypatch.setattr(base, "DECODE_ELEMENTS", 6 * 3 * 50 * 2)          # 2 contexts per chunk
+        monkeypatch.setattr(context, "DECODE_ELEMENTS", 50 * 12)               # 12 rows per chunk
+        real = gen.logits if cls is FactorizedGenerator else gen.features
+        monkeypatch.setattr(gen, real.__name__, lambda c, *a: seen.append(len(c)) or real(c, *a))
+        parts = gen.sample(ctx, 6, generator=torch.Generator().manual_seed(0))
+        monkeypatch.undo()
+        assert parts.shape == whole.shape == (9, 6, 3) and max(seen) == 2
+        assert bool((parts < torch.tensor(sizes)).all()) and bool((parts >= 0).all())

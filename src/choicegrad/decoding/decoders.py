@@ -94,7 +94,7 @@ def beam_search(gen: Generator, ctx: Context, width: int, fixed: Optional[Tensor
         mask = gen.choice_mask(ctx)
         allowed = allowed_choices(mask, check_fixed(fixed, mask))
         return in_context_chunks(lambda c, a: _beam(gen, c, int(width), a, temperature), ctx,
-                                 decode_chunk(int(width)), allowed)
+                                 decode_chunk(int(width), mask.shape[-1]), allowed)
 
 
 def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: float) -> tuple[Tensor, Tensor]:

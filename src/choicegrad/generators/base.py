@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from choicegrad.estimators import MASK_VALUE, select
 from choicegrad.estimators.gumbel import gumbel_max
-from choicegrad.generators.context import Context, decode_chunk, in_context_chunks
+from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_context_chunks
 
 KINDS = ("factorized", "autoregressive", "pointer")
 
@@ -166,15 +166,17 @@ class Generator(nn.Module):
 
     def _decode(self, ctx: Context, k: int, pick, fixed: Optional[Tensor]) -> Tensor:
         """k rows per context (B, k, S), each slot chosen by pick(logits (..., V)) -> (...,) long."""
-        if not self.autoregressive:
-            logits = self.logits(ctx)
-            B, S, V = logits.shape
-            return fill_fixed(pick(logits.unsqueeze(1).expand(B, k, S, V)), fixed)
         mask = self.choice_mask(ctx.index(slice(0, 1)))
         S, V = mask.shape[1:]
+        if not self.autoregressive:   # all slots at once: chunks only where k x S x V logits per context are many
+            def draw(c: Context) -> Tensor:
+                logits = self.logits(c)
+                return pick(logits.unsqueeze(1).expand(len(c), k, S, V))
+
+            return fill_fixed(in_context_chunks(draw, ctx, max(1, DECODE_ELEMENTS // max(1, k * S * V))), fixed)
         ffix = None if fixed is None else fill_fixed(torch.full((len(ctx), S), -1, dtype=torch.long, device=mask.device),
                                                      fixed)
-        return in_context_chunks(lambda c, f: self._decode_chunk(c, k, pick, f, S, V), ctx, decode_chunk(k), ffix)
+        return in_context_chunks(lambda c, f: self._decode_chunk(c, k, pick, f, S, V), ctx, decode_chunk(k, V), ffix)
 
     def _decode_chunk(self, ctx: Context, k: int, pick, fixed: Optional[Tensor], S: int, V: int) -> Tensor:
         rows = torch.full((len(ctx), k, S), -1, dtype=torch.long, device=self.device)

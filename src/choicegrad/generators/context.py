@@ -110,9 +110,16 @@ DECODE_ROWS = 1 << 13
 (one large tensor per step spends most of its time on fresh memory)."""
 
 
-def decode_chunk(rows_per_context: int) -> int:
-    """Contexts per chunk of sequential decoding: about DECODE_ROWS rows."""
-    return max(1, DECODE_ROWS // max(1, rows_per_context))
+DECODE_ELEMENTS = 1 << 26
+"""Logits per chunk of decoding (256 MB of float32): with a large vocabulary, fewer rows than
+DECODE_ROWS per chunk, so that a draw's noise never needs (rows, V) for all rows at once."""
+
+
+def decode_chunk(rows_per_context: int, width: int = 1) -> int:
+    """Contexts per chunk of sequential decoding: about DECODE_ROWS rows, fewer when each row holds
+    `width` logits at a step (the vocabulary V) and DECODE_ROWS rows would exceed DECODE_ELEMENTS."""
+    rows = min(DECODE_ROWS, max(1, DECODE_ELEMENTS // max(1, width)))
+    return max(1, rows // max(1, rows_per_context))
 
 
 def in_context_chunks(fn, ctx: Context, size: int, *per_context):
