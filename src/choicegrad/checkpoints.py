@@ -124,7 +124,7 @@ class Checkpointer:
     every_minutes: time between saves of a phase (0: at every tick). resume: load() returns saved
     state; otherwise it returns None. label: the run folder named in messages (default: root's
     parent). `stop` is set by catch_signals() when SIGINT/SIGTERM arrive. writer=False: save() writes
-    nothing (data-parallel ranks other than 0 read rank 0's checkpoints and never write them).
+    nothing (data-parallel ranks other than 0, which get rank 0's state sent, never write).
     """
 
     def __init__(self, root: str | Path, every_minutes: float = CHECKPOINT_MINUTES, resume: bool = False,

@@ -28,11 +28,16 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str) -> None:
+def _say(message: str) -> None:
+    """A message on stderr, from rank 0 only: under torchrun every rank fails or stops alike."""
     from choicegrad import distributed
 
-    if distributed.is_main():     # under torchrun every rank fails alike: one message
-        typer.echo(f"error: {message}", err=True)
+    if distributed.is_main():
+        typer.echo(message, err=True)
+
+
+def _fail(message: str) -> None:
+    _say(f"error: {message}")
     raise typer.Exit(2)
 
 
@@ -56,16 +61,10 @@ def user_errors(fn):
         except InputError as exc:
             _fail(str(exc))
         except Interrupted as exc:
-            from choicegrad import distributed
-
-            if distributed.is_main():
-                typer.echo(str(exc), err=True)
+            _say(str(exc))
             raise typer.Exit(128 + exc.signum) from None
         except KeyboardInterrupt:
-            from choicegrad import distributed
-
-            if distributed.is_main():
-                typer.echo("interrupted", err=True)
+            _say("interrupted")
             raise typer.Exit(130) from None
         except ValueError as exc:
             from pydantic import ValidationError

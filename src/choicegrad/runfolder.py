@@ -15,7 +15,8 @@ one process at a time, and sealed by a manifest that readers check.
   complete, then the two are swapped by two renames (a crash between them is repaired on the next
   start).
 - Data-parallel training (torchrun): `run_writer` gives rank 0 the RunWriter and every other rank a
-  read-only view of the same folder (its checkpoints, to resume from), so one process writes.
+  RankView that writes nothing; rank 0 sends the other ranks what they need of the folder (its
+  checkpoint on a resume), so one process reads and writes it.
 """
 
 from __future__ import annotations
@@ -257,8 +258,9 @@ class RunWriter:
 
 
 class RankView:
-    """What a data-parallel rank other than 0 sees of the run rank 0 writes: the folder being built
-    and its checkpoints, to read (resume) but never write. commit() does nothing."""
+    """What a data-parallel rank other than 0 holds of the run rank 0 writes: the folder's path, whether
+    it resumes, and a Checkpointer for the signal and save schedule whose save() writes nothing (the
+    checkpoint itself comes from rank 0). commit() does nothing."""
 
     def __init__(self, out: Path, state: dict[str, Any], checkpoint_minutes: float):
         self.out, self.dir = out, Path(state["dir"])
