@@ -160,6 +160,11 @@ class Checkpointer:
             (self.root / old).unlink(missing_ok=True)
         self.last = time.monotonic()
 
+    def saved_elsewhere(self) -> None:
+        """Another rank (rank 0) saved at this step: restart this checkpointer's clock without writing,
+        so that its next tick comes when rank 0's does."""
+        self.last = time.monotonic()
+
     def _weights_of(self, name: str) -> Optional[str]:
         try:
             return json.loads((self.root / f"{name}.json").read_text())["weights"]

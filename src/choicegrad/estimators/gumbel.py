@@ -1,7 +1,9 @@
 """Numerically safe Gumbel sampling in fp32: noise, Gumbel-max, Gumbel-softmax, conditional Gumbels.
 
 All noise is drawn as -log(-log(U)) with U ~ Uniform clamped to [tiny, 1 - eps] in fp32, so it lies in
-about [-4.5, 15.9]; logits are upcast to fp32 before use. Every function takes a torch.Generator.
+about [-4.5, 15.9]; logits are upcast to fp32 before use. Every function takes a torch.Generator, or
+a BatchShard (shard.py) of one under data parallelism: `uniform` then draws the global batch and
+keeps this rank's rows.
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ import torch
 from torch import Tensor
 
 from choicegrad.estimators.base import check_int, check_tau, one_hot
+from choicegrad.estimators.shard import BatchShard
 
 _TINY = torch.finfo(torch.float32).tiny
 _EPS = torch.finfo(torch.float32).eps
 
 
-def uniform(shape, *, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
-    """fp32 Uniform draws of `shape`, clamped to [tiny, 1 - eps] so that log(U) and log(-log(U)) are finite."""
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
+def uniform(shape, *, generator: Optional[torch.Generator] = None, device=None, batch_dim: int = 0) -> Tensor:
+    """fp32 Uniform draws of `shape`, clamped to [tiny, 1 - eps] so that log(U) and log(-log(U)) are finite.
+
+    batch_dim: the dimension of `shape` that runs over the batch's contexts, for a BatchShard
+    generator (this rank's rows of the global draw); ignored for a torch.Generator."""
+    if isinstance(generator, BatchShard):
+        u = generator.uniform(shape, batch_dim, device)
+    else:
+        u = torch.rand(shape, generator=generator, device=device, dtype=torch.float32)
     return u.clamp_(_TINY, 1.0 - _EPS)
 
 
@@ -65,8 +74,8 @@ def conditional_gumbel(logits: Tensor, index: Tensor, k: int = 1, *,
                          f"got {tuple(index.shape)}")
     with torch.no_grad():
         theta = logits.detach().float()
-        log_e = torch.log(-torch.log(uniform((k,) + tuple(theta.shape), generator=generator,
-                                             device=theta.device)))  # log of Exp(1) draws
+        log_e = torch.log(-torch.log(uniform((k,) + tuple(theta.shape), generator=generator, device=theta.device,
+                                             batch_dim=1)))  # log of Exp(1) draws
         idx = index.unsqueeze(-1).expand((k,) + tuple(index.shape) + (1,))
         top = torch.logsumexp(theta, -1, keepdim=True) - log_e.gather(-1, idx)  # (k, ..., 1)
         others = -torch.logaddexp(-top, log_e - theta)

@@ -10,6 +10,7 @@ import torch
 
 from choicegrad.estimators.base import ScoreFn, call_scorer, check_int, one_hot, score_stats, unknown_name_error
 from choicegrad.estimators.contract import Estimator, EstimatorOutput, register
+from choicegrad.estimators.shard import batch_shard
 
 BASELINES = ("none", "mean", "rloo", "greedy")
 
@@ -48,9 +49,11 @@ class Reinforce(Estimator):
         f = all_scores[:, :K]
         if self.baseline == "none":
             b = torch.zeros_like(f)
-        elif self.baseline == "mean":
-            n = B * K
-            b = (f.sum() - f) / (n - 1) if n > 1 else torch.zeros_like(f)
+        elif self.baseline == "mean":   # over the global batch under data parallelism (a BatchShard)
+            shard = batch_shard(generator)
+            n = (shard.size if shard is not None else B) * K
+            total = shard.whole(f).sum() if shard is not None else f.sum()
+            b = (total - f) / (n - 1) if n > 1 else torch.zeros_like(f)
         elif self.baseline == "rloo":
             b = (f.sum(1, keepdim=True) - f) / (K - 1)
         else:

@@ -15,6 +15,7 @@ from choicegrad.estimators.base import (ScoreFn, call_scorer, check_int, check_t
 from choicegrad.estimators.contract import Estimator, EstimatorOutput, register
 from choicegrad.estimators.gumbel import uniform
 from choicegrad.estimators.policy import keep_fixed
+from choicegrad.estimators.shard import batch_shard
 
 WEIGHTINGS = ("inverse", "softmax", "rank", "uniform")
 
@@ -100,7 +101,9 @@ class WeightedCE(Estimator):
             scores = torch.as_tensor(target_scores, device=policy.mask.device)
             if tuple(scores.shape) != (B,):
                 raise ValueError(f"target_scores must have shape (B,)=({B},), got {tuple(scores.shape)}")
-        w = row_weights(scores, self.weighting, self.temperature)
+        shard = batch_shard(generator)   # data parallelism: weights normalised over the global batch
+        w = row_weights(scores, self.weighting, self.temperature) if shard is None else \
+            shard.mine(row_weights(shard.whole(scores), self.weighting, self.temperature))
         ll = policy.log_prob(t[:, None, :], valid=(t >= 0)[:, None, :])[:, 0]  # (B,)
         loss = -(w * ll).mean()
         ent = policy.entropy(filled[:, None, :])

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from choicegrad.estimators import MASK_VALUE, select
 from choicegrad.estimators.gumbel import gumbel_max
-from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_context_chunks
+from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_batch_chunks
 
 KINDS = ("factorized", "autoregressive", "pointer")
 
@@ -152,31 +152,34 @@ class Generator(nn.Module):
 
         -> (B, k, S) long. Autoregressive generators decode slot by slot in `order`, each choice
         conditioned on the ones before (including fixed values), in chunks of about DECODE_ROWS rows:
-        with a seeded `generator`, draws of more rows than that depend on the chunk size.
+        with a seeded `generator`, draws of more rows than that depend on the chunk size. generator:
+        a torch.Generator, or a BatchShard of one (data parallelism: ctx is this rank's share).
         """
-        def pick(logits: Tensor) -> Tensor:
-            return gumbel_max(logits.float() / temperature, generator=generator)
+        def pick(logits: Tensor, g) -> Tensor:
+            return gumbel_max(logits.float() / temperature, generator=g)
 
-        return self._decode(ctx, k, pick, fixed)
+        return self._decode(ctx, k, pick, fixed, generator)
 
     @torch.no_grad()
     def greedy(self, ctx: Context, fixed: Optional[Tensor] = None) -> Tensor:
         """(B, S) long: the most likely choice slot by slot (given the earlier ones), fixed slots kept."""
-        return self._decode(ctx, 1, lambda logits: logits.argmax(-1), fixed)[:, 0]
+        return self._decode(ctx, 1, lambda logits, g: logits.argmax(-1), fixed)[:, 0]
 
-    def _decode(self, ctx: Context, k: int, pick, fixed: Optional[Tensor]) -> Tensor:
-        """k rows per context (B, k, S), each slot chosen by pick(logits (..., V)) -> (...,) long."""
+    def _decode(self, ctx: Context, k: int, pick, fixed: Optional[Tensor], generator=None) -> Tensor:
+        """k rows per context (B, k, S), each slot chosen by pick(logits (..., V), generator) -> (...,)
+        long, `generator` being the chunk's (in_batch_chunks)."""
         mask = self.choice_mask(ctx.index(slice(0, 1)))
         S, V = mask.shape[1:]
         if not self.autoregressive:   # all slots at once: chunks only where k x S x V logits per context are many
-            def draw(c: Context) -> Tensor:
+            def draw(c: Context, g) -> Tensor:
                 logits = self.logits(c)
-                return pick(logits.unsqueeze(1).expand(len(c), k, S, V))
+                return pick(logits.unsqueeze(1).expand(len(c), k, S, V), g)
 
-            return fill_fixed(in_context_chunks(draw, ctx, max(1, DECODE_ELEMENTS // max(1, k * S * V))), fixed)
+            return fill_fixed(in_batch_chunks(draw, ctx, max(1, DECODE_ELEMENTS // max(1, k * S * V)), generator), fixed)
         ffix = None if fixed is None else fill_fixed(torch.full((len(ctx), S), -1, dtype=torch.long, device=mask.device),
                                                      fixed)
-        return in_context_chunks(lambda c, f: self._decode_chunk(c, k, pick, f, S, V), ctx, decode_chunk(k, V), ffix)
+        return in_batch_chunks(lambda c, g, f: self._decode_chunk(c, k, lambda x: pick(x, g), f, S, V), ctx,
+                               decode_chunk(k, V), generator, ffix)
 
     def _decode_chunk(self, ctx: Context, k: int, pick, fixed: Optional[Tensor], S: int, V: int) -> Tensor:
         rows = torch.full((len(ctx), k, S), -1, dtype=torch.long, device=self.device)

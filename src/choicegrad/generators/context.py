@@ -136,6 +136,27 @@ def in_context_chunks(fn, ctx: Context, size: int, *per_context):
     return _join(parts)
 
 
+def in_batch_chunks(fn, ctx: Context, size: int, generator, *per_context):
+    """fn(ctx chunk, generator, *per_context chunks) over chunks of `size` contexts, as
+    in_context_chunks. With a BatchShard generator (data parallelism: ctx is this rank's share of a
+    global batch) the chunks are the GLOBAL batch's, as one process makes them: this rank calls fn
+    for every chunk, with its part of it (perhaps no context) and the chunk's window of the shard, so
+    that its draws are one process's and the shared generator advances alike on every rank."""
+    from choicegrad.estimators.shard import BatchShard
+
+    if not isinstance(generator, BatchShard):
+        return in_context_chunks(lambda c, *p: fn(c, generator, *p), ctx, size, *per_context)
+    size = max(1, int(size))
+    if generator.size <= size:
+        return fn(ctx, generator, *per_context)
+    parts = []
+    for start in range(0, generator.size, size):
+        end = min(start + size, generator.size)
+        sl = generator.local(start, end)
+        parts.append(fn(ctx.index(sl), generator.window(start, end), *(None if t is None else t[sl] for t in per_context)))
+    return _join(parts)
+
+
 def _join(parts: list):
     first = parts[0]
     if isinstance(first, torch.Tensor):

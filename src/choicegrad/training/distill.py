@@ -9,6 +9,10 @@ table contexts, which have ids), and the generator's likelihood of those rows is
 
 so that the generator alone comes to propose what the search would have reached, and generation
 for a new context needs no search. The search's scorer calls are counted with the step's.
+
+Data-parallel training: each rank searches from its share of the step's contexts, and every rank
+updates its replay with the whole batch's results (gathered), so that the replays stay equal to
+one process's.
 """
 
 from __future__ import annotations
@@ -38,11 +42,13 @@ class Distillation:
             self.scores = torch.full((num_contexts,), float("-inf"), device=device)
 
     def targets(self, objective, ctx: Context, allowed: Tensor, samples: Tensor, scores: Tensor,
-                ids: Optional[Tensor]) -> tuple[Tensor, int]:
+                ids: Optional[Tensor], shard=None) -> tuple[Tensor, int]:
         """(B, S) rows whose likelihood to raise, and the scorer calls spent finding them.
 
         samples (B, K, S) long, the estimator's rows; scores (B, K) pick the start (the best of them);
-        allowed (B, S, V). ids (B,) training-context ids (repeats allowed) for the replay, or None."""
+        allowed (B, S, V). ids (B,) training-context ids (repeats allowed) for the replay, or None.
+        shard: the BatchShard these B contexts are of (data parallelism), whose whole batch updates
+        the replay."""
         B = samples.shape[0]
         ar = torch.arange(B, device=samples.device)
         start_rows = samples[ar, scores.argmax(1)][:, None]              # (B, 1, S)
@@ -53,12 +59,16 @@ class Distillation:
             found = polish(objective, ctx, start, allowed, sweeps=self.sweeps)
         rows, value = found.rows[:, 0], found.scores[:, 0]
         if self.rows is not None and ids is not None:
+            mine = ids
+            if shard is not None:   # the global batch's update on every rank: the replays stay equal
+                both = shard.whole(torch.cat([ids[:, None], rows], 1))
+                ids, rows, value = both[:, 0], both[:, 1:], shard.whole(value)
             old = self.scores[ids]
             best = self.scores.clone().scatter_reduce_(0, ids, value, "amax")  # one best per id, repeats too
             win = (value > old) & (value >= best[ids])
             self.rows[ids[win]] = rows[win]
             self.scores = best
-            rows = self.rows[ids]
+            rows = self.rows[mine]
         return rows, found.scorer_calls
 
     def loss(self, gen, rows: Tensor, ctx: Context) -> Tensor:

@@ -10,6 +10,16 @@ context (missing slots masked). Validation every `val_every` steps on fixed cont
 is kept (early stopping). Metrics go to RUN/metrics.csv; progress to stderr (choicegrad.progress).
 Trajectory balance also learns a log Z per context (TrainingStep.log_z), with the same Adam at
 LOG_Z_LR_FACTOR times the learning rate, saved in the checkpoint with the rest.
+
+Data-parallel under torchrun (choicegrad.distributed.join first): every rank draws each step's
+global batch from the same seeded generator and trains on its share of the contexts (TrainingStep;
+the warm start likewise), the gradients are summed over the ranks before clipping, so the ranks stay
+equal to each other and, within float tolerance, to one process at the same batch size. The sum is
+one all-reduce of the flattened gradients (distributed.sum_grads), not DistributedDataParallel: the
+estimators call the generator through its policy methods (logits, slot_logits, sample, log_prob),
+not through forward, which is all DDP's wrapper reduces. Validation runs on rank 0 and its result is
+sent to the others; saves and stops (signal, time limit) are decided together; rank 0 alone writes
+metrics.csv and checkpoints, and sends its checkpoint to the others on a resume.
 """
 
 from __future__ import annotations
@@ -25,8 +35,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from choicegrad import estimators
+from choicegrad import distributed, estimators
 from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
+from choicegrad.errors import InputError, Interrupted
 from choicegrad.data.table import TableData
 from choicegrad.decoding.rows import first_occurrence, row_keys
 from choicegrad.device import Device
@@ -140,7 +151,12 @@ class _Loop:
                  checkpoint: Optional[Checkpointer] = None):
         self.start, self.before = time.perf_counter(), 0.0
         self.budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
-        device = torch.device(fit.device)
+        self.world = world = distributed.current()
+        if fit.batch_size < world.size:
+            raise InputError("batch_size", [f"{fit.batch_size} contexts per step cannot be shared by {world.size} "
+                                            "data-parallel ranks (torchrun): each needs at least one; ask for a "
+                                            f"batch of at least {world.size} contexts"])
+        self.device = device = torch.device(fit.device)
         torch.manual_seed(fit.seed)
         self.rng = torch.Generator(device=device).manual_seed(fit.seed)
         self.gen, self.objective, self.contexts, self.fit = gen.to(device).train(), objective, contexts, fit
@@ -157,17 +173,30 @@ class _Loop:
         self.best_val, self.best_state = -math.inf, None
         self.running = {"score_mean": 0.0, "entropy": 0.0}
         self.ckpt = checkpoint
-        state = checkpoint.load("generator") if checkpoint is not None else None
+        state = checkpoint.load("generator") if checkpoint is not None and world.main else None
+        if world.distributed:   # rank 0's start (its generator, its checkpoint): other ranks read no file
+            buffers = [*self.gen.buffers(), *(self.log_z.buffers() if self.log_z is not None else ())]
+            distributed.broadcast_tensors(self.parameters() + [b for b in buffers if b.is_floating_point()])
+            state = distributed.share(state)
         if state is not None:
             self.restore(state)
-        self.log = MetricsLog(Path(run_dir) / "metrics.csv" if run_dir is not None else None,
+        self.log = MetricsLog(Path(run_dir) / "metrics.csv" if run_dir is not None and world.main else None,
                               rows=state["log"] if state is not None else ())
+
+    def parameters(self) -> list[Tensor]:
+        """Every parameter the optimiser updates (the generator's, and trajectory balance's log Z)."""
+        return [p for group in self.opt.param_groups for p in group["params"]]
 
     def seconds(self) -> float:
         return self.before + time.perf_counter() - self.start
 
     def out_of_time(self) -> bool:
-        return self.seconds() > self.budget
+        """Past the time limit; data-parallel ranks decide together (their clocks differ)."""
+        if not self.world.distributed:
+            return self.seconds() > self.budget
+        if math.isinf(self.budget):   # no limit on any rank: nothing to decide
+            return False
+        return bool(distributed.max_ranks([int(self.seconds() > self.budget)], self.device)[0])
 
     def state(self) -> dict:
         state = {"gen": self.gen.state_dict(), "opt": self.opt.state_dict(), "rng": rng_state(self.rng),
@@ -193,7 +222,21 @@ class _Loop:
         self.before = state["seconds"]
 
     def checkpoint(self, name: str, force: bool = False) -> None:
-        """Save when the checkpointer says so (or `force`: the end of a phase); stop after a signal."""
+        """Save when the checkpointer says so (or `force`: the end of a phase); stop after a signal.
+        Data-parallel ranks decide together, or one would wait for the others forever."""
+        if self.world.distributed:
+            if self.ckpt is None:
+                return
+            save, signum = distributed.max_ranks([int(self.ckpt.tick(name) or force), int(self.ckpt.stop or 0)],
+                                                 self.device)
+            if save or signum:
+                if self.world.main:
+                    self.ckpt.save("generator", self.state())
+                else:
+                    self.ckpt.saved_elsewhere()
+            if signum:
+                raise Interrupted(signum, self.ckpt.label, name)
+            return
         if self.ckpt is not None and (self.ckpt.tick(name) or force):
             self.ckpt.save("generator", self.state())
             self.ckpt.check_stop(name)
@@ -210,9 +253,15 @@ class _Loop:
             step = self.warm_step
             idx = torch.randint(len(rows), (min(fit.warm_start_batch, len(rows)),), generator=self.rng,
                                 device=rows.device)
-            nll = -self.gen.log_prob(rows[idx], ctx.index(idx)).mean()
+            if self.world.distributed:     # this rank's share of the global batch's mean (a share may be empty)
+                mine = self.world.shard(idx)
+                nll = -self.gen.log_prob(rows[mine], ctx.index(mine)).sum() / len(idx)
+            else:
+                nll = -self.gen.log_prob(rows[idx], ctx.index(idx)).mean()
             self.opt.zero_grad(set_to_none=True)
             nll.backward()
+            if self.world.distributed:
+                nll = torch.tensor(distributed.sum_grads(self.parameters(), [float(nll.detach())])[0])
             if fit.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.gen.parameters(), fit.grad_clip)
             self.opt.step()
@@ -224,7 +273,10 @@ class _Loop:
     def check_validation(self, step: int) -> None:
         """Validate, keep the best state, count validations without gain; log the result."""
         self.gen.eval()
-        val, dist, calls = validate(self.gen, self.objective, self.val_ctx, self.fit)
+        if self.world.distributed:    # the ranks' generators are equal: rank 0 validates, all decide alike
+            val, dist, calls = distributed.from_main(lambda: validate(self.gen, self.objective, self.val_ctx, self.fit))
+        else:
+            val, dist, calls = validate(self.gen, self.objective, self.val_ctx, self.fit)
         self.calls += calls
         if val > self.best_val + 1e-9:
             self.best_val, self.best_state, self.bad = val, copy.deepcopy(self.gen.state_dict()), 0
@@ -239,6 +291,9 @@ class _Loop:
         loss, stats = self.step_fn(tau, entropy_at(self.fit, step), self.rng)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world.distributed:    # the global batch's gradient, loss and scorer calls
+            total, calls = distributed.sum_grads(self.parameters(), [float(loss.detach()), stats["scorer_calls"]])
+            loss, stats = torch.tensor(total), {**stats, "scorer_calls": round(calls)}
         if self.fit.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.gen.parameters(), self.fit.grad_clip)
         self.opt.step()
@@ -301,7 +356,12 @@ def fit_generator(gen: Generator, objective, contexts, fit: Optional[GeneratorFi
     state. aligner: the Aligner the `aligner` method needs (reference rows come from `contexts`' data).
     checkpoint: save the training state there every few minutes, at the end of the warm start and on
     SIGINT/SIGTERM (phase "generator"), and continue from it when it holds one (bit-identical on CPU,
-    time limits aside)."""
+    time limits aside).
+
+    Under torchrun (choicegrad.distributed.join first) every rank calls this with the same arguments
+    and trains on its share of each step's `batch_size` contexts (see the module docstring): the
+    result equals one process's at the same seed and batch size, within float tolerance, on every
+    rank. InputError when batch_size is smaller than the number of ranks."""
     loop = _Loop(gen, objective, contexts, fit or GeneratorFit(), run_dir, aligner, checkpoint)
     try:
         stopped = loop.run(progress)

@@ -6,6 +6,12 @@ the estimator decides what to draw (rows, relaxed rows, data rows' likelihood) a
 fed: data rows as targets for estimators that want them (weighted-ce; raml with data=True), the
 aligner's reference rows, the relaxation temperature, and trajectory balance's learned log Z (a `LogZ`
 module of the context that the step owns and the loop optimises and checkpoints).
+
+Data-parallel training (torchrun): every rank draws the global batch from the shared generator, as
+one process does, and keeps its share of the contexts and of what comes with them; the estimator
+gets a BatchShard of the generator (choicegrad.estimators.shard), so each context's draws are one
+process's. The loss is this rank's mean times its share of the batch: the ranks' gradients summed
+are one process's.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from choicegrad import estimators
+from choicegrad import distributed, estimators
 from choicegrad.estimators.base import normalize_name, unknown_name_error
+from choicegrad.estimators.shard import BatchShard
 from choicegrad.generators.base import Generator
 from choicegrad.generators.context import Context, ItemContext, TableContext
 from choicegrad.generators.objective import score_rows
@@ -115,6 +122,7 @@ class TrainingStep:
 
     def __init__(self, gen: Generator, objective, contexts, fit, aligner=None):
         self.gen, self.objective, self.contexts, self.fit = gen, objective, contexts, fit
+        self.world = distributed.current()
         self.method = normalize_name(fit.method)
         if self.method not in estimators.available():
             raise unknown_name_error(fit.method, estimators.available())
@@ -155,8 +163,12 @@ class TrainingStep:
         return self.objective(x, ctx) / self.scale
 
     def __call__(self, tau: float, entropy_coef: float, rng: torch.Generator) -> tuple[Tensor, dict]:
-        """(loss with the entropy bonus, stats with score_mean/score_max/entropy/scorer_calls)."""
-        ctx, extra, pre_calls = self.batch(rng)
+        """(loss with the entropy bonus, stats with score_mean/score_max/entropy/scorer_calls).
+
+        Data-parallel: the loss is this rank's part of the global batch's (the ranks' losses add up
+        to it), scorer_calls this rank's; the other stats are the global batch's."""
+        shard = BatchShard.of(rng, self.fit.batch_size, self.world) if self.world.distributed else None
+        ctx, extra, pre_calls = self.batch(rng, shard)
         B = len(ctx)
 
         def score_fn(x: Tensor) -> Tensor:
@@ -171,42 +183,59 @@ class TrainingStep:
             extra["log_z"] = self.log_z(ctx)
             entropy_coef = 0.0
         policy = policy_of(self.gen, ctx)
-        out = self.estimator(policy, score_fn, generator=rng, **extra)
+        out = self.estimator(policy, score_fn, generator=rng if shard is None else shard, **extra)
         if self.log_z is not None and not bool(self.log_z.ready):
             # first step: start log Z at the batch estimate mean(f/T - log p) (residuals are log_z - that)
-            self.log_z.initialise(-float(out.weights.mean()))
+            self.log_z.initialise(-float((out.weights if shard is None else shard.whole(out.weights)).mean()))
         loss = out.loss
         if self.distill is not None:       # amortised search: raise the likelihood of what search found
-            targets, calls = self.distill.targets(self.score, ctx, policy.mask, out.samples, out.scores, self.ids)
+            targets, calls = self.distill.targets(self.score, ctx, policy.mask, out.samples, out.scores, self.ids,
+                                                  shard)
             loss = loss + self.distill.loss(self.gen, targets, ctx)
             pre_calls += calls
         H = out.entropy.mean()
+        if shard is not None:    # every term is a mean over this rank's contexts
+            both = shard.whole(torch.cat([out.scores.float(), out.entropy.detach().float()[:, None]], 1))
+            scores, entropy = both[:, :-1], float(both[:, -1].mean())
+            return (loss - entropy_coef * H) * (B / shard.size), {
+                "score_mean": float(scores.mean()) * self.scale, "score_max": float(scores.max()) * self.scale,
+                "entropy": entropy, "scorer_calls": out.scorer_calls + pre_calls}
         scores = out.scores.float()
         return loss - entropy_coef * H, {
             "score_mean": float(scores.mean()) * self.scale, "score_max": float(scores.max()) * self.scale,
             "entropy": float(H.detach()), "scorer_calls": out.scorer_calls + pre_calls}
 
-    def batch(self, rng: torch.Generator) -> tuple[Context, dict[str, Any], int]:
-        """(contexts, the estimator's per-call options, scorer calls spent choosing them)."""
+    def batch(self, rng: torch.Generator, shard: Optional[BatchShard] = None) -> tuple[Context, dict[str, Any], int]:
+        """(contexts, the estimator's per-call options, scorer calls spent choosing them).
+
+        shard: this rank's share (data parallelism): the global batch is drawn from `rng` as in one
+        process, and the share of it returned."""
         n = self.fit.batch_size
+
+        def mine(x):
+            if shard is None:
+                return x
+            return x[shard.slice] if isinstance(x, Tensor) else x.index(shard.slice)
+
         if self.method == "aligner":
             ids = self.contexts.sample_ids(n, rng)
             ctx = self.contexts.contexts.index(ids)
-            extra, calls = self.aligner_options(ids, ctx, rng)
-            return ctx, extra, calls
+            extra, calls = self.aligner_options(ids, ctx, rng, shard)
+            return mine(ctx), extra, calls
         if not self.estimator.wants_data_rows:
             if self.distill is not None and self.distill.rows is not None:   # ids for the replay
-                self.ids = self.contexts.sample_ids(n, rng)
-                return self.contexts.contexts.index(self.ids), {}, 0
-            return self.contexts.sample(n, rng), {}, 0
+                ids = self.contexts.sample_ids(n, rng)
+                self.ids = mine(ids)
+                return mine(self.contexts.contexts.index(ids)), {}, 0
+            return mine(self.contexts.sample(n, rng)), {}, 0
         if self.has_data:
             targets, ctx = self.contexts.data_rows(n, rng)
-            return ctx, {"targets": targets}, 0
+            return mine(ctx), {"targets": mine(targets)}, 0
         if "target_scores" not in self.estimator.call_options:   # raml: propose its own candidates
-            return self.contexts.sample(n, rng), {}, 0
+            return mine(self.contexts.sample(n, rng)), {}, 0
         # no data rows: imitate the best of `samples` own rows per context (cross-entropy method)
-        ctx = self.contexts.sample(n, rng)
-        own = self.gen.sample(ctx, self.fit.samples, generator=rng)
+        ctx = mine(self.contexts.sample(n, rng))
+        own = self.gen.sample(ctx, self.fit.samples, generator=rng if shard is None else shard)
         with torch.no_grad():
             f, calls = score_rows(self.score, own, ctx)
         best = f.argmax(1)
@@ -217,10 +246,14 @@ class TrainingStep:
         return ctx, extra, calls
 
     def aligner_options(self, ids: Tensor, ctx: TableContext, rng: torch.Generator,
-                        ) -> tuple[dict[str, Any], int]:
+                        shard: Optional[BatchShard] = None) -> tuple[dict[str, Any], int]:
         """The aligner's call options for contexts `ids`: embed (bound to ctx), the embedded good and
-        bad reference rows of each context; and the rows embedded (counted as scorer calls)."""
+        bad reference rows of each context; and the rows embedded (counted as scorer calls). shard:
+        the references are drawn for the global batch and this rank's share of them embedded (and
+        embed bound to the share's contexts)."""
         good, bad = self.contexts.references(ids, self.references, self.reference_share, rng)   # (B, n, S)
+        if shard is not None:
+            good, bad, ctx = good[shard.slice], bad[shard.slice], ctx.index(shard.slice)
         B, n, S = good.shape
         rep = ctx.repeat_interleave(2 * n)
         with torch.no_grad():
