@@ -27,14 +27,17 @@ import numpy as np
 SLOTS, VOCAB, USERS = 16, 4, 10_000
 
 
-def write_table(path: Path, rows: int, seed: int = 0, chunk: int = 1_000_000) -> Path:
-    """The synthetic table, `rows` rows written `chunk` at a time (memory bounded by the chunk)."""
+def write_table(path: Path, rows: int, seed: int = 0, chunk: int = 1_000_000, part: int | None = None) -> Path:
+    """The synthetic table, `rows` rows written `chunk` at a time (memory bounded by the chunk).
+    part: one part of a larger table: the same landscape (from `seed`), its own rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
     field = rng.normal(size=(USERS, SLOTS, VOCAB)).astype(np.float32) * 0.5       # per-user preference
     coupling = rng.normal(size=(SLOTS - 1, VOCAB, VOCAB)).astype(np.float32)        # neighbouring slots
+    if part is not None:
+        rng = np.random.default_rng([seed, part])
     letters = np.array(list("abcd"))
     users = np.array([f"u{i:05d}" for i in range(USERS)])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def main_options(
 
 
 #: The commands that run data-parallel under torchrun (choicegrad.distributed).
-DATA_PARALLEL = ("fit-scorer",)
+DATA_PARALLEL = ("fit-scorer", "fit")
 
 
 def _echo_metrics(metrics: dict[str, dict[str, float]]) -> None:
@@ -129,10 +129,12 @@ CHECKPOINT = typer.Option(min=0.0, help="Minutes between checkpoints of long pha
              "--features 's?' --score y --context tf --train-quantile 0.5 --out runs/tfbind8\n\n"
              "Example (data-parallel, 2 processes; nccl on GPUs, gloo on the CPU; rank 0 writes the run): "
              "torchrun --nproc-per-node=2 -m choicegrad fit-scorer table.csv --features 's?' --score y "
-             "--batch-size 1024 --out runs/ddp")
+             "--batch-size 1024 --out runs/ddp\n\n"
+             "Example (a folder of Parquet files bigger than memory, streamed): choicegrad fit-scorer logs/ "
+             "--features 's*' --score y --context user --epochs 2 --workers 1 --out runs/logs")
 @user_errors
 def fit_scorer_cmd(
-    data: Annotated[Path, typer.Argument(help="Training table, CSV or Parquet.")],
+    data: Annotated[Path, typer.Argument(help="Training table, CSV or Parquet; or a folder of Parquet files (streamed).")],
     features: Annotated[list[str], FEATURES],
     score: Annotated[str, SCORE],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (scorer.safetensors, scorer.json, scorer_metrics.json).")],
@@ -155,6 +157,11 @@ def fit_scorer_cmd(
     overwrite: Annotated[bool, OVERWRITE] = False,
     checkpoint_minutes: Annotated[float, CHECKPOINT] = 2.0,
     space: Annotated[Optional[Path], SPACE] = None,
+    stream: Annotated[bool, typer.Option(
+        "--stream", help="Read the Parquet table as a stream, never whole (memory bounded whatever its rows; implied "
+        "by a folder). Validation and test hold out at most 100,000 rows each.")] = False,
+    workers: Annotated[int, typer.Option(
+        min=0, help="With --stream: DataLoader processes decoding Parquet beside the training (0: in the training process).")] = 0,
 ) -> None:
     """Fit a scorer on a table and print its held-out metrics."""
     from choicegrad.run import TableSpec, fit_scorer_run
@@ -171,7 +178,8 @@ def fit_scorer_cmd(
                                                          train_quantile=train_quantile,
                                                          space=None if space is None else str(space)), cfg,
                                     resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
-                                    echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
+                                    echo=lambda m: typer.echo(m, err=m.startswith("warning:")), stream=stream,
+                                    workers=workers)
         if distributed.current().main:
             typer.echo(f"wrote {out}/scorer.safetensors")
             _echo_metrics(result.metrics)
@@ -219,7 +227,8 @@ DEFAULT_DECODER = "polish"
 
 
 # Library argument names -> the flags that set them, for error messages.
-FIT_FLAGS = {"method/generator": "--method/--generator", "out": "--out"}
+FIT_FLAGS = {"method/generator": "--method/--generator", "out": "--out", "batch_size": "--batch-size",
+             "device": "--device"}
 GENERATE_FLAGS = {"k": "--top-k", "fix": "--fix", "decoder": "--decoder", "temperature": "--temperature",
                   "samples": "--samples", "budget": "--budget", "contexts": "--contexts", "device": "--device",
                   "seed": "--seed"}
@@ -241,7 +250,10 @@ def as_flags(flags: dict[str, str]):
 
 
 @app.command("fit", epilog="Example: choicegrad fit ../shared/data/tfbind8.parquet --features 's?' --score y "
-             "--context tf --train-quantile 0.5 --out runs/tfbind8 --max-minutes 12")
+             "--context tf --train-quantile 0.5 --out runs/tfbind8 --max-minutes 12\n\n"
+             "Example (data-parallel scorer and generator, 2 processes; nccl on GPUs, gloo on the CPU; rank 0 "
+             "writes the run): torchrun --nproc-per-node=2 -m choicegrad fit table.csv --features 's?' --score y "
+             "--context ctx --batch-size 64 --out runs/ddp")
 @user_errors
 def fit_cmd(
     data: Annotated[Path, typer.Argument(help="Training table, CSV or Parquet.")],
@@ -260,6 +272,9 @@ def fit_cmd(
     train_quantile: Annotated[Optional[float], typer.Option(
         help="Fit only on rows below this score quantile of their context (offline-design protocol).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=0, help="Generator training steps (default 1500).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Contexts per generator training step (default 32); under torchrun the global batch, "
+                    "shared by the ranks.")] = None,
     entropy: Annotated[Optional[float], typer.Option(min=0.0, help="Entropy bonus of the generator (diversity).")] = None,
     distill: Annotated[Optional[float], typer.Option(
         min=0.0, help="Amortised search: weight of learning the rows a short local search reaches from the generator's "
@@ -278,20 +293,24 @@ def fit_cmd(
 
     The run is built beside --out and moved into place when complete; Ctrl-C or SIGTERM saves a
     checkpoint, and the same command with --resume continues from it."""
+    from choicegrad import distributed
     from choicegrad.run import Run, TableSpec
     from choicegrad.scorer.fit import ScorerFit
     from choicegrad.training.loop import GeneratorFit
 
-    gen_options = {key: value for key, value in (("steps", steps), ("entropy", entropy), ("distill", distill))
-                   if value is not None}
-    with as_flags(FIT_FLAGS):
-        Run.fit(data, out, TableSpec(features=features, score=score, context=context, train_quantile=train_quantile,
-                                     space=None if space is None else str(space)),
-                generator=generator, scorer_fit=ScorerFit(ensemble=ensemble, beta=beta, seed=seed, epochs=scorer_epochs,
-                                                          device=device),
-                generator_fit=GeneratorFit(method=method, seed=seed, device=device, beta=beta, **gen_options),
-                max_minutes=max_minutes, resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
-                echo=lambda m: typer.echo(m, err=m.startswith("warning:")), on_scorer=_echo_metrics)
+    gen_options = {key: value for key, value in (("steps", steps), ("entropy", entropy), ("distill", distill),
+                                                 ("batch_size", batch_size)) if value is not None}
+    try:
+        with as_flags(FIT_FLAGS):
+            Run.fit(data, out, TableSpec(features=features, score=score, context=context, train_quantile=train_quantile,
+                                         space=None if space is None else str(space)),
+                    generator=generator, scorer_fit=ScorerFit(ensemble=ensemble, beta=beta, seed=seed,
+                                                              epochs=scorer_epochs, device=device),
+                    generator_fit=GeneratorFit(method=method, seed=seed, device=device, beta=beta, **gen_options),
+                    max_minutes=max_minutes, resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
+                    echo=lambda m: typer.echo(m, err=m.startswith("warning:")), on_scorer=_echo_metrics)
+    finally:
+        distributed.leave()
 
 
 @app.command("generate", epilog="Example: choicegrad generate runs/tfbind8 --top-k 128 --out candidates.csv\n\n"

@@ -131,7 +131,70 @@ def share(obj: Any = None) -> Any:
 
 def from_main(fn: Callable[[], Any]) -> Any:
     """fn() computed on rank 0 and sent to every rank (a file check or read that the other ranks,
-    perhaps on other machines, must not do themselves); just fn() in one process."""
+    perhaps on other machines, must not do themselves); just fn() in one process. When fn raises on
+    rank 0, every rank raises: the same InputError, or an InputError saying rank 0 failed."""
     if not current().distributed:
         return fn()
-    return share(fn() if current().main else None)
+    from choicegrad.errors import InputError
+
+    if not current().main:
+        tag, *rest = share()
+        if tag == "error":
+            raise InputError(rest[0], rest[1])
+        return rest[0]
+    try:
+        value = fn()
+    except InputError as exc:
+        share(("error", exc.source, exc.problems))
+        raise
+    except BaseException as exc:
+        share(("error", "rank 0", [f"failed: {type(exc).__name__}: {exc}"]))
+        raise
+    share(("ok", value))
+    return value
+
+
+def gather_parts(part: Tensor, sizes: Sequence[int]) -> Tensor:
+    """Every rank's `part` (sizes[rank], ...) joined along dimension 0 in rank order: the global
+    batch's tensor (sum(sizes), ...) on every rank (parts padded to the largest for the collective)."""
+    if not current().distributed:
+        return part
+    width = max(sizes)
+    padded = part.new_zeros((width,) + tuple(part.shape[1:]))
+    padded[: part.shape[0]] = part
+    out = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:n] for o, n in zip(out, sizes)])
+
+
+def sum_grads(params: Sequence[Tensor], extra: Sequence[float] = ()) -> list[float]:
+    """Sum every parameter's gradient over the ranks in place, with one flat all-reduce; -> the
+    sums of `extra` (numbers added up alongside, e.g. this rank's part of the loss).
+
+    A parameter without a gradient counts as zeros, and gets the sum unless no rank had one (it
+    then keeps None, as in one process, where the optimiser skips it). For training loops whose
+    models are called through other methods than forward (DistributedDataParallel reduces only
+    what forward calls produce). No-op in one process."""
+    if not current().distributed:
+        return [float(v) for v in extra]
+    device = params[0].device
+    parts = [p.grad.reshape(-1).float() if p.grad is not None else torch.zeros(p.numel(), device=device)
+             for p in params]
+    flags = torch.tensor([float(p.grad is not None) for p in params] + [float(v) for v in extra], device=device)
+    flat = torch.cat(parts + [flags])
+    dist.all_reduce(flat)
+    n = flat.numel() - len(flags)
+    seen = flat[n: n + len(params)].tolist()
+    for p, g, had in zip(params, flat[:n].split([p.numel() for p in params]), seen):
+        if had:
+            p.grad = g.reshape(p.shape).to(p.dtype)
+    return flat[n + len(params):].tolist()
+
+
+def broadcast_tensors(tensors: Sequence[Tensor]) -> None:
+    """Rank 0's values of `tensors` (parameters, buffers) copied in place on every rank."""
+    if not current().distributed:
+        return
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src=0)

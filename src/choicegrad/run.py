@@ -35,7 +35,9 @@ from choicegrad.device import check_device
 from choicegrad.io import atomic_write_text, check_finite, read_json_object, read_table, versions, write_table
 from choicegrad.data import ChoiceSpace, ContextEncoder
 from choicegrad.data.context import ContextRangeWarning
+from choicegrad.data.space import read_space
 from choicegrad.data.split import hold_out_upper
+from choicegrad.data.stream import ParquetTable, parquet_files, scan_parquet
 from choicegrad.data.table import TableData, load_table
 from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budget
 from choicegrad.errors import InputError, did_you_mean
@@ -43,7 +45,7 @@ from choicegrad.estimators import available
 from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective
 from choicegrad.runfolder import RunWriter, run_writer, verify_run
 from choicegrad.scorer.aligner import Aligner, AlignerFit, fit_aligner
-from choicegrad.scorer.fit import ScorerFit, ScorerResult, fit_scorer
+from choicegrad.scorer.fit import ScorerFit, ScorerResult, fit_scorer, fit_scorer_stream
 from choicegrad.scorer.model import Scorer
 from choicegrad.training.loop import GeneratorFit, GeneratorResult, fit_table_generator
 
@@ -315,43 +317,64 @@ class Run:
         metrics. Thirteen arguments: the three option objects, how the folder is written, and
         output callbacks.
 
+        Started by torchrun (WORLD_SIZE > 1), it trains data-parallel (choicegrad.distributed): the
+        scorer as fit_scorer_run does, then the generator (see choicegrad.training.loop), each rank
+        on its share of every step's batch of contexts; rank 0 alone writes the run and echoes, and
+        every rank returns rank 0's Run.load(out). "cuda" means each rank's own GPU. InputError
+        ('batch_size') when generator_fit.batch_size is smaller than the number of ranks.
+
             Run.fit("t.csv", "runs/one", TableSpec(features="s?", score="y", context="ctx", train_quantile=0.5),
                     scorer_fit=ScorerFit(seed=1), generator_fit=GeneratorFit(method="st-gumbel", seed=1))
         """
-        if distributed.launched():
-            raise InputError("choicegrad fit", [
-                "data-parallel training (torchrun) covers fit-scorer so far; run fit in one process, or "
-                "fit-scorer under torchrun"])
         scorer_fit, generator_fit = scorer_fit or ScorerFit(), generator_fit or GeneratorFit()
         generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, generator)})
         gen_cfg = GeneratorConfig(kind=generator)
+        asked = scorer_fit.device, generator_fit.device     # as asked: "cuda", not this rank's "cuda:1"
+        world, device = distributed.join(generator_fit.device)
+        if world.distributed:
+            if scorer_fit.device != generator_fit.device:
+                raise InputError("device", [f'the scorer ("{scorer_fit.device}") and the generator '
+                                            f'("{generator_fit.device}") train on one device kind under torchrun'])
+            if generator_fit.batch_size < world.size:
+                raise InputError("batch_size", [f"{generator_fit.batch_size} contexts per generator step cannot be "
+                                                f"shared by {world.size} data-parallel ranks (torchrun): each needs "
+                                                f"at least one; ask for a batch of at least {world.size} contexts"])
+            scorer_fit = scorer_fit.model_copy(update={"device": device})
+            generator_fit = generator_fit.model_copy(update={"device": device})
+            if not world.main:
+                echo, progress, on_scorer = (lambda message: None), False, None
         check_out_dir(out)
         out = Path(out)
         data_table, extra = _load(data, table, echo)
         check_generator_fits(gen_cfg, data_table.space, device=generator_fit.device)
         if max_minutes is not None:
             scorer_fit = scorer_fit.model_copy(update={"max_minutes": max_minutes / 2})
-        request = _request("fit", data, table, scorer_fit=scorer_fit.model_dump(), generator=gen_cfg.model_dump(),
-                           generator_fit=generator_fit.model_dump())
-        with RunWriter(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
+        request = _request("fit", data, table, scorer_fit={**scorer_fit.model_dump(), "device": asked[0]},
+                           generator=gen_cfg.model_dump(), generator_fit={**generator_fit.model_dump(), "device": asked[1]})
+        with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
             for note in w.notes:
                 echo(note)
             if w.finished:
-                return cls.load(out)
+                return distributed.from_main(lambda: cls.load(out))
             with w.checkpoints.catch_signals() as ckpt:
                 result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo)
                 if on_scorer is not None:
                     on_scorer(result.metrics)
                 aligner, aligner_info = None, None
                 if generator_fit.method == "aligner":  # the learned similarity the method pulls through
-                    aligner, aligner_info = _aligner_phase(w, result.scorer, data_table, generator_fit.seed,
-                                                           _minutes_left(max_minutes, result.seconds, 3),
-                                                           progress, echo)
+                    # fitted (or read back) by rank 0 alone, and sent to the others
+                    aligner, aligner_info = distributed.from_main(lambda: _aligner_phase(
+                        w, result.scorer, data_table, generator_fit.seed, _minutes_left(max_minutes, result.seconds, 3),
+                        progress, echo))
                 spent = result.seconds + (aligner_info["seconds"] if aligner_info else 0.0)
                 if max_minutes is not None:
                     generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, spent, 1)})
                 res = fit_table_generator(result.scorer, data_table, gen_cfg, generator_fit, run_dir=w.dir,
                                           progress=progress, aligner=aligner, checkpoint=ckpt)
+            if not world.main:           # rank 0 writes the run; the others wait for it, then take its Run
+                distributed.barrier()
+                w.commit()
+                return distributed.from_main(lambda: None)
             generators.save(res.generator.cpu(), w.dir, {"space": result.scorer.space.model_dump(),
                                                          "context": result.scorer.context.model_dump()})
             ctx_cols = [c.name for c in result.scorer.context.columns]
@@ -365,10 +388,11 @@ class Run:
                       "generator_training": _training_summary(res),
                       "seconds": spent + res.seconds, "versions": versions()}
             atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
+            distributed.barrier()        # every rank done with the folder before rank 0 moves it
             w.commit()
         echo(f"generator: {generator} + {generator_fit.method}, {res.seconds:.1f} s, {res.scorer_calls} scorer calls, "
              f"validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
-        return cls.load(out)
+        return distributed.from_main(lambda: cls.load(out))
 
 
 def machine_memory(device: str | torch.device = "cpu") -> int:
@@ -415,12 +439,16 @@ def check_generator_fits(config: GeneratorConfig, space: ChoiceSpace, memory: Op
 def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: TableSpec,
                    scorer_fit: Optional[ScorerFit] = None, *, resume: bool = False, overwrite: bool = False,
                    checkpoint_minutes: float = CHECKPOINT_MINUTES, echo: Callable[[str], None] = print,
-                   progress: Optional[bool] = None) -> ScorerResult:
+                   progress: Optional[bool] = None, stream: bool = False, workers: int = 0) -> ScorerResult:
     """Table -> scorer, written to `out` as one run (scorer.*, scorer_metrics.json, run.json), with
     the same folder rules, checkpoints and resume as Run.fit. What `choicegrad fit-scorer` does.
 
-    Started by torchrun (WORLD_SIZE > 1), it trains data-parallel (choicegrad.distributed): every
-    rank reads the table, rank 0 alone writes the run and logs; "cuda" means each rank's own GPU."""
+    stream (implied by a folder): read a Parquet file or folder as a stream (choicegrad.data.stream),
+    never whole: one scan, in the run's folder lock, then every epoch streams the training rows,
+    read by `workers` DataLoader processes (0: in this one). Started by torchrun (WORLD_SIZE > 1), it
+    trains data-parallel (choicegrad.distributed): every rank reads the table (a streamed table: rank
+    0 scans it, each rank streams its own row groups), rank 0 alone writes the run and logs; "cuda"
+    means each rank's own GPU."""
     scorer_fit = scorer_fit or ScorerFit()
     settings = scorer_fit.model_dump()          # as asked: "cuda", not this rank's "cuda:1"
     world, device = distributed.join(scorer_fit.device)
@@ -430,18 +458,49 @@ def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: Tabl
             echo, progress = (lambda message: None), False
     check_out_dir(out)
     out = Path(out)
-    data_table, extra = _load(data, table, echo)
-    request = _request("fit-scorer", data, table, scorer_fit=settings)
+    stream = stream or (isinstance(data, (str, Path)) and Path(data).is_dir())
+    if stream:
+        _check_stream(data, table, workers)
+        data_table, extra = None, {}
+        request = _request("fit-scorer", data, table, scorer_fit=settings, stream=True, workers=workers)
+    else:
+        data_table, extra = _load(data, table, echo)
+        request = _request("fit-scorer", data, table, scorer_fit=settings)
     with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
         for note in w.notes:
             echo(note)
         if w.finished:
             return distributed.from_main(lambda: _read_scorer_result(out))
+        if stream:       # in the folder's lock: a refusal (a run already there) comes before the long scan
+            data_table = distributed.from_main(lambda: _scan(data, table, scorer_fit, progress, echo))
         with w.checkpoints.catch_signals():
-            result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo)
+            result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo, workers)
         distributed.barrier()            # every rank done with the folder before rank 0 moves it
         w.commit()
     return result
+
+
+def _check_stream(data, table: TableSpec, workers: int) -> None:
+    """InputError for what a streamed fit cannot take: a DataFrame, a path that is not Parquet, a
+    train quantile (per-context quantiles need the whole table), negative workers."""
+    if isinstance(data, pd.DataFrame):
+        raise InputError("--stream", ["streams a Parquet file or a folder of them, not a DataFrame"])
+    if table.train_quantile is not None:
+        raise InputError("--train-quantile", ["needs each context's score quantile, so the whole table in memory; "
+                                              "it does not combine with a streamed table (--stream or a folder)"])
+    if workers < 0:
+        raise InputError("--workers", [f"expected 0 or more DataLoader processes, got {workers}"])
+    parquet_files(data)
+
+
+def _scan(data, table: TableSpec, fit: ScorerFit, progress: Optional[bool], echo: Callable[[str], None]) -> ParquetTable:
+    """The streamed table's one scan (its split from the fit's seed and fractions); warnings echoed."""
+    space = read_space(table.space) if isinstance(table.space, str) else table.space
+    scanned = scan_parquet(data, table.features, table.score, table.context, space=space, seed=fit.seed,
+                           val_fraction=fit.val_fraction, test_fraction=fit.test_fraction, progress=progress)
+    for note in scanned.warnings:
+        echo(f"warning: {note}")
+    return scanned
 
 
 def _load(data: str | Path | pd.DataFrame, table: TableSpec, echo: Callable[[str], None]):
@@ -454,7 +513,11 @@ def _load(data: str | Path | pd.DataFrame, table: TableSpec, echo: Callable[[str
 
 def _request(command: str, data: str | Path | pd.DataFrame, table: TableSpec, **settings) -> dict:
     """The settings a resumed run must share with its start, the table's identity included."""
-    if isinstance(data, (str, Path)):
+    if isinstance(data, (str, Path)) and Path(data).is_dir():      # a streamed folder: its Parquet files
+        stats = [Path(f).stat() for f in parquet_files(data)]
+        source = {"data": str(data), "data_bytes": sum(st.st_size for st in stats),
+                  "data_mtime_ns": max(st.st_mtime_ns for st in stats), "data_files": len(stats)}
+    elif isinstance(data, (str, Path)):
         stat = Path(data).stat()
         source = {"data": str(data), "data_bytes": stat.st_size, "data_mtime_ns": stat.st_mtime_ns}
     else:
@@ -462,19 +525,26 @@ def _request(command: str, data: str | Path | pd.DataFrame, table: TableSpec, **
     return {"command": command, **source, "table": table.model_dump(), **settings}
 
 
-def _scorer_phase(w: RunWriter, data, data_table: TableData, table: TableSpec, fit: ScorerFit, extra: dict,
-                  progress: Optional[bool], echo: Callable[[str], None]) -> ScorerResult:
+def _scorer_phase(w: RunWriter, data, data_table: TableData | ParquetTable, table: TableSpec, fit: ScorerFit,
+                  extra: dict, progress: Optional[bool], echo: Callable[[str], None], workers: int = 0,
+                  ) -> ScorerResult:
     """Fit the scorer into the run being written (scorer.*, then scorer_metrics.json, which marks the
-    phase done), or read it back when a resumed run has it already."""
+    phase done), or read it back when a resumed run has it already. A ParquetTable streams (workers:
+    DataLoader processes)."""
     if distributed.from_main(lambda: w.resuming and (w.dir / SCORER_METRICS).is_file()):
         result = distributed.from_main(lambda: _read_scorer_result(w.dir))
         echo(f"scorer: resumed, fitted on {len(data_table)} rows in {result.seconds:.1f} s")
         return result
-    result = fit_scorer(data_table, fit, extra_eval=extra, progress=progress, checkpoint=w.checkpoints)
+    if isinstance(data_table, ParquetTable):
+        result = fit_scorer_stream(data_table, fit, progress=progress, checkpoint=w.checkpoints, workers=workers)
+    else:
+        result = fit_scorer(data_table, fit, extra_eval=extra, progress=progress, checkpoint=w.checkpoints)
     if not distributed.current().main:
         return result
     result.scorer.save(w.dir)
     doc = {"data": str(data) if isinstance(data, (str, Path)) else "DataFrame", "rows": len(data_table),
+           **({"streamed": True, "train_rows": data_table.train_rows, "scan_seconds": data_table.scan_seconds}
+              if isinstance(data_table, ParquetTable) else {}),
            "train_quantile": table.train_quantile, "fit": fit.model_dump(), "metrics": result.metrics,
            "seconds": result.seconds}
     atomic_write_text(w.dir / SCORER_METRICS, json.dumps(doc, indent=2) + "\n")

@@ -81,12 +81,12 @@ def load_table(
     space_source = str(space) if isinstance(space, (str, Path)) else "space"
     declaration = read_space(space) if isinstance(space, (str, Path)) else space
     frame = path if isinstance(path, pd.DataFrame) else read_table(path)
-    feats, ctx_specs = _check_columns(frame, source, features, score, context)
+    feats, ctx_specs = check_columns([str(c) for c in frame.columns], len(frame), source, features, score, context)
     y, notes = _check_values(frame, source, feats, score, failures)
     space = ChoiceSpace.declared(frame, feats, declaration, source=space_source)
     encoder, ctx_cat, ctx_num = _encode_context(frame, source, ctx_specs)
     rows = space.encode(frame, source)
-    notes += [f"{source}: {n}" for n in id_like_features(frame, feats, space)]
+    notes += [f"{source}: {n}" for n in id_like_features(len(frame), feats, space)]
     finite = y[np.isfinite(y)]
     if len(finite) and np.all(finite == finite[0]):
         notes.append(f'{source}: score column "{score}" is constant ({finite[0]:g} on every row); '
@@ -114,10 +114,9 @@ def check_fit_rows(data: TableData, source: str | None = None) -> None:
             "(a tenth is held out for early stopping and a tenth for the test metrics)"])
 
 
-def id_like_features(frame: pd.DataFrame, feats: Sequence[str], space: ChoiceSpace) -> list[str]:
+def id_like_features(n: int, feats: Sequence[str], space: ChoiceSpace) -> list[str]:
     """A note for each feature with more than ID_MIN_CATEGORIES categories that number more than
-    ID_SHARE of the rows: likely an ID, which a scorer cannot learn from."""
-    n = len(frame)
+    ID_SHARE of the table's n rows: likely an ID, which a scorer cannot learn from."""
     return [f'feature column "{f}" has {size} categories for {n} rows: it looks like an ID, which the scorer '
             "cannot learn from (a category seen once says nothing about the next); drop it, or use it as --context"
             for f, size in zip(feats, space.sizes) if size > ID_MIN_CATEGORIES and size > ID_SHARE * n]
@@ -138,12 +137,13 @@ def score_stats(y: np.ndarray | torch.Tensor) -> tuple[float, float]:
     return float(z.mean()) * top, (std if std > 0 else 1.0)
 
 
-def _check_columns(
-    frame: pd.DataFrame, source: str, features: str | Sequence[str], score: str, context: str | Sequence[str] | None,
+def check_columns(
+    columns: Sequence[str], rows: int, source: str, features: str | Sequence[str], score: str,
+    context: str | Sequence[str] | None,
 ) -> tuple[list[str], list[tuple[str, str | None]]]:
-    """Resolve the column specs against `frame`: (feature names, context specs). InputError for absent
-    or repeated columns, no features or no rows."""
-    columns = [str(c) for c in frame.columns]
+    """Resolve the column specs against a table's `columns`: (feature names, context specs).
+    InputError for absent or repeated columns, no features or no rows."""
+    columns = list(columns)
     feats, problems = expand_features(parse_names(features), columns)
     ctx_specs = parse_context(parse_names(context))
     wanted = [("feature", f) for f in feats] + [("score", score)] + [("context", c) for c, _ in ctx_specs]
@@ -156,7 +156,7 @@ def _check_columns(
             problems.append(f'column "{name}" is named {count} times across --features/--score/--context')
     if not feats:
         problems.append("no feature columns given")
-    if len(frame) == 0:
+    if rows == 0:
         problems.append("the table has no rows")
     if problems:
         raise InputError(source, problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from choicegrad import distributed
 from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
+from choicegrad.data.stream import ParquetTable
 from choicegrad.data.table import TableData, check_fit_rows, score_stats
 from choicegrad.device import Device
 from choicegrad.errors import Interrupted
@@ -30,7 +32,8 @@ class ScorerFit(BaseModel):
     model: ScorerConfig = Field(default_factory=ScorerConfig)
     ensemble: int = Field(1, ge=1, description="members k; score = mean - beta * std")
     beta: float = Field(0.0, ge=0.0, description="pessimism of the ensemble score")
-    epochs: int | None = Field(None, ge=1, description="None: about 3e7 row visits, clipped to 10..200 epochs")
+    epochs: int | None = Field(None, ge=1, description="None: about 3e7 row visits, clipped to 10..200 epochs "
+                               "(1..200 for a streamed table)")
     batch_size: int | None = Field(None, ge=1, description="None: n_train / 256, clipped to 128..4096")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -106,17 +109,39 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
     training = _ScorerTraining(data, fit, checkpoint, init)
     training.run(progress)
     scorer = training.scorer.eval()
-
-    def report(sub: TableData) -> dict[str, float]:
-        pred = scorer.predict(sub.rows, sub.ctx_cat, sub.ctx_num).numpy()
-        return regression_report(sub.y.numpy(), pred, sub.context_groups())
-
-    metrics = {"validation": report(data.subset(training.val_idx))}
+    metrics = {"validation": _report(scorer, data.subset(training.val_idx))}
     if len(training.test_idx):
-        metrics["test"] = report(data.subset(training.test_idx))
+        metrics["test"] = _report(scorer, data.subset(training.test_idx))
     for name, sub in (extra_eval or {}).items():
-        metrics[name] = report(sub)
+        metrics[name] = _report(scorer, sub)
     return ScorerResult(scorer.cpu(), metrics, training.history, training.elapsed())
+
+
+def fit_scorer_stream(table: ParquetTable, fit: ScorerFit | None = None, progress: bool | None = None,
+                      checkpoint: Checkpointer | None = None, init: Scorer | None = None,
+                      workers: int = 0) -> ScorerResult:
+    """fit_scorer on a Parquet dataset bigger than memory (choicegrad.data.stream.scan_parquet):
+    every epoch streams the training rows (workers: DataLoader processes decoding Parquet), the
+    validation and test rows are the table's held-out sets. Memory stays bounded whatever the rows.
+
+    fit.val_fraction / test_fraction / seed were used by the scan (scan_parquet's), not here. Under
+    torchrun each rank streams its own row groups (a rank that runs out first takes empty batches, so
+    every rank runs as many steps), so the model depends on the number of ranks and workers, unlike
+    fit_scorer's. A resume re-reads the interrupted epoch up to where it stopped (same batches)."""
+    fit = fit or ScorerFit()
+    training = _StreamTraining(table, fit, checkpoint, init, workers)
+    training.run(progress)
+    scorer = training.scorer.eval()
+    metrics = {"validation": _report(scorer, table.validation)}
+    if len(table.test):
+        metrics["test"] = _report(scorer, table.test)
+    return ScorerResult(scorer.cpu(), metrics, training.history, training.elapsed())
+
+
+def _report(scorer: Scorer, sub: TableData) -> dict[str, float]:
+    """Held-out regression metrics of `scorer` on `sub` (predicted in chunks of 65,536 rows)."""
+    pred = scorer.predict(sub.rows, sub.ctx_cat, sub.ctx_num).numpy()
+    return regression_report(sub.y.numpy(), pred, sub.context_groups())
 
 
 def warm_start(scorer: Scorer, init: Scorer) -> bool:
@@ -161,7 +186,7 @@ class _ScorerTraining:
         self.budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
         self.train_t = torch.as_tensor(self.train_idx, device=device)
         self.val_t = torch.as_tensor(self.val_idx, device=device)
-        n_train = len(self.train_idx)
+        self.n_train = n_train = len(self.train_idx)
         self.epochs = fit.epochs or int(np.clip(math.ceil(3e7 / n_train), 10, 200))
         self.batch_size = min(fit.batch_size or int(np.clip(n_train // 256, 128, 4096)), n_train)
         self.steps_per_epoch = max(1, math.ceil(n_train / self.batch_size))
@@ -187,11 +212,15 @@ class _ScorerTraining:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(member, device_ids=ids, gradient_as_bucket_view=True)
         self.opt = torch.optim.AdamW(member.parameters(), lr=self.fit.lr, weight_decay=self.fit.weight_decay)
-        total = self.epochs * self.steps_per_epoch
+        total = self.total_steps()
         pct = 0.05 if 0.05 * total != 1 else 0.04  # OneCycleLR divides by zero when pct_start * total_steps == 1
         self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=self.fit.lr, pct_start=pct,
                                                          total_steps=total)
         self.best, self.best_state, self.bad, self.epoch, self.order = math.inf, None, 0, 0, None
+
+    def total_steps(self) -> int:
+        """Optimiser steps of the current member (its learning-rate schedule's length)."""
+        return self.epochs * self.steps_per_epoch
 
     def state(self) -> dict:
         return {"model": self.scorer.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
@@ -284,6 +313,8 @@ class _ScorerTraining:
             total = distributed.sum_ranks(self.total, self.device)    # the epoch's loss so far, every rank's
             if self.world.main:
                 ckpt.save("scorer", {**self.state(), "total": total})
+            else:
+                ckpt.saved_elsewhere()
         if signum:
             raise Interrupted(signum, ckpt.label if ckpt is not None else "the fit", "scorer")
         return bool(late)
@@ -300,7 +331,7 @@ class _ScorerTraining:
             while self.epoch < self.epochs:
                 out_of_time = self.run_epoch(member, deadline)
                 vl = self.val_loss(member)
-                train_loss = distributed.sum_ranks(self.total, self.device) / len(self.train_idx)
+                train_loss = distributed.sum_ranks(self.total, self.device) / self.n_train
                 self.history.append({"member": self.member, "epoch": self.epoch, "train_loss": train_loss,
                                      "val_mse": vl})
                 bar.update(1)
@@ -318,3 +349,91 @@ class _ScorerTraining:
                 member.load_state_dict(self.best_state)
             self.member, self.opt = self.member + 1, None
         bar.close()
+
+
+class _StreamTraining(_ScorerTraining):
+    """_ScorerTraining on a ParquetTable: batches stream from its row groups each epoch; validation
+    runs on its held-out rows, in memory. Epoch e of member m reads the row groups in the order of
+    table epoch m * epochs + e, so members see different orders."""
+
+    def __init__(self, table: ParquetTable, fit: ScorerFit, checkpoint: Checkpointer | None,
+                 init: Scorer | None, workers: int):
+        self.fit, self.ckpt, self.start = fit, checkpoint, time.perf_counter()
+        self.table, self.workers = table, workers
+        self.world = distributed.current()
+        self.gen = seed_everything(fit.seed)
+        self.device = device = torch.device(fit.device)
+        val = table.validation
+        self.y_mean, self.y_std = (table.y_mean, table.y_std) if fit.loss == "mse" else (0.0, 1.0)
+        self.n_train = n_train = table.train_rows
+        model = fit.model.model_copy(update={"pairwise": pair_rank(fit.model, table.space.sizes, n_train)})
+        self.scorer = Scorer(table.space, table.context, table.score, model, k=fit.ensemble, beta=fit.beta,
+                             y_mean=self.y_mean, y_std=self.y_std)
+        if init is not None:
+            warm_start(self.scorer, init)
+        self.scorer.to(device)
+        self.tensors = [t.to(device) for t in (val.rows, val.ctx_cat, val.ctx_num)]
+        self.target = self.standardise(val.y)
+        self.budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
+        self.val_t = torch.arange(len(val), device=device)
+        self.epochs = fit.epochs or int(np.clip(math.ceil(3e7 / n_train), 1, 200))
+        self.batch_size = min(fit.batch_size or int(np.clip(n_train // 256, 128, 4096)), n_train)
+        self.history: list[dict[str, float]] = []
+        self.member, self.epoch, self.pos, self.total = 0, 0, 0, 0.0
+        self.order: torch.Tensor | None = None
+        self.opt = self.sched = self.model = None
+        self.best, self.best_state, self.bad = math.inf, None, 0
+        self.before = 0.0
+        state = checkpoint.load("scorer") if checkpoint is not None and self.world.main else None
+        if self.world.distributed:
+            state = distributed.share(state)
+        if state is not None:
+            self.restore(state)
+
+    def standardise(self, y: torch.Tensor) -> torch.Tensor:
+        return ((y.double() - self.y_mean) / self.y_std).float().to(self.device)
+
+    def table_epoch(self) -> int:
+        return self.member * self.epochs + self.epoch
+
+    def total_steps(self) -> int:
+        base = self.member * self.epochs
+        return sum(self.table.steps(base + e, self.batch_size, self.world.size, self.workers)
+                   for e in range(self.epochs))
+
+    def run_epoch(self, member, deadline: float) -> bool:
+        """Stream the rest of the current epoch; True when the member's time ran out."""
+        member.train()
+        if self.order is None:            # a new epoch (order marks one begun, as in _ScorerTraining)
+            self.order = torch.zeros(0, dtype=torch.long)
+            self.pos, self.total = 0, 0.0
+        batches = self.table.batches(self.table_epoch(), self.batch_size, self.world.rank, self.world.size,
+                                     self.workers)
+        for rows, cat, num, y in itertools.islice(batches, self.pos, None):
+            self.train_rows(rows.to(self.device), cat.to(self.device), num.to(self.device), self.standardise(y))
+            self.pos += 1
+            if self.world.distributed:
+                if self.collective_checks(deadline):
+                    return True
+                continue
+            if self.ckpt is not None and self.ckpt.tick("scorer"):
+                self.ckpt.save("scorer", self.state())
+                self.ckpt.check_stop("scorer")
+            if self.elapsed() > deadline:
+                return True
+        return False
+
+    def train_rows(self, rows: torch.Tensor, cat: torch.Tensor, num: torch.Tensor, target: torch.Tensor) -> None:
+        """One optimiser step on this rank's rows (b, S) of a global batch of batch_size rows: the
+        loss is their sum over batch_size / ranks, so a full global batch's gradient is its mean."""
+        pred = self.model(rows, cat, num)
+        scale = self.world.size / self.batch_size
+        loss = self.loss(pred, target, reduction="sum") * scale
+        if self.fit.ranking:
+            loss = loss + self.fit.ranking * len(rows) * scale * ranking_loss(pred, target, self.gen,
+                                                                              draw=self.batch_size)
+        self.total += float(loss.detach()) / scale
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
