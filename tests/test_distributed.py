@@ -125,14 +125,14 @@ def test_torchrun_fit_killed_then_resumed_equals_an_uninterrupted_fit(tmp_path):
     assert history["validation"]["r2"] == pytest.approx(one.metrics["validation"]["r2"], abs=1e-4)
 
 
-def test_other_commands_refuse_to_run_under_torchrun(tmp_path):
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1"}
-    done = subprocess.run([sys.executable, "-m", "choicegrad", "score", "a", "b", "--out", "c.csv"], env=env,
-                          cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr == ""                           # rank 1 stays quiet
-    done = subprocess.run([sys.executable, "-m", "choicegrad", "score", "a", "b", "--out", "c.csv"],
-                          env={**env, "RANK": "0"}, cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 2 and "does not run under torchrun" in done.stderr
+def test_other_commands_refuse_to_run_under_torchrun(tmp_path, runner):
+    from choicegrad.cli import app
+
+    args = ["score", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c.csv")]
+    done = runner.invoke(app, args, env={"WORLD_SIZE": "2", "RANK": "1"})
+    assert done.exit_code == 2 and done.output == ""                            # rank 1 stays quiet
+    done = runner.invoke(app, args, env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert done.exit_code == 2 and "does not run under torchrun" in done.output
 
 
 def test_shards_cover_the_batch_once_and_a_rank_may_get_none():

@@ -31,7 +31,7 @@ def _frame(n=3000, seed=1) -> pd.DataFrame:
 
 def _folder(tmp_path, frame: pd.DataFrame):
     """The frame as a folder: 3 files (one .pq, one in a sub-folder; in the frame's order by path), of
-    several row groups (sizes 300, 1000, 170), and a _SUCCESS marker that is not Parquet."""
+    several row groups (sizes 300, 1000, 170), a _SUCCESS marker and a README that are not Parquet."""
     folder = tmp_path / "data"
     (folder / "sub").mkdir(parents=True)
     table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -40,6 +40,7 @@ def _folder(tmp_path, frame: pd.DataFrame):
     pq.write_table(table.slice(n // 3, n // 3), folder / "b.pq", row_group_size=1000)
     pq.write_table(table.slice(2 * (n // 3)), folder / "sub" / "c.parquet", row_group_size=170)
     (folder / "_SUCCESS").write_text("")
+    (folder / "README.md").write_text("not a table")
     return folder
 
 
@@ -174,12 +175,15 @@ def test_streamed_inputs_that_cannot_work_are_refused_before_any_folder(tmp_path
                    tmp_path / "typed" / "b.parquet")
     frame.to_csv(tmp_path / "t.csv", index=False)
     (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "a.parquet").write_bytes(b"PAR1 not really")
     (tmp_path / "space.json").write_text(json.dumps({"s0": ["0", "1"]}))
     cases = [
         (["bad"], ["b.parquet", "row 18", "score"]),
         (["typed"], ["b.parquet", "y"]),
         (["t.csv", "--stream"], ["CSV", "leave out --stream"]),
         (["empty"], ["no .parquet"]),
+        (["corrupt"], ["a.parquet", "cannot read as Parquet"]),
         (["missing"], ["not found"]),
         (["data", "--train-quantile", "0.5"], ["--train-quantile"]),
         (["data", "--space", tmp_path / "space.json"], ['column "s0"', "unknown categor"]),

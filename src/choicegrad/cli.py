@@ -159,7 +159,7 @@ def fit_scorer_cmd(
     space: Annotated[Optional[Path], SPACE] = None,
     stream: Annotated[bool, typer.Option(
         "--stream", help="Read the Parquet table as a stream, never whole (memory bounded whatever its rows; implied "
-        "by a folder). Validation and test hold out at most 100,000 rows each.")] = False,
+        "by a folder). Validation and test hold out about 100,000 rows each at most.")] = False,
     workers: Annotated[int, typer.Option(
         min=0, help="With --stream: DataLoader processes decoding Parquet beside the training (0: in the training process).")] = 0,
 ) -> None:

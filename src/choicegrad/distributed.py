@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+
+#: How long a rank waits in a collective for the others: work that rank 0 does alone comes first
+#: (the scan of a streamed table, about 500,000 rows/s here; the aligner), and nccl's own default
+#: of 10 minutes would abort the waiting ranks of a scan of 300M rows.
+WAIT_MINUTES = 120
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ def join(device: str) -> tuple[World, str]:
         device = f"cuda:{local}"
         torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(minutes=WAIT_MINUTES))
     return current(), device
 
 

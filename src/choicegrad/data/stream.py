@@ -7,10 +7,10 @@
 `scan_parquet` reads the files once through pyarrow.dataset, `STREAM_BATCH` rows at a time, and keeps
 only what does not grow with the rows: each feature's and categorical context column's distinct
 values, running sums for the score and the numeric context columns, the rows of each row group in
-each split, and the held-out rows (at most HELD_OUT_ROWS each for validation and test). Training then
-streams the training rows again every epoch, row group by row group: the row groups are shuffled per
-epoch and dealt to the ranks (torchrun) and, within a rank, to DataLoader workers; each reader mixes
-its rows in a shuffle buffer of SHUFFLE_ROWS. Memory is bounded by those constants, not by the table.
+each split, and the held-out rows (about HELD_OUT_ROWS each, at most, for validation and test).
+Training then streams the training rows again every epoch, row group by row group: the row groups
+are shuffled per epoch and dealt to the ranks (torchrun) and, within a rank, to DataLoader
+workers; each reader mixes its rows in a shuffle buffer of SHUFFLE_ROWS. Memory is bounded by those constants, not by the table.
 
 A row's split (train, validation, test) is a hash of its position in the dataset (files in name
 order, rows in file order) and the seed: no list of rows is kept, and every rank agrees.
@@ -39,8 +39,9 @@ from choicegrad.errors import InputError, did_you_mean
 STREAM_BATCH = 65_536
 #: Rows each reader mixes before emitting batches (its shuffle buffer).
 SHUFFLE_ROWS = 262_144
-#: At most this many rows are held out for validation (early stopping) and as many for the test
-#: metrics: they are kept in memory. Smaller tables hold out their fractions.
+#: About this many rows are held out for validation (early stopping) and as many for the test
+#: metrics (each row with probability HELD_OUT_ROWS / rows, when that is below the fraction): they
+#: are kept in memory. Smaller tables hold out their fractions.
 HELD_OUT_ROWS = 100_000
 #: Split codes.
 TRAIN, VALIDATION, TEST = 0, 1, 2
@@ -268,10 +269,9 @@ def _floats(array) -> np.ndarray:
 
 def parquet_files(path: str | Path) -> list[str]:
     """The Parquet files of `path`: the file itself, or a folder's .parquet/.pq files (in
-    sub-folders too, in name order; names starting with . or _ skipped, as pyarrow.dataset does).
-    InputError for a missing path, another file type, or a folder without Parquet files."""
-    import pyarrow.dataset as ds
-
+    sub-folders too, in path order; names starting with . or _ skipped, as pyarrow.dataset does; other
+    files, e.g. a README, ignored). InputError for a missing path, another file type, or a folder
+    without Parquet files."""
     p = Path(path)
     if not p.exists():
         raise InputError(str(p), ["file or folder not found"])
@@ -280,7 +280,9 @@ def parquet_files(path: str | Path) -> list[str]:
             raise InputError(str(p), [f'streaming reads Parquet (.parquet, .pq), not "{p.suffix}"; a CSV table is '
                                       "read whole (leave out --stream), or convert it to Parquet first"])
         return [str(p.resolve())]
-    files = sorted(f for f in ds.dataset(str(p.resolve()), format="parquet").files if Path(f).suffix.lower() in (".parquet", ".pq"))
+    root = p.resolve()
+    files = sorted(str(f) for f in root.rglob("*") if f.is_file() and f.suffix.lower() in (".parquet", ".pq")
+                   and not any(part.startswith((".", "_")) for part in f.relative_to(root).parts))
     if not files:
         raise InputError(str(p), ["the folder holds no .parquet or .pq files"])
     return files
@@ -379,7 +381,7 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
     y_std = y_train.std(1) or 1.0
     if not (math.isfinite(y_train.mean) and math.isfinite(y_std)):
         raise InputError(source, [f'score column "{score}": its mean or spread overflows a float64; rescale the scores'])
-    notes += [f"{source}: {n}" for n in id_like_features(n_rows, feats, space_)]
+    notes += [f"{source}: {n}" for n in id_like_features(n_rows, feats, [len(seen[f]) for f in feats])]
     if y_train.n and y_train.lo == y_train.hi:
         notes.append(f'{source}: score column "{score}" is constant ({y_train.lo:g} on every training row); a scorer '
                      "fitted on it predicts that value everywhere")

@@ -289,16 +289,19 @@ class _ScorerTraining:
         while self.pos < len(batches):
             self.train_batch(member, batches[self.pos])
             self.pos += 1
-            if self.world.distributed:
-                if self.collective_checks(deadline):
-                    return True
-                continue
-            if self.ckpt is not None and self.ckpt.tick("scorer"):
-                self.ckpt.save("scorer", self.state())
-                self.ckpt.check_stop("scorer")
-            if self.elapsed() > deadline:
+            if self.after_batch(deadline):
                 return True
         return False
+
+    def after_batch(self, deadline: float) -> bool:
+        """Save when it is time (or a signal came, then stop); True when the member's time ran out.
+        Data-parallel ranks decide together (collective_checks)."""
+        if self.world.distributed:
+            return self.collective_checks(deadline)
+        if self.ckpt is not None and self.ckpt.tick("scorer"):
+            self.ckpt.save("scorer", self.state())
+            self.ckpt.check_stop("scorer")
+        return self.elapsed() > deadline
 
     def collective_checks(self, deadline: float) -> bool:
         """Data-parallel ranks decide together whether to save, stop on a signal (raising Interrupted
@@ -412,14 +415,7 @@ class _StreamTraining(_ScorerTraining):
         for rows, cat, num, y in itertools.islice(batches, self.pos, None):
             self.train_rows(rows.to(self.device), cat.to(self.device), num.to(self.device), self.standardise(y))
             self.pos += 1
-            if self.world.distributed:
-                if self.collective_checks(deadline):
-                    return True
-                continue
-            if self.ckpt is not None and self.ckpt.tick("scorer"):
-                self.ckpt.save("scorer", self.state())
-                self.ckpt.check_stop("scorer")
-            if self.elapsed() > deadline:
+            if self.after_batch(deadline):
                 return True
         return False
 
