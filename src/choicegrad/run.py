@@ -432,8 +432,8 @@ def check_generator_fits(config: GeneratorConfig, space: ChoiceSpace, memory: Op
     raise InputError("--generator", [
         f"the {config.kind} generator for this table needs at least {need / 2**30:,.0f} GiB to train, more than the "
         f"{have / 2**30:,.0f} GiB of {torch.device(device)}: feature \"{big.name}\" has {len(big.categories):,} categories and {why}. "
-        "The table generators do not handle catalogues this large yet (docs/scaling.md); choicegrad fit-scorer "
-        "fits the scorer alone, which does"])
+        + ("--generator factorized handles large catalogues better (docs/scaling.md), and " if config.kind == "autoregressive"
+           else "") + "choicegrad fit-scorer fits the scorer alone"])
 
 
 def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: TableSpec,
@@ -462,7 +462,9 @@ def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: Tabl
     if stream:
         _check_stream(data, table, workers)
         data_table, extra = None, {}
-        request = _request("fit-scorer", data, table, scorer_fit=settings, stream=True, workers=workers)
+        # a streamed epoch's batches depend on the ranks and workers: a resume must keep both
+        request = _request("fit-scorer", data, table, scorer_fit=settings, stream=True, workers=workers,
+                           ranks=world.size)
     else:
         data_table, extra = _load(data, table, echo)
         request = _request("fit-scorer", data, table, scorer_fit=settings)

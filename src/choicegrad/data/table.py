@@ -82,11 +82,11 @@ def load_table(
     declaration = read_space(space) if isinstance(space, (str, Path)) else space
     frame = path if isinstance(path, pd.DataFrame) else read_table(path)
     feats, ctx_specs = check_columns([str(c) for c in frame.columns], len(frame), source, features, score, context)
-    y, notes = _check_values(frame, source, feats, score, failures)
+    y, notes, seen = _check_values(frame, source, feats, score, failures)
     space = ChoiceSpace.declared(frame, feats, declaration, source=space_source)
     encoder, ctx_cat, ctx_num = _encode_context(frame, source, ctx_specs)
     rows = space.encode(frame, source)
-    notes += [f"{source}: {n}" for n in id_like_features(len(frame), feats, space)]
+    notes += [f"{source}: {n}" for n in id_like_features(len(frame), feats, seen)]
     finite = y[np.isfinite(y)]
     if len(finite) and np.all(finite == finite[0]):
         notes.append(f'{source}: score column "{score}" is constant ({finite[0]:g} on every row); '
@@ -114,12 +114,13 @@ def check_fit_rows(data: TableData, source: str | None = None) -> None:
             "(a tenth is held out for early stopping and a tenth for the test metrics)"])
 
 
-def id_like_features(n: int, feats: Sequence[str], space: ChoiceSpace) -> list[str]:
-    """A note for each feature with more than ID_MIN_CATEGORIES categories that number more than
-    ID_SHARE of the table's n rows: likely an ID, which a scorer cannot learn from."""
+def id_like_features(n: int, feats: Sequence[str], seen: Sequence[int]) -> list[str]:
+    """A note for each feature whose distinct values in the table (`seen`, one count per feature; a
+    declared catalogue's unmeasured categories do not count) number more than ID_MIN_CATEGORIES and
+    more than ID_SHARE of its n rows: likely an ID, which a scorer cannot learn from."""
     return [f'feature column "{f}" has {size} categories for {n} rows: it looks like an ID, which the scorer '
             "cannot learn from (a category seen once says nothing about the next); drop it, or use it as --context"
-            for f, size in zip(feats, space.sizes) if size > ID_MIN_CATEGORIES and size > ID_SHARE * n]
+            for f, size in zip(feats, seen) if size > ID_MIN_CATEGORIES and size > ID_SHARE * n]
 
 
 def score_stats(y: np.ndarray | torch.Tensor) -> tuple[float, float]:
@@ -164,11 +165,13 @@ def check_columns(
 
 
 def _check_values(frame: pd.DataFrame, source: str, feats: Sequence[str], score: str,
-                  failures: bool = False) -> tuple[np.ndarray, list[str]]:
-    """(scores (N,) float, notes): InputError for non-finite scores or an all-missing feature; a note
-    for each feature with a single category. failures: -inf and empty scores are allowed (as -inf)."""
+                  failures: bool = False) -> tuple[np.ndarray, list[str], list[int]]:
+    """(scores (N,) float, notes, distinct values of each feature): InputError for non-finite scores
+    or an all-missing feature; a note for each feature with a single category. failures: -inf and
+    empty scores are allowed (as -inf)."""
     problems: list[str] = []
     notes: list[str] = []
+    seen: list[int] = []
     y = pd.to_numeric(frame[score], errors="coerce").to_numpy(dtype=float, copy=True)
     if failures:
         empty = frame[score].isna().to_numpy() | frame[score].astype(str).str.strip().eq("").to_numpy()
@@ -184,13 +187,14 @@ def _check_values(frame: pd.DataFrame, source: str, feats: Sequence[str], score:
     for f in feats:
         labels = as_labels(frame[f])
         distinct = labels.dropna().nunique()
+        seen.append(int(distinct))
         if distinct == 0:
             problems.append(f'feature column "{f}" has no values (every row is missing)')
         elif distinct == 1:
             notes.append(f'{source}: feature column "{f}" has a single category ({labels.dropna().iloc[0]!r}); nothing to choose there')
     if problems:
         raise InputError(source, problems)
-    return y, notes
+    return y, notes, seen
 
 
 def _encode_context(

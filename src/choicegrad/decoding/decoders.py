@@ -12,7 +12,8 @@ topk        the K most likely distinct rows by beam search (exact for factorized
 rerank      M distinct rows drawn from the generator, the K best by the objective (the scorer)
 polish      rerank, then steepest-ascent coordinate search on the objective from the candidates:
             each sweep scores all single-slot changes of the best still-improving candidates in one
-            batched call (under a budget, a beam that narrows to the best one as the calls run out)
+            batched call (under a budget, a beam that narrows to the best one as the calls run out); in a
+            slot of more than SEARCH_CATEGORIES categories, the changes to those the generator rates highest
 anneal      rerank, then simulated annealing (local_search.anneal_from) from the best candidates: chains
             that may step down as well as up, so they leave the draws' local peaks
 exhaustive  every row of a small space, the K best: the reference optimum
@@ -34,13 +35,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 from torch import Tensor
 
-from choicegrad.decoding.local_search import anneal_from, polish
+from choicegrad.decoding.local_search import SEARCH_CATEGORIES, anneal_from, move_count, polish, search_moves
 from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixed, distinct_in_order, distinct_topk,
                                       enumerate_allowed, neighbour_count, space_size)
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import did_you_mean
 from choicegrad.generators.base import Generator, masked_log_softmax, rows_to_inputs
-from choicegrad.generators.context import Context, decode_chunk, in_context_chunks
+from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_context_chunks
 from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
 _NEG = float("-inf")
@@ -183,10 +184,11 @@ def _topk(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Cand
 
 def _sample(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
     draws = gen.sample(ctx, max(2 * k, 32), o.temperature, fixed, rng)
+    enough = space_size(allowed).clamp(max=k)
     for _ in range(3):  # a few more rounds when the draws repeat a lot
         _, v = distinct_in_order(draws, torch.ones(draws.shape[:2], dtype=torch.bool, device=draws.device),
                                  k, allowed.shape[-1])
-        if bool((v.sum(1) >= space_size(allowed).clamp(max=k)).all()):
+        if bool((v.sum(1) >= enough).all()):
             break
         draws = torch.cat([draws, gen.sample(ctx, max(2 * k, 32), o.temperature, fixed, rng)], 1)
     return finish(objective, ctx, draws, torch.ones(draws.shape[:2], dtype=torch.bool, device=draws.device),
@@ -194,18 +196,22 @@ def _sample(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
 
 
 def _reranked(name: str, gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng,
-              ) -> tuple[Candidates, int, Optional[Tensor]]:
+              moves: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Candidates, int, Optional[Tensor]]:
     """Draw distinct rows, score them, keep the K best: rerank's result and the start of polish and
     anneal. -> (candidates, rows drawn per context m, calls left per context (B,) or None without a
-    budget)."""
+    budget). moves: polish's (search_moves), which set how many calls one sweep of a row needs."""
     budget, samples = o.budget, o.samples
     if budget is not None and int(budget) < 1:
         raise ValueError(f"budget must be >= 1 scorer call per context, got {budget}")
     m = int(samples or (max(8 * k, 256) if budget is None else budget if name == "rerank"
                         else max(1, int(budget * o.draw_share))))
     if budget is not None and samples is None and name != "rerank":
-        room = int(budget) - int(neighbour_count(allowed).max())    # leave one row's neighbours
-        m = max(1, min(m, room)) if room >= 1 else int(budget)      # else all on draws: no sweep would fit
+        reach = neighbour_count(allowed) if moves is None else move_count(*moves, allowed.shape[-1])
+        room = int(budget) - int(reach.max())                       # leave one row's neighbours
+        if moves is not None and room < m:   # a large slot: one row's sweep would eat the draws' share
+            m = int(budget)
+        else:
+            m = max(1, min(m, room)) if room >= 1 else int(budget)  # else all on draws: no sweep would fit
     draws, fresh = distinct_draws(gen, ctx, m, o.temperature, fixed, rng, allowed)  # (B, M, S), (B, M)
     scores, calls = score_grid(objective, draws, ctx, fresh, chunk=o.chunk)
     rows, top, ok = distinct_topk(draws, scores, k, allowed.shape[-1], fresh)
@@ -221,11 +227,24 @@ def _rerank(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
     return _reranked("rerank", gen, objective, ctx, k, allowed, fixed, o, rng)[0]
 
 
+def _search_moves(gen, ctx, allowed: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+    """polish's moves (search_moves) in slots of more than SEARCH_CATEGORIES categories: the ones the
+    generator rates highest per context, from its logits taken in chunks of contexts (at most
+    DECODE_ELEMENTS logits at a time). None where every category is tried (small vocabularies, or an
+    autoregressive generator, whose logits depend on the row)."""
+    B, S, V = allowed.shape
+    if V <= SEARCH_CATEGORIES or gen is None or gen.autoregressive:
+        return None
+    return in_context_chunks(lambda c, a: search_moves(a, gen.logits(c)), ctx, max(1, DECODE_ELEMENTS // (2 * S * V)),
+                             allowed)
+
+
 def _polish(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
-    cands, _, left = _reranked("polish", gen, objective, ctx, k, allowed, fixed, o, rng)
+    moves = _search_moves(gen, ctx, allowed)
+    cands, _, left = _reranked("polish", gen, objective, ctx, k, allowed, fixed, o, rng, moves)
     if left is not None and not bool((left > 0).any()):
         return cands
-    return polish(objective, ctx, cands, allowed, o.sweeps, o.chunk, budget=left)
+    return polish(objective, ctx, cands, allowed, o.sweeps, o.chunk, budget=left, moves=moves)
 
 
 def _anneal(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:

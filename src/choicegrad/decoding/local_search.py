@@ -25,44 +25,76 @@ from choicegrad.generators.objective import SCORE_CHUNK, Objective
 _NEG = float("-inf")
 
 
+#: Local search (polish, and the amortised search of training) tries at most this many categories
+#: per slot: where a slot has more, the ones the generator rates highest for the context
+#: (`search_moves`). Vocabularies of this size or less (every benchmark task's) are searched whole.
+SEARCH_CATEGORIES = 512
+
+
+def search_moves(allowed: Tensor, logits: Optional[Tensor] = None,
+                 limit: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """The categories a single-slot change may set, per context and slot: (moves (B, S, m) long, ok
+    (B, S, m) bool). Every category (m = V, in order) when V <= limit (default SEARCH_CATEGORIES) or
+    without logits; else the `limit` allowed ones with the highest logits (B, S, V) (the
+    generator's, for its contexts)."""
+    B, S, V = allowed.shape
+    limit = SEARCH_CATEGORIES if limit is None else int(limit)
+    if V <= limit or logits is None:
+        return torch.arange(V, device=allowed.device).expand(B, S, V), allowed
+    top = logits.detach().float().masked_fill(~allowed, float("-inf")).topk(limit, -1).indices
+    return top, allowed.gather(-1, top)
+
+
+def move_count(moves: Tensor, movable: Tensor, V: int) -> Tensor:
+    """(B,) single-slot changes of a row with these moves (B, S, m): every allowed category but the
+    row's own when moves are the whole vocabulary (m = V); else, as the row's own category may not
+    be among them, every movable one (a bound for budgets)."""
+    return neighbour_count(movable) if moves.shape[-1] == V else movable.sum((-2, -1))
+
+
 def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int = 20,
-           chunk: int = SCORE_CHUNK, max_elements: int = 1 << 25, budget: "Optional[int | Tensor]" = None) -> Candidates:
+           chunk: int = SCORE_CHUNK, max_elements: int = 1 << 25, budget: "Optional[int | Tensor]" = None,
+           moves: Optional[tuple[Tensor, Tensor]] = None) -> Candidates:
     """Steepest-ascent coordinate search from every valid candidate; the K best distinct rows among
     the candidates and every neighbour scored on the way.
 
-    Each sweep builds all single-slot changes (B, P, S, V) of P still-improving candidates, scores
+    Each sweep builds all single-slot changes (B, P, S, m) of P still-improving candidates, scores
     them in one batched call, and moves each candidate to its best neighbour if that is better; a
     candidate with no better neighbour is at a local peak and stops. sweeps: at most this many.
     budget: at most this many neighbours scored per context (an int, or (B,) per context), spent
     best-first: each sweep climbs only the best still-improving candidates, as many as leave half the
     calls for the sweeps after it, so the beam narrows as the budget runs down and the best
-    candidates climb to their peaks (sweeps is then no limit).
+    candidates climb to their peaks (sweeps is then no limit). moves: (moves (B, S, m), movable) from
+    search_moves, the categories a change may set (default: every allowed one, m = V).
     """
     B, K, S = start.rows.shape
-    V = allowed.shape[-1]
+    moves, movable = moves if moves is not None else search_moves(allowed)
+    m = moves.shape[-1]
     if budget is not None:  # per context, (B,)
         budget = torch.as_tensor(budget, dtype=torch.float32, device=allowed.device).expand(B)
-    per = max(1, max_elements // max(1, K * S * V * S))  # contexts per pass, bounding the neighbour grid
+    per = max(1, max_elements // max(1, K * S * m * S))  # contexts per pass, bounding the neighbour grid
+    V = allowed.shape[-1]
     if B <= per:
-        return _polish(objective, ctx, start, allowed, sweeps, chunk, budget)
-    out = in_context_chunks(lambda c, r, s, v, a, b: _polish(objective, c, Candidates(r, s, v, 0), a, sweeps, chunk, b),
-                            ctx, per, start.rows, start.scores, start.valid, allowed, budget)
+        return _polish(objective, ctx, start, moves, movable, V, sweeps, chunk, budget)
+    out = in_context_chunks(lambda c, r, s, v, mv, ok, b: _polish(objective, c, Candidates(r, s, v, 0), mv, ok, V,
+                                                                  sweeps, chunk, b),
+                            ctx, per, start.rows, start.scores, start.valid, moves, movable, budget)
     return dataclasses.replace(out, scorer_calls=start.scorer_calls + out.scorer_calls)
 
 
-def _polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int,
-            chunk: int, budget: Optional[Tensor] = None) -> Candidates:
+def _polish(objective: Objective, ctx: Context, start: Candidates, moves: Tensor, movable: Tensor, V: int,
+            sweeps: int, chunk: int, budget: Optional[Tensor] = None) -> Candidates:
+    """polish on contexts whose slots may take moves (B, S, m) where movable (B, S, m); V: the vocabulary."""
     rows, scores, valid = start.rows, start.scores, start.valid
     B, K, S = rows.shape
-    V = allowed.shape[-1]
+    m = moves.shape[-1]
     dev = rows.device
     calls = start.scorer_calls
     left = torch.full((B,), math.inf, device=dev) if budget is None else budget.clone()
     best_rows, best_scores, best_valid = rows, scores, valid
     current, cur_score, active = rows.clone(), scores.clone(), valid.clone()
-    size = neighbour_count(allowed).float()                                        # (B,) neighbours of a row
+    size = move_count(moves, movable, V).float()                                   # (B,) neighbours of a row
     eye = torch.arange(S, device=dev)
-    change = torch.arange(V, device=dev)
     sweep = 0
     while bool(active.any()) and (budget is not None or sweep < sweeps):
         sweep += 1
@@ -78,24 +110,24 @@ def _polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tens
         pick = torch.where(active, cur_score, torch.full_like(cur_score, _NEG)).topk(P, dim=1).indices   # (B, P)
         on = (torch.arange(P, device=dev)[None, :] < beam[:, None]) & active.gather(1, pick)
         base = current.gather(1, pick.unsqueeze(-1).expand(B, P, S))                    # (B, P, S)
-        nb = base.unsqueeze(2).unsqueeze(3).expand(B, P, S, V, S).clone()                # (B, P, S, V, S)
-        nb[:, :, eye, :, eye] = change.view(1, 1, 1, V).expand(B, P, S, V).permute(2, 0, 1, 3)  # slot s := v
-        ok = allowed.unsqueeze(1) & (change.view(1, 1, 1, V) != base.unsqueeze(-1)) & on[:, :, None, None]
+        nb = base.unsqueeze(2).unsqueeze(3).expand(B, P, S, m, S).clone()                # (B, P, S, m, S)
+        nb[:, :, eye, :, eye] = moves.unsqueeze(1).expand(B, P, S, m).permute(2, 0, 1, 3)  # slot s := its move
+        ok = movable.unsqueeze(1) & (moves.unsqueeze(1) != base.unsqueeze(-1)) & on[:, :, None, None]
         left = left - ok.sum((1, 2, 3)).float()
-        flat_rows = nb.reshape(B, P * S * V, S)
-        nb_scores, n = score_grid(objective, flat_rows, ctx, ok.reshape(B, P * S * V), chunk)
+        flat_rows = nb.reshape(B, P * S * m, S)
+        nb_scores, n = score_grid(objective, flat_rows, ctx, ok.reshape(B, P * S * m), chunk)
         calls += n
-        best_nb = nb_scores.reshape(B, P, S * V).max(-1)
+        best_nb = nb_scores.reshape(B, P, S * m).max(-1)
         base_score = cur_score.gather(1, pick)
         improve = on & (best_nb.values > base_score + 1e-7)
-        moved = flat_rows.reshape(B, P, S * V, S).gather(2, best_nb.indices[..., None, None].expand(B, P, 1, S))[:, :, 0]
+        moved = flat_rows.reshape(B, P, S * m, S).gather(2, best_nb.indices[..., None, None].expand(B, P, 1, S))[:, :, 0]
         current = current.scatter(1, pick.unsqueeze(-1).expand(B, P, S),
                                   torch.where(improve.unsqueeze(-1), moved, base))
         cur_score = cur_score.scatter(1, pick, torch.where(improve, best_nb.values, base_score))
         active = active.scatter(1, pick, active.gather(1, pick) & (improve | ~on))       # at a peak: done
         best_rows, best_scores, best_valid = distinct_topk(
             torch.cat([best_rows, flat_rows], 1), torch.cat([best_scores, nb_scores], 1), K, V,
-            torch.cat([best_valid, ok.reshape(B, P * S * V)], 1))
+            torch.cat([best_valid, ok.reshape(B, P * S * m)], 1))
     return Candidates(best_rows, best_scores, best_valid, calls)
 
 

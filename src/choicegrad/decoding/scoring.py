@@ -63,6 +63,7 @@ def complete_distinct(rows: Tensor, valid: Tensor, k: int, allowed: Tensor,
     B, S, V = allowed.shape
     rows, valid = distinct_in_order(rows, valid, k, V)
     target = space_size(allowed).clamp(max=k).long()
+    first = allowed.to(torch.uint8).argmax(-1)                                   # (B, S) first allowed category
     for _ in range(rounds):
         have = valid.sum(1)
         short = have < target
@@ -72,7 +73,7 @@ def complete_distinct(rows: Tensor, valid: Tensor, k: int, allowed: Tensor,
         weights = valid.float() + (have == 0).float()[:, None] * 1e-3       # any row when none valid
         parent = torch.multinomial(weights, P, replacement=True, generator=generator)       # (B, P)
         base = rows.gather(1, parent.unsqueeze(-1).expand(-1, -1, S))
-        base = torch.where(base < 0, allowed.float().argmax(-1).unsqueeze(1).expand(-1, P, -1), base)
+        base = torch.where(base < 0, first.unsqueeze(1).expand(-1, P, -1), base)
         prop = change_one_slot(base, allowed, generator)
         prop_ok = short[:, None].expand(B, P)
         rows, valid = distinct_in_order(torch.cat([rows, prop], 1), torch.cat([valid, prop_ok], 1), k, V)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from choicegrad.estimators.api import select
 from choicegrad.estimators.base import MASK_VALUE, check_mask, check_fixed_slots, one_hot
-from choicegrad.estimators.gumbel import gumbel_max
+from choicegrad.estimators.gumbel import categorical
 
 
 @runtime_checkable
@@ -103,9 +103,7 @@ class LogitsPolicy:
         return keep_fixed(index, self.fixed)
 
     def sample(self, k: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        B, S, V = self.shape
-        index = gumbel_max(self.theta.detach().unsqueeze(1).expand(B, k, S, V), generator=generator)
-        return self.keep_fixed(index)
+        return self.keep_fixed(categorical(self.theta, k, generator=generator))
 
     def log_prob(self, rows: Tensor, valid: Optional[Tensor] = None) -> Tensor:
         B, M, S = rows.shape

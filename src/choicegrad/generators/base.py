@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from choicegrad.estimators import MASK_VALUE, select
-from choicegrad.estimators.gumbel import gumbel_max
+from choicegrad.estimators.gumbel import CDF_VOCABULARY, categorical, gumbel_max
 from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_batch_chunks
 
 KINDS = ("factorized", "autoregressive", "pointer")
@@ -154,7 +154,18 @@ class Generator(nn.Module):
         conditioned on the ones before (including fixed values), in chunks of about DECODE_ROWS rows:
         with a seeded `generator`, draws of more rows than that depend on the chunk size. generator:
         a torch.Generator, or a BatchShard of one (data parallelism: ctx is this rank's share).
+        Independent slots are drawn by `categorical` (inverse CDF for vocabularies of CDF_VOCABULARY
+        categories or more), in chunks of contexts of at most DECODE_ELEMENTS logits.
         """
+        if not self.autoregressive:
+            S, V = self.choice_mask(ctx.index(slice(0, 1))).shape[1:]
+            per_context = S * V * (8 if V >= CDF_VOCABULARY else k)   # inverse CDF: logits, copies, float64 sums
+
+            def draw(c: Context, g) -> Tensor:
+                return categorical(self.logits(c).float() / temperature, k, generator=g)
+
+            return fill_fixed(in_batch_chunks(draw, ctx, max(1, DECODE_ELEMENTS // per_context), generator), fixed)
+
         def pick(logits: Tensor, g) -> Tensor:
             return gumbel_max(logits.float() / temperature, generator=g)
 

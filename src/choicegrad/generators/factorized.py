@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from choicegrad.estimators import MASK_VALUE
+from choicegrad.estimators.gumbel import CDF_VOCABULARY
 from choicegrad.generators.base import GeneratorConfig, TableGenerator, mask_logits
 from choicegrad.generators.context import TableContext
 
@@ -36,6 +38,13 @@ class FactorizedGenerator(TableGenerator):
         return S * config.hidden[-1] * V + S * V, S * V
 
     def logits(self, ctx: TableContext, x: Optional[Tensor] = None) -> Tensor:
-        """(B, S, V_max); `x` is ignored (slots are independent given the context)."""
+        """(B, S, V_max); `x` is ignored (slots are independent given the context). From
+        CDF_VOCABULARY categories on, each slot's head computes its own categories only (a small slot
+        beside a 10^5-category one would otherwise cost as much as the large one)."""
         h = self.trunk(ctx)
-        return mask_logits(torch.einsum("bh,shv->bsv", h, self.head_weight) + self.head_bias, self.mask)
+        if self.head_weight.shape[-1] < CDF_VOCABULARY:
+            return mask_logits(torch.einsum("bh,shv->bsv", h, self.head_weight) + self.head_bias, self.mask)
+        out = h.new_full((len(h), len(self.sizes), self.head_weight.shape[-1]), MASK_VALUE)
+        for s, v in enumerate(self.sizes):        # over slots, not rows
+            out[:, s, :v] = h @ self.head_weight[s, :, :v] + self.head_bias[s, :v]
+        return out

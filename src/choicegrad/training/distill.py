@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from choicegrad.decoding.local_search import polish
+from choicegrad.decoding.local_search import polish, search_moves
 from choicegrad.decoding.scoring import Candidates
 from choicegrad.generators.context import Context
 from choicegrad.generators.objective import score_rows
@@ -42,13 +42,14 @@ class Distillation:
             self.scores = torch.full((num_contexts,), float("-inf"), device=device)
 
     def targets(self, objective, ctx: Context, allowed: Tensor, samples: Tensor, scores: Tensor,
-                ids: Optional[Tensor], shard=None) -> tuple[Tensor, int]:
+                ids: Optional[Tensor], shard=None, logits: Optional[Tensor] = None) -> tuple[Tensor, int]:
         """(B, S) rows whose likelihood to raise, and the scorer calls spent finding them.
 
         samples (B, K, S) long, the estimator's rows; scores (B, K) pick the start (the best of them);
         allowed (B, S, V). ids (B,) training-context ids (repeats allowed) for the replay, or None.
         shard: the BatchShard these B contexts are of (data parallelism), whose whole batch updates
-        the replay."""
+        the replay. logits (B, S, V): the generator's, choosing the categories the search tries in a
+        slot of more than SEARCH_CATEGORIES (polish)."""
         B = samples.shape[0]
         ar = torch.arange(B, device=samples.device)
         start_rows = samples[ar, scores.argmax(1)][:, None]              # (B, 1, S)
@@ -56,7 +57,7 @@ class Distillation:
             # re-scored: relaxed estimators report the score of their soft input, not of the hard row
             start_scores, calls = score_rows(objective, start_rows, ctx)
             start = Candidates(start_rows, start_scores, torch.ones(B, 1, dtype=torch.bool, device=samples.device), calls)
-            found = polish(objective, ctx, start, allowed, sweeps=self.sweeps)
+            found = polish(objective, ctx, start, allowed, sweeps=self.sweeps, moves=search_moves(allowed, logits))
         rows, value = found.rows[:, 0], found.scores[:, 0]
         if self.rows is not None and ids is not None:
             mine = ids

@@ -190,7 +190,7 @@ class TrainingStep:
         loss = out.loss
         if self.distill is not None:       # amortised search: raise the likelihood of what search found
             targets, calls = self.distill.targets(self.score, ctx, policy.mask, out.samples, out.scores, self.ids,
-                                                  shard)
+                                                  shard, logits=getattr(policy, "theta", None))
             loss = loss + self.distill.loss(self.gen, targets, ctx)
             pre_calls += calls
         H = out.entropy.mean()

@@ -1,0 +1,145 @@
+"""Large vocabularies: inverse-CDF draws (estimators.gumbel.categorical) follow the softmax, never draw
+a masked category, match the global draw under data parallelism, and leave small vocabularies' draws
+as they were; a factorized generator trains and generates over a 5,000-category feature."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from choicegrad.estimators import gumbel
+from choicegrad.estimators.gumbel import CDF_VOCABULARY, categorical, gumbel_max
+
+
+@pytest.mark.parametrize("block", [128, 3])      # one block, or three (the last one padded)
+def test_inverse_cdf_draws_follow_the_softmax_and_skip_masked_categories(monkeypatch, block):
+    monkeypatch.setattr(gumbel, "CDF_VOCABULARY", 2)
+    monkeypatch.setattr(gumbel, "CDF_BLOCK", block)
+    logits = torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(0)) * 2
+    logits[:, :, 5:] = -1e9                                      # masked: probability 0
+    draws = categorical(logits, 40_000, generator=torch.Generator().manual_seed(1))       # (2, 40000, 3)
+    assert draws.shape == (2, 40_000, 3) and int(draws.max()) < 5
+    freq = torch.nn.functional.one_hot(draws, 7).float().mean(1)                          # (2, 3, 7)
+    assert torch.allclose(freq, torch.softmax(logits, -1), atol=0.012)
+
+
+def test_small_vocabularies_keep_their_gumbel_max_draws():
+    """Below CDF_VOCABULARY, a factorized generator and a logits policy draw what they drew before
+    inverse-CDF sampling existed: Gumbel-max over the logits expanded to (B, k, S, V)."""
+    from choicegrad.estimators import LogitsPolicy
+    from choicegrad.generators import GeneratorConfig, build
+    from choicegrad.generators.context import TableContext
+
+    torch.manual_seed(0)
+    gen = build(GeneratorConfig(kind="factorized", hidden=[8]), space=_space([20, 7, 3]), context=_no_context())
+    ctx = TableContext(torch.zeros(4, 0, dtype=torch.long), torch.zeros(4, 0))
+    logits = gen.logits(ctx)
+    old = gumbel_max(logits.float().unsqueeze(1).expand(4, 16, 3, 20) / 0.7, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(gen.sample(ctx, 16, temperature=0.7, generator=torch.Generator().manual_seed(5)), old)
+    policy = LogitsPolicy.from_logits(logits.detach())
+    old = gumbel_max(policy.theta.unsqueeze(1).expand(4, 16, 3, 20), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(policy.sample(16, generator=torch.Generator().manual_seed(6)), old)
+
+
+def _space(sizes):
+    from choicegrad.data.space import ChoiceSpace, Slot
+
+    return ChoiceSpace(slots=[Slot(name=f"s{i}", categories=[str(c) for c in range(v)]) for i, v in enumerate(sizes)])
+
+
+def _no_context():
+    from choicegrad.data.context import ContextEncoder
+
+    return ContextEncoder(columns=[])
+
+
+def test_a_shard_draws_its_rows_of_the_global_inverse_cdf_draw(monkeypatch):
+    from choicegrad.distributed import World
+    from choicegrad.estimators.shard import BatchShard
+
+    monkeypatch.setattr(gumbel, "CDF_VOCABULARY", 2)
+    logits = torch.randn(5, 2, 9)
+    whole = categorical(logits, 6, generator=torch.Generator().manual_seed(2))
+    for rank in range(2):
+        shard = BatchShard.of(torch.Generator().manual_seed(2), 5, World(rank=rank, size=2))
+        assert torch.equal(categorical(logits[shard.slice], 6, generator=shard), whole[shard.slice])
+
+
+def _catalogue_table(n=3000, items=5_000, measured=400, seed=0) -> pd.DataFrame:
+    """Rows of `measured` popular items out of a catalogue of `items` (each user likes the popular
+    items near its own place), two features of 4, 20 users."""
+    rng = np.random.default_rng(seed)
+    popular = rng.choice(items, size=measured, replace=False)
+    user = rng.integers(20, size=n)
+    pick = rng.integers(measured, size=n)
+    a, b = rng.integers(4, size=(2, n))
+    y = -np.abs(pick / measured - user / 20) * 5 + (a == b) + rng.normal(size=n) * 0.1
+    return pd.DataFrame({"user": [f"u{u}" for u in user], "item": [f"i{i:05d}" for i in popular[pick]], "a": a, "b": b,
+                         "y": y})
+
+
+def test_a_factorized_generator_trains_and_generates_over_a_large_catalogue(tmp_path, recwarn):
+    from choicegrad.run import Run, TableSpec
+    from choicegrad.scorer.fit import ScorerFit
+    from choicegrad.training.loop import GeneratorFit
+
+    frame = _catalogue_table()
+    catalogue = [f"i{i:05d}" for i in range(5_000)]                  # the whole catalogue, most items never measured
+    assert len(catalogue) >= CDF_VOCABULARY                          # the inverse-CDF path is the one trained through
+    run = Run.fit(frame, tmp_path / "run", TableSpec(features="item,a,b", score="y", context="user",
+                                                     space={"item": catalogue}),
+                  scorer_fit=ScorerFit(epochs=2), generator="factorized",
+                  generator_fit=GeneratorFit(steps=6, batch_size=8, samples=8, warm_start_steps=4, val_every=3,
+                                             val_samples=16), progress=False)
+    assert not [w for w in recwarn if "looks like an ID" in str(w.message)]   # unmeasured items do not count
+    got = run.generate(pd.DataFrame({"user": ["u3", "u7"]}), k=32, decoder="sample")
+    assert len(got) == 64 and got["item"].isin(set(catalogue)).all()
+    assert got.groupby("user")[["item", "a", "b"]].apply(lambda g: len(g.drop_duplicates())).eq(32).all()
+
+
+def test_polish_tries_the_categories_the_generator_rates_highest_in_a_large_slot(monkeypatch):
+    from choicegrad.decoding import local_search
+    from choicegrad.decoding.local_search import polish, search_moves
+    from choicegrad.decoding.scoring import Candidates
+    from choicegrad.generators.context import TableContext
+
+    S, V = 2, 100
+    allowed = torch.ones(1, S, V, dtype=torch.bool)
+    allowed[0, 0, 33] = False
+    logits = torch.zeros(1, S, V)
+    logits[0, :, 30:40] = 1.0                                        # the generator rates 30..39 highest
+    moves, ok = search_moves(allowed, logits, limit=10)
+    top = set(range(30, 40)) - {33}                                   # 33 is not allowed: another takes its place
+    assert top < set(moves[0, 0].tolist()) and 33 not in moves[0, 0].tolist() and bool(ok.all())
+    assert torch.equal(search_moves(allowed, logits, limit=100)[0][0, 1], torch.arange(V))   # small: every one
+    seen = []
+
+    def objective(x, ctx):
+        seen.append(x.clone())
+        return -(x[:, 0] - 37).abs().float() - (x[:, 1] - 35).abs().float()
+
+    monkeypatch.setattr(local_search, "SEARCH_CATEGORIES", 10)
+    start = torch.tensor([[[0, 0]]])
+    ctx = TableContext(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0))
+    out = polish(objective, ctx, Candidates(start, objective(start[0], ctx)[None], torch.ones(1, 1, dtype=torch.bool), 1),
+                 allowed, moves=search_moves(allowed, logits))
+    assert out.rows[0, 0].tolist() == [37, 35]                       # the best row reachable by those moves
+    tried = torch.cat(seen[1:])
+    for slot in range(S):
+        assert set(tried[:, slot].tolist()) <= set(moves[0, slot].tolist()) | {0}     # its moves, or the start
+    assert out.scorer_calls <= 1 + 3 * S * 10                        # a few sweeps of 2 x 10 moves, not 2 x 100
+
+
+def test_single_slot_changes_by_rejection_are_uniform_over_the_other_allowed_categories(monkeypatch):
+    from choicegrad.decoding import rows as rows_mod
+    from choicegrad.decoding.rows import change_one_slot
+
+    monkeypatch.setattr(rows_mod, "REJECTION_VOCABULARY", 4)
+    allowed = torch.zeros(2, 1, 40, dtype=torch.bool)
+    allowed[0, 0, [1, 3, 4, 9]] = True                     # a few allowed: guesses often hit
+    allowed[1, 0, [0, 39]] = True                           # one other, far away: guesses may all miss
+    start = torch.tensor([[[3]], [[0]]]).expand(2, 6000, 1)
+    moved = change_one_slot(start, allowed, torch.Generator().manual_seed(0))[..., 0]
+    assert set(moved[0].tolist()) == {1, 4, 9} and set(moved[1].tolist()) == {39}
+    counts = torch.bincount(moved[0], minlength=10)[[1, 4, 9]].float()
+    assert bool(((counts / 6000 - 1 / 3).abs() < 0.03).all())
