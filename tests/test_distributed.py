@@ -87,25 +87,6 @@ def _torchrun(*args, cwd, **env_vars):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_torchrun_fit_scorer_writes_one_run_from_rank_0(tmp_path):
-    table = _table(tmp_path / "t.csv")
-    args = ["fit-scorer", str(table), "--features", "s?", "--score", "y", "--context", "ctx", "--epochs", "3",
-            "--batch-size", "123", "--seed", "3"]
-    done = _torchrun(*args, "--out", "run", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("wrote run/scorer.safetensors") == 1               # rank 0 alone logs
-    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"scorer.safetensors", "run.json", "scorer_metrics.json"}
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]    # no partial folder or lock left
-    one = fit_scorer(load_table(table, "s?", "y", "ctx"), ScorerFit(**FIT), progress=False).scorer
-    written = load_file(str(tmp_path / "run" / "scorer.safetensors"))
-    reference = {k: v for k, v in one.state_dict().items()}
-    assert all(torch.allclose(written[k], reference[k], atol=1e-5, rtol=1e-4) for k in written if k in reference)
-
-    again = _torchrun(*args, "--out", "run", cwd=tmp_path)                      # refused on every rank, no hang
-    assert again.returncode != 0
-    assert again.stderr.count("already holds a run") == 1
-
-
 def test_torchrun_fit_killed_then_resumed_equals_an_uninterrupted_fit(tmp_path):
     table = _table(tmp_path / "t.csv")
     args = ["fit-scorer", str(table), "--features", "s?", "--score", "y", "--context", "ctx", "--epochs", "3",

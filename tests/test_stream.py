@@ -144,13 +144,17 @@ def test_a_killed_streamed_fit_resumes_to_the_uninterrupted_result(tmp_path):
     from safetensors.torch import load_file
 
     folder = _folder(tmp_path, _frame(2000))
-    args = ["fit-scorer", folder, *FIT_ARGS, "--checkpoint-minutes", "0"]
-    killed = _cli(*args, "--out", "run", cwd=tmp_path, CHOICEGRAD_FAILPOINTS="scorer=20")   # mid second epoch
+    killed = _cli("fit-scorer", folder, *FIT_ARGS, "--checkpoint-minutes", "0", "--out", tmp_path / "run", cwd=tmp_path,
+                  CHOICEGRAD_FAILPOINTS="scorer=20")   # mid second epoch
     assert killed.returncode != 0 and not (tmp_path / "run").exists()
-    done = _cli(*args, "--out", "run", "--resume", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    whole = _cli(*args, "--out", "whole", cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    from choicegrad.run import TableSpec, fit_scorer_run            # as the CLI calls it, in this process
+    from choicegrad.scorer.model import ScorerConfig
+
+    spec = TableSpec(features=["s?,code"], context=["ctx,pos"], score="y")
+    fit = ScorerFit(model=ScorerConfig(pairwise=None), epochs=3, batch_size=97, seed=4)
+    for out, resume in (("run", True), ("whole", False)):
+        fit_scorer_run(folder, tmp_path / out, spec, fit, resume=resume, checkpoint_minutes=0, echo=lambda m: None,
+                       progress=False)
     a, b = load_file(str(tmp_path / "run" / "scorer.safetensors")), load_file(str(tmp_path / "whole" / "scorer.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     doc = json.loads((tmp_path / "run" / "scorer_metrics.json").read_text())
@@ -161,7 +165,7 @@ def test_streamed_inputs_that_cannot_work_are_refused_before_any_folder(tmp_path
     from choicegrad.cli import app
 
     frame = _frame(600)
-    folder = _folder(tmp_path, frame)
+    _folder(tmp_path, frame)                                     # tmp_path / "data"
     bad = frame.copy()
     bad.loc[17, "y"] = np.nan
     (tmp_path / "bad").mkdir()
@@ -208,10 +212,19 @@ def test_torchrun_streams_each_ranks_row_groups_and_writes_one_run(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     folder = _folder(tmp_path, _frame(2000))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={port}",
-                           "-m", "choicegrad", "fit-scorer", str(folder), *FIT_ARGS, "--out", "run"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def torchrun():
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+                               f"--master-port={port}", "-m", "choicegrad", "fit-scorer", str(folder), *FIT_ARGS,
+                               "--out", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    done = torchrun()
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("wrote run/scorer.safetensors") == 1
+    assert done.stdout.count("wrote run/scorer.safetensors") == 1               # rank 0 alone logs
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"scorer.safetensors", "run.json", "scorer_metrics.json"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]    # no partial folder or lock left
     doc = json.loads((tmp_path / "run" / "scorer_metrics.json").read_text())
     assert doc["streamed"] and doc["metrics"]["test"]["r2"] > 0.3
+    again = torchrun()                                                          # refused on every rank, no hang
+    assert again.returncode != 0 and again.stderr.count("already holds a run") == 1
