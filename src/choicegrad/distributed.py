@@ -50,6 +50,12 @@ class World:
         return index.tensor_split(self.size)[self.rank] if self.distributed else index
 
 
+def share_sizes(n: int, ranks: int) -> list[int]:
+    """How many of n items each of `ranks` ranks takes in World.shard: contiguous parts that differ
+    by at most one, the first ones larger."""
+    return [n // ranks + (r < n % ranks) for r in range(ranks)]
+
+
 def current() -> World:
     """The world of this process: its process group's, or one process when there is none."""
     if dist.is_available() and dist.is_initialized():

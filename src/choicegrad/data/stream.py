@@ -33,6 +33,7 @@ import torch
 from choicegrad.data.context import ContextColumn, ContextEncoder
 from choicegrad.data.space import ChoiceSpace, Slot, as_labels
 from choicegrad.data.table import MIN_ROWS, TableData, check_columns, id_like_features
+from choicegrad.distributed import share_sizes
 from choicegrad.errors import InputError, did_you_mean
 
 #: Rows decoded from Parquet at a time.
@@ -152,8 +153,8 @@ class ParquetTable:
 
     def steps(self, epoch: int, batch: int, ranks: int = 1, workers: int = 0) -> int:
         """Steps of `epoch` for a global `batch`: the most batches any rank's readers emit (each rank
-        takes its tensor_split share of the batch), so every rank runs as many steps."""
-        sizes = [len(part) for part in torch.arange(batch).tensor_split(ranks)]
+        takes its share of the batch, share_sizes), so every rank runs as many steps."""
+        sizes = share_sizes(batch, ranks)
         return max(sum(math.ceil(sum(self.units[u].split_rows[TRAIN] for u in reader) / max(1, sizes[r]))
                        for reader in self.readers(epoch, r, ranks, workers)) for r in range(ranks))
 
@@ -162,7 +163,7 @@ class ParquetTable:
         """This rank's training batches of `epoch`: (rows (b, S) long, ctx_cat (b, C) long, ctx_num
         (b, N) float, y (b,) float64), b its share of the global `batch` (fewer at a reader's end), then
         empty batches up to `steps`. workers > 0 reads in that many DataLoader worker processes."""
-        size = len(torch.arange(batch).tensor_split(ranks)[rank])
+        size = share_sizes(batch, ranks)[rank]
         data = _EpochRows(self, self.readers(epoch, rank, ranks, workers), size, (self.seed, epoch, rank))
         done = 0
         if workers:

@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from choicegrad.distributed import share_sizes
+
 
 @dataclass(frozen=True)
 class BatchShard:
@@ -37,7 +39,7 @@ class BatchShard:
     def of(cls, generator: torch.Generator, size: int, world) -> "BatchShard":
         """The share of rank world.rank among world.size ranks: contiguous parts of the batch
         positions that differ in length by at most one (choicegrad.distributed.World.shard)."""
-        lengths = [len(p) for p in torch.arange(size).tensor_split(world.size)]
+        lengths = share_sizes(size, world.size)
         starts = [sum(lengths[:r]) for r in range(world.size)]
         return cls(generator, size, tuple((s, s + n) for s, n in zip(starts, lengths)), world.rank)
 
