@@ -353,15 +353,15 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
             for first, record in _read_unit(unit, columns):
                 where = np.arange(first, first + record.num_rows)
                 split = split_of(where, seed, val_cut, test_cut)
-                _check_batch(record, unit, first, score, kinds)
+                floats = _check_batch(record, unit, first, score, kinds)
                 for c in categorical:
                     enc = record.column(c).dictionary_encode()
                     values = enc.dictionary.to_pandas()
                     for v in values[values.notna()].tolist():
                         seen[c].setdefault(v, unit.file)
                 for c in numeric:
-                    running[c].add(_floats(record.column(c)))
-                y_train.add(_floats(record.column(score))[split == TRAIN])
+                    running[c].add(floats[c])
+                y_train.add(floats[score][split == TRAIN])
                 counts += np.bincount(split, minlength=3)
                 for s in (VALIDATION, TEST):
                     if (split == s).any():
@@ -414,24 +414,26 @@ def _context_kinds(schema, source: str, specs) -> dict[str, str]:
     return kinds
 
 
-def _check_batch(record, unit: Unit, first: int, score: str, kinds: dict[str, str]) -> None:
+def _check_batch(record, unit: Unit, first: int, score: str, kinds: dict[str, str]) -> dict[str, np.ndarray]:
     """InputError naming the file and rows of `record` with a non-finite score, a missing categorical
-    context value or a non-finite numeric one."""
+    context value or a non-finite numeric one; else the score and numeric context columns as float64
+    (N,) by name, read once for the checks and the running sums."""
     import pyarrow.compute as pc
 
     from choicegrad.errors import show_rows
 
     base = unit.in_file + first - unit.first           # position of the record's first row in its file
     problems = []
-    y = _floats(record.column(score))
-    bad = np.flatnonzero(~np.isfinite(y))
+    floats = {score: _floats(record.column(score))}
+    bad = np.flatnonzero(~np.isfinite(floats[score]))
     if len(bad):
         problems.append(f'score column "{score}": expected finite numbers, got missing/non-numeric/inf at '
                         f"{show_rows(bad + base)}")
     for name, kind in kinds.items():
         col = record.column(name)
         if kind == "numeric":
-            bad = np.flatnonzero(~np.isfinite(_floats(col)))
+            floats[name] = _floats(col)
+            bad = np.flatnonzero(~np.isfinite(floats[name]))
             what = "expected finite numbers, got missing/inf"
         else:
             bad = np.flatnonzero(pc.is_null(col, nan_is_null=True).to_numpy(zero_copy_only=False))
@@ -440,6 +442,7 @@ def _check_batch(record, unit: Unit, first: int, score: str, kinds: dict[str, st
             problems.append(f'context column "{name}": {what} at {show_rows(bad + base)}')
     if problems:
         raise InputError(unit.file, problems + ["(the scan stops at the first batch of rows with a problem)"])
+    return floats
 
 
 def _categories(seen: dict) -> tuple[list[str], dict]:
