@@ -22,11 +22,14 @@ def space(sizes=SIZES):
 
 
 def generator(kind, sizes=SIZES, scale=8.0, order=None, seed=0):
+    """kind "X-ragged": X in the ragged layout."""
     torch.manual_seed(seed)
     from choicegrad.data.context import ContextColumn
 
+    kind, _, layout = kind.partition("-")
     ctx = ContextEncoder(columns=[ContextColumn(name="c", kind="categorical", categories=["a", "b", "c"])])
-    gen = build(GeneratorConfig(kind=kind, hidden=[32, 32], order=order), space=space(sizes), context=ctx)
+    gen = build(GeneratorConfig(kind=kind, hidden=[32, 32], order=order, layout=layout or None), space=space(sizes),
+                context=ctx)
     with torch.no_grad():
         for p in gen.parameters():
             p.mul_(scale)
@@ -74,10 +77,11 @@ def test_keys_and_distinct_topk():
     assert (k >= 0).all() and len(set(k[0].tolist())) == len({tuple(x) for x in many[0].tolist()})
 
 
+@pytest.mark.parametrize("kind", ["autoregressive", "autoregressive-ragged"])
 @pytest.mark.parametrize("order", [None, [3, 1, 0, 2]])
 @pytest.mark.parametrize("fixed", [None, torch.tensor([-1, 2, -1, -1])])
-def test_beam_of_full_width_is_exhaustive_topk_of_log_prob(order, fixed):
-    gen = generator("autoregressive", order=order)
+def test_beam_of_full_width_is_exhaustive_topk_of_log_prob(order, fixed, kind):
+    gen = generator(kind, order=order)
     rows, lp = beam_search(gen, CTX, width=96, fixed=fixed)
     every = all_rows()
     if fixed is not None:
@@ -99,7 +103,7 @@ def test_factorized_topk_is_exact_with_beam_width_k():
     assert torch.allclose(lp, ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["factorized", "autoregressive"])
+@pytest.mark.parametrize("kind", ["factorized", "autoregressive", "autoregressive-ragged"])
 @pytest.mark.parametrize("name", DECODERS)
 def test_every_decoder_keeps_fixed_slots_and_returns_distinct_rows(kind, name):
     gen, f = generator(kind), potts_objective()

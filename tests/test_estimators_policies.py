@@ -1,7 +1,7 @@
 """Every estimator through every generator form, against exact gradients by enumeration.
 
 The same estimator objects that train the factorized generator train the autoregressive and pointer
-generators (through `policy_of`). On tiny spaces (3 slots x 3 categories or items) the exact
+generators (through `policy_of`), in both table layouts ("padded", "ragged"). On tiny spaces (3 slots x 3 categories or items) the exact
 gradient of E[f] w.r.t. the generator's *parameters* is known by enumerating every row. Estimates
 come in G independent groups, each a batch of C copies of one context (the loss is a batch mean, so
 a group's gradient is the mean of C independent estimates); the group means give a mean and a
@@ -26,9 +26,11 @@ ALPHA = 1e-4
 
 
 def make(kind: str, seed: int = 0):
-    """(generator, one context, score_fn (N, S, V) -> (N,)) for a tiny space."""
+    """(generator, one context, score_fn (N, S, V) -> (N,)) for a tiny space; kind "X-ragged": X in the
+    ragged layout."""
     torch.manual_seed(seed)
-    config = GeneratorConfig(kind=kind, hidden=[8], context_dim=2, heads=1, attention_layers=0)
+    kind, _, layout = kind.partition("-")
+    config = GeneratorConfig(kind=kind, hidden=[8], context_dim=2, heads=1, attention_layers=0, layout=layout or None)
     if kind == "pointer":
         gen = PointerGenerator(S, 2, config)
         ctx = ItemContext(items=torch.randn(1, V, 2), mask=torch.ones(1, V, dtype=torch.bool))
@@ -71,7 +73,7 @@ def z_test(grads: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     return (mean - exact).abs() > z * se + 1e-6
 
 
-KINDS = ["autoregressive", "pointer", "factorized"]
+KINDS = ["autoregressive", "pointer", "factorized", "autoregressive-ragged", "factorized-ragged"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -80,7 +82,7 @@ def test_exact_objective_sums_to_one_and_matches_logits(kind):
     policy = policy_of(gen, ctx)
     total = E.exact_objective(policy, lambda x: torch.ones(x.shape[0]))
     assert torch.allclose(total, torch.ones(1), atol=1e-5)
-    if kind != "autoregressive":   # independent slots: the same as enumerating the logits directly
+    if not kind.startswith("autoregressive"):   # independent slots: the same as enumerating the logits directly
         value, _ = E.exact_expectation(gen.logits(ctx), f)
         assert torch.allclose(E.exact_objective(policy, f), value, atol=1e-5)
 
@@ -95,7 +97,7 @@ def test_reinforce_unbiased_for_every_generator(kind, baseline, k):
     assert not bool(bad.any()), f"{int(bad.sum())} of {exact.numel()} parameters biased"
 
 
-@pytest.mark.parametrize("kind", ["autoregressive", "pointer"])
+@pytest.mark.parametrize("kind", ["autoregressive", "pointer", "autoregressive-ragged"])
 def test_check_has_power_on_generators(kind):
     """The same test rejects a scaled reinforce and the (biased) st-gumbel on generator parameters."""
     gen, ctx, f = make(kind, seed=1)
@@ -118,11 +120,12 @@ def test_entropy_estimate_is_exact_in_expectation_for_sequential_policy():
     assert abs(float(est[0].detach()) - float(exact.detach())) < 0.02
 
 
+@pytest.mark.parametrize("kind", ["autoregressive", "autoregressive-ragged"])
 @pytest.mark.parametrize("name", ["st-gumbel", "gumbel-rao", "reinmax"])
-def test_pathwise_forward_rows_are_exact_draws_of_the_sequential_policy(name):
+def test_pathwise_forward_rows_are_exact_draws_of_the_sequential_policy(name, kind):
     """The hard rows behind st-gumbel / gumbel-rao / reinmax through an autoregressive generator are
     draws from the generator itself (frequencies match the enumerated probabilities)."""
-    gen, ctx, f = make("autoregressive", seed=4)
+    gen, ctx, f = make(kind, seed=4)
     batch = ctx.repeat_interleave(20_000)
     out = E.get(name)(policy_of(gen, batch), f, generator=torch.Generator().manual_seed(1))
     rows = E.enumerate_rows(S, V)
@@ -133,16 +136,18 @@ def test_pathwise_forward_rows_are_exact_draws_of_the_sequential_policy(name):
     assert torch.equal(out.samples[:, 0], out.sample)
 
 
-def test_st_forward_is_the_greedy_row_of_the_sequential_policy():
-    gen, ctx, f = make("autoregressive", seed=5)
+@pytest.mark.parametrize("kind", ["autoregressive", "autoregressive-ragged"])
+def test_st_forward_is_the_greedy_row_of_the_sequential_policy(kind):
+    gen, ctx, f = make(kind, seed=5)
     out = E.get("st")(policy_of(gen, ctx), f)
     assert torch.equal(out.sample, gen.greedy(ctx))
 
 
-def test_gumbel_rao_k1_matches_st_gumbel_in_expectation_through_the_prefix():
+@pytest.mark.parametrize("kind", ["autoregressive", "autoregressive-ragged"])
+def test_gumbel_rao_k1_matches_st_gumbel_in_expectation_through_the_prefix(kind):
     """Gumbel-Rao with one conditional draw has ST-Gumbel's expectation (Paulus et al. 2020), also
     when each choice feeds the next slot of an autoregressive generator."""
-    gen, ctx, f = make("autoregressive", seed=6)
+    gen, ctx, f = make(kind, seed=6)
     a = group_grads(gen, ctx, f, E.get("st-gumbel", tau=0.7), seed=7)
     b = group_grads(gen, ctx, f, E.get("gumbel-rao", tau=0.7, k=1), seed=8)
     se = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
@@ -150,7 +155,7 @@ def test_gumbel_rao_k1_matches_st_gumbel_in_expectation_through_the_prefix():
     assert not bool(((a.mean(0) - b.mean(0)).abs() > z * se + 1e-6).any())
 
 
-@pytest.mark.parametrize("kind", ["autoregressive", "pointer"])
+@pytest.mark.parametrize("kind", ["autoregressive", "pointer", "autoregressive-ragged"])
 def test_raml_gradient_is_weighted_likelihood_of_its_candidates(kind):
     """raml's loss is -sum_m softmax(f / T)_m log p(candidate_m) with the generator's log-probability."""
     gen, ctx, f = make(kind, seed=9)

@@ -3,6 +3,8 @@ autoregressive generator is a normalised slot-by-slot model that can hold severa
 the pointer generator solves "pick the 5" on list lengths it never saw; training is reproducible."""
 
 import csv
+import itertools
+import json
 
 import pytest
 import torch
@@ -28,15 +30,17 @@ def planted():
 
 
 def _fit(kind, method, data, objective, steps=150, **kw):
+    """kind "X-ragged": X in the ragged layout."""
     torch.manual_seed(0)
-    gen = build(GeneratorConfig(kind=kind, **SMALL), space=data.space, context=data.context)
+    kind, _, layout = kind.partition("-")
+    gen = build(GeneratorConfig(kind=kind, layout=layout or None, **SMALL), space=data.space, context=data.context)
     opts = {"temperature": 0.3} if method in ("weighted-ce", "raml") else {}
     fit = GeneratorFit(method=method, method_options=opts, steps=steps, batch_size=16, samples=8, lr=1e-2,
                        warm_start_steps=0, val_every=50, patience=None, entropy=0.0, log_every=50, **kw)
     return gen, fit_generator(gen, objective, TableContexts(data), fit)
 
 
-@pytest.mark.parametrize("kind", ["factorized", "autoregressive"])
+@pytest.mark.parametrize("kind", ["factorized", "autoregressive", "autoregressive-ragged"])
 @pytest.mark.parametrize("method", [m for m in available() if m != "aligner"])  # needs a Scorer: test_aligner.py
 def test_generator_finds_planted_optimum(planted, kind, method):
     task, data = planted
@@ -75,10 +79,11 @@ def test_autoregressive_holds_several_distinct_rows():
     assert shares["autoregressive"] > 0.97 and shares["factorized"] < 0.5, shares
 
 
+@pytest.mark.parametrize("layout", ["padded", "ragged"])
 @pytest.mark.parametrize("order", [None, [2, 0, 3, 1]])
-def test_autoregressive_is_normalised_and_causal(order):
+def test_autoregressive_is_normalised_and_causal(order, layout):
     task = PlantedTask(slots=4, vocab=3, contexts=2)
-    gen = AutoregressiveGenerator([3, 2, 3, 3], [2], 0, GeneratorConfig(order=order, **SMALL))
+    gen = AutoregressiveGenerator([3, 2, 3, 3], [2], 0, GeneratorConfig(order=order, layout=layout, **SMALL))
     with torch.no_grad():
         for p in gen.parameters():
             p.mul_(20.0)  # a far-from-uniform distribution
@@ -93,31 +98,41 @@ def test_autoregressive_is_normalised_and_causal(order):
         (g,) = torch.autograd.grad(logits[:, s].sum(), x, retain_graph=True)
         seen = (g.abs().sum((0, 2)) > 0).tolist()
         assert seen == [pos[t] < pos[s] for t in range(4)], (s, seen)
+    torch.testing.assert_close(gen.logits(ctx, rows[:2]), gen.logits(ctx, rows_to_inputs(rows[:2], 3)), rtol=1e-5, atol=1e-4)
     del task
 
 
-def test_relaxed_sampling_is_straight_through_the_prefix():
-    gen = AutoregressiveGenerator([4, 4, 4], [], 0, GeneratorConfig(**SMALL))
+@pytest.mark.parametrize("layout", ["padded", "ragged"])
+def test_relaxed_sampling_is_straight_through_the_prefix(layout):
+    gen = AutoregressiveGenerator([4, 4, 4], [], 0, GeneratorConfig(layout=layout, **SMALL))
     ctx = TableContext.empty(5)
     fixed = torch.tensor([-1, 2, -1])
     x, index, _ = gen.relaxed_sample(ctx, "st-gumbel", 0.7, fixed=fixed, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x.detach(), torch.nn.functional.one_hot(index, 4).float())
     assert (index[:, 1] == 2).all()
     (x * torch.randn(5, 3, 4)).sum().backward()
-    assert gen.skip.weight.grad is not None and gen.skip.weight.grad.abs().sum() > 0  # gradient through the prefix
+    first = gen.skip.weight if layout == "padded" else gen.embed        # what reads the earlier choices
+    assert first.grad is not None and first.grad.abs().sum() > 0        # gradient through the prefix
 
 
+@pytest.mark.parametrize("layout", ["padded", "ragged"])
 @pytest.mark.parametrize("kind", ["factorized", "autoregressive"])
-def test_sample_keeps_fixed_slots_and_save_load_round_trip(tmp_path, planted, kind):
+def test_sample_keeps_fixed_slots_and_save_load_round_trip(tmp_path, planted, kind, layout):
     task, data = planted
-    gen = build(GeneratorConfig(kind=kind, **SMALL), space=data.space, context=data.context)
+    gen = build(GeneratorConfig(kind=kind, layout=layout, **SMALL), space=data.space, context=data.context)
     ctx = TableContexts(data).contexts
     rows = gen.sample(ctx, 50, fixed=torch.tensor([1, -1, -1, 3]), generator=torch.Generator().manual_seed(0))
     assert (rows[..., 0] == 1).all() and (rows[..., 3] == 3).all()
     save(gen, tmp_path)
     again, meta = load(tmp_path)
-    assert meta["generator"] == kind
+    assert meta["generator"] == kind and again.config.layout == layout
     assert torch.equal(gen.eval().logits(ctx), again.logits(ctx))
+    if layout == "padded":                            # saved before layouts existed: padded
+        path = tmp_path / "generator.json"
+        meta = json.loads(path.read_text())
+        del meta["config"]["layout"]
+        path.write_text(json.dumps(meta))
+        assert torch.equal(load(tmp_path)[0].logits(ctx), again.logits(ctx))
     del task
 
 
@@ -196,15 +211,16 @@ def test_rows_with_missing_slots_train_masked(method):
     assert torch.isfinite(lp).all()
 
 
+@pytest.mark.parametrize("layout", ["padded", "ragged"])
 @pytest.mark.parametrize("order,hidden", [(None, [64, 64]), ([3, 1, 0, 4, 2], [32, 48, 40]), ([2, 0, 1, 4, 3], [7]),
                                          ([4, 3, 2, 1, 0], [3, 2])])
-def test_slot_logits_equal_the_full_pass(order, hidden):
+def test_slot_logits_equal_the_full_pass(order, hidden, layout):
     """Sequential decoding's per-slot logits (each position's new units only, the rest carried; context
     terms once per context) equal the full masked pass, for any order, depth and width, with missing
-    slots; a carry from the wrong position is an error."""
+    slots, from one-hot or long rows; a carry from the wrong position is an error."""
     torch.manual_seed(0)
     sizes = [3, 4, 2, 4, 1]
-    gen = AutoregressiveGenerator(sizes, [5], 2, GeneratorConfig(order=order, hidden=hidden))
+    gen = AutoregressiveGenerator(sizes, [5], 2, GeneratorConfig(order=order, hidden=hidden, layout=layout))
     for prm in gen.parameters():
         prm.data.normal_(0, 0.3)
     B, M = 6, 5
@@ -213,21 +229,23 @@ def test_slot_logits_equal_the_full_pass(order, hidden):
     rows[rows.sum(-1) % 3 == 0, 2] = -1
     x = rows_to_inputs(rows, 4)
     full = gen.logits(ctx.repeat_interleave(M), x.reshape(B * M, 5, 4)).reshape(B, M, 5, 4)
-    feats, carry = gen.features(ctx), None
-    for s in gen.order:
-        logits, carry = gen.slot_logits(feats, x, s, carry)
-        torch.testing.assert_close(logits, full[:, :, s], rtol=1e-5, atol=1e-5)
+    for inputs in (x, rows):
+        feats, carry = gen.features(ctx), None
+        for s in gen.order:
+            logits, carry = gen.slot_logits(feats, inputs, s, carry)
+            torch.testing.assert_close(logits, full[:, :, s], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="carry"):
         gen.slot_logits(feats, x, gen.order[1], None)
 
 
-def test_decoding_in_context_chunks_matches_one_chunk(monkeypatch):
+@pytest.mark.parametrize("layout", ["padded", "ragged"])
+def test_decoding_in_context_chunks_matches_one_chunk(monkeypatch, layout):
     """Beam search, greedy rows and seeded draws do not depend on how many contexts go per chunk."""
     from choicegrad.decoding.decoders import beam_search
     from choicegrad.generators import context as context_module
 
     torch.manual_seed(1)
-    gen = AutoregressiveGenerator([3, 4, 2, 4], [5], 2, GeneratorConfig(hidden=[32]))
+    gen = AutoregressiveGenerator([3, 4, 2, 4], [5], 2, GeneratorConfig(hidden=[32], layout=layout))
     for prm in gen.parameters():
         prm.data.normal_(0, 0.5)
     ctx = TableContext(torch.randint(0, 5, (9, 1)), torch.randn(9, 2))
@@ -256,8 +274,8 @@ def test_vocabulary_weights_are_known_before_building():
     def count(g):
         return sum(p.numel() for p in g.parameters()), sum(b.numel() for b in g.buffers())
 
-    for cls in (AutoregressiveGenerator, FactorizedGenerator):
-        cfg = GeneratorConfig(kind=cls.kind, hidden=[16, 8])
+    for cls, layout in itertools.product((AutoregressiveGenerator, FactorizedGenerator), ("padded", "ragged")):
+        cfg = GeneratorConfig(kind=cls.kind, hidden=[16, 8], layout=layout)
         for small, big in (([3, 5], [3, 9]), ([4, 4, 2], [4, 7, 2])):
             built = [count(cls(sizes, [3], 2, cfg)) for sizes in (small, big)]
             known = [cls.vocabulary_elements(sizes, cfg) for sizes in (small, big)]

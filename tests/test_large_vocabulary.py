@@ -1,6 +1,8 @@
 """Large vocabularies: inverse-CDF draws (estimators.gumbel.categorical) follow the softmax, never draw
 a masked category, match the global draw under data parallelism, and leave small vocabularies' draws
-as they were; a factorized generator trains and generates over a 5,000-category feature."""
+as they were; the ragged layout costs what a large slot costs alone, and its autoregressive draws
+(the first slot's drawn k at a time) follow the generator's probabilities; factorized and
+autoregressive generators train and generate over a 5,000-category feature."""
 
 import numpy as np
 import pandas as pd
@@ -78,7 +80,8 @@ def _catalogue_table(n=3000, items=5_000, measured=400, seed=0) -> pd.DataFrame:
                          "y": y})
 
 
-def test_a_factorized_generator_trains_and_generates_over_a_large_catalogue(tmp_path, recwarn):
+@pytest.mark.parametrize("kind", ["factorized", "autoregressive"])
+def test_a_generator_trains_and_generates_over_a_large_catalogue(tmp_path, recwarn, kind):
     from choicegrad.run import Run, TableSpec
     from choicegrad.scorer.fit import ScorerFit
     from choicegrad.training.loop import GeneratorFit
@@ -88,13 +91,62 @@ def test_a_factorized_generator_trains_and_generates_over_a_large_catalogue(tmp_
     assert len(catalogue) >= CDF_VOCABULARY                          # the inverse-CDF path is the one trained through
     run = Run.fit(frame, tmp_path / "run", TableSpec(features="item,a,b", score="y", context="user",
                                                      space={"item": catalogue}),
-                  scorer_fit=ScorerFit(epochs=2), generator="factorized",
+                  scorer_fit=ScorerFit(epochs=2), generator=kind,
                   generator_fit=GeneratorFit(steps=6, batch_size=8, samples=8, warm_start_steps=4, val_every=3,
                                              val_samples=16), progress=False)
     assert not [w for w in recwarn if "looks like an ID" in str(w.message)]   # unmeasured items do not count
+    assert run.generator.config.layout == "ragged"                             # chosen by itself, and saved
     got = run.generate(pd.DataFrame({"user": ["u3", "u7"]}), k=32, decoder="sample")
     assert len(got) == 64 and got["item"].isin(set(catalogue)).all()
     assert got.groupby("user")[["item", "a", "b"]].apply(lambda g: len(g.drop_duplicates())).eq(32).all()
+
+
+def test_the_ragged_layout_grows_with_the_categories_not_with_slots_times_the_largest():
+    """65 slots, one of 5,000 categories: ragged weights grow with sum V_s (about 5,200), padded ones with
+    65 x 5,000; every generator form still decodes, scores and relaxes such a table."""
+    from choicegrad.generators import AutoregressiveGenerator, FactorizedGenerator, GeneratorConfig
+    from choicegrad.generators.context import TableContext
+
+    sizes = [3] * 32 + [5_000] + [3] * 32
+    ctx = TableContext(torch.tensor([[0], [1]]), torch.zeros(2, 0))
+    for cls in (FactorizedGenerator, AutoregressiveGenerator):
+        cfg = GeneratorConfig(kind=cls.kind, hidden=[16])
+        ragged = cls.vocabulary_elements(sizes, cfg)[0]
+        assert ragged * 40 < cls.vocabulary_elements(sizes, cfg.model_copy(update={"layout": "padded"}))[0]
+        gen = cls(sizes, [2], 0, cfg)
+        assert gen.config.layout == "ragged" and sum(p.numel() for p in gen.parameters()) < 2 * ragged
+        rows = gen.sample(ctx, 4, generator=torch.Generator().manual_seed(0))
+        assert rows.shape == (2, 4, 65) and bool((rows < torch.tensor(sizes)).all())
+        assert torch.isfinite(gen.log_prob(rows, ctx)).all()
+        x, index, _ = gen.relaxed_sample(ctx, "st-gumbel", generator=torch.Generator().manual_seed(1))
+        assert x.shape == (2, 65, 5_000) and bool((index < torch.tensor(sizes)).all())
+
+
+@pytest.mark.parametrize("fixed", [None, torch.tensor([1, -1, -1])])
+def test_ragged_autoregressive_draws_follow_its_probabilities(monkeypatch, fixed):
+    """Draws of a ragged autoregressive generator (largest slot first, its k choices per context drawn
+    from one set of logits, by inverse CDF) match the enumerated row probabilities."""
+    from choicegrad.generators import AutoregressiveGenerator, GeneratorConfig
+    from choicegrad.generators.context import TableContext
+
+    monkeypatch.setattr(gumbel, "CDF_VOCABULARY", 2)
+    torch.manual_seed(0)
+    sizes = [2, 5, 3]
+    gen = AutoregressiveGenerator(sizes, [2], 0, GeneratorConfig(hidden=[12, 12], layout="ragged"))
+    with torch.no_grad():
+        for prm in gen.parameters():
+            prm.normal_(0, 1.0)
+    assert gen.order == [1, 2, 0] and gen.shares_first
+    ctx = TableContext(torch.tensor([[0], [1]]), torch.zeros(2, 0))
+    every = torch.cartesian_prod(*[torch.arange(v) for v in sizes])
+    if fixed is not None:
+        every = every[every[:, 0] == 1]
+    p = gen.log_prob(every.unsqueeze(0).expand(2, -1, -1), ctx).exp().detach()
+    p = p / p.sum(1, keepdim=True)
+    draws = gen.sample(ctx, 40_000, fixed=fixed, generator=torch.Generator().manual_seed(1))
+    same = (draws.unsqueeze(2) == every.view(1, 1, -1, 3)).all(-1)                        # (2, 40000, R)
+    assert bool(same.any(-1).all())
+    assert torch.allclose(same.float().mean(1), p, atol=0.012)
 
 
 def test_polish_tries_the_categories_the_generator_rates_highest_in_a_large_slot(monkeypatch):

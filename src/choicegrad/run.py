@@ -42,7 +42,8 @@ from choicegrad.data.table import TableData, load_table
 from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budget
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import available
-from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective
+from choicegrad.estimators.gumbel import CDF_VOCABULARY
+from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective, resolve_layout
 from choicegrad.runfolder import RunWriter, run_writer, verify_run
 from choicegrad.scorer.aligner import Aligner, AlignerFit, fit_aligner
 from choicegrad.scorer.fit import ScorerFit, ScorerResult, fit_scorer, fit_scorer_stream
@@ -427,13 +428,19 @@ def check_generator_fits(config: GeneratorConfig, space: ChoiceSpace, memory: Op
     if not have or need <= have:
         return
     big = max(space.slots, key=lambda slot: len(slot.categories))
-    why = ("every slot is padded to the largest vocabulary, and its skip layer grows with (slots x that)^2"
-           if config.kind == "autoregressive" else "one head of the largest vocabulary per slot")
+    config = resolve_layout(config, space.sizes)
+    if config.layout == "ragged":
+        why = f"its weights have {sum(space.sizes):,} rows, one per category of every feature"
+    elif config.kind == "autoregressive":
+        why = "every slot is padded to the largest vocabulary, and its skip layer grows with (slots x that)^2"
+    else:
+        why = "one head of the largest vocabulary per slot"
+    hint = (f'the ragged layout (GeneratorConfig(layout="ragged"), chosen by itself from {CDF_VOCABULARY:,} categories '
+            'in a feature) stores each feature\'s own categories only and has no skip layer; ' if config.layout == "padded" else "")
     raise InputError("--generator", [
         f"the {config.kind} generator for this table needs at least {need / 2**30:,.0f} GiB to train, more than the "
         f"{have / 2**30:,.0f} GiB of {torch.device(device)}: feature \"{big.name}\" has {len(big.categories):,} categories and {why}. "
-        + ("--generator factorized handles large catalogues better (docs/scaling.md), and " if config.kind == "autoregressive"
-           else "") + "choicegrad fit-scorer fits the scorer alone"])
+        + hint + "choicegrad fit-scorer fits the scorer alone"])
 
 
 def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: TableSpec,

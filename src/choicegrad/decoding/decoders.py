@@ -40,7 +40,7 @@ from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixe
                                       enumerate_allowed, neighbour_count, space_size)
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import did_you_mean
-from choicegrad.generators.base import Generator, masked_log_softmax, rows_to_inputs
+from choicegrad.generators.base import Generator, masked_log_softmax
 from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_context_chunks
 from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
@@ -105,10 +105,13 @@ def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: fl
     lp[:, 0] = 0.0
     feats, carry = (gen.features(ctx), None) if gen.autoregressive else (None, None)
     static = None if gen.autoregressive else masked_log_softmax(gen.logits(ctx).float() / temperature)
-    for s in gen.order:
+    for p, s in enumerate(gen.order):
         if gen.autoregressive:
-            logits, carry = gen.slot_logits(feats, rows_to_inputs(rows, V), s, carry)
-            logp = masked_log_softmax(logits.float() / temperature)
+            once = p == 0 and gen.shares_first                  # every beam alike: the logits once per context
+            logits, carry = gen.slot_logits(feats, rows[:, :1] if once else rows, s, carry)
+            logp = masked_log_softmax(logits.float() / temperature).expand(B, W, V)
+            if once:
+                carry = [c.expand(-1, W, -1) for c in carry]
         else:
             logp = static[:, s].unsqueeze(1).expand(B, W, V)
         logp = torch.where(allowed[:, s].unsqueeze(1), logp, torch.full_like(logp, _NEG))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from choicegrad.generators.autoregressive import AutoregressiveGenerator
-from choicegrad.generators.base import KINDS, Generator, GeneratorConfig, fill_fixed, rows_to_inputs
+from choicegrad.generators.base import KINDS, Generator, GeneratorConfig, fill_fixed, resolve_layout, rows_to_inputs
 from choicegrad.generators.context import Context, ItemContext, TableContext
 from choicegrad.generators.factorized import FactorizedGenerator
 from choicegrad.generators.objective import ItemObjective, Objective, TableObjective, score_rows
@@ -24,7 +24,8 @@ from choicegrad.generators.policy import SequentialPolicy, policy_of
 __all__ = [
     "KINDS", "AutoregressiveGenerator", "Context", "FactorizedGenerator", "Generator", "GeneratorConfig",
     "ItemContext", "ItemObjective", "Objective", "PointerGenerator", "SequentialPolicy", "TableContext",
-    "TableObjective", "build", "fill_fixed", "load", "rows_to_inputs", "policy_of", "save", "score_rows",
+    "TableObjective", "build", "fill_fixed", "load", "resolve_layout", "rows_to_inputs", "policy_of", "save",
+    "score_rows",
 ]
 
 _CLASSES = {"factorized": FactorizedGenerator, "autoregressive": AutoregressiveGenerator,
@@ -68,7 +69,7 @@ def load(run_dir, map_location="cpu") -> tuple[Generator, dict]:
 
     state, meta = checkpoint.load(run_dir, "generator")
     try:
-        config = GeneratorConfig.model_validate(meta["config"])
+        config = GeneratorConfig.model_validate({"layout": "padded", **meta["config"]})    # before layouts: padded
         shape = meta["shape"]
         if config.kind == "pointer":
             gen: Generator = PointerGenerator(int(shape["num_slots"]), int(shape["item_dim"]), config)

@@ -9,6 +9,12 @@ slot o_p) and adds context terms computed once per context, not once per row: ab
 per row in all instead of S. Because later choices depend
 on earlier ones, the generator can put its mass on several distinct good rows for the same context,
 which a factorized generator cannot do without also producing their mixtures.
+
+In the ragged layout (large vocabularies, many slots) the first layer is an embedding of each slot's
+own categories (sum_s V_s rows; the one-hot product it replaces, without the padding), the output
+and context heads have sum_s V_s rows too, and there is no skip layer: its (S V_max)^2 weights are
+what keeps the padded layout from large vocabularies. Choices reach later slots through the hidden
+layers alone.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from choicegrad.estimators import MASK_VALUE
-from choicegrad.generators.base import GeneratorConfig, TableGenerator, mask_logits
+from choicegrad.generators.base import GeneratorConfig, TableGenerator, mask_logits, resolve_layout, rows_to_inputs
 from choicegrad.generators.context import TableContext
 
 
@@ -59,8 +65,10 @@ class AutoregressiveGenerator(TableGenerator):
 
     sizes: categories per slot (S,); cardinalities / num_numeric: context columns; config.order: slot
     order (default 0..S-1); config.hidden: widths of the masked hidden layers.
-    logits(ctx, x) with x (B, S, V_max) float (one-hot, soft, or zeros for not-yet-chosen slots)
-    -> (B, S, V_max); slot s's logits are a function of ctx and x[:, t] for t before s in the order.
+    logits(ctx, x) with x (B, S, V_max) float (one-hot, soft, or zeros for not-yet-chosen slots) or
+    (B, S) long rows (-1 = not chosen) -> (B, S, V_max); slot s's logits are a function of ctx and
+    x[:, t] for t before s in the order. Ragged layout: the default order puts the largest vocabulary
+    first, whose logits decoding then computes once per context (`shares_first`), not once per row.
     """
 
     kind = "autoregressive"
@@ -69,24 +77,32 @@ class AutoregressiveGenerator(TableGenerator):
     def __init__(self, sizes: list[int], cardinalities: list[int], num_numeric: int, config: GeneratorConfig):
         super().__init__(sizes, cardinalities, num_numeric, config, [config.hidden[0]])
         S, V = len(sizes), max(sizes)
-        self._order = check_order(config.order, S)
+        self.shares_first = self.ragged
+        if self.ragged and config.order is None:
+            self.config = self.config.model_copy(update={"order": sorted(range(S), key=lambda s: (-sizes[s], s))})
+        self._order = check_order(self.config.order, S)
         pos = torch.empty(S, dtype=torch.long)
         pos[torch.tensor(self._order)] = torch.arange(S)
+        self._position = pos.tolist()
         Hc = self.trunk.out_dim
         in_deg = (pos + 1).repeat_interleave(V)                    # (S*V,) degree of each input unit
         out_deg = pos.repeat_interleave(V)                         # (S*V,) output unit of slot s: sees pos < pos[s]
         layers, ctx_layers, prev_deg, prev_dim = [], [], in_deg, S * V
         self._by_degree: list[Tensor] = []                          # per layer: its units sorted by degree
         self._below: list[list[int]] = []                           # per layer: units of degree < p, p = 0..S
-        for width in config.hidden:
+        for i, width in enumerate(config.hidden):
             deg = torch.arange(width) % S                          # hidden degrees 0..S-1
-            layers.append(MaskedLinear(prev_dim, width, deg[:, None] >= prev_deg[None, :]))
+            if i or not self.ragged:
+                layers.append(MaskedLinear(prev_dim, width, deg[:, None] >= prev_deg[None, :]))
             ctx_layers.append(nn.Linear(Hc, width, bias=False))
             self._by_degree.append(torch.argsort(deg, stable=True))
             self._below.append([int((deg < p).sum()) for p in range(S + 1)])
             prev_deg, prev_dim = deg, width
         self.hidden_layers = nn.ModuleList(layers)
         self.context_layers = nn.ModuleList(ctx_layers)
+        if self.ragged:
+            self._init_ragged(pos, Hc, config.hidden)
+            return
         self.out = MaskedLinear(prev_dim, S * V, out_deg[:, None] >= prev_deg[None, :], scale=0.01)
         self.skip = MaskedLinear(S * V, S * V, out_deg[:, None] >= in_deg[None, :], scale=0.01)
         self.context_head = nn.Linear(Hc, S * V)
@@ -94,11 +110,33 @@ class AutoregressiveGenerator(TableGenerator):
             self.context_head.weight.mul_(0.01)
             self.context_head.bias.zero_()
 
+    def _init_ragged(self, pos: Tensor, Hc: int, hidden: list[int]) -> None:
+        """embed (sum V_s, hidden[0]) with its bias: the first layer, unit j seeing slot t where
+        degree_j > pos[t] (`embed_mask` (S, hidden[0])); out and context_head: Linear to sum V_s, slot
+        s's rows seeing last-layer units of degree <= pos[s] (`out_mask` (S, hidden[-1]))."""
+        S, first, last = len(self.sizes), hidden[0], hidden[-1]
+        n = self.offsets[-1]
+        self.embed = nn.Parameter(torch.empty(n, first).uniform_(-S ** -0.5, S ** -0.5))
+        self.embed_bias = nn.Parameter(torch.empty(first).uniform_(-S ** -0.5, S ** -0.5))
+        self.register_buffer("embed_mask", ((torch.arange(first) % S)[None, :] > pos[:, None]).float(), persistent=False)
+        self.register_buffer("out_mask", ((torch.arange(last) % S)[None, :] <= pos[:, None]).float(), persistent=False)
+        self.out = nn.Linear(last, n)
+        self.context_head = nn.Linear(Hc, n)
+        with torch.no_grad():
+            self.out.weight.mul_(0.01)
+            self.context_head.weight.mul_(0.01)
+            self.context_head.bias.zero_()
+
     @staticmethod
     def vocabulary_elements(sizes: list[int], config: GeneratorConfig) -> tuple[int, int]:
-        """(parameters, buffers): elements that grow with the vocabulary (the rest is small). Every
-        slot is padded to V_max, and the skip layer is (S V_max)^2 with a mask as large."""
-        SV, first, last = len(sizes) * max(sizes), config.hidden[0], config.hidden[-1]
+        """(parameters, buffers): elements that grow with the vocabulary (the rest is small). Padded:
+        every slot is padded to V_max, and the skip layer is (S V_max)^2 with a mask as large. Ragged:
+        sum V_s rows of the embedding, output and context heads, no skip layer."""
+        first, last, Hc = config.hidden[0], config.hidden[-1], config.hidden[0]
+        if resolve_layout(config, sizes).layout == "ragged":
+            n = sum(sizes)
+            return n * (first + last + 1 + Hc + 1), len(sizes) * max(sizes) + 2 * n
+        SV = len(sizes) * max(sizes)
         parameters = first * SV + (last + 1) * SV + (SV + 1) * SV + (first + 1) * SV
         return parameters, first * SV + last * SV + SV * SV + SV     # the masks and the (S, V) mask
 
@@ -114,6 +152,10 @@ class AutoregressiveGenerator(TableGenerator):
         S, V = self.mask.shape
         terms = self.features(ctx)
         B = terms.head.shape[0]
+        if self.ragged:
+            return self._ragged_logits(terms, x)
+        if x is not None and not x.is_floating_point():
+            x = rows_to_inputs(x, V)
         flat = torch.zeros(B, S * V, device=terms.head.device, dtype=terms.head.dtype) if x is None \
             else x.reshape(B, S * V).to(terms.head.dtype)
         h = flat
@@ -122,26 +164,66 @@ class AutoregressiveGenerator(TableGenerator):
         out = self.out(h) + self.skip(flat) + terms.head
         return mask_logits(out.reshape(B, S, V), self.mask)
 
-    def slot_logits(self, features: ContextTerms, x: Tensor, s: int,
-                    carry: Optional[list[Tensor]] = None) -> tuple[Tensor, list[Tensor]]:
+    def _ragged_logits(self, terms: ContextTerms, x: Optional[Tensor]) -> Tensor:
+        """logits(ctx, x) in the ragged layout: x (B, S, V_max) float, (B, S) long or None."""
+        S, V = self.mask.shape
+        B, dtype = terms.head.shape[0], terms.head.dtype
+        if x is None:
+            pre = terms.hidden[0].new_zeros(B, self.embed.shape[1])
+        elif not x.is_floating_point():             # rows: each slot's embedding row, masked, summed
+            e = self.embed.index_select(0, (x.clamp(min=0) + self._first_column()).reshape(-1)).reshape(B, S, -1)
+            pre = torch.einsum("bsw,sw->bw", e * (x >= 0).unsqueeze(-1).to(dtype), self.embed_mask)
+        else:
+            xr = x.reshape(B, S * V).to(dtype).index_select(1, self.columns)          # (B, sum V_s)
+            pre = xr @ (self.embed * self.embed_mask.index_select(0, self.slot_of))
+        h = F.silu(pre + self.embed_bias + terms.hidden[0])
+        for layer, term in zip(self.hidden_layers, terms.hidden[1:]):
+            h = F.silu(layer(h) + term)
+        w = self.out.weight * self.out_mask.index_select(0, self.slot_of)
+        return self.pad(F.linear(h, w, self.out.bias) + terms.head)
+
+    def _first_column(self) -> Tensor:
+        """(S,) long: each slot's first ragged column."""
+        return torch.tensor(self.offsets[:-1], device=self.mask.device)
+
+    def slot_logits(self, features: ContextTerms, x: Tensor, s: int, carry: Optional[list[Tensor]] = None,
+                    padded: bool = True) -> tuple[Tensor, list[Tensor]]:
         """Slot s's logits given the earlier slots, decoding in `order`.
 
-        x (B, M, S, V) float rows so far; features: `features(ctx)` of the B contexts; carry: per hidden
-        layer, the (B, M, n) units of lower degree computed at the earlier positions for these rows
-        (None at the first position). -> (logits (B, M, V), carry for the next position; reorder it
-        along M as the rows are reordered). Equal to logits(ctx, x)[:, s]: only the units of degree
-        p = position of s are new, each computed once per row.
+        x (B, M, S, V) float or (B, M, S) long rows so far (-1 = not chosen); features: `features(ctx)`
+        of the B contexts; carry: per hidden layer, the (B, M, n) units of lower degree computed at the
+        earlier positions for these rows (None at the first position). -> (logits (B, M, V), carry for
+        the next position; reorder it along M as the rows are reordered). Equal to logits(ctx, x)[:, s]:
+        only the units of degree p = position of s are new, each computed once per row. padded=False:
+        the ragged layout returns slot s's own categories only (B, M, V_s).
         """
         S, V = self.mask.shape
-        p = self._order.index(s)
+        p = self._position[s]
         B, M = x.shape[:2]
         dev, dtype = x.device, features.head.dtype
         earlier = torch.tensor(self._order[:p], dtype=torch.long, device=dev)
+        if self.ragged:
+            return self._ragged_slot_logits(features, x, s, p, earlier, carry, padded)
         cols = (earlier[:, None] * V + torch.arange(V, device=dev)).reshape(-1)       # (p*V,) inputs seen
-        inp = x.index_select(2, earlier).reshape(B, M, p * V).to(dtype)
-        h, seen, out_carry = inp, cols, []
-        for i, (layer, term) in enumerate(zip(self.hidden_layers, features.hidden)):
-            done = carry[i] if carry is not None else inp.new_zeros(B, M, 0)
+        x = x.index_select(2, earlier)
+        inp = (x if x.is_floating_point() else rows_to_inputs(x, V)).reshape(B, M, p * V).to(dtype)
+        h, out_carry, seen = self._new_units(features, inp, cols, carry, p, 0)
+        outs = torch.arange(s * V, (s + 1) * V, device=dev)
+        w_out = (self.out.weight * self.out.weight_mask).index_select(0, outs).index_select(1, seen)
+        w_skip = (self.skip.weight * self.skip.weight_mask).index_select(0, outs).index_select(1, cols)
+        out = (F.linear(h, w_out, self.out.bias.index_select(0, outs)) + F.linear(inp, w_skip, self.skip.bias.index_select(0, outs))
+               + features.head.index_select(1, outs).unsqueeze(1))
+        return out.masked_fill(~self.mask[s], MASK_VALUE), out_carry
+
+    def _new_units(self, features: ContextTerms, h: Tensor, seen: Tensor, carry: Optional[list[Tensor]], p: int,
+                   start: int) -> tuple[Tensor, list[Tensor], Tensor]:
+        """The units of degree p of hidden layers start.. given h (B, M, n) the layer below's units
+        `seen`; -> (last layer's units of degree <= p, the carry of layers start.., their indices)."""
+        B, M = h.shape[:2]
+        dev, out_carry = h.device, []
+        for i in range(start, len(features.hidden)):
+            layer, term = self.hidden_layers[i - start], features.hidden[i]
+            done = carry[i] if carry is not None else h.new_zeros(B, M, 0)
             if done.shape[-1] != self._below[i][p]:
                 raise ValueError(f"carry of layer {i} has {done.shape[-1]} units, position {p} needs {self._below[i][p]}")
             units = self._by_degree[i][self._below[i][p]:self._below[i][p + 1]].to(dev)
@@ -150,13 +232,39 @@ class AutoregressiveGenerator(TableGenerator):
             h = torch.cat([done, new], -1)
             out_carry.append(h)
             seen = self._by_degree[i][: self._below[i][p + 1]].to(dev)
-        outs = torch.arange(s * V, (s + 1) * V, device=dev)
-        w_out = (self.out.weight * self.out.weight_mask).index_select(0, outs).index_select(1, seen)
-        w_skip = (self.skip.weight * self.skip.weight_mask).index_select(0, outs).index_select(1, cols)
-        out = (F.linear(h, w_out, self.out.bias.index_select(0, outs)) + F.linear(inp, w_skip, self.skip.bias.index_select(0, outs))
-               + features.head.index_select(1, outs).unsqueeze(1))
-        return out.masked_fill(~self.mask[s], MASK_VALUE), out_carry
+        return h, out_carry, seen
 
+    def _ragged_slot_logits(self, features: ContextTerms, x: Tensor, s: int, p: int, earlier: Tensor,
+                            carry: Optional[list[Tensor]], padded: bool) -> tuple[Tensor, list[Tensor]]:
+        """slot_logits in the ragged layout: the first layer's new units (degree p, which see every
+        earlier slot) from the earlier slots' embedding rows, gathered for long rows, a product with
+        their ragged columns for float ones."""
+        S, V = self.mask.shape
+        B, M = x.shape[:2]
+        dev, dtype = x.device, features.head.dtype
+        done = carry[0] if carry is not None else x.new_zeros(B, M, 0, dtype=dtype)
+        if done.shape[-1] != self._below[0][p]:
+            raise ValueError(f"carry of layer 0 has {done.shape[-1]} units, position {p} needs {self._below[0][p]}")
+        units = self._by_degree[0][self._below[0][p]:self._below[0][p + 1]].to(dev)
+        if p == 0:
+            pre = x.new_zeros(B, M, len(units), dtype=dtype)
+        elif not x.is_floating_point():             # the chosen categories' embedding rows, then these units
+            r = x.index_select(2, earlier)                                               # (B, M, p)
+            idx = r.clamp(min=0) + self._first_column().index_select(0, earlier)
+            e = self.embed.index_select(0, idx.reshape(-1)).index_select(1, units).reshape(B, M, p, len(units))
+            pre = (e * (r >= 0).unsqueeze(-1).to(dtype)).sum(2)
+        else:                                       # the earlier slots' ragged columns
+            seen = torch.isin(self.slot_of, earlier).nonzero().squeeze(1)
+            pre = (x.reshape(B, M, S * V).to(dtype).index_select(2, self.columns.index_select(0, seen))
+                   @ self.embed.index_select(0, seen).index_select(1, units))
+        new = _silu_sum(pre + self.embed_bias.index_select(0, units), features.hidden[0].index_select(1, units).unsqueeze(1))
+        h0 = torch.cat([done, new], -1)
+        h, out_carry, seen_units = self._new_units(features, h0, self._by_degree[0][: self._below[0][p + 1]].to(dev),
+                                                   carry, p, 1)
+        a, b = self.offsets[s], self.offsets[s + 1]
+        out = (F.linear(h, self.out.weight[a:b].index_select(1, seen_units), self.out.bias[a:b])
+               + features.head[:, a:b].unsqueeze(1))
+        return F.pad(out, (0, V - (b - a)), value=MASK_VALUE) if padded else out, [h0, *out_carry]
 
 def _silu_sum(a: Tensor, b: Tensor) -> Tensor:
     """silu(a + b), in place on `a` when no gradient is recorded (decoding allocates less)."""

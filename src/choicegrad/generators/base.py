@@ -10,9 +10,16 @@ Every generator is an nn.Module with
   slot s's logits depend only on the slots before s in `order`; other generators ignore `x`;
 - `order`: the slot order of sequential decoding (identity for non-autoregressive generators);
 - autoregressive generators also define `features(ctx)` (what the B contexts contribute, computed
-  once) and `slot_logits(features, x, s, carry)`: x (B, M, S, V) -> ((B, M, V) slot s's logits for M
-  rows per context, carry), called once per slot in `order`; carry is the generator's own state
-  for those rows (None at the first slot), reordered along M by beam search.
+  once) and `slot_logits(features, x, s, carry, padded=True)`: x (B, M, S, V) -> ((B, M, V) slot s's
+  logits for M rows per context, carry), called once per slot in `order`; x may also be (B, M, S)
+  long rows (-1 = not chosen), which is what decoding passes; carry is the generator's own state for
+  those rows (None at the first slot), reordered along M by beam search; padded=False allows logits
+  of the slot's own categories only (B, M, V_s). Where `shares_first`, decoding takes the first
+  slot's logits once per context (every row of a context is alike before it) and draws its k
+  choices from them at once.
+Table generators come in two layouts (GeneratorConfig.layout): "padded" stores every slot's weights
+padded to V_max; "ragged" stores the real categories only (sum_s V_s), so a 10^5-category slot beside
+dozens of small ones costs about what it costs alone (logits are still returned padded).
 From these methods this base class derives sampling, teacher-forced log-probabilities and
 relaxed (straight-through) sampling, so decoders and training code work with any generator.
 """
@@ -27,7 +34,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from choicegrad.estimators import MASK_VALUE, select
-from choicegrad.estimators.gumbel import CDF_VOCABULARY, categorical, gumbel_max
+from choicegrad.estimators.gumbel import CDF_VOCABULARY, categorical
 from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_batch_chunks
 
 KINDS = ("factorized", "autoregressive", "pointer")
@@ -43,6 +50,24 @@ class GeneratorConfig(BaseModel):
     order: Optional[list[int]] = Field(None, description="autoregressive slot order (default 0..S-1)")
     heads: int = Field(4, ge=1, description="pointer: attention heads")
     attention_layers: int = Field(1, ge=0, description="pointer: self-attention layers over the items")
+    layout: Optional[Literal["padded", "ragged"]] = Field(
+        None, description="table generators: weights per slot padded to the largest vocabulary, or of each "
+                          "slot's own categories only (autoregressive: no skip layer); None: ragged from "
+                          "CDF_VOCABULARY categories in a slot or RAGGED_WIDTH slots x categories")
+
+
+RAGGED_WIDTH = 8192
+
+
+def resolve_layout(config: GeneratorConfig, sizes: list[int]) -> GeneratorConfig:
+    """config with `layout` set: as given, else "ragged" where a slot has CDF_VOCABULARY categories or
+    more, or slots x V_max exceeds RAGGED_WIDTH (where padding, and the autoregressive generator's
+    (S V_max)^2 skip layer, cost most), else "padded"."""
+    if config.layout is not None or config.kind == "pointer":
+        return config
+    V = max(sizes)
+    ragged = V >= CDF_VOCABULARY or len(sizes) * V > RAGGED_WIDTH
+    return config.model_copy(update={"layout": "ragged" if ragged else "padded"})
 
 
 def fill_fixed(rows: Tensor, fixed: Optional[Tensor]) -> Tensor:
@@ -73,6 +98,7 @@ class Generator(nn.Module):
 
     kind: str = ""
     autoregressive: bool = False
+    shares_first: bool = False
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
@@ -88,7 +114,7 @@ class Generator(nn.Module):
     def features(self, ctx: Context):  # pragma: no cover - autoregressive generators only
         raise NotImplementedError
 
-    def slot_logits(self, features, x: Tensor, s: int, carry=None) -> tuple[Tensor, Any]:  # pragma: no cover
+    def slot_logits(self, features, x: Tensor, s: int, carry=None, padded: bool = True) -> tuple[Tensor, Any]:  # pragma: no cover
         raise NotImplementedError
 
     @property
@@ -118,9 +144,8 @@ class Generator(nn.Module):
         if not self.autoregressive:
             logits = self.logits(ctx)
             return logits.unsqueeze(1).expand(B, M, *logits.shape[1:])
-        V = self.choice_mask(ctx.index(slice(0, 1))).shape[-1]
-        x = rows_to_inputs(rows.reshape(B * M, S), V)
-        return self.logits(ctx.repeat_interleave(M), x).reshape(B, M, S, V)
+        logits = self.logits(ctx.repeat_interleave(M), rows.reshape(B * M, S))
+        return logits.reshape(B, M, S, logits.shape[-1])
 
     def log_prob(self, rows: Tensor, ctx: Context, temperature: float = 1.0) -> Tensor:
         """Log-probability of rows, summed over observed slots.
@@ -166,19 +191,20 @@ class Generator(nn.Module):
 
             return fill_fixed(in_batch_chunks(draw, ctx, max(1, DECODE_ELEMENTS // per_context), generator), fixed)
 
-        def pick(logits: Tensor, g) -> Tensor:
-            return gumbel_max(logits.float() / temperature, generator=g)
+        def pick(logits: Tensor, g, n: int = 1) -> Tensor:
+            return categorical(logits.float() / temperature, n, generator=g).reshape(len(logits), -1)
 
         return self._decode(ctx, k, pick, fixed, generator)
 
     @torch.no_grad()
     def greedy(self, ctx: Context, fixed: Optional[Tensor] = None) -> Tensor:
         """(B, S) long: the most likely choice slot by slot (given the earlier ones), fixed slots kept."""
-        return self._decode(ctx, 1, lambda logits, g: logits.argmax(-1), fixed)[:, 0]
+        return self._decode(ctx, 1, lambda logits, g, n=1: logits.argmax(-1), fixed)[:, 0]   # k = 1: n = 1
 
     def _decode(self, ctx: Context, k: int, pick, fixed: Optional[Tensor], generator=None) -> Tensor:
-        """k rows per context (B, k, S), each slot chosen by pick(logits (..., V), generator) -> (...,)
-        long, `generator` being the chunk's (in_batch_chunks)."""
+        """k rows per context (B, k, S), each slot chosen by pick(logits (B, m, V), generator, n) ->
+        (B, m * n) long, n choices per row (n > 1 for m = 1 only), `generator` being the chunk's
+        (in_batch_chunks)."""
         mask = self.choice_mask(ctx.index(slice(0, 1)))
         S, V = mask.shape[1:]
         if not self.autoregressive:   # all slots at once: chunks only where k x S x V logits per context are many
@@ -189,16 +215,23 @@ class Generator(nn.Module):
             return fill_fixed(in_batch_chunks(draw, ctx, max(1, DECODE_ELEMENTS // max(1, k * S * V)), generator), fixed)
         ffix = None if fixed is None else fill_fixed(torch.full((len(ctx), S), -1, dtype=torch.long, device=mask.device),
                                                      fixed)
-        return in_batch_chunks(lambda c, g, f: self._decode_chunk(c, k, lambda x: pick(x, g), f, S, V), ctx,
-                               decode_chunk(k, V), generator, ffix)
+        width = V                                   # logits per row at a step, which sets the chunks
+        if self.shares_first and k > 1:             # the first slot's logits once per context, not per row
+            sizes = mask[0].sum(-1).tolist()
+            width = max([-(-sizes[self.order[0]] // k)] + [sizes[s] for s in self.order[1:]])
+        return in_batch_chunks(lambda c, g, f: self._decode_chunk(c, k, lambda x, n: pick(x, g, n), f, S), ctx,
+                               decode_chunk(k, width), generator, ffix)
 
-    def _decode_chunk(self, ctx: Context, k: int, pick, fixed: Optional[Tensor], S: int, V: int) -> Tensor:
+    def _decode_chunk(self, ctx: Context, k: int, pick, fixed: Optional[Tensor], S: int) -> Tensor:
         rows = torch.full((len(ctx), k, S), -1, dtype=torch.long, device=self.device)
         ffix = None if fixed is None else fixed.unsqueeze(1)
         feats, carry = self.features(ctx), None
-        for s in self.order:
-            logits, carry = self.slot_logits(feats, rows_to_inputs(rows, V), s, carry)
-            choice = pick(logits)
+        for p, s in enumerate(self.order):
+            once = p == 0 and self.shares_first and k > 1
+            logits, carry = self.slot_logits(feats, rows[:, :1] if once else rows, s, carry, padded=False)
+            choice = pick(logits, k if once else 1)
+            if once:
+                carry = [c.expand(-1, k, -1) for c in carry]
             if ffix is not None:
                 choice = torch.where(ffix[:, :, s] >= 0, ffix[:, :, s], choice)
             rows[:, :, s] = choice
@@ -253,17 +286,35 @@ def mask_logits(logits: Tensor, mask: Tensor) -> Tensor:
 
 class TableGenerator(Generator):
     """What the table-form generators share: slot sizes (S,), the context columns they embed with a
-    ContextTrunk (`trunk_hidden` widths), the (S, V_max) mask of real categories, and `meta()`."""
+    ContextTrunk (`trunk_hidden` widths), the (S, V_max) mask of real categories, and `meta()`.
+    In the ragged layout also: `offsets` (S + 1 ints, slot s's categories are s's ragged columns
+    offsets[s]:offsets[s+1]), buffers `columns` (sum V_s,) of each ragged column's place in the flat
+    (S * V_max) padded logits, `slot_of` (sum V_s,) its slot, and `pad`."""
 
     def __init__(self, sizes: list[int], cardinalities: list[int], num_numeric: int, config: GeneratorConfig,
                  trunk_hidden: list[int]):
         from choicegrad.generators.trunk import ContextTrunk
 
-        super().__init__(config)
+        super().__init__(resolve_layout(config, list(sizes)))
         self.sizes, self.cardinalities, self.num_numeric = list(sizes), list(cardinalities), int(num_numeric)
         V = max(sizes)
         self.register_buffer("mask", torch.arange(V)[None, :] < torch.tensor(sizes)[:, None], persistent=False)
-        self.trunk = ContextTrunk(self.cardinalities, self.num_numeric, config.context_dim, trunk_hidden)
+        self.trunk = ContextTrunk(self.cardinalities, self.num_numeric, self.config.context_dim, trunk_hidden)
+        self.ragged = self.config.layout == "ragged"
+        if self.ragged:
+            self.offsets = [0]
+            for v in sizes:
+                self.offsets.append(self.offsets[-1] + int(v))
+            slot_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+            within = torch.arange(self.offsets[-1]) - torch.tensor(self.offsets[:-1])[slot_of]
+            self.register_buffer("slot_of", slot_of, persistent=False)
+            self.register_buffer("columns", slot_of * V + within, persistent=False)
+
+    def pad(self, ragged: Tensor) -> Tensor:
+        """(..., sum V_s) ragged logits -> (..., S, V_max), MASK_VALUE in the padding (differentiable)."""
+        S, V = self.mask.shape
+        out = ragged.new_full((*ragged.shape[:-1], S * V), MASK_VALUE)
+        return out.index_copy(-1, self.columns, ragged).reshape(*ragged.shape[:-1], S, V)
 
     @property
     def num_slots(self) -> int:

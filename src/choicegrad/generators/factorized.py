@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from choicegrad.estimators import MASK_VALUE
 from choicegrad.estimators.gumbel import CDF_VOCABULARY
-from choicegrad.generators.base import GeneratorConfig, TableGenerator, mask_logits
+from choicegrad.generators.base import GeneratorConfig, TableGenerator, mask_logits, resolve_layout
 from choicegrad.generators.context import TableContext
 
 
@@ -18,7 +18,8 @@ class FactorizedGenerator(TableGenerator):
 
     sizes: categories per slot (S,); cardinalities / num_numeric describe the context columns.
     logits(ctx) -> (B, S, V_max), padding categories set to MASK_VALUE. Heads start near zero, so a
-    fresh generator is close to uniform (maximal exploration).
+    fresh generator is close to uniform (maximal exploration). Padded layout: heads (S, H, V_max);
+    ragged: one (sum V_s, H) linear head over every slot's own categories.
     """
 
     kind = "factorized"
@@ -27,21 +28,32 @@ class FactorizedGenerator(TableGenerator):
         super().__init__(sizes, cardinalities, num_numeric, config, config.hidden)
         S, V = len(sizes), max(sizes)
         H = self.trunk.out_dim
+        if self.ragged:
+            self.head = nn.Linear(H, self.offsets[-1])
+            with torch.no_grad():
+                self.head.weight.normal_(0.0, 0.01 / H ** 0.5)
+                self.head.bias.zero_()
+            return
         self.head_weight = nn.Parameter(torch.randn(S, H, V) * 0.01 / H ** 0.5)   # one head per slot
         self.head_bias = nn.Parameter(torch.zeros(S, V))
 
     @staticmethod
     def vocabulary_elements(sizes: list[int], config: GeneratorConfig) -> tuple[int, int]:
         """(parameters, buffers): elements that grow with the vocabulary: one (H, V_max) head per slot
-        and its bias; the (S, V_max) mask."""
-        S, V = len(sizes), max(sizes)
-        return S * config.hidden[-1] * V + S * V, S * V
+        and its bias (padded), or one (sum V_s, H) head and its bias with two (sum V_s,) index buffers
+        (ragged); the (S, V_max) mask."""
+        S, V, H = len(sizes), max(sizes), config.hidden[-1]
+        if resolve_layout(config, sizes).layout == "ragged":
+            return (H + 1) * sum(sizes), S * V + 2 * sum(sizes)
+        return S * H * V + S * V, S * V
 
     def logits(self, ctx: TableContext, x: Optional[Tensor] = None) -> Tensor:
         """(B, S, V_max); `x` is ignored (slots are independent given the context). From
         CDF_VOCABULARY categories on, each slot's head computes its own categories only (a small slot
         beside a 10^5-category one would otherwise cost as much as the large one)."""
         h = self.trunk(ctx)
+        if self.ragged:
+            return self.pad(self.head(h))
         if self.head_weight.shape[-1] < CDF_VOCABULARY:
             return mask_logits(torch.einsum("bh,shv->bsv", h, self.head_weight) + self.head_bias, self.mask)
         out = h.new_full((len(h), len(self.sizes), self.head_weight.shape[-1]), MASK_VALUE)
