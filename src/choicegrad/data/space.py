@@ -8,6 +8,7 @@ gives the same space.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -194,7 +195,7 @@ def read_space(path: str | Path) -> dict[str, list[str]]:
                 break
             labels.append(str(int(c)) if isinstance(c, (int, float)) else c)
         else:
-            dup = sorted({c for c in labels if labels.count(c) > 1})
+            dup = sorted(c for c, n in Counter(labels).items() if n > 1)
             if dup:
                 problems.append(f'"{name}": categor{"ies" if len(dup) > 1 else "y"} {", ".join(map(repr, dup[:5]))} '
                                 "listed more than once")
