@@ -182,6 +182,37 @@ def test_polish_tries_the_categories_the_generator_rates_highest_in_a_large_slot
     assert out.scorer_calls <= 1 + 3 * S * 10                        # a few sweeps of 2 x 10 moves, not 2 x 100
 
 
+def test_polish_of_an_autoregressive_generator_tries_its_first_slots_top_categories(monkeypatch):
+    """Polish over an autoregressive generator's draws tries, in a slot of more than SEARCH_CATEGORIES,
+    the categories its logits with nothing chosen rate highest: the largest slot's own conditional."""
+    from choicegrad.decoding import decoders, local_search
+    from choicegrad.generators import AutoregressiveGenerator, GeneratorConfig
+    from choicegrad.generators.context import TableContext
+
+    monkeypatch.setattr(decoders, "SEARCH_CATEGORIES", 10)
+    monkeypatch.setattr(local_search, "SEARCH_CATEGORIES", 10)
+    torch.manual_seed(0)
+    gen = AutoregressiveGenerator([60, 3], [2], 0, GeneratorConfig(hidden=[16], layout="ragged")).eval()
+    with torch.no_grad():
+        gen.context_head.weight.normal_(0, 3.0)
+    ctx = TableContext(torch.tensor([[0], [1]]), torch.zeros(2, 0))
+    top = gen.logits(ctx)[:, 0].topk(10, -1).indices                                      # (2, 10)
+    passed = []
+    real = decoders.polish
+    monkeypatch.setattr(decoders, "polish", lambda *a, moves=None, **kw: passed.append(moves) or real(*a, moves=moves, **kw))
+
+    def objective(x, c):
+        return -(x[:, 0] - 30).abs().float() + x[:, 1].float()
+
+    out = decoders.decode("polish", gen, objective, ctx, 3, samples=6, generator=torch.Generator().manual_seed(1))
+    (moves, ok), = passed
+    assert moves.shape == (2, 2, 10) and bool(ok[:, 0].all()) and ok[:, 1].sum(-1).tolist() == [3, 3]
+    for b in range(2):
+        assert set(moves[b, 0].tolist()) == set(top[b].tolist())                        # the large slot: its top 10
+        assert set(moves[b, 1][ok[b, 1]].tolist()) == {0, 1, 2}                          # the small one: all 3
+    assert bool(out.valid.all())
+
+
 def test_single_slot_changes_by_rejection_are_uniform_over_the_other_allowed_categories(monkeypatch):
     from choicegrad.decoding import rows as rows_mod
     from choicegrad.decoding.rows import change_one_slot

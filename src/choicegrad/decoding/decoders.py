@@ -233,10 +233,10 @@ def _rerank(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
 def _search_moves(gen, ctx, allowed: Tensor) -> Optional[tuple[Tensor, Tensor]]:
     """polish's moves (search_moves) in slots of more than SEARCH_CATEGORIES categories: the ones the
     generator rates highest per context, from its logits taken in chunks of contexts (at most
-    DECODE_ELEMENTS logits at a time). None where every category is tried (small vocabularies, or an
-    autoregressive generator, whose logits depend on the row)."""
+    DECODE_ELEMENTS logits at a time; an autoregressive generator's with nothing chosen, which are
+    its first slot's exactly). None where every category is tried (small vocabularies)."""
     B, S, V = allowed.shape
-    if V <= SEARCH_CATEGORIES or gen is None or gen.autoregressive:
+    if V <= SEARCH_CATEGORIES or gen is None:
         return None
     return in_context_chunks(lambda c, a: search_moves(a, gen.logits(c)), ctx, max(1, DECODE_ELEMENTS // (2 * S * V)),
                              allowed)
