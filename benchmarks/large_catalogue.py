@@ -1,15 +1,16 @@
-"""A 10^5-item catalogue: fit scorer and factorized generator, then time generation for 1,000 contexts.
+"""A 10^5-item catalogue: fit scorer and generator, then time generation for 1,000 contexts.
 
     python benchmarks/large_catalogue.py [--items 100000] [--rows 200000] [--users 1000] [--max-minutes 6]
-        [--out runs/catalogue]
+        [--generator factorized] [--extra-slots 0] [--out runs/catalogue]
 
 Writes a table with one feature `item` from a catalogue of --items categories (declared in
-space.json: most items are never measured), two features `a`, `b` of 8 categories and a `user`
-context column: a user likes the items near its own place in the catalogue, and a == b. Then runs,
-as a new user would:
+space.json: most items are never measured), two features `a`, `b` of 8 categories, --extra-slots
+more features `e0`, `e1`, ... of 4 categories each (which the score ignores: a wide table with one
+huge slot), and a `user` context column: a user likes the items near its own place in the
+catalogue, and a == b. Then runs, as a new user would:
 
-    choicegrad fit TABLE --features item,a,b --score y --context user --space space.json
-        --generator factorized --max-minutes M --out RUN
+    choicegrad fit TABLE --features item,a,b[,e0,...] --score y --context user --space space.json
+        --generator G --max-minutes M --out RUN
     choicegrad generate RUN --contexts users.csv --top-k 128 --decoder D --out candidates.csv   (D: sample, polish)
 
 and prints, as JSON, the fit's seconds and peak resident memory, and for each decoder the seconds
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 
-def write_table(out: Path, items: int, rows: int, users: int, seed: int = 0) -> None:
+def write_table(out: Path, items: int, rows: int, users: int, extra: int = 0, seed: int = 0) -> None:
     """table.parquet, space.json (the whole catalogue) and users.csv (every user once). Items are
     drawn with Zipf-like popularity (p ~ 1 / (rank + 10)), so popular items have many rows and most
     of the catalogue none; y = the affinity of the user's group to the item's cluster (50 x 50) + the
@@ -48,7 +49,8 @@ def write_table(out: Path, items: int, rows: int, users: int, seed: int = 0) -> 
     y = affinity[user % 50, item % 50] + quality[item] + 0.5 * (a == b) + rng.normal(size=rows) * 0.1
     names = np.array([f"i{i:06d}" for i in range(items)])
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"user": [f"u{u:05d}" for u in user], "item": names[item], "a": a, "b": b, "y": y}).to_parquet(
+    extras = {f"e{j}": rng.integers(4, size=rows) for j in range(extra)}
+    pd.DataFrame({"user": [f"u{u:05d}" for u in user], "item": names[item], "a": a, "b": b, **extras, "y": y}).to_parquet(
         out / "table.parquet", index=False)
     (out / "space.json").write_text(json.dumps({"item": names.tolist()}))
     pd.DataFrame({"user": [f"u{u:05d}" for u in range(users)]}).to_csv(out / "users.csv", index=False)
@@ -75,24 +77,29 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--max-minutes", type=float, default=6.0)
     ap.add_argument("--decoders", default="sample,polish")
+    ap.add_argument("--generator", default="factorized", choices=["factorized", "autoregressive"])
+    ap.add_argument("--extra-slots", type=int, default=0, help="features of 4 categories beside the catalogue")
     ap.add_argument("--out", type=Path, default=Path("runs/catalogue"))
     ap.add_argument("--reuse", action="store_true", help="keep a run already fitted in OUT/run (generation only)")
     args = ap.parse_args()
     if not (args.out / "table.parquet").is_file():
-        write_table(args.out, args.items, args.rows, args.users)
-    report: dict = {"items": args.items, "rows": args.rows, "users": args.users}
+        write_table(args.out, args.items, args.rows, args.users, args.extra_slots)
+    features = ",".join(["item", "a", "b"] + [f"e{j}" for j in range(args.extra_slots)])
+    report: dict = {"items": args.items, "rows": args.rows, "users": args.users, "features": len(features.split(",")),
+                    "generator": args.generator}
     if args.reuse and (args.out / "run" / "run.json").is_file():
         fit_s = fit_mb = float("nan")
     else:
-        fit_s, fit_mb = run(["fit", str(args.out / "table.parquet"), "--features", "item,a,b", "--score", "y",
-                             "--context", "user", "--space", str(args.out / "space.json"), "--generator", "factorized",
+        fit_s, fit_mb = run(["fit", str(args.out / "table.parquet"), "--features", features, "--score", "y",
+                             "--context", "user", "--space", str(args.out / "space.json"), "--generator", args.generator,
                              "--max-minutes", str(args.max_minutes), "--out", str(args.out / "run"), "--overwrite"])
     scorer = json.loads((args.out / "run" / "scorer_metrics.json").read_text())
     config = json.loads((args.out / "run" / "config.json").read_text())
     report["fit"] = {"seconds": None if fit_s != fit_s else round(fit_s, 1),     # None: a reused run
                      "peak_rss_mb": None if fit_mb != fit_mb else round(fit_mb),
                      "scorer_test_r2": round(scorer["metrics"]["test"]["r2"], 3),
-                     "generator": config.get("generator_training")}
+                     "generator": config.get("generator_training"),
+                     "layout": json.loads((args.out / "run" / "generator.json").read_text())["config"].get("layout")}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import torch, pandas, choicegrad.cli"], check=True)
     imports = time.perf_counter() - start
