@@ -55,6 +55,30 @@ def _no_context():
     return ContextEncoder(columns=[])
 
 
+@pytest.mark.parametrize("name", ["reinforce", "trajectory-balance", "raml", "weighted-ce"])
+def test_estimators_score_hard_rows_of_a_large_vocabulary_as_indices(monkeypatch, name):
+    """From CDF_VOCABULARY categories, estimators give score_fn hard rows as (N, S) indices, not
+    (N, S, V) one-hots, and train through them."""
+    from choicegrad import estimators
+    from choicegrad.estimators import LogitsPolicy
+
+    monkeypatch.setattr(gumbel, "CDF_VOCABULARY", 2)
+    logits = torch.randn(3, 2, 6, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    weights = torch.randn(2, 6)
+    seen = []
+
+    def score(x):
+        seen.append(x.detach())
+        return weights.gather(1, x.T).sum(0) if not x.is_floating_point() else (x * weights).sum((1, 2))
+
+    extra = {"targets": torch.tensor([[0, 1], [2, 3], [4, 5]])} if name == "weighted-ce" else {}
+    out = estimators.get(name)(LogitsPolicy.from_logits(logits), score, generator=torch.Generator().manual_seed(1), **extra)
+    hard = [x for x in seen if not x.is_floating_point()]
+    assert len(hard) == len(seen) and all(x.shape[1:] == (2,) for x in hard)
+    (grad,) = torch.autograd.grad(out.loss, logits)
+    assert torch.isfinite(grad).all() and bool(grad.abs().sum() > 0)
+
+
 def test_a_shard_draws_its_rows_of_the_global_inverse_cdf_draw(monkeypatch):
     from choicegrad.distributed import World
     from choicegrad.estimators.shard import BatchShard

@@ -17,6 +17,8 @@ from torch import Tensor
 #: Logit given to invalid (masked) categories: large, negative and finite (exp() underflows to 0).
 MASK_VALUE = -1e9
 
+#: score_fn(x) -> (N,) scores: x (N, S, V) one-hot or relaxed rows; hard rows of a vocabulary of
+#: CDF_VOCABULARY categories or more come as (N, S) long indices instead (`hard_rows`).
 ScoreFn = Callable[[Tensor], Tensor]
 
 
@@ -95,13 +97,24 @@ def one_hot(index: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(index, num_classes).to(torch.float32)
 
 
+def hard_rows(index: Tensor, V: int) -> Tensor:
+    """Hard rows as estimators hand them to score_fn: (..., S) long -> (..., S, V) float32 one-hots,
+    or, from CDF_VOCABULARY categories on, the (..., S) indices themselves (one-hots of 32 x 16
+    rows of 67 slots over 10^5 categories would take 27 GB)."""
+    from choicegrad.estimators.gumbel import CDF_VOCABULARY
+
+    return index if V >= CDF_VOCABULARY else one_hot(index, V)
+
+
 def call_scorer(score_fn: ScoreFn, x: Tensor, *, grad: bool) -> Tensor:
     """Score rows x: (B, S, V) or (B, R, S, V) -> (B,) or (B, R), one call to score_fn on the flattened
-    (N, S, V) batch. Rows are context-major: row n belongs to context n // R (N = B * R), so a
-    context-aware score_fn can use contexts.repeat_interleave(N // B). grad=False: under no_grad.
+    (N, S, V) batch; long x (B, S) or (B, R, S) (`hard_rows`) goes as (N, S). Rows are context-major:
+    row n belongs to context n // R (N = B * R), so a context-aware score_fn can use
+    contexts.repeat_interleave(N // B). grad=False: under no_grad.
     """
-    lead, (S, V) = x.shape[:-2], x.shape[-2:]
-    flat = x.reshape(-1, S, V)
+    row = 1 if not x.is_floating_point() else 2
+    lead = x.shape[:-row]
+    flat = x.reshape(-1, *x.shape[-row:])
     if grad:
         out = score_fn(flat)
     else:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from choicegrad.estimators.base import ScoreFn, call_scorer, check_int, check_tau, one_hot, score_stats
+from choicegrad.estimators.base import ScoreFn, call_scorer, check_int, check_tau, hard_rows, score_stats
 from choicegrad.estimators.contract import Estimator, EstimatorOutput, register
 
 
@@ -36,7 +36,7 @@ class _Relaxed(Estimator):
         stats["tau"] = tau
         calls = B
         if self.soft_forward and self.score_hard:
-            hard = call_scorer(score_fn, one_hot(index, V), grad=False)
+            hard = call_scorer(score_fn, hard_rows(index, V), grad=False)
             stats["hard_score_mean"] = float(hard.float().mean())
             calls += B
         return EstimatorOutput(sample=index, samples=index[:, None], scores=scores.detach()[:, None],

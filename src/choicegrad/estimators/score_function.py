@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from choicegrad.estimators.base import ScoreFn, call_scorer, check_int, one_hot, score_stats, unknown_name_error
+from choicegrad.estimators.base import ScoreFn, call_scorer, check_int, hard_rows, score_stats, unknown_name_error
 from choicegrad.estimators.contract import Estimator, EstimatorOutput, register
 from choicegrad.estimators.shard import batch_shard
 
@@ -42,9 +42,9 @@ class Reinforce(Estimator):
         B, S, V = policy.mask.shape
         K = self.k
         index = policy.sample(K, generator)                                 # (B, K, S)
-        rows = one_hot(index, V)                                            # (B, K, S, V)
+        rows = hard_rows(index, V)                                          # (B, K, S, V), or (B, K, S)
         if self.baseline == "greedy":  # context-major: each context's K samples, then its greedy row
-            rows = torch.cat([rows, one_hot(policy.greedy(), V)[:, None]], 1)
+            rows = torch.cat([rows, hard_rows(policy.greedy(), V)[:, None]], 1)
         all_scores = call_scorer(score_fn, rows, grad=False)                # (B, K or K + 1)
         f = all_scores[:, :K]
         if self.baseline == "none":

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from choicegrad.estimators.base import (ScoreFn, call_scorer, check_int, check_tau, one_hot, score_stats,
+from choicegrad.estimators.base import (ScoreFn, call_scorer, check_int, check_tau, hard_rows, score_stats,
                                        unknown_name_error)
 from choicegrad.estimators.contract import Estimator, EstimatorOutput, register
 from choicegrad.estimators.gumbel import uniform
@@ -95,7 +95,7 @@ class WeightedCE(Estimator):
         filled = policy.complete(t)                                          # (B, S)
         calls = 0
         if target_scores is None:
-            scores = call_scorer(score_fn, one_hot(filled, V), grad=False)
+            scores = call_scorer(score_fn, hard_rows(filled, V), grad=False)
             calls = B
         else:
             scores = torch.as_tensor(target_scores, device=policy.mask.device)
@@ -153,7 +153,7 @@ class RAML(Estimator):
             edit = uniform((B, M, S), generator=generator, device=t.device) < self.edit_prob
             fresh = uniform_category(policy.mask.unsqueeze(1).expand(B, M, S, V), generator)
             cand = keep_fixed(torch.where(edit | (t < 0), fresh, t), policy.fixed)   # (B, M, S)
-        scores = call_scorer(score_fn, one_hot(cand, V), grad=False)        # (B, M)
+        scores = call_scorer(score_fn, hard_rows(cand, V), grad=False)      # (B, M)
         w = torch.softmax(scores.detach().float() / self.temperature, 1)
         loss = -(w * policy.log_prob(cand)).sum(1).mean()
         ent = policy.entropy(cand)

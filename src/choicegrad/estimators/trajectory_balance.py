@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from choicegrad.estimators.base import ScoreFn, call_scorer, check_int, check_tau, one_hot, score_stats
+from choicegrad.estimators.base import ScoreFn, call_scorer, check_int, check_tau, hard_rows, score_stats
 from choicegrad.estimators.contract import Estimator, EstimatorOutput, register
 
 
@@ -71,7 +71,7 @@ class TrajectoryBalance(Estimator):
             if tuple(log_z.shape) != (B,):
                 raise ValueError(f"log_z must have shape (B,)=({B},) or (), got {tuple(log_z.shape)}")
         index = policy.sample(K, generator)                                 # (B, K, S)
-        f = call_scorer(score_fn, one_hot(index, V), grad=False).float()    # (B, K)
+        f = call_scorer(score_fn, hard_rows(index, V), grad=False).float()  # (B, K)
         logp = policy.log_prob(index)                                       # (B, K), differentiable
         target = f.detach() / T
         if log_z is None:
