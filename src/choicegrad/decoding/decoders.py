@@ -106,18 +106,23 @@ def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: fl
     feats, carry = (gen.features(ctx), None) if gen.autoregressive else (None, None)
     static = None if gen.autoregressive else masked_log_softmax(gen.logits(ctx).float() / temperature)
     for p, s in enumerate(gen.order):
-        if gen.autoregressive:
-            once = p == 0 and gen.shares_first                  # every beam alike: the logits once per context
-            logits, carry = gen.slot_logits(feats, rows[:, :1] if once else rows, s, carry)
-            logp = masked_log_softmax(logits.float() / temperature).expand(B, W, V)
+        Vs, once = V, False
+        if gen.autoregressive:          # shares_first: every beam alike before the first slot; own categories only
+            once = p == 0 and gen.shares_first
+            logits, carry = gen.slot_logits(feats, rows[:, :1] if once else rows, s, carry, padded=not gen.shares_first)
+            Vs = logits.shape[-1]
+            logp = masked_log_softmax(logits.float() / temperature).expand(B, W, Vs)
             if once:
                 carry = [c.expand(-1, W, -1) for c in carry]
         else:
             logp = static[:, s].unsqueeze(1).expand(B, W, V)
-        logp = torch.where(allowed[:, s].unsqueeze(1), logp, torch.full_like(logp, _NEG))
-        total = (lp.unsqueeze(-1) + logp).reshape(B, W * V)
-        top = total.topk(W, dim=1)
-        beam, cat = top.indices // V, top.indices % V
+        logp = torch.where(allowed[:, s, :Vs].unsqueeze(1), logp, torch.full_like(logp, _NEG))
+        if once and Vs >= W:            # one live beam: the W best of its Vs choices
+            top = logp[:, 0].topk(W, dim=1)
+            beam, cat = torch.zeros_like(top.indices), top.indices
+        else:
+            top = (lp.unsqueeze(-1) + logp).reshape(B, W * Vs).topk(W, dim=1)
+            beam, cat = top.indices // Vs, top.indices % Vs
         parent = (beam + torch.arange(B, device=beam.device).unsqueeze(1) * W).reshape(-1)   # (B*W,) row copies
         rows = rows.reshape(B * W, S).index_select(0, parent).reshape(B, W, S)
         if carry is not None:
