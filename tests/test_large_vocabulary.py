@@ -128,7 +128,7 @@ def test_a_generator_trains_and_generates_over_a_large_catalogue(tmp_path, recwa
 def test_the_ragged_layout_grows_with_the_categories_not_with_slots_times_the_largest():
     """65 slots, one of 5,000 categories: ragged weights grow with sum V_s (about 5,200), padded ones with
     65 x 5,000; every generator form still decodes, scores and relaxes such a table."""
-    from choicegrad.generators import AutoregressiveGenerator, FactorizedGenerator, GeneratorConfig
+    from choicegrad.generators import AutoregressiveGenerator, FactorizedGenerator, Generator, GeneratorConfig
     from choicegrad.generators.context import TableContext
 
     sizes = [3] * 32 + [5_000] + [3] * 32
@@ -142,6 +142,8 @@ def test_the_ragged_layout_grows_with_the_categories_not_with_slots_times_the_la
         rows = gen.sample(ctx, 4, generator=torch.Generator().manual_seed(0))
         assert rows.shape == (2, 4, 65) and bool((rows < torch.tensor(sizes)).all())
         assert torch.isfinite(gen.log_prob(rows, ctx)).all()
+        for mine, padded in zip(gen.teacher_terms(rows, ctx), Generator.teacher_terms(gen, rows, ctx)):
+            torch.testing.assert_close(mine, padded)        # per-slot terms without padding = through the padded logits
         x, index, _ = gen.relaxed_sample(ctx, "st-gumbel", generator=torch.Generator().manual_seed(1))
         assert x.shape == (2, 65, 5_000) and bool((index < torch.tensor(sizes)).all())
 

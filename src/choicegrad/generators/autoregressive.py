@@ -153,7 +153,7 @@ class AutoregressiveGenerator(TableGenerator):
         terms = self.features(ctx)
         B = terms.head.shape[0]
         if self.ragged:
-            return self._ragged_logits(terms, x)
+            return self.pad(self._ragged_logits(terms, x))
         if x is not None and not x.is_floating_point():
             x = rows_to_inputs(x, V)
         flat = torch.zeros(B, S * V, device=terms.head.device, dtype=terms.head.dtype) if x is None \
@@ -165,7 +165,7 @@ class AutoregressiveGenerator(TableGenerator):
         return mask_logits(out.reshape(B, S, V), self.mask)
 
     def _ragged_logits(self, terms: ContextTerms, x: Optional[Tensor]) -> Tensor:
-        """logits(ctx, x) in the ragged layout: x (B, S, V_max) float, (B, S) long or None."""
+        """(B, sum V_s) unpadded logits(ctx, x) in the ragged layout: x (B, S, V_max) float, (B, S) long or None."""
         S, V = self.mask.shape
         B, dtype = terms.head.shape[0], terms.head.dtype
         if x is None:
@@ -180,7 +180,24 @@ class AutoregressiveGenerator(TableGenerator):
         for layer, term in zip(self.hidden_layers, terms.hidden[1:]):
             h = F.silu(layer(h) + term)
         w = self.out.weight * self.out_mask.index_select(0, self.slot_of)
-        return self.pad(F.linear(h, w, self.out.bias) + terms.head)
+        return F.linear(h, w, self.out.bias) + terms.head
+
+    def teacher_terms(self, rows: Tensor, ctx: TableContext, temperature: float = 1.0,
+                      entropy: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+        """Generator.teacher_terms; in the ragged layout from each slot's own logits, never padded to
+        (B, M, S, V_max) (64 slots beside one of 10^5 categories: 6.4M logits per row)."""
+        if not self.ragged:
+            return super().teacher_terms(rows, ctx, temperature, entropy)
+        B, M, S = rows.shape
+        flat = rows.reshape(B * M, S)
+        out = (self._ragged_logits(self.features(ctx.repeat_interleave(M)), flat).float() / temperature)
+        lp, h = [], []
+        for s in range(S):                       # over slots, each its own width
+            logp = torch.log_softmax(out[:, self.offsets[s]:self.offsets[s + 1]], -1)
+            lp.append(logp.gather(-1, flat[:, s:s + 1].clamp(min=0))[:, 0])
+            if entropy:
+                h.append(-(logp.exp() * logp).sum(-1))
+        return torch.stack(lp, -1).reshape(B, M, S), torch.stack(h, -1).reshape(B, M, S) if entropy else None
 
     def _first_column(self) -> Tensor:
         """(S,) long: each slot's first ragged column."""

@@ -155,10 +155,18 @@ class Generator(nn.Module):
         """
         squeeze = rows.dim() == 2
         r = rows.unsqueeze(1) if squeeze else rows
-        logp = masked_log_softmax(self.teacher_logits(r, ctx) / temperature)
-        lp = logp.gather(-1, r.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        lp, _ = self.teacher_terms(r, ctx, temperature, entropy=False)
         out = torch.where(r >= 0, lp, torch.zeros_like(lp)).sum(-1)
         return out[:, 0] if squeeze else out
+
+    def teacher_terms(self, rows: Tensor, ctx: Context, temperature: float = 1.0,
+                      entropy: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+        """Teacher-forced per slot: (log p(the row's category), entropy of the slot's conditional, or
+        None unless `entropy`), each (B, M, S), from rows (B, M, S) long (-1 = missing: category 0's
+        entry, to be masked by the caller)."""
+        logp = masked_log_softmax(self.teacher_logits(rows, ctx) / temperature)
+        lp = logp.gather(-1, rows.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return lp, -(logp.exp() * logp).sum(-1) if entropy else None
 
     def conditional_entropy(self, rows: Tensor, ctx: Context) -> Tensor:
         """Sum over slots of the entropy of each slot's conditional given the row's prefix (nats).
@@ -166,8 +174,7 @@ class Generator(nn.Module):
         rows (B, M, S) -> (B, M). For a factorized generator this is the exact row entropy; for an
         autoregressive one its expectation over rows ~ the generator is the exact entropy.
         """
-        logp = masked_log_softmax(self.teacher_logits(rows, ctx))
-        return -(logp.exp() * logp).sum(-1).sum(-1)
+        return self.teacher_terms(rows, ctx)[1].sum(-1)
 
     # --- derived: sampling ------------------------------------------------------------------------
     @torch.no_grad()

@@ -42,9 +42,7 @@ class SequentialPolicy:
 
     def _slot_terms(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced per-slot (log p(row value), entropy), each (B, M, S)."""
-        logp = masked_log_softmax(self.gen.teacher_logits(rows, self.ctx))
-        lp = logp.gather(-1, rows.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return lp, -(logp.exp() * logp).sum(-1)
+        return self.gen.teacher_terms(rows, self.ctx)
 
     def log_prob(self, rows: Tensor, valid: Optional[Tensor] = None) -> Tensor:
         lp, _ = self._slot_terms(rows)
