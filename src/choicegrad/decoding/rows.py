@@ -115,6 +115,8 @@ def neighbour_count(allowed: Tensor) -> Tensor:
 
 def space_size(allowed: Tensor) -> Tensor:
     """(B,) float64: rows per context in the allowed space (B, S, V)."""
+    if len(allowed) > 1 and allowed.stride(0) == 0:                   # one space expanded over the contexts
+        return space_size(allowed[:1]).expand(len(allowed))
     return allowed.sum(-1, dtype=torch.int32).double().prod(-1)       # int32: 3x faster than bool's int64 sum
 
 
