@@ -283,6 +283,7 @@ class AutoregressiveGenerator(TableGenerator):
                + features.head[:, a:b].unsqueeze(1))
         return F.pad(out, (0, V - (b - a)), value=MASK_VALUE) if padded else out, [h0, *out_carry]
 
+
 def _silu_sum(a: Tensor, b: Tensor) -> Tensor:
     """silu(a + b), in place on `a` when no gradient is recorded (decoding allocates less)."""
     if torch.is_grad_enabled():

@@ -199,7 +199,7 @@ class Generator(nn.Module):
             return fill_fixed(in_batch_chunks(draw, ctx, max(1, DECODE_ELEMENTS // per_context), generator), fixed)
 
         def pick(logits: Tensor, g, n: int = 1) -> Tensor:
-            return categorical(logits.float() / temperature, n, generator=g).reshape(len(logits), -1)
+            return categorical(logits.float() / temperature, n, generator=g).reshape(len(logits), n * logits.shape[1])
 
         return self._decode(ctx, k, pick, fixed, generator)
 
