@@ -109,7 +109,7 @@ def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: fl
         Vs, once = V, False
         if gen.autoregressive:          # shares_first: every beam alike before the first slot; own categories only
             once = p == 0 and gen.shares_first
-            logits, carry = gen.slot_logits(feats, rows[:, :1] if once else rows, s, carry, padded=not gen.shares_first)
+            logits, carry = gen.slot_logits(feats, rows[:, :1] if once else rows, s, carry, padded=False)
             Vs = logits.shape[-1]
             logp = masked_log_softmax(logits.float() / temperature).expand(B, W, Vs)
             if once:

@@ -171,7 +171,7 @@ class AutoregressiveGenerator(TableGenerator):
         if x is None:
             pre = terms.hidden[0].new_zeros(B, self.embed.shape[1])
         elif not x.is_floating_point():             # rows: each slot's embedding row, masked, summed
-            e = self.embed.index_select(0, (x.clamp(min=0) + self._first_column()).reshape(-1)).reshape(B, S, -1)
+            e = self.embed.index_select(0, (x.clamp(min=0) + self.starts).reshape(-1)).reshape(B, S, -1)
             pre = torch.einsum("bsw,sw->bw", e * (x >= 0).unsqueeze(-1).to(dtype), self.embed_mask)
         else:
             xr = x.reshape(B, S * V).to(dtype).index_select(1, self.columns)          # (B, sum V_s)
@@ -198,10 +198,6 @@ class AutoregressiveGenerator(TableGenerator):
             if entropy:
                 h.append(-(logp.exp() * logp).sum(-1))
         return torch.stack(lp, -1).reshape(B, M, S), torch.stack(h, -1).reshape(B, M, S) if entropy else None
-
-    def _first_column(self) -> Tensor:
-        """(S,) long: each slot's first ragged column."""
-        return torch.tensor(self.offsets[:-1], device=self.mask.device)
 
     def slot_logits(self, features: ContextTerms, x: Tensor, s: int, carry: Optional[list[Tensor]] = None,
                     padded: bool = True) -> tuple[Tensor, list[Tensor]]:
@@ -267,7 +263,7 @@ class AutoregressiveGenerator(TableGenerator):
             pre = x.new_zeros(B, M, len(units), dtype=dtype)
         elif not x.is_floating_point():             # the chosen categories' embedding rows, then these units
             r = x.index_select(2, earlier)                                               # (B, M, p)
-            idx = r.clamp(min=0) + self._first_column().index_select(0, earlier)
+            idx = r.clamp(min=0) + self.starts.index_select(0, earlier)
             e = self.embed.index_select(0, idx.reshape(-1)).index_select(1, units).reshape(B, M, p, len(units))
             pre = (e * (r >= 0).unsqueeze(-1).to(dtype)).sum(2)
         else:                                       # the earlier slots' ragged columns

@@ -295,7 +295,7 @@ class TableGenerator(Generator):
     """What the table-form generators share: slot sizes (S,), the context columns they embed with a
     ContextTrunk (`trunk_hidden` widths), the (S, V_max) mask of real categories, and `meta()`.
     In the ragged layout also: `offsets` (S + 1 ints, slot s's categories are s's ragged columns
-    offsets[s]:offsets[s+1]), buffers `columns` (sum V_s,) of each ragged column's place in the flat
+    offsets[s]:offsets[s+1]), buffers `starts` (S,) of offsets[:-1], `columns` (sum V_s,) of each ragged column's place in the flat
     (S * V_max) padded logits, `slot_of` (sum V_s,) its slot, and `pad`."""
 
     def __init__(self, sizes: list[int], cardinalities: list[int], num_numeric: int, config: GeneratorConfig,
@@ -313,7 +313,8 @@ class TableGenerator(Generator):
             for v in sizes:
                 self.offsets.append(self.offsets[-1] + int(v))
             slot_of = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-            within = torch.arange(self.offsets[-1]) - torch.tensor(self.offsets[:-1])[slot_of]
+            self.register_buffer("starts", torch.tensor(self.offsets[:-1]), persistent=False)
+            within = torch.arange(self.offsets[-1]) - self.starts[slot_of]
             self.register_buffer("slot_of", slot_of, persistent=False)
             self.register_buffer("columns", slot_of * V + within, persistent=False)
 
