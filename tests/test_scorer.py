@@ -173,3 +173,28 @@ def test_fit_scorer_decides_the_automatic_pairwise_term_on_the_data(potts_frame)
     assert many.scorer.config.pairwise == 8 and many.scorer.members[0].pair.shape[0] == 1 + 8
     forced = fit_scorer(t, ScorerFit(epochs=1, seed=0, model=ScorerConfig(pairwise=2)), progress=False)
     assert forced.scorer.config.pairwise == 2 and forced.scorer.members[0].pair.shape[0] == 1 + 2
+
+
+def test_embedding_gradients_repeat_bit_for_bit_on_two_threads():
+    """The lookup's backward sums each category's gradients in a fixed order (advanced indexing's
+    scatter-add did not with 2 threads), so a fit with the same seed repeats and a resumed fit
+    reaches the uninterrupted one."""
+    from choicegrad.scorer.model import EmbeddingScorer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = EmbeddingScorer([6] * 8, [], 0, ScorerConfig(pairwise=0))
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(-1, 6, (4096, 8), generator=g)
+        w = torch.randn(4096, 8, model.config.embed_dim, generator=g)
+
+        def grad():
+            model.zero_grad()
+            (model.embed(x) * w).sum().backward()
+            return model.table.grad.clone()
+
+        first = grad()
+        assert all(torch.equal(first, grad()) for _ in range(20))
+    finally:
+        torch.set_num_threads(threads)

@@ -87,8 +87,10 @@ class EmbeddingScorer(nn.Module):
         """(B, S) long indices (-1 = missing) or (B, S, V_max) probabilities -> (B, S, E)."""
         table = self.table * self.mask[..., None]  # padding contributes nothing, even under soft input
         if x.dtype in (torch.int64, torch.int32):
-            S = table.shape[0]
-            e = table[torch.arange(S, device=x.device), x.clamp(min=0)]
+            S, V = table.shape[:2]
+            # an embedding lookup, not table[s, x]: its CPU backward sums each row's gradients in one
+            # order whatever the threads (advanced indexing's scatter-add does not), so fits repeat
+            e = nn.functional.embedding(x.clamp(min=0) + V * torch.arange(S, device=x.device), table.flatten(0, 1))
             return torch.where((x < 0)[..., None], self.missing.to(e.dtype), e)
         return torch.einsum("bsv,sve->bse", x.to(table.dtype), table)
 
