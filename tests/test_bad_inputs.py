@@ -286,10 +286,11 @@ def test_non_finite_scores_in_the_table_are_an_error(tmp_path):
 
 # --- 8-11. reading tables ---------------------------------------------------------------------------
 def test_a_folder_as_the_table(tmp_path):
-    res = run("fit", tmp_path, *COLUMNS, "--out", tmp_path / "r")
-    assert_input_error(res, "is a folder", "CSV or Parquet file", "fit-scorer streams")
-    res = run("fit-scorer", tmp_path, *COLUMNS, "--out", tmp_path / "r")       # streamed: a folder of Parquet files
-    assert_input_error(res, "holds no .parquet or .pq files")
+    for command in ("fit", "fit-scorer"):                                       # streamed: a folder of Parquet files
+        res = run(command, tmp_path, *COLUMNS, "--out", tmp_path / "r")
+        assert_input_error(res, "holds no .parquet or .pq files")
+    with pytest.raises(InputError, match="is a folder; expected a CSV or Parquet file .*stream a folder"):
+        load_table(tmp_path, "s?", "y", "ctx")                                 # read whole: a file
 
 
 @pytest.mark.parametrize("sep", [";", "\t", "|"])

@@ -2,6 +2,7 @@
 the table, the same space and encoders as reading it whole, every training row once per epoch across
 ranks and workers, fits that match an in-memory fit, a resume after a kill, and clear errors."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -84,6 +85,42 @@ def test_a_streamed_folder_gives_the_space_and_encoders_of_the_whole_table(tmp_p
     assert table.train_rows == int((split == TRAIN).sum()) == sum(u.split_rows[TRAIN] for u in table.units)
     train_y = whole.y.numpy()[split == TRAIN]
     assert table.y_mean == pytest.approx(train_y.mean()) and table.y_std == pytest.approx(train_y.std(ddof=1))
+
+
+def test_the_scan_samples_training_rows_uniformly_for_the_generator(tmp_path, small_budget):
+    frame = _frame()
+    folder = _folder(tmp_path, frame)
+    table = scan_parquet(folder, **SPEC, seed=5, sample_rows=600, progress=False)
+    split = split_of(np.arange(len(frame)), 5, table.val_cut, table.test_cut)
+    pos = table.context.numeric[0]
+    at = np.rint(table.sample.ctx_num[:, 0].numpy().astype(np.float64) * pos.std + pos.mean).astype(np.int64)
+    assert (split[at] == TRAIN).all() and len(set(at)) == len(at)                # training rows, each once
+    assert abs(len(at) - 600) < 4 * np.sqrt(600)                                 # a binomial count about 600
+    assert np.array_equal(np.sort(at), np.sort(table.sample.frame["pos"].to_numpy().astype(np.int64)))
+    assert list(table.sample.frame.columns) == ["ctx", "pos"]                    # context columns only
+    assert torch.equal(table.sample.rows, load_table(frame, SPEC["features"], "y", SPEC["context"]).rows[at])
+    everything = scan_parquet(folder, **SPEC, seed=5, sample_rows=10**6, progress=False)
+    assert len(everything.sample) == everything.train_rows                      # a small table: all its training rows
+    assert scan_parquet(folder, **SPEC, seed=5, progress=False).sample is None   # fit-scorer asks for none
+
+
+def test_fit_streams_a_folder_and_trains_the_generator_on_the_scans_sample(tmp_path, monkeypatch):
+    from choicegrad import run as run_mod
+    from choicegrad.run import Run, TableSpec
+    from choicegrad.training.loop import GeneratorFit
+
+    monkeypatch.setattr(run_mod, "GENERATOR_ROWS", 500)
+    folder = _folder(tmp_path, _frame())
+    lines = []
+    fitted = Run.fit(folder, tmp_path / "run", TableSpec(features=["s?,code"], score="y", context=["ctx"]),
+                     generator="factorized", scorer_fit=ScorerFit(epochs=3, seed=1),
+                     generator_fit=GeneratorFit(method="st-gumbel", steps=40, seed=1), echo=lines.append, progress=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["streamed"] and config["rows"] == 3000 and abs(config["generator_rows"] - 500) < 100
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["request"]["stream"]
+    assert sorted(pd.read_csv(tmp_path / "run" / "contexts.csv")["ctx"].astype(str)) == sorted(fitted.scorer.context.columns[0].categories)
+    out = fitted.generate(k=4, decoder="sample")
+    assert len(out) == 4 * 3 and np.isfinite(out["score"]).all()
 
 
 def _positions(table, batch) -> np.ndarray:
@@ -193,9 +230,9 @@ def test_streamed_inputs_that_cannot_work_are_refused_before_any_folder(tmp_path
         (["data", "--space", tmp_path / "space.json"], ['column "s0"', "unknown categor"]),
         (["data", "--features", "nope"], ['"nope" not found']),
     ]
-    for args, words in cases:
+    for (args, words), command in itertools.product(cases, ("fit-scorer", "fit")):
         extra = [] if "--features" in args else ["--features", "s?,code"]
-        done = runner.invoke(app, ["fit-scorer", str(tmp_path / args[0]), *map(str, args[1:]), *extra, "--score", "y",
+        done = runner.invoke(app, [command, str(tmp_path / args[0]), *map(str, args[1:]), *extra, "--score", "y",
                                    "--context", "ctx,pos", "--out", str(tmp_path / "run")])
         assert done.exit_code == 2, (args, done.output)
         assert all(w in done.output for w in words), (args, done.output)

@@ -121,6 +121,11 @@ RESUME = typer.Option("--resume", help="Continue an interrupted run of --out fro
 OVERWRITE = typer.Option("--overwrite", help="Replace the run already in --out (kept until the new one is complete).")
 SPACE = typer.Option("--space", help='JSON object {"feature": ["category", ...]} declaring every category a feature may '
                      "take, measured or not (default: the categories the table holds).")
+STREAM = typer.Option("--stream", help="Read the Parquet table as a stream, never whole (memory bounded whatever its "
+                      "rows; implied by a folder). Validation and test hold out about 100,000 rows each at most; fit's "
+                      "generator learns from a uniform sample of about 200,000 training rows.")
+WORKERS = typer.Option(min=0, help="With --stream: DataLoader processes decoding Parquet beside the training "
+                       "(0: in the training process).")
 CHECKPOINT = typer.Option(min=0.0, help="Minutes between checkpoints of long phases (also saved at the end of each "
                           "phase and on Ctrl-C / SIGTERM).")
 
@@ -157,11 +162,8 @@ def fit_scorer_cmd(
     overwrite: Annotated[bool, OVERWRITE] = False,
     checkpoint_minutes: Annotated[float, CHECKPOINT] = 2.0,
     space: Annotated[Optional[Path], SPACE] = None,
-    stream: Annotated[bool, typer.Option(
-        "--stream", help="Read the Parquet table as a stream, never whole (memory bounded whatever its rows; implied "
-        "by a folder). Validation and test hold out about 100,000 rows each at most.")] = False,
-    workers: Annotated[int, typer.Option(
-        min=0, help="With --stream: DataLoader processes decoding Parquet beside the training (0: in the training process).")] = 0,
+    stream: Annotated[bool, STREAM] = False,
+    workers: Annotated[int, WORKERS] = 0,
 ) -> None:
     """Fit a scorer on a table and print its held-out metrics."""
     from choicegrad.run import TableSpec, fit_scorer_run
@@ -253,10 +255,12 @@ def as_flags(flags: dict[str, str]):
              "--context tf --train-quantile 0.5 --out runs/tfbind8 --max-minutes 12\n\n"
              "Example (data-parallel scorer and generator, 2 processes; nccl on GPUs, gloo on the CPU; rank 0 "
              "writes the run): torchrun --nproc-per-node=2 -m choicegrad fit table.csv --features 's?' --score y "
-             "--context ctx --batch-size 64 --out runs/ddp")
+             "--context ctx --batch-size 64 --out runs/ddp\n\n"
+             "Example (a folder of Parquet files bigger than memory, streamed): choicegrad fit logs/ --features 's*' "
+             "--score y --context user --max-minutes 30 --out runs/logs")
 @user_errors
 def fit_cmd(
-    data: Annotated[Path, typer.Argument(help="Training table, CSV or Parquet.")],
+    data: Annotated[Path, typer.Argument(help="Training table, CSV or Parquet; or a folder of Parquet files (streamed).")],
     features: Annotated[list[str], FEATURES],
     score: Annotated[str, SCORE],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (scorer, generator, config.json, metrics.csv).")],
@@ -288,6 +292,8 @@ def fit_cmd(
     overwrite: Annotated[bool, OVERWRITE] = False,
     checkpoint_minutes: Annotated[float, CHECKPOINT] = 2.0,
     space: Annotated[Optional[Path], SPACE] = None,
+    stream: Annotated[bool, STREAM] = False,
+    workers: Annotated[int, WORKERS] = 0,
 ) -> None:
     """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context.
 
@@ -308,7 +314,8 @@ def fit_cmd(
                                                               epochs=scorer_epochs, device=device),
                     generator_fit=GeneratorFit(method=method, seed=seed, device=device, beta=beta, **gen_options),
                     max_minutes=max_minutes, resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
-                    echo=lambda m: typer.echo(m, err=m.startswith("warning:")), on_scorer=_echo_metrics)
+                    echo=lambda m: typer.echo(m, err=m.startswith("warning:")), on_scorer=_echo_metrics,
+                    stream=stream, workers=workers)
     finally:
         distributed.leave()
 

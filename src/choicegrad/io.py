@@ -82,8 +82,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     for a missing file, a folder, bad format, text that is not UTF-8 or duplicate columns."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(str(path), ["is a folder; expected a CSV or Parquet file (choicegrad fit-scorer streams a "
-                                     "folder of Parquet files)"])
+        raise InputError(str(path), ["is a folder; expected a CSV or Parquet file (choicegrad fit and fit-scorer "
+                                     "stream a folder of Parquet files)"])
     if not path.is_file():
         raise InputError(str(path), ["file not found"])
     suffix = path.suffix.lower()

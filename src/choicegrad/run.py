@@ -37,7 +37,7 @@ from choicegrad.data import ChoiceSpace, ContextEncoder
 from choicegrad.data.context import ContextRangeWarning
 from choicegrad.data.space import read_space
 from choicegrad.data.split import hold_out_upper
-from choicegrad.data.stream import ParquetTable, parquet_files, scan_parquet
+from choicegrad.data.stream import GENERATOR_ROWS, ParquetTable, parquet_files, scan_parquet
 from choicegrad.data.table import TableData, load_table
 from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budget
 from choicegrad.errors import InputError, did_you_mean
@@ -305,7 +305,7 @@ class Run:
             generator_fit: Optional[GeneratorFit] = None, max_minutes: Optional[float] = None,
             resume: bool = False, overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
             echo: Callable[[str], None] = print, progress: Optional[bool] = None,
-            on_scorer: Optional[Callable[[dict], None]] = None) -> Run:
+            on_scorer: Optional[Callable[[dict], None]] = None, stream: bool = False, workers: int = 0) -> Run:
         """Table -> scorer -> (aligner) -> generator, written to `out` as one run; returns Run.load(out).
 
         generator: 'autoregressive' or 'factorized'; scorer_fit/generator_fit: how to fit each (seed,
@@ -315,8 +315,11 @@ class Run:
         replacing a finished run, `resume` continues an interrupted one from its checkpoints (saved
         every `checkpoint_minutes`, at the end of each phase and on SIGINT/SIGTERM, which raise
         Interrupted). echo gets the progress lines, on_scorer(metrics) the scorer's held-out
-        metrics. Thirteen arguments: the three option objects, how the folder is written, and
-        output callbacks.
+        metrics. stream (implied by a folder) reads a Parquet file or folder as fit_scorer_run does
+        (workers: its DataLoader processes); the scan also keeps a uniform sample of about
+        GENERATOR_ROWS training rows, and the generator phase (contexts, warm start, aligner) works
+        on that sample; max_minutes then counts the scan too. Fifteen arguments: the three option
+        objects, how the table is read and the folder written, and output callbacks.
 
         Started by torchrun (WORLD_SIZE > 1), it trains data-parallel (choicegrad.distributed): the
         scorer as fit_scorer_run does, then the generator (see choicegrad.training.loop), each rank
@@ -346,31 +349,45 @@ class Run:
                 echo, progress, on_scorer = (lambda message: None), False, None
         check_out_dir(out)
         out = Path(out)
-        data_table, extra = _load(data, table, echo)
-        check_generator_fits(gen_cfg, data_table.space, device=generator_fit.device)
+        stream = stream or (isinstance(data, (str, Path)) and Path(data).is_dir())
+        if stream:
+            _check_stream(data, table, workers)
+            data_table, extra, streamed = None, {}, {"stream": True, "workers": workers, "ranks": world.size}
+        else:
+            data_table, extra, streamed = *_load(data, table, echo), {}
+            check_generator_fits(gen_cfg, data_table.space, device=generator_fit.device)
         if max_minutes is not None:
             scorer_fit = scorer_fit.model_copy(update={"max_minutes": max_minutes / 2})
         request = _request("fit", data, table, scorer_fit={**scorer_fit.model_dump(), "device": asked[0]},
-                           generator=gen_cfg.model_dump(), generator_fit={**generator_fit.model_dump(), "device": asked[1]})
+                           generator=gen_cfg.model_dump(), generator_fit={**generator_fit.model_dump(), "device": asked[1]},
+                           **streamed)
         with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
             for note in w.notes:
                 echo(note)
             if w.finished:
                 return distributed.from_main(lambda: cls.load(out))
+            scanned = 0.0
+            if stream:   # in the folder's lock, as fit_scorer_run; the generator learns from the scan's sample
+                data_table = distributed.from_main(lambda: _scan(data, table, scorer_fit, progress, echo, GENERATOR_ROWS))
+                check_generator_fits(gen_cfg, data_table.space, device=generator_fit.device)
+                scanned = data_table.scan_seconds
+                if max_minutes is not None:
+                    scorer_fit = scorer_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, scanned, 2)})
+            rows = data_table.sample if stream else data_table
             with w.checkpoints.catch_signals() as ckpt:
-                result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo)
+                result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo, workers)
                 if on_scorer is not None:
                     on_scorer(result.metrics)
                 aligner, aligner_info = None, None
                 if generator_fit.method == "aligner":  # the learned similarity the method pulls through
                     # fitted (or read back) by rank 0 alone, and sent to the others
                     aligner, aligner_info = distributed.from_main(lambda: _aligner_phase(
-                        w, result.scorer, data_table, generator_fit.seed, _minutes_left(max_minutes, result.seconds, 3),
-                        progress, echo))
-                spent = result.seconds + (aligner_info["seconds"] if aligner_info else 0.0)
+                        w, result.scorer, rows, generator_fit.seed,
+                        _minutes_left(max_minutes, scanned + result.seconds, 3), progress, echo))
+                spent = scanned + result.seconds + (aligner_info["seconds"] if aligner_info else 0.0)
                 if max_minutes is not None:
                     generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, spent, 1)})
-                res = fit_table_generator(result.scorer, data_table, gen_cfg, generator_fit, run_dir=w.dir,
+                res = fit_table_generator(result.scorer, rows, gen_cfg, generator_fit, run_dir=w.dir,
                                           progress=progress, aligner=aligner, checkpoint=ckpt)
             if not world.main:           # rank 0 writes the run; the others wait for it, then take its Run
                 distributed.barrier()
@@ -380,9 +397,10 @@ class Run:
                                                          "context": result.scorer.context.model_dump()})
             ctx_cols = [c.name for c in result.scorer.context.columns]
             if ctx_cols:
-                write_table(data_table.frame[ctx_cols].drop_duplicates().reset_index(drop=True), w.dir / "contexts.csv")
+                write_table(rows.frame[ctx_cols].drop_duplicates().reset_index(drop=True), w.dir / "contexts.csv")
             config = {"data": request["data"], "features": result.scorer.space.names, "score": table.score,
                       "context": ctx_cols, "train_quantile": table.train_quantile, "rows": len(data_table),
+                      **({"streamed": True, "generator_rows": len(rows), "scan_seconds": scanned} if stream else {}),
                       "scorer_fit": scorer_fit.model_dump(), "scorer_metrics": result.metrics,
                       "scorer_seconds": result.seconds, "generator": gen_cfg.model_dump(),
                       "generator_fit": generator_fit.model_dump(), "aligner": aligner_info,
@@ -502,11 +520,14 @@ def _check_stream(data, table: TableSpec, workers: int) -> None:
     parquet_files(data)
 
 
-def _scan(data, table: TableSpec, fit: ScorerFit, progress: Optional[bool], echo: Callable[[str], None]) -> ParquetTable:
-    """The streamed table's one scan (its split from the fit's seed and fractions); warnings echoed."""
+def _scan(data, table: TableSpec, fit: ScorerFit, progress: Optional[bool], echo: Callable[[str], None],
+          sample_rows: int = 0) -> ParquetTable:
+    """The streamed table's one scan (its split from the fit's seed and fractions, a sample of
+    `sample_rows` training rows); warnings echoed."""
     space = read_space(table.space) if isinstance(table.space, str) else table.space
     scanned = scan_parquet(data, table.features, table.score, table.context, space=space, seed=fit.seed,
-                           val_fraction=fit.val_fraction, test_fraction=fit.test_fraction, progress=progress)
+                           val_fraction=fit.val_fraction, test_fraction=fit.test_fraction, sample_rows=sample_rows,
+                           progress=progress)
     for note in scanned.warnings:
         echo(f"warning: {note}")
     return scanned

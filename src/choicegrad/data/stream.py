@@ -7,7 +7,9 @@
 `scan_parquet` reads the files once through pyarrow.dataset, `STREAM_BATCH` rows at a time, and keeps
 only what does not grow with the rows: each feature's and categorical context column's distinct
 values, running sums for the score and the numeric context columns, the rows of each row group in
-each split, and the held-out rows (about HELD_OUT_ROWS each, at most, for validation and test).
+each split, the held-out rows (about HELD_OUT_ROWS each, at most, for validation and test) and,
+when asked, a uniform sample of the training rows (`sample_rows`, what `choicegrad fit`'s generator
+learns its contexts and warm start from).
 Training then streams the training rows again every epoch, row group by row group: the row groups
 are shuffled per epoch and dealt to the ranks (torchrun) and, within a rank, to DataLoader
 workers; each reader mixes its rows in a shuffle buffer of SHUFFLE_ROWS. Memory is bounded by those constants, not by the table.
@@ -25,6 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -44,19 +47,29 @@ SHUFFLE_ROWS = 262_144
 #: metrics (each row with probability HELD_OUT_ROWS / rows, when that is below the fraction): they
 #: are kept in memory. Smaller tables hold out their fractions.
 HELD_OUT_ROWS = 100_000
+#: Training rows `choicegrad fit` samples (uniformly, in the scan) for its generator phase.
+GENERATOR_ROWS = 200_000
 #: Split codes.
 TRAIN, VALIDATION, TEST = 0, 1, 2
 
 
-def split_of(position: np.ndarray, seed: int, val_cut: float, test_cut: float) -> np.ndarray:
-    """(N,) int8 split of the rows at dataset positions (N,): VALIDATION where a hash of (position,
-    seed), uniform on [0, 1), is below val_cut, TEST below val_cut + test_cut, else TRAIN (splitmix64)."""
+def uniform_of(position: np.ndarray, seed: int) -> np.ndarray:
+    """(N,) float64 on [0, 1): a hash of (position, seed) for the rows at dataset positions (N,) (splitmix64)."""
     with np.errstate(over="ignore"):
         z = position.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def split_of(position: np.ndarray, seed: int, val_cut: float, test_cut: float) -> np.ndarray:
+    """(N,) int8 split of the rows at dataset positions (N,): VALIDATION where uniform_of is below
+    val_cut, TEST below val_cut + test_cut, else TRAIN."""
+    return _split(uniform_of(position, seed), val_cut, test_cut)
+
+
+def _split(u: np.ndarray, val_cut: float, test_cut: float) -> np.ndarray:
     return np.where(u < val_cut, VALIDATION, np.where(u < val_cut + test_cut, TEST, TRAIN)).astype(np.int8)
 
 
@@ -135,6 +148,7 @@ class ParquetTable:
     test: TableData
     warnings: list[str] = field(default_factory=list)
     scan_seconds: float = 0.0
+    sample: Optional[TableData] = None      # a uniform sample of the training rows, when the scan took one
 
     def __len__(self) -> int:
         return sum(u.rows for u in self.units)
@@ -292,12 +306,14 @@ def parquet_files(path: str | Path) -> list[str]:
 def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
                  context: str | Sequence[str] | None = None, *, space: dict[str, list[str]] | None = None,
                  seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                 progress: bool | None = None) -> ParquetTable:
+                 sample_rows: int = 0, progress: bool | None = None) -> ParquetTable:
     """Read a Parquet file or folder once, `STREAM_BATCH` rows at a time, into a ParquetTable.
 
     Columns as in load_table (feature globs, context kinds with ':num'/':cat', a declared `space`).
     Rows go to validation with probability min(val_fraction, HELD_OUT_ROWS / rows), to test with
     min(test_fraction, HELD_OUT_ROWS / rows), by a hash of their position and `seed` (split_of).
+    sample_rows > 0: `sample` holds about that many training rows (each with the same probability; all
+    of them in a smaller table), by the same hash; its frame has the context columns only.
     InputError naming the file and its rows (1-based) for the first batch with a bad score or
     context value, and for what load_table reports (absent columns, all-missing features...)."""
     import pyarrow as pa
@@ -338,12 +354,15 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
         raise InputError(source, [f"{n_rows} rows to fit a scorer on; at least {MIN_ROWS} are needed"])
     val_cut = min(val_fraction, HELD_OUT_ROWS / n_rows)
     test_cut = min(test_fraction, HELD_OUT_ROWS / n_rows)
+    # the sample: training rows whose hash is in the top of [0, 1), apart from the held-out rows at its bottom
+    kept = 1.0 - val_cut - test_cut
+    sample_from = 1.0 - kept * min(1.0, sample_rows / (n_rows * kept)) if sample_rows > 0 else 2.0
     categorical = feats + [c for c, k in kinds.items() if k == "categorical"]
     numeric = [c for c, k in kinds.items() if k == "numeric"]
     seen: dict[str, dict] = {c: {} for c in categorical}        # raw value -> file it was first seen in
     running = {c: _Running() for c in numeric}
     y_train = _Running()
-    held: dict[int, list] = {VALIDATION: [], TEST: []}
+    held: dict[int, list] = {VALIDATION: [], TEST: [], TRAIN: []}    # TRAIN: the sample
     counted = []
     columns = feats + [score] + [c for c, _ in ctx_specs]
     bar = progress_bar(n_rows, "scan", "row", progress)
@@ -351,8 +370,8 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
         counts = np.zeros(3, dtype=np.int64)
         try:
             for first, record in _read_unit(unit, columns):
-                where = np.arange(first, first + record.num_rows)
-                split = split_of(where, seed, val_cut, test_cut)
+                u = uniform_of(np.arange(first, first + record.num_rows), seed)
+                split = _split(u, val_cut, test_cut)
                 floats = _check_batch(record, unit, first, score, kinds)
                 for c in categorical:
                     enc = record.column(c).dictionary_encode()
@@ -363,9 +382,10 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
                     running[c].add(floats[c])
                 y_train.add(floats[score][split == TRAIN])
                 counts += np.bincount(split, minlength=3)
-                for s in (VALIDATION, TEST):
-                    if (split == s).any():
-                        held[s].append(record.filter(pa.array(split == s)))
+                sampled = (split == TRAIN) & (u >= sample_from)
+                for s, rows in ((VALIDATION, split == VALIDATION), (TEST, split == TEST), (TRAIN, sampled)):
+                    if rows.any():
+                        held[s].append(record.filter(pa.array(rows)))
                 bar.update(record.num_rows)
         except (OSError, pa.ArrowInvalid) as exc:
             bar.close()
@@ -389,6 +409,8 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
     table = ParquetTable(source, space_, encoder, score, counted, codes, seed, val_cut, test_cut, y_train.mean, y_std,
                          None, None, notes)
     table.validation, table.test = (_held_out(table, held[s], columns) for s in (VALIDATION, TEST))
+    if sample_rows > 0:
+        table.sample = _held_out(table, held[TRAIN], [c for c, _ in ctx_specs])
     if not len(table.validation) or table.train_rows < 2:
         raise InputError(source, [f"{n_rows} rows leave {len(table.validation)} for validation and {table.train_rows} "
                                   "for training; fit a table this small read whole (leave out --stream)"])
@@ -491,13 +513,13 @@ def _space(source: str, feats: list[str], seen: dict[str, dict], declaration) ->
 
 
 def _held_out(table: ParquetTable, records: list, columns: list[str]) -> TableData:
-    """The held-out RecordBatches as a TableData (its frame holds their raw columns)."""
+    """The kept RecordBatches as a TableData (its frame holds their raw `columns`)."""
     import pyarrow as pa
 
     if records:
         parts = [table.encode(r) for r in records]
         rows, cat, num, y = (torch.cat(p) for p in zip(*parts))
-        frame = pa.Table.from_batches(records).to_pandas()
+        frame = pa.Table.from_batches(records).select(columns).to_pandas()
     else:
         rows, cat, num, y = _empty(table)
         frame = pd.DataFrame(columns=columns)
