@@ -85,13 +85,15 @@ class EmbeddingScorer(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S) long indices (-1 = missing) or (B, S, V_max) probabilities -> (B, S, E)."""
-        table = self.table * self.mask[..., None]  # padding contributes nothing, even under soft input
         if x.dtype in (torch.int64, torch.int32):
-            S, V = table.shape[:2]
+            S, V = self.table.shape[:2]
             # an embedding lookup, not table[s, x]: its CPU backward sums each row's gradients in one
-            # order whatever the threads (advanced indexing's scatter-add does not), so fits repeat
-            e = nn.functional.embedding(x.clamp(min=0) + V * torch.arange(S, device=x.device), table.flatten(0, 1))
+            # order whatever the threads (advanced indexing's scatter-add does not), so fits repeat.
+            # Hard rows never index the padding, so the table is used unmasked (the mask's product
+            # copies all S x V_max x E numbers: most of a wide table's scoring time)
+            e = nn.functional.embedding(x.clamp(min=0) + V * torch.arange(S, device=x.device), self.table.flatten(0, 1))
             return torch.where((x < 0)[..., None], self.missing.to(e.dtype), e)
+        table = self.table * self.mask[..., None]  # padding contributes nothing, even under soft input
         return torch.einsum("bsv,sve->bse", x.to(table.dtype), table)
 
     def context_features(self, ctx_cat: torch.Tensor | None, ctx_num: torch.Tensor | None, like: torch.Tensor) -> list[torch.Tensor]:
