@@ -252,3 +252,24 @@ def test_single_slot_changes_by_rejection_are_uniform_over_the_other_allowed_cat
     assert set(moved[0].tolist()) == {1, 4, 9} and set(moved[1].tolist()) == {39}
     counts = torch.bincount(moved[0], minlength=10)[[1, 4, 9]].float()
     assert bool(((counts / 6000 - 1 / 3).abs() < 0.03).all())
+
+
+def test_one_space_shared_by_every_context_is_summarised_once_and_gives_the_same_decoding():
+    """A mask expanded over the contexts (stride 0), with fixed values shared by all of them, stays one
+    expanded space, and the decoders' per-context summaries of it (space size, neighbours, top-ups,
+    single-slot changes) equal those of the same space materialised per context."""
+    from choicegrad.decoding.rows import allowed_choices, change_one_slot, neighbour_count, space_size
+    from choicegrad.decoding.scoring import complete_distinct
+
+    one = torch.zeros(1, 3, 5000, dtype=torch.bool)
+    one[0, 0, :4500], one[0, 1, :3], one[0, 2, 7:9] = True, True, True
+    shared = allowed_choices(one.expand(64, -1, -1), torch.tensor([-1, 2, -1]))
+    assert shared.stride(0) == 0                                    # not 64 x 3 x 5000 booleans
+    full = shared.contiguous()
+    assert torch.equal(full, allowed_choices(one.expand(64, -1, -1).contiguous(), torch.tensor([-1, 2, -1])))
+    assert torch.equal(space_size(shared), space_size(full)) and torch.equal(neighbour_count(shared), neighbour_count(full))
+    start = torch.tensor([[10, 2, 7]]).expand(64, 1, 3)
+    for f in (lambda a, g: change_one_slot(start.expand(64, 50, 3), a, g),
+              lambda a, g: complete_distinct(start, torch.ones(64, 1, dtype=torch.bool), 20, a, g)):
+        a, b = f(shared, torch.Generator().manual_seed(3)), f(full, torch.Generator().manual_seed(3))
+        assert all(torch.equal(x, y) for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)))

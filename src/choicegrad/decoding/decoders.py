@@ -37,7 +37,7 @@ from torch import Tensor
 
 from choicegrad.decoding.local_search import SEARCH_CATEGORIES, anneal_from, move_count, polish, search_moves
 from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixed, distinct_in_order, distinct_topk,
-                                      enumerate_allowed, neighbour_count, space_size)
+                                      enumerate_allowed, neighbour_count, space_size, union_of)
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import did_you_mean
 from choicegrad.generators.base import Generator, masked_log_softmax
@@ -154,7 +154,7 @@ def distinct_draws(gen: Generator, ctx: Context, m: int, temperature: float, fix
 def exhaustive(objective: Objective, ctx: Context, k: int, allowed: Tensor, chunk: int = 1 << 16) -> Candidates:
     """The k best rows of the allowed space by the objective, enumerating it in chunks."""
     B, S, V = allowed.shape
-    total = int(space_size(allowed.any(0, keepdim=True))[0].item())
+    total = int(space_size(union_of(allowed)[None])[0].item())
     if total > MAX_ENUMERATE:
         raise ValueError(f"exhaustive decoding needs at most {MAX_ENUMERATE} rows, this space has {total}")
     per = max(1, chunk // max(B, 1))

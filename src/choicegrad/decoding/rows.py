@@ -2,11 +2,14 @@
 
 rows are (..., S) long category indices (-1 where invalid); allowed (B, S, V) bool marks the categories
 allowed per context and slot (the generator's mask, restricted to the fixed value on fixed slots).
+One space shared by every context is a stride-0 expansion of (1, S, V): what is computed from it per
+context is computed once (per_context), which matters when S x V is large (67 x 10^5 per context).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -81,13 +84,30 @@ def distinct_in_order(rows: Tensor, valid: Tensor, k: int, vocab: int) -> tuple[
 
 
 # --- the space a decoder may use ---------------------------------------------------------------
+def per_context(allowed: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """fn(allowed) -> (B, ...), computed on one context and expanded when `allowed` is one space
+    expanded over the contexts (stride 0), else on all of them."""
+    if len(allowed) > 1 and allowed.stride(0) == 0:
+        one = fn(allowed[:1])
+        return one.expand(len(allowed), *one.shape[1:])
+    return fn(allowed)
+
+
+def union_of(allowed: Tensor) -> Tensor:
+    """(S, V) bool: the categories allowed in any context."""
+    return allowed[0] if len(allowed) == 1 or (len(allowed) > 1 and allowed.stride(0) == 0) else allowed.any(0)
+
+
 def allowed_choices(gen_mask: Tensor, fixed: Optional[Tensor]) -> Tensor:
-    """(B, S, V) bool: valid categories, restricted to the fixed value on fixed slots."""
+    """(B, S, V) bool: valid categories, restricted to the fixed value on fixed slots (still one
+    expanded space when both the mask and the fixed values are shared by every context)."""
     if fixed is None:
         return gen_mask
     B, S, V = gen_mask.shape
     f = fixed.to(gen_mask.device).expand(B, S)
-    pinned = torch.nn.functional.one_hot(f.clamp(min=0), V).bool()
+    if B > 1 and gen_mask.stride(0) == 0 and f.stride(0) == 0:
+        return allowed_choices(gen_mask[:1], f[:1]).expand(B, S, V)
+    pinned = torch.arange(V, device=f.device) == f.unsqueeze(-1)
     return torch.where((f >= 0).unsqueeze(-1), pinned & gen_mask, gen_mask)
 
 
@@ -110,14 +130,13 @@ def check_fixed(fixed: Optional[Tensor], mask: Tensor) -> Optional[Tensor]:
 
 def neighbour_count(allowed: Tensor) -> Tensor:
     """(B,) long: single-slot changes of a row in the allowed space (B, S, V)."""
-    return (allowed.sum(-1) - 1).clamp(min=0).sum(-1)
+    return per_context(allowed, lambda a: (a.sum(-1) - 1).clamp(min=0).sum(-1))
 
 
 def space_size(allowed: Tensor) -> Tensor:
     """(B,) float64: rows per context in the allowed space (B, S, V)."""
-    if len(allowed) > 1 and allowed.stride(0) == 0:                   # one space expanded over the contexts
-        return space_size(allowed[:1]).expand(len(allowed))
-    return allowed.sum(-1, dtype=torch.int32).double().prod(-1)       # int32: 3x faster than bool's int64 sum
+    # int32: 3x faster than bool's int64 sum
+    return per_context(allowed, lambda a: a.sum(-1, dtype=torch.int32).double().prod(-1))
 
 
 def enumerate_allowed(allowed: Tensor, start: int = 0, stop: Optional[int] = None) -> tuple[Tensor, Tensor, int]:
@@ -125,7 +144,7 @@ def enumerate_allowed(allowed: Tensor, start: int = 0, stop: Optional[int] = Non
 
     allowed (B, S, V) -> (rows (R, S) long, ok (B, R) bool: allowed in that context, total rows).
     """
-    union = allowed.any(0)                                                    # (S, V)
+    union = union_of(allowed)                                                 # (S, V)
     counts = union.sum(-1)                                                    # (S,)
     total = int(torch.prod(counts.double()).item())
     stop = total if stop is None else min(stop, total)
@@ -160,7 +179,7 @@ def change_one_slot(rows: Tensor, allowed: Tensor, generator: Optional[torch.Gen
     (rows of a one-row space stay as they are). allowed (B, S, V) -> (B, M, S)."""
     B, M, S = rows.shape
     V = allowed.shape[-1]
-    free = (allowed.sum(-1) > 1).float()                                               # (B, S)
+    free = per_context(allowed, lambda a: (a.sum(-1) > 1).float())                     # (B, S)
     free = free + (free.sum(1, keepdim=True) == 0).float()
     slot = torch.multinomial(free, M, replacement=True, generator=generator)           # (B, M)
     cur = rows.gather(2, slot.unsqueeze(-1))                                            # (B, M, 1)
@@ -180,11 +199,11 @@ def _other_category(allowed: Tensor, slot: Tensor, cur: Tensor, generator: Optio
     that hits one; rows whose guesses all miss (sparse allowed sets) draw from the full table."""
     B, M = slot.shape
     V = allowed.shape[-1]
-    last = V - allowed.flip(-1).to(torch.uint8).argmax(-1)                              # (B, S): 1 + last allowed
+    last = per_context(allowed, lambda a: V - a.flip(-1).to(torch.uint8).argmax(-1))    # (B, S): 1 + last allowed
     top = last.gather(1, slot).unsqueeze(-1)                                            # (B, M, 1)
     guess = (torch.rand(B, M, tries, generator=generator, device=slot.device) * top).long().clamp_(max=V - 1)
     hit = allowed[torch.arange(B, device=slot.device)[:, None, None], slot.unsqueeze(-1), guess] & (guess != cur)
-    only = allowed.sum(-1).gather(1, slot).unsqueeze(-1) <= 1                           # nothing else to move to
+    only = per_context(allowed, lambda a: a.sum(-1)).gather(1, slot).unsqueeze(-1) <= 1  # nothing else to move to
     first = hit.to(torch.uint8).argmax(-1, keepdim=True)                               # (B, M, 1)
     out = torch.where(hit.any(-1, keepdim=True), guess.gather(-1, first), cur)
     missed = ~hit.any(-1) & ~only[..., 0]

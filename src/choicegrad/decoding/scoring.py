@@ -8,8 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from choicegrad.decoding.rows import (MAX_ENUMERATE, change_one_slot, distinct_in_order, enumerate_allowed, row_keys,
-                                      space_size)
+from choicegrad.decoding.rows import (MAX_ENUMERATE, change_one_slot, distinct_in_order, enumerate_allowed,
+                                      per_context, row_keys, space_size)
 from choicegrad.generators.context import Context
 from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
@@ -63,7 +63,7 @@ def complete_distinct(rows: Tensor, valid: Tensor, k: int, allowed: Tensor,
     B, S, V = allowed.shape
     rows, valid = distinct_in_order(rows, valid, k, V)
     target = space_size(allowed).clamp(max=k).long()
-    first = allowed.to(torch.uint8).argmax(-1)                                   # (B, S) first allowed category
+    first = per_context(allowed, lambda a: a.to(torch.uint8).argmax(-1))         # (B, S) first allowed category
     for _ in range(rounds):
         have = valid.sum(1)
         short = have < target

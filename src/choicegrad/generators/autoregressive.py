@@ -54,10 +54,14 @@ def check_order(order: Optional[list[int]], num_slots: int) -> list[int]:
 
 class ContextTerms(NamedTuple):
     """What the context adds to each layer, computed once per context. hidden: (B, width) per hidden
-    layer; head: (B, S*V) added to the output logits."""
+    layer; head: (B, S*V) added to the output logits. embed (ragged layout): the category embedding
+    with its units in degree order (sum V_s, hidden[0]), taken once per call so that decoding slot by
+    slot reads a position's new units as a column range (not a column gather over every category
+    at each position)."""
 
     hidden: list[Tensor]
     head: Tensor
+    embed: Optional[Tensor] = None
 
 
 class AutoregressiveGenerator(TableGenerator):
@@ -146,7 +150,8 @@ class AutoregressiveGenerator(TableGenerator):
 
     def features(self, ctx: TableContext) -> ContextTerms:
         c = self.trunk(ctx)
-        return ContextTerms([layer(c) for layer in self.context_layers], self.context_head(c))
+        embed = self.embed.index_select(1, self._by_degree[0].to(c.device)) if self.ragged else None
+        return ContextTerms([layer(c) for layer in self.context_layers], self.context_head(c), embed)
 
     def logits(self, ctx: TableContext, x: Optional[Tensor] = None) -> Tensor:
         S, V = self.mask.shape
@@ -258,18 +263,20 @@ class AutoregressiveGenerator(TableGenerator):
         done = carry[0] if carry is not None else x.new_zeros(B, M, 0, dtype=dtype)
         if done.shape[-1] != self._below[0][p]:
             raise ValueError(f"carry of layer 0 has {done.shape[-1]} units, position {p} needs {self._below[0][p]}")
-        units = self._by_degree[0][self._below[0][p]:self._below[0][p + 1]].to(dev)
+        lo, hi = self._below[0][p], self._below[0][p + 1]
+        units = self._by_degree[0][lo:hi].to(dev)
+        embed = features.embed[:, lo:hi]                                                # (sum V_s, new units)
         if p == 0:
             pre = x.new_zeros(B, M, len(units), dtype=dtype)
-        elif not x.is_floating_point():             # the chosen categories' embedding rows, then these units
+        elif not x.is_floating_point():             # the chosen categories' rows of these units, summed
             r = x.index_select(2, earlier)                                               # (B, M, p)
             idx = r.clamp(min=0) + self.starts.index_select(0, earlier)
-            e = self.embed.index_select(0, idx.reshape(-1)).index_select(1, units).reshape(B, M, p, len(units))
+            e = embed.index_select(0, idx.reshape(-1)).reshape(B, M, p, len(units))
             pre = (e * (r >= 0).unsqueeze(-1).to(dtype)).sum(2)
         else:                                       # the earlier slots' ragged columns
             seen = torch.isin(self.slot_of, earlier).nonzero().squeeze(1)
             pre = (x.reshape(B, M, S * V).to(dtype).index_select(2, self.columns.index_select(0, seen))
-                   @ self.embed.index_select(0, seen).index_select(1, units))
+                   @ embed.index_select(0, seen))
         new = _silu_sum(pre + self.embed_bias.index_select(0, units), features.hidden[0].index_select(1, units).unsqueeze(1))
         h0 = torch.cat([done, new], -1)
         h, out_carry, seen_units = self._new_units(features, h0, self._by_degree[0][: self._below[0][p + 1]].to(dev),
