@@ -273,3 +273,26 @@ def test_one_space_shared_by_every_context_is_summarised_once_and_gives_the_same
               lambda a, g: complete_distinct(start, torch.ones(64, 1, dtype=torch.bool), 20, a, g)):
         a, b = f(shared, torch.Generator().manual_seed(3)), f(full, torch.Generator().manual_seed(3))
         assert all(torch.equal(x, y) for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)))
+
+
+def test_ragged_decoding_keeps_the_embedding_blocks_for_one_call_only():
+    """Within decoding() without autograd, slot_logits reuses each position's embedding block; the
+    next call takes the weights as they are then (even written through .data, which no version
+    counter sees), and the logits equal the full pass each time."""
+    from choicegrad.generators import AutoregressiveGenerator, GeneratorConfig
+    from choicegrad.generators.context import TableContext
+
+    torch.manual_seed(0)
+    gen = AutoregressiveGenerator([50, 3, 4], [2], 0, GeneratorConfig(hidden=[16, 16], layout="ragged"))
+    ctx = TableContext(torch.tensor([[0], [1]]), torch.zeros(2, 0))
+    rows = torch.stack([torch.randint(0, n, (2, 5)) for n in (50, 3, 4)], -1)
+    for _ in range(2):
+        full = gen.logits(ctx.repeat_interleave(5), rows.reshape(10, 3)).reshape(2, 5, 3, 50)
+        with torch.no_grad(), gen.decoding():
+            feats, carry = gen.features(ctx), None
+            for s in gen.order:
+                logits, carry = gen.slot_logits(feats, rows, s, carry)
+                torch.testing.assert_close(logits, full[:, :, s], rtol=1e-5, atol=1e-5)
+            assert len(gen._blocks) == 3
+        assert gen._blocks is None
+        gen.embed.data.normal_(0, 0.5)

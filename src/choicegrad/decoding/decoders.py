@@ -35,7 +35,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 from torch import Tensor
 
-from choicegrad.decoding.local_search import SEARCH_CATEGORIES, anneal_from, move_count, polish, search_moves
+from choicegrad.decoding.local_search import (SEARCH_CATEGORIES, anneal_from, generator_ratings, move_count, polish,
+                                              search_moves)
 from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixed, distinct_in_order, distinct_topk,
                                       enumerate_allowed, neighbour_count, space_size, union_of)
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
@@ -94,8 +95,9 @@ def beam_search(gen: Generator, ctx: Context, width: int, fixed: Optional[Tensor
     with torch.no_grad():
         mask = gen.choice_mask(ctx)
         allowed = allowed_choices(mask, check_fixed(fixed, mask))
-        return in_context_chunks(lambda c, a: _beam(gen, c, int(width), a, temperature), ctx,
-                                 decode_chunk(int(width), mask.shape[-1]), allowed)
+        with gen.decoding():
+            return in_context_chunks(lambda c, a: _beam(gen, c, int(width), a, temperature), ctx,
+                                     decode_chunk(int(width), mask.shape[-1]), allowed)
 
 
 def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -237,14 +239,14 @@ def _rerank(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
 
 def _search_moves(gen, ctx, allowed: Tensor) -> Optional[tuple[Tensor, Tensor]]:
     """polish's moves (search_moves) in slots of more than SEARCH_CATEGORIES categories: the ones the
-    generator rates highest per context, from its logits taken in chunks of contexts (at most
-    DECODE_ELEMENTS logits at a time; an autoregressive generator's with nothing chosen, which are
-    its first slot's exactly). None where every category is tried (small vocabularies)."""
+    generator rates highest per context (generator_ratings), taken in chunks of contexts (at most
+    DECODE_ELEMENTS logits at a time). None where every category is tried (small vocabularies)."""
     B, S, V = allowed.shape
     if V <= SEARCH_CATEGORIES or gen is None:
         return None
-    return in_context_chunks(lambda c, a: search_moves(a, gen.logits(c)), ctx, max(1, DECODE_ELEMENTS // (2 * S * V)),
-                             allowed)
+    width = sum(gen.sizes) if getattr(gen, "ragged", False) else S * V       # logits a context computes
+    return in_context_chunks(lambda c, a: search_moves(a, generator_ratings(gen, c, a)), ctx,
+                             max(1, DECODE_ELEMENTS // (2 * width)), allowed)
 
 
 def _polish(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from choicegrad.decoding.rows import change_one_slot, distinct_topk, neighbour_count
+from choicegrad.decoding.rows import change_one_slot, distinct_topk, neighbour_count, union_of
 from choicegrad.decoding.scoring import Candidates, score_grid
 from choicegrad.generators.context import Context, in_context_chunks
 from choicegrad.generators.objective import SCORE_CHUNK, Objective
@@ -31,18 +31,40 @@ _NEG = float("-inf")
 SEARCH_CATEGORIES = 512
 
 
-def search_moves(allowed: Tensor, logits: Optional[Tensor] = None,
+def search_moves(allowed: Tensor, logits: "Optional[Tensor | dict[int, Tensor]]" = None,
                  limit: Optional[int] = None) -> tuple[Tensor, Tensor]:
     """The categories a single-slot change may set, per context and slot: (moves (B, S, m) long, ok
     (B, S, m) bool). Every category (m = V, in order) when V <= limit (default SEARCH_CATEGORIES) or
-    without logits; else the `limit` allowed ones with the highest logits (B, S, V) (the
-    generator's, for its contexts)."""
+    without logits. Else m = limit: in a slot whose allowed categories all lie below `limit`, those
+    (in order); in a wider slot s, the `limit` allowed ones with the highest logits[s] (B, V_s) (the
+    generator's, for its contexts: a dict of the wide slots' own_logits, or (B, S, V) for all)."""
     B, S, V = allowed.shape
     limit = SEARCH_CATEGORIES if limit is None else int(limit)
     if V <= limit or logits is None:
         return torch.arange(V, device=allowed.device).expand(B, S, V), allowed
-    top = logits.detach().float().masked_fill(~allowed, float("-inf")).topk(limit, -1).indices
-    return top, allowed.gather(-1, top)
+    moves = torch.arange(limit, device=allowed.device).repeat(B, S, 1)
+    ok = allowed[..., :limit].clone()
+    for s in wide_slots(allowed, limit):             # over the few slots wider than `limit`
+        rate = (logits[s] if isinstance(logits, dict) else logits[:, s]).detach().float()
+        top = rate.masked_fill(~allowed[:, s, :rate.shape[-1]], float("-inf")).topk(limit, -1).indices
+        moves[:, s], ok[:, s] = top, allowed[:, s].gather(-1, top)
+    return moves, ok
+
+
+def wide_slots(allowed: Tensor, limit: Optional[int] = None) -> list[int]:
+    """The slots with an allowed category at `limit` (default SEARCH_CATEGORIES) or past it, in some context."""
+    V = allowed.shape[-1]
+    limit = SEARCH_CATEGORIES if limit is None else int(limit)
+    if V <= limit:
+        return []
+    return union_of(allowed)[:, limit:].any(-1).nonzero().squeeze(1).tolist()
+
+
+def generator_ratings(gen, ctx: Context, allowed: Tensor) -> Optional[dict[int, Tensor]]:
+    """search_moves' logits for the wide slots of `allowed`: the generator's own_logits (an
+    autoregressive generator's with nothing chosen, its first slot's exactly); None without any."""
+    wide = wide_slots(allowed)
+    return dict(zip(wide, gen.own_logits(ctx, wide))) if wide else None
 
 
 def move_count(moves: Tensor, movable: Tensor, V: int) -> Tensor:

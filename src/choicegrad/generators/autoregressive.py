@@ -19,6 +19,7 @@ layers alone.
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional
 
 import torch
@@ -54,14 +55,10 @@ def check_order(order: Optional[list[int]], num_slots: int) -> list[int]:
 
 class ContextTerms(NamedTuple):
     """What the context adds to each layer, computed once per context. hidden: (B, width) per hidden
-    layer; head: (B, S*V) added to the output logits. embed (ragged layout): the category embedding
-    with its units in degree order (sum V_s, hidden[0]), taken once per call so that decoding slot by
-    slot reads a position's new units as a column range (not a column gather over every category
-    at each position)."""
+    layer; head: (B, S*V) added to the output logits."""
 
     hidden: list[Tensor]
     head: Tensor
-    embed: Optional[Tensor] = None
 
 
 class AutoregressiveGenerator(TableGenerator):
@@ -150,8 +147,7 @@ class AutoregressiveGenerator(TableGenerator):
 
     def features(self, ctx: TableContext) -> ContextTerms:
         c = self.trunk(ctx)
-        embed = self.embed.index_select(1, self._by_degree[0].to(c.device)) if self.ragged else None
-        return ContextTerms([layer(c) for layer in self.context_layers], self.context_head(c), embed)
+        return ContextTerms([layer(c) for layer in self.context_layers], self.context_head(c))
 
     def logits(self, ctx: TableContext, x: Optional[Tensor] = None) -> Tensor:
         S, V = self.mask.shape
@@ -168,6 +164,9 @@ class AutoregressiveGenerator(TableGenerator):
             h = F.silu(layer(h) + term)
         out = self.out(h) + self.skip(flat) + terms.head
         return mask_logits(out.reshape(B, S, V), self.mask)
+
+    def ragged_logits(self, ctx: TableContext) -> Tensor:
+        return self._ragged_logits(self.features(ctx), None)
 
     def _ragged_logits(self, terms: ContextTerms, x: Optional[Tensor]) -> Tensor:
         """(B, sum V_s) unpadded logits(ctx, x) in the ragged layout: x (B, S, V_max) float, (B, S) long or None."""
@@ -265,7 +264,7 @@ class AutoregressiveGenerator(TableGenerator):
             raise ValueError(f"carry of layer 0 has {done.shape[-1]} units, position {p} needs {self._below[0][p]}")
         lo, hi = self._below[0][p], self._below[0][p + 1]
         units = self._by_degree[0][lo:hi].to(dev)
-        embed = features.embed[:, lo:hi]                                                # (sum V_s, new units)
+        embed = self._embed_block(p)                                                    # (sum V_s, new units)
         if p == 0:
             pre = x.new_zeros(B, M, len(units), dtype=dtype)
         elif not x.is_floating_point():             # the chosen categories' rows of these units, summed
@@ -285,6 +284,29 @@ class AutoregressiveGenerator(TableGenerator):
         out = (F.linear(h, self.out.weight[a:b].index_select(1, seen_units), self.out.bias[a:b])
                + features.head[:, a:b].unsqueeze(1))
         return F.pad(out, (0, V - (b - a)), value=MASK_VALUE) if padded else out, [h0, *out_carry]
+
+
+    @contextlib.contextmanager
+    def decoding(self):
+        """Generator.decoding: in the ragged layout, each position's embedding block (_embed_block)
+        is copied once per call, not once per chunk and position."""
+        outer = getattr(self, "_blocks", None)
+        self._blocks = {} if outer is None else outer
+        try:
+            yield
+        finally:
+            self._blocks = outer
+
+    def _embed_block(self, p: int) -> Tensor:
+        """(sum V_s, n) the embedding columns of the first layer's units of degree p (unit j has degree
+        j % S: every S-th column from p), contiguous: rows gather 15x faster from it than from the
+        strided view. Kept for the rest of a `decoding()` call when no gradient is recorded."""
+        blocks = getattr(self, "_blocks", None)
+        if blocks is None or torch.is_grad_enabled():
+            return self.embed[:, p::len(self.sizes)].contiguous()
+        if p not in blocks:
+            blocks[p] = self.embed[:, p::len(self.sizes)].contiguous()
+        return blocks[p]
 
 
 def _silu_sum(a: Tensor, b: Tensor) -> Tensor:

@@ -16,7 +16,10 @@ Every generator is an nn.Module with
   those rows (None at the first slot), reordered along M by beam search; padded=False allows logits
   of the slot's own categories only (B, M, V_s). Where `shares_first`, decoding takes the first
   slot's logits once per context (every row of a context is alike before it) and draws its k
-  choices from them at once.
+  choices from them at once. Decoders call slot_logits within `decoding()`, where the weights do
+  not change, so a generator may keep what it derives from them alone for the whole call;
+- `own_logits(ctx, slots)`: each slot's logits over its own categories (the ragged layout never
+  pads them), which polish uses to rate the categories of a wide slot.
 Table generators come in two layouts (GeneratorConfig.layout): "padded" stores every slot's weights
 padded to V_max; "ragged" stores the real categories only (sum_s V_s), so a 10^5-category slot beside
 dozens of small ones costs about what it costs alone (logits are still returned padded).
@@ -26,6 +29,7 @@ relaxed (straight-through) sampling, so decoders and training code work with any
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal, Optional
 
 import torch
@@ -113,6 +117,17 @@ class Generator(nn.Module):
 
     def features(self, ctx: Context):  # pragma: no cover - autoregressive generators only
         raise NotImplementedError
+
+    def decoding(self):
+        """A context in which the weights do not change (decoding without autograd): a generator may
+        keep what slot_logits computes from its weights alone for the whole call."""
+        return contextlib.nullcontext()
+
+    def own_logits(self, ctx: Context, slots: list[int]) -> list[Tensor]:
+        """[(B, V_s)] logits(ctx) of each slot in `slots` over its own categories (an autoregressive
+        generator's with nothing chosen, which are its first slot's exactly)."""
+        full = self.logits(ctx)
+        return [full[:, s] for s in slots]
 
     def slot_logits(self, features, x: Tensor, s: int, carry=None, padded: bool = True) -> tuple[Tensor, Any]:  # pragma: no cover
         raise NotImplementedError
@@ -226,8 +241,9 @@ class Generator(nn.Module):
         if self.shares_first and k > 1:             # the first slot's logits once per context, not per row
             sizes = mask[0].sum(-1).tolist()
             width = max([-(-sizes[self.order[0]] // k)] + [sizes[s] for s in self.order[1:]])
-        return in_batch_chunks(lambda c, g, f: self._decode_chunk(c, k, lambda x, n: pick(x, g, n), f, S), ctx,
-                               decode_chunk(k, width), generator, ffix)
+        with self.decoding():
+            return in_batch_chunks(lambda c, g, f: self._decode_chunk(c, k, lambda x, n: pick(x, g, n), f, S), ctx,
+                                   decode_chunk(k, width), generator, ffix)
 
     def _decode_chunk(self, ctx: Context, k: int, pick, fixed: Optional[Tensor], S: int) -> Tensor:
         rows = torch.full((len(ctx), k, S), -1, dtype=torch.long, device=self.device)
@@ -317,6 +333,18 @@ class TableGenerator(Generator):
             within = torch.arange(self.offsets[-1]) - self.starts[slot_of]
             self.register_buffer("slot_of", slot_of, persistent=False)
             self.register_buffer("columns", slot_of * V + within, persistent=False)
+
+    def own_logits(self, ctx, slots: list[int]) -> list[Tensor]:
+        """Generator.own_logits without the padding; the ragged layout never pads them."""
+        if self.ragged:
+            flat = self.ragged_logits(ctx)
+            return [flat[:, self.offsets[s]:self.offsets[s + 1]] for s in slots]
+        full = self.logits(ctx)
+        return [full[:, s, :self.sizes[s]] for s in slots]
+
+    def ragged_logits(self, ctx) -> Tensor:  # pragma: no cover - each form's
+        """Ragged layout: (B, sum V_s) logits(ctx), each slot's own categories (offsets)."""
+        raise NotImplementedError
 
     def pad(self, ragged: Tensor) -> Tensor:
         """(..., sum V_s) ragged logits -> (..., S, V_max), MASK_VALUE in the padding (differentiable)."""

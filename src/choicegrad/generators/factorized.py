@@ -51,12 +51,15 @@ class FactorizedGenerator(TableGenerator):
         """(B, S, V_max); `x` is ignored (slots are independent given the context). From
         CDF_VOCABULARY categories on, each slot's head computes its own categories only (a small slot
         beside a 10^5-category one would otherwise cost as much as the large one)."""
-        h = self.trunk(ctx)
         if self.ragged:
-            return self.pad(self.head(h))
+            return self.pad(self.ragged_logits(ctx))
+        h = self.trunk(ctx)
         if self.head_weight.shape[-1] < CDF_VOCABULARY:
             return mask_logits(torch.einsum("bh,shv->bsv", h, self.head_weight) + self.head_bias, self.mask)
         out = h.new_full((len(h), len(self.sizes), self.head_weight.shape[-1]), MASK_VALUE)
         for s, v in enumerate(self.sizes):        # over slots, not rows
             out[:, s, :v] = h @ self.head_weight[s, :, :v] + self.head_bias[s, :v]
         return out
+
+    def ragged_logits(self, ctx: TableContext) -> Tensor:
+        return self.head(self.trunk(ctx))

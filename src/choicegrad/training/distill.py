@@ -42,14 +42,14 @@ class Distillation:
             self.scores = torch.full((num_contexts,), float("-inf"), device=device)
 
     def targets(self, objective, ctx: Context, allowed: Tensor, samples: Tensor, scores: Tensor,
-                ids: Optional[Tensor], shard=None, logits: Optional[Tensor] = None) -> tuple[Tensor, int]:
+                ids: Optional[Tensor], shard=None, logits=None) -> tuple[Tensor, int]:
         """(B, S) rows whose likelihood to raise, and the scorer calls spent finding them.
 
         samples (B, K, S) long, the estimator's rows; scores (B, K) pick the start (the best of them);
         allowed (B, S, V). ids (B,) training-context ids (repeats allowed) for the replay, or None.
         shard: the BatchShard these B contexts are of (data parallelism), whose whole batch updates
-        the replay. logits (B, S, V): the generator's, choosing the categories the search tries in a
-        slot of more than SEARCH_CATEGORIES (polish)."""
+        the replay. logits (B, S, V), or the wide slots' (generator_ratings): the generator's,
+        choosing the categories the search tries in a slot of more than SEARCH_CATEGORIES (polish)."""
         B = samples.shape[0]
         ar = torch.arange(B, device=samples.device)
         start_rows = samples[ar, scores.argmax(1)][:, None]              # (B, 1, S)
