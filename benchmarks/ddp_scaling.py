@@ -27,15 +27,37 @@ import numpy as np
 SLOTS, VOCAB, USERS = 16, 4, 10_000
 
 
+def landscape(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """(field (USERS, SLOTS, VOCAB), coupling (SLOTS - 1, VOCAB, VOCAB), the generator after them)."""
+    rng = np.random.default_rng(seed)
+    field = rng.normal(size=(USERS, SLOTS, VOCAB)).astype(np.float32) * 0.5       # per-user preference
+    coupling = rng.normal(size=(SLOTS - 1, VOCAB, VOCAB)).astype(np.float32)        # neighbouring slots
+    return field, coupling, rng
+
+
+def true_score(u: np.ndarray, x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N,) noise-free score of rows x (N, SLOTS) of categories 0..VOCAB-1 for users u (N,)."""
+    field, coupling, _ = landscape(seed)
+    return (field[u[:, None], np.arange(SLOTS)[None, :], x].sum(1)
+            + coupling[np.arange(SLOTS - 1)[None, :], x[:, :-1], x[:, 1:]].sum(1))
+
+
+def best_score(u: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N,) the highest noise-free score of each user's row (max-sum over the chain of slots)."""
+    field, coupling, _ = landscape(seed)
+    best = field[u, 0]                                                             # (N, VOCAB)
+    for s in range(1, SLOTS):
+        best = (best[:, :, None] + coupling[s - 1][None]).max(1) + field[u, s]
+    return best.max(1)
+
+
 def write_table(path: Path, rows: int, seed: int = 0, chunk: int = 1_000_000, part: int | None = None) -> Path:
     """The synthetic table, `rows` rows written `chunk` at a time (memory bounded by the chunk).
     part: one part of a larger table: the same landscape (from `seed`), its own rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rng = np.random.default_rng(seed)
-    field = rng.normal(size=(USERS, SLOTS, VOCAB)).astype(np.float32) * 0.5       # per-user preference
-    coupling = rng.normal(size=(SLOTS - 1, VOCAB, VOCAB)).astype(np.float32)        # neighbouring slots
+    field, coupling, rng = landscape(seed)
     if part is not None:
         rng = np.random.default_rng([seed, part])
     letters = np.array(list("abcd"))
