@@ -157,7 +157,13 @@ def test_out_folder_must_not_be_a_file(runner, tmp_path, potts_csv):
 def test_demo_on_builtin_table(runner, tmp_path, monkeypatch):
     import choicegrad.bench.demo as demo
 
+    from choicegrad.scorer.fit import ScorerFit
+    from choicegrad.training.loop import GeneratorFit
+
     monkeypatch.setattr(demo, "SHARED_PARD3", Path(tmp_path / "absent.parquet"))
+    # the demo's whole path, with shorter fits than a user's (keeps make test under 10 minutes)
+    monkeypatch.setattr(demo, "ScorerFit", lambda **kw: ScorerFit(**{**kw, "epochs": 6}))
+    monkeypatch.setattr(demo, "GeneratorFit", lambda **kw: GeneratorFit(**{**kw, "steps": 60}))
     res = run(runner, "demo", "--out", tmp_path / "demo")
     assert res.exit_code == 0, res.output
     assert "built-in synthetic Potts table" in res.output and "upper" in res.output
