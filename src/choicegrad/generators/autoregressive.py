@@ -262,20 +262,18 @@ class AutoregressiveGenerator(TableGenerator):
         done = carry[0] if carry is not None else x.new_zeros(B, M, 0, dtype=dtype)
         if done.shape[-1] != self._below[0][p]:
             raise ValueError(f"carry of layer 0 has {done.shape[-1]} units, position {p} needs {self._below[0][p]}")
-        lo, hi = self._below[0][p], self._below[0][p + 1]
-        units = self._by_degree[0][lo:hi].to(dev)
-        embed = self._embed_block(p)                                                    # (sum V_s, new units)
+        units = self._by_degree[0][self._below[0][p]:self._below[0][p + 1]].to(dev)
         if p == 0:
             pre = x.new_zeros(B, M, len(units), dtype=dtype)
         elif not x.is_floating_point():             # the chosen categories' rows of these units, summed
             r = x.index_select(2, earlier)                                               # (B, M, p)
             idx = r.clamp(min=0) + self.starts.index_select(0, earlier)
-            e = embed.index_select(0, idx.reshape(-1)).reshape(B, M, p, len(units))
+            e = self._embed_block(p).index_select(0, idx.reshape(-1)).reshape(B, M, p, len(units))
             pre = (e * (r >= 0).unsqueeze(-1).to(dtype)).sum(2)
         else:                                       # the earlier slots' ragged columns
             seen = torch.isin(self.slot_of, earlier).nonzero().squeeze(1)
             pre = (x.reshape(B, M, S * V).to(dtype).index_select(2, self.columns.index_select(0, seen))
-                   @ embed.index_select(0, seen))
+                   @ self._embed_block(p).index_select(0, seen))
         new = _silu_sum(pre + self.embed_bias.index_select(0, units), features.hidden[0].index_select(1, units).unsqueeze(1))
         h0 = torch.cat([done, new], -1)
         h, out_carry, seen_units = self._new_units(features, h0, self._by_degree[0][: self._below[0][p + 1]].to(dev),
@@ -284,7 +282,6 @@ class AutoregressiveGenerator(TableGenerator):
         out = (F.linear(h, self.out.weight[a:b].index_select(1, seen_units), self.out.bias[a:b])
                + features.head[:, a:b].unsqueeze(1))
         return F.pad(out, (0, V - (b - a)), value=MASK_VALUE) if padded else out, [h0, *out_carry]
-
 
     @contextlib.contextmanager
     def decoding(self):
