@@ -311,8 +311,9 @@ class TableGenerator(Generator):
     """What the table-form generators share: slot sizes (S,), the context columns they embed with a
     ContextTrunk (`trunk_hidden` widths), the (S, V_max) mask of real categories, and `meta()`.
     In the ragged layout also: `offsets` (S + 1 ints, slot s's categories are s's ragged columns
-    offsets[s]:offsets[s+1]), buffers `starts` (S,) of offsets[:-1], `columns` (sum V_s,) of each ragged column's place in the flat
-    (S * V_max) padded logits, `slot_of` (sum V_s,) its slot, and `pad`."""
+    offsets[s]:offsets[s+1]), buffers `starts` (S,) of offsets[:-1], `columns` (sum V_s,) of each
+    ragged column's place in the flat (S * V_max) padded logits, `slot_of` (sum V_s,) its slot, and
+    `pad`."""
 
     def __init__(self, sizes: list[int], cardinalities: list[int], num_numeric: int, config: GeneratorConfig,
                  trunk_hidden: list[int]):

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from choicegrad import distributed, estimators
-from choicegrad.decoding.local_search import SEARCH_CATEGORIES, generator_ratings
+from choicegrad.decoding.local_search import generator_ratings
 from choicegrad.estimators.base import normalize_name, unknown_name_error
 from choicegrad.estimators.shard import BatchShard
 from choicegrad.generators.base import Generator
@@ -191,8 +191,8 @@ class TrainingStep:
         loss = out.loss
         if self.distill is not None:       # amortised search: raise the likelihood of what search found
             logits = getattr(policy, "theta", None)
-            if logits is None and policy.mask.shape[-1] > SEARCH_CATEGORIES:
-                with torch.no_grad():     # autoregressive: its wide slots' logits with nothing chosen
+            if logits is None:
+                with torch.no_grad():     # autoregressive: its wide slots' logits with nothing chosen (None if none)
                     logits = generator_ratings(self.gen, ctx, policy.mask)
             targets, calls = self.distill.targets(self.score, ctx, policy.mask, out.samples, out.scores, self.ids,
                                                   shard, logits=logits)
