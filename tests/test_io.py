@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from contextlib import contextmanager
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from choicegrad.errors import InputError
-from choicegrad.io import (_umask, atomic_path, atomic_write_text, load_checkpoint, read_table, save_checkpoint,
+from choicegrad.fs import _umask
+from choicegrad.io import (atomic_path, atomic_write_text, load_checkpoint, read_table, save_checkpoint,
                            write_table)
 
 
@@ -101,7 +103,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2])}
     save_checkpoint(tmp_path, "m", state, {"kind": "test", "n": 2})
     loaded, meta = load_checkpoint(tmp_path, "m")
-    assert meta == {"kind": "test", "n": 2}
+    assert meta == {"kind": "test", "n": 2, "weights_sha256": hashlib.sha256((tmp_path / "m.safetensors").read_bytes()).hexdigest()}
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     with pytest.raises(InputError, match="missing run file"):
         load_checkpoint(tmp_path, "absent")

@@ -182,7 +182,8 @@ def test_a_killed_streamed_fit_resumes_to_the_uninterrupted_result(tmp_path):
 
     folder = _folder(tmp_path, _frame(2000))
     killed = _cli("fit-scorer", folder, *FIT_ARGS, "--checkpoint-minutes", "0", "--out", tmp_path / "run", cwd=tmp_path,
-                  CHOICEGRAD_FAILPOINTS="scorer=20")   # mid second epoch
+                  CHOICEGRAD_FAILPOINTS="scorer=20",   # mid second epoch
+                  OMP_NUM_THREADS="1")                 # as this process (conftest): sums in the same order
     assert killed.returncode != 0 and not (tmp_path / "run").exists()
     from choicegrad.run import TableSpec, fit_scorer_run            # as the CLI calls it, in this process
     from choicegrad.scorer.model import ScorerConfig

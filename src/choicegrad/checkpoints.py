@@ -7,14 +7,17 @@ raises `Interrupted`. `ckpt.load(name)` gives the state back on `--resume`.
 
 State is a nested dict of tensors, numbers, strings, lists, tuples and dicts (optimiser and scheduler
 state dicts included). Tensors go to one safetensors file, the rest to JSON that names them; the JSON,
-written last, is the commit point: it names the weights file of its own save, so a kill between the
-two writes leaves the previous checkpoint whole. Loading never unpickles.
+written last, is the commit point: it names the weights file of its own save and its sha256, so a
+kill between the two writes leaves the previous checkpoint whole. Loading never unpickles; it takes
+only a weights file of its own name pattern in its own folder, a regular file whose digest matches,
+and refuses NaN or inf weights, so a damaged checkpoint is never trained on.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -25,10 +28,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 
+from choicegrad import fs
 from choicegrad.errors import InputError, Interrupted
-from choicegrad.io import atomic_path, atomic_write_text
+from choicegrad.io import atomic_path, atomic_write_text, read_json, read_weights, sha256_bytes
 
 #: Default minutes between checkpoints of a long phase.
 CHECKPOINT_MINUTES = 2.0
@@ -145,19 +149,22 @@ class Checkpointer:
             raise Interrupted(self.stop, self.label, name)
 
     def save(self, name: str, state: dict[str, Any]) -> None:
-        """Write state atomically: weights file first (a fresh name), then the JSON that names it."""
+        """Write state atomically: weights file first (a fresh name), then the JSON that names it and
+        its sha256; then the previous weights file is removed."""
         if not self.writer:
             self.last = time.monotonic()
             return
         skeleton, tensors = encode_state(state)
-        self.root.mkdir(parents=True, exist_ok=True)
+        fs.mkdirs(self.root)
         weights = f"{name}-{uuid.uuid4().hex[:8]}.safetensors"
+        data = safetensors_bytes(tensors)
         with atomic_path(self.root / weights) as tmp:
-            save_file(tensors, str(tmp))
+            tmp.write_bytes(data)
         old = self._weights_of(name)
-        atomic_write_text(self.root / f"{name}.json", json.dumps({"weights": weights, "state": skeleton}) + "\n")
+        atomic_write_text(self.root / f"{name}.json",
+                          json.dumps({"weights": weights, "sha256": sha256_bytes(data), "state": skeleton}) + "\n")
         if old and old != weights:
-            (self.root / old).unlink(missing_ok=True)
+            fs.unlink(self.root / old)
         self.last = time.monotonic()
 
     def saved_elsewhere(self) -> None:
@@ -166,24 +173,46 @@ class Checkpointer:
         self.last = time.monotonic()
 
     def _weights_of(self, name: str) -> Optional[str]:
+        """The weights file the JSON of `name` names, when it is one of this phase's own (never a
+        path out of the folder: a damaged JSON must not make a save delete another file)."""
         try:
-            return json.loads((self.root / f"{name}.json").read_text())["weights"]
-        except (OSError, ValueError, KeyError, TypeError):
+            weights = read_json(self.root / f"{name}.json")["weights"]
+        except (InputError, KeyError, TypeError):
             return None
+        return weights if isinstance(weights, str) and _own_weights(name, weights) else None
 
     def load(self, name: str) -> Optional[dict[str, Any]]:
         """The last state saved for `name` (None when not resuming or nothing was saved);
-        InputError naming the file when it is unreadable."""
+        InputError naming the file when it is unreadable, names a weights file that is not its own,
+        or its weights are damaged (sha256) or hold NaN/inf."""
         path = self.root / f"{name}.json"
-        if not self.resume or not path.is_file():
+        if not self.resume or not os.path.lexists(path):
             return None
+        hint = "start over with --overwrite"
         try:
-            doc = json.loads(path.read_text())
-            tensors = load_file(str(self.root / doc["weights"]))
-            return decode_state(doc["state"], tensors)
-        except Exception as exc:  # json, safetensors and a skeleton that does not fit all raise their own types
-            raise InputError(str(path), [f"unreadable checkpoint ({type(exc).__name__}: {exc}); "
-                                         "start over with --overwrite"]) from None
+            doc = read_json(path)
+            weights, digest = doc["weights"], doc.get("sha256")
+            if not isinstance(weights, str) or not _own_weights(name, weights):
+                raise InputError(str(path), [f"names the weights file {weights!r}, not one of its own "
+                                             f"({name}-XXXXXXXX.safetensors in {self.root}); {hint}"])
+            if digest is not None and not isinstance(digest, str):
+                raise InputError(str(path), [f"sha256: expected a hex string; {hint}"])
+            tensors = read_weights(self.root / weights, sha256=digest, finite=False)
+        except InputError as exc:
+            raise InputError(exc.source, [f"unreadable checkpoint: {p}" for p in exc.problems]
+                             + ([hint] if hint not in " ".join(exc.problems) else [])) from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InputError(str(path), [f"unreadable checkpoint ({type(exc).__name__}: {exc}); {hint}"]) from None
+        try:
+            state = decode_state(doc["state"], tensors)
+        except Exception as exc:  # a skeleton that does not fit raises KeyError, TypeError, ValueError, RecursionError
+            raise InputError(str(path), [f"unreadable checkpoint ({type(exc).__name__}: {exc}); {hint}"]) from None
+        bad = _not_finite(state)
+        if bad:
+            raise InputError(str(self.root / weights), [f"unreadable checkpoint: {', '.join(bad[:5])} hold"
+                                                        f"{'s' if len(bad) == 1 else ''} NaN (or inf in weights): "
+                                                        f"damaged, or a diverged fit; {hint}"])
+        return state
 
     def has(self, name: str) -> bool:
         return (self.root / f"{name}.json").is_file()
@@ -209,3 +238,33 @@ class Checkpointer:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def _own_weights(name: str, weights: str) -> bool:
+    """Whether `weights` is a file name Checkpointer.save gives phase `name`: no folder, no way out."""
+    return re.fullmatch(re.escape(name) + r"-[0-9a-f]{8}\.safetensors", weights) is not None
+
+
+#: Top-level keys of a training state holding weights and optimiser moments: finite everywhere.
+#: Other tensors (e.g. amortised search's best scores, -inf where none yet) may hold inf, never NaN.
+WEIGHT_KEYS = ("model", "gen", "opt", "best_state", "log_z")
+
+
+def _not_finite(state: Any) -> list[str]:
+    """Paths ('gen/layer.weight') of the tensors in a decoded training state that hold NaN, or inf
+    under WEIGHT_KEYS."""
+    bad: list[str] = []
+
+    def walk(x: Any, path: str, weights: bool) -> None:
+        if isinstance(x, torch.Tensor):
+            if x.is_floating_point() and not (torch.isfinite(x).all() if weights else not torch.isnan(x).any()):
+                bad.append(path)
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, f"{path}/{k}" if path else str(k), weights or (not path and k in WEIGHT_KEYS))
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{path}/{i}", weights)
+
+    walk(state, "", False)
+    return bad

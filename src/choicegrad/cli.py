@@ -49,8 +49,10 @@ def _require_bench() -> None:
 
 def user_errors(fn):
     """Bad input -> a message on stderr and exit code 2, no traceback. A pydantic ValidationError
-    (an option the settings models reject, e.g. --device cuda without CUDA) names its flag.
-    Ctrl-C / SIGTERM -> a message and exit code 128 + signal number (130, 143)."""
+    (an option the settings models reject, e.g. --device cuda without CUDA) names its flag. An
+    OSError (disk full, no permission, ...) -> exit code 2 naming the path and the system's reason;
+    every write is atomic, so what was there before is intact. Ctrl-C / SIGTERM -> a message and
+    exit code 128 + signal number (130, 143)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -60,6 +62,10 @@ def user_errors(fn):
                 return fn(*args, **kwargs)
         except InputError as exc:
             _fail(str(exc))
+        except OSError as exc:
+            from choicegrad.errors import os_error
+
+            _fail(str(os_error(exc)))
         except Interrupted as exc:
             _say(str(exc))
             raise typer.Exit(128 + exc.signum) from None
@@ -343,7 +349,6 @@ def generate_cmd(
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Generate the top-K distinct rows per context with a fitted generator; one output row per (context, rank)."""
-    from choicegrad.checkpoints import failpoint
     from choicegrad.data.context import ContextRangeWarning
     from choicegrad.device import check_device
     from choicegrad.io import TABLE_SUFFIXES, check_writable, write_table
@@ -371,7 +376,6 @@ def generate_cmd(
         else:                                      # any other warning as Python would have shown it
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     stats, result.attrs = result.attrs, {}   # the counts are printed, not written into the table
-    failpoint("generate")
     write_table(result, out)
     if stats["short"]:
         typer.echo(f"warning: {stats['short']} context(s) got fewer than {top_k} rows: the space (with --fix) is smaller",
@@ -427,34 +431,35 @@ def propose_cmd(
     check_writable(out, "--out")
     if out.resolve() == measured.resolve() or (state is not None and state.resolve() in out.resolve().parents):
         raise InputError("--out", [f"{out} would replace the measured rows or sit inside --state; write elsewhere"])
-    if state is not None:
-        check_state_folder(state, "--state")
-        with RunLock(state, "--state"):                     # another round writing it: refuse now, not after this one
-            pass
-    if contexts is not None and not context:
-        typer.echo(f"warning: no --context columns; {contexts} is ignored", err=True)
-        contexts = None
-    config = DesignConfig(acquisition=acquisition, kappa=kappa, min_distance=min_distance, ensemble=ensemble,
-                          max_minutes=max_minutes, seed=seed, device=device)
-    designer = Designer(features, score, context, space=space, config=config)
-    designer.tell(measured)
-    if state is not None and (state / "designer.json").is_file():
-        with as_flags({"state": "--state"}):
-            designer.warm_from(state)
-        typer.echo(f"warm start from {state} (round {designer.rounds})", err=True)
-    with as_flags({"contexts": "--contexts", "n": "--batch", "min_distance": "--min-distance"}):
-        result = designer.ask(batch, contexts, echo=lambda m: typer.echo(m, err=True), progress=None)
-    if state is not None:
-        designer.save(state)
-    short = result.attrs.get("short", 0)
-    result.attrs = {}
-    write_table(result, out)
-    info = designer.last
-    if short:
-        typer.echo(f"warning: {short} context(s) got fewer than {batch} rows: fewer rows not yet measured remain "
-                   f"(at --min-distance {min_distance})", err=True)
-    typer.echo(f"proposed {len(result)} rows ({info['rows']} measured, {info['failed']} failed) in "
-               f"{time.perf_counter() - start:.1f} s -> {out}")
+    with contextlib.ExitStack() as stack:
+        lock = None
+        if state is not None:
+            check_state_folder(state, "--state")
+            lock = stack.enter_context(RunLock(state, "--state"))   # held for the whole round: one round at a time
+        if contexts is not None and not context:
+            typer.echo(f"warning: no --context columns; {contexts} is ignored", err=True)
+            contexts = None
+        config = DesignConfig(acquisition=acquisition, kappa=kappa, min_distance=min_distance, ensemble=ensemble,
+                              max_minutes=max_minutes, seed=seed, device=device)
+        designer = Designer(features, score, context, space=space, config=config)
+        designer.tell(measured)
+        if state is not None and (state / "designer.json").is_file():
+            with as_flags({"state": "--state"}):
+                designer.warm_from(state)
+            typer.echo(f"warm start from {state} (round {designer.rounds})", err=True)
+        with as_flags({"contexts": "--contexts", "n": "--batch", "min_distance": "--min-distance"}):
+            result = designer.ask(batch, contexts, echo=lambda m: typer.echo(m, err=True), progress=None)
+        if state is not None:
+            designer.save(state, lock=lock)
+        short = result.attrs.get("short", 0)
+        result.attrs = {}
+        write_table(result, out)
+        info = designer.last
+        if short:
+            typer.echo(f"warning: {short} context(s) got fewer than {batch} rows: fewer rows not yet measured remain "
+                       f"(at --min-distance {min_distance})", err=True)
+        typer.echo(f"proposed {len(result)} rows ({info['rows']} measured, {info['failed']} failed) in "
+                   f"{time.perf_counter() - start:.1f} s -> {out}")
 
 
 @app.command("demo", epilog="Example: choicegrad demo --out runs/demo")

@@ -1,7 +1,9 @@
-"""The one check of a torch device argument, before any work is done on it."""
+"""The one check of a torch device argument, before any work is done on it, and the memory there is."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -48,3 +50,47 @@ def device_field(value: str) -> str:
 
 #: A settings field holding a torch device this machine has (ScorerFit.device, GeneratorFit.device).
 Device = Annotated[str, AfterValidator(device_field)]
+
+
+def machine_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes of memory training on `device` can use: a CUDA device's own; for the CPU the machine's,
+    or its container's limit (cgroup) when lower. 0 where the system does not say."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.get_device_properties(dev.index or 0).total_memory)
+    if dev.type != "cpu":
+        return 0
+    try:
+        have = max(0, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        have = 0
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit() and (not have or int(value) < have):
+            have = int(value)
+    return have
+
+
+def available_memory() -> int:
+    """Bytes of CPU memory there is to take: the system's available memory, or its container's
+    limit (cgroup) when lower. 0 where the system does not say."""
+    have = 0
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    have = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            cap = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if cap.isdigit() and (not have or int(cap) < have):
+            have = int(cap)
+    return have

@@ -32,6 +32,22 @@ def show_rows(rows: Sequence[int], limit: int = 5) -> str:
     return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
 
 
+def os_reason(exc: OSError) -> str:
+    """What the system said and its code: 'No space left on device (ENOSPC)'."""
+    import errno
+
+    code = errno.errorcode.get(exc.errno or 0, "")
+    return f"{exc.strerror or exc}" + (f" ({code})" if code else "")
+
+
+def os_error(exc: OSError, source: str | None = None) -> InputError:
+    """An OSError (disk full, no permission, a read-only or vanished file system, ...) as the one-line
+    InputError the CLI prints: the path, what the system said and its code, e.g.
+    'RUN/scorer.json: No space left on device (ENOSPC)'."""
+    path = exc.filename if exc.filename is not None else source
+    return InputError(str(path) if path is not None else "choicegrad", [os_reason(exc)])
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM during a fit: the phase `phase` saved a checkpoint in `run` (unless phase is
     "now": a second signal stopped at once, keeping the last checkpoint). The CLI exits 128 + signum."""

@@ -1,77 +1,47 @@
 """Files in and out: the one atomic writer, tables (CSV/Parquet), and checkpoints as safetensors
 (weights) + JSON (everything else). Loading never unpickles.
 
-Every file is written to a temporary name in the same folder, flushed to disk and renamed into place,
-so a crash or a bad input never leaves a half-written file behind. Written files get the permissions a
-plain open() would give (0o666 less the umask).
+Every file is written to a temporary name in the same folder, flushed to disk and renamed into place
+(choicegrad.fs), so a crash or a bad input never leaves a half-written file behind. Written files get
+the permissions a plain open() would give (0o666 less the umask).
+
+Files choicegrad wrote are read back with suspicion: only regular files are opened (a FIFO or a
+device would block or never end), JSON is refused when nested too deep, holding NaN/Infinity or
+numbers beyond a float64, and a safetensors file's header is checked against the file's size, the
+tensors the model expects and the memory there is, before anything is allocated. Checkpoints carry
+the sha256 of their weights.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import math
 import os
+import stat
+import struct
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as safetensors_bytes
 
+from choicegrad import fs
 from choicegrad.errors import InputError, show_rows
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
-def _umask() -> int:
-    """The process umask, read from /proc where listed (leaving it untouched); elsewhere set and put
-    back at once, 0o077 meanwhile, so a file another thread makes in between is private, never open."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` to write to; on success flush it to disk, give it mode
-    0o666 less the umask and rename it onto `path`; on any error delete it. Creates the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())               # mkstemp makes 0o600
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` through atomic_path; returns `path`."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path
+#: The one atomic writer and its text form live in choicegrad.fs with the other changes to disk.
+atomic_path, atomic_write_text = fs.atomic_path, fs.write_text
 
 
 CSV_DELIMITERS = (",", ";", "\t", "|")
@@ -79,13 +49,18 @@ CSV_DELIMITERS = (",", ";", "\t", "|")
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV (UTF-8; delimiter , ; tab or | detected from the header) or Parquet file; InputError
-    for a missing file, a folder, bad format, text that is not UTF-8 or duplicate columns."""
+    for a missing file, a folder, bad format, text that is not UTF-8, duplicate column names or a
+    row that repeats the column names (two files concatenated, their columns not lined up).
+
+    Cells are read as they are written: an empty CSV cell is the only missing value (text such as
+    NA, None or n/a is a label like any other; choicegrad.data.space.as_labels)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(str(path), ["is a folder; expected a CSV or Parquet file (choicegrad fit and fit-scorer "
                                      "stream a folder of Parquet files)"])
     if not path.is_file():
-        raise InputError(str(path), ["file not found"])
+        raise InputError(str(path), ["file not found" if not path.exists() else
+                                     "not a regular file (a pipe, device or socket); give a CSV or Parquet file"])
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise InputError(str(path), [f'unsupported file type "{suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
@@ -94,8 +69,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
             with path.open(newline="", encoding="utf-8-sig") as fh:
                 line = fh.readline()
             sep = csv_delimiter(line)
-            header = next(csv.reader([line], delimiter=sep), [])
-            frame = pd.read_csv(path, sep=sep, keep_default_na=True, encoding="utf-8")
+            header = _split_header(line, sep)
+            frame = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""], encoding="utf-8")
         else:
             import pyarrow.parquet as pq  # here, not at the top: only Parquet needs it and it is slow to import
 
@@ -103,17 +78,52 @@ def read_table(path: str | Path) -> pd.DataFrame:
             frame = pd.read_parquet(path)
     except UnicodeDecodeError:
         raise InputError(str(path), [_not_utf8(path)]) from None
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+    except (OSError, ValueError, csv.Error, pd.errors.ParserError) as exc:
         raise InputError(str(path), [f"cannot read as {suffix[1:]}: {exc}"]) from None
     dupes = sorted(n for n, c in Counter(header).items() if c > 1)
     if dupes:
         raise InputError(str(path), [f"duplicate column name{'s' if len(dupes) > 1 else ''}: {', '.join(dupes)}"])
+    repeated = header_rows(frame)
+    if len(repeated):
+        raise InputError(str(path), [f"{show_rows(repeated)} hold{'s' if len(repeated) == 1 else ''} the column names "
+                                     "again: a second table appended below the first? Its rows need not list the "
+                                     "columns in the same order, so they cannot be read by position; join the "
+                                     "tables by column name (e.g. pandas.concat) and read the result"])
     return frame
+
+
+def header_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Positions (0-based) of rows whose cells are exactly the column names, in any order."""
+    names = [str(c) for c in frame.columns]
+    if len(names) < 2 or len(frame) == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = frame.iloc[:, 0]
+    if not (first.dtype == object or pd.api.types.is_string_dtype(first.dtype)):
+        return np.zeros(0, dtype=np.int64)
+    candidates = np.flatnonzero(first.isin(names).to_numpy())
+    want = sorted(names)
+    return np.array([i for i in candidates if sorted(map(str, frame.iloc[i].tolist())) == want], dtype=np.int64)
+
+
+def _split_header(line: str, sep: str) -> list[str]:
+    with _csv_field_limit(len(line)):
+        return next(csv.reader([line], delimiter=sep), [])
+
+
+@contextmanager
+def _csv_field_limit(size: int) -> Iterator[None]:
+    """Let Python's csv module read a field of `size` characters (its default stops at 128 KiB)."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, size + 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
 
 
 def csv_delimiter(header: str) -> str:
     """The delimiter among , ; tab | that splits the header line into the most columns (comma on a tie)."""
-    counts = {d: len(next(csv.reader([header], delimiter=d), [])) for d in CSV_DELIMITERS}
+    counts = {d: len(_split_header(header, d)) for d in CSV_DELIMITERS}
     return max(CSV_DELIMITERS, key=lambda d: (counts[d], d == ","))
 
 
@@ -177,42 +187,234 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
             frame.to_parquet(tmp, index=False)
 
 
+#: Largest JSON file choicegrad reads back (its own are kilobytes; a bigger one is not ours).
+MAX_JSON_BYTES = 64 << 20
+#: Largest safetensors header (its JSON list of tensors) read: ours are a few kilobytes.
+MAX_HEADER_BYTES = 16 << 20
+
+
+def read_regular(path: str | Path, limit: Optional[int] = None) -> bytes:
+    """The bytes of `path`, opened only when it is a regular file (never blocking on a FIFO or a
+    device) and no larger than `limit`; InputError naming the file otherwise."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputError(str(path), ["file not found"]) from None
+    except OSError as exc:
+        raise InputError(str(path), [f"cannot open: {exc.strerror}"]) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(str(path), ["not a regular file (a pipe, device, socket or folder); refused"])
+        if limit is not None and info.st_size > limit:
+            raise InputError(str(path), [f"{info.st_size:,} bytes, more than the {limit:,} such a file may have"])
+        chunks, size = [], 0
+        while True:
+            block = os.read(fd, 1 << 20)
+            if not block:
+                break
+            chunks.append(block)
+            size += len(block)
+            if limit is not None and size > limit:
+                raise InputError(str(path), [f"more than the {limit:,} bytes such a file may have"])
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is beyond a float64")
+    return value
+
+
+def parse_json(text: str, source: str) -> Any:
+    """JSON text -> Python, refusing what choicegrad never writes (InputError naming `source`):
+    nesting deeper than Python's recursion allows, NaN/Infinity, and numbers beyond a float64 (1e400)."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise InputError(source, ["not valid JSON for choicegrad: nested too deep"]) from None
+    except ValueError as exc:
+        raise InputError(source, [f"not valid JSON: {exc}"]) from None
+
+
+def read_json(path: str | Path, limit: int = MAX_JSON_BYTES) -> Any:
+    """A UTF-8 JSON file (a regular file of at most `limit` bytes) parsed by parse_json."""
+    raw = read_regular(path, limit)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(str(path), [f"not valid JSON: not UTF-8 text ({exc})"]) from None
+    return parse_json(text, str(path))
+
+
 def read_json_object(path: str | Path) -> dict[str, Any]:
     """A UTF-8 JSON file holding an object, as a dict; InputError naming the file otherwise."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
-        raise InputError(str(path), [f"not valid JSON: {exc}"]) from None
+    doc = read_json(path)
     if not isinstance(doc, dict):
         raise InputError(str(path), [f"expected a JSON object, got {type(doc).__name__}"])
     return doc
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def save_checkpoint(run_dir: str | Path, name: str, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write RUN/name.safetensors and RUN/name.json atomically (weights first, JSON last)."""
+    """Write RUN/name.safetensors and RUN/name.json atomically (weights first, JSON last); the JSON
+    records the weights' sha256, which load_checkpoint checks."""
     run_dir = Path(run_dir)
+    data = safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in state.items()})
     with atomic_path(run_dir / f"{name}.safetensors") as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    atomic_write_text(run_dir / f"{name}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        tmp.write_bytes(data)                # Python's own write: a full disk is an OSError naming the file
+    atomic_write_text(run_dir / f"{name}.json", json.dumps({**meta, "weights_sha256": sha256_bytes(data)}, indent=2,
+                                                           sort_keys=True) + "\n")
 
 
-def load_checkpoint(run_dir: str | Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+Shapes = Mapping[str, Sequence[int]]
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def read_weights(path: str | Path, expect: Optional[Shapes] = None, sha256: Optional[str] = None,
+                 finite: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, checked before any tensor is allocated: a regular file;
+    its header at most MAX_HEADER_BYTES and inside the file; every tensor's bytes inside the data
+    and as many as its dtype and shape need; in all no more than the memory there is; with `expect`
+    (name -> shape, e.g. a model's state), exactly those tensors and shapes; with `sha256`, the
+    file's digest. Then no NaN or inf (finite=False: the caller checks). InputError naming the file
+    for each problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputError(source, ["file not found"]) from None
+    except OSError as exc:
+        raise InputError(source, [f"cannot open: {exc.strerror}"]) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(source, ["not a regular file (a pipe, device, socket or folder); refused"])
+        size = info.st_size
+        head = os.pread(fd, 8, 0)
+        if len(head) < 8:
+            raise InputError(source, [f"not a valid safetensors file: {size} bytes, too short for a header"])
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise InputError(source, [f"not a valid safetensors file: its header claims {n:,} bytes, the file has "
+                                      f"{size:,} (at most {MAX_HEADER_BYTES:,} are read)"])
+        header = parse_json(os.pread(fd, n, 8).decode("utf-8", errors="replace"), f"{source} (header)")
+        _check_header(header, size - 8 - n, source, expect)
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while True:
+            block = os.read(fd, 1 << 24)
+            if not block:
+                break
+            chunks.append(block)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise InputError(source, ["the file changed while it was read"])
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise InputError(source, ["its sha256 differs from the one recorded beside it: the file was changed or "
+                                  "damaged after it was written"])
+    try:
+        state = load_safetensors_bytes(data)
+    except Exception as exc:  # safetensors raises its own error types
+        raise InputError(source, [f"not a valid safetensors file: {exc}"]) from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad and finite:
+        raise InputError(source, [f"weights hold NaN or inf (damaged or a diverged fit): {', '.join(sorted(bad)[:5])}"])
+    return state
+
+
+def _check_header(header: Any, data_bytes: int, source: str, expect: Optional[Shapes]) -> None:
+    if not isinstance(header, dict):
+        raise InputError(source, ["not a valid safetensors file: its header is not a JSON object"])
+    problems, total = [], 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
+            need = math.prod(shape) * _DTYPE_BYTES[dtype]
+            ok = (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_bytes
+                  and end - begin == need and min(shape, default=0) >= 0)
+        except (KeyError, TypeError, ValueError):
+            ok, need = False, 0
+        if not ok:
+            problems.append(f'tensor "{name}": its header entry does not fit the file ({data_bytes:,} bytes of data)')
+        total += need
+    if problems:
+        raise InputError(source, ["not a valid safetensors file"] + problems[:5])
+    if expect is not None:
+        have = {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        want = {k: [int(d) for d in v] for k, v in expect.items()}
+        wrong = [f"missing tensor {k}" for k in want if k not in have]
+        wrong += [f"unexpected tensor {k}" for k in have if k not in want]
+        wrong += [f"tensor {k} has shape {have[k]}, expected {want[k]}" for k in want if k in have and have[k] != want[k]]
+        if wrong:
+            raise InputError(source, wrong[:8] + ([f"and {len(wrong) - 8} more"] if len(wrong) > 8 else [])
+                             + ["the weights do not match the settings in the .json file beside it"])
+    from choicegrad.device import available_memory
+
+    free = available_memory()
+    if free and 2 * total > free:
+        raise InputError(source, [f"its tensors need {total / 2**20:,.0f} MiB and reading them as much again, more "
+                                  f"than the {free / 2**20:,.0f} MiB of memory available"])
+
+
+def load_checkpoint(run_dir: str | Path, name: str, expect: Optional[Shapes] = None,
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read RUN/name.safetensors + RUN/name.json; InputError naming the missing or broken file: JSON
-    that is not an object, weights that do not load or hold NaN/inf."""
+    that is not an object, weights that do not load, hold NaN/inf, differ from the sha256 the JSON
+    records (files written before it: not checked) or, with `expect`, from those tensors' shapes."""
+    meta = read_meta(run_dir, name)
+    return read_weights(Path(run_dir) / f"{name}.safetensors", expect, weights_digest(meta, run_dir, name)), meta
+
+
+def read_meta(run_dir: str | Path, name: str) -> dict[str, Any]:
+    """RUN/name.json of a checkpoint, checking first that RUN/name.safetensors is there too."""
     run_dir = Path(run_dir)
     weights, config = run_dir / f"{name}.safetensors", run_dir / f"{name}.json"
-    missing = [str(p) for p in (weights, config) if not p.is_file()]
+    missing = [str(p) for p in (weights, config) if not p.exists()]
     if missing:
         raise InputError(str(run_dir), [f"missing run file {m}" for m in missing])
-    meta = read_json_object(config)
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types
-        raise InputError(str(weights), [f"not a valid safetensors file: {exc}"]) from None
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise InputError(str(weights), [f"weights hold NaN or inf (damaged or a diverged fit): {', '.join(sorted(bad)[:5])}"])
-    return state, meta
+    return read_json_object(config)
+
+
+def read_state(module: torch.nn.Module, run_dir: str | Path, name: str, meta: dict[str, Any],
+               prefix: str = "") -> dict[str, torch.Tensor]:
+    """RUN/name.safetensors for `module`, whose shapes (keys under `prefix`) are checked in the file's
+    header before anything is read; the sha256 recorded in `meta` checked. Load with load_state."""
+    expect = {f"{prefix}{k}": v.shape for k, v in module.state_dict().items()}
+    return read_weights(Path(run_dir) / f"{name}.safetensors", expect, weights_digest(meta, run_dir, name))
+
+
+def weights_digest(meta: dict[str, Any], run_dir: str | Path, name: str) -> Optional[str]:
+    """The weights' sha256 a checkpoint's JSON records (None for files written before it did)."""
+    digest = meta.get("weights_sha256")
+    if digest is not None and not isinstance(digest, str):
+        raise InputError(str(Path(run_dir) / f"{name}.json"), ["weights_sha256: expected a hex string"])
+    return digest
 
 
 def meta_problem(exc: Exception) -> str:
@@ -244,9 +446,6 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: 
         raise InputError(str(source), problems[:8] + ([f"and {len(problems) - 8} more"] if len(problems) > 8 else [])
                          + ["the weights do not match the settings in the .json file beside it"])
     module.load_state_dict(state)
-
-
-save, load = save_checkpoint, load_checkpoint  # the old names, until callers in aligner.py and generators/ switch
 
 
 def versions() -> dict[str, str]:

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from choicegrad import distributed, generators
 from choicegrad.checkpoints import CHECKPOINT_MINUTES
-from choicegrad.device import check_device
+from choicegrad.device import check_device, machine_memory
 from choicegrad.io import atomic_write_text, check_finite, read_json_object, read_table, versions, write_table
 from choicegrad.data import ChoiceSpace, ContextEncoder
 from choicegrad.data.context import ContextRangeWarning
@@ -44,7 +44,7 @@ from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import available
 from choicegrad.estimators.gumbel import CDF_VOCABULARY
 from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective, resolve_layout
-from choicegrad.runfolder import RunWriter, run_writer, verify_run
+from choicegrad.runfolder import RunWriter, check_out_path, run_writer, verify_run
 from choicegrad.scorer.aligner import Aligner, AlignerFit, fit_aligner
 from choicegrad.scorer.fit import ScorerFit, ScorerResult, fit_scorer, fit_scorer_stream
 from choicegrad.scorer.model import Scorer
@@ -214,9 +214,9 @@ class Run:
         """
         run_dir = Path(path)
         device = check_device(device)
+        verify_run(run_dir)       # first: it finishes a move into place that a kill cut short
         if not run_dir.is_dir():
             raise InputError(str(run_dir), ["no such run folder (written by choicegrad fit)"])
-        verify_run(run_dir)
         missing = [str(run_dir / f) for f in RUN_FILES if not (run_dir / f).is_file()]
         if missing:
             hint = " (written by choicegrad fit)"
@@ -347,7 +347,7 @@ class Run:
             generator_fit = generator_fit.model_copy(update={"device": device})
             if not world.main:
                 echo, progress, on_scorer = (lambda message: None), False, None
-        check_out_dir(out)
+        check_out_path(out)
         out = Path(out)
         stream = stream or (isinstance(data, (str, Path)) and Path(data).is_dir())
         if stream:
@@ -414,28 +414,6 @@ class Run:
         return distributed.from_main(lambda: cls.load(out))
 
 
-def machine_memory(device: str | torch.device = "cpu") -> int:
-    """Bytes of memory training on `device` can use: a CUDA device's own; for the CPU the machine's,
-    or its container's limit (cgroup) when lower. 0 where the system does not say."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return int(torch.cuda.get_device_properties(dev.index or 0).total_memory)
-    if dev.type != "cpu":
-        return 0
-    try:
-        have = max(0, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        have = 0
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            value = Path(limit).read_text().strip()
-        except OSError:
-            continue
-        if value.isdigit() and (not have or int(value) < have):
-            have = int(value)
-    return have
-
-
 def check_generator_fits(config: GeneratorConfig, space: ChoiceSpace, memory: Optional[int] = None,
                          device: str | torch.device = "cpu") -> None:
     """InputError before any training when the generator for `space` would need more memory than
@@ -481,7 +459,7 @@ def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: Tabl
         scorer_fit = scorer_fit.model_copy(update={"device": device})
         if not world.main:
             echo, progress = (lambda message: None), False
-    check_out_dir(out)
+    check_out_path(out)
     out = Path(out)
     stream = stream or (isinstance(data, (str, Path)) and Path(data).is_dir())
     if stream:

@@ -1,19 +1,26 @@
-"""A run folder is one run: built in a hidden sibling, renamed into place when complete, written by
-one process at a time, and sealed by a manifest that readers check.
+"""A run folder is one run: built in a hidden sibling, sealed and moved into place in one rename
+when complete, written by one process at a time, and checked by readers against its manifest.
 
     with RunWriter("runs/one", request, overwrite=False, resume=False) as w:
         ...write files into w.dir, checkpoints through w.checkpoints...
         w.commit()
 
-- OUT/../.OUT.lock: an exclusive flock held while writing, holding the owner's pid, host and start
-  time; a second writer gets InputError (exit 2). The kernel drops the lock of a killed process.
+- OUT/../.OUT.lock: an exclusive flock held for the whole operation, holding the owner's pid, host
+  and start time; a second writer gets InputError (exit 2). The kernel drops the lock of a killed
+  process. A command that must hold it longer than the writing (a design round) takes it first and
+  hands it to the RunWriter.
 - OUT/../.OUT.partial: the run being built, with request.json (the settings it was started with)
   and .checkpoint/ (resumable training state). `resume=True` continues it, if its settings match.
-- OUT/run.json: run id, settings and the sha256 of every file; written last, before the rename.
-  `verify_run` refuses a folder whose files do not match it (files mixed from different runs).
-- Replacing a finished run needs overwrite=True; the old run stays in place until the new one is
-  complete, then the two are swapped by two renames (a crash between them is repaired on the next
-  start).
+- The seal (`commit`): run.json (run id, settings, the sha256 of every file, the id of the run it
+  replaces) is written into the partial and flushed; only then are request.json and the checkpoints
+  removed, and the partial takes OUT's place in one rename (an atomic exchange when OUT holds the run
+  it replaces). A start after a kill at any point finds either the interrupted run (resumable), or
+  a sealed partial, whose move it finishes, or the finished run.
+- `overwrite=True` replaces only a run folder (a valid run.json of ours, or a folder written before
+  manifests that holds a choicegrad scorer); any other folder is refused and left untouched.
+  Replaced and discarded folders are first renamed to OUT/../.OUT.old-ID, then removed.
+- `verify_run` refuses a folder whose files do not match its run.json (files mixed from different
+  runs, or changed).
 - Data-parallel training (torchrun): `run_writer` gives rank 0 the RunWriter and every other rank a
   RankView that writes nothing; rank 0 sends the other ranks what they need of the folder (its
   checkpoint on a resume), so one process reads and writes it.
@@ -22,10 +29,8 @@ one process at a time, and sealed by a manifest that readers check.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -34,16 +39,16 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
-from choicegrad import distributed
+from choicegrad import distributed, fs
 from choicegrad.checkpoints import CHECKPOINT_MINUTES, Checkpointer
-from choicegrad.errors import InputError
-from choicegrad.io import atomic_write_text
+from choicegrad.errors import InputError, os_error, os_reason
+from choicegrad.io import atomic_write_text, read_json, sha256_file
 
 MANIFEST = "run.json"
 REQUEST = "request.json"
 CHECKPOINT_DIR = ".checkpoint"
 #: Files whose sha256 readers check: what generation and scoring read (logs and reports may be edited).
-VERIFIED = ("scorer.", "generator.", "aligner.", "feasibility.", "contexts.csv")
+VERIFIED = ("scorer.", "generator.", "aligner.", "feasibility.", "designer.", "contexts.csv")
 #: Settings that may change when a run is resumed.
 RESUMABLE_CHANGES = ("max_minutes",)
 #: Settings added after runs were first written, with the value a run written before them had: an
@@ -51,16 +56,53 @@ RESUMABLE_CHANGES = ("max_minutes",)
 ADDED_SETTINGS = {"generator_fit.distill": 0.0, "generator_fit.distill_sweeps": 2}
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _sibling(out: Path, suffix: str) -> Path:
     return out.parent / f".{out.name}.{suffix}"
+
+
+def check_out_path(out: str | Path, name: str = "out") -> Path:
+    """InputError naming `name` unless `out` can be a run folder that is renamed into place: a path
+    ending in a name (not ".", ".." or "/"), not a mount point, not the current folder or one above
+    it, and not an existing file."""
+    out = Path(out)
+    if out.name in ("", ".", "..") or str(out) in (os.sep, "//"):
+        raise InputError(name, [f'"{out}" does not end in a folder name; a run is built beside its folder and moved '
+                                "into place, so name one, e.g. runs/one"])
+    here = Path.cwd().resolve()
+    target = out.resolve()
+    if target == here or target in here.parents:
+        raise InputError(name, [f"{out} is the current folder or one above it; name a run folder inside it"])
+    if out.is_dir() and os.path.ismount(out):
+        raise InputError(name, [f"{out} is a mount point, which cannot be renamed; name a run folder inside it"])
+    if out.exists() and not out.is_dir():
+        raise InputError(name, [f"{out} exists and is not a folder"])
+    return out
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder choicegrad wrote as a whole: its run.json names a run id and its
+    files, or (written before manifests) it holds a choicegrad scorer.json."""
+    path = Path(path)
+    try:
+        manifest = read_json(path / MANIFEST) if (path / MANIFEST).is_file() else None
+    except InputError:
+        manifest = None
+    if isinstance(manifest, dict) and isinstance(manifest.get("run_id"), str) and isinstance(manifest.get("files"), dict):
+        return True
+    try:
+        scorer = read_json(path / "scorer.json") if not (path / MANIFEST).exists() and (path / "scorer.json").is_file() else None
+    except InputError:
+        return False
+    return isinstance(scorer, dict) and scorer.get("kind") == "choicegrad.Scorer"
+
+
+def _manifest(path: Path) -> Optional[dict]:
+    """The run.json of folder `path` as a dict, or None when absent or unreadable."""
+    try:
+        doc = read_json(path / MANIFEST)
+    except InputError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 class RunLock:
@@ -71,20 +113,25 @@ class RunLock:
         self.path = _sibling(self.out, "lock")
         self.fd: Optional[int] = None
 
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
     def acquire(self) -> RunLock:
         try:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
+            fs.mkdirs(self.out.parent)
         except OSError as exc:
-            raise InputError(self.name, [f"cannot create the folder {self.out.parent}: {exc.strerror}"]) from None
+            raise InputError(self.name, [f"cannot create the folder {self.out.parent}: {os_reason(exc)}"]) from None
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                fs.point("lock", self.path)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
             except OSError as exc:
-                raise InputError(self.name, [f"cannot write in {self.out.parent}: {exc.strerror}"]) from None
+                raise InputError(self.name, [f"cannot write {self.path}: {os_reason(exc)}"]) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                owner = os.read(fd, 4096).decode(errors="replace").strip()
+                owner = os.pread(fd, 4096, 0).decode(errors="replace").strip()
                 os.close(fd)
                 raise InputError(self.name, [f"{self.out} is being written by another choicegrad process "
                                              f"({_describe_owner(owner)}); wait for it to finish or choose "
@@ -98,16 +145,24 @@ class RunLock:
             os.close(fd)
         owner = {"pid": os.getpid(), "host": socket.gethostname(),
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        try:               # who holds it, for the message a second writer gets; the flock is the lock
+            fs.point("write", self.path)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(owner).encode(), 0)
+        except OSError:
+            pass
         self.fd = fd
         return self
 
     def release(self) -> None:
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self.fd)
-            self.fd = None
+        if self.fd is None:
+            return
+        try:
+            fs.unlink(self.path)
+        except OSError:                    # a stale lock file is harmless: the flock goes with the fd
+            pass
+        os.close(self.fd)
+        self.fd = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -138,6 +193,16 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _discard(folder: Path, out: Path) -> None:
+    """Remove a folder of ours beside `out`: renamed to .OUT.old-ID first (one step), so a kill
+    during the removal leaves only a folder that the next start removes too."""
+    if not folder.exists():
+        return
+    trash = _sibling(out, f"old-{uuid.uuid4().hex[:12]}")
+    fs.replace(folder, trash)
+    fs.rmtree(trash)
+
+
 class RunWriter:
     """Write run folder `out` as one run (see the module docstring).
 
@@ -145,47 +210,67 @@ class RunWriter:
     (RESUMABLE_CHANGES aside). After __enter__: `dir` is the folder to write in, `checkpoints` its
     Checkpointer, `resuming` whether a previous attempt's work is there, `finished` whether `out`
     already holds this very run (resume of a finished run: nothing to do), `notes` lines to show.
+    lock: the folder's RunLock, already held by the caller for a longer operation (kept held on exit).
+    resumable: whether an interrupted write can be resumed (--resume); a design state is rewritten whole.
+    An OSError inside (disk full, ...) leaves as InputError naming the path, saying what is intact.
     """
 
     def __init__(self, out: str | Path, request: dict[str, Any], *, overwrite: bool = False, resume: bool = False,
-                 checkpoint_minutes: float = CHECKPOINT_MINUTES, name: str = "out"):
+                 checkpoint_minutes: float = CHECKPOINT_MINUTES, name: str = "out", lock: Optional[RunLock] = None,
+                 resumable: bool = True):
         self.out, self.request, self.name = Path(out), json.loads(json.dumps(request)), name
-        self.overwrite, self.resume = overwrite, resume
+        self.overwrite, self.resume, self.resumable = overwrite, resume, resumable
         self.dir = _sibling(self.out, "partial")
-        self.lock = RunLock(self.out, name)
+        if lock is not None and (not lock.held or lock.path != RunLock(self.out).path):
+            raise ValueError(f"lock: expected the held lock of {self.out}")
+        self.lock, self._own_lock = lock or RunLock(self.out, name), lock is None
         self.checkpoints = Checkpointer(self.dir / CHECKPOINT_DIR, checkpoint_minutes, resume=resume, label=self.out)
-        self.resuming = self.finished = self.committed = False
+        self.resuming = self.finished = self.committed = self._created = False
         self.notes: list[str] = []
 
     def __enter__(self) -> RunWriter:
-        if self.out.exists() and not self.out.is_dir():
-            raise InputError(self.name, [f"{self.out} exists and is not a folder"])
-        self.lock.acquire()
+        check_out_path(self.out, self.name)
+        if self._own_lock:
+            self.lock.acquire()
         try:
-            self._repair_swap()
+            self._recover()
             self._prepare()
         except BaseException:
-            self.lock.release()
+            if self._created and self.dir.exists():
+                try:
+                    _discard(self.dir, self.out)       # made by this start, holding nothing yet
+                except OSError:
+                    pass
+            self._release()
             raise
         return self
 
-    def _repair_swap(self) -> None:
-        """Finish (or undo) a replacement of `out` that a crash cut between its two renames."""
-        olds = sorted(self.out.parent.glob(f".{self.out.name}.old-*"))
-        if not olds:
-            return
-        if not self.out.exists():
-            if (self.dir / MANIFEST).is_file():
-                os.replace(self.dir, self.out)
-            else:
-                os.replace(olds.pop(), self.out)
-        for old in olds:
-            shutil.rmtree(old, ignore_errors=True)
+    def _release(self) -> None:
+        if self._own_lock:
+            self.lock.release()
+
+    def _recover(self) -> None:
+        """Finish what a kill cut short: the move of a sealed run into place, the removal of old
+        folders (.OUT.old-ID)."""
+        if (self.dir / MANIFEST).is_file():
+            sealed = _manifest(self.dir)
+            if sealed is not None and _verifies(self.dir):
+                self._move_into_place(sealed)
+            elif (self.dir / REQUEST).is_file():          # not sealed after all: resumable as it was
+                fs.unlink(self.dir / MANIFEST)
+        for old in sorted(self.out.parent.glob(f".{self.out.name}.old-*")):
+            if not self.out.exists() and _manifest(old) is not None and _verifies(old):
+                fs.replace(old, self.out)                  # a replacement cut between its renames, undone
+                continue
+            fs.rmtree(old)
 
     def _prepare(self) -> None:
         holds_run = self.out.is_dir() and any(self.out.iterdir())
         if self.dir.exists() and not (self.dir / REQUEST).is_file():
-            shutil.rmtree(self.dir)                    # killed before it held anything: nothing to resume
+            if any(not p.name.startswith(".") or p.name == CHECKPOINT_DIR for p in self.dir.iterdir()):
+                raise InputError(self.name, [f"{self.dir} holds files but no {REQUEST}: choicegrad did not leave it "
+                                             "like this, so it is not removed; move it away"])
+            _discard(self.dir, self.out)               # killed before it held anything: nothing to resume
         if self.dir.exists():
             if self.resume:
                 self._check_request(self.dir / REQUEST)
@@ -194,7 +279,7 @@ class RunWriter:
             if not self.overwrite:
                 raise InputError(self.name, [f"an interrupted run of {self.out} is in {self.dir}: pass --resume to "
                                              "continue it, or --overwrite to start over"])
-            shutil.rmtree(self.dir)
+            _discard(self.dir, self.out)
         if holds_run and self.resume and (self.out / MANIFEST).is_file() and not self.overwrite:
             self._check_request(self.out / MANIFEST)
             self.finished = True
@@ -203,58 +288,125 @@ class RunWriter:
         if holds_run and not self.overwrite:
             raise InputError(self.name, [f"{self.out} already holds a run; pass --overwrite to replace it (the old "
                                          "run stays in place until the new one is complete)"])
+        if holds_run and not is_run_folder(self.out):
+            raise InputError(self.name, [f"{self.out} is not a choicegrad run folder (no valid {MANIFEST}): "
+                                         "--overwrite replaces only a run, so nothing in it was touched; "
+                                         "choose another folder"])
+        if holds_run and os.path.ismount(self.out):
+            raise InputError(self.name, [f"{self.out} is a mount point, which cannot be replaced"])
         if self.resume:
             self.notes.append(f"nothing to resume for {self.out}: starting from the beginning")
         try:
-            self.dir.mkdir()
+            fs.mkdir(self.dir)
+            self._created = True
             atomic_write_text(self.dir / REQUEST, json.dumps(self.request, indent=2) + "\n")
         except OSError as exc:
-            raise InputError(self.name, [f"cannot write {self.dir}: {exc.strerror}"]) from None
+            raise InputError(self.name, [f"cannot write {self.dir}: {os_reason(exc)}"]) from None
 
     def _check_request(self, path: Path) -> None:
         try:
-            old = json.loads(path.read_text())
-            old = old.get("request", old) if path.name == MANIFEST else old
-        except (OSError, ValueError) as exc:
-            raise InputError(str(path), [f"unreadable ({exc}); start over with --overwrite"]) from None
+            old = read_json(path)
+        except InputError as exc:
+            raise InputError(str(path), [f"unreadable ({'; '.join(exc.problems)}); start over with --overwrite"]) from None
+        old = old.get("request", old) if isinstance(old, dict) and path.name == MANIFEST else old
         diff = _differences(old if isinstance(old, dict) else {}, self.request)
         if diff:
             raise InputError(self.name, [f"the run in {path.parent} was started with other settings; resume it with "
                                          "the same ones, or start over with --overwrite"] + diff)
 
     def commit(self) -> None:
-        """Seal the run (run.json with every file's sha256) and move it into place."""
-        shutil.rmtree(self.dir / CHECKPOINT_DIR, ignore_errors=True)
-        (self.dir / REQUEST).unlink(missing_ok=True)
+        """Seal the run (run.json with every file's sha256, flushed), then drop its resume state and
+        move it into place."""
         for stale in self.dir.glob(".*.tmp"):          # temporary files of writes a kill cut short
-            stale.unlink()
-        run_id = uuid.uuid4().hex[:12]
-        files = {p.name: sha256_file(p) for p in sorted(self.dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
-        manifest = {"run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "request": self.request,
-                    "files": files}
+            fs.unlink(stale)
+        previous = _manifest(self.out) if self.out.is_dir() else None
+        files = {p.name: sha256_file(p) for p in sorted(self.dir.iterdir())
+                 if p.is_file() and not p.name.startswith(".") and p.name != REQUEST}
+        manifest = {"run_id": uuid.uuid4().hex[:12], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "request": self.request, "files": files,
+                    "replaces": previous.get("run_id") if previous is not None else None}
         atomic_write_text(self.dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        if self.out.exists():
-            if any(self.out.iterdir()):
-                old = _sibling(self.out, f"old-{run_id}")
-                os.replace(self.out, old)
-                os.replace(self.dir, self.out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                self.out.rmdir()
-                os.replace(self.dir, self.out)
-        else:
-            os.replace(self.dir, self.out)
+        self._move_into_place(manifest)
         self.committed = True
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def _move_into_place(self, manifest: dict) -> None:
+        """Move the sealed partial to `out`: one rename, or one exchange with the run it replaces
+        (two renames where the file system cannot exchange, or the old run has no run.json)."""
+        fs.rmtree(self.dir / CHECKPOINT_DIR)
+        fs.unlink(self.dir / REQUEST)
+        current = _manifest(self.out) if self.out.is_dir() else None
+        if current is not None and manifest.get("run_id") and current.get("replaces") == manifest["run_id"]:
+            _discard(self.dir, self.out)               # the exchange happened: the partial holds the old run
+            return
+        if not self.out.exists():
+            fs.replace(self.dir, self.out)
+            return
+        if not any(self.out.iterdir()):
+            fs.rmtree(self.out)
+            fs.replace(self.dir, self.out)
+            return
+        if not is_run_folder(self.out):
+            raise InputError(self.name, [f"{self.out} now holds files that are not a choicegrad run, so it is not "
+                                         f"replaced; the finished run waits in {self.dir}: move those files away, "
+                                         "then run the command again to move it into place"])
+        if current is not None and fs.exchange(self.dir, self.out):
+            _discard(self.dir, self.out)               # now the replaced run
+            return
+        old = _sibling(self.out, f"old-{uuid.uuid4().hex[:12]}")
+        fs.replace(self.out, old)
+        fs.replace(self.dir, self.out)
+        fs.rmtree(old)
+
+    @staticmethod
+    def recover(out: str | Path) -> None:
+        """For readers: finish a move into place that a kill cut short (a sealed partial or a replaced
+        run beside `out`), when no writer holds the folder; otherwise leave everything as it is."""
+        out = Path(out)
+        if out.name in ("", ".", "..") or not (_sibling(out, "partial") / MANIFEST).is_file() and not any(
+                out.parent.glob(f".{out.name}.old-*")):
+            return
+        writer = RunWriter(out, {})
         try:
-            if exc_type is not None and not self.committed and self.dir.exists() and not self._has_work():
-                shutil.rmtree(self.dir, ignore_errors=True)   # nothing worth resuming: leave no trace
+            writer.lock.acquire()
+        except InputError:
+            return
+        try:
+            writer._recover()
+        except (InputError, OSError):
+            pass
         finally:
-            self.lock.release()
+            writer.lock.release()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        kept = False
+        try:
+            if exc_type is not None and not self.committed and self.dir.exists():
+                kept = self._has_work()
+                if not kept:
+                    try:
+                        _discard(self.dir, self.out)   # nothing worth resuming: leave no trace
+                    except OSError:
+                        pass
+        finally:
+            self._release()
+        if isinstance(exc, OSError):                   # disk full, a read-only file system, ...: say what is safe
+            problem = os_error(exc)
+            notes = [f"{self.out} is as it was"] if self.out.is_dir() and any(self.out.iterdir()) else []
+            if kept and self.resumable:
+                notes.append(f"the work so far is kept in {self.dir}: once this is fixed, run the same command with "
+                             "--resume to continue it")
+            raise InputError(problem.source, problem.problems + notes) from exc
 
     def _has_work(self) -> bool:
-        return any(p.name != REQUEST for p in self.dir.iterdir())
+        return any(p.name != REQUEST and not p.name.endswith(".tmp") for p in self.dir.iterdir())
+
+
+def _verifies(folder: Path) -> bool:
+    try:
+        _check_files(folder)
+    except InputError:
+        return False
+    return True
 
 
 class RankView:
@@ -304,18 +456,30 @@ def run_writer(out: str | Path, request: dict[str, Any], **options: Any) -> Iter
 def verify_run(path: str | Path) -> Optional[dict[str, Any]]:
     """Check RUN against its run.json: every model file listed (VERIFIED) present with its sha256,
     no other weights file beside them. Returns the manifest (None for a folder written before manifests existed);
-    InputError naming the first file that does not belong."""
-    path = Path(path)
+    InputError naming the first file that does not belong. First finishes a move into place that a
+    kill cut short (RunWriter.recover), so a reader never finds the run missing in that window."""
+    RunWriter.recover(path)
+    return _check_files(Path(path))
+
+
+def _check_files(path: Path) -> Optional[dict[str, Any]]:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_json(manifest_path)
         files = dict(manifest["files"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise TypeError("files: expected names and sha256 strings")
+    except InputError as exc:
+        raise InputError(str(manifest_path), [f"unreadable run manifest ({'; '.join(exc.problems)})"]) from None
+    except (KeyError, TypeError, ValueError) as exc:
         raise InputError(str(manifest_path), [f"unreadable run manifest ({exc})"]) from None
     run_id = manifest.get("run_id", "?")
-    problems = []
+    problems = [f"run.json lists {n!r}, which is not a file name in the folder" for n in files
+                if not n or n in (".", "..") or "/" in n or os.sep in n or "\0" in n]
+    if problems:
+        raise InputError(str(manifest_path), problems[:5])
     for name, digest in files.items():
         if not name.startswith(VERIFIED):
             continue

@@ -32,7 +32,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from choicegrad import generators
-from choicegrad.checkpoints import failpoint
 from choicegrad.data.space import read_space
 from choicegrad.data.spec import parse_names
 from choicegrad.data.table import MIN_ROWS, TableData, load_table
@@ -45,7 +44,7 @@ from choicegrad.device import Device
 from choicegrad.errors import InputError
 from choicegrad.generators import GeneratorConfig, TableContext
 from choicegrad.io import atomic_write_text, check_finite, read_json_object, read_table, state_problems, versions
-from choicegrad.runfolder import RunWriter, verify_run
+from choicegrad.runfolder import RunLock, RunWriter, verify_run
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
 from choicegrad.scorer.model import Scorer, ScorerConfig
 from choicegrad.training.contexts import TableContexts
@@ -373,14 +372,15 @@ class Designer:
             features, context = parse_names(self.features), parse_names(self.context)
         return {"features": features, "score": self.score, "context": context, "space": self.space}
 
-    def save(self, path: Union[str, Path]) -> None:
+    def save(self, path: Union[str, Path], lock: Optional[RunLock] = None) -> None:
         """Write the models and the round count to folder `path` (a run folder: atomic, locked,
-        replacing the previous state only once complete). Needs a finished ask."""
+        replacing the previous state only once complete). Needs a finished ask. lock: the folder's
+        RunLock when the caller holds it for the whole round (`choicegrad propose` does)."""
         if self.scorer is None or self.generator is None:
             raise InputError("save", ["nothing to save: ask() fits the models first"])
         check_state_folder(path)
         request = {"command": "design-state", **json.loads(json.dumps(self.spec(), default=str))}
-        with RunWriter(path, request, overwrite=True, name="state") as w:   # weights are written from the CPU
+        with RunWriter(path, request, overwrite=True, name="state", lock=lock, resumable=False) as w:   # weights are written from the CPU
             self.scorer.save(w.dir)
             if self.feasibility is not None:
                 self.feasibility.save(w.dir, "feasibility")
@@ -389,7 +389,6 @@ class Designer:
             doc = {"kind": "choicegrad.Designer", "spec": request, "config": self.config.model_dump(),
                    "rounds": self.rounds, "last": self.last, "versions": versions()}
             atomic_write_text(w.dir / STATE_FILE, json.dumps(doc, indent=2, default=str) + "\n")
-            failpoint("state")
             w.commit()
 
     def warm_from(self, path: Union[str, Path]) -> None:

@@ -59,7 +59,7 @@ def save(generator: Generator, run_dir, extra: Optional[dict] = None) -> None:
 
     meta = {"kind": "choicegrad.Generator", "generator": generator.kind, "config": generator.config.model_dump(),
             "shape": generator.meta(), "versions": checkpoint.versions(), **(extra or {})}
-    checkpoint.save(run_dir, "generator", generator.state_dict(), meta)
+    checkpoint.save_checkpoint(run_dir, "generator", generator.state_dict(), meta)
 
 
 def load(run_dir, map_location="cpu") -> tuple[Generator, dict]:
@@ -67,7 +67,7 @@ def load(run_dir, map_location="cpu") -> tuple[Generator, dict]:
     from choicegrad import io as checkpoint
     from choicegrad.errors import InputError
 
-    state, meta = checkpoint.load(run_dir, "generator")
+    meta = checkpoint.read_meta(run_dir, "generator")
     try:
         config = GeneratorConfig.model_validate({"layout": "padded", **meta["config"]})    # before layouts: padded
         shape = meta["shape"]
@@ -81,5 +81,6 @@ def load(run_dir, map_location="cpu") -> tuple[Generator, dict]:
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(str(Path(run_dir) / "generator.json"),
                          [f"not a choicegrad generator checkpoint: {checkpoint.meta_problem(exc)}"]) from None
-    checkpoint.load_state(gen, state, Path(run_dir) / "generator.safetensors")
+    checkpoint.load_state(gen, checkpoint.read_state(gen, run_dir, "generator", meta),
+                          Path(run_dir) / "generator.safetensors")
     return gen.to(map_location).eval(), meta

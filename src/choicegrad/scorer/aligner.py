@@ -82,7 +82,7 @@ class Aligner(nn.Module):
         state = {f"head.{k}": v for k, v in self.head.state_dict().items()}
         if self.config.finetune:
             state.update({f"scorer.{k}": v for k, v in self.scorer.state_dict().items()})
-        checkpoint.save(run_dir, "aligner", state, {"kind": "choicegrad.Aligner", "config": self.config.model_dump(),
+        checkpoint.save_checkpoint(run_dir, "aligner", state, {"kind": "choicegrad.Aligner", "config": self.config.model_dump(),
                                                     "versions": checkpoint.versions()})
 
     @classmethod
@@ -91,7 +91,7 @@ class Aligner(nn.Module):
         from choicegrad import io as checkpoint
         from choicegrad.errors import InputError
 
-        state, meta = checkpoint.load(run_dir, "aligner")
+        meta = checkpoint.read_meta(run_dir, "aligner")
         try:
             config = AlignerFit.model_validate(meta["config"])
             model = cls(scorer, config)
@@ -99,6 +99,10 @@ class Aligner(nn.Module):
             raise InputError(f"{Path(run_dir) / 'aligner.json'}",
                              [f"not a choicegrad aligner checkpoint: {checkpoint.meta_problem(exc)}"]) from None
         weights = Path(run_dir) / "aligner.safetensors"
+        expect = {f"head.{k}": v.shape for k, v in model.head.state_dict().items()}
+        if config.finetune:
+            expect.update({f"scorer.{k}": v.shape for k, v in scorer.state_dict().items()})
+        state = checkpoint.read_weights(weights, expect, checkpoint.weights_digest(meta, run_dir, "aligner"))
         checkpoint.load_state(model.head, {k[5:]: v for k, v in state.items() if k.startswith("head.")}, weights)
         if config.finetune:
             checkpoint.load_state(scorer, {k[7:]: v for k, v in state.items() if k.startswith("scorer.")}, weights)

@@ -18,7 +18,7 @@ from torch import nn
 from choicegrad.data.context import ContextEncoder
 from choicegrad.data.space import ChoiceSpace
 from choicegrad.errors import InputError
-from choicegrad.io import load_checkpoint, load_state, meta_problem, save_checkpoint, versions
+from choicegrad.io import load_state, meta_problem, read_meta, read_state, save_checkpoint, versions
 
 
 PAIR_PARAMS = 4_000_000
@@ -246,7 +246,7 @@ class Scorer(nn.Module):
     def load(cls, run_dir, map_location: str | torch.device = "cpu", name: str = "scorer") -> Scorer:
         """The scorer saved in RUN as NAME.{json,safetensors}; InputError naming either file when it
         is not a scorer checkpoint or they do not match."""
-        state, meta = load_checkpoint(run_dir, name)
+        meta = read_meta(run_dir, name)
         if isinstance(meta.get("config"), dict):
             meta["config"] = {"pairwise": 0, **meta["config"]}   # written before the pairwise term existed
         try:
@@ -255,5 +255,5 @@ class Scorer(nn.Module):
         except (ValueError, RuntimeError) as exc:
             raise InputError(str(Path(run_dir) / f"{name}.json"), [f"not a choicegrad scorer checkpoint: {meta_problem(exc)}"]) from None
         model.offset, model.unit = m.offset, m.unit
-        load_state(model, state, Path(run_dir) / f"{name}.safetensors")
+        load_state(model, read_state(model, run_dir, name, meta), Path(run_dir) / f"{name}.safetensors")
         return model.to(map_location).eval()

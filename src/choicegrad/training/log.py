@@ -7,6 +7,8 @@ from pathlib import Path
 from collections.abc import Iterable
 from typing import Any, Optional
 
+from choicegrad import fs
+
 METRIC_FIELDS = ["phase", "step", "loss", "score_mean", "score_max", "entropy", "distinct", "tau",
                  "val_score", "val_best", "scorer_calls", "seconds"]
 
@@ -19,7 +21,8 @@ class MetricsLog:
         self.rows: list[dict[str, Any]] = list(rows)
         self._fh = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            fs.mkdirs(path.parent)
+            fs.point("create", path)
             self._fh = path.open("w", newline="")
             self._writer = csv.DictWriter(self._fh, fieldnames=METRIC_FIELDS)
             self._writer.writeheader()
@@ -30,6 +33,7 @@ class MetricsLog:
     def log(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         if self._fh is not None:
+            fs.point("write", self._fh.name)
             self._writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
             self._fh.flush()
 
