@@ -102,8 +102,14 @@ def join(device: str) -> tuple[World, str]:
 
 
 def leave() -> None:
-    """Leave the process group (at the end of a command), when there is one."""
+    """Leave the process group (at the end of a command), when there is one: every rank first waits
+    for the others, so that none tears its connections down while another still uses them (gloo
+    aborted a rank at exit, "terminate called without an active exception", when one left early)."""
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:           # a rank already gone (it failed): nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 
