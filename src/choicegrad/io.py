@@ -71,6 +71,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             sep = csv_delimiter(line)
             header = _split_header(line, sep)
             frame = pd.read_csv(path, sep=sep, keep_default_na=False, na_values=[""], encoding="utf-8")
+            frame.attrs["text"] = True       # cells were text: choicegrad.data.context reads numbers in it
         else:
             import pyarrow.parquet as pq  # here, not at the top: only Parquet needs it and it is slow to import
 

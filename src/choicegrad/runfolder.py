@@ -186,11 +186,20 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         a, b = old.get(key, ADDED_SETTINGS.get(f"{prefix}{key}")), new.get(key)
         if key in RESUMABLE_CHANGES:
             continue
+        if key == "data" and isinstance(a, str) and isinstance(b, str) and _same_file(a, b):
+            continue                          # one file named two ways (relative, absolute, through a link)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _discard(folder: Path, out: Path) -> None:

@@ -72,14 +72,16 @@ class ContextEncoder(BaseModel):
         return [len(c.categories or []) for c in self.categorical]
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, specs: Sequence[tuple[str, str | None]]) -> ContextEncoder:
-        """Fit from `frame`. `specs` are (column, kind or None = detect: numeric dtype -> numeric)."""
+    def fit(cls, frame: pd.DataFrame, specs: Sequence[tuple[str, str | None]], source: str = "table") -> ContextEncoder:
+        """Fit from `frame` (read from `source`). `specs` are (column, kind or None = detect: numeric
+        for a numeric dtype, or, in a CSV file (frame.attrs["text"]), for a column whose every cell
+        reads as a number apart from markers like NA, which encode then reports as missing;
+        otherwise categorical)."""
         columns = []
         for name, kind in specs:
             values = frame[name]
             if kind is None:
-                numeric = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
-                kind = "numeric" if numeric else "categorical"
+                kind = "numeric" if _reads_as_numbers(values, frame.attrs.get("text", False)) else "categorical"
             if kind == "numeric":
                 x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
                 text = np.flatnonzero(values.notna().to_numpy() & np.isnan(x))
@@ -93,7 +95,8 @@ class ContextEncoder(BaseModel):
                                              std=std if std > 0 else 1.0, min=float(x.min()) if len(x) else None,
                                              max=float(x.max()) if len(x) else None))
             else:
-                columns.append(ContextColumn(name=name, kind="categorical", categories=sorted(set(as_labels(values).dropna()))))
+                columns.append(ContextColumn(name=name, kind="categorical",
+                                             categories=sorted(set(as_labels(values, source).dropna()))))
         return cls(columns=columns)
 
     def encode(self, frame: pd.DataFrame, source: str = "contexts") -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +109,7 @@ class ContextEncoder(BaseModel):
             if col.name not in frame.columns:
                 problems.append(f'missing context column "{col.name}"{did_you_mean(col.name, frame.columns)}')
                 continue
-            labels = as_labels(frame[col.name])
+            labels = as_labels(frame[col.name], source)
             codes = pd.Index(col.categories or []).get_indexer(labels.to_numpy())
             absent = np.flatnonzero(labels.isna().to_numpy())
             unknown = np.flatnonzero((codes < 0) & ~labels.isna().to_numpy())
@@ -157,3 +160,25 @@ class ContextEncoder(BaseModel):
                              f"values {seen.min():.6g} .. {seen.max():.6g}, trained on {trained}; the scorer "
                              "extrapolates there, so its scores are less reliable")
         return notes
+
+
+#: Text that stands for a missing number in a numeric column (pandas' default NA strings). Feature
+#: and categorical context labels keep such text as it is: there only an empty cell is missing.
+NA_TEXT = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
+def _reads_as_numbers(values: pd.Series, text: bool) -> bool:
+    """Whether a column holds numbers: a numeric dtype (not bool), or, read from text (`text`: a CSV
+    file, where pandas leaves a column of numbers with an NA among them as text), cells that are all
+    numbers or missing-number markers (NA_TEXT), at least one a number."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return False
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return True
+    present = values.dropna() if text else values.iloc[:0]
+    if not len(present) or not all(isinstance(v, str) for v in present.unique()):
+        return False
+    numbers = pd.to_numeric(present, errors="coerce")
+    blank = present.str.strip().isin(NA_TEXT)
+    return bool(numbers.notna().any() and (numbers.notna() | blank).all())

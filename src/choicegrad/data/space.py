@@ -8,6 +8,7 @@ gives the same space.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from typing import Optional
+
 from pydantic import BaseModel, field_validator
 
 from choicegrad.errors import InputError, did_you_mean, show_rows
@@ -23,22 +26,57 @@ from choicegrad.io import read_json_object
 MISSING = -1
 
 
-def as_labels(values: pd.Series) -> pd.Series:
-    """Category labels as strings (object dtype), missing values as None.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_TRUE, _FALSE = ("True", "true", "TRUE"), ("False", "false", "FALSE")
 
-    Integral floats print without '.0', so a CSV column of ints with gaps (read as float) keeps the
-    labels it has in a file without gaps.
-    """
-    if pd.api.types.is_float_dtype(values.dtype):
-        finite = values.dropna().to_numpy()
-        with np.errstate(invalid="ignore"):                                 # inf % 1 is NaN: not integral
-            integral = len(finite) and np.all(np.mod(finite, 1) == 0) and np.all(np.abs(finite) < 2.0**63)
-        if integral:                                                         # within int64's range
-            values = values.astype("Int64")
-    missing = values.isna().to_numpy()
-    labels = values.astype(str).to_numpy(dtype=object, copy=True)
-    labels[missing] = None
-    return pd.Series(labels, index=values.index, dtype=object)
+
+def label_of(value) -> Optional[str]:
+    """One cell as a category label, whatever its neighbours: None for a missing value (None, NaN,
+    pandas' NA); a number in one canonical form, whether stored as a number or written as text
+    (3, 3.0, "3.0", "+3", "003" and "3e0" are all "3"; 2.5 and "2.50" are "2.5"); booleans as
+    "True"/"False" (also written true/TRUE); any other text as it is (NA, None, n/a included).
+    ValueError for a list, record or array: not one label."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "True" if value else "False"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if value != value:
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _INTEGER.fullmatch(text):
+            return str(int(text))
+        if _DECIMAL.fullmatch(text):
+            return label_of(float(text))
+        if text in _TRUE or text in _FALSE:
+            return "True" if text in _TRUE else "False"
+        return value
+    if isinstance(value, (list, tuple, dict, set, np.ndarray)):
+        raise ValueError(f"{type(value).__name__} {str(value)[:40]!r}")
+    return str(value)
+
+
+def as_labels(values: pd.Series, source: str = "table") -> pd.Series:
+    """Category labels as strings (object dtype), missing values as None: label_of of each cell, so a
+    value gets the same label in any column, file or format. InputError naming `source` and the
+    column for cells holding lists, records or arrays (nested Parquet types)."""
+    try:
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        labels = [label_of(u) for u in uniques]
+    except (TypeError, ValueError):            # unhashable (a list or an array) or nested
+        nested = np.flatnonzero(values.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray))).to_numpy())
+        first = values.iloc[nested[0]] if len(nested) else None
+        raise InputError(source, [f'column "{values.name}" holds lists or records, not one label per cell (e.g. '
+                                  f"{str(first)[:40]!r} at {show_rows(nested)}); flatten it into one column per "
+                                  "element, or join each into text"]) from None
+    table = np.array(labels + [None], dtype=object)
+    return pd.Series(table[codes], index=values.index, dtype=object)
 
 
 class Slot(BaseModel):
@@ -141,7 +179,7 @@ class ChoiceSpace(BaseModel):
             if slot.name not in frame.columns:
                 problems.append(f'missing feature column "{slot.name}"')
                 continue
-            labels = as_labels(frame[slot.name])
+            labels = as_labels(frame[slot.name], source)
             codes = pd.Index(slot.categories).get_indexer(labels.to_numpy()).astype(np.int64)
             absent = labels.isna().to_numpy()
             unknown_at = np.flatnonzero((codes < 0) & ~absent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Sequence
 
 from choicegrad.errors import InputError
@@ -16,12 +17,19 @@ def parse_names(spec: str | Sequence[str] | None) -> list[str]:
     return [p.strip() for part in parts for p in str(part).split(",") if p.strip()]
 
 
+def natural_key(name) -> list:
+    """Sort key putting 's2' before 's10': digit runs compare as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(name)) if part]
+
+
 def expand_features(patterns: Sequence[str], columns: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Expand glob patterns ('s*') against `columns`, keeping order; returns (names, problems)."""
+    """Expand glob patterns ('s*') against `columns`; returns (names, problems). Names keep the order
+    given; a pattern's matches come in natural order (s2 before s10), not the file's column order,
+    so tables with the same columns in any order give the same features."""
     names, problems = [], []
     for pat in patterns:
         if any(ch in pat for ch in "*?["):
-            hits = [c for c in columns if fnmatch.fnmatchcase(str(c), pat)]
+            hits = sorted((c for c in columns if fnmatch.fnmatchcase(str(c), pat)), key=natural_key)
             if not hits:
                 problems.append(f'feature pattern "{pat}" matches no column')
             names.extend(h for h in hits if h not in names)

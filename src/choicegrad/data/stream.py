@@ -336,7 +336,7 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
             n = meta.row_group(g).num_rows
             units.append(Unit(f, g, n, position, in_file))
             position, in_file = position + n, in_file + n
-        if physical.names != schema.names:
+        if sorted(physical.names) != sorted(schema.names):     # columns are read by name: their order may differ
             raise InputError(f, [f"columns {', '.join(physical.names[:8])} differ from {files[0]}'s "
                                  f"({', '.join(schema.names[:8])}): a streamed folder needs one set of columns"])
     feats, ctx_specs = check_columns(schema.names, position, source, features, score, context)
@@ -346,6 +346,9 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
             if physical.field(name).type != schema.field(name).type:
                 raise InputError(f, [f'column "{name}" has type {physical.field(name).type}, but '
                                      f"{schema.field(name).type} in {files[0]}"])
+            if pa.types.is_nested(physical.field(name).type):
+                raise InputError(f, [f'column "{name}" holds lists or records ({physical.field(name).type}), not one '
+                                     "label or number per cell; flatten it into one column per element"])
     kinds = _context_kinds(schema, source, ctx_specs)
     if not _numeric(schema.field(score).type):
         raise InputError(source, [f'score column "{score}": expected numbers, the files hold {schema.field(score).type}'])

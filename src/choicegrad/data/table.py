@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from choicegrad.data.context import ContextEncoder
+from choicegrad.data.context import NA_TEXT, ContextEncoder
 from choicegrad.data.space import ChoiceSpace, as_labels, read_space
 from choicegrad.data.spec import expand_features, parse_context, parse_names
 from choicegrad.errors import InputError, did_you_mean, show_rows
@@ -173,8 +173,8 @@ def _check_values(frame: pd.DataFrame, source: str, feats: Sequence[str], score:
     notes: list[str] = []
     seen: list[int] = []
     y = pd.to_numeric(frame[score], errors="coerce").to_numpy(dtype=float, copy=True)
-    if failures:
-        empty = frame[score].isna().to_numpy() | frame[score].astype(str).str.strip().eq("").to_numpy()
+    if failures:     # an empty cell, or text such as NA or n/a: a measurement that failed
+        empty = frame[score].isna().to_numpy() | frame[score].astype(str).str.strip().isin(NA_TEXT).to_numpy()
         y[empty | (y == -np.inf)] = -np.inf
         bad = np.flatnonzero(np.isnan(y) | (y == np.inf))
         if len(bad):
@@ -185,7 +185,7 @@ def _check_values(frame: pd.DataFrame, source: str, feats: Sequence[str], score:
         if len(bad):
             problems.append(f'score column "{score}": expected finite numbers, got missing/non-numeric/inf at {show_rows(bad)}')
     for f in feats:
-        labels = as_labels(frame[f])
+        labels = as_labels(frame[f], source)
         distinct = labels.dropna().nunique()
         seen.append(int(distinct))
         if distinct == 0:
@@ -202,7 +202,7 @@ def _encode_context(
 ) -> tuple[ContextEncoder, torch.Tensor, torch.Tensor]:
     """Fit the context encoder on `frame` and encode it: (encoder, (N, C_cat) long, (N, C_num) float)."""
     try:
-        encoder = ContextEncoder.fit(frame, ctx_specs)
+        encoder = ContextEncoder.fit(frame, ctx_specs, source)
         ctx_cat, ctx_num = encoder.encode(frame, source)
     except ValueError as exc:  # a column forced to :num that holds text
         if isinstance(exc, InputError):

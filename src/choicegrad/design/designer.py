@@ -24,7 +24,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,8 @@ from choicegrad.design.select import select_batch
 from choicegrad.device import Device
 from choicegrad.errors import InputError
 from choicegrad.generators import GeneratorConfig, TableContext
-from choicegrad.io import atomic_write_text, check_finite, read_json_object, read_table, state_problems, versions
+from choicegrad.io import (atomic_write_text, check_finite, meta_problem, read_json_object, read_table, state_problems,
+                           versions)
 from choicegrad.runfolder import RunLock, RunWriter, verify_run
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
 from choicegrad.scorer.model import Scorer, ScorerConfig
@@ -81,6 +82,28 @@ class DesignConfig(BaseModel):
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     seed: int = Field(0, ge=0, lt=2**62)
     device: Device = "cpu"
+
+
+class StateFile(BaseModel):
+    """What designer.json must hold (other fields, e.g. versions and last, are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["choicegrad.Designer"]
+    spec: dict[str, Any]
+    config: dict[str, Any]
+    rounds: int = Field(ge=0, lt=2**31, strict=True)
+
+
+def read_state(path: Union[str, Path]) -> StateFile:
+    """FOLDER/designer.json validated; InputError naming the file and each bad field."""
+    file = Path(path) / STATE_FILE
+    try:
+        return StateFile.model_validate(read_json_object(file))
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(str(file), [f"not a designer state: {meta_problem(exc)}"]) from None
 
 
 class Designer:
@@ -176,7 +199,15 @@ class Designer:
                                    f"candidates; at most {MAX_POOL_ROWS:,}: ask for fewer rows or fewer contexts"])
         start, timing = time.perf_counter(), {}
         budget_s = 60 * cfg.max_minutes
-        feasible = data.subset(np.flatnonzero(ok))
+        feasible, differing = _merge_repeats(data.subset(np.flatnonzero(ok)))
+        if differing:
+            echo(f"warning: {differing} row(s) were measured more than once (same context and features) with different "
+                 "scores; the scorer learns the mean of each")
+        all_failed = _contexts_all_failed(data, ok)
+        if all_failed:
+            echo(f"warning: every measured row failed in {len(all_failed)} context(s) ({', '.join(all_failed[:5])}"
+                 f"{' ...' if len(all_failed) > 5 else ''}): their proposals rest on the other contexts and on which "
+                 "rows failed")
 
         res = fit_scorer(feasible, ScorerFit(model=cfg.scorer, ensemble=cfg.ensemble, seed=seed, test_fraction=0.0,
                                              max_minutes=SCORER_SHARE * cfg.max_minutes, device=cfg.device),
@@ -396,8 +427,8 @@ class Designer:
         score, context and space); InputError naming the folder otherwise."""
         path = Path(path)
         verify_run(path)
-        doc = read_json_object(path / STATE_FILE)
-        spec = {k: v for k, v in doc.get("spec", {}).items() if k != "command"}
+        doc = read_state(path)
+        spec = {k: v for k, v in doc.spec.items() if k != "command"}
         mine = json.loads(json.dumps(self.spec(), default=str))
         diff = [f"{k}: the state has {spec.get(k)!r}, this round {mine[k]!r}" for k in mine if spec.get(k) != mine[k]]
         if diff:
@@ -409,18 +440,19 @@ class Designer:
         self.scorer = Scorer.load(path, dev)
         self.feasibility = Scorer.load(path, dev, name="feasibility") if (path / "feasibility.json").is_file() else None
         self.generator, _ = generators.load(path, dev)
-        self.rounds = int(doc.get("rounds", 0))
+        self.rounds = doc.rounds
 
     @classmethod
     def load(cls, path: Union[str, Path], config: Optional[DesignConfig] = None) -> Designer:
         """A Designer from a saved state, with its stored settings (or `config`); tell it the
         measured rows before asking."""
-        doc = read_json_object(Path(path) / STATE_FILE)
-        spec = doc.get("spec", {})
+        verify_run(path)
+        doc = read_state(path)
+        spec = doc.spec
         try:
-            config = config or DesignConfig.model_validate(doc.get("config", {}))
+            config = config or DesignConfig.model_validate(doc.config)
         except ValueError as exc:
-            raise InputError(str(Path(path) / STATE_FILE), [f"not a designer state: {exc}"]) from None
+            raise InputError(str(Path(path) / STATE_FILE), [f"not a designer state: {meta_problem(exc)}"]) from None
         d = cls(spec.get("features"), spec.get("score", "y"), spec.get("context"), spec.get("space"), config)
         d.warm_from(path)
         return d
@@ -436,6 +468,40 @@ def check_state_folder(path: Union[str, Path], name: str = "state") -> None:
     if path.is_dir() and any(path.iterdir()) and not (path / STATE_FILE).is_file():
         raise InputError(name, [f"{path} holds other files and no {STATE_FILE}: it is not a design state, and a "
                                 "round would replace it; give a new or empty folder"])
+
+
+def _merge_repeats(data: TableData) -> tuple[TableData, int]:
+    """Rows measured more than once (same features, missing ones included, and context) as one row
+    scoring their mean: (the table without repeats, how many such rows had different scores)."""
+    num = data.ctx_num.numpy().astype(np.float64).view(np.int64)          # exact values, as bits
+    key = np.concatenate([data.rows.numpy(), data.ctx_cat.numpy(), num], axis=1)
+    if len(key) == 0:
+        return data, 0
+    _, first, inverse, counts = np.unique(key, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    if len(first) == len(data):
+        return data, 0
+    y = data.y.numpy()
+    mean = np.bincount(inverse, weights=y) / counts
+    spread = np.bincount(inverse, weights=(y - mean[inverse]) ** 2) > 0
+    merged = data.subset(first)
+    merged.y = torch.as_tensor(mean, dtype=torch.float64)
+    return merged, int(spread.sum())
+
+
+def _contexts_all_failed(data: TableData, ok: np.ndarray) -> list[str]:
+    """The categorical contexts (as 'col=value' text) whose every measured row failed."""
+    if not data.context.categorical:
+        return []
+    groups = data.context_groups()
+    succeeded = np.bincount(groups, weights=ok.astype(np.float64), minlength=groups.max() + 1)
+    names = [c.name for c in data.context.categorical]
+    out = []
+    for g in np.flatnonzero(succeeded == 0):
+        row = int(np.flatnonzero(groups == g)[0])
+        out.append(", ".join(f"{n}={data.context.categorical[j].categories[int(data.ctx_cat[row, j])]}"
+                             for j, n in enumerate(names)))
+    return out
 
 
 def _changes(elite: torch.Tensor, has: torch.Tensor, allowed: torch.Tensor, m: int,
