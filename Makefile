@@ -13,8 +13,9 @@ $(BIN)/choicegrad: pyproject.toml constraints.txt
 demo: $(BIN)/choicegrad
 	$(BIN)/choicegrad demo
 
+# -n 2: one pytest worker per core (pytest-xdist); each test uses one torch thread (tests/conftest.py)
 test: $(BIN)/choicegrad
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 # The property-based fuzz suite with many random examples (`make test` runs it briefly, with a fixed seed).
 # CHOICEGRAD_FUZZ_STATS=FILE also writes how many examples each property ran and how they ended.
