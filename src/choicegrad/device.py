@@ -64,14 +64,7 @@ def machine_memory(device: str | torch.device = "cpu") -> int:
         have = max(0, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         have = 0
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            value = Path(limit).read_text().strip()
-        except OSError:
-            continue
-        if value.isdigit() and (not have or int(value) < have):
-            have = int(value)
-    return have
+    return _under_cgroup_limit(have)
 
 
 def available_memory() -> int:
@@ -86,11 +79,16 @@ def available_memory() -> int:
                     break
     except (OSError, ValueError, IndexError):
         pass
+    return _under_cgroup_limit(have)
+
+
+def _under_cgroup_limit(have: int) -> int:
+    """`have` bytes, or the container's memory limit (cgroup v2 or v1) when lower (or `have` is 0)."""
     for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            cap = Path(limit).read_text().strip()
+            value = Path(limit).read_text().strip()
         except OSError:
             continue
-        if cap.isdigit() and (not have or int(cap) < have):
-            have = int(cap)
+        if value.isdigit() and (not have or int(value) < have):
+            have = int(value)
     return have
