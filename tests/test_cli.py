@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cli_helpers import as_written_before_manifests
+
 from choicegrad import __version__
 from choicegrad.cli import app
 
@@ -139,7 +141,7 @@ def test_score_rejects_corrupt_checkpoint(runner, tmp_path, fitted, potts_csv):
     (fitted / "scorer.safetensors").write_bytes(b"\x00garbage")
     res = run(runner, "score", fitted, potts_csv, "--out", tmp_path / "out.csv")
     assert_input_error(res, "scorer.safetensors does not belong to run")      # run.json's sha256 differs
-    (fitted / "run.json").unlink()                                            # a folder without a manifest
+    as_written_before_manifests(fitted)            # a folder from before manifests
     res = run(runner, "score", fitted, potts_csv, "--out", tmp_path / "out.csv")
     assert_input_error(res, "not a valid safetensors file")
 

@@ -135,8 +135,9 @@ def test_declared_space_keeps_order_and_unmeasured_categories(tmp_path):
     with pytest.raises(InputError, match=str(path)):
         load_table(frame, "a,b", "y", space=path)                      # "n" is not a feature
     for doc, needle in [([1, 2], "JSON object"), ({}, "at least one feature"), ({"a": []}, "non-empty list"),
-                        ({"a": ["x", "x"]}, "more than once"), ({"a": [1.5]}, "not a label"),
-                        ({"a": [None]}, "not a label")]:
+                        ({"a": ["x", "x"]}, "more than once"), ({"a": [True]}, "not a label"),
+                        ({"a": [None]}, "not a label"), ({"a": [""]}, "is empty"),
+                        ({"a": ["1.0", 1]}, "more than once")]:
         path.write_text(json.dumps(doc))
         with pytest.raises(InputError, match=needle):
             read_space(path)

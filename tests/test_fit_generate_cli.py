@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from choicegrad.bench.tasks import PottsTask
-from cli_helpers import assert_input_error, run
+from cli_helpers import as_written_before_manifests, assert_input_error, run
 
 FAST = ["--steps", "40", "--scorer-epochs", "4"]
 
@@ -121,7 +121,10 @@ def test_generate_missing_run_files(fitted, tmp_path):
     for name in ("scorer.json", "scorer.safetensors"):
         (only_scorer / name).write_bytes((fitted / name).read_bytes())
     res = run("generate", only_scorer, "--out", tmp_path / "out.csv")
-    assert_input_error(res, "generator.json", "written by choicegrad fit")
+    assert_input_error(res, "run.json is missing")                # files copied by hand: nothing ties them
+    (only_scorer / "run.json").write_bytes((fitted / "run.json").read_bytes())
+    res = run("generate", only_scorer, "--out", tmp_path / "out.csv")
+    assert_input_error(res, "generator.json is missing")
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -133,7 +136,7 @@ def test_generate_corrupt_generator(fitted, tmp_path):
     (broken / "generator.safetensors").write_bytes(b"\x00junk")
     res = run("generate", broken, "--out", tmp_path / "out.csv")
     assert_input_error(res, "generator.safetensors does not belong to run")   # run.json's sha256 differs
-    (broken / "run.json").unlink()                                           # a folder without a manifest
+    as_written_before_manifests(broken)            # a folder from before manifests
     res = run("generate", broken, "--out", tmp_path / "out.csv")
     assert_input_error(res, "not a valid safetensors file")
     assert not (tmp_path / "out.csv").exists()

@@ -62,7 +62,7 @@ def test_propose_without_state_writes_parquet_and_leaves_nothing_else(tmp_path, 
 ])
 def test_propose_bad_inputs_exit_2_and_write_nothing(tmp_path, measured, monkeypatch, args, needles):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "space.json").write_text(json.dumps({"s0": [1.5]}))
+    (tmp_path / "space.json").write_text(json.dumps({"s0": [{"x": 1}]}))
     pd.DataFrame({"ctx": ["c9"]}).to_csv(tmp_path / "ctx.csv", index=False)
     res = run("propose", "measured.csv", *FAST, *args)
     assert_input_error(res, *needles)

@@ -93,7 +93,12 @@ def test_load_refuses_files_of_two_runs(fitted, tmp_path):
         shutil.copy(other.out / name, mixed / name)
     with pytest.raises(InputError, match="generator.json does not belong to run"):
         Run.load(mixed)                       # run.json lists the sha256 of the run's own files
-    (mixed / "run.json").unlink()             # without a manifest, the spaces still have to match
+    (mixed / "run.json").unlink()             # a run written with a manifest that lost it: refused
+    with pytest.raises(InputError, match="run.json is missing, though the run was written with one"):
+        Run.load(mixed)
+    scorer = json.loads((mixed / "scorer.json").read_text())
+    del scorer["weights_sha256"]              # a folder from before manifests: the spaces still have to match
+    (mixed / "scorer.json").write_text(json.dumps(scorer))
     with pytest.raises(InputError) as exc:
         Run.load(mixed)
     assert exc.value.source == str(mixed / "generator.json")
@@ -110,6 +115,9 @@ def test_load_names_missing_and_broken_files(fitted, tmp_path):
     with pytest.raises(InputError, match="contexts.csv does not belong to run"):
         Run.load(broken)
     (broken / "run.json").unlink()            # the checks below are those of a folder without a manifest
+    scorer = json.loads((broken / "scorer.json").read_text())
+    del scorer["weights_sha256"]              # (written before manifests: its scorer records no digest)
+    (broken / "scorer.json").write_text(json.dumps(scorer))
     shutil.copy(run.out / "contexts.csv", broken / "contexts.csv")
     (broken / "config.json").write_text("{not json")
     with pytest.raises(InputError) as exc:

@@ -111,10 +111,10 @@ def test_a_swap_cut_between_its_renames_is_repaired(tmp_path):
     partial = tmp_path / ".run.partial"
     write_run(tmp_path / "staged", text="new")        # a complete run, as the cut swap left it
     os.replace(tmp_path / "staged", partial)
-    os.replace(out, tmp_path / ".run.old-123")        # the first rename happened, the second did not
+    os.replace(out, tmp_path / ".run.old-0123456789ab")        # the first rename happened, the second did not
     with RunWriter(out, REQ, resume=True) as w:
         assert w.finished
-    assert (out / "scorer.json").read_text() == "new" and not (tmp_path / ".run.old-123").exists()
+    assert (out / "scorer.json").read_text() == "new" and not (tmp_path / ".run.old-0123456789ab").exists()
 
 
 def test_verify_refuses_changed_and_foreign_files(tmp_path):

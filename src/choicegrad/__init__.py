@@ -13,23 +13,40 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from choicegrad import estimators  # noqa: E402
-from choicegrad.data import MISSING, ChoiceSpace, ContextEncoder, TableData, load_table  # noqa: E402
-from choicegrad.decoding import Candidates, DecodeOptions, decode  # noqa: E402
-from choicegrad.design import DesignConfig, Designer  # noqa: E402
-from choicegrad.errors import InputError  # noqa: E402
-from choicegrad.estimators import select, soft_lookup  # noqa: E402
-from choicegrad.generators import Generator, GeneratorConfig, TableContext, TableObjective, build, policy_of  # noqa: E402
-from choicegrad.io import read_table, write_table  # noqa: E402
-from choicegrad.run import Run, TableSpec  # noqa: E402
-from choicegrad.scorer import EmbeddingScorer, Scorer, ScorerConfig, ScorerFit, fit_scorer  # noqa: E402
-from choicegrad.training import GeneratorFit, TableContexts, fit_generator, fit_table_generator  # noqa: E402
+# Public names -> the module that defines them, imported on first use (PEP 562): `choicegrad --help` and
+# the command line's Ctrl-C handling start before torch and pandas are imported.
+_EXPORTS = {
+    "MISSING": "choicegrad.data", "ChoiceSpace": "choicegrad.data", "ContextEncoder": "choicegrad.data",
+    "TableData": "choicegrad.data", "load_table": "choicegrad.data",
+    "Candidates": "choicegrad.decoding", "DecodeOptions": "choicegrad.decoding", "decode": "choicegrad.decoding",
+    "DesignConfig": "choicegrad.design", "Designer": "choicegrad.design",
+    "InputError": "choicegrad.errors",
+    "select": "choicegrad.estimators", "soft_lookup": "choicegrad.estimators",
+    "Generator": "choicegrad.generators", "GeneratorConfig": "choicegrad.generators",
+    "TableContext": "choicegrad.generators", "TableObjective": "choicegrad.generators", "build": "choicegrad.generators",
+    "policy_of": "choicegrad.generators",
+    "read_table": "choicegrad.io", "write_table": "choicegrad.io",
+    "Run": "choicegrad.run", "TableSpec": "choicegrad.run",
+    "EmbeddingScorer": "choicegrad.scorer", "Scorer": "choicegrad.scorer", "ScorerConfig": "choicegrad.scorer",
+    "ScorerFit": "choicegrad.scorer", "fit_scorer": "choicegrad.scorer",
+    "GeneratorFit": "choicegrad.training", "TableContexts": "choicegrad.training", "fit_generator": "choicegrad.training",
+    "fit_table_generator": "choicegrad.training",
+}
 
-__all__ = [
-    "MISSING", "Candidates", "ChoiceSpace", "ContextEncoder", "DecodeOptions", "DesignConfig", "Designer",
-    "EmbeddingScorer", "Generator",
-    "GeneratorConfig", "GeneratorFit", "InputError", "Run", "Scorer", "ScorerConfig", "ScorerFit", "TableContext",
-    "TableContexts", "TableData", "TableObjective", "TableSpec", "build", "decode", "estimators", "fit_generator",
-    "fit_scorer", "fit_table_generator", "load_table", "policy_of", "read_table", "select", "soft_lookup",
-    "write_table", "__version__",
-]
+__all__ = sorted(_EXPORTS) + ["estimators", "__version__"]
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name == "estimators":
+        return importlib.import_module("choicegrad.estimators")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'choicegrad' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

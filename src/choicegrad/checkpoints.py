@@ -7,8 +7,9 @@ raises `Interrupted`. `ckpt.load(name)` gives the state back on `--resume`.
 
 State is a nested dict of tensors, numbers, strings, lists, tuples and dicts (optimiser and scheduler
 state dicts included). Tensors go to one safetensors file, the rest to JSON that names them; the JSON,
-written last, is the commit point: it names the weights file of its own save and its sha256, so a
-kill between the two writes leaves the previous checkpoint whole. Loading never unpickles; it takes
+written last, is the commit point: it names the weights file of its own save and the sha256 of
+the weights and the state together, so a kill between the two writes leaves the previous
+checkpoint whole, and a changed byte in either is refused. Loading never unpickles; it takes
 only a weights file of its own name pattern in its own folder, a regular file whose digest matches,
 and refuses NaN or inf weights, so a damaged checkpoint is never trained on.
 """
@@ -161,8 +162,9 @@ class Checkpointer:
         with atomic_path(self.root / weights) as tmp:
             tmp.write_bytes(data)
         old = self._weights_of(name)
+        digest = sha256_bytes(data + _canonical(skeleton))
         atomic_write_text(self.root / f"{name}.json",
-                          json.dumps({"weights": weights, "sha256": sha256_bytes(data), "state": skeleton}) + "\n")
+                          json.dumps({"weights": weights, "digest": digest, "state": skeleton}) + "\n")
         if old and old != weights:
             fs.unlink(self.root / old)
         self.last = time.monotonic()
@@ -191,13 +193,14 @@ class Checkpointer:
         hint = "start over with --overwrite"
         try:
             doc = read_json(path)
-            weights, digest = doc["weights"], doc.get("sha256")
+            weights, digest = doc["weights"], doc.get("digest")
             if not isinstance(weights, str) or not _own_weights(name, weights):
                 raise InputError(str(path), [f"names the weights file {weights!r}, not one of its own "
                                              f"({name}-XXXXXXXX.safetensors in {self.root}); {hint}"])
-            if digest is not None and not isinstance(digest, str):
-                raise InputError(str(path), [f"sha256: expected a hex string; {hint}"])
-            tensors = read_weights(self.root / weights, sha256=digest, finite=False)
+            if not isinstance(digest, str):
+                raise InputError(str(path), [f"holds no digest of its weights and state (written by an older "
+                                             f"version, or changed), so it cannot be trusted; {hint}"])
+            tensors = read_weights(self.root / weights, sha256=digest, finite=False, also=_canonical(doc["state"]))
         except InputError as exc:
             raise InputError(exc.source, [f"unreadable checkpoint: {p}" for p in exc.problems]
                              + ([hint] if hint not in " ".join(exc.problems) else [])) from None
@@ -213,6 +216,16 @@ class Checkpointer:
                                                         f"{'s' if len(bad) == 1 else ''} NaN (or inf in weights): "
                                                         f"damaged, or a diverged fit; {hint}"])
         return state
+
+    def restore(self, name: str, state: dict[str, Any], apply) -> None:
+        """apply(state) for the state load(name) gave; InputError naming the checkpoint when it does not
+        fit (a state from other settings or a damaged one), never an error from inside training code."""
+        try:
+            apply(state)
+        except Exception as exc:      # load_state_dict, optimiser and RNG restores raise their own types
+            raise InputError(str(self.root / f"{name}.json"), [
+                f"the checkpoint does not fit this run ({type(exc).__name__}: {str(exc)[:200]}); start over with "
+                "--overwrite"]) from None
 
     def has(self, name: str) -> bool:
         return (self.root / f"{name}.json").is_file()
@@ -238,6 +251,11 @@ class Checkpointer:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def _canonical(skeleton: Any) -> bytes:
+    """A training state's JSON part as the bytes its digest covers (key order and spacing fixed)."""
+    return json.dumps(skeleton, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _own_weights(name: str, weights: str) -> bool:

@@ -57,7 +57,7 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _terminate_as_interrupt():
                 warnings.simplefilter("ignore", UserWarning)  # our notes are printed by the command
                 return fn(*args, **kwargs)
         except InputError as exc:
@@ -69,9 +69,11 @@ def user_errors(fn):
         except Interrupted as exc:
             _say(str(exc))
             raise typer.Exit(128 + exc.signum) from None
-        except KeyboardInterrupt:
-            _say("interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", 2)
+            _say(f"interrupted by {'SIGTERM' if signum == 15 else 'SIGINT'}: every output is written whole or not at "
+                 "all, so nothing is half-written")
+            raise typer.Exit(128 + signum) from None
         except ValueError as exc:
             from pydantic import ValidationError
 
@@ -82,6 +84,33 @@ def user_errors(fn):
             _fail(str(InputError(f"choicegrad {fn.__name__.removesuffix('_cmd').replace('_', '-')}", problems)))
 
     return wrapper
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during a command, raised like Ctrl-C so that writes unwind the same way."""
+
+    signum = 15
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While inside (main thread only): SIGTERM raises _Terminated, as SIGINT raises KeyboardInterrupt;
+    fit's own handlers (choicegrad.checkpoints) take over while it trains."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _version(value: bool) -> None:
@@ -207,7 +236,7 @@ def score_cmd(
 ) -> None:
     """Score rows with a fitted scorer; writes the rows with a 'score' column."""
     from choicegrad.io import TABLE_SUFFIXES, check_finite, check_writable, read_table, write_table
-    from choicegrad.runfolder import verify_run
+    from choicegrad.runfolder import check_outside, read_run
     from choicegrad.scorer.model import Scorer
 
     if out.suffix.lower() not in TABLE_SUFFIXES:
@@ -215,8 +244,8 @@ def score_cmd(
     if unknown not in ("error", "missing"):
         raise InputError("--unknown", [f'expected "error" or "missing", got "{unknown}"'])
     check_writable(out, "--out")
-    verify_run(run)
-    scorer = Scorer.load(run)
+    check_outside(out, run)
+    scorer = read_run(run, Scorer.load)
     if beta is not None:
         scorer.beta = beta
     frame = read_table(rows)
@@ -353,6 +382,7 @@ def generate_cmd(
     from choicegrad.device import check_device
     from choicegrad.io import TABLE_SUFFIXES, check_writable, write_table
     from choicegrad.run import Run, generate_problems
+    from choicegrad.runfolder import check_outside
 
     start = time.perf_counter()
     problems = [_flag(p, GENERATE_FLAGS) for p in generate_problems(top_k, decoder, temperature, samples, budget)]
@@ -362,6 +392,7 @@ def generate_cmd(
         raise InputError("generate", problems)
     check_device(device, "--device")
     check_writable(out, "--out")
+    check_outside(out, run)
     with as_flags(GENERATE_FLAGS):
         loaded = Run.load(run, device)
         if contexts is not None and not loaded.context_columns:
@@ -449,11 +480,11 @@ def propose_cmd(
             typer.echo(f"warm start from {state} (round {designer.rounds})", err=True)
         with as_flags({"contexts": "--contexts", "n": "--batch", "min_distance": "--min-distance"}):
             result = designer.ask(batch, contexts, echo=lambda m: typer.echo(m, err=True), progress=None)
-        if state is not None:
-            designer.save(state, lock=lock)
         short = result.attrs.get("short", 0)
         result.attrs = {}
-        write_table(result, out)
+        write_table(result, out)              # first: a round whose proposals are not written is not counted
+        if state is not None:
+            designer.save(state, lock=lock)
         info = designer.last
         if short:
             typer.echo(f"warning: {short} context(s) got fewer than {batch} rows: fewer rows not yet measured remain "
@@ -771,8 +802,13 @@ def bench_budgets_cmd(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="choicegrad")
+    """Console-script entry point. Ctrl-C before a command has started (while Python imports) exits
+    130 without a traceback, as it does during a command."""
+    try:
+        app(prog_name="choicegrad")
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

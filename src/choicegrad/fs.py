@@ -220,11 +220,14 @@ def unlink(path: str | os.PathLike) -> None:
 
 
 def rmtree(folder: str | os.PathLike) -> None:
-    """Remove a folder and everything in it if present, flushed in its parent."""
+    """Remove a folder and everything in it if present (a link: the link only), flushed in its parent."""
     if not os.path.lexists(folder):
         return
     point("remove", folder)
-    shutil.rmtree(folder)
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        os.unlink(folder)
+    else:
+        shutil.rmtree(folder)
     fsync_dir(Path(folder).parent)
 
 

@@ -15,6 +15,7 @@ the sha256 of their weights.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import math
@@ -31,11 +32,11 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from choicegrad import fs
-from choicegrad.errors import InputError, show_rows
+from choicegrad.errors import InputError, os_reason, show_rows
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -54,16 +55,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
     Cells are read as they are written: an empty CSV cell is the only missing value (text such as
     NA, None or n/a is a label like any other; choicegrad.data.space.as_labels)."""
-    path = Path(path)
+    shown, path = str(path), Path(os.path.abspath(path))   # pandas would expand a leading "~" to the home folder
     if path.is_dir():
-        raise InputError(str(path), ["is a folder; expected a CSV or Parquet file (choicegrad fit and fit-scorer "
+        raise InputError(shown, ["is a folder; expected a CSV or Parquet file (choicegrad fit and fit-scorer "
                                      "stream a folder of Parquet files)"])
     if not path.is_file():
-        raise InputError(str(path), ["file not found" if not path.exists() else
+        raise InputError(shown, ["file not found" if not path.exists() else
                                      "not a regular file (a pipe, device or socket); give a CSV or Parquet file"])
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
-        raise InputError(str(path), [f'unsupported file type "{suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
+        raise InputError(shown, [f'unsupported file type "{suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
     try:
         if suffix == ".csv":
             with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -78,15 +79,20 @@ def read_table(path: str | Path) -> pd.DataFrame:
             header = pq.read_schema(path).names
             frame = pd.read_parquet(path)
     except UnicodeDecodeError:
-        raise InputError(str(path), [_not_utf8(path)]) from None
+        raise InputError(shown, [_not_utf8(path)]) from None
     except (OSError, ValueError, csv.Error, pd.errors.ParserError) as exc:
-        raise InputError(str(path), [f"cannot read as {suffix[1:]}: {exc}"]) from None
+        raise InputError(shown, [f"cannot read as {suffix[1:]}: {exc}"]) from None
+    except Exception as exc:          # pyarrow's own errors (a schema pandas' metadata disagrees with, ...)
+        raise InputError(shown, [f"cannot read as {suffix[1:]}: {type(exc).__name__}: {exc}"]) from None
+    if any(isinstance(c, str) and c.startswith("\ufeff") for c in frame.columns):   # a byte-order mark repeated
+        frame.columns = [c.lstrip("\ufeff") if isinstance(c, str) else c for c in frame.columns]
+        header = [c.lstrip("\ufeff") for c in header]
     dupes = sorted(n for n, c in Counter(header).items() if c > 1)
     if dupes:
-        raise InputError(str(path), [f"duplicate column name{'s' if len(dupes) > 1 else ''}: {', '.join(dupes)}"])
+        raise InputError(shown, [f"duplicate column name{'s' if len(dupes) > 1 else ''}: {', '.join(dupes)}"])
     repeated = header_rows(frame)
     if len(repeated):
-        raise InputError(str(path), [f"{show_rows(repeated)} hold{'s' if len(repeated) == 1 else ''} the column names "
+        raise InputError(shown, [f"{show_rows(repeated)} hold{'s' if len(repeated) == 1 else ''} the column names "
                                      "again: a second table appended below the first? Its rows need not list the "
                                      "columns in the same order, so they cannot be read by position; join the "
                                      "tables by column name (e.g. pandas.concat) and read the result"])
@@ -160,8 +166,8 @@ def check_writable(path: str | Path, name: str = "out") -> Path:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise InputError(name, [f"cannot write {path}: no permission to create files in {folder} "
-                                f"({exc.strerror or exc})"]) from None
+        why = ("no permission to create files there" if exc.errno in (errno.EACCES, errno.EPERM) else os_reason(exc))
+        raise InputError(name, [f"cannot write {path}: {why} ({folder}{', ' + os_reason(exc) if exc.errno in (errno.EACCES, errno.EPERM) else ''})"]) from None
     return path
 
 
@@ -177,7 +183,7 @@ def check_finite(values, source: str, what: str = "score") -> None:
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> None:
     """Write CSV or Parquet (chosen by the suffix) through atomic_path."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))      # as named: pandas would expand a leading "~"
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise InputError(str(path), [f'unsupported output type "{suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
@@ -293,13 +299,14 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 
 
 def read_weights(path: str | Path, expect: Optional[Shapes] = None, sha256: Optional[str] = None,
-                 finite: bool = True) -> dict[str, torch.Tensor]:
+                 finite: bool = True, also: bytes = b"") -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, checked before any tensor is allocated: a regular file;
     its header at most MAX_HEADER_BYTES and inside the file; every tensor's bytes inside the data
-    and as many as its dtype and shape need; in all no more than the memory there is; with `expect`
-    (name -> shape, e.g. a model's state), exactly those tensors and shapes; with `sha256`, the
-    file's digest. Then no NaN or inf (finite=False: the caller checks). InputError naming the file
-    for each problem."""
+    and as many as its dtype and shape need; in all no more than half the memory there is; with
+    `expect` (name -> shape, e.g. a model's state), exactly those tensors and shapes; with `sha256`,
+    the digest of the file's bytes followed by `also` (read in blocks, never whole). Then the tensors
+    are read (memory-mapped, once) and checked: no NaN or inf (finite=False: the caller checks).
+    InputError naming the file for each problem."""
     path = Path(path)
     source = str(path)
     try:
@@ -322,29 +329,58 @@ def read_weights(path: str | Path, expect: Optional[Shapes] = None, sha256: Opti
                                       f"{size:,} (at most {MAX_HEADER_BYTES:,} are read)"])
         header = parse_json(os.pread(fd, n, 8).decode("utf-8", errors="replace"), f"{source} (header)")
         _check_header(header, size - 8 - n, source, expect)
-        os.lseek(fd, 0, os.SEEK_SET)
-        chunks = []
-        while True:
-            block = os.read(fd, 1 << 24)
-            if not block:
-                break
-            chunks.append(block)
-        data = b"".join(chunks)
+        if sha256 is not None:
+            digest, offset = hashlib.sha256(), 0
+            while block := os.pread(fd, 1 << 22, offset):
+                digest.update(block)
+                offset += len(block)
+            digest.update(also)
+            if offset != size:
+                raise InputError(source, ["the file changed while it was read"])
+            if digest.hexdigest() != sha256:
+                raise InputError(source, ["its sha256 differs from the one recorded beside it: the file was changed or "
+                                          "damaged after it was written"])
+        same = f"/proc/self/fd/{fd}"         # the very file checked above, not whatever the name holds now
+        try:
+            state = load_file(same if os.path.exists(same) else str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise InputError(source, [f"not a valid safetensors file: {exc}"]) from None
     finally:
         os.close(fd)
-    if len(data) != size:
-        raise InputError(source, ["the file changed while it was read"])
-    if sha256 is not None and sha256_bytes(data) != sha256:
-        raise InputError(source, ["its sha256 differs from the one recorded beside it: the file was changed or "
-                                  "damaged after it was written"])
-    try:
-        state = load_safetensors_bytes(data)
-    except Exception as exc:  # safetensors raises its own error types
-        raise InputError(source, [f"not a valid safetensors file: {exc}"]) from None
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad and finite:
         raise InputError(source, [f"weights hold NaN or inf (damaged or a diverged fit): {', '.join(sorted(bad)[:5])}"])
     return state
+
+
+def weights_header(path: str | Path) -> dict[str, list[int]]:
+    """The tensors a safetensors file declares (name -> shape), checked against the file and the
+    memory there is, without reading any tensor: what a loader compares a model's settings with
+    before it builds (and allocates) the model."""
+    path = Path(path)
+    source = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputError(source, ["file not found"]) from None
+    except OSError as exc:
+        raise InputError(source, [f"cannot open: {exc.strerror}"]) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(source, ["not a regular file (a pipe, device, socket or folder); refused"])
+        head = os.pread(fd, 8, 0)
+        if len(head) < 8:
+            raise InputError(source, [f"not a valid safetensors file: {info.st_size} bytes, too short for a header"])
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or 8 + n > info.st_size:
+            raise InputError(source, [f"not a valid safetensors file: its header claims {n:,} bytes, the file has "
+                                      f"{info.st_size:,} (at most {MAX_HEADER_BYTES:,} are read)"])
+        header = parse_json(os.pread(fd, n, 8).decode("utf-8", errors="replace"), f"{source} (header)")
+    finally:
+        os.close(fd)
+    _check_header(header, info.st_size - 8 - n, source, None)
+    return {k: [int(d) for d in v["shape"]] for k, v in header.items() if k != "__metadata__"}
 
 
 def _check_header(header: Any, data_bytes: int, source: str, expect: Optional[Shapes]) -> None:
@@ -379,8 +415,8 @@ def _check_header(header: Any, data_bytes: int, source: str, expect: Optional[Sh
 
     free = available_memory()
     if free and 2 * total > free:
-        raise InputError(source, [f"its tensors need {total / 2**20:,.0f} MiB and reading them as much again, more "
-                                  f"than the {free / 2**20:,.0f} MiB of memory available"])
+        raise InputError(source, [f"its tensors need {total / 2**20:,.0f} MiB, more than half the "
+                                  f"{free / 2**20:,.0f} MiB of memory available"])
 
 
 def load_checkpoint(run_dir: str | Path, name: str, expect: Optional[Shapes] = None,
@@ -396,7 +432,7 @@ def read_meta(run_dir: str | Path, name: str) -> dict[str, Any]:
     """RUN/name.json of a checkpoint, checking first that RUN/name.safetensors is there too."""
     run_dir = Path(run_dir)
     weights, config = run_dir / f"{name}.safetensors", run_dir / f"{name}.json"
-    missing = [str(p) for p in (weights, config) if not p.exists()]
+    missing = [str(p) for p in (weights, config) if not os.path.lexists(p)]
     if missing:
         raise InputError(str(run_dir), [f"missing run file {m}" for m in missing])
     return read_json_object(config)

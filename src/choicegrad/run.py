@@ -27,12 +27,13 @@ from typing import Callable, Optional, Union
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from choicegrad import distributed, generators
 from choicegrad.checkpoints import CHECKPOINT_MINUTES
 from choicegrad.device import check_device, machine_memory
-from choicegrad.io import atomic_write_text, check_finite, read_json_object, read_table, versions, write_table
+from choicegrad.io import (atomic_write_text, check_finite, meta_problem, read_json_object, read_table, sha256_file,
+                           versions, write_table)
 from choicegrad.data import ChoiceSpace, ContextEncoder
 from choicegrad.data.context import ContextRangeWarning
 from choicegrad.data.space import read_space
@@ -44,7 +45,7 @@ from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import available
 from choicegrad.estimators.gumbel import CDF_VOCABULARY
 from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective, resolve_layout
-from choicegrad.runfolder import RunWriter, check_out_path, run_writer, verify_run
+from choicegrad.runfolder import RunWriter, check_out_path, read_run, run_writer
 from choicegrad.scorer.aligner import Aligner, AlignerFit, fit_aligner
 from choicegrad.scorer.fit import ScorerFit, ScorerResult, fit_scorer, fit_scorer_stream
 from choicegrad.scorer.model import Scorer
@@ -214,22 +215,29 @@ class Run:
         """
         run_dir = Path(path)
         device = check_device(device)
-        verify_run(run_dir)       # first: it finishes a move into place that a kill cut short
-        if not run_dir.is_dir():
+        if not run_dir.is_dir() and not run_dir.parent.is_dir():
             raise InputError(str(run_dir), ["no such run folder (written by choicegrad fit)"])
-        missing = [str(run_dir / f) for f in RUN_FILES if not (run_dir / f).is_file()]
+        # verified and read on one folder, even if a fit --overwrite swaps in a new run meanwhile
+        return read_run(run_dir, lambda folder: cls._read(folder, run_dir, device))
+
+    @classmethod
+    def _read(cls, folder: Path, run_dir: Path, device: torch.device) -> Run:
+        """The run in `folder` (run_dir held open: choicegrad.runfolder.read_run), as Run(run_dir, ...)."""
+        if not folder.is_dir():
+            raise InputError(str(run_dir), ["no such run folder (written by choicegrad fit)"])
+        missing = [str(folder / f) for f in RUN_FILES if not (folder / f).is_file()]
         if missing:
             hint = " (written by choicegrad fit)"
-            raise InputError(str(run_dir), [f"missing run file {m}" + (hint if "generator" in m else "") for m in missing])
-        scorer = Scorer.load(run_dir, device)
-        gen, meta = generators.load(run_dir, device)
-        _check_pair(run_dir, scorer, meta)
+            raise InputError(str(folder), [f"missing run file {m}" + (hint if "generator" in m else "") for m in missing])
+        scorer = Scorer.load(folder, device)
+        gen, meta = generators.load(folder, device)
+        _check_pair(folder, scorer, meta)
         # the aligner gets its own copy: a fine-tuned aligner replaces the weights of the scorer it is given
-        aligner = Aligner.load(run_dir, copy.deepcopy(scorer), device) if (run_dir / "aligner.json").is_file() else None
+        aligner = Aligner.load(folder, copy.deepcopy(scorer), device) if (folder / "aligner.json").is_file() else None
         contexts = None
-        if scorer.context.columns and (run_dir / "contexts.csv").is_file():
-            contexts = _read_contexts(run_dir / "contexts.csv", scorer)[0]
-        return cls(run_dir, scorer, gen, aligner, _read_config(run_dir / "config.json"), contexts, device)
+        if scorer.context.columns and (folder / "contexts.csv").is_file():
+            contexts = _read_contexts(folder / "contexts.csv", scorer)[0]
+        return cls(run_dir, scorer, gen, aligner, _read_config(folder / "config.json"), contexts, device)
 
     def _contexts(self, contexts: pd.DataFrame | str | Path | None) -> tuple[Optional[pd.DataFrame], TableContext]:
         """(context columns or None without context columns, their encoding on the run's device)."""
@@ -519,15 +527,22 @@ def _load(data: str | Path | pd.DataFrame, table: TableSpec, echo: Callable[[str
     return hold_out_upper(data_table, table.train_quantile)
 
 
+#: Tables up to this size are identified by their sha256 in a run's settings (a resume must read the same
+#: rows); larger ones, and streamed folders, by size and modification time.
+HASHED_TABLE_BYTES = 1 << 30
+
+
 def _request(command: str, data: str | Path | pd.DataFrame, table: TableSpec, **settings) -> dict:
     """The settings a resumed run must share with its start, the table's identity included."""
     if isinstance(data, (str, Path)) and Path(data).is_dir():      # a streamed folder: its Parquet files
         stats = [Path(f).stat() for f in parquet_files(data)]
-        source = {"data": str(data), "data_bytes": sum(st.st_size for st in stats),
+        source = {"data": os.path.abspath(data), "data_bytes": sum(st.st_size for st in stats),
                   "data_mtime_ns": max(st.st_mtime_ns for st in stats), "data_files": len(stats)}
     elif isinstance(data, (str, Path)):
         stat = Path(data).stat()
-        source = {"data": str(data), "data_bytes": stat.st_size, "data_mtime_ns": stat.st_mtime_ns}
+        source = {"data": os.path.abspath(data), "data_bytes": stat.st_size, "data_mtime_ns": stat.st_mtime_ns}
+        if stat.st_size <= HASHED_TABLE_BYTES:     # the content itself: a table rewritten in place is another table
+            source["data_sha256"] = sha256_file(data)
     else:
         source = {"data": "DataFrame", "data_hash": int(pd.util.hash_pandas_object(data, index=False).sum())}
     return {"command": command, **source, "table": table.model_dump(), **settings}
@@ -560,9 +575,35 @@ def _scorer_phase(w: RunWriter, data, data_table: TableData | ParquetTable, tabl
     return result
 
 
+class _HeldOut(BaseModel):
+    """One held-out set's line of scorer_metrics.json (other fields kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+    n: int = Field(ge=0)
+    r2: Optional[float] = None
+    spearman: Optional[float] = None
+    spearman_per_context: Optional[float] = None
+
+
+class _ScorerMetricsFile(BaseModel):
+    """What scorer_metrics.json must hold to be read back (a resume, a finished run)."""
+
+    model_config = ConfigDict(extra="allow")
+    metrics: dict[str, _HeldOut] = {}
+    seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
 def _read_scorer_result(run_dir: Path) -> ScorerResult:
-    doc = _read_config(run_dir / SCORER_METRICS)
-    return ScorerResult(Scorer.load(run_dir), doc.get("metrics", {}), [], float(doc.get("seconds", 0.0)))
+    path = run_dir / SCORER_METRICS
+    try:
+        doc = _ScorerMetricsFile.model_validate(_read_config(path))
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(str(path), [f"not the scorer_metrics.json choicegrad wrote: {meta_problem(exc)}; start over "
+                                     "with --overwrite"]) from None
+    metrics = {k: v.model_dump(exclude_unset=True) for k, v in doc.metrics.items()}
+    return ScorerResult(Scorer.load(run_dir), metrics, [], doc.seconds)
 
 
 def _minutes_left(max_minutes: Optional[float], spent: float, share: int) -> Optional[float]:

@@ -28,16 +28,19 @@ when complete, written by one process at a time, and checked by readers against 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import re
+import stat
 import socket
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from choicegrad import distributed, fs
 from choicegrad.checkpoints import CHECKPOINT_MINUTES, Checkpointer
@@ -51,6 +54,8 @@ CHECKPOINT_DIR = ".checkpoint"
 VERIFIED = ("scorer.", "generator.", "aligner.", "feasibility.", "designer.", "contexts.csv")
 #: Settings that may change when a run is resumed.
 RESUMABLE_CHANGES = ("max_minutes",)
+#: Settings added later that an older interrupted run lacks: compared only when both runs have them.
+COMPARED_WHEN_BOTH = ("data_sha256",)
 #: Settings added after runs were first written, with the value a run written before them had: an
 #: interrupted run from then is compared as if it had asked for that value (so it resumes only with it).
 ADDED_SETTINGS = {"generator_fit.distill": 0.0, "generator_fit.distill_sweeps": 2}
@@ -72,11 +77,24 @@ def check_out_path(out: str | Path, name: str = "out") -> Path:
     target = out.resolve()
     if target == here or target in here.parents:
         raise InputError(name, [f"{out} is the current folder or one above it; name a run folder inside it"])
+    if out.is_symlink():
+        raise InputError(name, [f"{out} is a symbolic link (to {os.readlink(out)}); a run is moved into place by "
+                                "renaming, which would replace the link, not its target: name the folder itself"])
     if out.is_dir() and os.path.ismount(out):
         raise InputError(name, [f"{out} is a mount point, which cannot be renamed; name a run folder inside it"])
     if out.exists() and not out.is_dir():
         raise InputError(name, [f"{out} exists and is not a folder"])
     return out
+
+
+def check_outside(out: str | Path, run: str | Path, name: str = "--out") -> None:
+    """InputError naming `name` when output file `out` would land inside run folder `run` (or its
+    hidden siblings): a file written there would make the run fail its run.json."""
+    target, folder = Path(os.path.abspath(out)), Path(os.path.abspath(run))
+    inside = folder in target.parents or target.parent == folder.parent and target.name.startswith(f".{folder.name}.")
+    if inside:
+        raise InputError(name, [f"{out} is inside the run folder {run}, whose files must stay as written; write "
+                                "it elsewhere"])
 
 
 def is_run_folder(path: str | Path) -> bool:
@@ -94,6 +112,21 @@ def is_run_folder(path: str | Path) -> bool:
     except InputError:
         return False
     return isinstance(scorer, dict) and scorer.get("kind") == "choicegrad.Scorer"
+
+
+#: What a run folder written before manifests (run.json) may hold.
+LEGACY_FILES = ("scorer.safetensors", "scorer.json", "scorer_metrics.json", "generator.safetensors", "generator.json",
+                "aligner.safetensors", "aligner.json", "aligner_fit.json", "feasibility.safetensors",
+                "feasibility.json", "designer.json", "contexts.csv", "metrics.csv", "config.json")
+
+
+def foreign_files(path: Path) -> list[str]:
+    """Names in run folder `path` that its run.json does not list (nor run.json itself, nor our own
+    temporary files): a user's, which --overwrite must not delete."""
+    manifest = _manifest(path)
+    ours = set(manifest["files"]) if manifest is not None and isinstance(manifest.get("files"), dict) else set(LEGACY_FILES)
+    return sorted(p.name for p in path.iterdir()
+                  if p.name not in ours and p.name != MANIFEST and not TEMPORARY.fullmatch(p.name))
 
 
 def _manifest(path: Path) -> Optional[dict]:
@@ -127,7 +160,16 @@ class RunLock:
                 fs.point("lock", self.path)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
             except OSError as exc:
-                raise InputError(self.name, [f"cannot write {self.path}: {os_reason(exc)}"]) from None
+                what = ("is a symbolic link, not a lock file choicegrad made; remove it" if exc.errno == errno.ELOOP
+                        else "is a folder, not a lock file; remove it" if exc.errno == errno.EISDIR else os_reason(exc))
+                raise InputError(self.name, [f"cannot take the lock {self.path}: it {what}" if exc.errno in (
+                    errno.ELOOP, errno.EISDIR) else f"cannot write {self.path}: {what}"]) from None
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                os.close(fd)
+                raise InputError(self.name, [f"cannot take the lock {self.path}: it is not a lock file choicegrad made "
+                                             f"({'a link to another file' if stat.S_ISREG(info.st_mode) else 'not a file'}); "
+                                             "remove it"])
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -184,7 +226,7 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, ADDED_SETTINGS.get(f"{prefix}{key}")), new.get(key)
-        if key in RESUMABLE_CHANGES:
+        if key in RESUMABLE_CHANGES or key in COMPARED_WHEN_BOTH and (key not in old or key not in new):
             continue
         if key == "data" and isinstance(a, str) and isinstance(b, str) and _same_file(a, b):
             continue                          # one file named two ways (relative, absolute, through a link)
@@ -200,6 +242,18 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.abspath(a) == os.path.abspath(b)
+
+
+#: A folder of ours beside OUT on its way out: .OUT.old- and 12 hex digits (a user's .OUT.old-keep is not ours).
+OLD_ID = re.compile(r"old-[0-9a-f]{12}")
+#: A temporary file of the atomic writer (choicegrad.fs.atomic_path): .NAME.PID-XXXXXXXX.tmp
+TEMPORARY = re.compile(r"\..+\.[0-9]+-[A-Za-z0-9_]+\.tmp")
+
+
+def _old_folders(out: Path) -> list[Path]:
+    prefix = f".{out.name}."
+    return sorted(p for p in out.parent.glob(f"{fs.glob_escape(prefix)}old-*")
+                  if OLD_ID.fullmatch(p.name[len(prefix):]))
 
 
 def _discard(folder: Path, out: Path) -> None:
@@ -258,25 +312,28 @@ class RunWriter:
         if self._own_lock:
             self.lock.release()
 
-    def _recover(self) -> None:
-        """Finish what a kill cut short: the move of a sealed run into place, the removal of old
-        folders (.OUT.old-ID)."""
-        if (self.dir / MANIFEST).is_file():
+    def _recover(self, remove_old: bool = True) -> None:
+        """Finish what a kill cut short: the move of a sealed run into place, a replacement cut
+        between its two renames, and (remove_old) the removal of old folders (.OUT.old-ID)."""
+        if self.dir.is_dir() and (self.dir / MANIFEST).is_file():
             sealed = _manifest(self.dir)
             if sealed is not None and _verifies(self.dir):
                 self._move_into_place(sealed)
             elif (self.dir / REQUEST).is_file():          # not sealed after all: resumable as it was
                 fs.unlink(self.dir / MANIFEST)
-        for old in sorted(self.out.parent.glob(f".{self.out.name}.old-*")):
+        for old in _old_folders(self.out):
             if not self.out.exists() and _manifest(old) is not None and _verifies(old):
                 fs.replace(old, self.out)                  # a replacement cut between its renames, undone
-                continue
-            fs.rmtree(old)
+            elif remove_old:
+                fs.rmtree(old)
 
     def _prepare(self) -> None:
         holds_run = self.out.is_dir() and any(self.out.iterdir())
+        if os.path.lexists(self.dir) and (self.dir.is_symlink() or not self.dir.is_dir()):
+            raise InputError(self.name, [f"{self.dir} is not a folder choicegrad made (a file or a link); it is where "
+                                         "a run is built, so move it away"])
         if self.dir.exists() and not (self.dir / REQUEST).is_file():
-            if any(not p.name.startswith(".") or p.name == CHECKPOINT_DIR for p in self.dir.iterdir()):
+            if any(not TEMPORARY.fullmatch(p.name) for p in self.dir.iterdir()):
                 raise InputError(self.name, [f"{self.dir} holds files but no {REQUEST}: choicegrad did not leave it "
                                              "like this, so it is not removed; move it away"])
             _discard(self.dir, self.out)               # killed before it held anything: nothing to resume
@@ -301,6 +358,11 @@ class RunWriter:
             raise InputError(self.name, [f"{self.out} is not a choicegrad run folder (no valid {MANIFEST}): "
                                          "--overwrite replaces only a run, so nothing in it was touched; "
                                          "choose another folder"])
+        foreign = foreign_files(self.out) if holds_run else []
+        if foreign:
+            raise InputError(self.name, [f"{self.out} holds files choicegrad did not write there: "
+                                         f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; --overwrite "
+                                         "replaces only a run, so move them out first (nothing was touched)"])
         if holds_run and os.path.ismount(self.out):
             raise InputError(self.name, [f"{self.out} is a mount point, which cannot be replaced"])
         if self.resume:
@@ -371,8 +433,9 @@ class RunWriter:
         """For readers: finish a move into place that a kill cut short (a sealed partial or a replaced
         run beside `out`), when no writer holds the folder; otherwise leave everything as it is."""
         out = Path(out)
-        if out.name in ("", ".", "..") or not (_sibling(out, "partial") / MANIFEST).is_file() and not any(
-                out.parent.glob(f".{out.name}.old-*")):
+        if out.name in ("", ".", "..") or out.is_symlink() or (out.is_dir() and not (
+                _sibling(out, "partial") / MANIFEST).is_file()) or not (
+                (_sibling(out, "partial") / MANIFEST).is_file() or _old_folders(out)):
             return
         writer = RunWriter(out, {})
         try:
@@ -380,7 +443,7 @@ class RunWriter:
         except InputError:
             return
         try:
-            writer._recover()
+            writer._recover(remove_old=False)          # a reader only finishes moves; it removes nothing
         except (InputError, OSError):
             pass
         finally:
@@ -408,6 +471,16 @@ class RunWriter:
 
     def _has_work(self) -> bool:
         return any(p.name != REQUEST and not p.name.endswith(".tmp") for p in self.dir.iterdir())
+
+
+def _written_with_manifest(path: Path) -> bool:
+    """Whether the scorer in `path` was saved by a version that seals runs (its JSON records the
+    weights' sha256): such a folder without run.json lost it."""
+    try:
+        doc = read_json(path / "scorer.json") if (path / "scorer.json").is_file() else None
+    except InputError:
+        return False
+    return isinstance(doc, dict) and "weights_sha256" in doc
 
 
 def _verifies(folder: Path) -> bool:
@@ -473,7 +546,13 @@ def verify_run(path: str | Path) -> Optional[dict[str, Any]]:
 
 def _check_files(path: Path) -> Optional[dict[str, Any]]:
     manifest_path = path / MANIFEST
+    if os.path.lexists(manifest_path) and not manifest_path.is_file():
+        raise InputError(str(manifest_path), ["not a regular file (a pipe, device, socket or folder); refused"])
     if not manifest_path.is_file():
+        if _written_with_manifest(path):
+            raise InputError(str(path), [f"{MANIFEST} is missing, though the run was written with one: its files "
+                                         "cannot be checked to belong together (files of different runs, or changed "
+                                         "files); fit it again"])
         return None
     try:
         manifest = read_json(manifest_path)
@@ -493,7 +572,9 @@ def _check_files(path: Path) -> Optional[dict[str, Any]]:
         if not name.startswith(VERIFIED):
             continue
         f = path / name
-        if not f.is_file():
+        if os.path.lexists(f) and (f.is_symlink() or not f.is_file()):
+            problems.append(f"{f} is not a regular file (a link, pipe, device or folder); refused")
+        elif not f.is_file():
             problems.append(f"{f} is missing (listed in run.json of run {run_id})")
         elif sha256_file(f) != digest:
             problems.append(f"{f} does not belong to run {run_id}: its sha256 differs from run.json "
@@ -503,3 +584,47 @@ def _check_files(path: Path) -> Optional[dict[str, Any]]:
     if problems:
         raise InputError(str(path), problems)
     return manifest
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def pinned(path: str | Path) -> Iterator[Path]:
+    """Folder `path` held open while inside: a path (through /proc/self/fd, on Linux) that keeps naming
+    the same folder even when a writer swaps another run into its place meanwhile; elsewhere `path`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield Path(path)
+        return
+    try:
+        via = Path(f"/proc/self/fd/{fd}")
+        yield via if via.is_dir() else Path(path)
+    finally:
+        os.close(fd)
+
+
+def read_run(path: str | Path, load: Callable[[Path], T], attempts: int = 3) -> T:
+    """load(folder) on run folder `path` after verify_run, both on one and the same folder (pinned):
+    a writer that replaces the run meanwhile never gives a mix of two runs. When reading fails because
+    the run was replaced while it was read, the new run is read instead (up to `attempts` times).
+    Messages name `path`, not the pinned path."""
+    path = Path(path)
+    RunWriter.recover(path)
+    for attempt in range(attempts):
+        with pinned(path) as folder:
+            seen = _manifest(folder)
+            try:
+                _check_files(folder)
+                return load(folder)
+            except InputError as exc:
+                if folder != path:
+                    exc = InputError(exc.source.replace(str(folder), str(path)),
+                                     [p.replace(str(folder), str(path)) for p in exc.problems])
+                current = _manifest(path) if path.is_dir() else None
+                replaced = seen is not None and current is not None and current.get("run_id") != seen.get("run_id")
+                if replaced and attempt + 1 < attempts:
+                    continue
+                raise exc from None
+    raise AssertionError("unreachable")

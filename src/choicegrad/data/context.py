@@ -90,9 +90,9 @@ class ContextEncoder(BaseModel):
                                      f'{values.iloc[text[0]]!r} at {show_rows(text)}; leave out ":num" to use its '
                                      "values as categories")
                 x = x[np.isfinite(x)]   # missing values are reported by encode, with their rows
-                std = float(np.std(x)) if len(x) else 0.0
-                columns.append(ContextColumn(name=name, kind="numeric", mean=float(np.mean(x)) if len(x) else 0.0,
-                                             std=std if std > 0 else 1.0, min=float(x.min()) if len(x) else None,
+                mean, std = _moments(x)
+                columns.append(ContextColumn(name=name, kind="numeric", mean=mean, std=std,
+                                             min=float(x.min()) if len(x) else None,
                                              max=float(x.max()) if len(x) else None))
             else:
                 columns.append(ContextColumn(name=name, kind="categorical",
@@ -132,7 +132,12 @@ class ContextEncoder(BaseModel):
             bad = np.flatnonzero(~np.isfinite(x))
             if len(bad):
                 problems.append(f'context column "{col.name}": expected finite numbers, got missing/non-numeric/inf at {show_rows(bad)}')
-            num[:, j] = (x - col.mean) / col.std
+            z = _standardise(x, col.mean, col.std)
+            far = np.flatnonzero(np.isfinite(x) & ~np.isfinite(z))
+            if len(far):
+                problems.append(f'context column "{col.name}": {x[far[0]]:g} at {show_rows(far)} is too far from the '
+                                f"training values (mean {col.mean:.6g}, std {col.std:.6g}) to be standardised")
+            num[:, j] = z
         if problems:
             raise InputError(source, problems)
         return torch.from_numpy(cat), torch.from_numpy(num)
@@ -182,3 +187,27 @@ def _reads_as_numbers(values: pd.Series, text: bool) -> bool:
     numbers = pd.to_numeric(present, errors="coerce")
     blank = present.str.strip().isin(NA_TEXT)
     return bool(numbers.notna().any() and (numbers.notna() | blank).all())
+
+
+def _moments(x: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of finite values x, std 1.0 when they do not vary; computed on x / max|x| where
+    the plain sums overflow (values near the largest float64)."""
+    if not len(x):
+        return 0.0, 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(np.mean(x)), float(np.std(x))
+        if not (np.isfinite(mean) and np.isfinite(std)):
+            top = float(np.abs(x).max())
+            mean, std = float(np.mean(x / top)) * top, float(np.std(x / top)) * top
+    return mean, (std if std > 0 else 1.0)
+
+
+def _standardise(x: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """(x - mean) / std as float32 values; inf where even x / std - mean / std is beyond a float32."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = (x - mean) / std
+        redo = np.isfinite(x) & ~np.isfinite(z)
+        if redo.any():
+            z[redo] = x[redo] / std - mean / std
+        z[np.abs(z) > np.finfo(np.float32).max] = np.inf
+    return z

@@ -7,7 +7,9 @@ gives the same space.
 
 from __future__ import annotations
 
+import decimal
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +31,9 @@ MISSING = -1
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _TRUE, _FALSE = ("True", "true", "TRUE"), ("False", "false", "FALSE")
+#: Longest text read as a number (longer digit strings are identifiers, and Python's int() refuses
+#: more than 4,300 digits).
+MAX_NUMBER_TEXT = 400
 
 
 def label_of(value) -> Optional[str]:
@@ -48,12 +53,17 @@ def label_of(value) -> Optional[str]:
         if value != value:
             return None
         return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, decimal.Decimal):                # Parquet decimal columns
+        return label_of(str(value)) if value.is_finite() else str(value)
     if isinstance(value, str):
         text = value.strip()
+        if len(text) > MAX_NUMBER_TEXT:                   # not a measured number: an identifier, kept as text
+            return value
         if _INTEGER.fullmatch(text):
             return str(int(text))
         if _DECIMAL.fullmatch(text):
-            return label_of(float(text))
+            number = float(text)
+            return label_of(number) if math.isfinite(number) else value   # 1e400: beyond a float64, kept as written
         if text in _TRUE or text in _FALSE:
             return "True" if text in _TRUE else "False"
         return value
@@ -69,9 +79,11 @@ def as_labels(values: pd.Series, source: str = "table") -> pd.Series:
     try:
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
         labels = [label_of(u) for u in uniques]
-    except (TypeError, ValueError):            # unhashable (a list or an array) or nested
+    except (TypeError, ValueError) as exc:     # unhashable (a list or an array) or nested
         nested = np.flatnonzero(values.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray))).to_numpy())
-        first = values.iloc[nested[0]] if len(nested) else None
+        if not len(nested):
+            raise InputError(source, [f'column "{values.name}": a value cannot be read as a label ({exc})']) from None
+        first = values.iloc[nested[0]]
         raise InputError(source, [f'column "{values.name}" holds lists or records, not one label per cell (e.g. '
                                   f"{str(first)[:40]!r} at {show_rows(nested)}); flatten it into one column per "
                                   "element, or join each into text"]) from None
@@ -121,9 +133,15 @@ class ChoiceSpace(BaseModel):
             return cls.from_frame(frame, features)
         problems = [f'"{name}" is not among the features ({", ".join(features[:12])}){did_you_mean(name, features)}'
                     for name in declaration if name not in features]
+        declared = {f: [label_of(c) for c in cats] for f, cats in declaration.items() if f in features}
+        for f, cats in declared.items():
+            dup = sorted(c for c, n in Counter(cats).items() if n > 1 or c is None)
+            if dup or not cats:
+                problems.append(f'"{f}": expected distinct, non-empty labels (a cell that reads as a number is that '
+                                f"number: 1 and 1.0 are one label), got {', '.join(map(repr, dup[:5])) or 'none'}")
         if problems:
             raise InputError(source, problems)
-        return cls(slots=[Slot(name=f, categories=list(declaration[f])) if f in declaration
+        return cls(slots=[Slot(name=f, categories=declared[f]) if f in declared
                           else Slot(name=f, categories=sorted(set(as_labels(frame[f]).dropna()))) for f in features])
 
     @property
@@ -228,10 +246,14 @@ def read_space(path: str | Path) -> dict[str, list[str]]:
             continue
         labels = []
         for c in cats:
-            if isinstance(c, bool) or not isinstance(c, (str, int, float)) or (isinstance(c, float) and not c.is_integer()):
-                problems.append(f'"{name}": category {json.dumps(c)[:40]} is not a label (a string or an integer)')
+            if isinstance(c, bool) or not isinstance(c, (str, int, float)):
+                problems.append(f'"{name}": category {json.dumps(c)[:40]} is not a label (a string or a number)')
                 break
-            labels.append(str(int(c)) if isinstance(c, (int, float)) else c)
+            if isinstance(c, str) and not c.strip():
+                problems.append(f'"{name}": category {json.dumps(c)} is empty; an empty cell is a missing value, '
+                                "never a category")
+                break
+            labels.append(label_of(c))           # as a table's cell: "1.0" and 1 are both the label "1"
         else:
             dup = sorted(c for c, n in Counter(labels).items() if n > 1)
             if dup:

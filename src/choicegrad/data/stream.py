@@ -296,8 +296,13 @@ def parquet_files(path: str | Path) -> list[str]:
                                       "read whole (leave out --stream), or convert it to Parquet first"])
         return [str(p.resolve())]
     root = p.resolve()
-    files = sorted(str(f) for f in root.rglob("*") if f.is_file() and f.suffix.lower() in (".parquet", ".pq")
+    named = sorted(f for f in root.rglob("*") if f.suffix.lower() in (".parquet", ".pq")
                    and not any(part.startswith((".", "_")) for part in f.relative_to(root).parts))
+    odd = [f for f in named if f.is_symlink() and not f.is_file() or f.exists() and not f.is_file() and not f.is_dir()]
+    if odd:                 # a pipe or a device named like a table: reading it could block or never end
+        raise InputError(str(odd[0]), ["named like a Parquet file but not a regular file (a pipe, device or broken "
+                                       "link); move it out of the folder"])
+    files = [str(f) for f in named if f.is_file()]
     if not files:
         raise InputError(str(p), ["the folder holds no .parquet or .pq files"])
     return files

@@ -45,7 +45,7 @@ from choicegrad.errors import InputError
 from choicegrad.generators import GeneratorConfig, TableContext
 from choicegrad.io import (atomic_write_text, check_finite, meta_problem, read_json_object, read_table, state_problems,
                            versions)
-from choicegrad.runfolder import RunLock, RunWriter, verify_run
+from choicegrad.runfolder import RunLock, RunWriter, check_out_path, foreign_files, verify_run
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
 from choicegrad.scorer.model import Scorer, ScorerConfig
 from choicegrad.training.contexts import TableContexts
@@ -462,12 +462,14 @@ class Designer:
 def check_state_folder(path: Union[str, Path], name: str = "state") -> None:
     """InputError naming `name` unless `path` is absent, an empty folder or a designer state: a
     state is replaced each round, and another folder must never be."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(name, [f"{path} exists and is not a folder"])
+    path = check_out_path(path, name)
     if path.is_dir() and any(path.iterdir()) and not (path / STATE_FILE).is_file():
         raise InputError(name, [f"{path} holds other files and no {STATE_FILE}: it is not a design state, and a "
                                 "round would replace it; give a new or empty folder"])
+    foreign = foreign_files(path) if path.is_dir() and (path / STATE_FILE).is_file() else []
+    if foreign:
+        raise InputError(name, [f"{path} holds files choicegrad did not write there ({', '.join(foreign[:5])}); a "
+                                "round replaces the state, so move them out first"])
 
 
 def _merge_repeats(data: TableData) -> tuple[TableData, int]:

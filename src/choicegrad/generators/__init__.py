@@ -10,6 +10,7 @@ over a list of item vectors). See base.py for the shared contract.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -62,25 +63,51 @@ def save(generator: Generator, run_dir, extra: Optional[dict] = None) -> None:
     checkpoint.save_checkpoint(run_dir, "generator", generator.state_dict(), meta)
 
 
+def _dense_elements(config: GeneratorConfig, inputs: int) -> int:
+    """About how many weights the hidden layers of `config` take on `inputs` inputs (a lower bound)."""
+    widths = [inputs, *config.hidden]
+    return sum(a * b for a, b in zip(widths, widths[1:]))
+
+
+def _check_size(implied: int, held: int, source: Path) -> None:
+    """InputError naming generator.json when its settings imply far more weights than the file beside
+    it holds: checked before the generator is built, so settings from elsewhere never allocate more
+    than the weights file (itself checked against the memory there is) could fill."""
+    if implied > 4 * held + 1_000_000:
+        from choicegrad.errors import InputError
+
+        raise InputError(str(source), [f"its settings describe at least {implied:,} weights, the file beside it holds "
+                                       f"{held:,}: the two files do not belong together"])
+
+
 def load(run_dir, map_location="cpu") -> tuple[Generator, dict]:
     """(generator in eval mode, its JSON metadata) from RUN; InputError for missing or broken files."""
     from choicegrad import io as checkpoint
     from choicegrad.errors import InputError
 
     meta = checkpoint.read_meta(run_dir, "generator")
+    source = Path(run_dir) / "generator.json"
     try:
         config = GeneratorConfig.model_validate({"layout": "padded", **meta["config"]})    # before layouts: padded
         shape = meta["shape"]
+        held = sum(math.prod(s) for s in checkpoint.weights_header(Path(run_dir) / "generator.safetensors").values())
         if config.kind == "pointer":
-            gen: Generator = PointerGenerator(int(shape["num_slots"]), int(shape["item_dim"]), config)
+            dims = [int(shape["num_slots"]), int(shape["item_dim"])]
+            _check_size(_dense_elements(config, dims[1]), held, source)
+            gen: Generator = PointerGenerator(*dims, config)
         else:
             sizes, cards = [int(v) for v in shape["sizes"]], [int(v) for v in shape["cardinalities"]]
-            if not sizes or min(sizes + cards + [1]) < 1:
+            numeric = int(shape["num_numeric"])
+            if not sizes or min(sizes + cards + [1]) < 1 or numeric < 0:
                 raise ValueError(f"shape: sizes {sizes} and cardinalities {cards} must be positive (and sizes non-empty)")
-            gen = _CLASSES[config.kind](sizes, cards, int(shape["num_numeric"]), config)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(str(Path(run_dir) / "generator.json"),
-                         [f"not a choicegrad generator checkpoint: {checkpoint.meta_problem(exc)}"]) from None
+            vocabulary, _ = _CLASSES[config.kind].vocabulary_elements(sizes, config)
+            context = (len(cards) * config.context_dim + sum(cards) * config.context_dim + numeric)
+            _check_size(vocabulary + _dense_elements(config, context), held, source)
+            gen = _CLASSES[config.kind](sizes, cards, numeric, config)
+    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError, MemoryError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(str(source), [f"not a choicegrad generator checkpoint: {checkpoint.meta_problem(exc)}"]) from None
     checkpoint.load_state(gen, checkpoint.read_state(gen, run_dir, "generator", meta),
                           Path(run_dir) / "generator.safetensors")
     return gen.to(map_location).eval(), meta

@@ -94,8 +94,18 @@ class Aligner(nn.Module):
         meta = checkpoint.read_meta(run_dir, "aligner")
         try:
             config = AlignerFit.model_validate(meta["config"])
+            latent = sum(m.config.hidden[-1] for m in scorer.members)      # the head's shapes, before it is built
+            head = {"head.0.weight": [config.hidden, latent], "head.0.bias": [config.hidden],
+                    "head.2.weight": [config.dim, config.hidden], "head.2.bias": [config.dim]}
+            held = checkpoint.weights_header(Path(run_dir) / "aligner.safetensors")
+            if any(held.get(k) != v for k, v in head.items()):
+                raise InputError(str(Path(run_dir) / "aligner.json"), [
+                    "its settings describe another projection head than the weights beside it hold; the two files "
+                    "do not belong together"])
             model = cls(scorer, config)
         except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
             raise InputError(f"{Path(run_dir) / 'aligner.json'}",
                              [f"not a choicegrad aligner checkpoint: {checkpoint.meta_problem(exc)}"]) from None
         weights = Path(run_dir) / "aligner.safetensors"

@@ -200,7 +200,7 @@ class _ScorerTraining:
         if self.world.distributed:   # rank 0's checkpoint, sent: other ranks (other machines) read no file
             state = distributed.share(state)
         if state is not None:
-            self.restore(state)
+            checkpoint.restore("scorer", state, self.restore)
 
     def elapsed(self) -> float:
         return self.before + time.perf_counter() - self.start
@@ -391,7 +391,7 @@ class _StreamTraining(_ScorerTraining):
         if self.world.distributed:
             state = distributed.share(state)
         if state is not None:
-            self.restore(state)
+            checkpoint.restore("scorer", state, self.restore)
 
     def standardise(self, y: torch.Tensor) -> torch.Tensor:
         return ((y.double() - self.y_mean) / self.y_std).float().to(self.device)

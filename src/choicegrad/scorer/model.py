@@ -18,7 +18,7 @@ from torch import nn
 from choicegrad.data.context import ContextEncoder
 from choicegrad.data.space import ChoiceSpace
 from choicegrad.errors import InputError
-from choicegrad.io import load_state, meta_problem, read_meta, read_state, save_checkpoint, versions
+from choicegrad.io import load_state, meta_problem, read_meta, read_state, save_checkpoint, versions, weights_header
 
 
 PAIR_PARAMS = 4_000_000
@@ -152,6 +152,28 @@ class ScorerMeta(BaseModel):
     unit: float = Field(1.0, gt=0.0, allow_inf_nan=False)
 
 
+def _check_size(m: ScorerMeta, header: dict[str, list[int]], source: Path) -> None:
+    """InputError naming scorer.json unless the model its settings describe is the one the weights file
+    declares: as many members, and one member's shapes (built on the meta device: no memory), checked
+    before the k members are built."""
+    held = {int(k.split(".")[1]) for k in header if k.startswith("members.") and k.split(".")[1].isdigit()}
+    if len(held) != m.k:
+        raise InputError(str(source), [f"k: {m.k} ensemble members, but the weights beside it hold {len(held)}; the two "
+                                       "files do not belong together"])
+    config = m.config
+    if config.pairwise is None:
+        config = config.model_copy(update={"pairwise": pair_rank(config, m.space.sizes)})
+    with torch.device("meta"):
+        member = EmbeddingScorer(m.space.sizes, m.context.cardinalities, len(m.context.numeric), config)
+    want = {f"members.0.{k}": list(v.shape) for k, v in member.state_dict().items()}
+    have = {k: v for k, v in header.items() if k.startswith("members.0.")}
+    if want != have:
+        wrong = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+        raise InputError(str(source), [f"its settings describe other weights than the file beside it holds ({wrong[0]}: "
+                                       f"{want.get(wrong[0])} against {have.get(wrong[0])}); the two files do not "
+                                       "belong together"])
+
+
 class Scorer(nn.Module):
     """An ensemble of k EmbeddingScorers with the table schema they were fitted on.
 
@@ -251,8 +273,11 @@ class Scorer(nn.Module):
             meta["config"] = {"pairwise": 0, **meta["config"]}   # written before the pairwise term existed
         try:
             m = ScorerMeta.model_validate(meta)
+            _check_size(m, weights_header(Path(run_dir) / f"{name}.safetensors"), Path(run_dir) / f"{name}.json")
             model = cls(m.space, m.context, m.score, m.config, k=m.k, beta=m.beta)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, MemoryError) as exc:
+            if isinstance(exc, InputError):
+                raise
             raise InputError(str(Path(run_dir) / f"{name}.json"), [f"not a choicegrad scorer checkpoint: {meta_problem(exc)}"]) from None
         model.offset, model.unit = m.offset, m.unit
         load_state(model, read_state(model, run_dir, name, meta), Path(run_dir) / f"{name}.safetensors")

@@ -179,7 +179,7 @@ class _Loop:
             distributed.broadcast_tensors(self.parameters() + [b for b in buffers if b.is_floating_point()])
             state = distributed.share(state)
         if state is not None:
-            self.restore(state)
+            checkpoint.restore("generator", state, self.restore)
         self.log = MetricsLog(Path(run_dir) / "metrics.csv" if run_dir is not None and world.main else None,
                               rows=state["log"] if state is not None else ())
 
@@ -367,6 +367,9 @@ def fit_generator(gen: Generator, objective, contexts, fit: Optional[GeneratorFi
         stopped = loop.run(progress)
     finally:
         loop.log.close()
+    if loop.best_state is None:          # no validation score was a number
+        raise InputError("objective", ["every validation score was NaN: the scorer or objective returns NaN for "
+                                       "these rows and contexts (e.g. context values beyond what it was fitted on)"])
     loop.gen.load_state_dict(loop.best_state)
     return GeneratorResult(loop.gen.eval(), loop.log.rows, loop.calls, loop.seconds(), loop.best_val, stopped)
 
