@@ -204,16 +204,9 @@ def read_regular(path: str | Path, limit: Optional[int] = None) -> bytes:
     """The bytes of `path`, opened only when it is a regular file (never blocking on a FIFO or a
     device) and no larger than `limit`; InputError naming the file otherwise."""
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise InputError(str(path), ["file not found"]) from None
-    except OSError as exc:
-        raise InputError(str(path), [f"cannot open: {exc.strerror}"]) from None
+    fd = _open_regular(path)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(str(path), ["not a regular file (a pipe, device, socket or folder); refused"])
         if limit is not None and info.st_size > limit:
             raise InputError(str(path), [f"{info.st_size:,} bytes, more than the {limit:,} such a file may have"])
         chunks, size = [], 0
@@ -309,25 +302,10 @@ def read_weights(path: str | Path, expect: Optional[Shapes] = None, sha256: Opti
     InputError naming the file for each problem."""
     path = Path(path)
     source = str(path)
+    fd = _open_regular(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise InputError(source, ["file not found"]) from None
-    except OSError as exc:
-        raise InputError(source, [f"cannot open: {exc.strerror}"]) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(source, ["not a regular file (a pipe, device, socket or folder); refused"])
-        size = info.st_size
-        head = os.pread(fd, 8, 0)
-        if len(head) < 8:
-            raise InputError(source, [f"not a valid safetensors file: {size} bytes, too short for a header"])
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise InputError(source, [f"not a valid safetensors file: its header claims {n:,} bytes, the file has "
-                                      f"{size:,} (at most {MAX_HEADER_BYTES:,} are read)"])
-        header = parse_json(os.pread(fd, n, 8).decode("utf-8", errors="replace"), f"{source} (header)")
+        size = os.fstat(fd).st_size
+        header, n = _read_header(fd, size, source)
         _check_header(header, size - 8 - n, source, expect)
         if sha256 is not None:
             digest, offset = hashlib.sha256(), 0
@@ -358,29 +336,41 @@ def weights_header(path: str | Path) -> dict[str, list[int]]:
     memory there is, without reading any tensor: what a loader compares a model's settings with
     before it builds (and allocates) the model."""
     path = Path(path)
-    source = str(path)
+    fd = _open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        header, n = _read_header(fd, size, str(path))
+    finally:
+        os.close(fd)
+    _check_header(header, size - 8 - n, str(path), None)
+    return {k: [int(d) for d in v["shape"]] for k, v in header.items() if k != "__metadata__"}
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, opened without blocking and only when it is a regular file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise InputError(source, ["file not found"]) from None
+        raise InputError(str(path), ["file not found"]) from None
     except OSError as exc:
-        raise InputError(source, [f"cannot open: {exc.strerror}"]) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(source, ["not a regular file (a pipe, device, socket or folder); refused"])
-        head = os.pread(fd, 8, 0)
-        if len(head) < 8:
-            raise InputError(source, [f"not a valid safetensors file: {info.st_size} bytes, too short for a header"])
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES or 8 + n > info.st_size:
-            raise InputError(source, [f"not a valid safetensors file: its header claims {n:,} bytes, the file has "
-                                      f"{info.st_size:,} (at most {MAX_HEADER_BYTES:,} are read)"])
-        header = parse_json(os.pread(fd, n, 8).decode("utf-8", errors="replace"), f"{source} (header)")
-    finally:
+        raise InputError(str(path), [f"cannot open: {exc.strerror}"]) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-    _check_header(header, info.st_size - 8 - n, source, None)
-    return {k: [int(d) for d in v["shape"]] for k, v in header.items() if k != "__metadata__"}
+        raise InputError(str(path), ["not a regular file (a pipe, device, socket or folder); refused"])
+    return fd
+
+
+def _read_header(fd: int, size: int, source: str) -> tuple[Any, int]:
+    """(the JSON header of the safetensors file open at `fd`, its length), read only when it is at most
+    MAX_HEADER_BYTES and inside the file's `size` bytes."""
+    head = os.pread(fd, 8, 0)
+    if len(head) < 8:
+        raise InputError(source, [f"not a valid safetensors file: {size} bytes, too short for a header"])
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        raise InputError(source, [f"not a valid safetensors file: its header claims {n:,} bytes, the file has "
+                                  f"{size:,} (at most {MAX_HEADER_BYTES:,} are read)"])
+    return parse_json(os.pread(fd, n, 8).decode("utf-8", errors="replace"), f"{source} (header)"), n
 
 
 def _check_header(header: Any, data_bytes: int, source: str, expect: Optional[Shapes]) -> None:
