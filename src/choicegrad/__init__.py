@@ -30,7 +30,12 @@ _EXPORTS = {
     "EmbeddingScorer": "choicegrad.scorer", "Scorer": "choicegrad.scorer", "ScorerConfig": "choicegrad.scorer",
     "ScorerFit": "choicegrad.scorer", "fit_scorer": "choicegrad.scorer",
     "GeneratorFit": "choicegrad.training", "TableContexts": "choicegrad.training", "fit_generator": "choicegrad.training",
-    "fit_table_generator": "choicegrad.training",
+    "fit_table_generator": "choicegrad.training", "ContextPool": "choicegrad.training",
+    "FrameObjective": "choicegrad.objectives", "ModuleObjective": "choicegrad.objectives",
+    "load_objective": "choicegrad.objectives", "estimate_scale": "choicegrad.objectives",
+    "Objective": "choicegrad.generators.objective", "ItemObjective": "choicegrad.generators.objective",
+    "CallableObjective": "choicegrad.generators.objective", "ItemContext": "choicegrad.generators",
+    "SampledContexts": "choicegrad.training",
 }
 
 __all__ = sorted(_EXPORTS) + ["estimators", "__version__"]

@@ -292,13 +292,20 @@ def as_flags(flags: dict[str, str]):
              "writes the run): torchrun --nproc-per-node=2 -m choicegrad fit table.csv --features 's?' --score y "
              "--context ctx --batch-size 64 --out runs/ddp\n\n"
              "Example (a folder of Parquet files bigger than memory, streamed): choicegrad fit logs/ --features 's*' "
-             "--score y --context user --max-minutes 30 --out runs/logs")
+             "--score y --context user --max-minutes 30 --out runs/logs\n\n"
+             "Example (your own score function, no table: simulate(frame) -> one number per row, in sim.py): "
+             "choicegrad fit --objective sim.py:simulate --space space.json --contexts users.csv --out runs/sim\n\n"
+             "Example (your own torch net, a table for the warm start): choicegrad fit table.csv --features 's?' "
+             "--context user --objective net.py:net --out runs/net\n\n"
+             "Choosing a method, generator and decoder: docs/choosing.md")
 @user_errors
 def fit_cmd(
-    data: Annotated[Path, typer.Argument(help="Training table, CSV or Parquet; or a folder of Parquet files (streamed).")],
-    features: Annotated[list[str], FEATURES],
-    score: Annotated[str, SCORE],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (scorer, generator, config.json, metrics.csv).")],
+    data: Annotated[Optional[Path], typer.Argument(
+        help="Training table, CSV or Parquet; or a folder of Parquet files (streamed). Optional with --objective.")] = None,
+    features: Annotated[Optional[list[str]], FEATURES] = None,
+    score: Annotated[Optional[str], SCORE] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (scorer, generator, config.json, "
+                                                          "metrics.csv).")] = None,
     context: Annotated[Optional[list[str]], CONTEXT] = None,
     method: Annotated[str, typer.Option(help="Gradient estimator that trains the generator "
                                               "(reinforce, trajectory-balance, st-gumbel, gumbel-rao, reinmax, st, soft, gumbel, "
@@ -329,8 +336,20 @@ def fit_cmd(
     space: Annotated[Optional[Path], SPACE] = None,
     stream: Annotated[bool, STREAM] = False,
     workers: Annotated[int, WORKERS] = 0,
+    objective: Annotated[Optional[str], typer.Option(
+        help="Your own score model instead of a fitted scorer: FILE.py:NAME, a function NAME(frame) -> one number per "
+             "row (frame: the feature and context columns, as labels; trained by reinforce or trajectory-balance) or a "
+             "torch.nn.Module instance NAME whose forward(features, context) takes one-hot rows (any method). The "
+             "table is then optional (--space and --contexts instead); the run records the file's sha256, never its "
+             "code.")] = None,
+    contexts: Annotated[Optional[Path], typer.Option(
+        help="With --objective: a table (CSV/Parquet) of the contexts to train for; its columns are the context "
+             "columns (numbers numeric, else categorical).")] = None,
+    objective_scale: Annotated[Optional[float], typer.Option(
+        min=0.0, help="With --objective: the score's typical spread (default: estimated from random rows, and said).")] = None,
 ) -> None:
-    """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context.
+    """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context; or,
+    with --objective, a generator for your own score model (no table needed).
 
     The run is built beside --out and moved into place when complete; Ctrl-C or SIGTERM saves a
     checkpoint, and the same command with --resume continues from it."""
@@ -341,6 +360,19 @@ def fit_cmd(
 
     gen_options = {key: value for key, value in (("steps", steps), ("entropy", entropy), ("distill", distill),
                                                  ("batch_size", batch_size)) if value is not None}
+    if out is None:
+        raise InputError("choicegrad fit", ["--out: the run folder to write is required"])
+    if objective is not None:
+        _fit_objective(objective, data, features, score, context, contexts, space, out, method, generator, seed,
+                       max_minutes, device, resume, overwrite, checkpoint_minutes, objective_scale, gen_options)
+        return
+    missing = [f"{flag}: required (the table's {what})" for flag, value, what in
+               (("DATA", data, "file or folder"), ("--features", features, "feature columns"),
+                ("--score", score, "score column")) if not value]
+    if missing or contexts is not None or objective_scale is not None:
+        raise InputError("choicegrad fit", missing + [f"{flag}: only with --objective" for flag, value in
+                                                      (("--contexts", contexts), ("--objective-scale", objective_scale))
+                                                      if value is not None])
     try:
         with as_flags(FIT_FLAGS):
             Run.fit(data, out, TableSpec(features=features, score=score, context=context, train_quantile=train_quantile,
@@ -353,6 +385,39 @@ def fit_cmd(
                     stream=stream, workers=workers)
     finally:
         distributed.leave()
+
+
+def _fit_objective(spec, data, features, score, context, contexts, space, out, method, generator, seed, max_minutes,
+                   device, resume, overwrite, checkpoint_minutes, scale, gen_options) -> None:
+    """`choicegrad fit --objective FILE.py:NAME`: a generator for the user's own score model."""
+    from choicegrad.objectives import load_objective
+    from choicegrad.run import Run, TableSpec, check_method
+    from choicegrad.runfolder import check_out_path
+    from choicegrad.training.loop import GeneratorFit
+
+    problems = []
+    if data is None and space is None:
+        problems.append("--space: required with --objective and no table (every category of every feature)")
+    if data is not None and not features:
+        problems.append("--features: required with a table (its feature columns)")
+    if data is None and (features or context):
+        problems.append("--features/--context: they name a table's columns; without a table the space (--space) and "
+                        "the contexts table (--contexts) say them")
+    if problems:
+        raise InputError("choicegrad fit --objective", problems)
+    check_out_path(out, "--out")
+    with as_flags(FIT_FLAGS):
+        check_method(method, generator)          # before the user's file is imported
+    objective, record = load_objective(spec, "--objective", scale)
+    table = None if data is None else (data, TableSpec(features=features, score=score or "", context=context,
+                                                       space=None if space is None else str(space)))
+    with as_flags({**FIT_FLAGS, "space": "--space", "contexts": "--contexts", "method": "--method"}):
+        Run.fit_objective(objective, out, space=str(space) if space is not None and data is None else None,
+                          contexts=contexts, table=table, generator=generator,
+                          generator_fit=GeneratorFit(method=method, seed=seed, device=device, **gen_options),
+                          record=record, max_minutes=max_minutes, resume=resume, overwrite=overwrite,
+                          checkpoint_minutes=checkpoint_minutes,
+                          echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
 
 
 @app.command("generate", epilog="Example: choicegrad generate runs/tfbind8 --top-k 128 --out candidates.csv\n\n"
@@ -376,12 +441,19 @@ def generate_cmd(
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="Override the scorer's ensemble pessimism.")] = None,
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    objective: Annotated[Optional[str], typer.Option(
+        help="For a run fitted with --objective: FILE.py:NAME again (checked against the sha256 the run recorded), "
+             "so that decoders that score (rerank, polish, anneal, exhaustive) can. Without it such a run decodes "
+             "with the generator alone (topk by its own probability) and says so.")] = None,
+    objective_changed: Annotated[bool, typer.Option(
+        "--objective-changed", help="The --objective file differs from the one the run was fitted with, and that is "
+                                    "intended.")] = False,
 ) -> None:
     """Generate the top-K distinct rows per context with a fitted generator; one output row per (context, rank)."""
     from choicegrad.data.context import ContextRangeWarning
     from choicegrad.device import check_device
     from choicegrad.io import TABLE_SUFFIXES, check_writable, write_table
-    from choicegrad.run import Run, generate_problems
+    from choicegrad.run import GENERATOR_DECODERS, Run, generate_problems
     from choicegrad.runfolder import check_outside
 
     start = time.perf_counter()
@@ -395,6 +467,23 @@ def generate_cmd(
     check_outside(out, run)
     with as_flags(GENERATE_FLAGS):
         loaded = Run.load(run, device)
+        if objective is not None:
+            from choicegrad.objectives import load_objective
+
+            if loaded.objective_record is None:
+                raise InputError("--objective", [f"{run} was fitted with its own scorer, not an objective; leave out "
+                                                 "--objective"])
+            given, record = load_objective(objective, "--objective")
+            loaded.use_objective(given, record, changed=objective_changed)
+        elif loaded.objective_record is not None and decoder not in GENERATOR_DECODERS:
+            if decoder != DEFAULT_DECODER:
+                raise InputError("--decoder", [f"{decoder} scores rows with the run's objective: pass --objective "
+                                               f"FILE.py:NAME, or use {', '.join(GENERATOR_DECODERS)}"])
+            record = loaded.objective_record
+            typer.echo(f"note: no --objective ({record.get('file')}:{record.get('name')} fitted this run): decoding "
+                       "with the generator alone, topk by its own probability; pass --objective to search with it",
+                       err=True)
+            decoder = "topk"
         if contexts is not None and not loaded.context_columns:
             typer.echo(f"warning: the run has no context columns; {contexts} is ignored", err=True)
         with warnings.catch_warnings(record=True) as caught:   # new contexts far outside the training range
@@ -411,8 +500,9 @@ def generate_cmd(
     if stats["short"]:
         typer.echo(f"warning: {stats['short']} context(s) got fewer than {top_k} rows: the space (with --fix) is smaller",
                    err=True)
+    calls = "scorer" if loaded.scorer is not None else "objective"
     typer.echo(f"generated {len(result)} rows for {stats['contexts']} context(s) with {decoder} in "
-               f"{time.perf_counter() - start:.1f} s ({stats['scorer_calls']} scorer calls) -> {out}")
+               f"{time.perf_counter() - start:.1f} s ({stats['scorer_calls']} {calls} calls) -> {out}")
 
 
 @app.command("propose", epilog="Example (one design round a week): choicegrad propose measured.csv --features 's?' "

@@ -22,7 +22,7 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Literal, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -45,18 +45,40 @@ from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import available
 from choicegrad.estimators.gumbel import CDF_VOCABULARY
 from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective, resolve_layout
+from choicegrad.generators.objective import GeneratorLogProb, as_objective
 from choicegrad.runfolder import RunWriter, check_out_path, read_run, run_writer
 from choicegrad.scorer.aligner import Aligner, AlignerFit, fit_aligner
 from choicegrad.scorer.fit import ScorerFit, ScorerResult, fit_scorer, fit_scorer_stream
 from choicegrad.scorer.model import Scorer
-from choicegrad.training.loop import GeneratorFit, GeneratorResult, fit_table_generator
+from choicegrad.training.contexts import ContextPool, TableContexts
+from choicegrad.training.loop import GeneratorFit, GeneratorResult, fit_generator, fit_table_generator
+from choicegrad.training.step import needs_gradient
 
 RUN_FILES = ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json")
+#: Decoders that need no objective: they rank rows by the generator's own probability.
+GENERATOR_DECODERS = ("argmax", "sample", "topk")
 SCORER_METRICS = "scorer_metrics.json"
+#: What a run fitted to the user's own objective records of it (never the code itself).
+OBJECTIVE_FILE = "objective.json"
 #: Most rows (contexts x k) one Run.generate call returns: beyond this the table itself, not the search,
 #: would exhaust memory.
 MAX_GENERATE_ROWS = 10_000_000
 Fix = Union[Mapping[str, str], Iterable[str], None]
+
+
+class ObjectiveRecord(BaseModel):
+    """objective.json: the file and name the objective came from (--objective FILE.py:NAME), its
+    sha256, its kind (frame: a black box; module: a torch module; python: given in Python), and its
+    scale (given by the user, or estimated from random rows)."""
+
+    model_config = ConfigDict(extra="allow")
+    file: Optional[str] = None
+    name: str
+    sha256: Optional[str] = None
+    kind: Literal["frame", "module", "python"]
+    differentiable: bool
+    scale: float = Field(gt=0, allow_inf_nan=False)
+    scale_estimated: bool
 
 
 class TableSpec(BaseModel):
@@ -182,28 +204,34 @@ def _read_config(path: Path) -> dict:
     return read_json_object(path) if path.is_file() else {}
 
 
-def _read_contexts(source: str | Path, scorer: Scorer) -> tuple[pd.DataFrame, TableContext]:
+def _read_contexts(source: str | Path, context: ContextEncoder) -> tuple[pd.DataFrame, TableContext]:
     """A table of contexts -> (its context columns (N, C), their encoding); InputError naming the file."""
     frame = read_table(source)
     if len(frame) == 0:
         raise InputError(str(source), ["the table has no rows"])
-    ctx = TableContext(*scorer.context.encode(frame, str(source)))   # unknown values: InputError
-    return frame[[c.name for c in scorer.context.columns]].reset_index(drop=True), ctx
+    ctx = TableContext(*context.encode(frame, str(source)))   # unknown values: InputError
+    return frame[[c.name for c in context.columns]].reset_index(drop=True), ctx
 
 
 class Run:
-    """A fitted run folder: scorer, generator, optional aligner, config (config.json as a dict) and
-    the training contexts (contexts.csv as a DataFrame; None without context columns)."""
+    """A fitted run folder: scorer (None for a run fitted to the user's own objective), generator,
+    optional aligner, config (config.json as a dict), the training contexts (contexts.csv as a
+    DataFrame; None without context columns), the choice space and context columns, and for an
+    objective run its record (objective.json) and, once given (use_objective), the objective."""
 
-    def __init__(self, out: Path, scorer: Scorer, generator, aligner: Optional[Aligner] = None,
+    def __init__(self, out: Path, scorer: Optional[Scorer], generator, aligner: Optional[Aligner] = None,
                  config: Optional[dict] = None, contexts: Optional[pd.DataFrame] = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", *, space: Optional[ChoiceSpace] = None,
+                 context: Optional[ContextEncoder] = None, objective_record: Optional[dict] = None):
         self.out, self.scorer, self.generator, self.aligner = Path(out), scorer, generator, aligner
         self.config, self.contexts, self.device = config or {}, contexts, torch.device(device)
+        self.space = space if space is not None else scorer.space
+        self.context = context if context is not None else scorer.context
+        self.objective_record, self.objective = objective_record, None
 
     @property
     def context_columns(self) -> list[str]:
-        return [c.name for c in self.scorer.context.columns]
+        return [c.name for c in self.context.columns]
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
@@ -225,6 +253,8 @@ class Run:
         """The run in `folder` (run_dir held open: choicegrad.runfolder.read_run), as Run(run_dir, ...)."""
         if not folder.is_dir():
             raise InputError(str(run_dir), ["no such run folder (written by choicegrad fit)"])
+        if (folder / OBJECTIVE_FILE).is_file():
+            return cls._read_objective_run(folder, run_dir, device)
         missing = [str(folder / f) for f in RUN_FILES if not (folder / f).is_file()]
         if missing:
             hint = " (written by choicegrad fit)"
@@ -236,8 +266,28 @@ class Run:
         aligner = Aligner.load(folder, copy.deepcopy(scorer), device) if (folder / "aligner.json").is_file() else None
         contexts = None
         if scorer.context.columns and (folder / "contexts.csv").is_file():
-            contexts = _read_contexts(folder / "contexts.csv", scorer)[0]
+            contexts = _read_contexts(folder / "contexts.csv", scorer.context)[0]
         return cls(run_dir, scorer, gen, aligner, _read_config(folder / "config.json"), contexts, device)
+
+    @classmethod
+    def _read_objective_run(cls, folder: Path, run_dir: Path, device: torch.device) -> Run:
+        """A run fitted to the user's own objective: generator, objective.json, contexts, no scorer."""
+        try:
+            record = ObjectiveRecord.model_validate(read_json_object(folder / OBJECTIVE_FILE)).model_dump()
+        except ValueError as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(str(folder / OBJECTIVE_FILE), [f"not an objective record: {meta_problem(exc)}"]) from None
+        gen, meta = generators.load(folder, device)
+        try:
+            space, context = ChoiceSpace.model_validate(meta["space"]), ContextEncoder.model_validate(meta["context"])
+        except (KeyError, ValueError) as exc:
+            raise InputError(str(folder / "generator.json"), [f"no choice space and context columns: {meta_problem(exc)}"]) from None
+        contexts = None
+        if context.columns and (folder / "contexts.csv").is_file():
+            contexts = _read_contexts(folder / "contexts.csv", context)[0]
+        return cls(run_dir, None, gen, None, _read_config(folder / "config.json"), contexts, device, space=space,
+                   context=context, objective_record=record)
 
     def _contexts(self, contexts: pd.DataFrame | str | Path | None) -> tuple[Optional[pd.DataFrame], TableContext]:
         """(context columns or None without context columns, their encoding on the run's device)."""
@@ -253,13 +303,13 @@ class Run:
                 raise InputError("contexts", [f"missing run file {missing}; pass a table of contexts"])
             contexts = self.contexts
         if isinstance(contexts, (str, Path)):
-            frame, ctx = _read_contexts(contexts, self.scorer)
+            frame, ctx = _read_contexts(contexts, self.context)
         else:
             if len(contexts) == 0:
                 raise InputError("contexts", ["the table has no rows"])
-            ctx = TableContext(*self.scorer.context.encode(contexts, "contexts"))
+            ctx = TableContext(*self.context.encode(contexts, "contexts"))
             frame = contexts[self.context_columns].reset_index(drop=True)
-        for note in self.scorer.context.out_of_range(frame) if given else []:   # allowed; the scorer extrapolates
+        for note in self.context.out_of_range(frame) if given else []:   # allowed; the model extrapolates
             warnings.warn(note, ContextRangeWarning, stacklevel=3)
         return frame, ctx.to(self.device)
 
@@ -285,27 +335,61 @@ class Run:
         problems = generate_problems(k, decoder, temperature, samples, budget, seed)
         if problems:
             raise InputError("generate", problems)
-        fixed = parse_fix(fix, self.scorer.space)
+        fixed = parse_fix(fix, self.space)
         frame, ctx = self._contexts(contexts)
-        pinned = [-1] * self.scorer.space.num_slots if fixed is None else fixed.tolist()
-        space_rows = math.prod(size for size, f in zip(self.scorer.space.sizes, pinned) if f < 0)
+        pinned = [-1] * self.space.num_slots if fixed is None else fixed.tolist()
+        space_rows = math.prod(size for size, f in zip(self.space.sizes, pinned) if f < 0)
         rows_k = int(min(k, space_rows))   # no more candidates than the space (with `fix`) holds
         if len(ctx) * rows_k > MAX_GENERATE_ROWS:
             raise InputError("k", [f"{rows_k:,} rows for each of {len(ctx):,} contexts is {len(ctx) * rows_k:,} rows; "
                                    f"at most {MAX_GENERATE_ROWS:,} per call: ask for fewer rows or fewer contexts"])
+        objective, column = self._objective(decoder, beta, frame)
         rng = torch.Generator(device=self.device).manual_seed(seed)
         try:
-            cands = decode(decoder, self.generator, TableObjective(self.scorer, beta=beta), ctx, rows_k, fixed=fixed,
+            cands = decode(decoder, self.generator, objective, ctx, rows_k, fixed=fixed,
                            temperature=temperature, samples=samples, generator=rng,
                            budget=budget if budget is not None or samples is not None else default_budget(rows_k))
         except ValueError as exc:  # e.g. exhaustive on a space too large to enumerate
             raise InputError("decoder", [str(exc)]) from None
-        result = candidates_frame(self.scorer.space, cands, frame)
-        result["score"] = self.scorer.to_score(result["score"].to_numpy())
-        check_finite(result["score"].to_numpy(), "generate", "the generated score")
-        result.attrs.update(scorer_calls=int(cands.scorer_calls), contexts=len(ctx),
+        result = candidates_frame(self.space, cands, frame)
+        values = result.pop("score").to_numpy()
+        result.insert(len(result.columns) - 1, column, self.scorer.to_score(values) if self.scorer is not None else values)
+        check_finite(result[column].to_numpy(), "generate", f"the generated {column.replace('_', ' ')}")
+        result.attrs.update(scorer_calls=int(cands.scorer_calls) if column == "score" else 0, contexts=len(ctx),
                             short=int((cands.valid.cpu().numpy().sum(1) < k).sum()))
         return result
+
+    def _objective(self, decoder: str, beta: Optional[float], frame: Optional[pd.DataFrame]):
+        """(what the decoder scores rows with, the output column): the run's scorer ("score"), the
+        user's objective bound to the contexts asked for ("score"), or, for an objective run given
+        none, the generator's own log-probability ("log_prob"; argmax, sample and topk only)."""
+        if self.scorer is not None:
+            return TableObjective(self.scorer, beta=beta), "score"
+        if self.objective is not None:
+            return self.objective.bind(self.space, self.context, frame).prepare(self.device), "score"
+        if decoder not in GENERATOR_DECODERS:
+            record = self.objective_record or {}
+            raise InputError("objective", [
+                f"decoder {decoder} scores rows with the objective the run was fitted to "
+                f"({record.get('file', '?')}:{record.get('name', '?')}), which a run folder never imports by itself: "
+                "give it (Run.use_objective, or generate --objective FILE.py:NAME), or decode with the generator "
+                f"alone: {', '.join(GENERATOR_DECODERS)}"])
+        return GeneratorLogProb(self.generator), "log_prob"
+
+    def use_objective(self, objective, record: Optional[dict] = None, changed: bool = False) -> Run:
+        """Give an objective run its objective again (for decoders that score: rerank, polish, anneal,
+        exhaustive). record: load_objective's record of the file it came from, checked against the one
+        the run was fitted with (same sha256) unless `changed` says a different file is intended."""
+        if self.objective_record is None:
+            raise InputError("objective", ["this run was fitted with its own scorer; it needs no objective"])
+        if record is not None and record.get("sha256") != self.objective_record.get("sha256") and not changed:
+            raise InputError("objective", [
+                f"{record.get('file')}:{record.get('name')} differs from the file the run was fitted with "
+                f"({self.objective_record.get('file')}, sha256 {str(self.objective_record.get('sha256'))[:12]}..., now "
+                f"{str(record.get('sha256'))[:12]}...): the generator learned the old one. Say it is intended "
+                "(generate --objective-changed, or changed=True), or fit again"])
+        self.objective = as_objective(objective)
+        return self
 
     @classmethod
     def fit(cls, data: str | Path | pd.DataFrame, out: str | Path, table: TableSpec, *,
@@ -420,6 +504,158 @@ class Run:
         echo(f"generator: {generator} + {generator_fit.method}, {res.seconds:.1f} s, {res.scorer_calls} scorer calls, "
              f"validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
         return distributed.from_main(lambda: cls.load(out))
+
+    @classmethod
+    def fit_objective(cls, objective, out: str | Path, *, space: Union[str, Path, dict, None] = None,
+                      contexts: pd.DataFrame | str | Path | None = None,
+                      table: Optional[tuple[Union[str, Path, pd.DataFrame], TableSpec]] = None,
+                      generator: str = "autoregressive", generator_fit: Optional[GeneratorFit] = None,
+                      record: Optional[dict] = None, max_minutes: Optional[float] = None, resume: bool = False,
+                      overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
+                      echo: Callable[[str], None] = print, progress: Optional[bool] = None) -> Run:
+        """A generator fitted to the user's own objective (choicegrad.objectives: FrameObjective for a
+        black box on labelled rows, ModuleObjective for a torch module; or any Objective), written to
+        `out` as one run (no scorer; objective.json records where the objective came from, never its
+        code); returns Run.load(out) with the objective attached.
+
+        space: {feature: [labels]} or a JSON file of one: the choice space, in the objective's labels
+        (required without a table). contexts: a DataFrame or CSV/Parquet file of the contexts to
+        train for; its columns are the context columns, typed as a table's (numbers numeric, else
+        categorical); None: one problem without context. table: (a table, TableSpec) whose rows give
+        the generator's warm start, ranked by the objective (its score column, if any, is not used),
+        and its contexts when `contexts` is None. record: load_objective's record of the file the
+        objective came from. The objective's scale, unless given, is estimated from random rows and
+        echoed. Otherwise as Run.fit (method, steps, time limit, resume, overwrite, checkpoints).
+
+            run = Run.fit_objective(cg.FrameObjective(simulate), "runs/own", space="space.json",
+                                    contexts="contexts.csv", generator_fit=GeneratorFit(steps=800))
+        """
+        from choicegrad.objectives import estimate_scale
+
+        generator_fit = generator_fit or GeneratorFit()
+        generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, generator)})
+        if max_minutes is not None:
+            generator_fit = generator_fit.model_copy(update={"max_minutes": max_minutes})
+        objective = as_objective(objective)
+        if not objective.differentiable and needs_gradient(generator_fit.method):
+            raise InputError("method", [f'"{generator_fit.method}" passes gradients through the score, but this '
+                                        "objective is not differentiable (a black box): train it with reinforce or "
+                                        "trajectory-balance, or give a torch module (ModuleObjective)"])
+        check_out_path(out)
+        out = Path(out)
+        space_, encoder, frame, data = _objective_problem(space, contexts, table)
+        gen_cfg = GeneratorConfig(kind=generator)
+        check_generator_fits(gen_cfg, space_, device=generator_fit.device)
+        ctx = TableContext(*encoder.encode(frame, "contexts")).unique()[0] if encoder.columns else TableContext.empty(1)
+        if hasattr(objective, "bind"):
+            objective.bind(space_, encoder, frame)
+        if data is not None:      # the warm start ranks the table's complete rows by the objective
+            data = _scored_by(objective.prepare(generator_fit.device), data, generator_fit.device)
+        estimated = not getattr(objective, "scale_given", True)
+        if estimated:
+            objective.scale = estimate_scale(objective.prepare(generator_fit.device), space_, ctx.to(generator_fit.device),
+                                             seed=generator_fit.seed)
+            echo(f"objective: scale {objective.scale:.4g} (the spread of its scores over random rows; give scale= "
+                 "or --objective-scale to set it)")
+        record = {**(record or {"file": None, "name": getattr(objective, "name", type(objective).__name__),
+                                "sha256": None, "kind": "python"}),
+                  "differentiable": bool(objective.differentiable), "scale": float(objective.scale),
+                  "scale_estimated": estimated}
+        ObjectiveRecord.model_validate(record)
+        contexts_key = int(pd.util.hash_pandas_object(frame, index=False).sum()) if len(frame.columns) else 0
+        request = {"command": "fit-objective", "objective": {k: record[k] for k in ("file", "name", "sha256", "kind")},
+                   "space": space_.model_dump(), "contexts_hash": contexts_key, "generator": gen_cfg.model_dump(),
+                   "generator_fit": generator_fit.model_dump(),
+                   **({"table_hash": int(pd.util.hash_pandas_object(data.frame, index=False).sum())} if data is not None
+                      else {})}
+        with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
+            for note in w.notes:
+                echo(note)
+            if w.finished:
+                return cls.load(out).use_objective(objective, record)
+            torch.manual_seed(generator_fit.seed)
+            gen = generators.build(gen_cfg, space=space_, context=encoder)
+            source = TableContexts(data, device=generator_fit.device) if data is not None else \
+                ContextPool(ctx, device=generator_fit.device)
+            with w.checkpoints.catch_signals() as ckpt:
+                res = fit_generator(gen, objective, source, generator_fit, run_dir=w.dir, progress=progress,
+                                    checkpoint=ckpt)
+            generators.save(res.generator.cpu(), w.dir, {"space": space_.model_dump(), "context": encoder.model_dump()})
+            if encoder.columns:
+                write_table(frame[[c.name for c in encoder.columns]].drop_duplicates().reset_index(drop=True),
+                            w.dir / "contexts.csv")
+            atomic_write_text(w.dir / OBJECTIVE_FILE, json.dumps(record, indent=2) + "\n")
+            size = math.prod(space_.sizes)
+            config = {"objective": record, "features": space_.names, "context": [c.name for c in encoder.columns],
+                      "contexts": len(ctx), "space_rows": size, "generator": gen_cfg.model_dump(),
+                      "generator_fit": generator_fit.model_dump(), "generator_training": _training_summary(res),
+                      "seconds": res.seconds, "versions": versions()}
+            atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
+            w.commit()
+        echo(f"generator: {generator} + {generator_fit.method} on {record['name']}, {res.seconds:.1f} s, "
+             f"{res.scorer_calls:,} objective calls ({res.scorer_calls / max(1, len(ctx)):,.0f} per context, against "
+             f"{size:,} rows in each context's space), validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
+        return cls.load(out).use_objective(objective, record)
+
+
+def _objective_problem(space, contexts, table) -> tuple[ChoiceSpace, ContextEncoder, pd.DataFrame, Optional[TableData]]:
+    """(choice space, context columns, the contexts as a frame, the warm-start table or None) of an
+    objective fit: from the declared space and contexts, or from a table (its features and context
+    columns), either overriding the other where both are given."""
+    declared = read_space(space) if isinstance(space, (str, Path)) else space
+    data = None
+    if table is not None:
+        source, spec = table
+        frame = source if isinstance(source, pd.DataFrame) else read_table(source)
+        score = spec.score if spec.score in frame.columns else None
+        if score is None:                 # an objective fit needs no measured score: a placeholder column
+            score = "__choicegrad_unscored__"
+            frame = frame.assign(**{score: 0.0})
+        data = load_table(frame, spec.features, score, spec.context, space=declared or spec.space)
+        for note in data.warnings:
+            if "constant" not in note:
+                warnings.warn(note, UserWarning, stacklevel=3)
+        space_, encoder = data.space, data.context
+        if contexts is None:
+            names = [c.name for c in encoder.columns]
+            return space_, encoder, data.frame[names].drop_duplicates().reset_index(drop=True), data
+    if declared is None and table is None:
+        raise InputError("space", ["an objective fit without a table needs the choice space: {feature: [labels]}, or "
+                                   "a JSON file of one (--space)"])
+    if table is None:
+        space_ = ChoiceSpace.declared(pd.DataFrame(), list(declared), declared)
+    if contexts is None:
+        return space_, ContextEncoder(columns=[]), pd.DataFrame(index=range(1)), data
+    frame = read_table(contexts) if isinstance(contexts, (str, Path)) else contexts.reset_index(drop=True)
+    name = str(contexts) if isinstance(contexts, (str, Path)) else "contexts"
+    if len(frame) == 0:
+        raise InputError(name, ["the table has no rows"])
+    if table is not None:
+        encoder.encode(frame, name)            # the table's context columns, and values it knows
+    else:
+        clash = sorted(set(frame.columns) & set(space_.names))
+        if clash:
+            raise InputError(name, [f"column{'s' if len(clash) > 1 else ''} {', '.join(clash)} also name features of "
+                                    "the space; a context column must be another column"])
+        encoder = ContextEncoder.fit(frame, [(str(c), None) for c in frame.columns], name)
+        encoder.encode(frame, name)
+    return space_, encoder, frame, data
+
+
+def _scored_by(objective, data: TableData, device) -> TableData:
+    """`data` with its scores replaced by the objective's (rows with a missing feature: -inf, never a
+    warm-start row), for the warm start to learn the objective's best rows."""
+    from choicegrad.decoding.scoring import score_flat
+
+    complete = (data.rows >= 0).all(1)
+    y = torch.full((len(data),), float("-inf"), dtype=torch.float64)
+    idx = torch.nonzero(complete).reshape(-1)
+    if len(idx):
+        ctx = TableContext(data.ctx_cat[idx], data.ctx_num[idx]).to(device)
+        y[idx] = score_flat(objective, data.rows[idx].to(device), torch.arange(len(idx), device=device), ctx).double().cpu()
+    scored = data.subset(np.arange(len(data)))
+    scored.y = y
+    return scored
 
 
 def check_generator_fits(config: GeneratorConfig, space: ChoiceSpace, memory: Optional[int] = None,

@@ -43,7 +43,7 @@ from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import did_you_mean
 from choicegrad.generators.base import Generator, masked_log_softmax
 from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_context_chunks
-from choicegrad.generators.objective import SCORE_CHUNK, Objective
+from choicegrad.generators.objective import SCORE_CHUNK, Objective, as_objective
 
 _NEG = float("-inf")
 
@@ -301,6 +301,7 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
     if not 0 < o.draw_share <= 1:
         raise ValueError(f"draw_share must be in (0, 1], got {o.draw_share}")
     rng = o.generator if o.generator is not None else torch.Generator(device=ctx.device).manual_seed(0)
+    objective = as_objective(objective)
     with torch.no_grad():
         gen_mask = gen.choice_mask(ctx) if o.mask is None else o.mask.expand(len(ctx), -1, -1)
         fixed = check_fixed(o.fixed, gen_mask)

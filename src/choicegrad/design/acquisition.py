@@ -19,6 +19,7 @@ from torch import Tensor
 
 from choicegrad.decoding.rows import row_keys
 from choicegrad.generators.context import TableContext
+from choicegrad.generators.objective import Objective
 
 #: How far below every other row a measured row scores in the search, in score standard deviations.
 EXCLUDED_PENALTY = 1e4
@@ -33,7 +34,7 @@ def log_feasible(classifier, x: Tensor, ctx: TableContext) -> Tensor:
     return torch.logsumexp(torch.nn.functional.logsigmoid(logits), 0) - math.log(len(logits))
 
 
-class Acquisition:
+class Acquisition(Objective):
     """Optimistic ensemble score for design rounds, in the scorer's working units.
 
     value = mean + kappa * std over the scorer's members (kappa 0: the mean, as Thompson selection
@@ -43,10 +44,10 @@ class Acquisition:
     """
 
     def __init__(self, scorer, kappa: float = 1.0, feasibility=None, weight: float = 1.0):
+        super().__init__()
         self.scorer, self.kappa, self.feasibility = scorer, float(kappa), feasibility
         self.scale = float(scorer.y_std)
         self.weight = float(weight) * self.scale
-        self.calls = 0
 
     def members(self, x: Tensor, ctx: TableContext) -> Tensor:
         """(k, N) member scores plus the feasibility term: one Thompson draw per member."""
@@ -55,8 +56,13 @@ class Acquisition:
             scores = scores + self.weight * log_feasible(self.feasibility, x, ctx)
         return scores
 
-    def __call__(self, x: Tensor, ctx: TableContext) -> Tensor:
-        self.calls += int(x.shape[0])
+    def prepare(self, device) -> Acquisition:
+        for model in (self.scorer, self.feasibility):
+            if model is not None:
+                model.to(device).eval().requires_grad_(False)
+        return self
+
+    def score(self, x: Tensor, ctx: TableContext) -> Tensor:
         scores = self.members(x, ctx)                      # the feasibility term shifts every member alike
         value = scores.mean(0)
         if self.kappa and len(scores) > 1:
@@ -104,17 +110,27 @@ class Measured:
         return Excluding(objective, self)
 
 
-class Excluding:
+class Excluding(Objective):
     """An objective whose measured rows (hard rows only) score EXCLUDED_PENALTY score standard
-    deviations below their value, so a search leaves them for rows not measured yet."""
+    deviations below their value, so a search leaves them for rows not measured yet. Its calls are
+    the acquisition's."""
 
     def __init__(self, objective: Acquisition, measured: Measured):
+        super().__init__()
         self.objective, self.measured = objective, measured
-        self.scale, self.scorer = objective.scale, objective.scorer
+        self.scale = objective.scale
 
     @property
     def calls(self) -> int:
         return self.objective.calls
+
+    @calls.setter
+    def calls(self, value: int) -> None:
+        pass                                          # counted by the acquisition it wraps
+
+    def prepare(self, device) -> Excluding:
+        self.objective.prepare(device)
+        return self
 
     def __call__(self, x: Tensor, ctx: TableContext) -> Tensor:
         value = self.objective(x, ctx)

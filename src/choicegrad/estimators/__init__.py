@@ -16,7 +16,7 @@ from choicegrad.estimators import (  # noqa: F401  (register the methods)
     aligner, relaxed, score_function, supervised, trajectory_balance)
 from choicegrad.estimators.api import SELECT_METHODS, select, soft_lookup
 from choicegrad.estimators.base import MASK_VALUE, check_tau, vocab_mask
-from choicegrad.estimators.contract import Estimator, EstimatorOutput, available, families, get, register
+from choicegrad.estimators.contract import Estimator, EstimatorOutput, available, families, get, get_class, register
 from choicegrad.estimators.exact import enumerate_rows, exact_expectation, exact_objective
 from choicegrad.estimators.gumbel import conditional_gumbel, gumbel_max, gumbel_softmax, sample_gumbel
 from choicegrad.estimators.policy import LogitsPolicy, Policy
@@ -25,6 +25,6 @@ from choicegrad.estimators.schedules import Constant, Cosine, Exponential
 __all__ = [
     "MASK_VALUE", "SELECT_METHODS", "Constant", "Cosine", "Estimator", "EstimatorOutput", "Exponential",
     "LogitsPolicy", "Policy", "available", "check_tau", "conditional_gumbel", "enumerate_rows",
-    "exact_expectation", "exact_objective", "families", "get", "gumbel_max", "gumbel_softmax", "register",
+    "exact_expectation", "exact_objective", "families", "get", "get_class", "gumbel_max", "gumbel_softmax", "register",
     "sample_gumbel", "select", "soft_lookup", "vocab_mask",
 ]

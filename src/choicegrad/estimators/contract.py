@@ -116,6 +116,14 @@ def families() -> dict[str, list[str]]:
     return out
 
 
+def get_class(name: str) -> type:
+    """The estimator class registered as `name` (its family, its options), without building one."""
+    key = normalize_name(name)
+    if key not in _REGISTRY:
+        raise unknown_name_error(name, available())
+    return _REGISTRY[key]
+
+
 def get(name: str, **hyperparams) -> Estimator:
     """Build the estimator registered as `name` with its hyperparameters, e.g. get('reinforce', k=8)."""
     key = normalize_name(name)

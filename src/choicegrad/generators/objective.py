@@ -16,25 +16,61 @@ from torch import Tensor
 from choicegrad.generators.context import Context, ItemContext, TableContext
 
 
-class TableObjective:
+class Objective:
+    """The one contract every estimator, generator, decoder, the Designer and the training loop read.
+
+    objective(x, ctx) -> (N,) scores, higher is better: x (N, S) long rows (category indices in the
+    choice space's label order) or (N, S, V) float one-hot or soft rows (V the largest vocabulary;
+    slot s uses its first V_s entries), ctx a context batch of N (TableContext or ItemContext).
+    differentiable: whether gradients reach soft x (the relaxed and straight-through estimators need
+    it; score-function ones do not). scale: the score's typical spread in its own units: training
+    works in units of it (the entropy bonus is per nat in scale units). calls: rows scored so far.
+    prepare(device): move to `device` and freeze (eval, no parameter gradients) before use.
+
+    Subclasses implement score(x, ctx); __call__ counts the rows. TableObjective (a fitted scorer),
+    ItemObjective (a reward over item vectors), FrameObjective (a black box on labelled rows) and
+    ModuleObjective (a torch module on one-hot rows) are the four kinds.
+    """
+
+    differentiable: bool = True
+    scale: float = 1.0
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def prepare(self, device: torch.device | str) -> Objective:
+        return self
+
+    def score(self, x: Tensor, ctx: Context) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor, ctx: Context) -> Tensor:
+        self.calls += int(x.shape[0])
+        return self.score(x, ctx)
+
+
+class TableObjective(Objective):
     """A fitted Scorer as objective: scorer(x, ctx.cat, ctx.num, beta=beta) in its working units, the
     score's own units unless float32 cannot hold them (then standardised; scorer.to_score converts).
 
     beta: ensemble pessimism (mean - beta * std over members); None uses the scorer's own beta.
-    `scale` (the scorer's score std, in working units) lets training code work in unit-free terms.
+    `scale` is the scorer's score std, in working units.
     """
 
     def __init__(self, scorer, beta: Optional[float] = None):
+        super().__init__()
         self.scorer, self.beta = scorer, beta
         self.scale = float(scorer.y_std)
-        self.calls = 0
 
-    def __call__(self, x: Tensor, ctx: TableContext) -> Tensor:
-        self.calls += int(x.shape[0])
+    def prepare(self, device: torch.device | str) -> TableObjective:
+        self.scorer.to(device).eval().requires_grad_(False)
+        return self
+
+    def score(self, x: Tensor, ctx: TableContext) -> Tensor:
         return self.scorer(x, ctx.cat, ctx.num, beta=self.beta)
 
 
-class ItemObjective:
+class ItemObjective(Objective):
     """Reward of selected item vectors: reward(selected (N, S, D), ctx) -> (N,), higher is better.
 
     selected = x @ ctx.items with x the (N, S, N_items) one-hot or relaxed selection, so gradients of
@@ -42,18 +78,52 @@ class ItemObjective:
     """
 
     def __init__(self, reward: Callable[[Tensor, ItemContext], Tensor], scale: float = 1.0):
+        super().__init__()
         self.reward, self.scale = reward, float(scale)
-        self.calls = 0
 
-    def __call__(self, x: Tensor, ctx: ItemContext) -> Tensor:
-        self.calls += int(x.shape[0])
+    def score(self, x: Tensor, ctx: ItemContext) -> Tensor:
         if not x.is_floating_point():
             x = F.one_hot(x, ctx.items.shape[1]).to(ctx.items.dtype)
         selected = torch.einsum("bsn,bnd->bsd", x.to(ctx.items.dtype), ctx.items)
         return self.reward(selected, ctx)
 
 
-Objective = Callable[[Tensor, Context], Tensor]
+class GeneratorLogProb(Objective):
+    """A generator's own log-probability of rows, as what decoders rank by when no objective is at
+    hand (argmax, sample, topk: the generator alone). Not a score of the rows' quality."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.generator = generator
+
+    def score(self, x: Tensor, ctx: Context) -> Tensor:
+        return self.generator.log_prob(x, ctx)
+
+
+class CallableObjective(Objective):
+    """A function f(x, ctx) -> (N,) tensor on choicegrad's own rows and contexts (see Objective): an
+    oracle, a test function. `differentiable` and `scale` as the caller states them."""
+
+    def __init__(self, fn: Callable[[Tensor, Context], Tensor], differentiable: bool = True, scale: float = 1.0):
+        super().__init__()
+        self.fn, self.differentiable, self.scale = fn, bool(differentiable), float(scale)
+
+    def score(self, x: Tensor, ctx: Context) -> Tensor:
+        return self.fn(x, ctx)
+
+
+def as_objective(objective, name: str = "objective") -> Objective:
+    """An Objective as it is, a function f(x, ctx) -> (N,) wrapped (CallableObjective); InputError
+    naming `name` and the expected forms otherwise."""
+    if isinstance(objective, Objective):
+        return objective
+    if callable(objective) and not isinstance(objective, torch.nn.Module):
+        return CallableObjective(objective)
+    from choicegrad.errors import InputError
+
+    raise InputError(name, [f"expected a choicegrad Objective (TableObjective for a fitted scorer; FrameObjective(f) "
+                            "for a function of a DataFrame of labelled rows; ModuleObjective(net) for a torch module "
+                            f"on one-hot rows) or a function f(x, ctx) -> (N,) scores; got {type(objective).__name__}"])
 
 
 SCORE_CHUNK = 1 << 14

@@ -94,3 +94,30 @@ class SampledContexts:
 
     def validation(self) -> Context:
         return self._validation
+
+
+class ContextPool:
+    """A fixed set of contexts (an objective fit's, from a table of contexts), drawn uniformly: no
+    data rows, so no warm start. Validation uses up to `max_validation` of them."""
+
+    def __init__(self, contexts: TableContext, device: str | torch.device = "cpu", max_validation: int = 256):
+        self.device = torch.device(device)
+        self.contexts = contexts.to(self.device)
+        self.max_validation = max_validation
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+    def sample(self, n: int, generator: torch.Generator) -> TableContext:
+        return self.contexts.index(self.sample_ids(n, generator))
+
+    def sample_ids(self, n: int, generator: torch.Generator) -> Tensor:
+        """(n,) ids of uniformly drawn contexts (positions in self.contexts)."""
+        return torch.randint(len(self.contexts), (n,), generator=generator, device=self.device)
+
+    def validation(self) -> TableContext:
+        n = len(self.contexts)
+        if n <= self.max_validation:
+            return self.contexts
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: self.max_validation]
+        return self.contexts.index(idx.to(self.device))

@@ -44,7 +44,7 @@ from choicegrad.device import Device
 from choicegrad.generators import GeneratorConfig, TableObjective, build
 from choicegrad.generators.base import Generator
 from choicegrad.generators.context import Context
-from choicegrad.generators.objective import score_rows
+from choicegrad.generators.objective import as_objective, score_rows
 from choicegrad.progress import progress_bar
 from choicegrad.training.contexts import SampledContexts, TableContexts
 from choicegrad.training.log import METRIC_FIELDS, MetricsLog
@@ -159,10 +159,8 @@ class _Loop:
         self.device = device = torch.device(fit.device)
         torch.manual_seed(fit.seed)
         self.rng = torch.Generator(device=device).manual_seed(fit.seed)
+        objective = as_objective(objective).prepare(device)
         self.gen, self.objective, self.contexts, self.fit = gen.to(device).train(), objective, contexts, fit
-        scorer = getattr(objective, "scorer", None)
-        if scorer is not None:
-            scorer.to(device).eval().requires_grad_(False)
         self.step_fn = TrainingStep(self.gen, objective, contexts, fit, aligner)
         groups = [{"params": list(self.gen.parameters())}]
         self.log_z = self.step_fn.log_z          # trajectory balance's learned log Z (None for other methods)

@@ -27,7 +27,8 @@ from choicegrad.estimators.base import normalize_name, unknown_name_error
 from choicegrad.estimators.shard import BatchShard
 from choicegrad.generators.base import Generator
 from choicegrad.generators.context import Context, ItemContext, TableContext
-from choicegrad.generators.objective import score_rows
+from choicegrad.errors import InputError
+from choicegrad.generators.objective import as_objective, score_rows
 from choicegrad.generators.policy import policy_of
 from choicegrad.training.distill import Distillation
 
@@ -113,6 +114,12 @@ class LogZ(nn.Module):
             self.ready.fill_(True)
 
 
+def needs_gradient(method: str) -> bool:
+    """Whether estimator `method` differentiates the score (pathwise, learned) rather than only reading
+    its values (score-function, reward-proportional, supervised)."""
+    return estimators.get_class(method).family in ("pathwise", "learned")
+
+
 class TrainingStep:
     """The loss of one step for (generator, estimator) on contexts drawn from `contexts`.
 
@@ -122,12 +129,17 @@ class TrainingStep:
     """
 
     def __init__(self, gen: Generator, objective, contexts, fit, aligner=None):
-        self.gen, self.objective, self.contexts, self.fit = gen, objective, contexts, fit
+        self.objective = as_objective(objective) if objective is not None else None
+        self.gen, self.contexts, self.fit = gen, contexts, fit
         self.world = distributed.current()
         self.method = normalize_name(fit.method)
         if self.method not in estimators.available():
             raise unknown_name_error(fit.method, estimators.available())
-        self.scale = float(getattr(objective, "scale", 1.0)) or 1.0
+        self.scale = (self.objective.scale if self.objective is not None else 1.0) or 1.0
+        if self.objective is not None and not self.objective.differentiable and needs_gradient(self.method):
+            raise InputError("method", [f'"{self.method}" passes gradients through the score, but this objective is '
+                                        "not differentiable (a black box): train it with reinforce or "
+                                        "trajectory-balance, or give a torch module (ModuleObjective)"])
         opts = dict(fit.method_options)
         step_opts = {k: opts.pop(k) for k in STEP_OPTIONS.get(self.method, ()) if k in opts}
         if self.method == "reinforce":
