@@ -7,10 +7,10 @@ from choicegrad import Scorer, ScorerConfig, ScorerFit, fit_scorer, load_table
 from choicegrad.metrics import r2, regression_report, spearman
 
 
-def small_scorer(potts_frame, k=1, beta=0.0):
+def small_scorer(potts_frame, k=1, beta=0.0, **config):
     t = load_table(potts_frame, "s?", "y", "ctx")
     torch.manual_seed(0)
-    return t, Scorer(t.space, t.context, "y", ScorerConfig(embed_dim=4, hidden=[16]), k=k, beta=beta)
+    return t, Scorer(t.space, t.context, "y", ScorerConfig(embed_dim=4, hidden=[16], **config), k=k, beta=beta)
 
 
 def one_hot(rows, V):
@@ -44,7 +44,7 @@ def test_gradients_reach_input_probabilities(potts_frame):
 
 
 def test_missing_slot_uses_missing_embedding(potts_frame):
-    t, s = small_scorer(potts_frame)
+    t, s = small_scorer(potts_frame, missing="embedding")
     rows = t.rows[:4].clone()
     rows[:, 1] = -1
     out = s(rows, t.ctx_cat[:4], t.ctx_num[:4])

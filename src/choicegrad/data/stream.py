@@ -149,6 +149,7 @@ class ParquetTable:
     warnings: list[str] = field(default_factory=list)
     scan_seconds: float = 0.0
     sample: Optional[TableData] = None      # a uniform sample of the training rows, when the scan took one
+    category_counts: Optional[torch.Tensor] = None   # (S, V_max) float64: the features' categories in training rows
 
     def __len__(self) -> int:
         return sum(u.rows for u in self.units)
@@ -368,6 +369,7 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
     categorical = feats + [c for c, k in kinds.items() if k == "categorical"]
     numeric = [c for c, k in kinds.items() if k == "numeric"]
     seen: dict[str, dict] = {c: {} for c in categorical}        # raw value -> file it was first seen in
+    tally: dict[str, dict] = {f: {} for f in feats}             # raw value -> training rows holding it
     running = {c: _Running() for c in numeric}
     y_train = _Running()
     held: dict[int, list] = {VALIDATION: [], TEST: [], TRAIN: []}    # TRAIN: the sample
@@ -386,6 +388,12 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
                     values = enc.dictionary.to_pandas()
                     for v in values[values.notna()].tolist():
                         seen[c].setdefault(v, unit.file)
+                    if c in tally:    # each category's training rows, for the scorer's missing slots
+                        at = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+                        n = np.bincount(at[(split == TRAIN) & (at >= 0)], minlength=len(values))
+                        listed, rows_of = values.tolist(), tally[c]
+                        for i in np.flatnonzero((n > 0) & values.notna().to_numpy()):
+                            rows_of[listed[i]] = rows_of.get(listed[i], 0) + int(n[i])
                 for c in numeric:
                     running[c].add(floats[c])
                 y_train.add(floats[score][split == TRAIN])
@@ -417,6 +425,7 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
     table = ParquetTable(source, space_, encoder, score, counted, codes, seed, val_cut, test_cut, y_train.mean, y_std,
                          None, None, notes)
     table.validation, table.test = (_held_out(table, held[s], columns) for s in (VALIDATION, TEST))
+    table.category_counts = _category_counts(space_, codes, tally)
     if sample_rows > 0:
         table.sample = _held_out(table, held[TRAIN], [c for c, _ in ctx_specs])
     if not len(table.validation) or table.train_rows < 2:
@@ -518,6 +527,19 @@ def _space(source: str, feats: list[str], seen: dict[str, dict], declaration) ->
     if problems:
         raise InputError(source, problems)
     return ChoiceSpace(slots=slots), codes, notes
+
+
+def _category_counts(space: ChoiceSpace, codes: dict[str, Codes], tally: dict[str, dict]) -> torch.Tensor:
+    """(S, V_max) float64 training-row count of each feature's categories, from raw value -> count."""
+    out = torch.zeros(space.num_slots, space.max_size, dtype=torch.float64)
+    for s, f in enumerate(space.names):
+        raw = list(tally[f])
+        if raw:
+            where = codes[f].values.get_indexer(pd.Index(raw))
+            code = np.where(where >= 0, codes[f].codes[np.maximum(where, 0)], -1)
+            n = np.array([tally[f][r] for r in raw], dtype=np.float64)
+            out[s] = torch.from_numpy(np.bincount(code[code >= 0], n[code >= 0], minlength=space.max_size))
+    return out
 
 
 def _held_out(table: ParquetTable, records: list, columns: list[str]) -> TableData:

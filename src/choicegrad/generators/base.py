@@ -92,6 +92,16 @@ def rows_to_inputs(rows: Tensor, V: int, dtype=torch.float32) -> Tensor:
     return hot * (rows >= 0).unsqueeze(-1).to(dtype)
 
 
+def observed_prefix(rows: Tensor, order: list[int]) -> Tensor:
+    """(..., S) bool: slot observed (>= 0) and so is every slot before it in `order`, from rows (..., S)
+    long. An autoregressive generator's teacher-forced conditional of a slot after a missing one would
+    see an all-zero input that its sampling never produces; the observed prefix's terms are exactly
+    the log-likelihood of those slots."""
+    o = torch.as_tensor(order, device=rows.device)
+    seen = (rows.index_select(-1, o) >= 0).to(torch.int64).cumprod(-1).bool()
+    return seen.index_select(-1, torch.argsort(o))
+
+
 def masked_log_softmax(logits: Tensor) -> Tensor:
     """log_softmax over the last axis in fp32 (masked logits already hold MASK_VALUE)."""
     return torch.log_softmax(logits.float(), -1)
@@ -165,14 +175,20 @@ class Generator(nn.Module):
     def log_prob(self, rows: Tensor, ctx: Context, temperature: float = 1.0) -> Tensor:
         """Log-probability of rows, summed over observed slots.
 
-        rows (B, M, S) or (B, S) long, -1 = missing (left out of the sum) -> (B, M) or (B,).
-        Teacher forcing: one forward pass, also for autoregressive generators.
+        rows (B, M, S) or (B, S) long, -1 = missing (left out of the sum) -> (B, M) or (B,). For an
+        autoregressive generator only the observed prefix in `order` counts (observed_prefix): the
+        slots after a missing one are left out too. Teacher forcing: one forward pass.
         """
         squeeze = rows.dim() == 2
         r = rows.unsqueeze(1) if squeeze else rows
         lp, _ = self.teacher_terms(r, ctx, temperature, entropy=False)
-        out = torch.where(r >= 0, lp, torch.zeros_like(lp)).sum(-1)
+        keep = self.observed(r)
+        out = torch.where(keep, lp, torch.zeros_like(lp)).sum(-1)
         return out[:, 0] if squeeze else out
+
+    def observed(self, rows: Tensor) -> Tensor:
+        """(..., S) bool: the slots of rows (..., S) long whose log-probability terms log_prob sums."""
+        return observed_prefix(rows, self.order) if self.autoregressive else rows >= 0
 
     def teacher_terms(self, rows: Tensor, ctx: Context, temperature: float = 1.0,
                       entropy: bool = True) -> tuple[Tensor, Optional[Tensor]]:

@@ -46,7 +46,9 @@ class SequentialPolicy:
 
     def log_prob(self, rows: Tensor, valid: Optional[Tensor] = None) -> Tensor:
         lp, _ = self._slot_terms(rows)
-        keep = self.free[:, None, :] & (rows >= 0) if valid is None else valid & self.free[:, None, :]
+        # a slot after a missing one (-1) in the order is conditioned on a hole: left out (observed_prefix)
+        keep = self.free[:, None, :] & self.gen.observed(rows)
+        keep = keep if valid is None else keep & valid
         return torch.where(keep, lp, torch.zeros_like(lp)).sum(-1)
 
     def relaxed(self, method: str, tau: float, generator: Optional[torch.Generator] = None,

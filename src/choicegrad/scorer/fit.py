@@ -21,7 +21,7 @@ from choicegrad.errors import Interrupted
 from choicegrad.io import state_problems
 from choicegrad.metrics import regression_report
 from choicegrad.progress import progress_bar
-from choicegrad.scorer.model import Scorer, ScorerConfig, pair_rank
+from choicegrad.scorer.model import Scorer, ScorerConfig, category_counts, completions, pair_rank
 
 
 class ScorerFit(BaseModel):
@@ -40,7 +40,8 @@ class ScorerFit(BaseModel):
     ranking: float = Field(0.0, ge=0.0, description="weight of the pairwise ranking loss")
     loss: Literal["mse", "logistic"] = Field("mse", description="mse: regression on the standardised score; "
                                              "logistic: a classifier of 0/1 scores whose outputs are logits")
-    patience: int = Field(6, ge=1, description="epochs without validation gain before stopping")
+    patience: int = Field(6, ge=1, description="epochs without validation gain before stopping (and at least "
+                          "PATIENCE_STEPS optimiser steps of them: a small table's epochs are a few steps each)")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0, lt=0.5)
     seed: int = Field(0, ge=0, lt=2**63, description="random seed (torch takes 0 <= seed < 2**63)")
@@ -83,6 +84,42 @@ def ranking_loss(pred: torch.Tensor, target: torch.Tensor, generator: torch.Gene
         return pred.sum() * 0.0
     sign = torch.sign(target - target[j])
     return (torch.nn.functional.softplus(-sign * (pred - pred[j])) * sign.abs()).mean()
+
+
+#: Fewest optimiser steps without validation gain before a fit stops early: at 600 rows an epoch is 4
+#: steps, and 6 epochs stopped fits still warming up (benchmarks/partial_rows.py, docs/choosing.md).
+PATIENCE_STEPS = 120
+
+#: Least noise variance (in standard deviations of the score, squared) the mixture loss of partial
+#: rows assumes: an exact fit of the complete rows would otherwise make it a hard minimum.
+NOISE_FLOOR = 1e-3
+
+
+def mixture_loss(f: torch.Tensor, weights: torch.Tensor, target: torch.Tensor, noise: torch.Tensor | float,
+                 kind: str = "mse", exact: torch.Tensor | None = None) -> torch.Tensor:
+    """(P,) loss of partial rows from their completions' predictions f (P, C), weights (P, C) and
+    exact (P,) bool (completions; None: all exact) and targets (P,): the negative log-likelihood of the
+    target under the mixture of the row's completions, in the units of the complete rows' loss.
+
+    mse, exact rows: -2 noise log sum_c w_c exp(-(y - f_c)^2 / (2 noise)), noise the residual variance
+    (detached), so one completion of weight 1 gives (y - f)^2 exactly; the completions that explain y
+    take the gradient, as the missing category that produced y would. mse, drawn rows (a few of many
+    completions, rarely the one that produced y): the mixture's Gaussian approximation instead,
+    (y - m)^2 noise / (noise + v) with m, v the draws' mean and (detached) variance, a regression on
+    the mean weighted down where the missing slots matter. logistic: binary cross-entropy of y against
+    the mixture's probability sum_c w_c sigmoid(f_c)."""
+    logw = torch.log(weights.to(f.dtype))
+    if kind == "logistic":
+        log_one = torch.logsumexp(logw + torch.nn.functional.logsigmoid(f), 1)
+        log_zero = torch.logsumexp(logw + torch.nn.functional.logsigmoid(-f), 1)
+        return -(target * log_one + (1 - target) * log_zero)
+    mixture = -2 * noise * torch.logsumexp(logw - (target[:, None] - f) ** 2 / (2 * noise), 1)
+    if exact is None or bool(exact.all()):
+        return mixture
+    w = weights.to(f.dtype)
+    mean = (w * f).sum(1)
+    var = (w * (f - mean[:, None]) ** 2).sum(1).detach()
+    return torch.where(exact, mixture, (target - mean) ** 2 * noise / (noise + var))
 
 
 def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | None = None,
@@ -180,6 +217,8 @@ class _ScorerTraining:
                              y_mean=y_mean, y_std=y_std)
         if init is not None:
             warm_start(self.scorer, init)
+        # a partial row's missing slots are scored over their categories at their training shares
+        self.scorer.set_marginals(category_counts(data.rows[self.train_idx], data.space.max_size))
         self.scorer.to(device)
         self.tensors = [t.to(device) for t in (data.rows, data.ctx_cat, data.ctx_num)]
         self.target = ((y.double() - y_mean) / y_std).float().to(device)
@@ -222,6 +261,11 @@ class _ScorerTraining:
         """Optimiser steps of the current member (its learning-rate schedule's length)."""
         return self.epochs * self.steps_per_epoch
 
+    def patience(self) -> int:
+        """Epochs without validation gain that stop the member: fit.patience, or more when they are
+        fewer than PATIENCE_STEPS optimiser steps."""
+        return max(self.fit.patience, math.ceil(PATIENCE_STEPS / self.steps_per_epoch))
+
     def state(self) -> dict:
         return {"model": self.scorer.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                 "rng": rng_state(self.gen), "member": self.member, "epoch": self.epoch, "pos": self.pos,
@@ -248,11 +292,39 @@ class _ScorerTraining:
             return torch.nn.functional.binary_cross_entropy_with_logits(pred, target, reduction=reduction)
         return torch.nn.functional.mse_loss(pred, target, reduction=reduction)
 
+    def row_losses(self, model, member, rows: torch.Tensor, cat: torch.Tensor, num: torch.Tensor,
+                   target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prediction (B,), loss (B,)) of rows (B, S) through `model` (the member, or its data-parallel
+        wrapper), in one forward. A "marginal" member scores a row with missing slots as the weighted mean
+        of its completions, and its loss is mixture_loss, whose noise is the complete rows' mean loss
+        (else the partial rows' best completion's), at least NOISE_FLOOR."""
+        part = (rows < 0).any(1) if member.marginal else None
+        if part is None or not bool(part.any()):
+            pred = model(rows, cat, num)
+            return pred, self.loss(pred, target, reduction="none")
+        whole, idx = (~part).nonzero().squeeze(1), part.nonzero().squeeze(1)
+        filled, weights, exact = completions(rows[idx], member.marginals, member.sizes, member.config.completions,
+                                             member.training)
+        P, C, S = filled.shape
+
+        def rows_of(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t[whole], t[idx].repeat_interleave(C, 0)])
+
+        f = model(torch.cat([rows[whole], filled.reshape(P * C, S)]), rows_of(cat), rows_of(num))
+        fc, fp = f[:len(whole)], f[len(whole):].reshape(P, C)
+        lc = self.loss(fc, target[whole], reduction="none")
+        noise = lc if len(whole) else torch.where(weights > 0, (target[idx, None] - fp) ** 2, math.inf).amin(1)
+        lp = mixture_loss(fp, weights, target[idx], noise.detach().mean().clamp(min=NOISE_FLOOR), self.fit.loss, exact)
+        pred = (fp * weights.to(fp.dtype)).sum(1)
+        out = f.new_zeros(len(rows)).index_copy(0, whole, fc).index_copy(0, idx, pred)
+        return out, f.new_zeros(len(rows)).index_copy(0, whole, lc).index_copy(0, idx, lp)
+
     def val_loss(self, member) -> float:
         member.eval()
+        chunk = 65536 // (member.config.completions if member.marginal else 1)   # partial rows expand C-fold
         with torch.no_grad():
-            losses = [self.loss(member(*(t[b] for t in self.tensors)), self.target[b], reduction="sum")
-                      for b in self.world.shard(self.val_t).split(65536)]
+            losses = [self.row_losses(member, member, *(t[b] for t in self.tensors), self.target[b])[1].sum()
+                      for b in self.world.shard(self.val_t).split(chunk)]
         member.train()
         return distributed.sum_ranks(float(sum(losses)), self.device) / len(self.val_t)
 
@@ -261,16 +333,16 @@ class _ScorerTraining:
         if self.world.distributed:
             # sum over this rank's rows / N, times the ranks DDP averages over: the global batch's mean
             mine = self.world.shard(batch)
-            pred = self.model(*(t[mine] for t in self.tensors))
+            pred, losses = self.row_losses(self.model, member, *(t[mine] for t in self.tensors), self.target[mine])
             share = self.world.size / len(batch)
-            loss = self.loss(pred, self.target[mine], reduction="sum") * share
+            loss = losses.sum() * share
             if self.fit.ranking:   # each rank's pair mean weighted by its pairs
                 loss = loss + self.fit.ranking * len(mine) * share * ranking_loss(
                     pred, self.target[mine], self.gen, draw=len(batch))
             self.total += float(loss.detach()) * len(batch) / self.world.size    # this rank's sum
         else:
-            pred = member(*(t[batch] for t in self.tensors))
-            loss = self.loss(pred, self.target[batch])
+            pred, losses = self.row_losses(member, member, *(t[batch] for t in self.tensors), self.target[batch])
+            loss = losses.mean()
             if self.fit.ranking:
                 loss = loss + self.fit.ranking * ranking_loss(pred, self.target[batch], self.gen)
             self.total += float(loss.detach()) * len(batch)
@@ -345,7 +417,7 @@ class _ScorerTraining:
                 else:
                     self.bad += 1
                 self.epoch, self.order = self.epoch + 1, None
-                if self.bad >= fit.patience or out_of_time:
+                if self.bad >= self.patience() or out_of_time:
                     break
             bar.update(self.epochs - self.epoch)
             if self.best_state is not None:
@@ -374,6 +446,8 @@ class _StreamTraining(_ScorerTraining):
                              y_mean=self.y_mean, y_std=self.y_std)
         if init is not None:
             warm_start(self.scorer, init)
+        self.scorer.set_marginals(table.category_counts if table.category_counts is not None
+                                  else category_counts(val.rows, table.space.max_size))
         self.scorer.to(device)
         self.tensors = [t.to(device) for t in (val.rows, val.ctx_cat, val.ctx_num)]
         self.target = self.standardise(val.y)
@@ -399,6 +473,10 @@ class _StreamTraining(_ScorerTraining):
     def table_epoch(self) -> int:
         return self.member * self.epochs + self.epoch
 
+    def patience(self) -> int:
+        """fit.patience: a streamed table's epochs are long."""
+        return self.fit.patience
+
     def total_steps(self) -> int:
         base = self.member * self.epochs
         return sum(self.table.steps(base + e, self.batch_size, self.world.size, self.workers)
@@ -422,9 +500,9 @@ class _StreamTraining(_ScorerTraining):
     def train_rows(self, rows: torch.Tensor, cat: torch.Tensor, num: torch.Tensor, target: torch.Tensor) -> None:
         """One optimiser step on this rank's rows (b, S) of a global batch of batch_size rows: the
         loss is their sum over batch_size / ranks, so a full global batch's gradient is its mean."""
-        pred = self.model(rows, cat, num)
+        pred, losses = self.row_losses(self.model, self.scorer.members[self.member], rows, cat, num, target)
         scale = self.world.size / self.batch_size
-        loss = self.loss(pred, target, reduction="sum") * scale
+        loss = losses.sum() * scale
         if self.fit.ranking:
             loss = loss + self.fit.ranking * len(rows) * scale * ranking_loss(pred, target, self.gen,
                                                                               draw=self.batch_size)

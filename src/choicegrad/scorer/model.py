@@ -7,7 +7,9 @@ score back to a generator's probabilities.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,7 @@ from torch import nn
 
 from choicegrad.data.context import ContextEncoder
 from choicegrad.data.space import ChoiceSpace
-from choicegrad.errors import InputError
+from choicegrad.errors import InputError, show_rows
 from choicegrad.io import load_state, meta_problem, read_meta, read_state, save_checkpoint, versions, weights_header
 
 
@@ -47,13 +49,82 @@ class ScorerConfig(BaseModel):
                                  "context from 1 + this many context-dependent tables (0 = off; None = 8 when the "
                                  f"tables hold at most {PAIR_PARAMS:,} numbers and, in fit_scorer, the training "
                                  f"rows number at least {PAIR_ROWS_PER_CELL} per pair of categories, else off)")
+    missing: Literal["marginal", "embedding"] = Field(
+        "marginal", description="a row's missing slots (-1): 'marginal' scores the row as the mean of its completions' "
+        "scores, each missing slot's categories weighted by their share of the training rows (fit and predict alike; "
+        "see completions); 'embedding' uses a learned per-slot missing embedding instead (scorers written before "
+        "this option; worse than dropping partial training rows, docs/choosing.md)")
+    completions: int = Field(16, ge=1, description="marginal: a row whose missing slots have at most this many joint "
+                             "completions is scored (and fitted) over all of them exactly; one with more over this "
+                             "many stratified draws")
+
+
+def category_counts(rows: torch.Tensor, max_size: int) -> torch.Tensor:
+    """(S, V_max) float64 count of each slot's categories among rows (N, S) long (-1 = missing: not counted)."""
+    S = rows.shape[1]
+    seen = rows >= 0
+    flat = (rows + max_size * torch.arange(S, device=rows.device))[seen]
+    return torch.bincount(flat, minlength=S * max_size).reshape(S, max_size).double()
+
+
+def completions(rows: torch.Tensor, probs: torch.Tensor, sizes: torch.Tensor, limit: int,
+                random: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The completions of partial rows over their missing slots, and their weights.
+
+    rows (P, S) long, -1 = missing; probs (S, V_max) each slot's category probabilities (rows sum to 1);
+    sizes (S,) long categories per slot. -> (filled (P, C, S) long, weights (P, C), each row's summing
+    to 1, exact (P,) bool: the row's completions are all of them). A row whose missing slots have at
+    most `limit` joint completions gets every one of them,
+    weighted by the product of their categories' probabilities (weight 0 pads it to C); a row with more
+    gets C = limit draws of weight 1/C, stratified per slot (Latin hypercube over the inverse CDF),
+    randomised when `random` (training: torch's global RNG), else fixed (predictions repeat).
+    C = min(limit, the most completions of any row).
+    """
+    P, S = rows.shape
+    V = probs.shape[1]
+    dev = rows.device
+    miss = rows < 0
+    radix = torch.where(miss, sizes[None, :].to(dev), torch.ones_like(rows))       # (P, S)
+    total = radix.double().prod(1)                                                 # inf beyond float64: sampled
+    C = int(min(limit, float(total.max()))) if P else 1
+    exact = total <= limit                                                         # (P,)
+    j = torch.arange(C, device=dev)
+    # enumerated: completion j's digit in each missing slot, in mixed radix (strides clamped: only
+    # exact rows use them, whose strides are at most `limit`)
+    stride = (torch.cumprod(radix.double(), 1) / radix).clamp(max=limit + 1).long()
+    digit = (j[None, :, None] // stride[:, None, :]) % radix[:, None, :]           # (P, C, S)
+    p = probs.to(torch.float64).flatten()
+    slot = torch.arange(S, device=dev) * V
+    one = torch.ones((), dtype=p.dtype, device=dev)
+    w_exact = torch.where(miss[:, None, :], p[(digit + slot).clamp(max=S * V - 1)], one)
+    w_exact = w_exact.prod(-1) * (j[None, :] < total[:, None])                     # (P, C)
+    w_exact = w_exact / w_exact.sum(1, keepdim=True).clamp(min=1e-300)
+    # drawn: per slot, C strata of [0, 1), each row's slots paired at random, read through the CDF
+    if random:
+        strata = torch.argsort(torch.rand(P, C, S, device=dev), dim=1)
+        u = (strata + torch.rand(P, C, S, device=dev)) / C
+    else:
+        strata = torch.argsort(torch.rand(C, S, generator=torch.Generator().manual_seed(0)), dim=0).to(dev)
+        u = ((strata + 0.5) / C).expand(P, C, S)
+    cdf = probs.to(torch.float64).cumsum(1)
+    cdf = (cdf / cdf[:, -1:].clamp(min=1e-300) + torch.arange(S, device=dev, dtype=torch.float64)[:, None]).flatten()
+    cdf[S * V - 1] = S + 1.0            # u + s < S: never past the last slot's end
+    at = torch.searchsorted(cdf, u.double() + torch.arange(S, device=dev, dtype=torch.float64), right=True)
+    drawn = (at - slot).clamp(min=0, max=V - 1)
+    fill = torch.where(exact[:, None, None], digit, drawn)
+    filled = torch.where(miss[:, None, :], fill, rows[:, None, :])
+    weights = torch.where(exact[:, None], w_exact, torch.full_like(w_exact, 1.0 / C))
+    return filled, weights.float(), exact
 
 
 class EmbeddingScorer(nn.Module):
     """Per-slot embedding tables + encoded context -> MLP -> one score (the users' EstimatorNet).
 
-    Slot s has categories 0..V_s-1 in a padded table (S, V_max, E); a row index of -1 (missing) uses a
-    learned per-slot "missing" embedding. Outputs are in standardised units; `Scorer` maps them back.
+    Slot s has categories 0..V_s-1 in a padded table (S, V_max, E). A row index of -1 (missing):
+    with config.missing "marginal" (default) the row's score is the mean of its completions' scores,
+    the missing slots' categories weighted by `marginals` (S, V_max), their shares of the training rows
+    (`completions`); with "embedding", a learned per-slot "missing" embedding. Outputs are in
+    standardised units; `Scorer` maps them back.
     """
 
     def __init__(self, sizes: list[int], context_sizes: list[int], num_numeric: int, config: ScorerConfig):
@@ -62,7 +133,12 @@ class EmbeddingScorer(nn.Module):
         S, V, E = len(sizes), max(sizes), config.embed_dim
         self.register_buffer("mask", torch.arange(V)[None, :] < torch.tensor(sizes)[:, None], persistent=False)
         self.table = nn.Parameter(torch.randn(S, V, E) * 0.3 * self.mask[..., None])
-        self.missing = nn.Parameter(torch.zeros(S, E))
+        self.marginal = config.missing == "marginal"
+        self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
+        if self.marginal:   # uniform until fit_scorer sets the training rows' shares (Scorer.set_marginals)
+            self.register_buffer("marginals", self.mask / self.mask.sum(1, keepdim=True))
+        else:
+            self.missing = nn.Parameter(torch.zeros(S, E))
         self.context_tables = nn.ModuleList(nn.Embedding(c, config.context_dim) for c in context_sizes)
         dims = [S * E + len(context_sizes) * config.context_dim + num_numeric, *config.hidden]
         layers: list[nn.Module] = []
@@ -83,8 +159,9 @@ class EmbeddingScorer(nn.Module):
             self.pair = nn.Parameter(torch.zeros(R, S, S, V, V))
             self.pair_gate = nn.Linear(dims[0] - S * E, R - 1) if R > 1 else None
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, S) long indices (-1 = missing) or (B, S, V_max) probabilities -> (B, S, E)."""
+    def embed(self, x: torch.Tensor, complete: bool = False) -> torch.Tensor:
+        """(B, S) long indices (-1 = missing) or (B, S, V_max) probabilities -> (B, S, E). complete: hard
+        rows known to miss nothing (what forward embeds in "marginal" mode: rows or their completions)."""
         if x.dtype in (torch.int64, torch.int32):
             S, V = self.table.shape[:2]
             # an embedding lookup, not table[s, x]: its CPU backward sums each row's gradients in one
@@ -92,7 +169,19 @@ class EmbeddingScorer(nn.Module):
             # Hard rows never index the padding, so the table is used unmasked (the mask's product
             # copies all S x V_max x E numbers: most of a wide table's scoring time)
             e = nn.functional.embedding(x.clamp(min=0) + V * torch.arange(S, device=x.device), self.table.flatten(0, 1))
-            return torch.where((x < 0)[..., None], self.missing.to(e.dtype), e)
+            if not self.marginal:
+                return torch.where((x < 0)[..., None], self.missing.to(e.dtype), e)
+            if complete:
+                return e
+            # a latent of a partial row (forward scores its completions instead): a missing slot as its
+            # categories' mean embedding, the soft row of its marginal; computed for those slots only
+            b, s = (x < 0).nonzero(as_tuple=True)
+            if not len(b):
+                return e
+            slots, which = torch.unique(s, return_inverse=True)
+            mean = torch.einsum("kv,kve->ke", self.marginals.index_select(0, slots).to(e.dtype),
+                                self.table.index_select(0, slots))
+            return e.index_put((b, s), nn.functional.embedding(which, mean))   # a lookup: its backward repeats
         table = self.table * self.mask[..., None]  # padding contributes nothing, even under soft input
         return torch.einsum("bsv,sve->bse", x.to(table.dtype), table)
 
@@ -103,9 +192,10 @@ class EmbeddingScorer(nn.Module):
             parts.append(ctx_num.to(like.dtype))
         return parts
 
-    def latent(self, x: torch.Tensor, ctx_cat: torch.Tensor | None = None, ctx_num: torch.Tensor | None = None) -> torch.Tensor:
-        """Last hidden layer, (B, H). ctx_cat: (B, C_cat) long; ctx_num: (B, C_num) float."""
-        e = self.embed(x).flatten(1)
+    def latent(self, x: torch.Tensor, ctx_cat: torch.Tensor | None = None, ctx_num: torch.Tensor | None = None,
+               complete: bool = False) -> torch.Tensor:
+        """Last hidden layer, (B, H). ctx_cat: (B, C_cat) long; ctx_num: (B, C_num) float; complete: see embed."""
+        e = self.embed(x, complete).flatten(1)
         return self.body(torch.cat([e, *self.context_features(ctx_cat, ctx_num, e)], dim=1))
 
     def pair_term(self, x: torch.Tensor, ctx_cat: torch.Tensor | None = None, ctx_num: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,9 +213,38 @@ class EmbeddingScorer(nn.Module):
         return (per_r * gate).sum(1)
 
     def forward(self, x: torch.Tensor, ctx_cat: torch.Tensor | None = None, ctx_num: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) standardised score."""
-        out = self.head(self.latent(x, ctx_cat, ctx_num)).squeeze(-1)
+        """(B,) standardised score of hard rows (B, S) or soft rows (B, S, V_max); a hard row with
+        missing slots (-1) scores as the weighted mean over its completions in "marginal" mode."""
+        if self.marginal and not x.is_floating_point():
+            part = (x < 0).any(1)
+            if bool(part.any()):
+                return self._marginal(x, part, ctx_cat, ctx_num)
+        return self._score(x, ctx_cat, ctx_num)
+
+    def _score(self, x: torch.Tensor, ctx_cat: torch.Tensor | None, ctx_num: torch.Tensor | None) -> torch.Tensor:
+        """forward of rows with no missing slot, or any rows in "embedding" mode."""
+        out = self.head(self.latent(x, ctx_cat, ctx_num, complete=True)).squeeze(-1)
         return out + self.pair_term(x, ctx_cat, ctx_num) if self.pair_rank else out
+
+    def _marginal(self, x: torch.Tensor, part: torch.Tensor, ctx_cat: torch.Tensor | None,
+                  ctx_num: torch.Tensor | None) -> torch.Tensor:
+        """(B,) scores of rows x (B, S) of which `part` (B,) bool have missing slots: the complete rows and
+        every partial row's C completions in one forward, each partial row's the weighted sum of its C."""
+        whole, idx = (~part).nonzero().squeeze(1), part.nonzero().squeeze(1)
+        filled, weights, _ = completions(x[idx], self.marginals, self.sizes, self.config.completions, self.training)
+        P, C, S = filled.shape
+
+        def rows_of(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else torch.cat([t[whole], t[idx].repeat_interleave(C, 0)])
+
+        f = self._score(torch.cat([x[whole], filled.reshape(P * C, S)]), rows_of(ctx_cat), rows_of(ctx_num))
+        mixed = (f[len(whole):].reshape(P, C) * weights.to(f.dtype)).sum(1)
+        out = f.new_zeros(len(x)).index_copy(0, whole, f[:len(whole)])
+        return out.index_copy(0, idx, mixed)
+
+
+class PartialRowsWarning(UserWarning):
+    """Rows scored with some features missing (Scorer.predict_frame)."""
 
 
 def working_units(y_mean: float, y_std: float) -> tuple[float, float]:
@@ -199,6 +318,17 @@ class Scorer(nn.Module):
         self.register_buffer("y_mean", torch.tensor((float(y_mean) - self.offset) / self.unit))
         self.register_buffer("y_std", torch.tensor(float(y_std) / self.unit))
 
+    def set_marginals(self, counts: torch.Tensor) -> None:
+        """Each slot's category shares from counts (S, V_max) (category_counts of the training rows),
+        which "marginal" members weight a missing slot's completions by; a slot never observed: uniform."""
+        mask = self.members[0].mask.to(counts.device)
+        counts = counts.double() * mask
+        shares = torch.where(counts.sum(1, keepdim=True) > 0, counts, mask.double())
+        shares = shares / shares.sum(1, keepdim=True)
+        for m in self.members:
+            if m.marginal:
+                m.marginals.copy_(shares.to(m.marginals))
+
     def to_score(self, values) -> np.ndarray:
         """Working-unit values (tensor or array) -> float64 scores in the score's own units."""
         v = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
@@ -226,6 +356,8 @@ class Scorer(nn.Module):
         """(N,) float64 scores of hard rows in the score's own units, in batches on the scorer's device."""
         self.eval()
         dev = self.y_mean.device
+        if self.config.missing == "marginal" and bool((rows < 0).any()):   # partial rows expand to their completions
+            batch_size = max(1, batch_size // self.config.completions)
         out = [self(rows[i:i + batch_size].to(dev), ctx_cat[i:i + batch_size].to(dev), ctx_num[i:i + batch_size].to(dev)).cpu()
                for i in range(0, len(rows), batch_size)]
         return torch.from_numpy(self.to_score(torch.cat(out) if out else torch.zeros(0)))
@@ -233,13 +365,28 @@ class Scorer(nn.Module):
     def predict_frame(self, frame: pd.DataFrame, source: str = "rows", unknown: str = "error") -> np.ndarray:
         """Score the rows of a table (feature and context columns by name).
 
-        Unknown feature categories raise, unless unknown="missing" scores them as missing slots."""
+        Unknown feature categories raise, unless unknown="missing" scores them as missing slots. Rows
+        with missing features are scored (see ScorerConfig.missing) with a PartialRowsWarning saying
+        how many and which; a row with no feature observed is an InputError naming `source` and it."""
         problems: list[str] = []
         rows = ctx = None
         try:
             rows = self.space.encode(frame, source, unknown=unknown)
         except InputError as exc:
             problems += exc.problems
+        if rows is not None and rows.shape[1]:
+            missing = (rows < 0).numpy()
+            empty = np.flatnonzero(missing.all(1))
+            if len(empty):
+                problems.append(f"no feature observed at {show_rows(empty)}: nothing to score; fill in at least one "
+                                f"of {', '.join(self.space.names[:8])}{' ...' if len(self.space.names) > 8 else ''}")
+            partial = np.flatnonzero(missing.any(1) & ~missing.all(1))
+            if len(partial):
+                how = ("each scored as the mean over its missing features' categories, weighted by their shares of "
+                       "the training rows" if self.config.missing == "marginal" else
+                       "each scored with the scorer's learned missing-feature embedding")
+                warnings.warn(PartialRowsWarning(f"{len(partial)} of {len(rows)} rows have missing features "
+                                                 f"({show_rows(partial)}): {how}"), stacklevel=2)
         try:
             ctx = self.context.encode(frame, source)
         except InputError as exc:
@@ -269,8 +416,8 @@ class Scorer(nn.Module):
         """The scorer saved in RUN as NAME.{json,safetensors}; InputError naming either file when it
         is not a scorer checkpoint or they do not match."""
         meta = read_meta(run_dir, name)
-        if isinstance(meta.get("config"), dict):
-            meta["config"] = {"pairwise": 0, **meta["config"]}   # written before the pairwise term existed
+        if isinstance(meta.get("config"), dict):   # written before the pairwise term / marginal missing slots
+            meta["config"] = {"pairwise": 0, "missing": "embedding", **meta["config"]}
         try:
             m = ScorerMeta.model_validate(meta)
             _check_size(m, weights_header(Path(run_dir) / f"{name}.safetensors"), Path(run_dir) / f"{name}.json")
