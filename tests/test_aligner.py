@@ -127,7 +127,7 @@ def test_fit_cli_with_the_aligner_method(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["fit", str(tmp_path / "t.csv"), "--features", "s?", "--score", "y", "--context", "ctx",
                               "--out", str(tmp_path / "run"), "--method", "aligner", "--steps", "40",
-                              "--scorer-epochs", "5", "--max-minutes", "1"])
+                              "--scorer-epochs", "5", "--max-minutes", "1", "--force-generator"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "aligner.safetensors").is_file()
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -248,7 +248,8 @@ def test_torchrun_fit_killed_in_the_generator_phase_resumes_to_one_run_equal_to_
 
     table = _table(tmp_path / "t.csv", n=400)
     args = ["fit", str(table), "--features", "s?", "--score", "y", "--context", "ctx", "--scorer-epochs", "1",
-            "--steps", "4", "--batch-size", "5", "--seed", "3", "--out", "run", "--checkpoint-minutes", "10"]
+            "--steps", "4", "--batch-size", "5", "--seed", "3", "--out", "run", "--checkpoint-minutes", "10",
+            "--force-generator"]
     # the end of the warm start saves a checkpoint; both ranks are killed at the second training step
     killed = _torchrun(*args, cwd=tmp_path, CHOICEGRAD_FAILPOINTS="generator=2")
     assert killed.returncode != 0 and not (tmp_path / "run").exists()

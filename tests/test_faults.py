@@ -17,7 +17,8 @@ import pytest
 from choicegrad.bench.tasks import PottsTask
 from choicegrad.run import Run
 
-FIT = ["--features", "s?", "--score", "y", "--context", "ctx", "--seed", "1", "--steps", "30", "--scorer-epochs", "3"]
+FIT = ["--force-generator", "--features", "s?", "--score", "y", "--context", "ctx", "--seed", "1", "--steps", "30",
+       "--scorer-epochs", "3"]
 MODEL_FILES = ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json", "contexts.csv")
 
 

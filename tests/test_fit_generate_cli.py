@@ -9,7 +9,7 @@ import pytest
 from choicegrad.bench.tasks import PottsTask
 from cli_helpers import as_written_before_manifests, assert_input_error, run
 
-FAST = ["--steps", "40", "--scorer-epochs", "4"]
+FAST = ["--steps", "40", "--scorer-epochs", "4", "--force-generator"]
 
 
 

@@ -126,7 +126,8 @@ def _interrupted_fit(t_csv: Path, out: Path, monkeypatch) -> Path:
     monkeypatch.setattr(Checkpointer, "tick", stop_later)
     with pytest.raises(KeyboardInterrupt):
         Run.fit(t_csv, out, TableSpec(features="s?", score="y", context="ctx"), generator_fit=GeneratorFit(
-            steps=20, warm_start_steps=4), checkpoint_minutes=0, progress=False, echo=lambda m: None)
+            steps=20, warm_start_steps=4), checkpoint_minutes=0, progress=False, echo=lambda m: None,
+            force_generator=True)
     monkeypatch.setattr(Checkpointer, "tick", tick)
     partial = out.parent / f".{out.name}.partial"
     assert (partial / ".checkpoint" / "generator.json").is_file()
@@ -163,7 +164,8 @@ def test_nan_in_a_checkpoint_is_refused_before_any_training(t_csv, tmp_path, mon
     monkeypatch.setattr("choicegrad.training.loop.TrainingStep.__call__", lambda *a, **k: trained.append(1))
     with pytest.raises(InputError, match="hold.? NaN"):
         Run.fit(t_csv, out, TableSpec(features="s?", score="y", context="ctx"), generator_fit=GeneratorFit(
-            steps=20, warm_start_steps=4), checkpoint_minutes=0, resume=True, progress=False, echo=lambda m: None)
+            steps=20, warm_start_steps=4), checkpoint_minutes=0, resume=True, progress=False, echo=lambda m: None,
+            force_generator=True)
     assert not trained and not out.exists() and partial.is_dir()
 
 

@@ -13,7 +13,7 @@ from choicegrad.data.context import ContextEncoder, ContextRangeWarning
 from choicegrad.run import Run
 from cli_helpers import as_written_before_manifests, assert_input_error, run
 
-FAST = ["--steps", "40", "--scorer-epochs", "4"]
+FAST = ["--steps", "40", "--scorer-epochs", "4", "--force-generator"]
 
 
 @pytest.fixture(scope="module")

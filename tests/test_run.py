@@ -19,7 +19,8 @@ SPEC = TableSpec(features="s?", score="y", context="ctx")
 def fit(table, out, seed=1):
     lines = []
     run = Run.fit(table, out, SPEC, scorer_fit=ScorerFit(epochs=4, seed=seed),
-                  generator_fit=GeneratorFit(steps=40, seed=seed, beta=0.0), echo=lines.append, progress=False)
+                  generator_fit=GeneratorFit(steps=40, seed=seed, beta=0.0), echo=lines.append, progress=False,
+                  force_generator=True)
     return run, lines
 
 

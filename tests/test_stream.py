@@ -114,7 +114,8 @@ def test_fit_streams_a_folder_and_trains_the_generator_on_the_scans_sample(tmp_p
     lines = []
     fitted = Run.fit(folder, tmp_path / "run", TableSpec(features=["s?,code"], score="y", context=["ctx"]),
                      generator="factorized", scorer_fit=ScorerFit(epochs=3, seed=1),
-                     generator_fit=GeneratorFit(method="st-gumbel", steps=40, seed=1), echo=lines.append, progress=False)
+                     generator_fit=GeneratorFit(method="st-gumbel", steps=40, seed=1), echo=lines.append, progress=False,
+                     force_generator=True)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["streamed"] and config["rows"] == 3000 and abs(config["generator_rows"] - 500) < 100
     assert json.loads((tmp_path / "run" / "run.json").read_text())["request"]["stream"]

@@ -237,7 +237,7 @@ def score_cmd(
     """Score rows with a fitted scorer; writes the rows with a 'score' column."""
     from choicegrad.io import TABLE_SUFFIXES, check_finite, check_writable, read_table, write_table
     from choicegrad.runfolder import check_outside, read_run
-    from choicegrad.scorer.model import Scorer
+    from choicegrad.scorer.model import PartialRowsWarning, Scorer
 
     if out.suffix.lower() not in TABLE_SUFFIXES:
         raise InputError("--out", [f'unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}'])
@@ -245,16 +245,39 @@ def score_cmd(
         raise InputError("--unknown", [f'expected "error" or "missing", got "{unknown}"'])
     check_writable(out, "--out")
     check_outside(out, run)
+    _refuse_objective_run(run)
     scorer = read_run(run, Scorer.load)
     if beta is not None:
         scorer.beta = beta
     frame = read_table(rows)
     if "score" in frame.columns:
         typer.echo(f'warning: {rows} already has a "score" column; it is replaced', err=True)
-    frame = frame.assign(score=scorer.predict_frame(frame, str(rows), unknown=unknown))
+    with warnings.catch_warnings(record=True) as caught:    # rows with missing features: said, then scored
+        warnings.simplefilter("always", PartialRowsWarning)
+        frame = frame.assign(score=scorer.predict_frame(frame, str(rows), unknown=unknown))
+    for w in caught:
+        if issubclass(w.category, PartialRowsWarning):
+            typer.echo(f"warning: {rows}: {w.message}", err=True)
     check_finite(frame["score"], str(rows), "the predicted score")
     write_table(frame, out)
     typer.echo(f"scored {len(frame)} rows -> {out}")
+
+
+def _refuse_objective_run(run: Path) -> None:
+    """InputError for a run fitted to the user's own objective: it has no scorer to score rows with."""
+    from choicegrad.run import OBJECTIVE_FILE
+
+    if (run / OBJECTIVE_FILE).is_file():
+        import json
+
+        try:
+            record = json.loads((run / OBJECTIVE_FILE).read_text())
+            source = f"{record.get('file') or 'a Python objective'}:{record.get('name')}"
+        except (OSError, ValueError, AttributeError):
+            source = "your own objective"
+        raise InputError(str(run), [f"this run was fitted to your own objective ({source}) and has no scorer: score the rows with that "
+                                    "function itself (choicegrad score needs a run written by fit or fit-scorer on a "
+                                    "table)"])
 
 
 # --- generators: fit and generate -----------------------------------------------------------------
@@ -347,6 +370,10 @@ def fit_cmd(
              "columns (numbers numeric, else categorical).")] = None,
     objective_scale: Annotated[Optional[float], typer.Option(
         min=0.0, help="With --objective: the score's typical spread (default: estimated from random rows, and said).")] = None,
+    force_generator: Annotated[bool, typer.Option(
+        "--force-generator", help="Train a generator even when the space is small enough that enumerating every row "
+                                  "of every training context costs fewer scorer calls than training (then, by default, "
+                                  "fit skips the generator and generate returns the exact top-K by enumeration).")] = False,
 ) -> None:
     """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context; or,
     with --objective, a generator for your own score model (no table needed).
@@ -364,7 +391,8 @@ def fit_cmd(
         raise InputError("choicegrad fit", ["--out: the run folder to write is required"])
     if objective is not None:
         _fit_objective(objective, data, features, score, context, contexts, space, out, method, generator, seed,
-                       max_minutes, device, resume, overwrite, checkpoint_minutes, objective_scale, gen_options)
+                       max_minutes, device, resume, overwrite, checkpoint_minutes, objective_scale, gen_options,
+                       force_generator)
         return
     missing = [f"{flag}: required (the table's {what})" for flag, value, what in
                (("DATA", data, "file or folder"), ("--features", features, "feature columns"),
@@ -382,13 +410,13 @@ def fit_cmd(
                     generator_fit=GeneratorFit(method=method, seed=seed, device=device, beta=beta, **gen_options),
                     max_minutes=max_minutes, resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
                     echo=lambda m: typer.echo(m, err=m.startswith("warning:")), on_scorer=_echo_metrics,
-                    stream=stream, workers=workers)
+                    stream=stream, workers=workers, force_generator=force_generator)
     finally:
         distributed.leave()
 
 
 def _fit_objective(spec, data, features, score, context, contexts, space, out, method, generator, seed, max_minutes,
-                   device, resume, overwrite, checkpoint_minutes, scale, gen_options) -> None:
+                   device, resume, overwrite, checkpoint_minutes, scale, gen_options, force_generator) -> None:
     """`choicegrad fit --objective FILE.py:NAME`: a generator for the user's own score model."""
     from choicegrad.objectives import load_objective
     from choicegrad.run import Run, TableSpec, check_method
@@ -416,7 +444,7 @@ def _fit_objective(spec, data, features, score, context, contexts, space, out, m
                           contexts=contexts, table=table, generator=generator,
                           generator_fit=GeneratorFit(method=method, seed=seed, device=device, **gen_options),
                           record=record, max_minutes=max_minutes, resume=resume, overwrite=overwrite,
-                          checkpoint_minutes=checkpoint_minutes,
+                          checkpoint_minutes=checkpoint_minutes, force_generator=force_generator,
                           echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
 
 
@@ -431,7 +459,9 @@ def generate_cmd(
              "training. Numeric values may lie outside the training range (a warning when far outside); a category "
              "unseen in training is an error.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Distinct rows per context.")] = 10,
-    decoder: Annotated[str, typer.Option(help="argmax, sample, topk, rerank, polish, anneal or exhaustive.")] = DEFAULT_DECODER,
+    decoder: Annotated[Optional[str], typer.Option(
+        help="argmax, sample, topk, rerank, polish, anneal or exhaustive. Default: polish; exhaustive (the exact top-K) "
+             "for a run whose small space was enumerated instead of training a generator.")] = None,
     fix: Annotated[Optional[list[str]], typer.Option(help="Fix a feature: FEATURE=CATEGORY (repeatable).")] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (sample, rerank, polish).")] = 1.0,
     samples: Annotated[Optional[int], typer.Option(help="Rows drawn per context by rerank/polish/anneal (sets the draws; "
@@ -457,7 +487,8 @@ def generate_cmd(
     from choicegrad.runfolder import check_outside
 
     start = time.perf_counter()
-    problems = [_flag(p, GENERATE_FLAGS) for p in generate_problems(top_k, decoder, temperature, samples, budget)]
+    problems = [_flag(p, GENERATE_FLAGS) for p in generate_problems(top_k, decoder or DEFAULT_DECODER, temperature,
+                                                                     samples, budget)]
     if out.suffix.lower() not in TABLE_SUFFIXES:
         problems.insert(0, f'--out: unsupported output type "{out.suffix}"; expected one of {", ".join(TABLE_SUFFIXES)}')
     if problems:
@@ -475,8 +506,8 @@ def generate_cmd(
                                                  "--objective"])
             given, record = load_objective(objective, "--objective")
             loaded.use_objective(given, record, changed=objective_changed)
-        elif loaded.objective_record is not None and decoder not in GENERATOR_DECODERS:
-            if decoder != DEFAULT_DECODER:
+        elif loaded.objective_record is not None and loaded.generator is not None and decoder not in GENERATOR_DECODERS:
+            if decoder is not None:
                 raise InputError("--decoder", [f"{decoder} scores rows with the run's objective: pass --objective "
                                                f"FILE.py:NAME, or use {', '.join(GENERATOR_DECODERS)}"])
             record = loaded.objective_record
@@ -501,7 +532,7 @@ def generate_cmd(
         typer.echo(f"warning: {stats['short']} context(s) got fewer than {top_k} rows: the space (with --fix) is smaller",
                    err=True)
     calls = "scorer" if loaded.scorer is not None else "objective"
-    typer.echo(f"generated {len(result)} rows for {stats['contexts']} context(s) with {decoder} in "
+    typer.echo(f"generated {len(result)} rows for {stats['contexts']} context(s) with {stats['decoder']} in "
                f"{time.perf_counter() - start:.1f} s ({stats['scorer_calls']} {calls} calls) -> {out}")
 
 

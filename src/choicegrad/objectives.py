@@ -239,13 +239,20 @@ def load_objective(spec: str, name: str = "--objective", scale: Optional[float] 
     module_name = f"choicegrad_objective_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
     spec_ = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec_)
-    sys.path.insert(0, str(path.resolve().parent))       # its own imports beside it, as `python FILE.py` has
+    # registered as a module, as an import would: dataclasses, typing and pickle (a process pool in the
+    # user's simulator) look their module up in sys.modules
+    sys.modules[module_name] = module
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)       # its own imports beside it, as `python FILE.py` has
     try:
         spec_.loader.exec_module(module)
-    except Exception as exc:
-        raise InputError(name, [f"{file}: importing it raised {type(exc).__name__}: {exc}"]) from None
+    except (Exception, SystemExit) as exc:     # a top-level sys.exit() too: the CLI would end without a word
+        sys.modules.pop(module_name, None)
+        what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}: {exc}"
+        raise InputError(name, [f"{file}: importing it {what}"]) from None
     finally:
-        sys.path.remove(str(path.resolve().parent))
+        if folder in sys.path:
+            sys.path.remove(folder)
     if not hasattr(module, attr):
         names = [n for n in vars(module) if not n.startswith("_")]
         raise InputError(name, [f'{file} has no "{attr}"{did_you_mean(attr, names)}; it defines: '

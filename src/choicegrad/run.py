@@ -41,6 +41,7 @@ from choicegrad.data.split import hold_out_upper
 from choicegrad.data.stream import GENERATOR_ROWS, ParquetTable, parquet_files, scan_parquet
 from choicegrad.data.table import TableData, load_table
 from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budget
+from choicegrad.decoding.rows import MAX_ENUMERATE
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import available
 from choicegrad.estimators.gumbel import CDF_VOCABULARY
@@ -255,19 +256,24 @@ class Run:
             raise InputError(str(run_dir), ["no such run folder (written by choicegrad fit)"])
         if (folder / OBJECTIVE_FILE).is_file():
             return cls._read_objective_run(folder, run_dir, device)
-        missing = [str(folder / f) for f in RUN_FILES if not (folder / f).is_file()]
+        config = _read_config(folder / "config.json")
+        enumerated = bool(config.get("enumerated"))      # a small space: no generator (Run.fit)
+        needed = [f for f in RUN_FILES if not (enumerated and f.startswith("generator."))]
+        missing = [str(folder / f) for f in needed if not (folder / f).is_file()]
         if missing:
             hint = " (written by choicegrad fit)"
             raise InputError(str(folder), [f"missing run file {m}" + (hint if "generator" in m else "") for m in missing])
         scorer = Scorer.load(folder, device)
-        gen, meta = generators.load(folder, device)
-        _check_pair(folder, scorer, meta)
+        gen = None
+        if not enumerated:
+            gen, meta = generators.load(folder, device)
+            _check_pair(folder, scorer, meta)
         # the aligner gets its own copy: a fine-tuned aligner replaces the weights of the scorer it is given
         aligner = Aligner.load(folder, copy.deepcopy(scorer), device) if (folder / "aligner.json").is_file() else None
         contexts = None
         if scorer.context.columns and (folder / "contexts.csv").is_file():
             contexts = _read_contexts(folder / "contexts.csv", scorer.context)[0]
-        return cls(run_dir, scorer, gen, aligner, _read_config(folder / "config.json"), contexts, device)
+        return cls(run_dir, scorer, gen, aligner, config, contexts, device)
 
     @classmethod
     def _read_objective_run(cls, folder: Path, run_dir: Path, device: torch.device) -> Run:
@@ -278,15 +284,19 @@ class Run:
             if isinstance(exc, InputError):
                 raise
             raise InputError(str(folder / OBJECTIVE_FILE), [f"not an objective record: {meta_problem(exc)}"]) from None
-        gen, meta = generators.load(folder, device)
+        config = _read_config(folder / "config.json")
+        if config.get("enumerated"):           # a small space: no generator, the space and contexts in config.json
+            gen, meta, source = None, {"space": config.get("space"), "context": config.get("context_encoder")}, "config.json"
+        else:
+            (gen, meta), source = generators.load(folder, device), "generator.json"
         try:
             space, context = ChoiceSpace.model_validate(meta["space"]), ContextEncoder.model_validate(meta["context"])
         except (KeyError, ValueError) as exc:
-            raise InputError(str(folder / "generator.json"), [f"no choice space and context columns: {meta_problem(exc)}"]) from None
+            raise InputError(str(folder / source), [f"no choice space and context columns: {meta_problem(exc)}"]) from None
         contexts = None
         if context.columns and (folder / "contexts.csv").is_file():
             contexts = _read_contexts(folder / "contexts.csv", context)[0]
-        return cls(run_dir, None, gen, None, _read_config(folder / "config.json"), contexts, device, space=space,
+        return cls(run_dir, None, gen, None, config, contexts, device, space=space,
                    context=context, objective_record=record)
 
     def _contexts(self, contexts: pd.DataFrame | str | Path | None) -> tuple[Optional[pd.DataFrame], TableContext]:
@@ -313,26 +323,35 @@ class Run:
             warnings.warn(note, ContextRangeWarning, stacklevel=3)
         return frame, ctx.to(self.device)
 
-    def generate(self, contexts: pd.DataFrame | str | Path | None = None, *, k: int = 10, decoder: str = "polish",
+    def generate(self, contexts: pd.DataFrame | str | Path | None = None, *, k: int = 10, decoder: Optional[str] = None,
                  fix: Fix = None, temperature: float = 1.0, samples: Optional[int] = None,
                  budget: Optional[int] = None, beta: Optional[float] = None, seed: int = 0) -> pd.DataFrame:
         """The top-k distinct rows per context: one row per (context, rank) with the context columns,
         the features, `score` and `rank` (what `choicegrad generate` writes). Nine arguments: one per
         flag of `choicegrad generate`.
 
-        contexts: DataFrame or CSV/Parquet path of contexts (None: the run's training contexts), new
+        decoder: None is polish, or exhaustive (the exact top-k) for a run whose space was enumerated
+        instead of training a generator (small_space). contexts: DataFrame or CSV/Parquet path of
+        contexts (None: the run's training contexts), new
         ones included: a numeric value outside the training range is allowed, far outside it (more
         than one training std beyond min/max) a ContextRangeWarning; a category unseen in training
         is an InputError (the scorer has no embedding for it);
         fix: {'feature': 'category'} or ['feature=category', ...]; samples/budget/temperature as in
         decode (budget None: default_budget(k) unless samples is given); beta overrides the scorer's
-        ensemble pessimism. frame.attrs holds scorer_calls, contexts (count) and short (contexts with
+        ensemble pessimism. frame.attrs holds decoder (the one used), scorer_calls, contexts (count) and short (contexts with
         fewer than k rows: the space, with `fix`, is smaller). Scores are float64 in the score's units;
         InputError('k') beyond MAX_GENERATE_ROWS rows in all.
 
             run.generate(k=5, decoder="rerank", fix={"s0": "a"})
         """
+        if decoder is None:
+            decoder = "polish" if self.generator is not None else "exhaustive"
         problems = generate_problems(k, decoder, temperature, samples, budget, seed)
+        if self.generator is None and decoder != "exhaustive" and not problems:
+            rows = math.prod(self.space.sizes)
+            problems.append(f"decoder: {decoder} needs a generator; this run has none (each context's space holds "
+                            f"{rows:,} rows, enumerated instead): exhaustive, the default, returns the exact top-k; "
+                            "fit with force_generator=True (--force-generator) for a generator")
         if problems:
             raise InputError("generate", problems)
         fixed = parse_fix(fix, self.space)
@@ -346,7 +365,8 @@ class Run:
         objective, column = self._objective(decoder, beta, frame)
         rng = torch.Generator(device=self.device).manual_seed(seed)
         try:
-            cands = decode(decoder, self.generator, objective, ctx, rows_k, fixed=fixed,
+            mask = None if self.generator is not None else self.space.mask().to(self.device)
+            cands = decode(decoder, self.generator, objective, ctx, rows_k, fixed=fixed, mask=mask,
                            temperature=temperature, samples=samples, generator=rng,
                            budget=budget if budget is not None or samples is not None else default_budget(rows_k))
         except ValueError as exc:  # e.g. exhaustive on a space too large to enumerate
@@ -355,7 +375,7 @@ class Run:
         values = result.pop("score").to_numpy()
         result.insert(len(result.columns) - 1, column, self.scorer.to_score(values) if self.scorer is not None else values)
         check_finite(result[column].to_numpy(), "generate", f"the generated {column.replace('_', ' ')}")
-        result.attrs.update(scorer_calls=int(cands.scorer_calls) if column == "score" else 0, contexts=len(ctx),
+        result.attrs.update(decoder=decoder, scorer_calls=int(cands.scorer_calls) if column == "score" else 0, contexts=len(ctx),
                             short=int((cands.valid.cpu().numpy().sum(1) < k).sum()))
         return result
 
@@ -367,8 +387,13 @@ class Run:
             return TableObjective(self.scorer, beta=beta), "score"
         if self.objective is not None:
             return self.objective.bind(self.space, self.context, frame).prepare(self.device), "score"
+        record = self.objective_record or {}
+        if self.generator is None:
+            raise InputError("objective", [
+                f"this run has no generator (its space is enumerated): generating scores every row with the objective "
+                f"it was fitted to ({record.get('file', '?')}:{record.get('name', '?')}), which a run folder never "
+                "imports by itself: give it (Run.use_objective, or generate --objective FILE.py:NAME)"])
         if decoder not in GENERATOR_DECODERS:
-            record = self.objective_record or {}
             raise InputError("objective", [
                 f"decoder {decoder} scores rows with the objective the run was fitted to "
                 f"({record.get('file', '?')}:{record.get('name', '?')}), which a run folder never imports by itself: "
@@ -397,8 +422,13 @@ class Run:
             generator_fit: Optional[GeneratorFit] = None, max_minutes: Optional[float] = None,
             resume: bool = False, overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
             echo: Callable[[str], None] = print, progress: Optional[bool] = None,
-            on_scorer: Optional[Callable[[dict], None]] = None, stream: bool = False, workers: int = 0) -> Run:
+            on_scorer: Optional[Callable[[dict], None]] = None, stream: bool = False, workers: int = 0,
+            force_generator: bool = False) -> Run:
         """Table -> scorer -> (aligner) -> generator, written to `out` as one run; returns Run.load(out).
+
+        A small space is enumerated instead (small_space: when scoring every row of every training
+        context costs no more scorer calls than training would): no generator is trained, it says
+        so, and generate returns the exact top-K by enumeration; force_generator trains one anyway.
 
         generator: 'autoregressive' or 'factorized'; scorer_fit/generator_fit: how to fit each (seed,
         device and beta are set in each). max_minutes bounds the whole fit (half for the scorer, what
@@ -452,7 +482,7 @@ class Run:
             scorer_fit = scorer_fit.model_copy(update={"max_minutes": max_minutes / 2})
         request = _request("fit", data, table, scorer_fit={**scorer_fit.model_dump(), "device": asked[0]},
                            generator=gen_cfg.model_dump(), generator_fit={**generator_fit.model_dump(), "device": asked[1]},
-                           **streamed)
+                           **streamed, **({"force_generator": True} if force_generator else {}))
         with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
             for note in w.notes:
                 echo(note)
@@ -466,12 +496,15 @@ class Run:
                 if max_minutes is not None:
                     scorer_fit = scorer_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, scanned, 2)})
             rows = data_table.sample if stream else data_table
+            ctx_cols = [c.name for c in rows.context.columns]
+            n_contexts = len(rows.frame[ctx_cols].drop_duplicates()) if ctx_cols else 1
+            plan = None if force_generator else small_space(rows.space, n_contexts, generator_fit)
             with w.checkpoints.catch_signals() as ckpt:
                 result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo, workers)
                 if on_scorer is not None:
                     on_scorer(result.metrics)
-                aligner, aligner_info = None, None
-                if generator_fit.method == "aligner":  # the learned similarity the method pulls through
+                aligner, aligner_info, res = None, None, None
+                if plan is None and generator_fit.method == "aligner":  # the learned similarity the method pulls through
                     # fitted (or read back) by rank 0 alone, and sent to the others
                     aligner, aligner_info = distributed.from_main(lambda: _aligner_phase(
                         w, result.scorer, rows, generator_fit.seed,
@@ -479,53 +512,61 @@ class Run:
                 spent = scanned + result.seconds + (aligner_info["seconds"] if aligner_info else 0.0)
                 if max_minutes is not None:
                     generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, spent, 1)})
-                res = fit_table_generator(result.scorer, rows, gen_cfg, generator_fit, run_dir=w.dir,
-                                          progress=progress, aligner=aligner, checkpoint=ckpt)
+                if plan is None:
+                    res = fit_table_generator(result.scorer, rows, gen_cfg, generator_fit, run_dir=w.dir,
+                                              progress=progress, aligner=aligner, checkpoint=ckpt)
             if not world.main:           # rank 0 writes the run; the others wait for it, then take its Run
                 distributed.barrier()
                 w.commit()
                 return distributed.from_main(lambda: None)
-            generators.save(res.generator.cpu(), w.dir, {"space": result.scorer.space.model_dump(),
-                                                         "context": result.scorer.context.model_dump()})
-            ctx_cols = [c.name for c in result.scorer.context.columns]
+            if res is not None:
+                generators.save(res.generator.cpu(), w.dir, {"space": result.scorer.space.model_dump(),
+                                                             "context": result.scorer.context.model_dump()})
             if ctx_cols:
                 write_table(rows.frame[ctx_cols].drop_duplicates().reset_index(drop=True), w.dir / "contexts.csv")
             config = {"data": request["data"], "features": result.scorer.space.names, "score": table.score,
                       "context": ctx_cols, "train_quantile": table.train_quantile, "rows": len(data_table),
                       **({"streamed": True, "generator_rows": len(rows), "scan_seconds": scanned} if stream else {}),
                       "scorer_fit": scorer_fit.model_dump(), "scorer_metrics": result.metrics,
-                      "scorer_seconds": result.seconds, "generator": gen_cfg.model_dump(),
+                      "scorer_seconds": result.seconds, "space_rows": math.prod(result.scorer.space.sizes),
+                      "contexts": n_contexts, "generator": None if res is None else gen_cfg.model_dump(),
                       "generator_fit": generator_fit.model_dump(), "aligner": aligner_info,
-                      "generator_training": _training_summary(res),
-                      "seconds": spent + res.seconds, "versions": versions()}
+                      "generator_training": None if res is None else _training_summary(res),
+                      "enumerated": plan, "seconds": spent + (res.seconds if res is not None else 0.0),
+                      "versions": versions()}
             atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
             distributed.barrier()        # every rank done with the folder before rank 0 moves it
             w.commit()
-        echo(f"generator: {generator} + {generator_fit.method}, {res.seconds:.1f} s, {res.scorer_calls} scorer calls, "
-             f"validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
+        if res is None:
+            echo(small_space_note(plan) + f"; wrote {out}/")
+        else:
+            echo(f"generator: {generator} + {generator_fit.method}, {res.seconds:.1f} s, {_calls_summary(res.scorer_calls, rows.space, n_contexts)}, "
+                 f"validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
         return distributed.from_main(lambda: cls.load(out))
 
     @classmethod
     def fit_objective(cls, objective, out: str | Path, *, space: Union[str, Path, dict, None] = None,
-                      contexts: pd.DataFrame | str | Path | None = None,
+                      contexts: pd.DataFrame | Mapping | str | Path | None = None,
                       table: Optional[tuple[Union[str, Path, pd.DataFrame], TableSpec]] = None,
                       generator: str = "autoregressive", generator_fit: Optional[GeneratorFit] = None,
                       record: Optional[dict] = None, max_minutes: Optional[float] = None, resume: bool = False,
                       overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
-                      echo: Callable[[str], None] = print, progress: Optional[bool] = None) -> Run:
+                      echo: Callable[[str], None] = print, progress: Optional[bool] = None,
+                      force_generator: bool = False) -> Run:
         """A generator fitted to the user's own objective (choicegrad.objectives: FrameObjective for a
         black box on labelled rows, ModuleObjective for a torch module; or any Objective), written to
         `out` as one run (no scorer; objective.json records where the objective came from, never its
         code); returns Run.load(out) with the objective attached.
 
         space: {feature: [labels]} or a JSON file of one: the choice space, in the objective's labels
-        (required without a table). contexts: a DataFrame or CSV/Parquet file of the contexts to
+        (required without a table). contexts: a DataFrame ({column: values} too) or CSV/Parquet file of the contexts to
         train for; its columns are the context columns, typed as a table's (numbers numeric, else
         categorical); None: one problem without context. table: (a table, TableSpec) whose rows give
         the generator's warm start, ranked by the objective (its score column, if any, is not used),
         and its contexts when `contexts` is None. record: load_objective's record of the file the
         objective came from. The objective's scale, unless given, is estimated from random rows and
-        echoed. Otherwise as Run.fit (method, steps, time limit, resume, overwrite, checkpoints).
+        echoed. A small space is enumerated instead of training (small_space), unless force_generator.
+        Otherwise as Run.fit (method, steps, time limit, resume, overwrite, checkpoints).
 
             run = Run.fit_objective(cg.FrameObjective(simulate), "runs/own", space="space.json",
                                     contexts="contexts.csv", generator_fit=GeneratorFit(steps=800))
@@ -551,6 +592,8 @@ class Run:
             objective.bind(space_, encoder, frame)
         if data is not None:      # the warm start ranks the table's complete rows by the objective
             data = _scored_by(objective.prepare(generator_fit.device), data, generator_fit.device)
+        plan = None if force_generator else small_space(space_, len(ctx), generator_fit)
+        # estimated even when the space is enumerated: it is cheap, and calls the function before the run is written
         estimated = not getattr(objective, "scale_given", True)
         if estimated:
             objective.scale = estimate_scale(objective.prepare(generator_fit.device), space_, ctx.to(generator_fit.device),
@@ -565,7 +608,7 @@ class Run:
         contexts_key = int(pd.util.hash_pandas_object(frame, index=False).sum()) if len(frame.columns) else 0
         request = {"command": "fit-objective", "objective": {k: record[k] for k in ("file", "name", "sha256", "kind")},
                    "space": space_.model_dump(), "contexts_hash": contexts_key, "generator": gen_cfg.model_dump(),
-                   "generator_fit": generator_fit.model_dump(),
+                   "generator_fit": generator_fit.model_dump(), **({"force_generator": True} if force_generator else {}),
                    **({"table_hash": int(pd.util.hash_pandas_object(data.frame, index=False).sum())} if data is not None
                       else {})}
         with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
@@ -573,28 +616,35 @@ class Run:
                 echo(note)
             if w.finished:
                 return cls.load(out).use_objective(objective, record)
-            torch.manual_seed(generator_fit.seed)
-            gen = generators.build(gen_cfg, space=space_, context=encoder)
-            source = TableContexts(data, device=generator_fit.device) if data is not None else \
-                ContextPool(ctx, device=generator_fit.device)
-            with w.checkpoints.catch_signals() as ckpt:
-                res = fit_generator(gen, objective, source, generator_fit, run_dir=w.dir, progress=progress,
-                                    checkpoint=ckpt)
-            generators.save(res.generator.cpu(), w.dir, {"space": space_.model_dump(), "context": encoder.model_dump()})
+            res = None
+            if plan is None:
+                torch.manual_seed(generator_fit.seed)
+                gen = generators.build(gen_cfg, space=space_, context=encoder)
+                source = TableContexts(data, device=generator_fit.device) if data is not None else \
+                    ContextPool(ctx, device=generator_fit.device)
+                with w.checkpoints.catch_signals() as ckpt:
+                    res = fit_generator(gen, objective, source, generator_fit, run_dir=w.dir, progress=progress,
+                                        checkpoint=ckpt)
+                generators.save(res.generator.cpu(), w.dir, {"space": space_.model_dump(), "context": encoder.model_dump()})
             if encoder.columns:
                 write_table(frame[[c.name for c in encoder.columns]].drop_duplicates().reset_index(drop=True),
                             w.dir / "contexts.csv")
             atomic_write_text(w.dir / OBJECTIVE_FILE, json.dumps(record, indent=2) + "\n")
             size = math.prod(space_.sizes)
             config = {"objective": record, "features": space_.names, "context": [c.name for c in encoder.columns],
-                      "contexts": len(ctx), "space_rows": size, "generator": gen_cfg.model_dump(),
-                      "generator_fit": generator_fit.model_dump(), "generator_training": _training_summary(res),
-                      "seconds": res.seconds, "versions": versions()}
+                      "contexts": len(ctx), "space_rows": size, "generator": None if res is None else gen_cfg.model_dump(),
+                      "generator_fit": generator_fit.model_dump(),
+                      "generator_training": None if res is None else _training_summary(res), "enumerated": plan,
+                      "seconds": 0.0 if res is None else res.seconds, "versions": versions(),
+                      **({"space": space_.model_dump(), "context_encoder": encoder.model_dump()} if res is None else {})}
             atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
             w.commit()
-        echo(f"generator: {generator} + {generator_fit.method} on {record['name']}, {res.seconds:.1f} s, "
-             f"{res.scorer_calls:,} objective calls ({res.scorer_calls / max(1, len(ctx)):,.0f} per context, against "
-             f"{size:,} rows in each context's space), validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
+        if res is None:
+            echo(small_space_note(plan, "objective") + f"; wrote {out}/")
+        else:
+            echo(f"generator: {generator} + {generator_fit.method} on {record['name']}, {res.seconds:.1f} s, "
+                 f"{_calls_summary(res.scorer_calls, space_, len(ctx), 'objective')}, validation {res.best_val:.4g} "
+                 f"({res.stopped}); wrote {out}/")
         return cls.load(out).use_objective(objective, record)
 
 
@@ -626,7 +676,7 @@ def _objective_problem(space, contexts, table) -> tuple[ChoiceSpace, ContextEnco
         space_ = ChoiceSpace.declared(pd.DataFrame(), list(declared), declared)
     if contexts is None:
         return space_, ContextEncoder(columns=[]), pd.DataFrame(index=range(1)), data
-    frame = read_table(contexts) if isinstance(contexts, (str, Path)) else contexts.reset_index(drop=True)
+    frame = read_table(contexts) if isinstance(contexts, (str, Path)) else pd.DataFrame(contexts).reset_index(drop=True)
     name = str(contexts) if isinstance(contexts, (str, Path)) else "contexts"
     if len(frame) == 0:
         raise InputError(name, ["the table has no rows"])
@@ -656,6 +706,40 @@ def _scored_by(objective, data: TableData, device) -> TableData:
     scored = data.subset(np.arange(len(data)))
     scored.y = y
     return scored
+
+
+def training_calls(fit: GeneratorFit) -> int:
+    """The rows a generator's training scores at the least: steps x contexts per step x rows per
+    context (validation, distillation's search and the warm start come on top)."""
+    return fit.steps * fit.batch_size * fit.samples
+
+
+ENUMERATION_SPEEDUP = 3
+"""Rows scored per second enumerating (forward only, in large chunks) over rows scored per second
+training a generator (forward and backward, small batches): 48,000 against 16,000 on a 3-feature
+space of 103,823 rows, 20 contexts, 1 thread (benchmarks/small_spaces.py, 2026-12-06)."""
+
+
+def small_space(space: ChoiceSpace, contexts: int, fit: GeneratorFit) -> Optional[dict]:
+    """The plan when enumerating beats training: every training context's space enumerated once
+    (rows x contexts scorer calls, each ENUMERATION_SPEEDUP times cheaper than a training call)
+    costs no more time than training a generator would (training_calls), and a context's space fits
+    the exhaustive decoder (MAX_ENUMERATE rows). None otherwise.
+    -> {space_rows, contexts, enumeration_calls, training_calls}."""
+    rows = math.prod(space.sizes)
+    spend = training_calls(fit)
+    if rows > MAX_ENUMERATE or rows * max(1, contexts) > ENUMERATION_SPEEDUP * spend:
+        return None
+    return {"space_rows": rows, "contexts": int(contexts), "enumeration_calls": rows * max(1, contexts),
+            "training_calls": spend}
+
+
+def small_space_note(plan: dict, calls: str = "scorer") -> str:
+    return (f"generator: not trained: each context's space holds {plan['space_rows']:,} rows, so enumerating all "
+            f"{plan['contexts']:,} context(s) ({plan['enumeration_calls']:,} {calls} calls, {ENUMERATION_SPEEDUP}x cheaper "
+            f"each than in training) costs less than training a generator would (at least {plan['training_calls']:,} "
+            "calls); generate returns the exact top-K by enumeration "
+            "(force a generator with --force-generator / force_generator=True)")
 
 
 def check_generator_fits(config: GeneratorConfig, space: ChoiceSpace, memory: Optional[int] = None,
@@ -845,6 +929,14 @@ def _read_scorer_result(run_dir: Path) -> ScorerResult:
 def _minutes_left(max_minutes: Optional[float], spent: float, share: int) -> Optional[float]:
     """1/share of the minutes left of max_minutes after `spent` seconds (at least 0.05); None without a limit."""
     return None if max_minutes is None else max(0.05, (max_minutes - spent / 60) / share)
+
+
+def _calls_summary(calls: int, space: ChoiceSpace, contexts: int, what: str = "scorer") -> str:
+    """'N scorer calls (C per context, against R rows in each context's space)': what training spent
+    beside what enumerating would."""
+    rows = math.prod(space.sizes)
+    return (f"{calls:,} {what} calls ({calls / max(1, contexts):,.0f} per context, against {rows:,} rows in each "
+            "context's space)")
 
 
 def _training_summary(res: GeneratorResult) -> dict:

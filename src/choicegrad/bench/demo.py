@@ -58,7 +58,8 @@ def run_demo(out: Path, data: Path | None = None, echo: Callable[[str], None] = 
 
     run = Run.fit(table, out, TableSpec(features=features, score="y", context=context, train_quantile=0.5),
                   scorer_fit=ScorerFit(epochs=40), generator_fit=GeneratorFit(steps=400, beta=0.0),
-                  max_minutes=1.5, overwrite=True, echo=echo, progress=False, on_scorer=show)
+                  max_minutes=1.5, overwrite=True, echo=echo, progress=False, on_scorer=show,
+                  force_generator=True)   # the demo shows the generator; fit alone would enumerate this space
     found = run.generate(k=TOP_K, decoder="polish")
     scorer_calls = found.attrs["scorer_calls"]
     keys = [context, *features]

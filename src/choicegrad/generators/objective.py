@@ -49,6 +49,22 @@ class Objective:
         return self.score(x, ctx)
 
 
+def check_scorer(scorer, name: str) -> None:
+    """InputError naming `name` unless `scorer` is a fitted choicegrad Scorer, with the way to use
+    anything else (a user's own torch model or function) as an objective."""
+    from choicegrad.scorer.model import Scorer
+
+    if not isinstance(scorer, Scorer):
+        from choicegrad.errors import InputError
+
+        raise InputError(name, [
+            f"expected a fitted choicegrad Scorer (fit_scorer(table).scorer or Run.load(run).scorer), got "
+            f"{type(scorer).__name__}. Your own model is an objective instead: cg.ModuleObjective(net) for a torch "
+            "module forward(features, context) on one-hot rows, cg.FrameObjective(f) for a function of a DataFrame "
+            "of labelled rows; train a generator for it with cg.Run.fit_objective(objective, out, space=..., "
+            "contexts=...)"])
+
+
 class TableObjective(Objective):
     """A fitted Scorer as objective: scorer(x, ctx.cat, ctx.num, beta=beta) in its working units, the
     score's own units unless float32 cannot hold them (then standardised; scorer.to_score converts).
@@ -59,6 +75,7 @@ class TableObjective(Objective):
 
     def __init__(self, scorer, beta: Optional[float] = None):
         super().__init__()
+        check_scorer(scorer, "TableObjective")
         self.scorer, self.beta = scorer, beta
         self.scale = float(scorer.y_std)
 

@@ -44,7 +44,7 @@ from choicegrad.device import Device
 from choicegrad.generators import GeneratorConfig, TableObjective, build
 from choicegrad.generators.base import Generator
 from choicegrad.generators.context import Context
-from choicegrad.generators.objective import as_objective, score_rows
+from choicegrad.generators.objective import as_objective, check_scorer, score_rows
 from choicegrad.progress import progress_bar
 from choicegrad.training.contexts import SampledContexts, TableContexts
 from choicegrad.training.log import METRIC_FIELDS, MetricsLog
@@ -240,11 +240,16 @@ class _Loop:
             self.ckpt.check_stop(name)
 
     def warm_start(self) -> None:
-        """Maximum likelihood on each context's best data rows (missing slots masked)."""
+        """Maximum likelihood on each context's best data rows, over their observed slots only
+        (Generator.log_prob: for an autoregressive generator the observed prefix in its order; a row
+        with nothing there to learn is left out)."""
         fit = self.fit
         if fit.warm_start_steps == 0 or not hasattr(self.contexts, "best_rows"):
             return
         rows, ctx = self.contexts.best_rows(fit.warm_start_top)
+        useful = torch.nonzero(self.gen.observed(rows).any(-1)).squeeze(1)
+        if len(useful) < len(rows):
+            rows, ctx = rows[useful], ctx.index(useful)
         if len(rows) == 0:
             return
         while self.warm_step < fit.warm_start_steps and not self.out_of_time():
@@ -377,6 +382,7 @@ def fit_table_generator(scorer, data: TableData, config=None, fit: Optional[Gene
                         aligner=None, checkpoint: Optional[Checkpointer] = None) -> GeneratorResult:
     """Build a generator for the scorer's space and context and fit it on the contexts of `data`
     (warm start on `data`'s best rows), maximising the scorer (with `fit.beta` pessimism)."""
+    check_scorer(scorer, "fit_table_generator")
     fit = fit or GeneratorFit()
     torch.manual_seed(fit.seed)
     gen = build(config or GeneratorConfig(), space=scorer.space, context=scorer.context)
