@@ -588,19 +588,18 @@ class Run:
         gen_cfg = GeneratorConfig(kind=generator)
         check_generator_fits(gen_cfg, space_, device=generator_fit.device)
         ctx = TableContext(*encoder.encode(frame, "contexts")).unique()[0] if encoder.columns else TableContext.empty(1)
-        if hasattr(objective, "bind"):
-            objective.bind(space_, encoder, frame)
+        objective.bind(space_, encoder, frame)
         if data is not None:      # the warm start ranks the table's complete rows by the objective
             data = _scored_by(objective.prepare(generator_fit.device), data, generator_fit.device)
         plan = None if force_generator else small_space(space_, len(ctx), generator_fit)
         # estimated even when the space is enumerated: it is cheap, and calls the function before the run is written
-        estimated = not getattr(objective, "scale_given", True)
+        estimated = not objective.scale_given
         if estimated:
             objective.scale = estimate_scale(objective.prepare(generator_fit.device), space_, ctx.to(generator_fit.device),
                                              seed=generator_fit.seed)
             echo(f"objective: scale {objective.scale:.4g} (the spread of its scores over random rows; give scale= "
                  "or --objective-scale to set it)")
-        record = {**(record or {"file": None, "name": getattr(objective, "name", type(objective).__name__),
+        record = {**(record or {"file": None, "name": objective.name,
                                 "sha256": None, "kind": "python"}),
                   "differentiable": bool(objective.differentiable), "scale": float(objective.scale),
                   "scale_estimated": estimated}

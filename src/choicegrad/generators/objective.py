@@ -26,6 +26,9 @@ class Objective:
     it; score-function ones do not). scale: the score's typical spread in its own units: training
     works in units of it (the entropy bonus is per nat in scale units). calls: rows scored so far.
     prepare(device): move to `device` and freeze (eval, no parameter gradients) before use.
+    bind(space, context, contexts): attach the choice space and context columns (a no-op but for
+    objectives on labelled rows). scale_given: False when `scale` is to be estimated from random
+    rows before training. name: how errors and a run's objective.json name it.
 
     Subclasses implement score(x, ctx); __call__ counts the rows. TableObjective (a fitted scorer),
     ItemObjective (a reward over item vectors), FrameObjective (a black box on labelled rows) and
@@ -34,11 +37,18 @@ class Objective:
 
     differentiable: bool = True
     scale: float = 1.0
+    scale_given: bool = True      # False: `scale` is a placeholder, to be estimated from draws before training
 
     def __init__(self) -> None:
         self.calls = 0
+        self.name = type(self).__name__      # how errors and run records name it
 
     def prepare(self, device: torch.device | str) -> Objective:
+        return self
+
+    def bind(self, space, context, contexts=None) -> Objective:
+        """Bind to a choice space and context columns (objectives on labelled rows need them); others
+        are ready as they are."""
         return self
 
     def score(self, x: Tensor, ctx: Context) -> Tensor:
