@@ -397,6 +397,18 @@ def test_generate_with_the_objective(files, cli_run, tmp_path):
     assert best_rows(frame) == {"u1": ("z", "p"), "u2": ("z", "q")}
 
 
+def test_generate_with_the_objective_on_new_contexts(files, cli_run, tmp_path):
+    """--objective with --contexts: a temperature the training never had reaches the function as written."""
+    pd.DataFrame({"user": ["u1", "u1"], "t": [-7.25, 250.5]}).to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "n.csv"
+    res = run("generate", cli_run, "--objective", f"{files / 'objs.py'}:good", "--contexts", tmp_path / "new.csv",
+              "--top-k", "2", "--out", out)
+    assert res.exit_code == 0, res.output
+    frame = pd.read_csv(out)
+    assert sorted(set(frame["t"])) == [-7.25, 250.5] and (frame[frame["rank"] == 1][["a", "b"]] == ["z", "p"]).all().all()
+    np.testing.assert_allclose(frame["score"], good_scores(frame), rtol=1e-6)
+
+
 def test_generate_refuses_a_changed_objective_file_unless_told(files, cli_run, tmp_path):
     (tmp_path / "new").mkdir()
     changed = tmp_path / "new" / "objs.py"
