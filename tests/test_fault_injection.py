@@ -21,7 +21,9 @@ from choicegrad.run import Run
 from choicegrad.runfolder import verify_run
 
 F = ["--features", "s?", "--score", "y", "--context", "ctx"]
-FIT = ["fit", "t.csv", *F, "--seed", "1", "--scorer-epochs", "1", "--steps", "1"]
+FIT = ["fit", "t.csv", "--force-generator", *F, "--seed", "1", "--scorer-epochs", "1", "--steps", "1"]
+SMALL = ["fit", "t.csv", *F, "--seed", "1", "--scorer-epochs", "1", "--steps", "1"]   # a small space: enumerated
+SMALL_FILES = ("scorer.safetensors", "scorer.json", "contexts.csv")
 MODEL_FILES = ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json", "contexts.csv")
 STATE_FILES = ("scorer.safetensors", "generator.safetensors", "designer.json")
 PROPOSE = ["propose", "t.csv", *F, "--batch", "2", "--ensemble", "2", "--max-minutes", "0.01", "--state", "state",
@@ -30,6 +32,7 @@ PROPOSE = ["propose", "t.csv", *F, "--batch", "2", "--ensemble", "2", "--max-min
 # command -> (its arguments, the arguments of the command a user runs after a fault)
 COMMANDS = {
     "fit": (FIT + ["--out", "new"], FIT + ["--out", "new", "--resume"]),
+    "fit-small": (SMALL + ["--out", "small"], SMALL + ["--out", "small", "--resume"]),
     "fit-overwrite": (FIT[:-4] + ["--seed", "2", "--steps", "1", "--out", "run", "--overwrite"],
                       FIT[:-4] + ["--seed", "2", "--steps", "1", "--out", "run", "--overwrite", "--resume"]),
     # a checkpoint at every batch: a save, then saves that replace it
@@ -55,7 +58,7 @@ def world(tmp_path_factory) -> Path:
                  ["score", "run", "t.csv", "--out", "s.csv"]):
         done = run(args, base)
         assert done.code == 0, done.stderr
-    for name in ("fit", "fit-overwrite", "fit-scorer"):
+    for name in ("fit", "fit-small", "fit-overwrite", "fit-scorer"):
         ref = base / f"ref-{name}"
         shutil.copytree(base, ref, ignore=shutil.ignore_patterns("ref-*"))
         done = run(COMMANDS[name][0], ref)
@@ -76,6 +79,10 @@ def check_intact_or_complete(name: str, world: Path, d: Path) -> None:
             Run.load(d / "new")
         else:
             assert not (d / ".new.partial" / "run.json").exists()
+    elif name == "fit-small":
+        verify_run(d / "small")
+        if (d / "small").exists():
+            assert Run.load(d / "small").generator is None
     elif name == "fit-overwrite":
         verify_run(d / "run")
         if digest(d / "run", MODEL_FILES) != digest(world / "run", MODEL_FILES):
@@ -97,9 +104,9 @@ def check_intact_or_complete(name: str, world: Path, d: Path) -> None:
 
 def check_recovered(name: str, world: Path, d: Path) -> None:
     """After the next command: the complete result, nothing of ours left beside it."""
-    if name in ("fit", "fit-overwrite", "fit-scorer"):
-        out = {"fit": "new", "fit-overwrite": "run", "fit-scorer": "sc"}[name]
-        files = ("scorer.safetensors", "scorer.json") if name == "fit-scorer" else MODEL_FILES
+    if name in ("fit", "fit-small", "fit-overwrite", "fit-scorer"):
+        out = {"fit": "new", "fit-small": "small", "fit-overwrite": "run", "fit-scorer": "sc"}[name]
+        files = {"fit-scorer": ("scorer.safetensors", "scorer.json"), "fit-small": SMALL_FILES}.get(name, MODEL_FILES)
         assert verify_run(d / out) is not None
         assert digest(d / out, files) == digest(world / f"ref-{name}" / out, files)      # byte for byte
     elif name == "propose":
