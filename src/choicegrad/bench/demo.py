@@ -60,6 +60,8 @@ def run_demo(out: Path, data: Path | None = None, echo: Callable[[str], None] = 
                   scorer_fit=ScorerFit(epochs=40), generator_fit=GeneratorFit(steps=400, beta=0.0),
                   max_minutes=1.5, overwrite=True, echo=echo, progress=False, on_scorer=show,
                   force_generator=True)   # the demo shows the generator; fit alone would enumerate this space
+    echo(f"(the demo forces the generator to show it: with {run.config['space_rows']:,} rows per {context}, `choicegrad "
+         "fit` alone would enumerate this space instead, and `generate` return the exact top-K)")
     found = run.generate(k=TOP_K, decoder="polish")
     scorer_calls = found.attrs["scorer_calls"]
     keys = [context, *features]
