@@ -13,19 +13,14 @@ from choicegrad.data.table import TableData
 from choicegrad.generators.context import Context, TableContext
 
 
-class TableContexts:
-    """Contexts of a table: the distinct contexts of its rows, drawn uniformly, plus its rows.
+class ContextPool:
+    """A fixed set of contexts (an objective fit's, from a table of contexts), drawn uniformly; no
+    data rows, so no warm start (TableContexts adds a table's). Validation uses up to
+    `max_validation` of them."""
 
-    best_rows(top) -> (rows (N, S), context ids (N,)): each context's best `top` share of rows.
-    """
-
-    def __init__(self, data: TableData, device: str | torch.device = "cpu", max_validation: int = 256):
-        full = TableContext(data.ctx_cat, data.ctx_num)
-        self.contexts, self.group = full.unique()
-        self.contexts = self.contexts.to(device)
-        self.rows, self.y = data.rows.to(device), data.y   # scores stay on the CPU: float64, read with numpy
-        self.group_t = torch.as_tensor(self.group, device=device)
+    def __init__(self, contexts: TableContext, device: str | torch.device = "cpu", max_validation: int = 256):
         self.device = torch.device(device)
+        self.contexts = contexts.to(self.device)
         self.max_validation = max_validation
 
     def __len__(self) -> int:
@@ -37,6 +32,26 @@ class TableContexts:
     def sample_ids(self, n: int, generator: torch.Generator) -> Tensor:
         """(n,) ids of uniformly drawn contexts (positions in self.contexts)."""
         return torch.randint(len(self.contexts), (n,), generator=generator, device=self.device)
+
+    def validation(self) -> TableContext:
+        n = len(self.contexts)
+        if n <= self.max_validation:
+            return self.contexts
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: self.max_validation]
+        return self.contexts.index(idx.to(self.device))
+
+
+class TableContexts(ContextPool):
+    """Contexts of a table: the distinct contexts of its rows, drawn uniformly, plus its rows.
+
+    best_rows(top) -> (rows (N, S), context ids (N,)): each context's best `top` share of rows.
+    """
+
+    def __init__(self, data: TableData, device: str | torch.device = "cpu", max_validation: int = 256):
+        contexts, self.group = TableContext(data.ctx_cat, data.ctx_num).unique()
+        super().__init__(contexts, device, max_validation)
+        self.rows, self.y = data.rows.to(device), data.y   # scores stay on the CPU: float64, read with numpy
+        self.group_t = torch.as_tensor(self.group, device=device)
 
     def references(self, ids: Tensor, n: int, share: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """n good and n bad data rows per context id: drawn from each context's best and worst
@@ -54,13 +69,6 @@ class TableContexts:
         good = order[starts[ids, None] + off[:, 0]]
         bad = order[starts[ids, None] + counts[ids, None] - 1 - off[:, 1]]
         return self.rows[good], self.rows[bad]
-
-    def validation(self) -> TableContext:
-        n = len(self.contexts)
-        if n <= self.max_validation:
-            return self.contexts
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: self.max_validation]
-        return self.contexts.index(idx.to(self.device))
 
     def best_rows(self, top: float) -> tuple[Tensor, TableContext]:
         """Each context's best ceil(top * n) rows (by the recorded score) and their contexts."""
@@ -94,30 +102,3 @@ class SampledContexts:
 
     def validation(self) -> Context:
         return self._validation
-
-
-class ContextPool:
-    """A fixed set of contexts (an objective fit's, from a table of contexts), drawn uniformly: no
-    data rows, so no warm start. Validation uses up to `max_validation` of them."""
-
-    def __init__(self, contexts: TableContext, device: str | torch.device = "cpu", max_validation: int = 256):
-        self.device = torch.device(device)
-        self.contexts = contexts.to(self.device)
-        self.max_validation = max_validation
-
-    def __len__(self) -> int:
-        return len(self.contexts)
-
-    def sample(self, n: int, generator: torch.Generator) -> TableContext:
-        return self.contexts.index(self.sample_ids(n, generator))
-
-    def sample_ids(self, n: int, generator: torch.Generator) -> Tensor:
-        """(n,) ids of uniformly drawn contexts (positions in self.contexts)."""
-        return torch.randint(len(self.contexts), (n,), generator=generator, device=self.device)
-
-    def validation(self) -> TableContext:
-        n = len(self.contexts)
-        if n <= self.max_validation:
-            return self.contexts
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: self.max_validation]
-        return self.contexts.index(idx.to(self.device))
