@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from datetime import date
@@ -56,7 +55,7 @@ def one_size(vocab: int, contexts: int, seed: int) -> dict:
     top1 = (polish.rows[:, 0] == exact.rows[:, 0]).all(-1).float().mean().item()
     overlap = [len({tuple(r) for r in a.tolist()} & {tuple(r) for r in b.tolist()})
                for a, b in zip(polish.rows, exact.rows)]
-    rows = math.prod(data.space.sizes)
+    rows = data.space.num_rows()
     return {"vocab": vocab, "space_rows": rows, "contexts": len(ctx),
             "rule": "enumerate" if small_space(data.space, len(ctx), fit) else "train",
             "enumeration_calls": int(exact.scorer_calls), "enumeration_seconds": round(enum_s, 2),

@@ -265,15 +265,14 @@ def score_cmd(
 
 def _refuse_objective_run(run: Path) -> None:
     """InputError for a run fitted to the user's own objective: it has no scorer to score rows with."""
+    from choicegrad.io import read_json_object
     from choicegrad.run import OBJECTIVE_FILE
 
     if (run / OBJECTIVE_FILE).is_file():
-        import json
-
         try:
-            record = json.loads((run / OBJECTIVE_FILE).read_text())
+            record = read_json_object(run / OBJECTIVE_FILE)
             source = f"{record.get('file') or 'a Python objective'}:{record.get('name')}"
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):        # InputError is a ValueError: the run is refused either way
             source = "your own objective"
         raise InputError(str(run), [f"this run was fitted to your own objective ({source}) and has no scorer: score the rows with that "
                                     "function itself (choicegrad score needs a run written by fit or fit-scorer on a "

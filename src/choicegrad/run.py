@@ -348,7 +348,7 @@ class Run:
             decoder = "polish" if self.generator is not None else "exhaustive"
         problems = generate_problems(k, decoder, temperature, samples, budget, seed)
         if self.generator is None and decoder != "exhaustive" and not problems:
-            rows = math.prod(self.space.sizes)
+            rows = self.space.num_rows()
             problems.append(f"decoder: {decoder} needs a generator; this run has none (each context's space holds "
                             f"{rows:,} rows, enumerated instead): exhaustive, the default, returns the exact top-k; "
                             "fit with force_generator=True (--force-generator) for a generator")
@@ -528,7 +528,7 @@ class Run:
                       "context": ctx_cols, "train_quantile": table.train_quantile, "rows": len(data_table),
                       **({"streamed": True, "generator_rows": len(rows), "scan_seconds": scanned} if stream else {}),
                       "scorer_fit": scorer_fit.model_dump(), "scorer_metrics": result.metrics,
-                      "scorer_seconds": result.seconds, "space_rows": math.prod(result.scorer.space.sizes),
+                      "scorer_seconds": result.seconds, "space_rows": result.scorer.space.num_rows(),
                       "contexts": n_contexts, "generator": None if res is None else gen_cfg.model_dump(),
                       "generator_fit": generator_fit.model_dump(), "aligner": aligner_info,
                       "generator_training": None if res is None else _training_summary(res),
@@ -629,7 +629,7 @@ class Run:
                 write_table(frame[[c.name for c in encoder.columns]].drop_duplicates().reset_index(drop=True),
                             w.dir / "contexts.csv")
             atomic_write_text(w.dir / OBJECTIVE_FILE, json.dumps(record, indent=2) + "\n")
-            size = math.prod(space_.sizes)
+            size = space_.num_rows()
             config = {"objective": record, "features": space_.names, "context": [c.name for c in encoder.columns],
                       "contexts": len(ctx), "space_rows": size, "generator": None if res is None else gen_cfg.model_dump(),
                       "generator_fit": generator_fit.model_dump(),
@@ -725,7 +725,7 @@ def small_space(space: ChoiceSpace, contexts: int, fit: GeneratorFit) -> Optiona
     costs no more time than training a generator would (training_calls), and a context's space fits
     the exhaustive decoder (MAX_ENUMERATE rows). None otherwise.
     -> {space_rows, contexts, enumeration_calls, training_calls}."""
-    rows = math.prod(space.sizes)
+    rows = space.num_rows()
     spend = training_calls(fit)
     if rows > MAX_ENUMERATE or rows * max(1, contexts) > ENUMERATION_SPEEDUP * spend:
         return None
@@ -933,7 +933,7 @@ def _minutes_left(max_minutes: Optional[float], spent: float, share: int) -> Opt
 def _calls_summary(calls: int, space: ChoiceSpace, contexts: int, what: str = "scorer") -> str:
     """'N scorer calls (C per context, against R rows in each context's space)': what training spent
     beside what enumerating would."""
-    rows = math.prod(space.sizes)
+    rows = space.num_rows()
     return (f"{calls:,} {what} calls ({calls / max(1, contexts):,.0f} per context, against {rows:,} rows in each "
             "context's space)")
 

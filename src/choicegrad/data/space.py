@@ -161,8 +161,8 @@ class ChoiceSpace(BaseModel):
         return max(self.sizes)
 
     def num_rows(self) -> int:
-        """How many distinct complete rows the space holds."""
-        return int(np.prod([float(v) for v in self.sizes]))
+        """How many distinct complete rows the space holds (exact: a Python int, however large)."""
+        return math.prod(self.sizes)
 
     def mask(self) -> torch.Tensor:
         """(S, V_max) bool: True where a slot has a category at that index (padding is False)."""
