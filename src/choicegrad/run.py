@@ -53,7 +53,7 @@ from choicegrad.scorer.fit import ScorerFit, ScorerResult, fit_scorer, fit_score
 from choicegrad.scorer.model import Scorer
 from choicegrad.training.contexts import ContextPool, TableContexts
 from choicegrad.training.loop import GeneratorFit, GeneratorResult, fit_generator, fit_table_generator
-from choicegrad.training.step import needs_gradient
+from choicegrad.training.step import check_trainable
 
 RUN_FILES = ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json")
 #: Decoders that need no objective: they rank rows by the generator's own probability.
@@ -578,10 +578,7 @@ class Run:
         if max_minutes is not None:
             generator_fit = generator_fit.model_copy(update={"max_minutes": max_minutes})
         objective = as_objective(objective)
-        if not objective.differentiable and needs_gradient(generator_fit.method):
-            raise InputError("method", [f'"{generator_fit.method}" passes gradients through the score, but this '
-                                        "objective is not differentiable (a black box): train it with reinforce or "
-                                        "trajectory-balance, or give a torch module (ModuleObjective)"])
+        check_trainable(objective, generator_fit.method)      # before anything is read or written
         check_out_path(out)
         out = Path(out)
         space_, encoder, frame, data = _objective_problem(space, contexts, table)

@@ -120,6 +120,14 @@ def needs_gradient(method: str) -> bool:
     return estimators.get_class(method).family in ("pathwise", "learned")
 
 
+def check_trainable(objective, method: str) -> None:
+    """InputError('method') when `method` needs gradients of a non-differentiable objective."""
+    if objective is not None and not objective.differentiable and needs_gradient(method):
+        raise InputError("method", [f'"{method}" passes gradients through the score, but this objective is not '
+                                    "differentiable (a black box): train it with reinforce or trajectory-balance, or "
+                                    "give a torch module (ModuleObjective)"])
+
+
 class TrainingStep:
     """The loss of one step for (generator, estimator) on contexts drawn from `contexts`.
 
@@ -136,10 +144,7 @@ class TrainingStep:
         if self.method not in estimators.available():
             raise unknown_name_error(fit.method, estimators.available())
         self.scale = (self.objective.scale if self.objective is not None else 1.0) or 1.0
-        if self.objective is not None and not self.objective.differentiable and needs_gradient(self.method):
-            raise InputError("method", [f'"{self.method}" passes gradients through the score, but this objective is '
-                                        "not differentiable (a black box): train it with reinforce or "
-                                        "trajectory-balance, or give a torch module (ModuleObjective)"])
+        check_trainable(self.objective, self.method)
         opts = dict(fit.method_options)
         step_opts = {k: opts.pop(k) for k in STEP_OPTIONS.get(self.method, ()) if k in opts}
         if self.method == "reinforce":
