@@ -29,15 +29,21 @@ def make(kind: str, seed: int = 0):
     """(generator, one context, score_fn (N, S, V) -> (N,)) for a tiny space; kind "X-ragged": X in the
     ragged layout."""
     torch.manual_seed(seed)
+    if kind.startswith("pointer"):   # "pointer", "pointer-sequential", "pointer-distinct"
+        form = kind.partition("-")[2]
+        config = GeneratorConfig(kind="pointer", hidden=[8], context_dim=2, heads=1, attention_layers=0)
+        gen = PointerGenerator(S, 2, config, [2], 1, sequential=form == "sequential", distinct=form == "distinct")
+        ctx = ItemContext(items=torch.randn(1, V, 2), mask=torch.ones(1, V, dtype=torch.bool),
+                          cat=torch.tensor([[1]]), num=torch.randn(1, 1))
+        with torch.no_grad():   # smaller steps than below: the attention saturates the pointer's logits
+            for p in gen.parameters():
+                p.add_(0.15 * torch.randn_like(p))
+        return gen, ctx, RandomMLPScorer(S, V, hidden=16, seed=seed + 1, scale=2.0)
     kind, _, layout = kind.partition("-")
     config = GeneratorConfig(kind=kind, hidden=[8], context_dim=2, heads=1, attention_layers=0, layout=layout or None)
-    if kind == "pointer":
-        gen = PointerGenerator(S, 2, config)
-        ctx = ItemContext(items=torch.randn(1, V, 2), mask=torch.ones(1, V, dtype=torch.bool))
-    else:
-        cls = AutoregressiveGenerator if kind == "autoregressive" else FactorizedGenerator
-        gen = cls([V] * S, [2], 0, config)
-        ctx = TableContext(torch.tensor([[1]]), torch.zeros(1, 0))
+    cls = AutoregressiveGenerator if kind == "autoregressive" else FactorizedGenerator
+    gen = cls([V] * S, [2], 0, config)
+    ctx = TableContext(torch.tensor([[1]]), torch.zeros(1, 0))
     with torch.no_grad():   # move away from the near-uniform start so the gradient has structure
         for p in gen.parameters():
             p.add_(0.5 * torch.randn_like(p))
@@ -73,7 +79,8 @@ def z_test(grads: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     return (mean - exact).abs() > z * se + 1e-6
 
 
-KINDS = ["autoregressive", "pointer", "factorized", "autoregressive-ragged", "factorized-ragged"]
+KINDS = ["autoregressive", "pointer", "pointer-sequential", "pointer-distinct", "factorized", "autoregressive-ragged",
+         "factorized-ragged"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -82,7 +89,7 @@ def test_exact_objective_sums_to_one_and_matches_logits(kind):
     policy = policy_of(gen, ctx)
     total = E.exact_objective(policy, lambda x: torch.ones(x.shape[0]))
     assert torch.allclose(total, torch.ones(1), atol=1e-5)
-    if not kind.startswith("autoregressive"):   # independent slots: the same as enumerating the logits directly
+    if kind in ("pointer", "factorized", "factorized-ragged"):   # independent slots: the same as enumerating the logits directly
         value, _ = E.exact_expectation(gen.logits(ctx), f)
         assert torch.allclose(E.exact_objective(policy, f), value, atol=1e-5)
 
@@ -97,7 +104,7 @@ def test_reinforce_unbiased_for_every_generator(kind, baseline, k):
     assert not bool(bad.any()), f"{int(bad.sum())} of {exact.numel()} parameters biased"
 
 
-@pytest.mark.parametrize("kind", ["autoregressive", "pointer", "autoregressive-ragged"])
+@pytest.mark.parametrize("kind", ["autoregressive", "pointer", "pointer-sequential", "pointer-distinct", "autoregressive-ragged"])
 def test_check_has_power_on_generators(kind):
     """The same test rejects a scaled reinforce and the (biased) st-gumbel on generator parameters."""
     gen, ctx, f = make(kind, seed=1)
@@ -120,7 +127,7 @@ def test_entropy_estimate_is_exact_in_expectation_for_sequential_policy():
     assert abs(float(est[0].detach()) - float(exact.detach())) < 0.02
 
 
-@pytest.mark.parametrize("kind", ["autoregressive", "autoregressive-ragged"])
+@pytest.mark.parametrize("kind", ["autoregressive", "autoregressive-ragged", "pointer-sequential", "pointer-distinct"])
 @pytest.mark.parametrize("name", ["st-gumbel", "gumbel-rao", "reinmax"])
 def test_pathwise_forward_rows_are_exact_draws_of_the_sequential_policy(name, kind):
     """The hard rows behind st-gumbel / gumbel-rao / reinmax through an autoregressive generator are
@@ -136,7 +143,7 @@ def test_pathwise_forward_rows_are_exact_draws_of_the_sequential_policy(name, ki
     assert torch.equal(out.samples[:, 0], out.sample)
 
 
-@pytest.mark.parametrize("kind", ["autoregressive", "autoregressive-ragged"])
+@pytest.mark.parametrize("kind", ["autoregressive", "autoregressive-ragged", "pointer-sequential", "pointer-distinct"])
 def test_st_forward_is_the_greedy_row_of_the_sequential_policy(kind):
     gen, ctx, f = make(kind, seed=5)
     out = E.get("st")(policy_of(gen, ctx), f)
@@ -155,7 +162,7 @@ def test_gumbel_rao_k1_matches_st_gumbel_in_expectation_through_the_prefix(kind)
     assert not bool(((a.mean(0) - b.mean(0)).abs() > z * se + 1e-6).any())
 
 
-@pytest.mark.parametrize("kind", ["autoregressive", "pointer", "autoregressive-ragged"])
+@pytest.mark.parametrize("kind", ["autoregressive", "pointer", "pointer-sequential", "pointer-distinct", "autoregressive-ragged"])
 def test_raml_gradient_is_weighted_likelihood_of_its_candidates(kind):
     """raml's loss is -sum_m softmax(f / T)_m log p(candidate_m) with the generator's log-probability."""
     gen, ctx, f = make(kind, seed=9)

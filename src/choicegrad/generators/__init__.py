@@ -34,13 +34,19 @@ _CLASSES = {"factorized": FactorizedGenerator, "autoregressive": AutoregressiveG
 
 
 def build(config: GeneratorConfig, *, space=None, context=None, num_slots: Optional[int] = None,
-          item_dim: Optional[int] = None) -> Generator:
+          item_dim: Optional[int] = None, sequential: bool = False, distinct: bool = False,
+          item_scaling=None) -> Generator:
     """A fresh generator. Table kinds need `space` (ChoiceSpace) and `context` (ContextEncoder);
-    the pointer kind needs `num_slots` and `item_dim`."""
+    the pointer kind needs `num_slots` and `item_dim` (`context`: the lists' context columns, if any;
+    sequential / distinct / item_scaling (shift, scale): see PointerGenerator)."""
     if config.kind == "pointer":
         if num_slots is None or item_dim is None:
             raise ValueError("the pointer generator needs num_slots and item_dim")
-        return PointerGenerator(num_slots, item_dim, config)
+        cards, numeric = (context.cardinalities, len(context.numeric)) if context is not None else ((), 0)
+        shift, scale = item_scaling if item_scaling is not None else (None, None)
+        return PointerGenerator(num_slots, item_dim, config, cards, numeric, sequential=sequential, distinct=distinct,
+                                item_shift=None if shift is None else [float(v) for v in shift],
+                                item_scale=None if scale is None else [float(v) for v in scale])
     if space is None or context is None:
         raise ValueError(f"the {config.kind} generator needs a choice space and a context encoder")
     return _CLASSES[config.kind](space.sizes, context.cardinalities, len(context.numeric), config)
@@ -93,8 +99,16 @@ def load(run_dir, map_location="cpu") -> tuple[Generator, dict]:
         held = sum(math.prod(s) for s in checkpoint.weights_header(Path(run_dir) / "generator.safetensors").values())
         if config.kind == "pointer":
             dims = [int(shape["num_slots"]), int(shape["item_dim"])]
-            _check_size(_dense_elements(config, dims[1]), held, source)
-            gen: Generator = PointerGenerator(*dims, config)
+            cards, numeric = [int(c) for c in shape.get("cardinalities", [])], int(shape.get("num_numeric", 0))
+            if min(dims + cards + [1]) < 1 or numeric < 0:
+                raise ValueError(f"shape: slots, item size and cardinalities {dims + cards} must be positive")
+            _check_size(_dense_elements(config, dims[1]) + sum(cards) * config.context_dim, held, source)
+            shift, scale = shape.get("item_shift"), shape.get("item_scale")
+            if shift is not None and (len(shift) != dims[1] or len(scale or []) != dims[1]
+                                      or min(abs(float(v)) for v in scale) == 0):
+                raise ValueError(f"shape: item_shift and item_scale must hold {dims[1]} numbers, the scale none zero")
+            gen: Generator = PointerGenerator(*dims, config, cards, numeric, sequential=bool(shape.get("sequential")),
+                                              distinct=bool(shape.get("distinct")), item_shift=shift, item_scale=scale)
         else:
             sizes, cards = [int(v) for v in shape["sizes"]], [int(v) for v in shape["cardinalities"]]
             numeric = int(shape["num_numeric"])

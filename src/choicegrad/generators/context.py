@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -59,10 +60,18 @@ class TableContext:
 
 @dataclass
 class ItemContext:
-    """B lists of item vectors, padded. items: (B, N, D) float; mask: (B, N) bool, True = a real item."""
+    """B lists of item vectors, padded. items: (B, N, D) float; mask: (B, N) bool, True = a real item.
+
+    cat (B, C_cat) long and num (B, C_num) float: the lists' context columns (e.g. the user), encoded
+    as a TableContext's (empty by default); slot_mask (B, S, N) bool or None: which items each slot
+    may take (per-slot eligibility), within `mask`.
+    """
 
     items: Tensor
     mask: Tensor
+    cat: Optional[Tensor] = None
+    num: Optional[Tensor] = None
+    slot_mask: Optional[Tensor] = None
 
     def __post_init__(self):
         if self.items.dim() != 3:
@@ -70,6 +79,17 @@ class ItemContext:
         if tuple(self.mask.shape) != tuple(self.items.shape[:2]) or self.mask.dtype != torch.bool:
             raise ValueError(f"mask must be bool of shape (B, N)={tuple(self.items.shape[:2])}, "
                              f"got {self.mask.dtype} {tuple(self.mask.shape)}")
+        B = self.items.shape[0]
+        if self.cat is None:
+            self.cat = torch.zeros(B, 0, dtype=torch.long, device=self.items.device)
+        if self.num is None:
+            self.num = torch.zeros(B, 0, device=self.items.device)
+        if self.cat.shape[0] != B or self.num.shape[0] != B:
+            raise ValueError(f"cat and num must have {B} rows, got {tuple(self.cat.shape)} and {tuple(self.num.shape)}")
+        if self.slot_mask is not None and (self.slot_mask.dim() != 3 or self.slot_mask.shape[0] != B
+                                           or self.slot_mask.shape[2] != self.items.shape[1]):
+            raise ValueError(f"slot_mask must have shape (B, S, N) with B, N = {B}, {self.items.shape[1]}, "
+                             f"got {tuple(self.slot_mask.shape)}")
         if len(self.mask) and not bool(self.mask.any(1).all()):
             raise ValueError("every item list needs at least one item (a row of mask is all False)")
 
@@ -80,15 +100,24 @@ class ItemContext:
     def device(self) -> torch.device:
         return self.items.device
 
+    def _map(self, fn) -> ItemContext:
+        return ItemContext(fn(self.items), fn(self.mask), fn(self.cat), fn(self.num),
+                           None if self.slot_mask is None else fn(self.slot_mask))
+
     def index(self, idx) -> ItemContext:
         idx = torch.as_tensor(idx, device=self.items.device) if not isinstance(idx, slice) else idx
-        return ItemContext(self.items[idx], self.mask[idx])
+        return self._map(lambda t: t[idx])
 
     def repeat_interleave(self, k: int) -> ItemContext:
-        return ItemContext(self.items.repeat_interleave(k, 0), self.mask.repeat_interleave(k, 0))
+        return self._map(lambda t: t.repeat_interleave(k, 0))
 
     def to(self, device) -> ItemContext:
-        return ItemContext(self.items.to(device), self.mask.to(device))
+        return self._map(lambda t: t.to(device))
+
+    def allowed(self, slots: int) -> Tensor:
+        """(B, S, N) bool: the items each of `slots` slots may take (the list, and slot_mask if given)."""
+        allowed = self.mask.unsqueeze(1).expand(-1, slots, -1)
+        return allowed if self.slot_mask is None else allowed & self.slot_mask
 
     @classmethod
     def from_lists(cls, lists: list[Tensor]) -> ItemContext:
@@ -159,6 +188,8 @@ def in_batch_chunks(fn, ctx: Context, size: int, generator, *per_context):
 
 def _join(parts: list):
     first = parts[0]
+    if first is None:
+        return None
     if isinstance(first, torch.Tensor):
         return torch.cat(parts, 0)
     if isinstance(first, tuple):
