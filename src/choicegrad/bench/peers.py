@@ -27,13 +27,34 @@ gradient-ascent  `starts` = min(64, max(1, budget // 40)) random logits (B, P, S
                  argmax row plus rows sampled from its softmax(logits / tau) are scored -- only rows not
                  already in the archive nor repeated, so converged starts spend fewer calls (what
                  is saved carries over to later evaluations; what is left at the end is not spent).
+greedy           slot-by-slot best response (cyclic coordinate ascent) with random restarts: from a
+                 uniform random allowed row, for slot s = 0, 1, .., S-1, 0, .. score every allowed
+                 category in slot s with the other slots held and keep the best (a strict improvement
+                 only); a row that no slot improves for S steps running is a local peak, and the chain
+                 restarts from a fresh random row (`restart` = True; False: stop there, spending less).
+                 `sweeps` = None (no limit): a start may take at most this many sweeps (S steps each)
+                 before it restarts (sweeps=1, restart=False: one sweep only). A step scores the row
+                 already held only once; where fewer calls are left than categories, a random subset
+                 of them. One chain per context; runs until the budget is spent.
 exhaustive       decoding.decoders.exhaustive: every allowed row, the reference optimum; ignores the
                  budget.
 
+distinct=True (search's keyword, default False; for pointer tasks, e.g. slates, where slots share one
+list of items): no row holding the same category (item) in two slots is scored or returned. random
+draws rows slot by slot, each slot uniform over its allowed items not used by the earlier slots;
+genetic repairs each child the same way (a slot repeating an earlier one is redrawn) and un-clones
+with anneal's move; anneal proposes "one slot to a different allowed item, swapping with the slot
+that holds it" (the swap only where that slot allows the item); greedy leaves out the items held by
+the other slots; exhaustive skips rows with repeats; gradient-ascent's soft rows are unconstrained,
+its hard rows with repeats are not scored. A row that cannot be completed without a repeat (slots
+with too few items of their own) is not scored, so such contexts may spend less than `budget`; a
+context allowing fewer categories in all than there are slots is an error.
+distinct costs (B, M, S, V) boolean tables per step for anneal and genetic (M chains / children).
+
 Scorer calls: one per row passed to the objective -- a hard row scored, or a soft row evaluated
 (one gradient-ascent step of P starts costs P calls per context, forward and backward together).
-random, anneal and genetic spend exactly `budget` calls in every context; gradient-ascent spends
-all its soft calls and at most its hard share (it never re-scores an archived row), so
+random, anneal, genetic and greedy (with restarts) spend exactly `budget` calls in every context;
+gradient-ascent spends all its soft calls and at most its hard share (it never re-scores an archived row), so
 scorer_calls <= B * budget. Genetic never re-scores its elites.
 
 Candidates are the k best DISTINCT rows among every hard row scored during the search (a running
@@ -53,30 +74,34 @@ from torch import Tensor
 
 from choicegrad.decoding.decoders import exhaustive
 from choicegrad.decoding.local_search import Archive, anneal_chains
-from choicegrad.decoding.rows import change_one_slot, first_occurrence, row_keys, uniform_rows
+from choicegrad.decoding.rows import (MAX_ENUMERATE, change_one_slot, enumerate_allowed, first_occurrence, row_keys,
+                                     space_size, uniform_rows, union_of)
 from choicegrad.decoding.scoring import Candidates
 from choicegrad.errors import did_you_mean
 from choicegrad.generators.context import Context
 from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
-PEERS = ("random", "anneal", "genetic", "gradient-ascent", "exhaustive")
+PEERS = ("random", "anneal", "genetic", "gradient-ascent", "greedy", "exhaustive")
 _NEG = float("-inf")
 _OPTIONS = {
     "random": ("chunk",),
     "anneal": ("chains", "init", "t0", "t1", "chunk"),
     "genetic": ("population", "elite", "tournament", "mutation", "chunk"),
     "gradient-ascent": ("starts", "lr", "tau", "every", "hard_share", "init_scale", "chunk"),
+    "greedy": ("sweeps", "restart", "chunk"),
     "exhaustive": ("chunk",),
 }
 
 
 def search(name: str, objective: Objective, ctx: Context, allowed: Tensor, k: int, *, budget: int,
-           generator: torch.Generator, **options: Any) -> Candidates:
+           generator: torch.Generator, distinct: bool = False, **options: Any) -> Candidates:
     """The k best distinct rows per context found by peer `name` (see the module docstring).
 
     objective: f(x, ctx) -> (N,); ctx: B contexts; allowed: (B, S, V) bool (or (S, V), shared);
     k: candidates per context; budget: scorer calls per context (ignored by exhaustive);
     generator: the random stream (on allowed's device) -- the same seed gives the same candidates.
+    distinct: no row with the same category in two slots is scored or returned (pointer tasks:
+    slates of distinct items).
     -> Candidates(rows (B, k, S), scores (B, k) best first, valid (B, k), scorer_calls).
     """
     if name not in PEERS:
@@ -97,11 +122,19 @@ def search(name: str, objective: Objective, ctx: Context, allowed: Tensor, k: in
     empty = ~allowed.any(-1)
     if bool(empty.any()):
         raise ValueError(f"allowed has no category at (context, slot) {empty.nonzero()[:5].tolist()}")
-    k, budget = int(k), int(budget)
+    k, budget, distinct = int(k), int(budget), bool(distinct)
+    if distinct:
+        short = allowed.any(1).sum(-1) < allowed.shape[1]
+        if bool(short.any()):
+            raise ValueError(f"distinct: contexts {short.nonzero()[:5, 0].tolist()} allow fewer categories than "
+                             f"the {allowed.shape[1]} slots, so every row repeats one")
     if name == "exhaustive":
+        if distinct:
+            return _exhaustive_distinct(objective, ctx, k, allowed, options.get("chunk", 1 << 16))
         return exhaustive(objective, ctx, k, allowed, options.get("chunk", 1 << 16))
-    fn = {"random": _random, "anneal": _anneal, "genetic": _genetic, "gradient-ascent": _gradient_ascent}[name]
-    return fn(objective, ctx, allowed, k, budget, generator, **options)
+    fn = {"random": _random, "anneal": _anneal, "genetic": _genetic, "gradient-ascent": _gradient_ascent,
+          "greedy": _greedy}[name]
+    return fn(objective, ctx, allowed, k, budget, generator, distinct=distinct, **options)
 
 
 # --- shared pieces --------------------------------------------------------------------------------
@@ -116,30 +149,132 @@ def _positive(name: str, value, integer: bool = True):
     return int(value) if integer else float(value)
 
 
+def _repeats(rows: Tensor) -> Tensor:
+    """(..., S) long rows -> (...,) bool: some category in two slots."""
+    return (rows.unsqueeze(-1) == rows.unsqueeze(-2)).triu(diagonal=1).any((-2, -1))
+
+
+def _repair(rows: Tensor, allowed: Tensor, generator: torch.Generator) -> Tensor:
+    """rows (B, M, S) with every slot that repeats an earlier slot's category redrawn uniformly among
+    its allowed categories not used by the earlier slots (left as it is where none is). -> (B, M, S)."""
+    B, M, S = rows.shape
+    rows = rows.clone()
+    for s in range(1, S):                                                          # over slots
+        clash = (rows[..., s:s + 1] == rows[..., :s]).any(-1)                     # (B, M)
+        if not bool(clash.any()):
+            continue
+        b, m = clash.nonzero(as_tuple=True)
+        free = allowed[b, s].scatter(1, rows[b, m, :s], False)                     # (n, V)
+        has = free.any(1)
+        pick = torch.multinomial(free.float() + (~has).float()[:, None], 1, generator=generator)[:, 0]
+        rows[b, m, s] = torch.where(has, pick, rows[b, m, s])
+    return rows
+
+
+def _distinct_rows(allowed: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """(B, n, S) rows without repeats (where the slots allow), slot by slot: each slot uniform over
+    its allowed categories not used by the earlier slots (uniform over the distinct rows when every
+    slot allows the same categories)."""
+    return _repair(uniform_rows(allowed, n, generator), allowed, generator)
+
+
+def _move_distinct(rows: Tensor, allowed: Tensor, generator: torch.Generator) -> Tensor:
+    """rows (B, M, S) with one slot moved to a different allowed category; where another slot t holds
+    that category, the two swap (allowed only where slot t allows the moved slot's old category). The
+    slot is uniform over the slots with a move, the category uniform over its moves; a row without any
+    move stays. Keeps rows distinct. -> (B, M, S)."""
+    B, M, S = rows.shape
+    V = allowed.shape[-1]
+    dev = rows.device
+    owner = torch.full((B, M, V), -1, dtype=torch.long, device=dev).scatter(
+        2, rows, torch.arange(S, device=dev).expand(B, M, S))                    # slot holding each category
+    # at[b, m, t, s]: slot t allows row[s]; back[b, m, s, c]: the slot holding c allows row[s]
+    at = allowed.unsqueeze(1).expand(B, M, S, V).gather(3, rows.unsqueeze(2).expand(B, M, S, S))
+    back = at.transpose(2, 3).gather(3, owner.clamp(min=0).unsqueeze(2).expand(B, M, S, V))
+    cats = torch.arange(V, device=dev)
+    ok = allowed.unsqueeze(1) & (cats != rows.unsqueeze(-1)) & ((owner < 0).unsqueeze(2) | back)   # (B, M, S, V)
+    can = ok.any(-1)                                                               # (B, M, S)
+    movable = can.any(-1)                                                          # (B, M)
+    slot = torch.multinomial((can | ~movable.unsqueeze(-1)).float().reshape(B * M, S), 1,
+                             generator=generator).reshape(B, M)
+    w = ok.gather(2, slot[..., None, None].expand(B, M, 1, V))[:, :, 0]            # (B, M, V)
+    cat = torch.multinomial((w | ~w.any(-1, keepdim=True)).float().reshape(B * M, V), 1,
+                            generator=generator).reshape(B, M)
+    old = rows.gather(2, slot.unsqueeze(-1))[..., 0]
+    other = owner.gather(2, cat.unsqueeze(-1))[..., 0]                             # (B, M), -1: unused
+    out = rows.scatter(2, slot.unsqueeze(-1), cat.unsqueeze(-1))
+    swapped = out.scatter(2, other.clamp(min=0).unsqueeze(-1), old.unsqueeze(-1))
+    out = torch.where((other >= 0).unsqueeze(-1), swapped, out)
+    return torch.where(movable.unsqueeze(-1), out, rows)
+
+
 # --- the peers ------------------------------------------------------------------------------------
-def _random(objective, ctx, allowed, k, budget, generator, chunk: int = SCORE_CHUNK) -> Candidates:
+def _random(objective, ctx, allowed, k, budget, generator, distinct: bool = False,
+            chunk: int = SCORE_CHUNK) -> Candidates:
     B, S, V = allowed.shape
     arch = Archive(B, k, S, V, allowed.device)
     per = max(1, chunk // max(B, 1))
     for start in range(0, budget, per):
-        arch.score(objective, uniform_rows(allowed, min(per, budget - start), generator), ctx, chunk)
+        n = min(per, budget - start)
+        if distinct:
+            rows = _distinct_rows(allowed, n, generator)
+            arch.score(objective, rows, ctx, chunk, ~_repeats(rows))
+        else:
+            arch.score(objective, uniform_rows(allowed, n, generator), ctx, chunk)
     return arch.result()
 
 
-def _anneal(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
+def _anneal(objective, ctx, allowed, k, budget, generator, distinct: bool = False, **o) -> Candidates:
     B, S, V = allowed.shape
     chunk = _opt(o, "chunk", SCORE_CHUNK)
     P = min(_positive("chains", _opt(o, "chains", min(16, max(1, budget // 128)))), budget)
     init = min(budget, max(P, _positive("init", _opt(o, "init", max(P, budget // 10)))))
     t0, t1 = _positive("t0", _opt(o, "t0", 0.3), False), _positive("t1", _opt(o, "t1", 0.01), False)
     arch = Archive(B, k, S, V, allowed.device)
+    if distinct:
+        first = _distinct_rows(allowed, init, generator)
+        first_scores = arch.score(objective, first, ctx, chunk, ~_repeats(first))
+        return _anneal_distinct(objective, ctx, allowed, arch, first, first_scores, P, budget - init, t0, t1,
+                                generator, chunk)
     first = uniform_rows(allowed, init, generator)
     first_scores = arch.score(objective, first, ctx, chunk)
     return anneal_chains(objective, ctx, allowed, arch, first, first_scores, P, budget - init, t0, t1,
                          generator, chunk)
 
 
-def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
+def _anneal_distinct(objective, ctx, allowed, arch, first, first_scores, P, left, t0, t1, generator, chunk
+                     ) -> Candidates:
+    """decoding.local_search.anneal_chains (the same chains, temperatures and budget) with distinct
+    rows: proposals by _move_distinct; a proposal with a repeat (a row that could not be repaired)
+    is not scored and not taken."""
+    B, M, S = first.shape
+    dev = allowed.device
+    fin = torch.isfinite(first_scores)
+    n = fin.sum(1)
+    mean = torch.where(fin, first_scores, 0).sum(1) / n.clamp(min=1)
+    var = torch.where(fin, (first_scores - mean[:, None]) ** 2, 0).sum(1) / (n - 1).clamp(min=1)
+    std = torch.where(n > 1, var.sqrt(), torch.zeros_like(var))
+    fallback = std[std > 0].mean() if bool((std > 0).any()) else torch.tensor(1.0, device=dev)
+    scale = torch.where(std > 0, std, fallback)[:, None]                                  # (B, 1)
+    top = first_scores.topk(P, dim=1).indices
+    current = first.gather(1, top.unsqueeze(-1).expand(B, P, S))
+    cur_score = first_scores.gather(1, top)
+    steps = math.ceil(int(left) / P)
+    for i in range(steps):
+        n = min(P, int(left) - i * P)                                   # the last step may move fewer chains
+        temp = scale * t0 * (t1 / t0) ** (i / max(steps - 1, 1))
+        prop = _move_distinct(current, allowed, generator)
+        moving = (torch.arange(P, device=dev) < n)[None, :] & ~_repeats(prop)
+        score = arch.score(objective, prop, ctx, chunk, moving)
+        u = torch.rand(B, P, generator=generator, device=dev)
+        delta = score - cur_score
+        accept = moving & ((delta >= 0) | (u < torch.exp((delta / temp).clamp(max=0))))
+        current = torch.where(accept.unsqueeze(-1), prop, current)
+        cur_score = torch.where(accept, score, cur_score)
+    return arch.result()
+
+
+def _genetic(objective, ctx, allowed, k, budget, generator, distinct: bool = False, **o) -> Candidates:
     B, S, V = allowed.shape
     dev = allowed.device
     chunk = _opt(o, "chunk", SCORE_CHUNK)
@@ -150,8 +285,8 @@ def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
     if not 0 <= rate <= 1:
         raise ValueError(f"mutation must be a per-slot rate in [0, 1], got {rate}")
     arch = Archive(B, k, S, V, dev)
-    pop = uniform_rows(allowed, N, generator)
-    fit = arch.score(objective, pop, ctx, chunk)
+    pop = _distinct_rows(allowed, N, generator) if distinct else uniform_rows(allowed, N, generator)
+    fit = arch.score(objective, pop, ctx, chunk, ~_repeats(pop) if distinct else None)
     left = budget - N
     C = N - E
     while left > 0 and C > 0:
@@ -164,9 +299,12 @@ def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
         child = torch.where(torch.rand(B, n, S, generator=generator, device=dev) < 0.5, p1, p2)
         mutate = torch.rand(B, n, S, generator=generator, device=dev) < rate
         child = torch.where(mutate, uniform_rows(allowed, n, generator), child)
+        if distinct:
+            child = _repair(child, allowed, generator)
         clone = (child == p1).all(-1) | (child == p2).all(-1)
-        child = torch.where(clone.unsqueeze(-1), change_one_slot(child, allowed, generator), child)
-        child_fit = arch.score(objective, child, ctx, chunk)
+        move = _move_distinct(child, allowed, generator) if distinct else change_one_slot(child, allowed, generator)
+        child = torch.where(clone.unsqueeze(-1), move, child)
+        child_fit = arch.score(objective, child, ctx, chunk, ~_repeats(child) if distinct else None)
         left -= n
         keep = fit.topk(N - n, dim=1).indices                                          # elites (and more if n < C)
         pop = torch.cat([pop.gather(1, keep.unsqueeze(-1).expand(B, N - n, S)), child], 1)
@@ -174,7 +312,7 @@ def _genetic(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
     return arch.result()
 
 
-def _gradient_ascent(objective, ctx, allowed, k, budget, generator, **o) -> Candidates:
+def _gradient_ascent(objective, ctx, allowed, k, budget, generator, distinct: bool = False, **o) -> Candidates:
     B, S, V = allowed.shape
     dev = allowed.device
     chunk = _opt(o, "chunk", SCORE_CHUNK)
@@ -222,7 +360,7 @@ def _gradient_ascent(objective, ctx, allowed, k, budget, generator, **o) -> Cand
                 rows = torch.cat([rows, draws.reshape(B, extra, S)], 1)
             keys = row_keys(rows, V)
             known = ((keys.unsqueeze(2) == row_keys(arch.rows, V).unsqueeze(1)) & arch.valid.unsqueeze(1)).any(2)
-            new = first_occurrence(keys, ~known)
+            new = first_occurrence(keys, ~known & ~_repeats(rows) if distinct else ~known)
             take = new & (new.long().cumsum(1) <= avail.unsqueeze(1))
             if bool(take.any()):
                 arch.score(objective, rows, ctx, chunk, take)
@@ -239,4 +377,92 @@ def _gradient_ascent(objective, ctx, allowed, k, budget, generator, **o) -> Cand
         opt.step()
         if g in at:
             evaluate()
+    return arch.result()
+
+
+def _greedy(objective, ctx, allowed, k, budget, generator, distinct: bool = False, **o) -> Candidates:
+    B, S, V = allowed.shape
+    dev = allowed.device
+    chunk = _opt(o, "chunk", SCORE_CHUNK)
+    sweeps = o.get("sweeps")
+    sweeps = None if sweeps is None else _positive("sweeps", sweeps)
+    restart = bool(_opt(o, "restart", True))
+    arch = Archive(B, k, S, V, dev)
+
+    def fresh() -> Tensor:
+        return (_distinct_rows if distinct else uniform_rows)(allowed, 1, generator)[:, 0]
+
+    cur = fresh()                                                                  # (B, S)
+    score = torch.full((B,), _NEG, device=dev)
+    known = torch.zeros(B, dtype=torch.bool, device=dev)                           # cur already scored
+    stale = torch.zeros(B, dtype=torch.long, device=dev)                           # steps without a move
+    steps = torch.zeros(B, dtype=torch.long, device=dev)                           # steps since the start
+    left = torch.full((B,), budget, dtype=torch.long, device=dev)
+    active = torch.ones(B, dtype=torch.bool, device=dev)
+    cats = torch.arange(V, device=dev)
+    per = max(1, chunk // max(B, 1))
+    idle, i = 0, 0
+    while True:
+        live = active & (left > 0)
+        if not bool(live.any()) or idle > 2 * S + 2:     # spent; or nothing left to score anywhere
+            break
+        s, i = i % S, i + 1
+        cand = allowed[:, s] & live[:, None]                                       # (B, V)
+        if distinct and S > 1:
+            others = torch.cat([cur[:, :s], cur[:, s + 1:]], 1)
+            cand = cand & ~torch.zeros_like(cand).scatter(1, others, True) & ~_repeats(others)[:, None]
+        cand = cand & ~(known[:, None] & (cats == cur[:, s:s + 1]))               # the held row: scored once
+        count = cand.sum(1)
+        short = count > left
+        if bool(short.any()):                                                      # the last calls: a random subset
+            noise = torch.rand(B, V, generator=generator, device=dev).masked_fill(~cand, 2.0)
+            rank = noise.argsort(1).argsort(1)
+            cand = cand & (~short[:, None] | (rank < left[:, None]))
+        m = int(cand.sum(1).max())
+        best = torch.full((B,), _NEG, device=dev)
+        best_cat = cur[:, s].clone()
+        if m > 0:
+            order = torch.argsort((~cand).to(torch.int8), dim=1, stable=True)[:, :m]          # (B, m) candidates first
+            for lo in range(0, m, per):                                            # blocks of categories
+                part = order[:, lo:lo + per]
+                ok = cand.gather(1, part)
+                rows = cur.unsqueeze(1).expand(B, part.shape[1], S).clone()
+                rows[:, :, s] = part
+                sc = arch.score(objective, rows, ctx, chunk, ok)
+                top = sc.max(1)
+                better = top.values > best
+                best = torch.where(better, top.values, best)
+                best_cat = torch.where(better, part.gather(1, top.indices[:, None])[:, 0], best_cat)
+        spent = cand.sum(1)
+        idle = idle + 1 if m == 0 else 0
+        left = left - spent
+        moved = live & (best > score)
+        cur[:, s] = torch.where(moved, best_cat, cur[:, s])
+        score = torch.where(moved, best, score)
+        known = known | (live & (spent > 0))
+        stale = torch.where(moved, torch.ones_like(stale), stale + live.long())
+        steps = steps + live.long()
+        done = live & (stale >= S)                                                 # a local peak
+        if sweeps is not None:
+            done = done | (live & (steps >= sweeps * S))
+        if not restart:
+            active = active & ~done
+        elif bool(done.any()):
+            cur = torch.where(done.unsqueeze(-1), fresh(), cur)
+            score = torch.where(done, torch.full_like(score, _NEG), score)
+            known, stale, steps = known & ~done, stale * ~done, steps * ~done
+    return arch.result()
+
+
+def _exhaustive_distinct(objective, ctx, k, allowed, chunk: int = 1 << 16) -> Candidates:
+    """decoding.decoders.exhaustive over the allowed rows without repeats."""
+    B, S, V = allowed.shape
+    total = int(space_size(union_of(allowed)[None])[0].item())
+    if total > MAX_ENUMERATE:
+        raise ValueError(f"exhaustive decoding needs at most {MAX_ENUMERATE} rows, this space has {total}")
+    arch = Archive(B, k, S, V, allowed.device)
+    per = max(1, chunk // max(B, 1))
+    for start in range(0, total, per):
+        rows, ok, _ = enumerate_allowed(allowed, start, start + per)
+        arch.score(objective, rows.unsqueeze(0).expand(B, -1, -1), ctx, chunk, ok & ~_repeats(rows)[None])
     return arch.result()
