@@ -233,8 +233,11 @@ def score_cmd(
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="Override the ensemble pessimism.")] = None,
     unknown: Annotated[str, typer.Option(
         help="Unknown feature categories: 'error' (default) or 'missing' (score the slot as unobserved).")] = "error",
+    items: Annotated[Optional[Path], typer.Option(
+        help="Item run: an items table beside the run's own, for slates holding new items.")] = None,
 ) -> None:
-    """Score rows with a fitted scorer; writes the rows with a 'score' column."""
+    """Score rows with a fitted scorer; writes the rows with a 'score' column. For an item run (fit
+    --slots) the rows are slates (context columns, slot columns of item ids) and the column 'predicted'."""
     from choicegrad.io import TABLE_SUFFIXES, check_finite, check_writable, read_table, write_table
     from choicegrad.runfolder import check_outside, read_run
     from choicegrad.scorer.model import PartialRowsWarning, Scorer
@@ -245,6 +248,18 @@ def score_cmd(
         raise InputError("--unknown", [f'expected "error" or "missing", got "{unknown}"'])
     check_writable(out, "--out")
     check_outside(out, run)
+    from choicegrad.run import ITEMS_FILE
+
+    if (run / ITEMS_FILE).is_file():
+        from choicegrad.run import Run
+
+        with as_flags({"items": "--items"}):
+            scored = Run.load(run).score(rows, items=items, beta=beta)
+        write_table(scored, out)
+        typer.echo(f"scored {len(scored)} slates -> {out}")
+        return
+    if items is not None:
+        raise InputError("--items", [f"{run} was fitted on a table, not item lists (fit --slots)"])
     _refuse_objective_run(run)
     scorer = read_run(run, Scorer.load)
     if beta is not None:
@@ -319,6 +334,9 @@ def as_flags(flags: dict[str, str]):
              "choicegrad fit --objective sim.py:simulate --space space.json --contexts users.csv --out runs/sim\n\n"
              "Example (your own torch net, a table for the warm start): choicegrad fit table.csv --features 's?' "
              "--context user --objective net.py:net --out runs/net\n\n"
+             "Example (item lists: one item per slot, a scorer over item attributes): choicegrad fit log.csv "
+             "--slots left,middle,right --items items.csv --item-id id --context user --score y --lists lists.csv "
+             "--out runs/slates\n\n"
              "Choosing a method, generator and decoder: docs/choosing.md")
 @user_errors
 def fit_cmd(
@@ -373,9 +391,28 @@ def fit_cmd(
         "--force-generator", help="Train a generator even when the space is small enough that enumerating every row "
                                   "of every training context costs fewer scorer calls than training (then, by default, "
                                   "fit skips the generator and generate returns the exact top-K by enumeration).")] = False,
+    slots: Annotated[Optional[str], typer.Option(
+        help="Item lists: the log's slot columns, each holding an item id (e.g. left,middle,right). DATA is then the "
+             "log (context columns, slot columns, --score), the scorer reads item attributes (--items) and the "
+             "generator picks one item per slot from each context's list (--lists).")] = None,
+    items: Annotated[Optional[Path], typer.Option(
+        help="With --slots: the items table (CSV/Parquet): the id column (--item-id) and attribute columns, numbers "
+             "or categories.")] = None,
+    item_id: Annotated[str, typer.Option(help="With --slots: the id column of the items and lists tables.")] = "id",
+    lists: Annotated[Optional[Path], typer.Option(
+        help="With --slots: the items each context may choose from, a table of context columns (and --list-id) and "
+             "the item id; default: the whole items table for every context of the log.")] = None,
+    list_id: Annotated[Optional[str], typer.Option(
+        help="With --lists: a column naming a list beside the context columns (a key, not an input).")] = None,
+    distinct_items: Annotated[bool, typer.Option(
+        "--distinct-items", help="With --slots: an item at most once per slate (a page shows an item once).")] = False,
+    eligible: Annotated[Optional[list[str]], typer.Option(
+        help="With --slots: the items a slot may take, SLOT=ATTRIBUTE:VALUE[|VALUE...] (repeatable), e.g. "
+             "left=type:shoe|boot.")] = None,
 ) -> None:
     """Fit a scorer on a table, then a generator that proposes high-scoring rows for each context; or,
-    with --objective, a generator for your own score model (no table needed).
+    with --objective, a generator for your own score model (no table needed); or, with --slots, item
+    lists: a scorer over item attributes and a generator that picks one item per slot from any list.
 
     The run is built beside --out and moved into place when complete; Ctrl-C or SIGTERM saves a
     checkpoint, and the same command with --resume continues from it."""
@@ -388,6 +425,15 @@ def fit_cmd(
                                                  ("batch_size", batch_size)) if value is not None}
     if out is None:
         raise InputError("choicegrad fit", ["--out: the run folder to write is required"])
+    if slots is not None:
+        _fit_items(data, slots, items, item_id, score, context, lists, list_id, distinct_items, eligible, out, method,
+                   seed, max_minutes, device, resume, overwrite, checkpoint_minutes, ensemble, beta, scorer_epochs,
+                   gen_options, objective)
+        return
+    item_flags = [flag for flag, value in (("--items", items), ("--lists", lists), ("--list-id", list_id),
+                                           ("--distinct-items", distinct_items), ("--eligible", eligible)) if value]
+    if item_flags:
+        raise InputError("choicegrad fit", [f"{flag}: only with --slots (item lists)" for flag in item_flags])
     if objective is not None:
         _fit_objective(objective, data, features, score, context, contexts, space, out, method, generator, seed,
                        max_minutes, device, resume, overwrite, checkpoint_minutes, objective_scale, gen_options,
@@ -447,8 +493,60 @@ def _fit_objective(spec, data, features, score, context, contexts, space, out, m
                           echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
 
 
+def parse_eligible(values: Optional[list[str]]) -> Optional[dict[str, dict[str, list[str]]]]:
+    """['left=type:shoe|boot', ...] -> {'left': {'type': ['shoe', 'boot']}}; InputError('--eligible')."""
+    if not values:
+        return None
+    out: dict[str, dict[str, list[str]]] = {}
+    problems = []
+    for value in values:
+        slot, eq, rule = (t.strip() for t in value.partition("="))
+        column, colon, allowed = (t.strip() for t in rule.partition(":"))
+        labels = [v.strip() for v in allowed.split("|") if v.strip()]
+        if not (eq and colon and slot and column and labels):
+            problems.append(f'"{value}": expected SLOT=ATTRIBUTE:VALUE[|VALUE...], e.g. left=type:shoe|boot')
+            continue
+        out.setdefault(slot, {}).setdefault(column, []).extend(labels)
+    if problems:
+        raise InputError("--eligible", problems)
+    return out
+
+
+ITEM_FLAGS = {"slots": "--slots", "items": "--items", "lists": "--lists", "list_id": "--list-id",
+              "eligible": "--eligible", "score": "--score", "context": "--context", "log": "DATA"}
+
+
+def _fit_items(data, slots, items, item_id, score, context, lists, list_id, distinct, eligible, out, method, seed,
+               max_minutes, device, resume, overwrite, checkpoint_minutes, ensemble, beta, scorer_epochs, gen_options,
+               objective) -> None:
+    """`choicegrad fit LOG --slots a,b,c --items items.csv ...`: an item run."""
+    from choicegrad.items import ItemSpec
+    from choicegrad.run import Run
+    from choicegrad.scorer.fit import ScorerFit
+    from choicegrad.training.loop import GeneratorFit
+
+    problems = [f"{flag}: required with --slots ({what})" for flag, value, what in
+                (("DATA", data, "the log: context columns, slot columns, score"), ("--items", items, "the items table"),
+                 ("--score", score, "the log's score column")) if not value]
+    if objective is not None:
+        problems.append("--objective: a reward of your own over item lists is given in Python "
+                        "(Run.fit_objective(reward, out, items=ItemSpec(...))), not on the command line")
+    if problems:
+        raise InputError("choicegrad fit --slots", problems)
+    spec = ItemSpec(slots=slots, items=items, item_id=item_id, score=score, context=context, lists=lists,
+                    list_id=list_id, distinct=distinct, eligible=parse_eligible(eligible))
+    with as_flags({**FIT_FLAGS, **ITEM_FLAGS}):
+        Run.fit(data, out, spec, scorer_fit=ScorerFit(ensemble=ensemble, beta=beta, seed=seed, epochs=scorer_epochs,
+                                                      device=device),
+                generator_fit=GeneratorFit(method=method, seed=seed, device=device, beta=beta, **gen_options),
+                max_minutes=max_minutes, resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
+                echo=lambda m: typer.echo(m, err=m.startswith("warning:")))
+
+
 @app.command("generate", epilog="Example: choicegrad generate runs/tfbind8 --top-k 128 --out candidates.csv\n\n"
-             "Example: choicegrad generate runs/tfbind8 --contexts tfs.csv --fix s0=A --decoder rerank --out c.csv")
+             "Example: choicegrad generate runs/tfbind8 --contexts tfs.csv --fix s0=A --decoder rerank --out c.csv\n\n"
+             "Example (an item run, lists and items never seen): choicegrad generate runs/slates --items new_items.csv "
+             "--lists new_lists.csv --top-k 5 --out slates.csv")
 @user_errors
 def generate_cmd(
     run: Annotated[Path, typer.Argument(help="Run folder written by choicegrad fit.")],
@@ -477,8 +575,16 @@ def generate_cmd(
     objective_changed: Annotated[bool, typer.Option(
         "--objective-changed", help="The --objective file differs from the one the run was fitted with, and that is "
                                     "intended.")] = False,
+    items: Annotated[Optional[Path], typer.Option(
+        help="Item run: an items table (id and attributes) beside the run's own, new items included (scored from "
+             "their attributes).")] = None,
+    lists: Annotated[Optional[Path], typer.Option(
+        help="Item run: the lists to choose from (context columns, list id if the run has one, item id), lists never "
+             "seen included; default: each context (--contexts, else the training ones) with every item.")] = None,
 ) -> None:
-    """Generate the top-K distinct rows per context with a fitted generator; one output row per (context, rank)."""
+    """Generate the top-K distinct rows per context with a fitted generator; one output row per (context, rank).
+    For an item run (fit --slots): the top-K slates per list, one column per slot holding item ids,
+    `predicted` and `rank`."""
     from choicegrad.data.context import ContextRangeWarning
     from choicegrad.device import check_device
     from choicegrad.io import TABLE_SUFFIXES, check_writable, write_table
@@ -495,8 +601,23 @@ def generate_cmd(
     check_device(device, "--device")
     check_writable(out, "--out")
     check_outside(out, run)
-    with as_flags(GENERATE_FLAGS):
+    with as_flags({**GENERATE_FLAGS, "items": "--items", "lists": "--lists"}):
         loaded = Run.load(run, device)
+        if loaded.items is not None:
+            if objective is not None:
+                raise InputError("--objective", ["an item run fitted to your own reward is used from Python "
+                                                 "(Run.use_objective); the command line generates with its scorer"])
+            result = loaded.generate(contexts, items=items, lists=lists, k=top_k, decoder=decoder, fix=fix,
+                                     temperature=temperature, samples=samples, budget=budget, beta=beta, seed=seed)
+            stats, result.attrs = result.attrs, {}
+            write_table(result, out)
+            if stats["short"]:
+                typer.echo(f"warning: {stats['short']} list(s) got fewer than {top_k} slates", err=True)
+            typer.echo(f"generated {len(result)} slates for {stats['contexts']} list(s) with {stats['decoder']} in "
+                       f"{time.perf_counter() - start:.1f} s ({stats['scorer_calls']} scorer calls) -> {out}")
+            return
+        if items is not None or lists is not None:
+            raise InputError("--items/--lists", [f"{run} was fitted on a table, not item lists (fit --slots)"])
         if objective is not None:
             from choicegrad.objectives import load_objective
 

@@ -61,6 +61,8 @@ GENERATOR_DECODERS = ("argmax", "sample", "topk")
 SCORER_METRICS = "scorer_metrics.json"
 #: What a run fitted to the user's own objective records of it (never the code itself).
 OBJECTIVE_FILE = "objective.json"
+#: What marks an item run (choicegrad.items).
+ITEMS_FILE = "items.json"
 #: Most rows (contexts x k) one Run.generate call returns: beyond this the table itself, not the search,
 #: would exhaust memory.
 MAX_GENERATE_ROWS = 10_000_000
@@ -223,11 +225,15 @@ class Run:
     def __init__(self, out: Path, scorer: Optional[Scorer], generator, aligner: Optional[Aligner] = None,
                  config: Optional[dict] = None, contexts: Optional[pd.DataFrame] = None,
                  device: str | torch.device = "cpu", *, space: Optional[ChoiceSpace] = None,
-                 context: Optional[ContextEncoder] = None, objective_record: Optional[dict] = None):
+                 context: Optional[ContextEncoder] = None, objective_record: Optional[dict] = None, items=None):
         self.out, self.scorer, self.generator, self.aligner = Path(out), scorer, generator, aligner
+        self.items = items             # an item run's ItemRun (choicegrad.items), else None
         self.config, self.contexts, self.device = config or {}, contexts, torch.device(device)
-        self.space = space if space is not None else scorer.space
-        self.context = context if context is not None else scorer.context
+        if items is not None:
+            self.space, self.context = None, items.record.context
+        else:
+            self.space = space if space is not None else scorer.space
+            self.context = context if context is not None else scorer.context
         self.objective_record, self.objective = objective_record, None
 
     @property
@@ -254,6 +260,8 @@ class Run:
         """The run in `folder` (run_dir held open: choicegrad.runfolder.read_run), as Run(run_dir, ...)."""
         if not folder.is_dir():
             raise InputError(str(run_dir), ["no such run folder (written by choicegrad fit)"])
+        if (folder / ITEMS_FILE).is_file():
+            return cls._read_item_run(folder, run_dir, device)
         if (folder / OBJECTIVE_FILE).is_file():
             return cls._read_objective_run(folder, run_dir, device)
         config = _read_config(folder / "config.json")
@@ -299,6 +307,52 @@ class Run:
         return cls(run_dir, None, gen, None, config, contexts, device, space=space,
                    context=context, objective_record=record)
 
+    @classmethod
+    def _read_item_run(cls, folder: Path, run_dir: Path, device: torch.device) -> Run:
+        """An item run (choicegrad.items): items.json, items.csv, lists.csv, the pointer generator and,
+        unless fitted to the user's own reward, the item scorer."""
+        from choicegrad.items import ItemRun
+        from choicegrad.scorer.items import ItemScorer
+
+        state = ItemRun.read(folder)
+        gen, _ = generators.load(folder, device)
+        if gen.kind != "pointer" or gen.num_slots != len(state.record.slots) or gen.item_dim != state.record.encoder.dim:
+            raise InputError(str(folder / "generator.json"), ["the generator was not trained for this run's slots and "
+                                                              f"items: {run_dir} mixes files of different runs"])
+        scorer = None
+        if state.record.objective is None:
+            scorer = ItemScorer.load(folder, device)
+            if scorer.slots != state.record.slots or scorer.dim != state.record.encoder.dim:
+                raise InputError(str(folder / "scorer.json"), ["the scorer was not fitted on this run's slots and items: "
+                                                               f"{run_dir} mixes files of different runs"])
+        record = None if state.record.objective is None else {"kind": "python", "differentiable": True, "scale": 1.0,
+                                                               "scale_estimated": False, **state.record.objective}
+        return cls(run_dir, scorer, gen, None, _read_config(folder / "config.json"), None, device,
+                   objective_record=record, items=state)
+
+    def score(self, rows: pd.DataFrame | str | Path, *, items: pd.DataFrame | str | Path | None = None,
+              beta: Optional[float] = None) -> pd.DataFrame:
+        """The rows with their predicted score: a table run's rows (features and context columns) get
+        a `score` column (as choicegrad score writes); an item run's slates (context columns, slot
+        columns of item ids; `items`: items beyond the run's own) a `predicted` column. beta
+        overrides the scorer's ensemble pessimism. InputError for a run without a scorer."""
+        if self.items is not None:
+            from choicegrad.items import score_slates
+
+            return score_slates(self, rows, items=items, beta=beta)
+        if self.scorer is None:
+            raise InputError(str(self.out), ["this run was fitted to your own objective and has no scorer: score the "
+                                             "rows with that function itself"])
+        frame = read_table(rows) if isinstance(rows, (str, Path)) else rows.reset_index(drop=True)
+        old = self.scorer.beta
+        self.scorer.beta = old if beta is None else beta
+        try:
+            values = self.scorer.predict_frame(frame, str(rows) if isinstance(rows, (str, Path)) else "rows")
+        finally:
+            self.scorer.beta = old
+        check_finite(values, str(rows) if isinstance(rows, (str, Path)) else "rows", "the predicted score")
+        return frame.assign(score=values)
+
     def _contexts(self, contexts: pd.DataFrame | str | Path | None) -> tuple[Optional[pd.DataFrame], TableContext]:
         """(context columns or None without context columns, their encoding on the run's device)."""
         if not self.context_columns:
@@ -325,7 +379,9 @@ class Run:
 
     def generate(self, contexts: pd.DataFrame | str | Path | None = None, *, k: int = 10, decoder: Optional[str] = None,
                  fix: Fix = None, temperature: float = 1.0, samples: Optional[int] = None,
-                 budget: Optional[int] = None, beta: Optional[float] = None, seed: int = 0) -> pd.DataFrame:
+                 budget: Optional[int] = None, beta: Optional[float] = None, seed: int = 0,
+                 items: pd.DataFrame | str | Path | None = None, lists: pd.DataFrame | str | Path | None = None,
+                 ) -> pd.DataFrame:
         """The top-k distinct rows per context: one row per (context, rank) with the context columns,
         the features, `score` and `rank` (what `choicegrad generate` writes). Nine arguments: one per
         flag of `choicegrad generate`.
@@ -343,7 +399,23 @@ class Run:
         InputError('k') beyond MAX_GENERATE_ROWS rows in all.
 
             run.generate(k=5, decoder="rerank", fix={"s0": "a"})
+
+        An item run (choicegrad.items) returns the top-k slates per list: the key columns, one column
+        per slot holding item ids, `predicted` (or `log_prob` without a scorer or reward) and `rank`.
+        lists: a table of lists (context columns, list id if the run has one, item id), lists never
+        seen included; items: an items table (id and attributes), added to the run's own (an id in
+        both takes the new attributes): items never seen are scored from their attributes; without
+        lists, each context (`contexts`, else the training ones) chooses from the whole catalogue.
+        fix: {'slot': 'item id'}; budget default max(4k, 64) scorer calls per list.
         """
+        if self.items is not None:
+            from choicegrad.items import generate_items
+
+            return generate_items(self, items=items, lists=lists, contexts=contexts, k=k, decoder=decoder, fix=fix,
+                                  temperature=temperature, samples=samples, budget=budget, beta=beta, seed=seed)
+        if items is not None or lists is not None:
+            raise InputError("items", ["items and lists are for a run fitted on item lists (an ItemSpec); this run "
+                                       "was fitted on a table"])
         if decoder is None:
             decoder = "polish" if self.generator is not None else "exhaustive"
         problems = generate_problems(k, decoder, temperature, samples, budget, seed)
@@ -413,11 +485,16 @@ class Run:
                 f"({self.objective_record.get('file')}, sha256 {str(self.objective_record.get('sha256'))[:12]}..., now "
                 f"{str(record.get('sha256'))[:12]}...): the generator learned the old one. Say it is intended "
                 "(generate --objective-changed, or changed=True), or fit again"])
-        self.objective = as_objective(objective)
+        if self.items is not None:
+            from choicegrad.items import _as_item_objective
+
+            self.objective = _as_item_objective(objective)
+        else:
+            self.objective = as_objective(objective)
         return self
 
     @classmethod
-    def fit(cls, data: str | Path | pd.DataFrame, out: str | Path, table: TableSpec, *,
+    def fit(cls, data: str | Path | pd.DataFrame, out: str | Path, table, *,
             generator: str = "autoregressive", scorer_fit: Optional[ScorerFit] = None,
             generator_fit: Optional[GeneratorFit] = None, max_minutes: Optional[float] = None,
             resume: bool = False, overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
@@ -425,6 +502,10 @@ class Run:
             on_scorer: Optional[Callable[[dict], None]] = None, stream: bool = False, workers: int = 0,
             force_generator: bool = False) -> Run:
         """Table -> scorer -> (aligner) -> generator, written to `out` as one run; returns Run.load(out).
+
+        table: a TableSpec, or an ItemSpec for item lists (choicegrad.items): then `data` is the log,
+        the scorer is fitted over item attributes and the generator is the pointer generator
+        (generator, stream and workers do not apply).
 
         A small space is enumerated instead (small_space: when scoring every row of every training
         context costs no more scorer calls than training would): no generator is trained, it says
@@ -452,6 +533,12 @@ class Run:
             Run.fit("t.csv", "runs/one", TableSpec(features="s?", score="y", context="ctx", train_quantile=0.5),
                     scorer_fit=ScorerFit(seed=1), generator_fit=GeneratorFit(method="st-gumbel", seed=1))
         """
+        from choicegrad.items import ItemSpec, fit_items
+
+        if isinstance(table, ItemSpec):
+            return fit_items(cls, data, out, table, scorer_fit=scorer_fit, generator_fit=generator_fit,
+                             max_minutes=max_minutes, resume=resume, overwrite=overwrite,
+                             checkpoint_minutes=checkpoint_minutes, echo=echo, progress=progress)
         scorer_fit, generator_fit = scorer_fit or ScorerFit(), generator_fit or GeneratorFit()
         generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, generator)})
         gen_cfg = GeneratorConfig(kind=generator)
@@ -552,7 +639,7 @@ class Run:
                       record: Optional[dict] = None, max_minutes: Optional[float] = None, resume: bool = False,
                       overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
                       echo: Callable[[str], None] = print, progress: Optional[bool] = None,
-                      force_generator: bool = False) -> Run:
+                      force_generator: bool = False, items=None) -> Run:
         """A generator fitted to the user's own objective (choicegrad.objectives: FrameObjective for a
         black box on labelled rows, ModuleObjective for a torch module; or any Objective), written to
         `out` as one run (no scorer; objective.json records where the objective came from, never its
@@ -567,12 +654,21 @@ class Run:
         objective came from. The objective's scale, unless given, is estimated from random rows and
         echoed. A small space is enumerated instead of training (small_space), unless force_generator.
         Otherwise as Run.fit (method, steps, time limit, resume, overwrite, checkpoints).
+        items: an ItemSpec (choicegrad.items) for item lists: the objective is a reward over the chosen
+        items' vectors, reward(selected (N, S, D), ctx) -> (N,) (a function or an ItemObjective), and
+        space / contexts / table do not apply.
 
             run = Run.fit_objective(cg.FrameObjective(simulate), "runs/own", space="space.json",
                                     contexts="contexts.csv", generator_fit=GeneratorFit(steps=800))
         """
         from choicegrad.objectives import estimate_scale
 
+        if items is not None:   # item lists: a reward over the chosen items' vectors (choicegrad.items)
+            from choicegrad.items import fit_items
+
+            return fit_items(cls, None, out, items, objective=objective, record=record, generator_fit=generator_fit,
+                             max_minutes=max_minutes, resume=resume, overwrite=overwrite,
+                             checkpoint_minutes=checkpoint_minutes, echo=echo, progress=progress)
         generator_fit = generator_fit or GeneratorFit()
         generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, generator)})
         if max_minutes is not None:
@@ -909,7 +1005,7 @@ class _ScorerMetricsFile(BaseModel):
     seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
 
 
-def _read_scorer_result(run_dir: Path) -> ScorerResult:
+def _read_scorer_result(run_dir: Path, load: Callable = Scorer.load) -> ScorerResult:
     path = run_dir / SCORER_METRICS
     try:
         doc = _ScorerMetricsFile.model_validate(_read_config(path))
@@ -919,7 +1015,7 @@ def _read_scorer_result(run_dir: Path) -> ScorerResult:
         raise InputError(str(path), [f"not the scorer_metrics.json choicegrad wrote: {meta_problem(exc)}; start over "
                                      "with --overwrite"]) from None
     metrics = {k: v.model_dump(exclude_unset=True) for k, v in doc.metrics.items()}
-    return ScorerResult(Scorer.load(run_dir), metrics, [], doc.seconds)
+    return ScorerResult(load(run_dir), metrics, [], doc.seconds)
 
 
 def _minutes_left(max_minutes: Optional[float], spent: float, share: int) -> Optional[float]:

@@ -101,18 +101,64 @@ class ItemObjective(Objective):
     """Reward of selected item vectors: reward(selected (N, S, D), ctx) -> (N,), higher is better.
 
     selected = x @ ctx.items with x the (N, S, N_items) one-hot or relaxed selection, so gradients of
-    a differentiable reward reach the selection.
+    a differentiable reward reach the selection. scale: the reward's typical spread (None: estimated
+    from random slates before training, as Run.fit_objective does).
     """
 
-    def __init__(self, reward: Callable[[Tensor, ItemContext], Tensor], scale: float = 1.0):
+    def __init__(self, reward: Callable[[Tensor, ItemContext], Tensor], scale: Optional[float] = None):
         super().__init__()
-        self.reward, self.scale = reward, float(scale)
+        self.reward, self.scale, self.scale_given = reward, 1.0 if scale is None else float(scale), scale is not None
+        self.name = getattr(reward, "__name__", type(self).__name__)
 
     def score(self, x: Tensor, ctx: ItemContext) -> Tensor:
         if not x.is_floating_point():
             x = F.one_hot(x, ctx.items.shape[1]).to(ctx.items.dtype)
         selected = torch.einsum("bsn,bnd->bsd", x.to(ctx.items.dtype), ctx.items)
         return self.reward(selected, ctx)
+
+
+class ItemScorerObjective(ItemObjective):
+    """A fitted ItemScorer (choicegrad.scorer.items) as objective: scorer(x @ ctx.items, ctx.cat,
+    ctx.num, beta) in standardised units (scale 1; scorer.to_score gives the score's units)."""
+
+    def __init__(self, scorer, beta: Optional[float] = None):
+        super().__init__(lambda selected, ctx: scorer(selected, ctx.cat, ctx.num, beta=beta), scale=1.0)
+        self.scorer, self.beta = scorer, beta
+        self.name = "ItemScorer"
+
+    def prepare(self, device: torch.device | str) -> ItemScorerObjective:
+        self.scorer.to(device).eval().requires_grad_(False)
+        return self
+
+
+class DistinctItems(Objective):
+    """Another objective on rows whose items are all different: a hard row (N, S) holding an item
+    twice scores -inf (what a decoder's search then never keeps); other rows, and soft rows, as the
+    inner objective scores them. Its calls are the inner objective's."""
+
+    def __init__(self, inner: Objective):
+        super().__init__()
+        self.inner, self.name = inner, inner.name
+        self.differentiable, self.scale, self.scale_given = inner.differentiable, inner.scale, inner.scale_given
+
+    @property
+    def calls(self) -> int:
+        return self.inner.calls
+
+    @calls.setter
+    def calls(self, value: int) -> None:
+        pass
+
+    def prepare(self, device: torch.device | str) -> DistinctItems:
+        self.inner.prepare(device)
+        return self
+
+    def __call__(self, x: Tensor, ctx: Context) -> Tensor:
+        out = self.inner(x, ctx)
+        if x.is_floating_point():
+            return out
+        same = (x.unsqueeze(-1) == x.unsqueeze(-2)) & ~torch.eye(x.shape[-1], dtype=torch.bool, device=x.device)
+        return out.masked_fill(same.flatten(1).any(1), float("-inf"))
 
 
 class GeneratorLogProb(Objective):

@@ -1,16 +1,16 @@
-"""Where a generator's training contexts come from: a table's contexts (with its data rows), or a
-user function that draws fresh contexts (e.g. item lists)."""
+"""Where a generator's training contexts come from: a table's contexts (with its data rows), item
+lists (random sublists of given lists), or a user function that draws fresh contexts."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from choicegrad.data.table import TableData
-from choicegrad.generators.context import Context, TableContext
+from choicegrad.generators.context import Context, ItemContext, TableContext
 
 
 class ContextPool:
@@ -102,3 +102,66 @@ class SampledContexts:
 
     def validation(self) -> Context:
         return self._validation
+
+
+class ListPool:
+    """Item lists as training contexts: each draw picks lists uniformly and, from each, a random
+    sublist of about half to all of its items (at most `max_items`, at least the slots when items
+    are distinct, always one eligible item per slot): fresh lists every step, so the generator
+    learns to choose from lists it never saw. Validation: up to `max_validation` lists, drawn once.
+
+    lists: choicegrad.data.items.ItemLists; vectors (M, D) the catalogue's item vectors; cat / num
+    (L, C) the lists' encoded context columns; eligible (S, M) bool or None."""
+
+    def __init__(self, lists, vectors: Tensor, cat: Tensor, num: Tensor, slots: int, *,
+                 eligible: Optional[np.ndarray] = None, distinct: bool = False, max_items: int = 64,
+                 device: str | torch.device = "cpu", max_validation: int = 256):
+        self.device = torch.device(device)
+        self.slots, self.distinct, self.max_items = int(slots), bool(distinct), int(max_items)
+        lengths = torch.as_tensor(lists.lengths, dtype=torch.long)
+        self.lengths = lengths.to(self.device)
+        self.offsets = torch.as_tensor(lists.offsets[:-1], dtype=torch.long, device=self.device)
+        self.members = torch.as_tensor(lists.members, dtype=torch.long, device=self.device)
+        self.vectors, self.cat, self.num = vectors.to(self.device), cat.to(self.device), num.to(self.device)
+        self.eligible = None if eligible is None else torch.as_tensor(eligible, device=self.device)
+        n = len(lengths)
+        ids = torch.arange(n) if n <= max_validation else \
+            torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_validation]
+        self._validation = self._draw(ids.to(self.device), torch.Generator(device=self.device).manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sample(self, n: int, generator: torch.Generator) -> ItemContext:
+        ids = torch.randint(len(self.lengths), (n,), generator=generator, device=self.device)
+        return self._draw(ids, generator)
+
+    def validation(self) -> ItemContext:
+        return self._validation
+
+    def _draw(self, ids: Tensor, generator: torch.Generator) -> ItemContext:
+        """(B,) list ids -> their random sublists as one padded ItemContext."""
+        lens = self.lengths[ids]
+        B, N = len(ids), int(lens.max())
+        col = torch.arange(N, device=self.device)
+        real = col[None, :] < lens[:, None]                                       # (B, N)
+        pos = self.members[(self.offsets[ids][:, None] + col[None, :]).clamp(max=len(self.members) - 1)]
+        keys = torch.rand(B, N, generator=generator, device=self.device).masked_fill(~real, -1.0)
+        slot_ok = None
+        if self.eligible is not None:   # one eligible item per slot always kept
+            slot_ok = self.eligible[:, pos].permute(1, 0, 2) & real.unsqueeze(1)  # (B, S, N)
+            pick = torch.where(slot_ok, keys.unsqueeze(1), torch.full_like(keys.unsqueeze(1), -1.0)).argmax(-1)
+            keys = keys.scatter(1, pick, 2.0)
+        least = torch.clamp(lens, max=self.slots if self.distinct or self.eligible is not None else 1)
+        low = torch.maximum((lens + 1) // 2, least)
+        span = (lens.clamp(max=self.max_items) - low).clamp(min=0)
+        size = torch.minimum(low + (torch.rand(B, generator=generator, device=self.device) * (span + 1)).long(),
+                             lens.clamp(max=self.max_items))
+        size = torch.maximum(size, least)
+        width = int(size.max())
+        top = keys.topk(width, dim=1).indices                                     # (B, W): kept items first
+        mask = torch.arange(width, device=self.device)[None, :] < size[:, None]
+        chosen = pos.gather(1, top)
+        items = self.vectors[chosen] * mask.unsqueeze(-1)
+        slot_mask = None if slot_ok is None else slot_ok.gather(2, top.unsqueeze(1).expand(-1, self.slots, -1)) & mask.unsqueeze(1)
+        return ItemContext(items, mask, self.cat[ids], self.num[ids], slot_mask)

@@ -1,0 +1,532 @@
+"""Item runs: one item per slot from lists that change per context, as a run folder (Run).
+
+    spec = ItemSpec(slots="left,middle,right", items="items.csv", item_id="id", context="user", score="y",
+                    lists="lists.csv")
+    run = Run.fit("log.csv", "runs/slates", spec)                      # scorer over item attributes + pointer generator
+    slates = run.generate(items="new_items.csv", lists="new_lists.csv", k=5)
+    run.score(slates)                                                  # a "predicted" column
+
+An item run holds, beside a table run's scorer.* / generator.* / config.json / run.json: items.json
+(the spec: slots, item id and attribute encoding, context columns, list id, distinct, eligibility;
+and, for a run fitted to the user's own reward, where that came from), items.csv (the training
+catalogue: id and attributes as read) and lists.csv (the training lists: key columns and item id).
+Items are scored from their attributes alone, so items never seen in training (cold start) and
+lists never seen are scored and chosen from like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from choicegrad.checkpoints import CHECKPOINT_MINUTES
+from choicegrad.data.context import ContextEncoder
+from choicegrad.data.items import (Catalogue, ItemEncoder, ItemLists, check_eligible, check_lists, list_contexts,
+                                   read_lists, read_log)
+from choicegrad.decoding import DECODERS, decode
+from choicegrad.errors import InputError, did_you_mean
+from choicegrad.generators import GeneratorConfig, build
+from choicegrad.generators.objective import DistinctItems, GeneratorLogProb, ItemObjective, ItemScorerObjective
+from choicegrad.io import atomic_write_text, check_finite, read_json_object, read_table, sha256_file, versions, write_table
+from choicegrad.training.contexts import ListPool
+from choicegrad.training.loop import GeneratorFit, fit_generator
+
+ITEMS_FILE = "items.json"
+#: The pointer generator an item run trains (sequential: each slot sees the items chosen before it).
+ITEM_GENERATOR = GeneratorConfig(kind="pointer", hidden=[128, 128], heads=4, attention_layers=1)
+#: Items per training list: longer lists are drawn as random sublists of this many (ListPool).
+TRAIN_ITEMS = 16
+#: Scorer calls per list `generate` gives the searching decoders by default: max(4 K, ITEM_BUDGET).
+ITEM_BUDGET = 64
+#: Rows (lists x k) one generate call returns at most.
+MAX_SLATES = 10_000_000
+Table = Union[str, Path, pd.DataFrame]
+
+
+class ItemSpec(BaseModel):
+    """Which tables and columns make an item problem.
+
+    slots: the log's slot columns (a list, or "a,b,c"); items: the items table (id and attribute
+    columns); item_id: its id column (also the lists table's); attributes: the attribute columns
+    (default: every other column); score: the log's score column; context: the context columns (the
+    scorer's and generator's inputs, e.g. a user); lists: a table of the items each context may
+    choose from (context columns, list_id if given, item id), None: the whole catalogue for every
+    context of the log; list_id: a lists-table column naming a list beside the context columns (a key,
+    never an input); distinct: an item at most once per slate; eligible: {slot: {attribute column:
+    [allowed values]}}, the items a slot may take."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    slots: Union[str, list[str]]
+    items: Any
+    item_id: str = "id"
+    attributes: Optional[list[str]] = None
+    score: Optional[str] = None
+    context: Union[str, list[str], None] = None
+    lists: Any = None
+    list_id: Optional[str] = None
+    distinct: bool = False
+    eligible: Optional[dict[str, dict[str, list[str]]]] = None
+
+    @property
+    def slot_names(self) -> list[str]:
+        return _names(self.slots)
+
+    @property
+    def context_names(self) -> list[str]:
+        return _names(self.context)
+
+
+class ItemRecord(BaseModel):
+    """items.json."""
+
+    model_config = ConfigDict(extra="allow")
+    slots: list[str] = Field(min_length=1)
+    item_id: str
+    encoder: ItemEncoder
+    context: ContextEncoder
+    list_id: Optional[str] = None
+    distinct: bool = False
+    eligible: Optional[dict[str, dict[str, list[str]]]] = None
+    score: Optional[str] = None
+    objective: Optional[dict] = None
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.name for c in self.context.columns] + ([self.list_id] if self.list_id else [])
+
+
+def _names(value) -> list[str]:
+    if value is None:
+        return []
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    return [str(p).strip() for p in parts if str(p).strip()]
+
+
+def _read(source: Table, name: str) -> tuple[pd.DataFrame, str]:
+    if isinstance(source, pd.DataFrame):
+        return source.reset_index(drop=True), name
+    return read_table(source), str(source)
+
+
+def _check_spec(spec: ItemSpec, log: Optional[pd.DataFrame], log_name: str) -> None:
+    problems = []
+    slots, context = spec.slot_names, spec.context_names
+    if not slots:
+        problems.append("slots: name the log's slot columns (e.g. --slots left,middle,right)")
+    dup = sorted({s for s in slots if slots.count(s) > 1})
+    if dup:
+        problems.append(f"slots: {', '.join(dup)} named twice")
+    clash = sorted(set(slots) & set(context))
+    if clash:
+        problems.append(f"context: {', '.join(clash)} also name slots")
+    if spec.list_id and spec.list_id in set(slots) | set(context):
+        problems.append(f'list_id: "{spec.list_id}" is also a slot or context column')
+    if log is not None and not spec.score:
+        problems.append("score: name the log's score column (--score)")
+    if problems:
+        raise InputError("items", problems)
+
+
+class ItemProblem:
+    """An item problem read and checked before anything is written: the catalogue, the lists (with
+    their encoded contexts), eligibility, and the log when there is one."""
+
+    def __init__(self, spec: ItemSpec, log: Optional[Table] = None):
+        frame, log_name = _read(log, "log") if log is not None else (None, "log")
+        _check_spec(spec, frame, log_name)
+        self.spec, self.slots = spec, spec.slot_names
+        items, self.items_name = _read(spec.items, "items")
+        self.catalogue = Catalogue.fit(items, spec.item_id, spec.attributes, self.items_name)
+        check_eligible(spec.eligible, self.slots, self.catalogue.encoder)
+        self.eligible = self.catalogue.eligibility(self.slots, spec.eligible)
+        context = spec.context_names
+        self.log = None
+        lists_frame, self.lists_name = _read(spec.lists, "lists") if spec.lists is not None else (None, "lists")
+        if frame is not None:
+            self.encoder = ContextEncoder.fit(frame, [(c, None) for c in context if c in frame.columns], log_name)
+            self.log = read_log(frame, self.slots, spec.score, context, self.catalogue, self.encoder, log_name)
+        else:
+            source = lists_frame if lists_frame is not None else None
+            missing = [c for c in context if source is None or c not in source.columns]
+            if missing:
+                raise InputError(self.lists_name, [f'no context column "{c}" in the lists table' for c in missing])
+            self.encoder = ContextEncoder.fit(source, [(c, None) for c in context], self.lists_name) if context \
+                else ContextEncoder(columns=[])
+        keys = context + ([spec.list_id] if spec.list_id else [])
+        if lists_frame is not None:
+            self.lists = read_lists(lists_frame, keys, spec.item_id, self.catalogue, self.lists_name)
+        elif spec.list_id:
+            raise InputError("list_id", ["names a column of the lists table: give one (--lists)"])
+        elif self.log is not None and context:
+            self.lists = ItemLists.whole(self.log.contexts.drop_duplicates().reset_index(drop=True), len(self.catalogue))
+        else:
+            self.lists = ItemLists.whole(pd.DataFrame(index=[0]), len(self.catalogue))
+        check_lists(self.lists, self.slots, spec.distinct, self.eligible, self.lists_name)
+        self.cat, self.num = self.encoder.encode(self.lists.keys, self.lists_name)
+
+    def record(self, objective: Optional[dict] = None) -> ItemRecord:
+        return ItemRecord(slots=self.slots, item_id=self.spec.item_id, encoder=self.catalogue.encoder,
+                          context=self.encoder, list_id=self.spec.list_id, distinct=self.spec.distinct,
+                          eligible=self.spec.eligible, score=self.spec.score if self.log is not None else None,
+                          objective=objective)
+
+    def identity(self) -> dict:
+        """What a resumed fit must share with its start: the tables' content."""
+        def ident(source) -> Any:
+            if source is None:
+                return None
+            if isinstance(source, pd.DataFrame):
+                return int(pd.util.hash_pandas_object(source, index=False).sum())
+            return sha256_file(source)
+        spec = self.spec.model_dump(exclude={"items", "lists"})
+        return {"spec": spec, "items": ident(self.spec.items), "lists": ident(self.spec.lists)}
+
+
+def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, *, objective=None, record: Optional[dict] = None,
+              scorer_fit=None, generator_fit: Optional[GeneratorFit] = None,
+              generator_config: Optional[GeneratorConfig] = None, max_minutes: Optional[float] = None,
+              resume: bool = False, overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
+              echo: Callable[[str], None] = print, progress: Optional[bool] = None):
+    """Run.fit for an ItemSpec (see Run.fit): log -> item scorer -> pointer generator, or, given
+    `objective` (a reward over item vectors), the generator alone."""
+    from choicegrad.run import _minutes_left, _read_scorer_result, _training_summary, check_method
+    from choicegrad.runfolder import check_out_path, run_writer
+    from choicegrad.scorer.fit import ScorerFit
+    from choicegrad.scorer.items import fit_item_scorer
+    from choicegrad.training.step import check_trainable
+
+    generator_fit = generator_fit or GeneratorFit()
+    generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, "autoregressive")})
+    scorer_fit = scorer_fit or ScorerFit()
+    if objective is not None:
+        objective = _as_item_objective(objective)
+        check_trainable(objective, generator_fit.method)
+    elif log is None:
+        raise InputError("log", ["an item run needs a log to fit the scorer on, or your own reward (objective=)"])
+    check_out_path(out)
+    out = Path(out)
+    problem = ItemProblem(spec, log)
+    gen_cfg = generator_config or ITEM_GENERATOR
+    if max_minutes is not None:
+        scorer_fit = scorer_fit.model_copy(update={"max_minutes": max_minutes / 2})
+    request = {"command": "fit-items", **problem.identity(), "log": None if log is None else
+               (int(pd.util.hash_pandas_object(log, index=False).sum()) if isinstance(log, pd.DataFrame) else sha256_file(log)),
+               "objective": None if objective is None else (record or {"name": objective.name}),
+               "scorer_fit": scorer_fit.model_dump() if objective is None else None,
+               "generator": gen_cfg.model_dump(), "generator_fit": generator_fit.model_dump()}
+    with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
+        for note in w.notes:
+            echo(note)
+        if w.finished:
+            run = cls.load(out)
+            return run.use_objective(objective, record) if objective is not None else run
+        with w.checkpoints.catch_signals() as ckpt:
+            metrics, spent = None, 0.0
+            if objective is None:
+                if w.resuming and (w.dir / "scorer_metrics.json").is_file():
+                    from choicegrad.scorer.items import ItemScorer
+                    result = _read_scorer_result(w.dir, ItemScorer.load)
+                    echo(f"scorer: resumed, fitted on {len(problem.log.y)} log rows")
+                else:
+                    lg = problem.log
+                    result = fit_item_scorer(problem.catalogue.vectors, lg.slots, lg.cat, lg.num, lg.y, problem.slots,
+                                             problem.encoder, spec.score, scorer_fit, progress=progress)
+                    result.scorer.save(w.dir)
+                    doc = {"data": "DataFrame" if isinstance(log, pd.DataFrame) else str(log), "rows": len(lg.y),
+                           "fit": scorer_fit.model_dump(), "metrics": result.metrics, "seconds": result.seconds}
+                    atomic_write_text(w.dir / "scorer_metrics.json", json.dumps(doc, indent=2) + "\n")
+                    test = result.metrics.get("test") or result.metrics.get("validation") or {}
+                    echo(f"scorer: fitted on {len(lg.y)} log rows in {result.seconds:.1f} s (held-out spearman "
+                         f"{test.get('spearman', float('nan')):.3f})")
+                metrics, spent = result.metrics, result.seconds
+                goal = ItemScorerObjective(result.scorer)
+            else:
+                goal = objective
+            pool = ListPool(problem.lists, problem.catalogue.vectors, problem.cat, problem.num, len(problem.slots),
+                            eligible=problem.eligible, distinct=spec.distinct, max_items=TRAIN_ITEMS,
+                            device=generator_fit.device)
+            if not goal.scale_given:
+                goal.scale = estimate_item_scale(goal.prepare(generator_fit.device), pool, seed=generator_fit.seed)
+                goal.scale_given = True
+                echo(f"objective: scale {goal.scale:.4g} (the spread of its rewards over random slates; give "
+                     "ItemObjective(reward, scale=...) to set it)")
+            if max_minutes is not None:
+                generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, spent, 1)})
+            torch.manual_seed(generator_fit.seed)
+            gen = build(gen_cfg, num_slots=len(problem.slots), item_dim=problem.catalogue.encoder.dim,
+                        context=problem.encoder, sequential=True, distinct=spec.distinct,
+                        item_scaling=problem.catalogue.encoder.scaling())
+            res = fit_generator(gen, goal, pool, generator_fit, run_dir=w.dir, progress=progress, checkpoint=ckpt)
+        from choicegrad import generators
+
+        generators.save(res.generator.cpu(), w.dir, {"items": True})
+        item_record = problem.record(None if objective is None else {**(record or {}), "name": objective.name})
+        atomic_write_text(w.dir / ITEMS_FILE, item_record.model_dump_json(indent=2) + "\n")
+        write_table(problem.catalogue.frame, w.dir / "items.csv")
+        write_table(problem.lists.table(problem.catalogue, spec.item_id), w.dir / "lists.csv")
+        config = {"kind": "items", "log": request["log"], "slots": problem.slots, "score": spec.score,
+                  "context": spec.context_names, "items": len(problem.catalogue), "lists": len(problem.lists),
+                  "log_rows": None if problem.log is None else len(problem.log.y), "scorer_metrics": metrics,
+                  "generator": gen_cfg.model_dump(), "generator_fit": generator_fit.model_dump(),
+                  "generator_training": _training_summary(res), "seconds": spent + res.seconds, "versions": versions()}
+        atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
+        w.commit()
+    per = res.scorer_calls / max(1, len(problem.lists))
+    echo(f"generator: pointer + {generator_fit.method}, {res.seconds:.1f} s, {res.scorer_calls:,} "
+         f"{'scorer' if objective is None else 'objective'} calls ({per:,.0f} per list), validation "
+         f"{res.best_val:.4g} ({res.stopped}); wrote {out}/")
+    run = cls.load(out)
+    return run.use_objective(objective, record) if objective is not None else run
+
+
+def estimate_item_scale(objective, pool: ListPool, seed: int = 0, rows: int = 64) -> float:
+    """The reward's spread under uniform random slates of the pool's validation lists (mean over
+    lists of the std of `rows` slates each; 1.0 when they do not vary)."""
+    from choicegrad.decoding.rows import uniform_rows
+
+    ctx = pool.validation()
+    allowed = ctx.allowed(pool.slots)
+    draws = uniform_rows(allowed, rows, torch.Generator(device=allowed.device).manual_seed(seed))
+    with torch.no_grad():
+        values = objective(draws.reshape(-1, pool.slots), ctx.repeat_interleave(rows)).double().reshape(len(ctx), rows)
+    values = values.masked_fill(~torch.isfinite(values), float("nan"))
+    spread = float(np.nanmean(values.std(1).cpu().numpy())) if len(ctx) else float("nan")
+    return spread if np.isfinite(spread) and spread > 0 else 1.0
+
+
+def _as_item_objective(objective):
+    """An Objective over item lists: an ItemObjective, or a function reward(selected (N, S, D), ctx)."""
+    from choicegrad.generators.objective import Objective
+
+    if isinstance(objective, Objective):
+        return objective
+    if callable(objective):
+        return ItemObjective(objective)
+    raise InputError("objective", [f"expected a reward function reward(selected (N, S, D), ctx) -> (N,) or an "
+                                   f"ItemObjective, got {type(objective).__name__}"])
+
+
+class ItemRun:
+    """What Run holds of an item run: the record, the training catalogue and lists, the scorer
+    (None for a run fitted to the user's own reward)."""
+
+    def __init__(self, record: ItemRecord, catalogue: Catalogue, lists: ItemLists):
+        self.record, self.catalogue, self.lists = record, catalogue, lists
+
+    @classmethod
+    def read(cls, folder: Path) -> ItemRun:
+        try:
+            record = ItemRecord.model_validate(read_json_object(folder / ITEMS_FILE))
+        except ValueError as exc:
+            if isinstance(exc, InputError):
+                raise
+            from choicegrad.io import meta_problem
+            raise InputError(str(folder / ITEMS_FILE), [f"not an item run record: {meta_problem(exc)}"]) from None
+        catalogue = Catalogue.read(read_table(folder / "items.csv"), record.encoder, str(folder / "items.csv"))
+        lists = read_lists(read_table(folder / "lists.csv"), record.keys, record.item_id, catalogue,
+                           str(folder / "lists.csv"))
+        return cls(record, catalogue, lists)
+
+
+def _catalogue(run, items: Optional[Table]) -> Catalogue:
+    state: ItemRun = run.items
+    if items is None:
+        return state.catalogue
+    frame, name = _read(items, "items")
+    return state.catalogue.extended(Catalogue.read(frame, state.record.encoder, name))
+
+
+def _lists(run, catalogue: Catalogue, lists: Optional[Table], contexts: Optional[Table], items_given: bool):
+    """(lists, their name): the lists table given; else the contexts given, each with the whole
+    catalogue; else the training lists (with new items given: the training contexts, each with the
+    whole catalogue)."""
+    state: ItemRun = run.items
+    keys = state.record.keys
+    if lists is not None:
+        frame, name = _read(lists, "lists")
+        return read_lists(frame, keys, state.record.item_id, catalogue, name), name
+    if contexts is not None:
+        frame, name = _read(contexts, "contexts")
+        if state.record.list_id:
+            raise InputError("contexts", [f"this run's lists are named by \"{state.record.list_id}\": give lists (--lists)"])
+        from choicegrad.data.items import check_columns
+        check_columns(frame, [c.name for c in state.record.context.columns], name, "context")
+        if len(frame) == 0:
+            raise InputError(name, ["the table has no rows"])
+        return ItemLists.whole(frame[[c.name for c in state.record.context.columns]].drop_duplicates().reset_index(drop=True),
+                               len(catalogue)), name
+    if items_given:
+        return ItemLists.whole(state.lists.keys, len(catalogue)), "the training contexts"
+    positions = catalogue.index.get_indexer(state.catalogue.ids[state.lists.members])
+    return ItemLists(state.lists.keys, positions.astype(np.int64), state.lists.offsets), "the training lists"
+
+
+def parse_item_fix(fix, slots: list[str], catalogue: Catalogue) -> Optional[torch.Tensor]:
+    """{'left': 'item7'} or ['left=item7'] -> (S,) long catalogue positions, -1 = free; InputError('fix')."""
+    if not fix:
+        return None
+    if isinstance(fix, dict):
+        pairs = [(str(k), str(v)) for k, v in fix.items()]
+    else:
+        parts = [p for item in ([fix] if isinstance(fix, str) else fix) for p in item.split(",") if p.strip()]
+        pairs = [tuple(t.strip() for t in p.partition("=")[::2]) for p in parts]
+    out = torch.full((len(slots),), -1, dtype=torch.long)
+    problems = []
+    for slot, item in pairs:
+        if not slot or not item:
+            problems.append(f'"{slot}={item}": expected SLOT=ITEM_ID')
+        elif slot not in slots:
+            problems.append(f'unknown slot "{slot}"{did_you_mean(slot, slots)}; slots: {", ".join(slots)}')
+        elif item not in catalogue.index:
+            problems.append(f'slot "{slot}": no item "{item}" in the items{did_you_mean(item, catalogue.ids[:1000])}')
+        elif out[slots.index(slot)] >= 0:
+            problems.append(f'slot "{slot}" fixed twice')
+        else:
+            out[slots.index(slot)] = int(catalogue.index.get_loc(item))
+    if problems:
+        raise InputError("fix", problems)
+    return out
+
+
+def generate_items(run, *, items: Optional[Table] = None, lists: Optional[Table] = None,
+                   contexts: Optional[Table] = None, k: int = 10, decoder: Optional[str] = None, fix=None,
+                   temperature: float = 1.0, samples: Optional[int] = None, budget: Optional[int] = None,
+                   beta: Optional[float] = None, seed: int = 0) -> pd.DataFrame:
+    """Run.generate for an item run: the top-k distinct slates per list (see Run.generate)."""
+    from choicegrad.run import GENERATOR_DECODERS, generate_problems
+
+    state: ItemRun = run.items
+    record = state.record
+    decoder = decoder or "polish"
+    problems = generate_problems(k, decoder, temperature, samples, budget, seed)
+    if problems:
+        raise InputError("generate", problems)
+    catalogue = _catalogue(run, items)
+    item_lists, name = _lists(run, catalogue, lists, contexts, items is not None)
+    eligible = catalogue.eligibility(record.slots, record.eligible)
+    check_lists(item_lists, record.slots, record.distinct, eligible, name)
+    cat, num = record.context.encode(item_lists.keys, name)
+    fixed = parse_item_fix(fix, record.slots, catalogue)
+    if len(item_lists) * k > MAX_SLATES:
+        raise InputError("k", [f"{k:,} slates for each of {len(item_lists):,} lists is more than {MAX_SLATES:,} rows"])
+    if run.scorer is not None:
+        objective, column = ItemScorerObjective(run.scorer, beta=beta), "predicted"
+    elif run.objective is not None:
+        objective, column = run.objective, "predicted"
+    else:
+        if decoder not in GENERATOR_DECODERS:
+            raise InputError("objective", [
+                f"decoder {decoder} scores slates with the reward the run was fitted to, which a run folder never "
+                "holds: give it (Run.use_objective) or decode with the generator alone: " + ", ".join(GENERATOR_DECODERS)])
+        objective, column = GeneratorLogProb(run.generator), "log_prob"
+    if record.distinct and column == "predicted":
+        objective = DistinctItems(objective)
+    objective = objective.prepare(run.device)
+    rng = torch.Generator(device=run.device).manual_seed(seed)
+    calls = budget if budget is not None or samples is not None else max(4 * k, ITEM_BUDGET)
+    frames, total_calls, short = [], 0, 0
+    for which, ctx, pos in list_contexts(item_lists, catalogue, cat, num, eligible, len(record.slots)):
+        chunk_fixed = None
+        if fixed is not None:
+            chunk_fixed = _fixed_positions(fixed, pos, item_lists, which, record.slots, catalogue)
+        ctx = ctx.to(run.device)
+        before = objective.calls
+        try:
+            cands = decode(decoder, run.generator, objective, ctx, k, fixed=chunk_fixed, temperature=temperature,
+                           samples=samples, generator=rng, budget=calls)
+        except ValueError as exc:
+            raise InputError("decoder", [str(exc)]) from None
+        total_calls += objective.calls - before
+        frames.append(_slates_frame(cands, pos, which, item_lists, catalogue, record, column))
+        short += int((cands.valid.cpu().numpy().sum(1) < k).sum())
+    result = pd.concat(frames, ignore_index=True)
+    order = np.lexsort((result["rank"].to_numpy(), result.pop("__list").to_numpy()))
+    result = result.iloc[order].reset_index(drop=True)
+    if column == "predicted" and run.scorer is not None:
+        result[column] = run.scorer.to_score(result[column].to_numpy())
+    check_finite(result[column].to_numpy(), "generate", "the predicted score")
+    result.attrs.update(decoder=decoder, scorer_calls=int(total_calls) if column == "predicted" else 0,
+                        contexts=len(item_lists), short=short)
+    return result
+
+
+def _fixed_positions(fixed: torch.Tensor, pos: torch.Tensor, item_lists: ItemLists, which: np.ndarray,
+                     slots: list[str], catalogue: Catalogue) -> torch.Tensor:
+    """(S,) catalogue positions -> (b, S) positions within each list of the chunk; InputError('fix')
+    naming the lists that do not hold a fixed item."""
+    out = torch.full((len(pos), len(slots)), -1, dtype=torch.long)
+    problems = []
+    for s in torch.nonzero(fixed >= 0).flatten().tolist():   # a loop over fixed slots
+        hit = pos == fixed[s]
+        has = hit.any(1)
+        if not bool(has.all()):
+            missing = np.flatnonzero(~has.numpy())[:3]
+            names = "; ".join(", ".join(f"{c}={v}" for c, v in item_lists.keys.iloc[which[m]].items()) or "the list"
+                              for m in missing)
+            problems.append(f'slot "{slots[s]}": item "{catalogue.ids[int(fixed[s])]}" is not in {int((~has).sum()):,} '
+                            f"list(s): {names}")
+        out[:, s] = hit.float().argmax(1)
+    if problems:
+        raise InputError("fix", problems)
+    return out
+
+
+def _slates_frame(cands, pos: torch.Tensor, which: np.ndarray, item_lists: ItemLists, catalogue: Catalogue,
+                  record: ItemRecord, column: str) -> pd.DataFrame:
+    """One row per (list, rank): key columns, slot columns (item ids), the score column, rank."""
+    rows, valid = cands.rows.cpu(), cands.valid.cpu()
+    scores = cands.scores.cpu().double()
+    valid = valid & torch.isfinite(scores)
+    b, r = torch.nonzero(valid, as_tuple=True)
+    chosen = pos[b.unsqueeze(1), rows[b, r]]                                      # (n, S) catalogue positions
+    frame = item_lists.keys.iloc[which[b.numpy()]].reset_index(drop=True)
+    for s, slot in enumerate(record.slots):
+        frame[slot] = catalogue.ids[chosen[:, s].numpy()]
+    frame[column] = scores[b, r].numpy()
+    frame["rank"] = r.numpy() + 1
+    frame["__list"] = which[b.numpy()]
+    return frame
+
+
+def score_slates(run, slates: Table, items: Optional[Table] = None, beta: Optional[float] = None) -> pd.DataFrame:
+    """Run.score for an item run: the slates (context columns, slot columns of item ids) with a
+    `predicted` column (the score's units). InputError naming the file, column and rows."""
+    state: ItemRun = run.items
+    record = state.record
+    if run.scorer is None:
+        raise InputError(str(run.out), ["this run was fitted to your own reward and has no scorer: score slates with "
+                                        "that function itself"])
+    frame, name = _read(slates, "slates")
+    catalogue = _catalogue(run, items)
+    lg = read_log(frame.assign(__score=0.0), record.slots, "__score", [c.name for c in record.context.columns],
+                  catalogue, record.context, name)
+    if "predicted" in frame.columns:
+        warnings.warn(f'{name} already has a "predicted" column; it is replaced', UserWarning, stacklevel=3)
+    if record.distinct:
+        twice = np.flatnonzero((lg.slots.unsqueeze(-1) == lg.slots.unsqueeze(-2)).sum((1, 2)).numpy() > len(record.slots))
+        if len(twice):
+            from choicegrad.errors import show_rows
+            warnings.warn(f"{name}: the run was fitted for distinct items; {show_rows(twice)} hold an item twice",
+                          UserWarning, stacklevel=3)
+    scorer = run.scorer
+    old = scorer.beta
+    if beta is not None:
+        scorer.beta = beta
+    try:
+        selected = catalogue.vectors[lg.slots]
+        values = scorer.predict(selected.to(run.device), lg.cat.to(run.device), lg.num.to(run.device))
+    finally:
+        scorer.beta = old
+    out = frame.assign(predicted=np.asarray(values.cpu(), dtype=np.float64))
+    check_finite(out["predicted"].to_numpy(), name, "the predicted score")
+    return out
+
+
+__all__ = ["ITEM_GENERATOR", "ItemRecord", "ItemRun", "ItemSpec", "fit_items", "generate_items", "score_slates"]
