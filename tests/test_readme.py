@@ -59,3 +59,13 @@ def test_readme_partial_rows_example_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), {"print": shown.append})
     top = shown[-1]
     assert isinstance(top, pd.DataFrame) and (top.f1 == top.f2).all() and (top.f3 == "d").all()
+
+
+def test_readme_pick_five_example_runs(tmp_path, monkeypatch):
+    """'Item lists': seed 001's "pick the 5" as written: a 5 in every slot of 1,000 unseen lists."""
+    block = re.findall(r"```python\n(.*?)```", _section("## Item lists: one item per slot, items never seen included"),
+                       re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    shown = []
+    exec(compile(block, "README.md", "exec"), {"print": shown.append})
+    assert float(shown[-1]) == 1.0

@@ -35,7 +35,10 @@ _EXPORTS = {
     "load_objective": "choicegrad.objectives", "estimate_scale": "choicegrad.objectives",
     "Objective": "choicegrad.generators.objective", "ItemObjective": "choicegrad.generators.objective",
     "CallableObjective": "choicegrad.generators.objective", "ItemContext": "choicegrad.generators",
-    "SampledContexts": "choicegrad.training",
+    "SampledContexts": "choicegrad.training", "ItemSpec": "choicegrad.items",
+    "ItemScorer": "choicegrad.scorer.items", "fit_item_scorer": "choicegrad.scorer.items",
+    "ItemScorerObjective": "choicegrad.generators.objective", "ListPool": "choicegrad.training.contexts",
+    "PointerGenerator": "choicegrad.generators", "SlateDesigner": "choicegrad.design.slates",
 }
 
 __all__ = sorted(_EXPORTS) + ["estimators", "__version__"]
