@@ -116,3 +116,17 @@ def test_subset_keeps_alignment(potts_frame):
     s = t.subset(np.array([5, 2]))
     assert torch.equal(s.rows, t.rows[[5, 2]]) and torch.equal(s.y, t.y[[5, 2]])
     assert s.frame["y"].tolist() == potts_frame["y"].iloc[[5, 2]].tolist()
+
+
+def test_many_labels_take_the_vectorised_path_with_label_of_results():
+    """Over 1,000 distinct values as_labels skips label_of for plain text; the labels are label_of's."""
+    import random
+
+    from choicegrad.data.space import _labels_of, label_of
+
+    rng = random.Random(0)
+    alphabet = ["a", "x", "0", "7", "+", "-", ".", "e", " ", "true", "False", "NA", "1e3", "\t"]
+    values = list(dict.fromkeys("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))) for _ in range(6000)))
+    values += [3, 2.5, float("nan"), None, True]
+    uniques = np.array(values, dtype=object)
+    assert _labels_of(uniques) == [label_of(v) for v in uniques]

@@ -72,13 +72,36 @@ def label_of(value) -> Optional[str]:
     return str(value)
 
 
+_NUMBER_START = frozenset("+-.0123456789")
+
+
+def _labels_of(uniques) -> list:
+    """label_of of each unique value; text that cannot read as a number or a boolean (its first
+    non-blank character starts no number, it is no true/false word, it has no blanks around it) is
+    its own label, found without a Python call per value (ids: one distinct value per row)."""
+    if not (isinstance(uniques, np.ndarray) and uniques.dtype == object and len(uniques) > 1000):
+        return [label_of(u) for u in uniques]
+    text = pd.Series(uniques, dtype=object)
+    is_str = text.map(type).eq(str).to_numpy()
+    if not is_str.any():
+        return [label_of(u) for u in uniques]
+    words = text.where(is_str, "0")
+    stripped = words.str.strip()
+    own = (is_str & words.eq(stripped).to_numpy() & ~stripped.str[:1].isin(_NUMBER_START).to_numpy()
+           & ~stripped.isin(_TRUE + _FALSE).to_numpy() & stripped.str.len().gt(0).to_numpy())
+    labels = list(uniques)
+    for i in np.flatnonzero(~own):
+        labels[i] = label_of(uniques[i])
+    return labels
+
+
 def as_labels(values: pd.Series, source: str = "table") -> pd.Series:
     """Category labels as strings (object dtype), missing values as None: label_of of each cell, so a
     value gets the same label in any column, file or format. InputError naming `source` and the
     column for cells holding lists, records or arrays (nested Parquet types)."""
     try:
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
-        labels = [label_of(u) for u in uniques]
+        labels = _labels_of(uniques)
     except (TypeError, ValueError) as exc:     # unhashable (a list or an array) or nested
         nested = np.flatnonzero(values.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray))).to_numpy())
         if not len(nested):
