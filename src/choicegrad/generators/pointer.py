@@ -82,8 +82,8 @@ class PointerGenerator(Generator):
     def choice_mask(self, ctx: ItemContext) -> Tensor:
         return ctx.allowed(self.slots)
 
-    def features(self, ctx: ItemContext) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(encoded items e (B, N, H), keys (B, N, H), slot queries (B, S, H), allowed (B, S, N))."""
+    def features(self, ctx: ItemContext) -> tuple[Tensor, None, Tensor, Tensor]:
+        """(encoded items e (B, N, H), None, slot queries (B, S, H), allowed (B, S, N))."""
         pad = ~ctx.mask
         e = self.encoder((ctx.items.to(self.queries.dtype) - self.shift) / self.scale)   # (B, N, H)
         for layer in self.self_attention:
@@ -91,14 +91,34 @@ class PointerGenerator(Generator):
         q = self.queries.unsqueeze(0).expand(len(ctx), -1, -1)                   # (B, S, H)
         if self.trunk is not None:
             q = q + self.trunk(ctx).unsqueeze(1)
-        q = q + self.cross(q, e, e, key_padding_mask=pad, need_weights=False)[0]
-        return e, self.key_proj(e), q, self.choice_mask(ctx)
+        q = q + self._cross(q, e, pad)
+        return e, None, q, self.choice_mask(ctx)
+
+    def _cross(self, q: Tensor, e: Tensor, pad: Tensor) -> Tensor:
+        """self.cross(q, e, e) (multi-head attention of the S queries over the N items), with the key
+        and value maps moved to the query side: q . (W_k e) = (W_k^T q) . e, and the attention-weighted
+        mean of W_v e + b_v is W_v (weighted mean of e) + b_v; so each item costs H numbers, not the
+        two (H, H) products a list of N items would otherwise pay. q (B, S, H), e (B, N, H)."""
+        B, S, H = q.shape
+        h = self.cross.num_heads
+        d = H // h
+        w, b = self.cross.in_proj_weight, self.cross.in_proj_bias
+        qh = (q @ w[:H].T + b[:H]).view(B, S, h, d) / d ** 0.5                    # (B, S, h, d)
+        reach = torch.einsum("bshd,hdk->bshk", qh, w[H:2 * H].view(h, d, H))     # (B, S, h, H): W_k^T q per head
+        scores = torch.einsum("bshk,bnk->bshn", reach, e)                        # q.b_k is constant over items
+        weights = torch.softmax(scores.masked_fill(pad[:, None, None, :], float("-inf")), -1)
+        pooled = torch.einsum("bshn,bnk->bshk", weights, e)                      # (B, S, h, H)
+        heads = torch.einsum("bshk,hdk->bshd", pooled, w[2 * H:].view(h, d, H)) + b[2 * H:].view(h, d)
+        return self.cross.out_proj(heads.reshape(B, S, H))
 
     def _logits(self, feats, q: Tensor, allowed: Tensor) -> Tensor:
-        """q (B, M, S', H) queries -> (B, M, S', N) logits masked by allowed (B, M or 1, S', N)."""
-        keys = feats[1]
+        """q (B, M, S', H) queries -> (B, M, S', N) logits masked by allowed (B, M or 1, S', N):
+        query_proj(q) . key_proj(e) / sqrt(H), the key map moved to the query side (see _cross)."""
+        e = feats[0]
         H = q.shape[-1]
-        logits = torch.einsum("bmsh,bnh->bmsn", self.query_proj(q), keys) / H ** 0.5
+        qp = self.query_proj(q)
+        reach = qp @ self.key_proj.weight                                         # (B, M, S', H)
+        logits = (torch.einsum("bmsk,bnk->bmsn", reach, e) + (qp @ self.key_proj.bias).unsqueeze(-1)) / H ** 0.5
         return mask_logits(logits, allowed)
 
     def logits(self, ctx: ItemContext, x: Optional[Tensor] = None) -> Tensor:
