@@ -605,8 +605,14 @@ def generate_cmd(
         loaded = Run.load(run, device)
         if loaded.items is not None:
             if objective is not None:
-                raise InputError("--objective", ["an item run fitted to your own reward is used from Python "
-                                                 "(Run.use_objective); the command line generates with its scorer"])
+                raise InputError("--objective", ["an item run's reward of your own is given from Python "
+                                                 "(Run.use_objective); the command line generates with the run's "
+                                                 "scorer, or with its generator alone for a run fitted to such a reward"])
+            if loaded.scorer is None and decoder is None:
+                typer.echo("note: the run was fitted to a reward of your own, which it does not hold: decoding with "
+                           "the generator alone, topk by its own probability (Run.use_objective searches with it)",
+                           err=True)
+                decoder = "topk"
             result = loaded.generate(contexts, items=items, lists=lists, k=top_k, decoder=decoder, fix=fix,
                                      temperature=temperature, samples=samples, budget=budget, beta=beta, seed=seed)
             stats, result.attrs = result.attrs, {}

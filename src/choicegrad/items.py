@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from choicegrad.checkpoints import CHECKPOINT_MINUTES
 from choicegrad.data.context import ContextEncoder
-from choicegrad.data.items import (Catalogue, ItemEncoder, ItemLists, check_eligible, check_lists, list_contexts,
-                                   read_lists, read_log)
+from choicegrad.data.items import (Catalogue, ItemEncoder, ItemLists, check_columns, check_eligible, check_lists,
+                                   list_contexts, read_lists, read_log)
 from choicegrad.decoding import DECODERS, decode
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.generators import GeneratorConfig, build
@@ -39,8 +39,10 @@ from choicegrad.training.contexts import ListPool
 from choicegrad.training.loop import GeneratorFit, fit_generator
 
 ITEMS_FILE = "items.json"
-#: The pointer generator an item run trains (sequential: each slot sees the items chosen before it).
-ITEM_GENERATOR = GeneratorConfig(kind="pointer", hidden=[128, 128], heads=4, attention_layers=1)
+#: The pointer generator an item run trains (sequential: each slot sees the items chosen before it). No
+#: self-attention over the list: within seed noise of one layer on interacting items, and a list of
+#: 100,000 items costs its items alone, not their pairs (benchmarks/item_quality.py).
+ITEM_GENERATOR = GeneratorConfig(kind="pointer", hidden=[128, 128], heads=4, attention_layers=0)
 #: Items per training list: longer lists are drawn as random sublists of this many (ListPool).
 TRAIN_ITEMS = 16
 #: Scorer calls per list `generate` gives the searching decoders by default: max(4 K, ITEM_BUDGET).
@@ -146,6 +148,11 @@ class ItemProblem:
         self.catalogue = Catalogue.fit(items, spec.item_id, spec.attributes, self.items_name)
         check_eligible(spec.eligible, self.slots, self.catalogue.encoder)
         self.eligible = self.catalogue.eligibility(self.slots, spec.eligible)
+        if self.eligible is not None and not self.eligible.any(1).all():
+            raise InputError("eligible", [
+                f'slot "{slot}": no item of {self.items_name} has '
+                + " and ".join(f'{col} {"|".join(map(str, vals))}' for col, vals in spec.eligible[slot].items())
+                for slot, has in zip(self.slots, self.eligible.any(1)) if not has])
         context = spec.context_names
         self.log = None
         lists_frame, self.lists_name = _read(spec.lists, "lists") if spec.lists is not None else (None, "lists")
@@ -202,7 +209,7 @@ def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, *, objective=None,
     from choicegrad.scorer.items import fit_item_scorer
     from choicegrad.training.step import check_trainable
 
-    generator_fit = generator_fit or GeneratorFit()
+    generator_fit = item_fit(generator_fit or GeneratorFit())
     generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, "autoregressive")})
     scorer_fit = scorer_fit or ScorerFit()
     if objective is not None:
@@ -301,6 +308,17 @@ def estimate_item_scale(objective, pool: ListPool, seed: int = 0, rows: int = 64
     return spread if np.isfinite(spread) and spread > 0 else 1.0
 
 
+#: GeneratorFit settings an item run takes unless given (benchmarks/item_quality.py: interacting items,
+#: 2-core CPU, 2026-12-06): longer training with the entropy bonus fading, and the last state kept
+#: (validation ranks sampled slates, not the single pick, and kept earlier, worse states).
+ITEM_FIT = {"steps": 2000, "entropy_end": 0.01, "patience": None, "keep": "last"}
+
+
+def item_fit(fit: GeneratorFit) -> GeneratorFit:
+    """`fit` with ITEM_FIT where it leaves them unset."""
+    return fit.model_copy(update={k: v for k, v in ITEM_FIT.items() if k not in fit.model_fields_set})
+
+
 def _as_item_objective(objective):
     """An Objective over item lists: an ItemObjective, or a function reward(selected (N, S, D), ctx)."""
     from choicegrad.generators.objective import Objective
@@ -356,7 +374,6 @@ def _lists(run, catalogue: Catalogue, lists: Optional[Table], contexts: Optional
         frame, name = _read(contexts, "contexts")
         if state.record.list_id:
             raise InputError("contexts", [f"this run's lists are named by \"{state.record.list_id}\": give lists (--lists)"])
-        from choicegrad.data.items import check_columns
         check_columns(frame, [c.name for c in state.record.context.columns], name, "context")
         if len(frame) == 0:
             raise InputError(name, ["the table has no rows"])
@@ -368,8 +385,11 @@ def _lists(run, catalogue: Catalogue, lists: Optional[Table], contexts: Optional
     return ItemLists(state.lists.keys, positions.astype(np.int64), state.lists.offsets), "the training lists"
 
 
-def parse_item_fix(fix, slots: list[str], catalogue: Catalogue) -> Optional[torch.Tensor]:
-    """{'left': 'item7'} or ['left=item7'] -> (S,) long catalogue positions, -1 = free; InputError('fix')."""
+def parse_item_fix(fix, slots: list[str], catalogue: Catalogue, eligible: Optional[np.ndarray] = None,
+                   distinct: bool = False) -> Optional[torch.Tensor]:
+    """{'left': 'item7'} or ['left=item7'] -> (S,) long catalogue positions, -1 = free; InputError('fix')
+    also for an item the slot may not take (eligible (S, M)) or, with distinct items, one item fixed
+    in two slots."""
     if not fix:
         return None
     if isinstance(fix, dict):
@@ -389,7 +409,16 @@ def parse_item_fix(fix, slots: list[str], catalogue: Catalogue) -> Optional[torc
         elif out[slots.index(slot)] >= 0:
             problems.append(f'slot "{slot}" fixed twice')
         else:
-            out[slots.index(slot)] = int(catalogue.index.get_loc(item))
+            s = slots.index(slot)
+            out[s] = int(catalogue.index.get_loc(item))
+            if eligible is not None and not eligible[s, out[s]]:
+                problems.append(f'slot "{slot}": item "{item}" is not eligible there (the run\'s eligibility rules)')
+    if distinct and not problems:
+        for item in {int(p) for p in out.tolist() if p >= 0}:
+            where = [slots[s] for s in torch.nonzero(out == item).flatten().tolist()]
+            if len(where) > 1:
+                problems.append(f'item "{catalogue.ids[item]}" fixed in slots {", ".join(where)}: the run\'s slates hold '
+                                "distinct items")
     if problems:
         raise InputError("fix", problems)
     return out
@@ -413,7 +442,7 @@ def generate_items(run, *, items: Optional[Table] = None, lists: Optional[Table]
     eligible = catalogue.eligibility(record.slots, record.eligible)
     check_lists(item_lists, record.slots, record.distinct, eligible, name)
     cat, num = record.context.encode(item_lists.keys, name)
-    fixed = parse_item_fix(fix, record.slots, catalogue)
+    fixed = parse_item_fix(fix, record.slots, catalogue, eligible, record.distinct)
     if len(item_lists) * k > MAX_SLATES:
         raise InputError("k", [f"{k:,} slates for each of {len(item_lists):,} lists is more than {MAX_SLATES:,} rows"])
     if run.scorer is not None:
@@ -443,9 +472,15 @@ def generate_items(run, *, items: Optional[Table] = None, lists: Optional[Table]
                            samples=samples, generator=rng, budget=calls)
         except ValueError as exc:
             raise InputError("decoder", [str(exc)]) from None
+        if record.distinct:   # the decoders' top-up changes one slot at a time, which may repeat an item
+            with torch.no_grad():
+                cands = complete_distinct_items(cands, objective, ctx, k, run.generator.choice_mask(ctx),
+                                                chunk_fixed, rng)
         total_calls += objective.calls - before
-        frames.append(_slates_frame(cands, pos, which, item_lists, catalogue, record, column))
-        short += int((cands.valid.cpu().numpy().sum(1) < k).sum())
+        frame = _slates_frame(cands, pos, which, item_lists, catalogue, record, column)
+        frames.append(frame)
+        got = frame["__list"].value_counts().reindex(which, fill_value=0).to_numpy()    # slates per list
+        short += int((got < k).sum())
     result = pd.concat(frames, ignore_index=True)
     order = np.lexsort((result["rank"].to_numpy(), result.pop("__list").to_numpy()))
     result = result.iloc[order].reset_index(drop=True)
@@ -455,6 +490,81 @@ def generate_items(run, *, items: Optional[Table] = None, lists: Optional[Table]
     result.attrs.update(decoder=decoder, scorer_calls=int(total_calls) if column == "predicted" else 0,
                         contexts=len(item_lists), short=short)
     return result
+
+
+def distinct_item_rows(allowed: torch.Tensor, n: int, generator: Optional[torch.Generator] = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """n rows per list of distinct items: each slot uniform over its allowed items (allowed (B, S, N)
+    bool) that no slot filled before it took, the most constrained slots (fixed ones) first. ->
+    rows (B, n, S) long, ok (B, n) (False where a slot had no item left)."""
+    B, S, V = allowed.shape
+    dev = allowed.device
+    rows = torch.zeros(B, n, S, dtype=torch.long, device=dev)
+    taken = torch.zeros(B, n, V, dtype=torch.bool, device=dev)
+    ok = torch.ones(B, n, dtype=torch.bool, device=dev)
+    for s in allowed.sum(-1).float().mean(0).argsort(stable=True).tolist():   # a loop over slots
+        free = allowed[:, s].unsqueeze(1) & ~taken                                  # (B, n, V)
+        has = free.any(-1)
+        ok &= has
+        weights = (free | ~has.unsqueeze(-1)).reshape(B * n, V).float()            # none left: any (not ok)
+        pick = torch.multinomial(weights, 1, generator=generator).reshape(B, n)
+        rows[:, :, s] = pick
+        taken.scatter_(2, pick.unsqueeze(-1), True)
+    return rows, ok
+
+
+def complete_distinct_items(cands, objective, ctx, k: int, mask: torch.Tensor, fixed: Optional[torch.Tensor],
+                            generator: Optional[torch.Generator] = None, rounds: int = 4, max_cells: int = 1 << 24):
+    """Candidates (B, K, S) -> Candidates (B, k, S): their rows of distinct items (a row holding an
+    item twice dropped), topped up to k per list where the list (its eligible items, the fixed
+    slots) holds that many, with rows of distinct items drawn uniformly (distinct_item_rows) and
+    scored by `objective`; best first. mask: the generator's (B, S, N) choice mask."""
+    from choicegrad.decoding.rows import allowed_choices, distinct_in_order, row_keys
+    from choicegrad.decoding.scoring import Candidates, score_grid
+
+    rows, scores = cands.rows[:, :k].clone(), cands.scores[:, :k].float().clone()
+    B, _, S = rows.shape
+    V = mask.shape[-1]
+
+    def no_repeat(r: torch.Tensor) -> torch.Tensor:
+        same = (r.unsqueeze(-1) == r.unsqueeze(-2)) & ~torch.eye(S, dtype=torch.bool, device=r.device)
+        return ~same.flatten(-2).any(-1)
+
+    ok = cands.valid[:, :k] & torch.isfinite(scores) & no_repeat(rows)
+    if rows.shape[1] < k:
+        pad = k - rows.shape[1]
+        rows = torch.cat([rows, rows.new_full((B, pad, S), -1)], 1)
+        scores = torch.cat([scores, scores.new_full((B, pad), float("-inf"))], 1)
+        ok = torch.cat([ok, ok.new_zeros((B, pad))], 1)
+    allowed = allowed_choices(mask, fixed)
+    calls = cands.scorer_calls
+    n = max(2 * k, 32)
+    for _ in range(rounds):
+        short = torch.nonzero(ok.sum(1) < k).flatten()
+        if not len(short):
+            break
+        step = max(1, max_cells // (n * V))
+        for start in range(0, len(short), step):   # a loop over groups of short lists (bounded memory)
+            b = short[start:start + step]
+            draws, fresh = distinct_item_rows(allowed[b].contiguous(), n, generator)
+            merged, keep = distinct_in_order(torch.cat([rows[b], draws], 1), torch.cat([ok[b], fresh], 1), k, V)
+            old_keys = torch.where(ok[b], row_keys(rows[b], V), -1)
+            match = (row_keys(merged, V).unsqueeze(-1) == old_keys.unsqueeze(1)) & keep.unsqueeze(-1)   # (b, k, K)
+            known = match.any(-1)
+            nan = torch.full(known.shape, float("nan"), dtype=scores.dtype, device=scores.device)
+            s = torch.where(known, scores[b].gather(1, match.float().argmax(-1)), nan)
+            need = keep & ~known
+            if bool(need.any()):
+                new, spent = score_grid(objective, merged, ctx.index(b), need)
+                s = torch.where(need, new.to(s.dtype), s)
+                calls += spent
+            keep = keep & torch.isfinite(s)
+            rows[b] = torch.where(keep.unsqueeze(-1), merged, -1)
+            scores[b], ok[b] = s.masked_fill(~keep, float("-inf")), keep
+    scores = scores.masked_fill(~ok, float("-inf"))
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    return Candidates(rows.gather(1, order.unsqueeze(-1).expand(-1, -1, S)), scores.gather(1, order),
+                      ok.gather(1, order), calls)
 
 
 def _fixed_positions(fixed: torch.Tensor, pos: torch.Tensor, item_lists: ItemLists, which: np.ndarray,
@@ -504,6 +614,7 @@ def score_slates(run, slates: Table, items: Optional[Table] = None, beta: Option
         raise InputError(str(run.out), ["this run was fitted to your own reward and has no scorer: score slates with "
                                         "that function itself"])
     frame, name = _read(slates, "slates")
+    check_columns(frame, [*record.slots, *(c.name for c in record.context.columns)], name, "slate")
     catalogue = _catalogue(run, items)
     lg = read_log(frame.assign(__score=0.0), record.slots, "__score", [c.name for c in record.context.columns],
                   catalogue, record.context, name)
