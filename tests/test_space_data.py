@@ -125,7 +125,7 @@ def test_many_labels_take_the_vectorised_path_with_label_of_results():
     from choicegrad.data.space import _labels_of, label_of
 
     rng = random.Random(0)
-    alphabet = ["a", "x", "0", "7", "+", "-", ".", "e", " ", "true", "False", "NA", "1e3", "\t"]
+    alphabet = ["a", "x", "0", "7", "+", "-", ".", "e", "E", " ", "true", "False", "NA", "1e3", "\t", "nan", "inf", "_"]
     values = list(dict.fromkeys("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))) for _ in range(6000)))
     values += [3, 2.5, float("nan"), None, True]
     uniques = np.array(values, dtype=object)

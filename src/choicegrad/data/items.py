@@ -162,7 +162,7 @@ class Catalogue:
     encoder: ItemEncoder
 
     def __post_init__(self):
-        self.index = pd.Index(self.ids)
+        self.index = pd.Index(self.ids, dtype=object)     # hashed lookups (an Arrow string index scans in Python)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -274,7 +274,7 @@ def read_log(frame: pd.DataFrame, slots: Sequence[str], score: str, context: Seq
     if problems:
         raise InputError(source, problems)
     cat, num = encoder.encode(frame, source)
-    return ItemLog(torch.from_numpy(np.stack(pos, 1)), torch.from_numpy(y), cat, num,
+    return ItemLog(torch.from_numpy(np.stack(pos, 1)), torch.from_numpy(np.array(y, dtype=np.float64)), cat, num,
                    frame[list(context)].reset_index(drop=True))
 
 

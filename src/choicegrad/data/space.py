@@ -76,19 +76,23 @@ _NUMBER_START = frozenset("+-.0123456789")
 
 
 def _labels_of(uniques) -> list:
-    """label_of of each unique value; text that cannot read as a number or a boolean (its first
-    non-blank character starts no number, it is no true/false word, it has no blanks around it) is
-    its own label, found without a Python call per value (ids: one distinct value per row)."""
-    if not (isinstance(uniques, np.ndarray) and uniques.dtype == object and len(uniques) > 1000):
+    """label_of of each unique value; text that cannot read as a number or a boolean (it neither
+    starts like a number nor parses as one, is no true/false word, has no blanks around it) is its
+    own label, found without a Python call per value (ids: one distinct value per row)."""
+    if len(uniques) <= 1000:
         return [label_of(u) for u in uniques]
+    uniques = np.asarray(uniques, dtype=object)      # an Arrow-backed string array too
     text = pd.Series(uniques, dtype=object)
     is_str = text.map(type).eq(str).to_numpy()
     if not is_str.any():
         return [label_of(u) for u in uniques]
     words = text.where(is_str, "0")
     stripped = words.str.strip()
-    own = (is_str & words.eq(stripped).to_numpy() & ~stripped.str[:1].isin(_NUMBER_START).to_numpy()
-           & ~stripped.isin(_TRUE + _FALSE).to_numpy() & stripped.str.len().gt(0).to_numpy())
+    starts = stripped.str[:1].isin(_NUMBER_START).to_numpy().copy()
+    # starts like a number and reads as one (e.g. "3-17" does not): label_of decides
+    starts[starts] = ~np.isnan(pd.to_numeric(stripped[starts], errors="coerce").to_numpy(dtype=float))
+    own = (is_str & words.eq(stripped).to_numpy() & ~starts & ~stripped.isin(_TRUE + _FALSE).to_numpy()
+           & stripped.str.len().gt(0).to_numpy())
     labels = list(uniques)
     for i in np.flatnonzero(~own):
         labels[i] = label_of(uniques[i])
