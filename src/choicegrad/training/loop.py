@@ -89,6 +89,8 @@ class GeneratorFit(BaseModel):
     val_every: int = Field(50, ge=1)
     val_samples: int = Field(64, ge=4, description="rows drawn per validation context")
     patience: Optional[int] = Field(8, ge=1, description="validations without gain before stopping (None: never)")
+    keep: Literal["best", "last"] = Field("best", description="the state returned: the best by validation, or the "
+                                          "last (item runs: validation ranks sampled rows, not the single pick)")
     log_every: int = Field(10, ge=1)
     grad_clip: Optional[float] = Field(1.0, gt=0)
     seed: int = Field(0, ge=0, lt=2**63, description="random seed (torch takes 0 <= seed < 2**63)")
@@ -373,7 +375,8 @@ def fit_generator(gen: Generator, objective, contexts, fit: Optional[GeneratorFi
     if loop.best_state is None:          # no validation score was a number
         raise InputError("objective", ["every validation score was NaN: the scorer or objective returns NaN for "
                                        "these rows and contexts (e.g. context values beyond what it was fitted on)"])
-    loop.gen.load_state_dict(loop.best_state)
+    if loop.fit.keep == "best":
+        loop.gen.load_state_dict(loop.best_state)
     return GeneratorResult(loop.gen.eval(), loop.log.rows, loop.calls, loop.seconds(), loop.best_val, stopped)
 
 
