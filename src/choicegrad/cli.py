@@ -977,11 +977,12 @@ def bench_cmd(
 def bench_budgets_cmd(
     out: Annotated[Path, typer.Option(help="Folder for budgets.csv (one row per method, budget and seed).")],
     tasks: Annotated[str, typer.Option(help="Comma-separated: potts-ctx, mixed-ctx (unseen contexts), items "
-                                            "(unseen lists), or any `choicegrad bench` task.")] =
-        "potts-ctx,mixed-ctx,items,ehrlich",
+                                            "(unseen lists), slates (distinct items, position effects), or any "
+                                            "`choicegrad bench` task.")] =
+        "potts-ctx,mixed-ctx,items,slates,ehrlich",
     pipelines: Annotated[str, typer.Option(help="Comma-separated GENERATOR/ESTIMATOR pairs.")] =
         "autoregressive/reinforce,autoregressive/trajectory-balance",
-    peers: Annotated[str, typer.Option(help="Comma-separated peers: random, anneal, genetic, gradient-ascent.")] =
+    peers: Annotated[str, typer.Option(help="Comma-separated peers: random, anneal, genetic, greedy, gradient-ascent.")] =
         "random,anneal,genetic,gradient-ascent",
     budgets: Annotated[Optional[str], typer.Option(
         help="Comma-separated scorer calls per context (default: 16, 64, 128, 160, the task's 1 percent and 4 times it).")] = None,

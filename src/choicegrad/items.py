@@ -256,6 +256,8 @@ def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, *, objective=None,
                 goal = ItemScorerObjective(result.scorer)
             else:
                 goal = objective
+            if spec.distinct:   # what the distillation's search may reach: slates of distinct items only
+                goal = DistinctItems(goal)
             pool = ListPool(problem.lists, problem.catalogue.vectors, problem.cat, problem.num, len(problem.slots),
                             eligible=problem.eligible, distinct=spec.distinct, max_items=TRAIN_ITEMS,
                             device=generator_fit.device)
@@ -303,8 +305,9 @@ def estimate_item_scale(objective, pool: ListPool, seed: int = 0, rows: int = 64
     draws = uniform_rows(allowed, rows, torch.Generator(device=allowed.device).manual_seed(seed))
     with torch.no_grad():
         values = objective(draws.reshape(-1, pool.slots), ctx.repeat_interleave(rows)).double().reshape(len(ctx), rows)
-    values = values.masked_fill(~torch.isfinite(values), float("nan"))
-    spread = float(np.nanmean(values.std(1).cpu().numpy())) if len(ctx) else float("nan")
+    values = values.masked_fill(~torch.isfinite(values), float("nan")).cpu().numpy()   # repeated items (distinct): left out
+    seen = np.isfinite(values).sum(1) > 1
+    spread = float(np.nanstd(values[seen], axis=1).mean()) if seen.any() else float("nan")
     return spread if np.isfinite(spread) and spread > 0 else 1.0
 
 

@@ -10,7 +10,8 @@ pipeline GENERATOR/ESTIMATOR is trained once and decoded at every budget b (scor
   call); 0 < b <= 160: its b most likely distinct rows (topk),
   scored, best first.
 - `search` line: b draws and polish from them (the default decoder of `choicegrad generate`).
-- each peer (random, anneal, genetic, gradient-ascent) searches the scorer with b calls.
+- each peer (random, anneal, genetic, gradient-ascent, greedy) searches the scorer with b calls
+  (distinct rows only on a task of distinct items, slates).
 
 Quality is the ground truth of the row each method ranks first, as gap closed (table tasks) or
 normalised score (items). Rows of OUT/budgets.csv hold task, method, line, seed, budget, calls, the
@@ -39,9 +40,9 @@ from choicegrad.progress import progress_bar
 
 SMALL = (16, 64, 128, 160)  # K, 4K, 128 and 10K calls; then the task's 1% of the space and 4 times that
 GENERATOR_MAX = 160        # the generator-only line stops here (a wider beam is search by another name)
-BUDGET_TASKS = ("potts-ctx", "mixed-ctx", "items", "ehrlich")
+BUDGET_TASKS = ("potts-ctx", "mixed-ctx", "items", "slates", "ehrlich")
 BUDGET_PIPELINES = ("autoregressive/reinforce", "autoregressive/trajectory-balance")
-BUDGET_PEERS = ("random", "anneal", "genetic", "gradient-ascent")
+BUDGET_PEERS = ("random", "anneal", "genetic", "gradient-ascent", "greedy")
 K = 16          # candidates returned per context (the top-1 is what is judged)
 
 
@@ -130,7 +131,8 @@ def run_budgets(tasks: Sequence[str] = BUDGET_TASKS, seeds: Sequence[int] = (0, 
                 for b in task_budgets:
                     start = time.perf_counter()
                     cands = harness.peers.search(peer, problem.objective, problem.ctx, problem.allowed, min(K, b),
-                                                 budget=b, generator=torch.Generator().manual_seed(seed))
+                                                 budget=b, generator=torch.Generator().manual_seed(seed),
+                                                 distinct=problem.distinct)
                     rows.append({**base, "method": peer, "line": "peer", "seed": seed, "budget": b,
                                  **_row(problem, cands, time.perf_counter() - start), "seconds_train": 0.0})
                 last = [r for r in rows if (r["task"], r["method"], r["seed"]) == (task, peer, seed)]

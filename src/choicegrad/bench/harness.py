@@ -15,6 +15,11 @@ OUT/scorers/TASK and shared by every method and seed), enumerates the scorer ove
   most `budget` scorer calls per context. Pipelines that share generator, estimator and seed share
   one training run. On item tasks every generator is the pointer generator.
 
+Item tasks: "items" (ItemSelectionTask: slot interactions, an item may fill several slots) and
+"slates" (SlateTask: a page of DISTINCT items for expected clicks; its peers search distinct rows
+only, its decoders score a row repeating an item -inf (DistinctItems), and its generator is the
+pointer generator of item runs, choicegrad.items.ITEM_GENERATOR, sequential with distinct=True).
+
 Candidates are scored by the task's ground truth (choicegrad.bench.metrics.candidate_report). Rows of
 OUT/results.csv, OUT/curves.csv (quality vs diversity over sampling temperature) and
 OUT/training.csv (validation score vs scorer calls) are rewritten after every method, so a long run
@@ -41,6 +46,7 @@ from choicegrad.bench import peers
 from choicegrad.bench.metrics import candidate_report, normalise
 from choicegrad.bench.report import machine_line, write_report
 from choicegrad.bench.tasks import ItemSelectionTask, get_task
+from choicegrad.bench.tasks.items import SlateTask
 from choicegrad.bench.tasks.contextual import CONTEXTUAL
 from choicegrad.data.table import load_table
 from choicegrad.decoding import DECODERS, Candidates, decode
@@ -48,6 +54,7 @@ from choicegrad.decoding.rows import enumerate_allowed, first_occurrence, row_ke
 from choicegrad.decoding.scoring import score_grid
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.generators import GeneratorConfig, ItemObjective, TableContext, TableObjective, build
+from choicegrad.generators.objective import DistinctItems
 from choicegrad.generators.base import KINDS
 from choicegrad.progress import progress_bar
 from choicegrad.scorer.aligner import AlignerFit, fit_aligner
@@ -70,7 +77,7 @@ class TaskSpec:
     headline: str
     budget: int
     k: int = 128
-    kind: str = "table"                      # "table", "items" or "contextual" (choicegrad.bench.tasks.contextual)
+    kind: str = "table"                      # "table", "items" (ITEM_TASKS) or "contextual" (bench.tasks.contextual)
     protocol: str = "below-median"           # training table: "below-median" or "random" rows
     train_rows: Optional[int] = None         # subsample of the training table (None: all of it)
     scorer_epochs: Optional[int] = None
@@ -98,6 +105,8 @@ SPECS = {
     "nk4": TaskSpec("nk4", "gap_oracle", budget=655, protocol="random", train_rows=30_000, scorer_epochs=40),
     "ehrlich": TaskSpec("ehrlich", "gap_oracle", budget=3906, protocol="random", train_rows=30_000, scorer_epochs=40),
     "items": TaskSpec("items", "top1", budget=200, k=16, kind="items"),
+    # slates of distinct items, at the scorer calls per list `choicegrad generate` spends by default (ITEM_BUDGET)
+    "slates": TaskSpec("slates", "top1", budget=64, k=16, kind="items"),
     "tfbind8": TaskSpec("tfbind8", "max", budget=655, scorer_epochs=8, steps=400, train_minutes=0.75),
     "gb1": TaskSpec("gb1", "max", budget=1600, scorer_epochs=40),
     "pard3": TaskSpec("pard3", "max", budget=256, scorer_epochs=60),  # 1% (80) is below K = 128
@@ -185,6 +194,7 @@ class Problem:
     is_new: Optional[Callable[[Tensor], Tensor]] = None
     setup: dict = field(default_factory=dict)
     data: Any = None                     # the training TableData (table tasks)
+    distinct: bool = False               # rows are slates of distinct items: peers search those only
     _aligner: Any = None
 
     def aligner(self):
@@ -328,13 +338,23 @@ def _objective_landscape(objective, ctx, allowed, chunk: int = 1 << 16) -> tuple
     return out, rows
 
 
+#: Item tasks by name (TaskSpec kind "items"); another name is an ItemSelectionTask.
+ITEM_TASKS = {"items": ItemSelectionTask, "slates": SlateTask}
+
+
 def items_problem(spec: TaskSpec, contexts: int = 64) -> Problem:
-    task = ItemSelectionTask(**spec.options)
+    """An item task (ITEM_TASKS[spec.name]) on `contexts` lists drawn apart from training (unseen lists).
+    A task with distinct items (SlateTask) is searched and decoded through DistinctItems (a row
+    repeating an item scores -inf), its peers with distinct=True, its generator the item runs' pointer
+    generator with distinct=True."""
+    task = ITEM_TASKS.get(spec.name, ItemSelectionTask)(**spec.options)
+    distinct = bool(getattr(task, "distinct", False))
     ctx = task.draw(contexts, torch.Generator().manual_seed(1234))
     values, _ = task.enumerate(ctx)
     finite = torch.isfinite(values)
     scale = float(values[finite].std()) or 1.0
-    objective = ItemObjective(task.reward, scale=scale)
+    reward = ItemObjective(task.reward, scale=scale)
+    objective = DistinctItems(reward) if distinct else reward
     S, N = task.slots, ctx.items.shape[1]
     allowed = ctx.mask.unsqueeze(1).expand(-1, S, -1)
     st = task.stats(ctx)
@@ -343,18 +363,23 @@ def items_problem(spec: TaskSpec, contexts: int = 64) -> Problem:
     def truth(rows: Tensor) -> Tensor:
         Bn, M, _ = rows.shape
         with torch.no_grad():
-            return objective(rows.reshape(Bn * M, S), ctx.repeat_interleave(M)).reshape(Bn, M).float()
+            return reward(rows.reshape(Bn * M, S), ctx.repeat_interleave(M)).reshape(Bn, M).float()
 
     start = time.perf_counter()
-    exhaustive = peers.search("exhaustive", objective, ctx, allowed, spec.k, budget=1, generator=torch.Generator())
+    exhaustive = peers.search("exhaustive", objective, ctx, allowed, spec.k, budget=1, generator=torch.Generator(),
+                              distinct=distinct)
     ex_seconds = time.perf_counter() - start
 
     def new_generator(kind: str):
+        if distinct:
+            from choicegrad.items import ITEM_GENERATOR
+            return build(ITEM_GENERATOR, num_slots=S, item_dim=ctx.items.shape[-1], sequential=True, distinct=True)
         return build(GeneratorConfig(kind="pointer"), num_slots=S, item_dim=ctx.items.shape[-1])
 
     return Problem(spec, objective, ctx, allowed, truth, stats, dict(stats), exhaustive, ex_seconds,
                    SampledContexts(task.draw), new_generator, None,
-                   {"contexts": contexts, "exhaustive_seconds": round(ex_seconds, 2), "max_items": N})
+                   {"contexts": contexts, "exhaustive_seconds": round(ex_seconds, 2), "max_items": N,
+                    "distinct": distinct}, distinct=distinct)
 
 
 def build_problem(name: str, data_dir: Optional[Path], cache: Path, specs: Optional[dict] = None) -> Problem:
@@ -429,7 +454,8 @@ def run_peer(problem: Problem, method: Method, seed: int) -> dict:
         with PeakMemory() as pm:
             start = time.perf_counter()
             cands = peers.search(method.peer, problem.objective, problem.ctx, problem.allowed, spec.k,
-                                 budget=spec.budget, generator=torch.Generator().manual_seed(seed))
+                                 budget=spec.budget, generator=torch.Generator().manual_seed(seed),
+                                 distinct=problem.distinct)
             seconds = time.perf_counter() - start
         mem = pm.peak_mb
     return {**evaluate(problem, cands), "calls_generate": cands.scorer_calls / len(problem.ctx), "calls_train": 0,
