@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--distill-sweeps", type=int, default=2, help="sweeps of the search the generator learns from")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--layers", type=int, default=1, help="self-attention layers over the items")
+    ap.add_argument("--layers", type=int, default=0, help="self-attention layers over the items")
     ap.add_argument("--sequential", type=int, default=1, help="1: slots see earlier choices; 0: independent slots")
     ap.add_argument("--train-lengths", type=int, nargs=2, default=[6, 12],
                     help="list lengths in training (lo hi): mixed lengths carry over to longer lists")
