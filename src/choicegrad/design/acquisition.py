@@ -19,7 +19,7 @@ from torch import Tensor
 
 from choicegrad.decoding.rows import row_keys
 from choicegrad.generators.context import TableContext
-from choicegrad.generators.objective import Objective
+from choicegrad.generators.objective import HardRowsAdjusted, Objective
 
 #: How far below every other row a measured row scores in the search, in score standard deviations.
 EXCLUDED_PENALTY = 1e4
@@ -110,31 +110,15 @@ class Measured:
         return Excluding(objective, self)
 
 
-class Excluding(Objective):
+class Excluding(HardRowsAdjusted):
     """An objective whose measured rows (hard rows only) score EXCLUDED_PENALTY score standard
     deviations below their value, so a search leaves them for rows not measured yet. Its calls are
     the acquisition's."""
 
     def __init__(self, objective: Acquisition, measured: Measured):
-        super().__init__()
-        self.objective, self.measured = objective, measured
-        self.scale = objective.scale
+        super().__init__(objective)
+        self.measured = measured
 
-    @property
-    def calls(self) -> int:
-        return self.objective.calls
-
-    @calls.setter
-    def calls(self, value: int) -> None:
-        pass                                          # counted by the acquisition it wraps
-
-    def prepare(self, device) -> Excluding:
-        self.objective.prepare(device)
-        return self
-
-    def __call__(self, x: Tensor, ctx: TableContext) -> Tensor:
-        value = self.objective(x, ctx)
-        if x.is_floating_point():
-            return value
+    def adjust(self, x: Tensor, value: Tensor, ctx: TableContext) -> Tensor:
         return value - EXCLUDED_PENALTY * self.scale * self.measured.contains(x, ctx).to(value.dtype)
 

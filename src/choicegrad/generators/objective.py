@@ -131,10 +131,10 @@ class ItemScorerObjective(ItemObjective):
         return self
 
 
-class DistinctItems(Objective):
-    """Another objective on rows whose items are all different: a hard row (N, S) holding an item
-    twice scores -inf (what a decoder's search then never keeps); other rows, and soft rows, as the
-    inner objective scores them. Its calls are the inner objective's."""
+class HardRowsAdjusted(Objective):
+    """Another objective, its hard rows' scores adjusted: scores as `inner` does, then hard rows
+    (N, S) long go through adjust(x, values, ctx); soft rows stay as `inner` scores them. Its calls
+    are the inner objective's (counted there); prepare prepares the inner objective."""
 
     def __init__(self, inner: Objective):
         super().__init__()
@@ -147,18 +147,28 @@ class DistinctItems(Objective):
 
     @calls.setter
     def calls(self, value: int) -> None:
-        pass
+        pass                                          # counted by the inner objective
 
-    def prepare(self, device: torch.device | str) -> DistinctItems:
+    def prepare(self, device: torch.device | str) -> HardRowsAdjusted:
         self.inner.prepare(device)
         return self
 
+    def adjust(self, x: Tensor, values: Tensor, ctx: Context) -> Tensor:
+        raise NotImplementedError
+
     def __call__(self, x: Tensor, ctx: Context) -> Tensor:
-        out = self.inner(x, ctx)
-        if x.is_floating_point():
-            return out
+        values = self.inner(x, ctx)
+        return values if x.is_floating_point() else self.adjust(x, values, ctx)
+
+
+class DistinctItems(HardRowsAdjusted):
+    """Another objective on rows whose items are all different: a hard row (N, S) holding an item
+    twice scores -inf (what a decoder's search then never keeps); other rows, and soft rows, as the
+    inner objective scores them."""
+
+    def adjust(self, x: Tensor, values: Tensor, ctx: Context) -> Tensor:
         same = (x.unsqueeze(-1) == x.unsqueeze(-2)) & ~torch.eye(x.shape[-1], dtype=torch.bool, device=x.device)
-        return out.masked_fill(same.flatten(1).any(1), float("-inf"))
+        return values.masked_fill(same.flatten(1).any(1), float("-inf"))
 
 
 class GeneratorLogProb(Objective):
