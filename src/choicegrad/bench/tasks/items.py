@@ -68,7 +68,36 @@ class PickFiveTask:
         return float((chosen <= best[:, None] + 1e-9).float().mean())
 
 
-class ItemSelectionTask:
+class EnumeratedItems:
+    """What an item task whose every combination can be scored shares: given enumerate(ctx) ->
+    (values (B, R), NaN for a combination a list cannot take; rows (R, S)), each list's optimum, its
+    value statistics and the gap closed against them."""
+
+    def enumerate(self, ctx: ItemContext) -> tuple[Tensor, Tensor]:  # pragma: no cover - each task's
+        raise NotImplementedError
+
+    def optimum(self, ctx: ItemContext) -> tuple[Tensor, Tensor]:
+        """(rows (B, S) long, values (B,)): the best valid combination of each list."""
+        values, rows = self.enumerate(ctx)
+        index, best = st.nan_argmax(values)
+        return rows[index], best
+
+    def stats(self, ctx: ItemContext) -> dict[str, Tensor]:
+        """{min, max, mean, median}: (B,) each, over the valid combinations of each list."""
+        return st.nan_stats(self.enumerate(ctx)[0])
+
+    @staticmethod
+    def normalise(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
+        """(y - min) / (max - min) per list: values (B,) or (B, M) -> same shape."""
+        return normalise(values, stats)
+
+    @staticmethod
+    def gap_closed(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
+        """(y - mean) / (max - mean) per list: values (B,) or (B, M) -> same shape."""
+        return gap_closed(values, stats)
+
+
+class ItemSelectionTask(EnumeratedItems):
     """Pointer-form task: fill `slots` slots from a list of item vectors in R^dim, for a fixed reward
     with interactions between slots.
 
@@ -123,28 +152,9 @@ class ItemSelectionTask:
                 out.append(v.masked_fill(~ctx.mask[:, part].all(-1), float("nan")))
         return torch.cat(out, 1), rows
 
-    def optimum(self, ctx: ItemContext) -> tuple[Tensor, Tensor]:
-        """(rows (B, S) long, values (B,)): the best valid combination of each list."""
-        values, rows = self.enumerate(ctx)
-        index, best = st.nan_argmax(values)
-        return rows[index], best
-
-    def stats(self, ctx: ItemContext) -> dict[str, Tensor]:
-        """{min, max, mean, median}: (B,) each, over the valid combinations of each list."""
-        return st.nan_stats(self.enumerate(ctx)[0])
-
-    @staticmethod
-    def normalise(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
-        """(y - min) / (max - min) per list: values (B,) or (B, M) -> same shape."""
-        return normalise(values, stats)
-
-    @staticmethod
-    def gap_closed(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
-        """(y - mean) / (max - mean) per list: values (B,) or (B, M) -> same shape."""
-        return gap_closed(values, stats)
 
 
-class SlateTask:
+class SlateTask(EnumeratedItems):
     """Pointer-form slate task: fill a page of `slots` positions with DISTINCT items from a list, for
     the expected clicks of a user under a position-based click model with a topic-redundancy discount.
 
@@ -263,22 +273,3 @@ class SlateTask:
                 out.append(v.masked_fill(bad, float("nan")))
         return torch.cat(out, 1), rows
 
-    def optimum(self, ctx: ItemContext) -> tuple[Tensor, Tensor]:
-        """(rows (B, S) long, values (B,)): the best slate (distinct items) of each list."""
-        values, rows = self.enumerate(ctx)
-        index, best = st.nan_argmax(values)
-        return rows[index], best
-
-    def stats(self, ctx: ItemContext) -> dict[str, Tensor]:
-        """{min, max, mean, median}: (B,) each, over the slates (distinct valid rows) of each list."""
-        return st.nan_stats(self.enumerate(ctx)[0])
-
-    @staticmethod
-    def normalise(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
-        """(y - min) / (max - min) per list: values (B,) or (B, M) -> same shape."""
-        return normalise(values, stats)
-
-    @staticmethod
-    def gap_closed(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
-        """(y - mean) / (max - mean) per list: values (B,) or (B, M) -> same shape."""
-        return gap_closed(values, stats)
