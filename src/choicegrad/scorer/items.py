@@ -25,6 +25,7 @@ from choicegrad.errors import InputError, show_rows
 from choicegrad.io import load_state, meta_problem, read_meta, read_state, save_checkpoint, versions, weights_header
 from choicegrad.metrics import regression_report
 from choicegrad.progress import progress_bar
+from choicegrad.scorer.model import check_ensemble_weights, in_score_units
 from choicegrad.scorer.fit import PATIENCE_STEPS, ScorerFit, ScorerResult, ranking_loss, seed_everything, split_indices
 
 KIND = "choicegrad.ItemScorer"
@@ -97,19 +98,11 @@ def _check_size(m: ItemScorerMeta, header: dict[str, list[int]], source: Path) -
     """InputError naming the JSON unless the model its settings describe is the one the weights file
     declares: as many members, and one member's and the scorer's own shapes (built on the meta device:
     no memory), checked before the k members are built."""
-    held = {int(k.split(".")[1]) for k in header if k.startswith("members.") and k.split(".")[1].isdigit()}
-    if len(held) != m.k:
-        raise InputError(str(source), [f"k: {m.k} ensemble members, but the weights beside it hold {len(held)}; "
-                                       "the two files do not belong together"])
     with torch.device("meta"):
         one = ItemScorer(m.slots, m.dim, m.context, m.score, m.config)
     want = {k: list(v.shape) for k, v in one.state_dict().items()}
     have = {k: v for k, v in header.items() if not k.startswith("members.") or k.startswith("members.0.")}
-    if want != have:
-        wrong = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
-        raise InputError(str(source), [f"its settings describe other weights than the file beside it holds "
-                                       f"({wrong[0]}: {want.get(wrong[0])} against {have.get(wrong[0])}); the two "
-                                       "files do not belong together"])
+    check_ensemble_weights(m.k, want, have, header, source)
 
 
 class ItemScorer(nn.Module):
@@ -154,9 +147,7 @@ class ItemScorer(nn.Module):
 
     def to_score(self, values) -> np.ndarray:
         """Working-unit values (tensor or array) -> float64 scores in the score's own units."""
-        v = (values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor)
-             else np.asarray(values, np.float64))
-        return v * self.unit + self.offset
+        return in_score_units(values, self.offset, self.unit)
 
     def member_scores(self, selected: torch.Tensor, ctx_cat=None, ctx_num=None) -> torch.Tensor:
         """(k, N) scores of each member, in working units."""

@@ -271,14 +271,32 @@ class ScorerMeta(BaseModel):
     unit: float = Field(1.0, gt=0.0, allow_inf_nan=False)
 
 
+def check_ensemble_weights(k: int, want: dict[str, list[int]], have: dict[str, list[int]],
+                           header: dict[str, list[int]], source: Path) -> None:
+    """InputError naming `source` (an ensemble's JSON) unless the weights file's header holds k members
+    ("members.<i>." keys) and the shapes `want` its settings describe where `have` (the header's
+    entries to compare) holds them."""
+    held = {int(key.split(".")[1]) for key in header if key.startswith("members.") and key.split(".")[1].isdigit()}
+    if len(held) != k:
+        raise InputError(str(source), [f"k: {k} ensemble members, but the weights beside it hold {len(held)}; the two "
+                                       "files do not belong together"])
+    if want != have:
+        wrong = sorted(set(want) ^ set(have)) or [key for key in want if want[key] != have[key]]
+        raise InputError(str(source), [f"its settings describe other weights than the file beside it holds ({wrong[0]}: "
+                                       f"{want.get(wrong[0])} against {have.get(wrong[0])}); the two files do not "
+                                       "belong together"])
+
+
+def in_score_units(values, offset: float, unit: float) -> np.ndarray:
+    """Working-unit values (tensor or array) -> float64 scores in the score's own units."""
+    v = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
+    return v * unit + offset
+
+
 def _check_size(m: ScorerMeta, header: dict[str, list[int]], source: Path) -> None:
     """InputError naming scorer.json unless the model its settings describe is the one the weights file
     declares: as many members, and one member's shapes (built on the meta device: no memory), checked
     before the k members are built."""
-    held = {int(k.split(".")[1]) for k in header if k.startswith("members.") and k.split(".")[1].isdigit()}
-    if len(held) != m.k:
-        raise InputError(str(source), [f"k: {m.k} ensemble members, but the weights beside it hold {len(held)}; the two "
-                                       "files do not belong together"])
     config = m.config
     if config.pairwise is None:
         config = config.model_copy(update={"pairwise": pair_rank(config, m.space.sizes)})
@@ -286,11 +304,7 @@ def _check_size(m: ScorerMeta, header: dict[str, list[int]], source: Path) -> No
         member = EmbeddingScorer(m.space.sizes, m.context.cardinalities, len(m.context.numeric), config)
     want = {f"members.0.{k}": list(v.shape) for k, v in member.state_dict().items()}
     have = {k: v for k, v in header.items() if k.startswith("members.0.")}
-    if want != have:
-        wrong = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
-        raise InputError(str(source), [f"its settings describe other weights than the file beside it holds ({wrong[0]}: "
-                                       f"{want.get(wrong[0])} against {have.get(wrong[0])}); the two files do not "
-                                       "belong together"])
+    check_ensemble_weights(m.k, want, have, header, source)
 
 
 class Scorer(nn.Module):
@@ -331,8 +345,7 @@ class Scorer(nn.Module):
 
     def to_score(self, values) -> np.ndarray:
         """Working-unit values (tensor or array) -> float64 scores in the score's own units."""
-        v = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float64)
-        return v * self.unit + self.offset
+        return in_score_units(values, self.offset, self.unit)
 
     def member_scores(self, x, ctx_cat=None, ctx_num=None) -> torch.Tensor:
         """(k, B) scores of each member, in working units."""
