@@ -30,7 +30,7 @@ from choicegrad.checkpoints import CHECKPOINT_MINUTES
 from choicegrad.data.context import ContextEncoder
 from choicegrad.data.items import (Catalogue, ItemEncoder, ItemLists, check_columns, check_eligible, check_lists,
                                    list_contexts, read_lists, read_log)
-from choicegrad.decoding import DECODERS, decode
+from choicegrad.decoding import decode
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.generators import GeneratorConfig, build
 from choicegrad.generators.objective import DistinctItems, GeneratorLogProb, ItemObjective, ItemScorerObjective
@@ -608,6 +608,19 @@ def _slates_frame(cands, pos: torch.Tensor, which: np.ndarray, item_lists: ItemL
     return frame
 
 
+def read_slates(run, slates: Table, items: Optional[Table] = None):
+    """An item run's slates (context columns, slot columns of item ids) read against its catalogue
+    (plus `items`): (the table, its name, an ItemLog of it (item positions, encoded contexts), the
+    catalogue). InputError naming the file, column and rows."""
+    record = run.items.record
+    frame, name = _read(slates, "slates")
+    check_columns(frame, [*record.slots, *(c.name for c in record.context.columns)], name, "slate")
+    catalogue = _catalogue(run, items)
+    lg = read_log(frame.assign(__score=0.0), record.slots, "__score", [c.name for c in record.context.columns],
+                  catalogue, record.context, name)
+    return frame, name, lg, catalogue
+
+
 def score_slates(run, slates: Table, items: Optional[Table] = None, beta: Optional[float] = None) -> pd.DataFrame:
     """Run.score for an item run: the slates (context columns, slot columns of item ids) with a
     `predicted` column (the score's units). InputError naming the file, column and rows."""
@@ -616,11 +629,7 @@ def score_slates(run, slates: Table, items: Optional[Table] = None, beta: Option
     if run.scorer is None:
         raise InputError(str(run.out), ["this run was fitted to your own reward and has no scorer: score slates with "
                                         "that function itself"])
-    frame, name = _read(slates, "slates")
-    check_columns(frame, [*record.slots, *(c.name for c in record.context.columns)], name, "slate")
-    catalogue = _catalogue(run, items)
-    lg = read_log(frame.assign(__score=0.0), record.slots, "__score", [c.name for c in record.context.columns],
-                  catalogue, record.context, name)
+    frame, name, lg, catalogue = read_slates(run, slates, items)
     if "predicted" in frame.columns:
         warnings.warn(f'{name} already has a "predicted" column; it is replaced', UserWarning, stacklevel=3)
     if record.distinct:

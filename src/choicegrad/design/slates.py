@@ -106,14 +106,10 @@ class SlateDesigner:
 
     def _spread(self, slates: pd.DataFrame, items: Optional[Table]) -> np.ndarray:
         """(N,) the scorer members' std for each slate, in the score's units."""
-        from choicegrad.data.items import read_log
-        from choicegrad.items import _catalogue
+        from choicegrad.items import read_slates
 
         run = self.run
-        record = run.items.record
-        catalogue = _catalogue(run, items)
-        lg = read_log(slates.assign(__score=0.0), record.slots, "__score", [c.name for c in record.context.columns],
-                      catalogue, record.context, "slates")
+        _, _, lg, catalogue = read_slates(run, slates, items)
         with torch.no_grad():
             members = run.scorer.member_scores(catalogue.vectors[lg.slots].to(run.device), lg.cat.to(run.device),
                                                lg.num.to(run.device))

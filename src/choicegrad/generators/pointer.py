@@ -82,8 +82,8 @@ class PointerGenerator(Generator):
     def choice_mask(self, ctx: ItemContext) -> Tensor:
         return ctx.allowed(self.slots)
 
-    def features(self, ctx: ItemContext) -> tuple[Tensor, None, Tensor, Tensor]:
-        """(encoded items e (B, N, H), None, slot queries (B, S, H), allowed (B, S, N))."""
+    def features(self, ctx: ItemContext) -> tuple[Tensor, Tensor, Tensor]:
+        """(encoded items e (B, N, H), slot queries (B, S, H), allowed (B, S, N))."""
         pad = ~ctx.mask
         e = self.encoder((ctx.items.to(self.queries.dtype) - self.shift) / self.scale)   # (B, N, H)
         for layer in self.self_attention:
@@ -92,7 +92,7 @@ class PointerGenerator(Generator):
         if self.trunk is not None:
             q = q + self.trunk(ctx).unsqueeze(1)
         q = q + self._cross(q, e, pad)
-        return e, None, q, self.choice_mask(ctx)
+        return e, q, self.choice_mask(ctx)
 
     def _cross(self, q: Tensor, e: Tensor, pad: Tensor) -> Tensor:
         """self.cross(q, e, e) (multi-head attention of the S queries over the N items), with the key
@@ -126,14 +126,14 @@ class PointerGenerator(Generator):
         in the slots before it (x None: nothing chosen)."""
         feats = self.features(ctx)
         if not self.sequential or x is None:
-            return self._logits(feats, feats[2].unsqueeze(1), feats[3].unsqueeze(1))[:, 0]
+            return self._logits(feats, feats[1].unsqueeze(1), feats[2].unsqueeze(1))[:, 0]
         return self._teacher(feats, x.unsqueeze(1))[:, 0]
 
     def teacher_logits(self, rows: Tensor, ctx: ItemContext) -> Tensor:
         """rows (B, M, S) long -> (B, M, S, N): the list encoded once per context, not once per row."""
         feats = self.features(ctx)
         if not self.sequential:
-            logits = self._logits(feats, feats[2].unsqueeze(1), feats[3].unsqueeze(1))
+            logits = self._logits(feats, feats[1].unsqueeze(1), feats[2].unsqueeze(1))
             return logits.expand(-1, rows.shape[1], -1, -1)
         return self._teacher(feats, rows)
 
@@ -161,8 +161,8 @@ class PointerGenerator(Generator):
         """Sequential logits of every slot given the earlier slots of rows (B, M, S) -> (B, M, S, N)."""
         add, hot = self._chosen(feats, rows)
         earlier = self._earlier()
-        q = feats[2].unsqueeze(1) + torch.einsum("st,bmth->bmsh", earlier, add)
-        allowed = feats[3].unsqueeze(1)
+        q = feats[1].unsqueeze(1) + torch.einsum("st,bmth->bmsh", earlier, add)
+        allowed = feats[2].unsqueeze(1)
         if self.distinct:
             used = torch.einsum("st,bmtn->bmsn", earlier, hot) > 0
             allowed = allowed & ~used
@@ -173,8 +173,8 @@ class PointerGenerator(Generator):
         or (B, M, S, N) float)."""
         add, hot = self._chosen(features, x)
         earlier = self._earlier()[s]                                               # (S,)
-        q = features[2][:, s].unsqueeze(1) + torch.einsum("t,bmth->bmh", earlier, add)
-        allowed = features[3][:, s].unsqueeze(1)
+        q = features[1][:, s].unsqueeze(1) + torch.einsum("t,bmth->bmh", earlier, add)
+        allowed = features[2][:, s].unsqueeze(1)
         if self.distinct:
             allowed = allowed & ~(torch.einsum("t,bmtn->bmn", earlier, hot) > 0)
         return self._logits(features, q.unsqueeze(2), allowed.unsqueeze(2))[:, :, 0], None
