@@ -36,10 +36,11 @@ def test_bench_commands_keep_their_invocations(args, usage):
     assert res.exit_code == 0 and f"Usage: root {usage} [OPTIONS]" in res.output, res.output
 
 
-def test_bench_lists_of_integers_are_parsed_once():
-    assert_input_error(run("bench", "--seeds", "0,x", "--out", "o"), "--seeds", "expected comma-separated integers")
-    assert_input_error(run("bench-budgets", "--budgets", "16,0", "--out", "o"), "--budgets", "integers >= 1")
-    assert_input_error(run("bench", "online", "--seeds", ",", "--out", "o"), "--seeds", "at least one")
+def test_bench_lists_of_integers_are_parsed_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_input_error(run("bench", "--seeds", "0,x", "--out", "o"), "--seeds: expected comma-separated integers")
+    assert_input_error(run("bench-budgets", "--budgets", "16,0", "--out", "o"), "--budgets: expected positive integers")
+    assert_input_error(run("bench", "online", "--seeds", ",", "--out", "o"), "--seeds: expected at least one")
 
 
 def test_library_argument_names_become_each_commands_flags():

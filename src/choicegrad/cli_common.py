@@ -178,26 +178,6 @@ def check_table_out(out: Path, flag: str = "--out") -> Path:
     return check_writable(out, flag)
 
 
-class IntList(list):
-    """Comma-separated integers on the command line ('0,1,2'), parsed by int_list."""
-
-
-def int_list(value: str | list[int], minimum: Optional[int] = None) -> IntList:
-    """'0,1, 2' -> [0, 1, 2]: the typer parser of every comma-separated list of integers (seeds,
-    budgets); a bad value is a usage error naming the flag (exit code 2)."""
-    if isinstance(value, list):               # a default already parsed
-        return IntList(value)
-    try:
-        numbers = IntList(int(p) for p in value.split(",") if p.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not numbers:
-        raise typer.BadParameter("expected at least one integer")
-    if minimum is not None and min(numbers) < minimum:
-        raise typer.BadParameter(f"expected integers >= {minimum}, got {value!r}")
-    return numbers
-
-
 def same_flags(*names: str) -> dict[str, str]:
     """{'data_dir': '--data-dir', ...}: the flags of arguments whose flag is their own name."""
     return {n: "--" + n.replace("_", "-") for n in names}

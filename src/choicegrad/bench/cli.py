@@ -5,14 +5,13 @@ budgets` are the design rounds and quality against inference budget (also `bench
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
 
-from choicegrad.cli_common import IntList, command, int_list, require_bench, same_flags
+from choicegrad.cli_common import command, require_bench, same_flags
 from choicegrad.errors import InputError
 
 
@@ -37,10 +36,30 @@ bench_app = typer.Typer(
 #: The top-level names of the sub-commands, kept from before they were grouped (hidden in the help).
 ALIASES = {"bench-online": "online", "bench-budgets": "budgets"}
 
-Seeds = Annotated[IntList, typer.Option(parser=int_list, metavar="INTS", help="Comma-separated seeds.")]
+Seeds = Annotated[str, typer.Option(help="Comma-separated seeds.")]
 DataDir = Annotated[Optional[Path], typer.Option(help="Folder with tfbind8/gb1/pard3.parquet (default "
                                                       "$CHOICEGRAD_DATA_DIR, else ../shared/data, else the "
                                                       "`choicegrad data fetch` cache).")]
+
+
+def _ints(value: Optional[str], flag: str, problems: list[str], positive: bool = False) -> Optional[list[int]]:
+    """'0,1, 2' -> [0, 1, 2]: the one parser of the commands' lists of integers (seeds, budgets). A bad
+    or empty list adds a 'FLAG: ...' line to `problems` (reported with the command's others) and gives
+    None; None (no such option) stays None."""
+    if value is None:
+        return None
+    try:
+        numbers = [int(p) for p in value.split(",") if p.strip()]
+    except ValueError:
+        problems.append(f"{flag}: expected comma-separated integers, got {value!r}")
+        return None
+    if not numbers:
+        problems.append(f"{flag}: expected at least one integer")
+    elif positive and min(numbers) < 1:
+        problems.append(f"{flag}: expected positive integers, got {value!r}")
+    else:
+        return numbers
+    return None
 
 
 def _names(value: str, what: str, presets: dict[str, tuple]) -> list[str]:
@@ -102,6 +121,7 @@ def bench_cmd(
     task_list = _names(tasks, "tasks", {"standard": STANDARD_TASKS})
     method_list = _names(methods, "methods", {"standard": STANDARD_METHODS, "quick": QUICK_METHODS})
     problems = []
+    seed_list = _ints(seeds, "--seeds", problems)
     for m in method_list:
         try:
             parse_method(m)
@@ -113,7 +133,7 @@ def bench_cmd(
     if problems:
         raise InputError("choicegrad bench", problems)
     try:
-        run_benchmark(task_list, method_list, list(seeds), out, data_dir=data_dir, update=update)
+        run_benchmark(task_list, method_list, seed_list, out, data_dir=data_dir, update=update)
     except FileNotFoundError as exc:
         raise InputError("choicegrad bench", [str(exc)]) from None
     typer.echo(f"results: {out / 'results.csv'}")
@@ -167,6 +187,7 @@ def bench_online_cmd(
             parse_method(m)
         except ValueError as exc:
             problems.append(f"--methods: {str(exc).splitlines()[0]}{did_you_mean(m, ONLINE_METHODS)}")
+    seed_list = _ints(seeds, "--seeds", problems)
     problems += _missing_data([ONLINE_TASKS[t].task for t in task_list if t in ONLINE_TASKS], data_dir)
     if problems:
         raise InputError("choicegrad bench-online", problems)
@@ -177,7 +198,7 @@ def bench_online_cmd(
     change = {k: v for k, v in (("rounds", rounds), ("batch", batch), ("minutes", minutes)) if v is not None}
     specs = {t: dataclasses.replace(ONLINE_TASKS[t], **change) for t in task_list}
     try:
-        run_online(task_list, method_list, list(seeds), out, echo=lambda m: typer.echo(m, err=True), specs=specs,
+        run_online(task_list, method_list, seed_list, out, echo=lambda m: typer.echo(m, err=True), specs=specs,
                    data_dir=data_dir, append=append)
     except FileNotFoundError as exc:
         raise InputError("choicegrad bench-online", [str(exc)]) from None
@@ -205,8 +226,7 @@ def bench_budgets_cmd(
         "autoregressive/reinforce,autoregressive/trajectory-balance",
     peers: Annotated[str, typer.Option(help="Comma-separated peers: random, anneal, genetic, greedy, gradient-ascent.")] =
         "random,anneal,genetic,gradient-ascent",
-    budgets: Annotated[Optional[IntList], typer.Option(
-        parser=functools.partial(int_list, minimum=1), metavar="INTS",
+    budgets: Annotated[Optional[str], typer.Option(
         help="Comma-separated scorer calls per context (default: 16, 64, 128, 160, the task's 1 percent and 4 times it).")] = None,
     seeds: Seeds = "0,1,2",
     jobs: Annotated[int, typer.Option(min=1, help="Tasks run at once, each in its own process with one torch thread "
@@ -238,6 +258,8 @@ def bench_budgets_cmd(
     peer_list = _names(peers, "peers", {})
     problems += [f"--peers: unknown peer {p!r}{did_you_mean(p, list(peer_module.PEERS))}" for p in peer_list
                  if p not in peer_module.PEERS or p == "exhaustive"]
+    seed_list = _ints(seeds, "--seeds", problems)
+    budget_list = _ints(budgets, "--budgets", problems, positive=True)
     problems += _missing_data(task_list, data_dir)
     if docs is not None:
         from choicegrad.io import check_writable
@@ -246,12 +268,12 @@ def bench_budgets_cmd(
     if problems:
         raise InputError("choicegrad bench-budgets", problems)
     try:
-        options = {"pipelines": pipe_list, "peers": peer_list, "budgets": None if budgets is None else list(budgets),
+        options = {"pipelines": pipe_list, "peers": peer_list, "budgets": budget_list,
                    "data_dir": data_dir}
         if jobs > 1 and len(task_list) > 1:
-            run_budgets_parallel(task_list, list(seeds), out, min(jobs, len(task_list)), **options)
+            run_budgets_parallel(task_list, seed_list, out, min(jobs, len(task_list)), **options)
         else:
-            run_budgets(task_list, list(seeds), out, **options)
+            run_budgets(task_list, seed_list, out, **options)
     except FileNotFoundError as exc:
         raise InputError("choicegrad bench-budgets", [str(exc)]) from None
     typer.echo(f"results: {out / 'budgets.csv'}")
