@@ -123,7 +123,8 @@ Workers = Annotated[int, typer.Option(
 
 #: The library arguments both fits take (Run.fit, fit_scorer_run) -> their flags.
 RUN_FLAGS = {**same_flags("out", "features", "score", "context", "train_quantile", "space", "ensemble", "beta", "seed",
-                          "max_minutes", "device", "resume", "overwrite", "checkpoint_minutes", "stream", "workers")}
+                          "max_minutes", "device", "resume", "overwrite", "checkpoint_minutes", "stream", "workers"),
+             "data": "DATA"}
 
 
 def _table_spec(features, score, context, train_quantile, space):
@@ -191,7 +192,7 @@ def fit_scorer_cmd(
 
 
 @app.command("score", epilog="Example: choicegrad score runs/tfbind8 candidates.csv --out scored.csv")
-@command(same_flags("out", "beta", "unknown", "items"))
+@command({**same_flags("out", "beta", "unknown", "items"), "rows": "ROWS"})
 def score_cmd(
     run: Annotated[Path, typer.Argument(help="Run folder written by fit-scorer or fit.")],
     rows: Annotated[Path, typer.Argument(help="Table of rows to score (feature and context columns), CSV or Parquet.")],
@@ -265,7 +266,7 @@ FIT_FLAGS = {**RUN_FLAGS, **same_flags("generator", "method", "steps", "batch_si
                                        "force_generator", "objective", "contexts", "slots", "items", "item_id", "lists",
                                        "list_id", "eligible"),
              "scorer_fit.epochs": "--scorer-epochs", "scale": "--objective-scale", "distinct": "--distinct-items",
-             "log": "DATA"}
+             "log": "DATA", "method/generator": "--method/--generator"}
 
 
 @app.command("fit", epilog="Example: choicegrad fit ../shared/data/tfbind8.parquet --features 's?' --score y "
@@ -588,9 +589,10 @@ def generate_cmd(
                f"{time.perf_counter() - start:.1f} s ({stats['scorer_calls']} {calls} calls) -> {out}")
 
 
-#: Designer's arguments (DesignConfig's fields, ask's n) -> propose's flags.
+#: Designer's arguments (DesignConfig's fields, tell's rows, ask's n, warm_from's and save's path) -> propose's flags.
 PROPOSE_FLAGS = {**same_flags("out", "features", "score", "context", "contexts", "space", "state", "acquisition", "kappa",
-                              "min_distance", "ensemble", "max_minutes", "seed", "device"), "n": "--batch"}
+                              "min_distance", "ensemble", "max_minutes", "seed", "device"),
+                 "n": "--batch", "rows": "MEASURED", "path": "--state"}
 
 
 @app.command("propose", epilog="Example (one design round a week): choicegrad propose measured.csv --features 's?' "

@@ -54,13 +54,9 @@ def require_bench() -> None:
 def flag_of(name: str, flags: Flags) -> str:
     """The flag for library argument `name`, else `name` as it is (a file, a column). An argument of a
     settings model the table does not hold by its dotted name is looked up by its field
-    ('generator_fit.steps' -> '--steps'); 'a/b' maps each part ('method/generator' ->
-    '--method/--generator')."""
+    ('generator_fit.steps' -> '--steps')."""
     if name in flags:
         return flags[name]
-    parts = name.split("/")
-    if len(parts) > 1 and all(p in flags for p in parts):     # not a path such as runs/out
-        return "/".join(flags[p] for p in parts)
     model, _, field = name.rpartition(".")
     if model in MODEL_ARGUMENTS.values() and field in flags:
         return flags[field]
