@@ -21,6 +21,12 @@ MASK_VALUE = -1e9
 #: CDF_VOCABULARY categories or more come as (N, S) long indices instead (`hard_rows`).
 ScoreFn = Callable[[Tensor], Tensor]
 
+#: Vocabularies of at least this many categories are drawn by inverse CDF (`categorical`): one uniform
+#: per draw and one pass over the probabilities per context and slot, instead of Gumbel-max's V
+#: noise values per draw (at 10^5 categories, 128 draws of one slot would take 12.8M). Smaller
+#: vocabularies keep Gumbel-max, so their seeded draws are as before.
+CDF_VOCABULARY = 4096
+
 
 def check_tau(tau, name: str = "tau") -> float:
     """Return `tau` as a float, raising ValueError unless it is a positive finite number."""
@@ -101,8 +107,6 @@ def hard_rows(index: Tensor, V: int) -> Tensor:
     """Hard rows as estimators hand them to score_fn: (..., S) long -> (..., S, V) float32 one-hots,
     or, from CDF_VOCABULARY categories on, the (..., S) indices themselves (one-hots of 32 x 16
     rows of 67 slots over 10^5 categories would take 27 GB)."""
-    from choicegrad.estimators.gumbel import CDF_VOCABULARY
-
     return index if V >= CDF_VOCABULARY else one_hot(index, V)
 
 
