@@ -347,9 +347,10 @@ def fit_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write (scorer, generator, config.json, "
                                                           "metrics.csv).")] = None,
     context: Annotated[Optional[list[str]], CONTEXT] = None,
-    method: Annotated[str, typer.Option(help="Gradient estimator that trains the generator "
-                                              "(reinforce, trajectory-balance, st-gumbel, gumbel-rao, reinmax, st, soft, gumbel, "
-                                              "raml, weighted-ce, aligner: fits a learned similarity first and saves it).")] =
+    method: Annotated[str, typer.Option(help="Gradient estimator that trains the generator: a name of "
+                                              "choicegrad.estimators.available() (an unknown name lists them; "
+                                              "docs/choosing.md compares them). One that needs an aligner fits a "
+                                              "learned similarity first and saves it.")] =
         DEFAULT_METHOD,
     generator: Annotated[str, typer.Option(help="Generator form: autoregressive or factorized.")] = DEFAULT_GENERATOR,
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")] = 0,
@@ -378,10 +379,10 @@ def fit_cmd(
     workers: Annotated[int, WORKERS] = 0,
     objective: Annotated[Optional[str], typer.Option(
         help="Your own score model instead of a fitted scorer: FILE.py:NAME, a function NAME(frame) -> one number per "
-             "row (frame: the feature and context columns, as labels; trained by reinforce or trajectory-balance) or a "
-             "torch.nn.Module instance NAME whose forward(features, context) takes one-hot rows (any method). The "
-             "table is then optional (--space and --contexts instead); the run records the file's sha256, never its "
-             "code.")] = None,
+             "row (frame: the feature and context columns, as labels; trained by a method that reads score values "
+             "only, such as the default) or a torch.nn.Module instance NAME whose forward(features, context) takes "
+             "one-hot rows (any method). The table is then optional (--space and --contexts instead); the run "
+             "records the file's sha256, never its code.")] = None,
     contexts: Annotated[Optional[Path], typer.Option(
         help="With --objective: a table (CSV/Parquet) of the contexts to train for; its columns are the context "
              "columns (numbers numeric, else categorical).")] = None,
