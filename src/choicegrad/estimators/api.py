@@ -16,7 +16,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from choicegrad.estimators.base import MASK_VALUE, check_int, check_tau, normalize_name, one_hot, unknown_name_error
+from choicegrad.estimators.base import MASK_VALUE, REGISTRY, check_int, check_tau, normalize_name, one_hot, unknown_name_error
 from choicegrad.estimators.gumbel import conditional_gumbel, gumbel_max, sample_gumbel
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -80,7 +80,6 @@ def relax_reinmax(theta: Tensor, tau: float, generator: Optional[torch.Generator
 
 
 SELECT_METHODS = ("soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax")
-_NEEDS_SCORE_FN = ("reinforce", "weighted-ce", "raml")
 
 
 def select(logits: Tensor, method: str = "st-gumbel", tau: float = 1.0, *, mask: Optional[Tensor] = None,
@@ -96,11 +95,10 @@ def select(logits: Tensor, method: str = "st-gumbel", tau: float = 1.0, *, mask:
     (computed in fp32). Score-function methods need a score_fn: use choicegrad.estimators.get instead.
     """
     key = normalize_name(method)
-    if key in _NEEDS_SCORE_FN:
-        raise ValueError(f"method {method!r} is a score-function/data-driven estimator: it needs a score_fn "
-                         f"and cannot act as a differentiable choice. Use "
-                         f"choicegrad.estimators.get({key!r})(logits, score_fn, ...) instead; select() "
-                         f"supports {', '.join(SELECT_METHODS)}")
+    if key not in SELECT_METHODS and key in REGISTRY:
+        raise ValueError(f"method {method!r} is a {REGISTRY[key].family} estimator: it needs a score_fn and cannot "
+                         f"act as a differentiable choice. Use choicegrad.estimators.get({key!r})(logits, score_fn, "
+                         f"...) instead; select() supports {', '.join(SELECT_METHODS)}")
     if key not in SELECT_METHODS:
         raise unknown_name_error(method, SELECT_METHODS, what="select method")
     tau = check_tau(tau)

@@ -17,6 +17,10 @@ from torch import Tensor
 #: Logit given to invalid (masked) categories: large, negative and finite (exp() underflows to 0).
 MASK_VALUE = -1e9
 
+#: Registered estimator classes by name (filled by contract.register): here, in the module every other
+#: one imports, so that `select` can tell a registered method from a misspelt one without a cycle.
+REGISTRY: dict[str, type] = {}
+
 #: score_fn(x) -> (N,) scores: x (N, S, V) one-hot or relaxed rows; hard rows of a vocabulary of
 #: CDF_VOCABULARY categories or more come as (N, S) long indices instead (`hard_rows`).
 ScoreFn = Callable[[Tensor], Tensor]

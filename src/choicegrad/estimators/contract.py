@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from choicegrad.errors import InputError
-from choicegrad.estimators.base import ScoreFn, normalize_name, unknown_name_error
+from choicegrad.estimators.base import REGISTRY, ScoreFn, normalize_name, unknown_name_error
 from choicegrad.estimators.policy import LogitsPolicy
 
 
@@ -188,7 +188,7 @@ def _options_model(cls: type[Estimator]) -> type[BaseModel]:
     return pydantic.create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
 
 
-_REGISTRY: dict[str, type[Estimator]] = {}
+_REGISTRY: dict[str, type[Estimator]] = REGISTRY
 
 
 def register(name: str):
