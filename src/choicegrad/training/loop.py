@@ -62,7 +62,8 @@ class GeneratorFit(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)  # an inf or NaN setting would train to NaN weights
 
     method: str = Field("reinforce", description="gradient estimator, see choicegrad.estimators.available()")
-    method_options: dict[str, Any] = Field(default_factory=dict, description="estimator hyperparameters")
+    method_options: dict[str, Any] = Field(default_factory=dict, description="the estimator's options, validated into "
+                                           "its typed ones (Estimator.options_model) when training starts")
     steps: int = Field(1500, ge=0)
     batch_size: int = Field(32, ge=1, description="contexts per step")
     samples: int = Field(16, ge=1, description="rows per context for the estimators that draw several (their k or "

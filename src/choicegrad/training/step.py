@@ -175,7 +175,7 @@ class TrainingStep:
         if self.has_data:
             targets, ctx = self.contexts.data_rows(n, rng)
             return mine(ctx), {"targets": mine(targets)}, 0
-        if "target_scores" not in self.estimator.call_options:   # raml: propose its own candidates
+        if "target_scores" not in self.estimator.call_options:   # it proposes its own candidates (raml)
             return mine(self.contexts.sample(n, rng)), {}, 0
         # no data rows: imitate the best of `samples` own rows per context (cross-entropy method)
         ctx = mine(self.contexts.sample(n, rng))
