@@ -22,7 +22,7 @@ enumeration. Trained on it, with 16 rows per step and the same number of steps:
 Each model's distribution is enumerated (its log-probability of all 256 rows): total variation and both
 KL divergences to pi, the learned log Z against the exact one, P(the best row).
 
-Part 2, the temperature for training (choicegrad.training.step.TB_TEMPERATURE): PottsTask with 6 slots
+Part 2, the temperature for training (choicegrad.estimators.trajectory_balance.TB_TEMPERATURE): PottsTask with 6 slots
 x 6 categories (46,656 rows) and 3 contexts, choicegrad TB at several T against reinforce, measured by
 enumeration per context: the expected score's gap to the optimum, P(optimum), the effective number of
 rows exp(H), the greedy row's gap, and from 128 draws: distinct rows, distinct rows within 0.5 std of the
@@ -51,7 +51,8 @@ from choicegrad.estimators import enumerate_rows
 from choicegrad.generators import AutoregressiveGenerator, GeneratorConfig, TableContext
 from choicegrad.generators.policy import policy_of
 from choicegrad.training.contexts import SampledContexts
-from choicegrad.training.loop import LOG_Z_LR_FACTOR, GeneratorFit
+from choicegrad.estimators.trajectory_balance import LOG_Z_LR_FACTOR
+from choicegrad.training.loop import GeneratorFit
 from choicegrad.training.step import TrainingStep
 
 K = 16   # rows per step (per context)
@@ -115,10 +116,11 @@ def train_choicegrad(land: Landscape, method: str, steps: int, seed: int, option
 
     step = TrainingStep(gen, land.objective(), SampledContexts(draw, validation_size=1), fit)
     if batch_log_z:
-        step.log_z = None
+        step.modules = torch.nn.ModuleDict()      # no learned log Z: the estimator's batch estimate
+    learned = step.modules["log_z"] if "log_z" in step.modules else None
     groups = [{"params": list(gen.parameters())}]
-    if step.log_z is not None:
-        groups.append({"params": list(step.log_z.parameters()), "lr": log_z_factor * fit.lr})
+    if learned is not None:
+        groups.append({"params": list(learned.parameters()), "lr": log_z_factor * fit.lr})
     opt = torch.optim.Adam(groups, lr=fit.lr)
     rng = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -133,7 +135,7 @@ def train_choicegrad(land: Landscape, method: str, steps: int, seed: int, option
     ctx = TableContext(torch.arange(land.C)[:, None], torch.zeros(land.C, 0))
     with torch.no_grad():
         logp = policy_of(gen, ctx).log_prob(land.rows.unsqueeze(0).expand(land.C, -1, -1))    # (C, R)
-        log_z = step.log_z(ctx) if step.log_z is not None else None
+        log_z = learned(ctx) if learned is not None else None
     return gen, logp.exp(), log_z, seconds
 
 

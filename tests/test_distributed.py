@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from choicegrad.bench.tasks import PottsTask
 from choicegrad.data.table import load_table
-from choicegrad.estimators import available
+from choicegrad.estimators import available, get_class
 from choicegrad.estimators.shard import BatchShard
 from choicegrad.generators import GeneratorConfig, build
 from choicegrad.generators.context import TableContext
@@ -155,7 +155,7 @@ def _generator_fits(folder: str) -> dict:
             for kind in ("factorized", "autoregressive"):
                 fit = GeneratorFit(method=method, method_options=options, **GEN_FIT)
                 res = fit_table_generator(scorer, data, GeneratorConfig(kind=kind, hidden=[16]), fit, progress=False,
-                                          aligner=aligner if method == "aligner" else None)
+                                          aligner=aligner if get_class(method).needs_aligner else None)
                 history = [{k: v for k, v in row.items() if k != "seconds"} for row in res.history]
                 out[f"{method} {options} {kind}"] = ({k: v.clone() for k, v in res.generator.state_dict().items()},
                                                      res.scorer_calls, history)

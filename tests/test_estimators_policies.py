@@ -183,3 +183,40 @@ def test_weighted_ce_leaves_missing_and_fixed_slots_out_for_sequential_policy():
     lp = policy.log_prob(targets[:, None], valid=keep[:, None])[:, 0]
     assert torch.allclose(flat_grad(gen, out.loss), flat_grad(gen, -lp.mean()), atol=1e-6)
     assert bool((out.sample[:, 2] == 1).all()) and bool((out.sample >= 0).all())
+
+
+class ToyAligner:
+    """An Aligner's one method the training step uses: rows (N, S) long or (N, S, V) float -> (N, 4) unit vectors."""
+
+    def __init__(self, vocab: int):
+        self.vocab, self.w = vocab, torch.randn(S * vocab, 4, generator=torch.Generator().manual_seed(5))
+
+    def embed(self, x, cat=None, num=None):
+        hot = x.float() if x.is_floating_point() else torch.nn.functional.one_hot(x, self.vocab).float()
+        return torch.nn.functional.normalize(hot.flatten(1) @ self.w, dim=-1)
+
+
+@pytest.mark.parametrize("name", E.available())
+def test_every_estimator_trains_a_generator_with_what_it_declares(name):
+    """TrainingStep gives each registered estimator what its class declares (data rows, an aligner's
+    references, its own modules) with no branch on its name; fit_generator trains it
+    and draws from its own torch.Generator only: the global RNG is left as it was."""
+    from choicegrad.bench.tasks import PlantedTask
+    from choicegrad.data.table import load_table
+    from choicegrad.training.contexts import TableContexts
+    from choicegrad.training.loop import GeneratorFit, fit_generator
+
+    task = PlantedTask(slots=S, vocab=V, contexts=2, modes=2, seed=1)
+    data = load_table(task.table(120, seed=0), "s?", "y", "ctx")
+    cls = E.get_class(name)
+    aligner = ToyAligner(V) if cls.needs_aligner else None
+    torch.manual_seed(0)
+    gen = AutoregressiveGenerator([V] * S, [2], 0, GeneratorConfig(hidden=[8], context_dim=4))
+    before = [p.detach().clone() for p in gen.parameters()]
+    fit = GeneratorFit(method=name, steps=4, batch_size=4, samples=3, warm_start_steps=2, val_every=2, val_samples=4,
+                       seed=3, keep="last")
+    state = torch.get_rng_state()
+    result = fit_generator(gen, task.objective(), TableContexts(data), fit, progress=False, aligner=aligner)
+    assert torch.equal(torch.get_rng_state(), state), name
+    assert any(not torch.equal(a, b) for a, b in zip(before, result.generator.parameters())), name
+    assert result.history and all(math.isfinite(r["loss"]) for r in result.history if r.get("phase") == "train")

@@ -130,7 +130,7 @@ def test_select_mask_and_errors():
     mask = torch.tensor([True, False, True, False])
     x = G.select(logits, "st-gumbel", mask=mask)
     assert bool((x[:, ~mask] == 0).all())
-    for name in ["reinforce", "weighted-ce", "raml"]:
+    for name in sorted(set(G.available()) - set(G.SELECT_METHODS)):   # registered, but no choice of their own
         with pytest.raises(ValueError, match="score_fn") as e:
             G.select(logits, name)
         assert "get(" in str(e.value)
@@ -204,3 +204,48 @@ def test_scorer_rows_are_context_major(name, hp):
 
     out = G.get(name, **hp)(torch.randn(B, S, V), f, fixed=fixed)
     assert torch.allclose(out.scores, (ctx_id + S)[:, None].expand_as(out.scores))
+
+
+def test_every_estimator_declares_what_training_gives_it():
+    """The registry's metadata a training loop reads instead of names: typed options that build the
+    estimator from a GeneratorFit, required call options among its call options, fit defaults that
+    are GeneratorFit fields."""
+    from choicegrad.training.loop import GeneratorFit
+
+    for name in G.available():
+        cls = G.get_class(name)
+        assert set(cls.required_options) <= set(cls.call_options), name
+        assert all(field in GeneratorFit.model_fields for field in cls.fit_defaults.values()), name
+        options = set(cls.options_model().model_fields)
+        assert set(cls.fit_defaults) | set(cls.training_defaults) | set(cls.training_ignores) <= options, name
+        est, step = cls.for_fit(GeneratorFit(method=name))
+        assert isinstance(est, cls) and (step is None) == (cls.step_options is None), name
+        for key, field in cls.fit_defaults.items():
+            assert getattr(est, key) == GeneratorFit().model_dump()[field], (name, key)
+
+
+def test_method_options_are_validated_into_typed_options():
+    from choicegrad.errors import InputError
+    from choicegrad.estimators.trajectory_balance import TB_TEMPERATURE
+    from choicegrad.training.loop import GeneratorFit
+
+    def build(method, **options):
+        return G.get_class(method).for_fit(GeneratorFit(method=method, samples=6, method_options=options))
+
+    assert build("reinforce")[0].k == 6 and build("reinforce", k=3)[0].k == 3       # k from fit.samples unless given
+    assert build("raml")[0].m == 6 and build("trajectory-balance")[0].k == 6
+    assert build("trajectory-balance")[0].temperature == TB_TEMPERATURE == 0.25       # its own training default
+    assert build("trajectory-balance", temperature=2)[0].temperature == 2.0
+    assert build("reinforce", entropy=0.3)[0].entropy == 0.0     # the loop's entropy bonus applies instead
+    assert build("gumbel-rao", k=3.0)[0].k == 3
+    est, refs = build("aligner", references=4)
+    assert (refs.references, refs.reference_share) == (4, 0.2) and not hasattr(est, "references")
+    for method, options, needles in (("reinforce", {"kk": 3}, ['"kk"', "reinforce", 'did you mean "k"']),
+                                     ("raml", {"m": "many"}, ['"m"', "raml"]),
+                                     ("reinforce", {"baseline": "rlo"}, ["reinforce", "rloo"]),
+                                     ("aligner", {"references": 0}, ['"references"', "aligner"]),
+                                     ("st", {"k": 2}, ['"k"', "st has no option"])):
+        with pytest.raises(InputError) as err:
+            build(method, **options)
+        assert err.value.source == "method_options"
+        assert all(n in str(err.value) for n in needles), (str(err.value), needles)

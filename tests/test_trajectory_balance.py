@@ -27,8 +27,9 @@ from choicegrad.generators.context import ItemContext, TableContext
 from choicegrad.generators.policy import policy_of
 from choicegrad.training.contexts import SampledContexts, TableContexts
 from choicegrad.training import loop as loop_module
-from choicegrad.training.loop import LOG_Z_LR_FACTOR, GeneratorFit, fit_generator
-from choicegrad.training.step import TB_TEMPERATURE, LogZ, TrainingStep
+from choicegrad.estimators.trajectory_balance import LOG_Z_LR_FACTOR, TB_TEMPERATURE, LogZ
+from choicegrad.training.loop import GeneratorFit, fit_generator
+from choicegrad.training.step import TrainingStep
 
 S, V, B = 3, 3, 2
 T = 0.7
@@ -214,8 +215,8 @@ def test_training_reaches_the_target_distribution():
     gen = AutoregressiveGenerator([V] * S, [B], 0, GeneratorConfig(hidden=[32], context_dim=4))
     fit = GeneratorFit(method="trajectory-balance", method_options={"temperature": T}, batch_size=16, samples=16)
     step = TrainingStep(gen, objective, contexts, fit)
-    assert step.estimator.k == 16 and step.estimator.temperature == T and step.log_z is not None
-    opt = torch.optim.Adam([{"params": gen.parameters()}, {"params": step.log_z.parameters(), "lr": 5e-2}], lr=5e-3)
+    assert step.estimator.k == 16 and step.estimator.temperature == T and list(step.modules) == ["log_z"]
+    opt = torch.optim.Adam([{"params": gen.parameters()}, {"params": step.modules.parameters(), "lr": 5e-2}], lr=5e-3)
     rng = torch.Generator().manual_seed(0)
     for _ in range(250):
         loss, _ = step(1.0, 0.5, rng)          # the entropy bonus is ignored for trajectory balance
@@ -227,7 +228,7 @@ def test_training_reaches_the_target_distribution():
     rows = E.enumerate_rows(S, V)
     with torch.no_grad():
         p = policy_of(gen, ctx).log_prob(rows.unsqueeze(0).expand(B, -1, S)).exp()
-        learned = step.log_z(ctx)
+        learned = step.modules["log_z"](ctx)
     tv = 0.5 * (p - target).abs().sum(1)
     assert bool((tv < 0.05).all()), tv
     assert torch.allclose(learned, log_z, atol=0.05), (learned, log_z)
@@ -259,13 +260,14 @@ def test_fit_generator_trains_and_checkpoints_log_z(tmp_path, monkeypatch):
     assert first.step_fn.estimator.temperature == TB_TEMPERATURE and first.step_fn.estimator.k == 4
     assert len(first.opt.param_groups) == 2
     assert first.opt.param_groups[1]["lr"] == pytest.approx(LOG_Z_LR_FACTOR * fit.lr)
-    assert bool(first.log_z.ready) and float(first.log_z.bias.detach()) != 0.0
+    log_z = first.modules["log_z"]
+    assert bool(log_z.ready) and float(log_z.bias.detach()) != 0.0
     with pytest.raises(Interrupted):
         run(StopAt(tmp_path / "ck", "generator", 13))
     resumed = run(Checkpointer(tmp_path / "ck", resume=True))
     a, b = full.generator.state_dict(), resumed.generator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    za, zb = first.log_z.state_dict(), loops[-1].log_z.state_dict()
+    za, zb = log_z.state_dict(), loops[-1].modules["log_z"].state_dict()
     assert za.keys() == zb.keys() and all(torch.equal(za[k], zb[k]) for k in za)
     assert (full.best_val, full.scorer_calls) == (resumed.best_val, resumed.scorer_calls)
 

@@ -293,9 +293,11 @@ def fit_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to write (scorer, generator, "
                                                                     "config.json, metrics.csv).")] = None,
     context: Context = None,
-    method: Annotated[str, typer.Option(
-        help="Gradient estimator that trains the generator: any of choicegrad.estimators.available() (a wrong name "
-             "lists them); docs/choosing.md says which for which problem.")] = DEFAULT_METHOD,
+    method: Annotated[str, typer.Option(help="Gradient estimator that trains the generator: a name of "
+                                              "choicegrad.estimators.available() (an unknown name lists them; "
+                                              "docs/choosing.md compares them). One that needs an aligner fits a "
+                                              "learned similarity first and saves it.")] =
+        DEFAULT_METHOD,
     generator: Annotated[str, typer.Option(help="Generator form: autoregressive or factorized.")] = DEFAULT_GENERATOR,
     seed: Seed = 0,
     max_minutes: Annotated[Optional[float], typer.Option(
@@ -322,10 +324,10 @@ def fit_cmd(
     workers: Workers = 0,
     objective: Annotated[Optional[str], typer.Option(
         help="Your own score model instead of a fitted scorer: FILE.py:NAME, a function NAME(frame) -> one number per "
-             "row (frame: the feature and context columns, as labels; trained by reinforce or trajectory-balance) or a "
-             "torch.nn.Module instance NAME whose forward(features, context) takes one-hot rows (any method). The "
-             "table is then optional (--space and --contexts instead); the run records the file's sha256, never its "
-             "code.")] = None,
+             "row (frame: the feature and context columns, as labels; trained by a method that reads score values "
+             "only, such as the default) or a torch.nn.Module instance NAME whose forward(features, context) takes "
+             "one-hot rows (any method). The table is then optional (--space and --contexts instead); the run "
+             "records the file's sha256, never its code.")] = None,
     contexts: Annotated[Optional[Path], typer.Option(
         help="With --objective: a table (CSV/Parquet) of the contexts to train for; its columns are the context "
              "columns (numbers numeric, else categorical).")] = None,

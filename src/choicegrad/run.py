@@ -43,7 +43,7 @@ from choicegrad.data.table import TableData, load_table
 from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budget
 from choicegrad.decoding.rows import MAX_ENUMERATE
 from choicegrad.errors import InputError, did_you_mean
-from choicegrad.estimators import available
+from choicegrad.estimators import available, get_class
 from choicegrad.estimators.gumbel import CDF_VOCABULARY
 from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective, resolve_layout
 from choicegrad.generators.objective import GeneratorLogProb, as_objective
@@ -591,7 +591,7 @@ class Run:
                 if on_scorer is not None:
                     on_scorer(result.metrics)
                 aligner, aligner_info, res = None, None, None
-                if plan is None and generator_fit.method == "aligner":  # the learned similarity the method pulls through
+                if plan is None and get_class(generator_fit.method).needs_aligner:  # the learned similarity it pulls through
                     # fitted (or read back) by rank 0 alone, and sent to the others
                     aligner, aligner_info = distributed.from_main(lambda: _aligner_phase(
                         w, result.scorer, rows, generator_fit.seed,

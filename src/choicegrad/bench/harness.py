@@ -64,8 +64,7 @@ from choicegrad.training.loop import GeneratorFit, SampledContexts, TableContext
 from choicegrad.io import atomic_write_text, write_table
 
 TEMPERATURES = (0.25, 0.5, 1.0, 1.5, 2.0)
-ESTIMATORS = ("soft", "st", "gumbel", "st-gumbel", "gumbel-rao", "reinmax", "reinforce", "weighted-ce", "raml",
-              "aligner", "trajectory-balance")
+ESTIMATORS = tuple(estimators.available())
 DEFAULT_PIPELINE = "autoregressive/reinforce/polish"
 
 
@@ -468,7 +467,7 @@ def train_pipeline(problem: Problem, method: Method, seed: int, progress: bool):
     gen = problem.new_generator(method.generator)
     fit = GeneratorFit(method=method.estimator, steps=spec.steps, seed=seed, max_minutes=spec.train_minutes)
     with PeakMemory() as pm:
-        aligner = problem.aligner() if method.estimator == "aligner" else None
+        aligner = problem.aligner() if estimators.get_class(method.estimator).needs_aligner else None
         result = fit_generator(gen, problem.objective, problem.contexts, fit, progress=progress, aligner=aligner)
     return result, pm.peak_mb
 
@@ -562,7 +561,8 @@ def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[
             trained: dict[tuple[str, str], Any] = {}
             for method in parsed:
                 gen_kind = "pointer" if spec.kind == "items" else method.generator
-                if method.estimator == "aligner" and problem.data is None:
+                if (method.estimator and estimators.get_class(method.estimator).needs_aligner
+                        and problem.data is None):
                     if seed == seeds[0]:
                         log(f"{task_name}: {method.name} skipped: the aligner needs data rows, this task has none")
                     bar.update(1)

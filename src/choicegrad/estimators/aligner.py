@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from choicegrad.estimators.base import ScoreFn, call_scorer, check_tau, score_stats
@@ -34,6 +35,16 @@ def aligner_loss(z: Tensor, positives: Tensor, negatives: Tensor, temperature: f
     return torch.logsumexp(torch.cat([pos, neg], 1), 1) - torch.logsumexp(pos, 1)
 
 
+class AlignerReferences(BaseModel):
+    """The training step's options for the aligner: per context, `references` good and as many bad
+    reference rows of the table, the good ones from its best `reference_share` of rows."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    references: int = Field(8, ge=1)
+    reference_share: float = Field(0.2, ge=0, le=1)
+
+
 @register("aligner")
 class AlignerMethod(Estimator):
     """Contrastive pull towards good reference rows in aligner space (+ optional scorer signal)."""
@@ -41,6 +52,9 @@ class AlignerMethod(Estimator):
     uses_tau = True
     family = "learned"
     call_options = ("tau", "embed", "positives", "negatives")
+    required_options = ("embed", "positives", "negatives")
+    needs_aligner = True
+    step_options = AlignerReferences
 
     def __init__(self, tau: float = 1.0, temperature: float = 0.1, score_weight: float = 0.0,
                  relaxation: str = "st-gumbel"):

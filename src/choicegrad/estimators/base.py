@@ -17,9 +17,19 @@ from torch import Tensor
 #: Logit given to invalid (masked) categories: large, negative and finite (exp() underflows to 0).
 MASK_VALUE = -1e9
 
+#: Registered estimator classes by name (filled by contract.register): here, in the module every other
+#: one imports, so that `select` can tell a registered method from a misspelt one without a cycle.
+REGISTRY: dict[str, type] = {}
+
 #: score_fn(x) -> (N,) scores: x (N, S, V) one-hot or relaxed rows; hard rows of a vocabulary of
 #: CDF_VOCABULARY categories or more come as (N, S) long indices instead (`hard_rows`).
 ScoreFn = Callable[[Tensor], Tensor]
+
+#: Vocabularies of at least this many categories are drawn by inverse CDF (`categorical`): one uniform
+#: per draw and one pass over the probabilities per context and slot, instead of Gumbel-max's V
+#: noise values per draw (at 10^5 categories, 128 draws of one slot would take 12.8M). Smaller
+#: vocabularies keep Gumbel-max, so their seeded draws are as before.
+CDF_VOCABULARY = 4096
 
 
 def check_tau(tau, name: str = "tau") -> float:
@@ -101,8 +111,6 @@ def hard_rows(index: Tensor, V: int) -> Tensor:
     """Hard rows as estimators hand them to score_fn: (..., S) long -> (..., S, V) float32 one-hots,
     or, from CDF_VOCABULARY categories on, the (..., S) indices themselves (one-hots of 32 x 16
     rows of 67 slots over 10^5 categories would take 27 GB)."""
-    from choicegrad.estimators.gumbel import CDF_VOCABULARY
-
     return index if V >= CDF_VOCABULARY else one_hot(index, V)
 
 

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
-from typing import Optional
+import typing
+from typing import Any, Callable, ClassVar, Optional
 
+import pydantic
 import torch
-from torch import Tensor
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
 
-from choicegrad.estimators.base import ScoreFn, normalize_name, unknown_name_error
+from choicegrad.errors import InputError
+from choicegrad.estimators.base import REGISTRY, ScoreFn, normalize_name, unknown_name_error
 from choicegrad.estimators.policy import LogitsPolicy
 
 
@@ -55,13 +60,35 @@ class Estimator:
     (B, S, V) bool, True = valid; fixed: (B, S) long, -1 = free slot; generator: a torch.Generator for
     all randomness.
     `extra` holds per-call options listed in `call_options`. Subclasses implement `estimate`.
+
+    What a training loop (choicegrad.training.step) reads, so that it never branches on a name: the
+    class attributes below, `options_model` (its typed options, GeneratorFit.method_options validated
+    into them, see `for_fit`), and the hooks `modules` / `module_options` / `after_step` for trainable
+    parameters of its own (trajectory balance's log Z).
     """
 
     name: str = ""
-    uses_tau: bool = False  #: whether a `tau=` per-call override (and a temperature schedule) applies
+    uses_tau: bool = False  #: whether a `tau=` per-call override (and the loop's temperature schedule) applies
     call_options: tuple[str, ...] = ()
+    required_options: tuple[str, ...] = ()  #: the call options it cannot run without
     wants_data_rows: bool = False  #: a training loop should pass data rows as `targets`
     family: str = ""  #: pathwise, score-function, supervised, learned or reward-proportional (listings, docs)
+    #: hyperparameter -> the GeneratorFit field that is its default in training (e.g. {"k": "samples"})
+    fit_defaults: ClassVar[dict[str, str]] = {}
+    #: hyperparameters whose default in training differs from the constructor's
+    training_defaults: ClassVar[dict[str, Any]] = {}
+    #: options a training loop drops because it does that part itself (reinforce's entropy: the loop's bonus)
+    training_ignores: ClassVar[tuple[str, ...]] = ()
+    #: options of the training step rather than of the estimator (a pydantic model; None: none)
+    step_options: ClassVar[Optional[type[BaseModel]]] = None
+    #: needs an Aligner, and reference rows of a table (its per-call embed / positives / negatives)
+    needs_aligner: ClassVar[bool] = False
+    #: amortised-search weight when GeneratorFit.distill is None (None: the loop's default)
+    default_distill: ClassVar[Optional[float]] = None
+    #: whether the loop's entropy bonus is added to its loss
+    entropy_bonus: ClassVar[bool] = True
+    #: learning rate of its `modules` relative to the generator's
+    module_lr: ClassVar[float] = 1.0
 
     def __call__(self, policy, score_fn: ScoreFn, *, mask: Optional[Tensor] = None,
                  fixed: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
@@ -81,6 +108,58 @@ class Estimator:
                  **extra) -> EstimatorOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # -- what a training loop asks of an estimator (defaults: nothing of its own) ------------------------
+
+    def modules(self, gen) -> dict[str, nn.Module]:
+        """Trainable modules it adds for generator `gen` (on its device), by checkpoint key; the loop
+        optimises them with the generator (at `module_lr` times its learning rate) and saves them."""
+        return {}
+
+    def module_options(self, modules: dict[str, nn.Module], ctx) -> dict[str, Any]:
+        """Per-call options computed by its `modules` for the batch's contexts `ctx`."""
+        return {}
+
+    def after_step(self, modules: dict[str, nn.Module], out: EstimatorOutput,
+                   whole: Callable[[Tensor], Tensor]) -> None:
+        """After the loss of a training step; whole(t) is the global batch of a per-context tensor
+        (data parallelism; t itself in one process)."""
+
+    @classmethod
+    def options_model(cls) -> type[BaseModel]:
+        """Its typed options: the constructor's keyword arguments (annotated types, defaults) and the
+        training step's `step_options`; unknown names are refused."""
+        return _options_model(cls)
+
+    @classmethod
+    def for_fit(cls, fit) -> tuple["Estimator", Optional[BaseModel]]:
+        """(the estimator, its step options) for a GeneratorFit: fit.method_options validated into the
+        typed options, with the training defaults (`fit_defaults`, `training_defaults`) where unset.
+        InputError('method_options') naming the option and the method when one is unknown or invalid."""
+        given = dict(fit.method_options)
+        accepted = set(cls.options_model().model_fields)
+        unknown = sorted(set(given) - accepted)
+        if unknown:
+            raise InputError("method_options", [f'{cls.name} has no option "{k}"{_did_you_mean(k, accepted)}; its '
+                                                f"options: {', '.join(sorted(accepted))}" for k in unknown])
+        for key, field in cls.fit_defaults.items():
+            given.setdefault(key, getattr(fit, field))
+        for key, value in cls.training_defaults.items():
+            given.setdefault(key, value)
+        try:
+            options = cls.options_model().model_validate(given)
+        except pydantic.ValidationError as err:
+            raise InputError("method_options", [f"{cls.name} option \"{'.'.join(map(str, e['loc']))}\": {e['msg']}"
+                                                for e in err.errors()]) from None
+        values = options.model_dump(exclude_unset=True)
+        step_keys = set(cls.step_options.model_fields) if cls.step_options is not None else set()
+        hyper = {k: v for k, v in values.items() if k not in step_keys and k not in cls.training_ignores}
+        try:
+            est = cls(**hyper)
+        except ValueError as err:
+            raise InputError("method_options", [f"{cls.name}: {err}"]) from None
+        steps = cls.step_options(**{k: v for k, v in values.items() if k in step_keys}) if step_keys else None
+        return est, steps
+
     def hyperparameters(self) -> dict:
         """Constructor arguments of this instance."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
@@ -91,7 +170,25 @@ class Estimator:
         return f"{type(self).__name__}({args})"
 
 
-_REGISTRY: dict[str, type[Estimator]] = {}
+def _did_you_mean(name: str, options) -> str:
+    close = difflib.get_close_matches(name, sorted(options), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+@functools.cache
+def _options_model(cls: type[Estimator]) -> type[BaseModel]:
+    hints = typing.get_type_hints(cls.__init__)
+    fields: dict[str, Any] = {}
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            fields[p.name] = (hints.get(p.name, Any), p.default if p.default is not p.empty else ...)
+    name = f"{cls.__name__}Options"
+    if cls.step_options is not None:
+        return pydantic.create_model(name, __base__=cls.step_options, **fields)
+    return pydantic.create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+
+
+_REGISTRY: dict[str, type[Estimator]] = REGISTRY
 
 
 def register(name: str):

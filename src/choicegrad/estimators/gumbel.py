@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from choicegrad.estimators.base import check_int, check_tau, one_hot
+from choicegrad.estimators.base import CDF_VOCABULARY, check_int, check_tau, one_hot
 from choicegrad.estimators.shard import BatchShard
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -82,11 +82,6 @@ def conditional_gumbel(logits: Tensor, index: Tensor, k: int = 1, *,
         return others.scatter(-1, idx, top)
 
 
-#: Vocabularies of at least this many categories are drawn by inverse CDF (`categorical`): one uniform
-#: per draw and one pass over the probabilities per context and slot, instead of Gumbel-max's V
-#: noise values per draw (at 10^5 categories, 128 draws of one slot would take 12.8M). Smaller
-#: vocabularies keep Gumbel-max, so their seeded draws are as before.
-CDF_VOCABULARY = 4096
 #: Inverse-CDF draws find a block of this many categories first (float64 sums over blocks), then the
 #: category within it (float32 sums over the block alone): fp32 precision without fp64 passes over V.
 CDF_BLOCK = 128

@@ -1,6 +1,6 @@
 """Pathwise (relaxed / straight-through) estimators; they need a score_fn differentiable w.r.t. x.
 
-Each asks the policy for a relaxed row (`Policy.relaxed`, built on relax.py) and maximises its score.
+Each asks the policy for a relaxed row (`Policy.relaxed`, built on the relaxations of api.py) and maximises its score.
 """
 
 from __future__ import annotations

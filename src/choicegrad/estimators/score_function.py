@@ -28,6 +28,8 @@ class Reinforce(Estimator):
     """
 
     family = "score-function"
+    fit_defaults = {"k": "samples"}
+    training_ignores = ("entropy",)   # a training loop adds its own entropy bonus, to every method
 
     def __init__(self, *, k: int = 4, baseline: str = "rloo", entropy: float = 0.0):
         k = check_int(k, "k")

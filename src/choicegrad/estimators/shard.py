@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from choicegrad import distributed
 from choicegrad.distributed import share_sizes
 
 
@@ -89,8 +90,6 @@ class BatchShard:
     def whole(self, part: Tensor) -> Tensor:
         """The global batch's tensor (size, ...) from every rank's share `part` (len(self), ...),
         gathered over the ranks in rank order; no gradient."""
-        from choicegrad import distributed
-
         if part.shape[0] != len(self):
             raise ValueError(f"whole: expected this rank's {len(self)} rows, got {tuple(part.shape)}")
         return distributed.gather_parts(part.detach(), [hi - lo for lo, hi in self.bounds])

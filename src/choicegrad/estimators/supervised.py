@@ -79,6 +79,7 @@ class WeightedCE(Estimator):
     """
 
     call_options = ("targets", "target_scores")
+    required_options = ("targets",)
     family = "supervised"
     wants_data_rows = True
 
@@ -130,6 +131,7 @@ class RAML(Estimator):
 
     call_options = ("targets",)
     family = "supervised"
+    fit_defaults = {"m": "samples"}
 
     def __init__(self, *, m: int = 8, temperature: float = 1.0, edit_prob: float = 0.2, data: bool = False):
         m = check_int(m, "m")

@@ -8,8 +8,10 @@ are divided by the objective's `scale` (the scorer's score std), so the entropy 
 standard deviations per nat". Optional warm start: maximum likelihood on the best data rows of each
 context (missing slots masked). Validation every `val_every` steps on fixed contexts; the best state
 is kept (early stopping). Metrics go to RUN/metrics.csv; progress to stderr (choicegrad.progress).
-Trajectory balance also learns a log Z per context (TrainingStep.log_z), with the same Adam at
-LOG_Z_LR_FACTOR times the learning rate, saved in the checkpoint with the rest.
+An estimator may add trainable modules of its own (Estimator.modules: trajectory balance's log Z per
+context): the same Adam trains them at the estimator's `module_lr` times the learning rate, and the
+checkpoint saves them under their keys with the rest. All the loop's randomness comes from one
+torch.Generator seeded with fit.seed (its state is checkpointed): the global RNG is not reseeded.
 
 Data-parallel under torchrun (choicegrad.distributed.join first): every rank draws each step's
 global batch from the same seeded generator and trains on its share of the contexts (TrainingStep;
@@ -50,11 +52,6 @@ from choicegrad.training.contexts import SampledContexts, TableContexts
 from choicegrad.training.log import METRIC_FIELDS, MetricsLog
 from choicegrad.training.step import TrainingStep, entropy_at
 
-#: Learning rate of trajectory balance's log Z relative to fit.lr (the policy's): 0.1 at the default lr,
-#: the trajectory-balance paper's log Z rate. Log Z must keep up with the policy: at 10x, on-policy TB
-#: collapsed onto the best row at T = 0.25 std (benchmarks/trajectory_balance.py, docs/gradients.md).
-LOG_Z_LR_FACTOR = 50.0
-
 __all__ = ["METRIC_FIELDS", "GeneratorFit", "GeneratorResult", "SampledContexts", "TableContexts", "fit_generator",
            "fit_table_generator"]
 
@@ -65,10 +62,12 @@ class GeneratorFit(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)  # an inf or NaN setting would train to NaN weights
 
     method: str = Field("reinforce", description="gradient estimator, see choicegrad.estimators.available()")
-    method_options: dict[str, Any] = Field(default_factory=dict, description="estimator hyperparameters")
+    method_options: dict[str, Any] = Field(default_factory=dict, description="the estimator's options, validated into "
+                                           "its typed ones (Estimator.options_model) when training starts")
     steps: int = Field(1500, ge=0)
     batch_size: int = Field(32, ge=1, description="contexts per step")
-    samples: int = Field(16, ge=1, description="rows per context for reinforce (k) and raml (m)")
+    samples: int = Field(16, ge=1, description="rows per context for the estimators that draw several (their k or "
+                         "m: Estimator.fit_defaults)")
     lr: float = Field(2e-3, gt=0)
     entropy: float = Field(0.5, ge=0, description="entropy bonus coefficient (per nat, in score std units); "
                            "enough that the draws cover several basins for the decoder to climb")
@@ -145,6 +144,11 @@ def validate(gen: Generator, objective, ctx: Context, fit: GeneratorFit) -> tupl
     return float(top_distinct_value(rows, scores).mean()), distinct_per_context(rows), calls
 
 
+#: The training state's own keys (`_Loop.state`); an estimator's modules are saved beside them under theirs.
+STATE_KEYS = ("gen", "opt", "rng", "phase", "warm_step", "step", "calls", "bad", "best_val", "best_state", "running",
+              "log", "seconds", "distill")
+
+
 class _Loop:
     """The state of one fit_generator call: optimiser, RNG, log, best validation state, call count,
     and where it is (warm-start step, training step), so that a checkpoint resumes to the same result."""
@@ -159,15 +163,17 @@ class _Loop:
                                             "data-parallel ranks (torchrun): each needs at least one; ask for a "
                                             f"batch of at least {world.size} contexts"])
         self.device = device = torch.device(fit.device)
-        torch.manual_seed(fit.seed)
         self.rng = torch.Generator(device=device).manual_seed(fit.seed)
         objective = as_objective(objective).prepare(device)
         self.gen, self.objective, self.contexts, self.fit = gen.to(device).train(), objective, contexts, fit
         self.step_fn = TrainingStep(self.gen, objective, contexts, fit, aligner)
         groups = [{"params": list(self.gen.parameters())}]
-        self.log_z = self.step_fn.log_z          # trajectory balance's learned log Z (None for other methods)
-        if self.log_z is not None:               # log Z moves faster than the policy, as is usual for TB
-            groups.append({"params": list(self.log_z.parameters()), "lr": LOG_Z_LR_FACTOR * fit.lr})
+        self.modules = self.step_fn.modules      # the estimator's own trainable modules (most have none)
+        clash = sorted(set(self.modules) & set(STATE_KEYS))
+        if clash:
+            raise ValueError(f"{fit.method}'s modules {clash} take keys of the training state {STATE_KEYS}")
+        if len(self.modules):
+            groups.append({"params": list(self.modules.parameters()), "lr": self.step_fn.estimator.module_lr * fit.lr})
         self.opt = torch.optim.Adam(groups, lr=fit.lr)
         self.calls, self.bad, self.warm_step, self.step, self.phase = 0, 0, 0, 0, "warm"
         self.best_val, self.best_state = -math.inf, None
@@ -175,7 +181,7 @@ class _Loop:
         self.ckpt = checkpoint
         state = checkpoint.load("generator") if checkpoint is not None and world.main else None
         if world.distributed:   # rank 0's start (its generator, its checkpoint): other ranks read no file
-            buffers = [*self.gen.buffers(), *(self.log_z.buffers() if self.log_z is not None else ())]
+            buffers = [*self.gen.buffers(), *self.modules.buffers()]
             distributed.broadcast_tensors(self.parameters() + [b for b in buffers if b.is_floating_point()])
             state = distributed.share(state)
         if state is not None:
@@ -184,7 +190,7 @@ class _Loop:
                               rows=state["log"] if state is not None else ())
 
     def parameters(self) -> list[Tensor]:
-        """Every parameter the optimiser updates (the generator's, and trajectory balance's log Z)."""
+        """Every parameter the optimiser updates (the generator's, and the estimator's modules')."""
         return [p for group in self.opt.param_groups for p in group["params"]]
 
     def seconds(self) -> float:
@@ -203,16 +209,17 @@ class _Loop:
                  "phase": self.phase, "warm_step": self.warm_step, "step": self.step, "calls": self.calls,
                  "bad": self.bad, "best_val": self.best_val, "best_state": self.best_state, "running": self.running,
                  "log": self.log.rows, "seconds": self.seconds()}
-        if self.log_z is not None:
-            state["log_z"] = self.log_z.state_dict()
+        for key, module in self.modules.items():
+            state[key] = module.state_dict()
         if self.step_fn.distill is not None:
             state["distill"] = self.step_fn.distill.state()
         return state
 
     def restore(self, state: dict) -> None:
         self.gen.load_state_dict(state["gen"])
-        if self.log_z is not None and state.get("log_z") is not None:   # checkpoints before TB have none
-            self.log_z.load_state_dict(state["log_z"])
+        for key, module in self.modules.items():
+            if state.get(key) is not None:      # checkpoints from before the module have none
+                module.load_state_dict(state[key])
         if self.step_fn.distill is not None and state.get("distill") is not None:
             self.step_fn.distill.restore(state["distill"])
         self.opt.load_state_dict(state["opt"])
@@ -387,8 +394,9 @@ def fit_table_generator(scorer, data: TableData, config=None, fit: Optional[Gene
     (warm start on `data`'s best rows), maximising the scorer (with `fit.beta` pessimism)."""
     check_scorer(scorer, "fit_table_generator")
     fit = fit or GeneratorFit()
-    torch.manual_seed(fit.seed)
-    gen = build(config or GeneratorConfig(), space=scorer.space, context=scorer.context)
+    with torch.random.fork_rng(devices=[]):    # the generator's initial weights from fit.seed; the caller's RNG left as it was
+        torch.manual_seed(fit.seed)
+        gen = build(config or GeneratorConfig(), space=scorer.space, context=scorer.context)
     contexts = TableContexts(data, device=fit.device)
     return fit_generator(gen, TableObjective(scorer, beta=fit.beta), contexts, fit, run_dir=run_dir, progress=progress,
                          aligner=aligner, checkpoint=checkpoint)
