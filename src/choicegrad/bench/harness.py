@@ -44,7 +44,8 @@ from torch import Tensor
 from choicegrad import estimators
 from choicegrad.bench import peers
 from choicegrad.bench.metrics import candidate_report, normalise
-from choicegrad.bench.report import machine_line, write_report
+from choicegrad.bench.report import write_report
+from choicegrad.bench.report_format import machine_line, read_csv
 from choicegrad.bench.tasks import ItemSelectionTask, get_task
 from choicegrad.bench.tasks.items import SlateTask
 from choicegrad.bench.tasks.contextual import CONTEXTUAL
@@ -493,12 +494,11 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def _kept(out: Path, tasks: Sequence[str]) -> tuple[dict[str, pd.DataFrame], dict, list[str]]:
     """What `update` keeps of an earlier run in OUT: its csv frames and setup without `tasks`, and
     its order of tasks. InputError for a file that is not a benchmark output."""
-    from choicegrad.bench.report import _read
     from choicegrad.io import read_json_object
 
     frames, order = {}, []
     for name in ("results", "curves", "training"):
-        old = _read(out / f"{name}.csv")
+        old = read_csv(out / f"{name}.csv")
         if old is None:
             continue
         if "task" not in old.columns:
