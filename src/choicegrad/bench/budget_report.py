@@ -24,7 +24,7 @@ from choicegrad.io import atomic_write_text, read_table
 
 DEFAULT = "autoregressive/reinforce"
 PEERS_ORDER = ("random", "anneal", "genetic", "gradient-ascent", "greedy")
-ITEM_TASKS = ("items", "slates")   # judged on unseen lists by the normalised top-1 (bench.harness.ITEM_TASKS)
+ITEM_TASKS = ("items", "slates")   # judged on unseen lists by the normalised top-1 (the item tasks of bench.harness.SPECS)
 
 
 def _methods(curve: pd.DataFrame, task: str) -> list[str]:
