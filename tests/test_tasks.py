@@ -354,7 +354,7 @@ def tiny(name: str) -> BenchmarkTask:
 @pytest.mark.parametrize("name", list(TASKS))
 def test_task_contract(name):
     task = tiny(name)
-    assert isinstance(task, BenchmarkTask) and task.kind in KINDS
+    assert isinstance(task, BenchmarkTask) and task.kind in KINDS and task.name == name
     S = task.num_slots
     if task.kind == "items":
         assert task.space is None
@@ -398,7 +398,7 @@ def test_task_contract(name):
         task.truth(ctx, rows[:2])                                           # (R, S): not (B, M, S)
     # the training table: deterministic per seed, loadable, scored by the truth
     if task.kind == "items":
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(ValueError, match="no training table"):
             task.training_table("random", n=20, seed=0)
         return
     n = 12 if task.kind == "table" and len(ctx) * R >= 12 else 5

@@ -99,8 +99,8 @@ class BenchmarkTask(ABC):
     def training_table(self, protocol: str = "random", n: Optional[int] = None, seed: int = 0) -> pd.DataFrame:
         """What a scorer learns from: [context columns] + slot names + "y", rows chosen by `protocol`
         ("random"; table tasks also "below-median"), the same table for the same seed. Item tasks
-        have none (the reward itself is the objective): NotImplementedError."""
-        raise NotImplementedError(f"{type(self).__name__}: an {self.kind} task trains on its reward, not on a table")
+        have none (the reward itself is the objective): ValueError, as for any protocol a task lacks."""
+        raise ValueError(f"{self.name}: an {self.kind} task trains on its reward and has no training table")
 
 
 def check_rows(rows: Tensor, b: int, s: int) -> int:

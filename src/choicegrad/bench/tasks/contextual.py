@@ -202,4 +202,3 @@ def mixed_ctx(seed: int = 0, **options) -> ContextualTask:
     return ContextualTask("mixed-ctx", **{"dims": 4, "sites": 8, "seed": seed + 7, **options})
 
 
-CONTEXTUAL = {"potts-ctx": potts_ctx, "mixed-ctx": mixed_ctx}

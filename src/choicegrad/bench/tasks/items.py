@@ -91,6 +91,8 @@ class ItemTask(BenchmarkTask):
 class PickFiveTask(ItemTask):
     """Items uniform in [0, 10]; `slots` slots; list lengths drawn from `lengths` (inclusive)."""
 
+    name = "pick-five"
+
     def __init__(self, slots: int = 3, lengths: tuple[int, int] = (4, 16), target: float = 5.0,
                  integer: bool = True):
         self.slots, self.lengths, self.target, self.integer = slots, lengths, float(target), integer
@@ -138,6 +140,8 @@ class ItemSelectionTask(ItemTask):
     item for one slot depends on the items in the others. Items are standard normal; list lengths are
     uniform in `lengths` (inclusive). The same item may fill several slots.
     """
+
+    name = "items"
 
     def __init__(self, slots: int = 3, dim: int = 4, lengths: tuple[int, int] = (6, 12), coupling: float = 1.0,
                  seed: int = 0):
@@ -215,6 +219,8 @@ class SlateTask(ItemTask):
     """
 
     distinct = True
+
+    name = "slates"
 
     def __init__(self, slots: int = 3, lengths: tuple[int, int] = (8, 12), topics: int = 4, noise: int = 2,
                  rho: float = 0.5, affinity: float = 1.5, bias: float = 0.0):
