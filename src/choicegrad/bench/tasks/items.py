@@ -26,7 +26,6 @@ from torch import Tensor
 from choicegrad.generators.context import ItemContext
 from choicegrad.generators.objective import ItemObjective
 from choicegrad.bench.metrics import gap_closed, normalise
-from choicegrad.bench.tasks import stats as st
 from choicegrad.bench.tasks.base import BenchmarkTask, check_rows
 from choicegrad.bench.tasks.landscape import rows_at
 
@@ -218,9 +217,8 @@ class SlateTask(ItemTask):
     distinct rows only, and peers should search with distinct=True.
     """
 
-    distinct = True
-
     name = "slates"
+    distinct = True
 
     def __init__(self, slots: int = 3, lengths: tuple[int, int] = (8, 12), topics: int = 4, noise: int = 2,
                  rho: float = 0.5, affinity: float = 1.5, bias: float = 0.0):
