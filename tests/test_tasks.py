@@ -15,8 +15,10 @@ import torch
 from choicegrad.data.table import load_table
 from choicegrad.errors import InputError
 from choicegrad.generators import ItemObjective
-from choicegrad.bench.tasks import TASKS, ItemSelectionTask, Landscape, get_task
+from choicegrad.bench.tasks import TASKS, BenchmarkTask, ItemSelectionTask, Landscape, get_task
 from choicegrad.bench.tasks import registry
+from choicegrad.bench.tasks.base import KINDS
+from choicegrad.data.space import ChoiceSpace
 from choicegrad.bench.tasks.stats import nan_stats
 from choicegrad.bench.tasks.synthetic import ehrlich, grid_space, nk, potts
 
@@ -247,7 +249,8 @@ def test_training_table_loads_through_load_table():
 
 # --- registry -------------------------------------------------------------------------------------
 def test_registry():
-    assert set(TASKS) == {"potts", "nk2", "nk3", "nk4", "ehrlich", "tfbind8", "gb1", "pard3"}
+    assert set(TASKS) == {"potts", "nk2", "nk3", "nk4", "ehrlich", "planted", "tfbind8", "gb1", "pard3",
+                          "potts-ctx", "mixed-ctx", "items", "slates", "pick-five"}
     L = get_task("nk4", slots=4, vocab=2, contexts=2)
     assert L.name == "nk4" and L.model.k == 4
     with pytest.raises(ValueError, match='did you mean "potts"'):
@@ -324,3 +327,100 @@ def test_real_landscapes_are_looked_up_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("CHOICEGRAD_CACHE", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="choicegrad data fetch gb1"):
         registry.find_task_data("gb1", arg_dir)
+
+
+# --- the contract every registered task passes ------------------------------------------------------
+# a tiny instance of every registered task (the real landscapes take no options: their own files)
+TINY = {
+    "potts": dict(slots=3, vocab=3, contexts=2), "nk2": dict(slots=3, vocab=3, contexts=2),
+    "nk3": dict(slots=3, vocab=3, contexts=2), "nk4": dict(slots=4, vocab=2, contexts=2),
+    "ehrlich": dict(slots=4, vocab=3, motifs=2, motif_length=2, contexts=2),
+    "planted": dict(slots=3, vocab=3, contexts=2, modes=2),
+    "tfbind8": None, "gb1": None, "pard3": None,
+    "potts-ctx": dict(slots=3, vocab=3, dims=2), "mixed-ctx": dict(slots=3, vocab=3, dims=2),
+    "items": dict(slots=2, dim=3, lengths=(2, 4)), "slates": dict(slots=2, lengths=(2, 4), topics=2, noise=0),
+    "pick-five": dict(slots=2, lengths=(2, 4)),
+}
+
+
+def test_every_registered_task_has_a_tiny_instance_in_the_contract_tests():
+    assert set(TINY) == set(TASKS)
+
+
+def tiny(name: str) -> BenchmarkTask:
+    return real(name) if TINY[name] is None else get_task(name, **TINY[name])
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_task_contract(name):
+    task = tiny(name)
+    assert isinstance(task, BenchmarkTask) and task.kind in KINDS and task.name == name
+    S = task.num_slots
+    if task.kind == "items":
+        assert task.space is None
+    else:
+        assert isinstance(task.space, ChoiceSpace) and task.space.num_slots == S
+    ctx = task.contexts(3, seed=1)
+    B = len(ctx)
+    assert B == (task.num_contexts if task.kind == "table" else 3)
+    allowed = task.allowed(ctx)
+    assert allowed.dtype == torch.bool and allowed.shape[:2] == (B, S) and bool(allowed.any(-1).all())
+    # enumerate_truth: every row of the space, the same rows in every context, inside the vocabularies
+    values, rows = task.enumerate_truth(ctx)
+    R = len(rows)
+    assert values.shape == (B, R) and rows.shape == (R, S) and not rows.is_floating_point()
+    assert int(rows.min()) >= 0 and int(rows.max()) < allowed.shape[-1]
+    assert len({tuple(r) for r in rows[: 1 << 14].tolist()}) == min(R, 1 << 14)        # distinct rows
+    feasible = torch.isfinite(values)
+    assert bool(feasible.any(1).all()) and not bool(torch.isinf(values).any())        # NaN marks "no score"
+    # truth agrees with the enumeration (on a sample of rows for the large real landscapes)
+    pick = torch.randperm(R, generator=torch.Generator().manual_seed(0))[:4096]
+    got = task.truth(ctx, rows[pick].expand(B, -1, -1))
+    assert got.shape == (B, len(pick)) and got.dtype == torch.float32
+    ok = feasible[:, pick]
+    torch.testing.assert_close(got[ok], values[:, pick][ok].float())
+    # statistics are those of the enumerated truth; the optimum attains the max
+    stats = task.statistics(ctx)
+    assert set(stats) == {"min", "max", "mean", "median"} and all(v.shape == (B,) for v in stats.values())
+    want = nan_stats(values)
+    for k in ("min", "max", "median"):
+        torch.testing.assert_close(stats[k].float(), want[k].float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats["mean"].double(), want["mean"].double(), rtol=1e-4, atol=1e-4)
+    assert bool((stats["min"] <= stats["mean"] + 1e-5).all() & (stats["mean"] <= stats["max"] + 1e-5).all())
+    best_rows, best = task.optimum(ctx)
+    assert best_rows.shape == (B, S)
+    torch.testing.assert_close(best.float(), stats["max"].float())
+    torch.testing.assert_close(task.truth(ctx, best_rows[:, None])[:, 0], best.float())
+    # the same seed gives the same contexts
+    again = task.contexts(3, seed=1)
+    torch.testing.assert_close(task.truth(again, rows[pick].expand(B, -1, -1)), got, equal_nan=True)
+    with pytest.raises(ValueError, match="rows"):
+        task.truth(ctx, rows[:2])                                           # (R, S): not (B, M, S)
+    # the training table: deterministic per seed, loadable, scored by the truth
+    if task.kind == "items":
+        with pytest.raises(ValueError, match="no training table"):
+            task.training_table("random", n=20, seed=0)
+        return
+    n = 12 if task.kind == "table" and len(ctx) * R >= 12 else 5
+    table = task.training_table("random", n=n, seed=0)
+    pd.testing.assert_frame_equal(table, task.training_table("random", n=n, seed=0))
+    assert len(table) == n and list(table.columns[-S - 1:]) == [*task.space.names, "y"]
+    assert not table.equals(task.training_table("random", n=n, seed=1))
+    data = load_table(table, task.space.names, "y", task.context_columns)
+    assert len(data) == n and np.isfinite(table["y"].to_numpy()).all()
+    rows_n = task.space.encode(table[task.space.names])[:, None]                   # (n, 1, S) task categories
+    if task.kind == "table":
+        labels = task.context_labels or [None]
+        ids = torch.tensor([labels.index(c) for c in (table[task.context_column] if task.context_column
+                                                       else [None] * n)])
+        y = task.truth(ids, rows_n)[:, 0]
+    else:
+        y = task.truth(table, rows_n)[:, 0]
+    torch.testing.assert_close(y.double(), torch.tensor(table["y"].to_numpy()), rtol=1e-5, atol=1e-5)
+
+
+def test_contextual_training_table_is_the_log():
+    task = get_task("potts-ctx", **TINY["potts-ctx"])
+    pd.testing.assert_frame_equal(task.training_table(n=40, seed=3), task.log(40, seed=3))
+    with pytest.raises(ValueError, match="protocol"):
+        task.training_table("below-median", n=40)

@@ -17,13 +17,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from choicegrad.bench.budgets import GENERATOR_MAX, K, curve_area, curves, line_curve
-from choicegrad.bench.report import DASH, _cell, _colours, _save, machine_line
+# BEGIN, END, kept_section and splice are also this module's public names (the budget section it owns)
+from choicegrad.bench.report_format import (BEGIN, END, DASH, cell, colours, kept_section, machine_line, save_figure,
+                                            splice)
 from choicegrad.io import atomic_write_text, read_table
 
-BEGIN, END = "<!-- budgets: begin -->", "<!-- budgets: end -->"
 DEFAULT = "autoregressive/reinforce"
 PEERS_ORDER = ("random", "anneal", "genetic", "gradient-ascent", "greedy")
-ITEM_TASKS = ("items", "slates")   # judged on unseen lists by the normalised top-1 (bench.harness.ITEM_TASKS)
+ITEM_TASKS = ("items", "slates")   # judged on unseen lists by the normalised top-1 (the item tasks of bench.harness.SPECS)
 
 
 def _methods(curve: pd.DataFrame, task: str) -> list[str]:
@@ -47,7 +48,7 @@ def task_table(frame: pd.DataFrame, task: str) -> str:
             if part.empty:
                 continue
             label = m if ln == "peer" else f"{m} · {'generator alone' if ln == 'generator' else 'draws + polish'}"
-            cells = [_cell(part["quality"].get(b, math.nan), part["quality_std"].get(b, math.nan), "quality")
+            cells = [cell(part["quality"].get(b, math.nan), part["quality_std"].get(b, math.nan), "quality")
                      for b in budgets]
             full = line_curve(curve, task, m)
             a = curve_area(full["budget"], full["quality"]) if ln != "generator" else curve_area(part.index, part["quality"])
@@ -73,7 +74,7 @@ def plot_task(frame: pd.DataFrame, task: str, path: Path) -> Path:
     fig = Figure(figsize=(7.5, 4.6))
     ax = fig.subplots()
     zero_x = 4
-    for colour, m in zip(_colours(len(methods)), methods):
+    for colour, m in zip(colours(len(methods)), methods):
         full = line_curve(curve, task, m)
         pos = full[full["budget"] > 0]
         ax.errorbar(pos["budget"], pos["quality"], yerr=pos["quality_std"].fillna(0), color=colour, marker="o",
@@ -101,7 +102,7 @@ def plot_task(frame: pd.DataFrame, task: str, path: Path) -> Path:
     ax.set_title(f"{task}: quality against inference budget ({'seen' if seen else 'unseen'} contexts)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", framealpha=0.85)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def targets(frame: pd.DataFrame) -> list[str]:
@@ -193,25 +194,6 @@ def section(run_dir: Path, docs_path: Path, command: str) -> str:
                 f"{'s' if n != 1 else ''}.", "", task_table(frame, task), "", f"![{task}: budget curve]({rel})", ""]
     out.append(END)
     return "\n".join(out) + "\n"
-
-
-def splice(text: str, block: str) -> str:
-    """`text` with its BEGIN..END section replaced by `block` (appended when it has none)."""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        return head + block.rstrip("\n") + tail
-    return text.rstrip("\n") + "\n\n" + block
-
-
-def kept_section(path: Path) -> str:
-    """The BEGIN..END section of an existing markdown file ('' when absent)."""
-    if not Path(path).is_file():
-        return ""
-    text = Path(path).read_text()
-    if BEGIN not in text or END not in text:
-        return ""
-    return BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
 
 
 def publish_budgets(run_dir: str | Path, docs_path: str | Path, command: str = "choicegrad bench-budgets") -> Path:

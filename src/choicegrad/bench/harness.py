@@ -3,7 +3,9 @@
     results = run_benchmark(["potts", "nk3"], ["random", "anneal", "autoregressive/reinforce/polish"],
                             seeds=[0, 1, 2], out="runs/bench")
 
-A *task* (choicegrad.bench.tasks) knows the true score of every row. For a table task the harness fits one
+A *task* (choicegrad.bench.tasks.base.BenchmarkTask, by name from the one registry) knows the true score
+of every row: its contexts, truth, statistics and training table are all the harness reads of it
+(`Problem`). For a table task the harness fits one
 scorer per task on the task's training table (rows below each context's median; seed 0, cached in
 OUT/scorers/TASK and shared by every method and seed), enumerates the scorer over every row once
 (for the scorer's gap closed and optimum), then runs each method on every context of the task:
@@ -44,10 +46,9 @@ from torch import Tensor
 from choicegrad import estimators
 from choicegrad.bench import peers
 from choicegrad.bench.metrics import candidate_report, normalise
-from choicegrad.bench.report import machine_line, write_report
-from choicegrad.bench.tasks import ItemSelectionTask, get_task
-from choicegrad.bench.tasks.items import SlateTask
-from choicegrad.bench.tasks.contextual import CONTEXTUAL
+from choicegrad.bench.report import write_report
+from choicegrad.bench.report_format import machine_line, read_csv
+from choicegrad.bench.tasks import BenchmarkTask, ItemTask, Landscape, get_task
 from choicegrad.data.table import load_table
 from choicegrad.decoding import DECODERS, Candidates, decode
 from choicegrad.decoding.rows import enumerate_allowed, first_occurrence, row_keys
@@ -56,6 +57,7 @@ from choicegrad.errors import InputError, did_you_mean
 from choicegrad.generators import GeneratorConfig, ItemObjective, TableContext, TableObjective, build
 from choicegrad.generators.objective import DistinctItems
 from choicegrad.generators.base import KINDS
+from choicegrad.items import ITEM_GENERATOR
 from choicegrad.progress import progress_bar
 from choicegrad.scorer.aligner import AlignerFit, fit_aligner
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
@@ -76,8 +78,8 @@ class TaskSpec:
     headline: str
     budget: int
     k: int = 128
-    kind: str = "table"                      # "table", "items" (ITEM_TASKS) or "contextual" (bench.tasks.contextual)
-    protocol: str = "below-median"           # training table: "below-median" or "random" rows
+    kind: str = "table"                      # the task's kind (BenchmarkTask.kind): "table", "contextual" or "items"
+    protocol: str = "below-median"           # training table: "below-median" or "random" rows (contextual: "random")
     train_rows: Optional[int] = None         # subsample of the training table (None: all of it)
     scorer_epochs: Optional[int] = None
     scorer_minutes: float = 5.0
@@ -110,10 +112,10 @@ SPECS = {
     "gb1": TaskSpec("gb1", "max", budget=1600, scorer_epochs=40),
     "pard3": TaskSpec("pard3", "max", budget=256, scorer_epochs=60),  # 1% (80) is below K = 128
     # contextual tasks: a log of 40,000 rows, one context per row; 256 unseen evaluation contexts
-    "potts-ctx": TaskSpec("potts-ctx", "gap_oracle", budget=655, k=16, kind="contextual", train_rows=40_000,
-                          scorer_epochs=40, steps=1500, train_minutes=1.5),
-    "mixed-ctx": TaskSpec("mixed-ctx", "gap_oracle", budget=655, k=16, kind="contextual", train_rows=40_000,
-                          scorer_epochs=40, steps=1500, train_minutes=1.5),
+    "potts-ctx": TaskSpec("potts-ctx", "gap_oracle", budget=655, k=16, kind="contextual", protocol="random",
+                          train_rows=40_000, scorer_epochs=40, steps=1500, train_minutes=1.5),
+    "mixed-ctx": TaskSpec("mixed-ctx", "gap_oracle", budget=655, k=16, kind="contextual", protocol="random",
+                          train_rows=40_000, scorer_epochs=40, steps=1500, train_minutes=1.5),
 }
 STANDARD_TASKS = ("potts", "nk3", "ehrlich", "items", "tfbind8", "gb1")
 STANDARD_METHODS = (
@@ -169,32 +171,75 @@ def parse_method(name: str) -> Method:
 
 
 # --- one task, ready to be searched -------------------------------------------------------------
+STAT_KEYS = ("min", "max", "mean")
+ITEM_CONTEXTS = 64        # item tasks: lists judged, drawn apart from training (seed 1234)
+
+
 @dataclass
 class Problem:
-    """Everything methods share on one task. B evaluation contexts.
+    """One task (a BenchmarkTask) ready to be searched: what every method shares on it. B contexts.
 
-    objective(x, ctx) -> (N,): the scorer (or the reward of an item task); ctx: the B contexts;
-    allowed (B, S, V); truth(rows (B, M, S)) -> (B, M) ground truth; stats / scorer_stats: (B,)
-    tensors min, max, mean of the ground truth / of the objective over every row; is_new(rows) ->
-    (B, M) bool or None; contexts: where generator training draws contexts; new_generator(kind).
+    task_ctx: the B evaluation contexts as the task takes them (task.contexts); ctx: the same
+    contexts as the objective and generators take them (TableContext, or the task's ItemContext);
+    objective(x, ctx) -> (N,): the scorer (table and contextual tasks) or the task's reward (items);
+    allowed (B, S, V) in the objective's categories; stats / scorer_stats: (B,) min, max, mean of the
+    ground truth / of the objective over every row; contexts: where generator training draws
+    contexts; scorer: None for item tasks; to_task (S, V): the scorer's category index -> the
+    task's, per slot; seen (C, R) bool: the training rows of a table task (for the share of new
+    candidates), None otherwise; data: the training TableData (None for item tasks).
     """
 
     spec: TaskSpec
+    task: BenchmarkTask
+    task_ctx: Any
     objective: Callable
     ctx: Any
     allowed: Tensor
-    truth: Callable[[Tensor], Tensor]
     stats: dict
     scorer_stats: dict
     exhaustive: Candidates
     exhaustive_seconds: float
     contexts: Any
-    new_generator: Callable[[str], Any]
-    is_new: Optional[Callable[[Tensor], Tensor]] = None
     setup: dict = field(default_factory=dict)
-    data: Any = None                     # the training TableData (table tasks)
-    distinct: bool = False               # rows are slates of distinct items: peers search those only
+    scorer: Optional[Scorer] = None
+    to_task: Optional[Tensor] = None
+    seen: Optional[Tensor] = None
+    data: Any = None
     _aligner: Any = None
+
+    @property
+    def distinct(self) -> bool:
+        """Rows are slates of distinct items: peers search those only."""
+        return self.task.distinct
+
+    def task_rows(self, rows: Tensor) -> Tensor:
+        """(..., S) long rows in the objective's categories -> the task's categories."""
+        if self.to_task is None:
+            return rows
+        S = rows.shape[-1]
+        return self.to_task[torch.arange(S), rows.clamp(min=0)]
+
+    def truth(self, rows: Tensor) -> Tensor:
+        """rows (B, M, S) long -> (B, M) ground truth of the B evaluation contexts."""
+        return self.task.truth(self.task_ctx, self.task_rows(rows))
+
+    def is_new(self, rows: Tensor) -> Optional[Tensor]:
+        """rows (B, M, S) long -> (B, M) bool: not a training row of its context (None: not defined)."""
+        if self.seen is None:
+            return None
+        B, M, S = rows.shape
+        idx = self.task.row_index(self.task_rows(rows.reshape(B * M, S))).reshape(B, M)
+        return ~self.seen[self.task_ctx].gather(1, idx)
+
+    def new_generator(self, kind: str):
+        """A fresh generator of `kind` for the task (item tasks: the pointer generator, the item runs'
+        distinct one for slates)."""
+        if self.scorer is not None:
+            return build(GeneratorConfig(kind=kind), space=self.scorer.space, context=self.scorer.context)
+        S, D = self.task.num_slots, self.ctx.items.shape[-1]
+        if self.distinct:
+            return build(ITEM_GENERATOR, num_slots=S, item_dim=D, sequential=True, distinct=True)
+        return build(GeneratorConfig(kind="pointer"), num_slots=S, item_dim=D)
 
     def aligner(self):
         """The task's Aligner over its scorer (fitted once, seed 0), or None without data rows."""
@@ -207,8 +252,8 @@ class Problem:
         return self._aligner
 
 
-def _scorer_for(task, spec: TaskSpec, frame: pd.DataFrame, data, cache: Path):
-    """Fit (or load the cached) scorer of a table task."""
+def _scorer_for(spec: TaskSpec, frame: pd.DataFrame, data, cache: Path):
+    """Fit (or load the cached) scorer of a task's training table."""
     fit = ScorerFit(epochs=spec.scorer_epochs, max_minutes=spec.scorer_minutes, seed=0,
                     ensemble=spec.scorer_ensemble, beta=spec.scorer_beta)
     key = hashlib.sha1(json.dumps([spec.name, spec.options, len(frame), float(frame["y"].sum()), fit.model_dump()],
@@ -224,39 +269,47 @@ def _scorer_for(task, spec: TaskSpec, frame: pd.DataFrame, data, cache: Path):
     return result.scorer, info
 
 
-def table_problem(spec: TaskSpec, data_dir: Optional[Path], cache: Path) -> Problem:
-    task = get_task(spec.name, data_dir=data_dir, **spec.options)
-    frame = task.training_table(spec.protocol, n=spec.train_rows, seed=0)
-    context = [task.context_column] if task.context_column else None
-    data = load_table(frame, task.space.names, "y", context)
-    scorer, info = _scorer_for(task, spec, frame, data, cache)
-    S = task.space.num_slots
-    # scorer category index -> task category index, per slot (vocabularies are both label sets)
-    to_task = torch.full((S, scorer.space.max_size), -1, dtype=torch.long)
+def _category_map(scorer: Scorer, task: BenchmarkTask) -> Tensor:
+    """(S, V) scorer category index -> task category index per slot (vocabularies are both label sets)."""
+    to_task = torch.full((task.num_slots, scorer.space.max_size), -1, dtype=torch.long)
     for s, (mine, theirs) in enumerate(zip(scorer.space.slots, task.space.slots)):
         where = {label: i for i, label in enumerate(theirs.categories)}
         to_task[s, : len(mine.categories)] = torch.tensor([where[c] for c in mine.categories])
-    if task.context_column:
-        ctx = TableContext(*scorer.context.encode(task.context_frame(), f"task {spec.name}"))
+    return to_task
+
+
+def scorer_problem(task: BenchmarkTask, spec: TaskSpec, cache: Path) -> Problem:
+    """A table or contextual task: one scorer fitted on the task's training table (spec.protocol,
+    spec.train_rows, seed 0; cached in `cache`); methods judged on task.contexts(spec.contexts,
+    seed=1): a table task's own contexts (seen), a contextual task's contexts drawn apart from the
+    log (unseen)."""
+    frame = task.training_table(spec.protocol, n=spec.train_rows, seed=0)
+    data = load_table(frame, task.space.names, "y", task.context_columns)
+    scorer, info = _scorer_for(spec, frame, data, cache)
+    task_ctx = task.contexts(spec.contexts, seed=1)
+    if task.context_columns:
+        ctx = TableContext(*scorer.context.encode(task.context_frame(task_ctx), f"task {spec.name}"))
     else:
         ctx = TableContext.empty(1)
     B = len(ctx)
     allowed = scorer.space.mask().unsqueeze(0).expand(B, -1, -1)
     objective = TableObjective(scorer)
-
-    def task_rows(rows: Tensor) -> Tensor:
-        return to_task[torch.arange(S), rows.clamp(min=0)]
-
-    def truth(rows: Tensor) -> Tensor:
-        Bn, M, _ = rows.shape
-        ids = torch.arange(Bn).repeat_interleave(M)
-        return task.oracle(ids, task_rows(rows.reshape(Bn * M, S))).reshape(Bn, M).float()
-
     exhaustive, ex_seconds, scorer_stats = _scorer_enumeration(objective, ctx, allowed, spec.k)
-    st = task.stats()
-    stats = {k: st[k].float() for k in ("min", "max", "mean")}
-    # training rows, as task row indices per context, for the share of new candidates
-    train_rows = task_rows(data.rows.clamp(min=0))
+    truth_stats = task.statistics(task_ctx)
+    stats = {k: truth_stats[k].float() for k in STAT_KEYS}
+    to_task = _category_map(scorer, task)
+    seen = _training_rows(task, frame, data, to_task) if task.kind == "table" else None
+    setup = {"scorer_seconds": info["seconds"], "scorer_rows": info["rows"], "contexts": B,
+             **({} if task.kind == "table" else {"seen": False}),
+             "scorer_test": info["metrics"].get("test", {}), "exhaustive_seconds": round(ex_seconds, 2)}
+    return Problem(spec, task, task_ctx, objective, ctx, allowed, stats, scorer_stats, exhaustive, ex_seconds,
+                   TableContexts(data), setup, scorer, to_task, seen, data)
+
+
+def _training_rows(task: Landscape, frame: pd.DataFrame, data, to_task: Tensor) -> Tensor:
+    """(C, R) bool: the rows of a landscape's training table, per context."""
+    S = task.num_slots
+    train_rows = to_task[torch.arange(S), data.rows.clamp(min=0)]
     if task.context_column:
         labels = {label: i for i, label in enumerate(task.context_labels)}
         ctx_ids = torch.tensor(frame[task.context_column].astype(str).map(labels).to_numpy(), dtype=torch.long)
@@ -264,44 +317,7 @@ def table_problem(spec: TaskSpec, data_dir: Optional[Path], cache: Path) -> Prob
         ctx_ids = torch.zeros(len(frame), dtype=torch.long)
     seen = torch.zeros(task.num_contexts, task.num_rows, dtype=torch.bool)
     seen[ctx_ids, task.row_index(train_rows)] = True
-
-    def is_new(rows: Tensor) -> Tensor:
-        Bn, M, _ = rows.shape
-        idx = task.row_index(task_rows(rows.reshape(Bn * M, S))).reshape(Bn, M)
-        return ~seen.gather(1, idx)
-
-    setup = {"scorer_seconds": info["seconds"], "scorer_rows": info["rows"], "contexts": B,
-             "scorer_test": info["metrics"].get("test", {}), "exhaustive_seconds": round(ex_seconds, 2)}
-    return Problem(spec, objective, ctx, allowed, truth, stats, scorer_stats, exhaustive, ex_seconds,
-                   TableContexts(data), _generator_for(scorer), is_new, setup, data)
-
-
-def contextual_problem(spec: TaskSpec, cache: Path) -> Problem:
-    """A contextual task: the scorer and generator learn from a log (one context per row); methods are
-    judged on `spec.contexts` contexts drawn apart from the log's, never seen in training."""
-    task = CONTEXTUAL[spec.name](**spec.options)
-    frame = task.log(spec.train_rows or 40_000, seed=0)
-    data = load_table(frame, task.space.names, "y", task.context_columns)
-    scorer, info = _scorer_for(task, spec, frame, data, cache)
-    held_out = task.contexts(spec.contexts, seed=1)
-    num, site = task.encode(held_out)
-    ctx = TableContext(*scorer.context.encode(held_out, f"task {spec.name}"))
-    B = len(ctx)
-    allowed = scorer.space.mask().unsqueeze(0).expand(B, -1, -1)
-    objective = TableObjective(scorer)
-
-    def truth(rows: Tensor) -> Tensor:
-        Bn, M, S = rows.shape
-        return task.oracle(num.repeat_interleave(M, 0), site.repeat_interleave(M), rows.reshape(Bn * M, S)
-                           ).reshape(Bn, M).float()
-
-    true = task.enumerate(num, site)
-    stats = {"min": true.min(1).values, "max": true.max(1).values, "mean": true.mean(1)}
-    exhaustive, ex_seconds, scorer_stats = _scorer_enumeration(objective, ctx, allowed, spec.k)
-    setup = {"scorer_seconds": info["seconds"], "scorer_rows": info["rows"], "contexts": B, "seen": False,
-             "scorer_test": info["metrics"].get("test", {}), "exhaustive_seconds": round(ex_seconds, 2)}
-    return Problem(spec, objective, ctx, allowed, truth, stats, scorer_stats, exhaustive, ex_seconds,
-                   TableContexts(data), _generator_for(scorer), None, setup, data)
+    return seen
 
 
 def _scorer_enumeration(objective, ctx, allowed, k: int) -> tuple[Candidates, float, dict]:
@@ -314,13 +330,6 @@ def _scorer_enumeration(objective, ctx, allowed, k: int) -> tuple[Candidates, fl
                             full.numel())
     seconds = time.perf_counter() - start
     return exhaustive, seconds, {"max": full.max(1).values, "mean": full.mean(1), "min": full.min(1).values}
-
-
-def _generator_for(scorer) -> Callable[[str], Any]:
-    """new_generator(kind) of a table task: a fresh generator for the scorer's space and context."""
-    def new_generator(kind: str):
-        return build(GeneratorConfig(kind=kind), space=scorer.space, context=scorer.context)
-    return new_generator
 
 
 def _objective_landscape(objective, ctx, allowed, chunk: int = 1 << 16) -> tuple[Tensor, Tensor]:
@@ -337,60 +346,42 @@ def _objective_landscape(objective, ctx, allowed, chunk: int = 1 << 16) -> tuple
     return out, rows
 
 
-#: Item tasks by name (TaskSpec kind "items"); another name is an ItemSelectionTask.
-ITEM_TASKS = {"items": ItemSelectionTask, "slates": SlateTask}
-
-
-def items_problem(spec: TaskSpec, contexts: int = 64) -> Problem:
-    """An item task (ITEM_TASKS[spec.name]) on `contexts` lists drawn apart from training (unseen lists).
-    A task with distinct items (SlateTask) is searched and decoded through DistinctItems (a row
-    repeating an item scores -inf), its peers with distinct=True, its generator the item runs' pointer
-    generator with distinct=True."""
-    task = ITEM_TASKS.get(spec.name, ItemSelectionTask)(**spec.options)
-    distinct = bool(getattr(task, "distinct", False))
-    ctx = task.draw(contexts, torch.Generator().manual_seed(1234))
-    values, _ = task.enumerate(ctx)
+def items_problem(task: ItemTask, spec: TaskSpec, contexts: int = ITEM_CONTEXTS) -> Problem:
+    """An item task on `contexts` lists drawn apart from training (unseen lists; seed 1234). The
+    task's reward is the objective; a task with distinct items (SlateTask) is searched and decoded
+    through DistinctItems (a row repeating an item scores -inf), its peers with distinct=True, its
+    generator the item runs' pointer generator with distinct=True."""
+    ctx = task.contexts(contexts, seed=1234)
+    values, _ = task.enumerate_truth(ctx)
     finite = torch.isfinite(values)
     scale = float(values[finite].std()) or 1.0
     reward = ItemObjective(task.reward, scale=scale)
-    objective = DistinctItems(reward) if distinct else reward
-    S, N = task.slots, ctx.items.shape[1]
-    allowed = ctx.mask.unsqueeze(1).expand(-1, S, -1)
-    st = task.stats(ctx)
-    stats = {k: st[k].float() for k in ("min", "max", "mean")}
-
-    def truth(rows: Tensor) -> Tensor:
-        Bn, M, _ = rows.shape
-        with torch.no_grad():
-            return reward(rows.reshape(Bn * M, S), ctx.repeat_interleave(M)).reshape(Bn, M).float()
-
+    objective = DistinctItems(reward) if task.distinct else reward
+    allowed = task.allowed(ctx)
+    truth_stats = task.statistics(ctx)
+    stats = {k: truth_stats[k].float() for k in STAT_KEYS}
     start = time.perf_counter()
     exhaustive = peers.search("exhaustive", objective, ctx, allowed, spec.k, budget=1, generator=torch.Generator(),
-                              distinct=distinct)
+                              distinct=task.distinct)
     ex_seconds = time.perf_counter() - start
-
-    def new_generator(kind: str):
-        if distinct:
-            from choicegrad.items import ITEM_GENERATOR
-            return build(ITEM_GENERATOR, num_slots=S, item_dim=ctx.items.shape[-1], sequential=True, distinct=True)
-        return build(GeneratorConfig(kind="pointer"), num_slots=S, item_dim=ctx.items.shape[-1])
-
-    return Problem(spec, objective, ctx, allowed, truth, stats, dict(stats), exhaustive, ex_seconds,
-                   SampledContexts(task.draw), new_generator, None,
-                   {"contexts": contexts, "exhaustive_seconds": round(ex_seconds, 2), "max_items": N,
-                    "distinct": distinct}, distinct=distinct)
+    setup = {"contexts": contexts, "exhaustive_seconds": round(ex_seconds, 2), "max_items": ctx.items.shape[1],
+             "distinct": task.distinct}
+    return Problem(spec, task, ctx, objective, ctx, allowed, stats, dict(stats), exhaustive, ex_seconds,
+                   SampledContexts(task.draw), setup)
 
 
 def build_problem(name: str, data_dir: Optional[Path], cache: Path, specs: Optional[dict] = None) -> Problem:
+    """The registered task `name` (get_task with its spec's options) ready to be searched."""
     specs = {**SPECS, **(specs or {})}
     if name not in specs:
         raise ValueError(f"unknown task {name!r}{did_you_mean(name, list(specs))}; choose from {', '.join(specs)}")
     spec = specs[name]
-    if spec.kind == "items":
-        return items_problem(spec)
-    if spec.kind == "contextual":
-        return contextual_problem(spec, cache)
-    return table_problem(spec, data_dir, cache)
+    task = get_task(spec.name, data_dir=data_dir, **spec.options)
+    if task.kind != spec.kind:
+        raise ValueError(f"task {name!r}: its spec says kind {spec.kind!r}, the task is of kind {task.kind!r}")
+    if task.kind == "items":
+        return items_problem(task, spec)
+    return scorer_problem(task, spec, cache)
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -422,7 +413,7 @@ class PeakMemory:
 def evaluate(problem: Problem, cands: Candidates) -> dict[str, float]:
     """Ground-truth metrics of candidates (B, K) ordered best first by the objective."""
     true = problem.truth(cands.rows.clamp(min=0))
-    new = problem.is_new(cands.rows.clamp(min=0)) if problem.is_new else None
+    new = problem.is_new(cands.rows.clamp(min=0))
     return candidate_report(true, cands.valid, stats=problem.stats, scorer=cands.scores,
                             scorer_stats=problem.scorer_stats, new=new)
 
@@ -492,12 +483,11 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def _kept(out: Path, tasks: Sequence[str]) -> tuple[dict[str, pd.DataFrame], dict, list[str]]:
     """What `update` keeps of an earlier run in OUT: its csv frames and setup without `tasks`, and
     its order of tasks. InputError for a file that is not a benchmark output."""
-    from choicegrad.bench.report import _read
     from choicegrad.io import read_json_object
 
     frames, order = {}, []
     for name in ("results", "curves", "training"):
-        old = _read(out / f"{name}.csv")
+        old = read_csv(out / f"{name}.csv")
         if old is None:
             continue
         if "task" not in old.columns:

@@ -10,9 +10,10 @@ it as infeasible (ehrlich); methods see a failure as -inf.
 
 Methods (ONLINE_METHODS):
 designer  choicegrad.design.Designer with its defaults (round time capped by OnlineSpec.minutes).
-genetic   an elitist genetic algorithm: parents are the best `batch` measured rows of the context
-          (tournaments of 2), uniform crossover, per-slot mutation at 1/S, children never measured
-          before, distinct; random rows fill a batch the children cannot.
+genetic   the genetic peer's generation (choicegrad.bench.peers.breed: tournaments of 2, uniform
+          crossover, per-slot mutation at 1/S, clones moved) bred from the best `batch` measured rows
+          of the context; children never measured before, distinct; random rows fill a batch the
+          children cannot.
 random    uniform random rows never measured before.
 offline   the one-shot pipeline (scorer + autoregressive/reinforce generator + polish decoding, as
           `choicegrad fit` + `generate`) fitted once on the start rows, asked for rounds x batch rows
@@ -35,12 +36,13 @@ import torch
 from torch import Tensor
 
 from choicegrad.bench.metrics import normalise
+from choicegrad.bench.peers import breed
 from choicegrad.bench.tasks import stats as st
 from choicegrad.bench.tasks.landscape import Landscape
 from choicegrad.bench.tasks.registry import get_task
 from choicegrad.data.table import load_table
 from choicegrad.decoding import decode, default_budget
-from choicegrad.decoding.rows import change_one_slot, distinct_in_order, uniform_rows
+from choicegrad.decoding.rows import distinct_in_order, uniform_rows
 from choicegrad.design import DesignConfig, Designer, Measured
 from choicegrad.generators import GeneratorConfig, TableContext, TableObjective
 from choicegrad.io import atomic_write_text, write_table
@@ -159,16 +161,7 @@ def genetic_batch(history: History, allowed: Tensor, n: int, rng: torch.Generato
     starts = torch.cumsum(counts, 0) - counts
     at = starts[:, None] + torch.arange(P)[None, :] % counts[:, None].clamp(min=1)
     parents, fit = history.rows[order[at]], y[order[at]]        # (C, P, S), (C, P)
-    M = 4 * n
-    pick = torch.randint(P, (2, C, M, 2), generator=rng)
-    win = fit.unsqueeze(1).unsqueeze(0).expand(2, C, M, P).gather(3, pick).argmax(3, keepdim=True)
-    chosen = pick.gather(3, win).squeeze(3)                                       # (2, C, M)
-    p1 = parents.gather(1, chosen[0].unsqueeze(-1).expand(C, M, S))
-    p2 = parents.gather(1, chosen[1].unsqueeze(-1).expand(C, M, S))
-    child = torch.where(torch.rand(C, M, S, generator=rng) < 0.5, p1, p2)
-    child = torch.where(torch.rand(C, M, S, generator=rng) < 1.0 / S, uniform_rows(allowed, M, rng), child)
-    clone = (child == p1).all(-1) | (child == p2).all(-1)
-    child = torch.where(clone.unsqueeze(-1), change_one_slot(child, allowed, rng), child)
+    child = breed(parents, fit, allowed, 4 * n, rng)                             # (C, 4n, S)
     cands = torch.cat([child, uniform_rows(allowed, 4 * n, rng)], 1)             # random rows as the reserve
     try:
         return fill_new(history, cands, n)

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from choicegrad.bench.online import ONLINE_METHODS, area
-from choicegrad.bench.report import _colours, _save, machine_line
+from choicegrad.bench.report_format import colours, machine_line, save_figure
 from choicegrad.io import atomic_write_text, read_table
 
 DASH = "–"
@@ -73,7 +73,7 @@ def plot_task(frame: pd.DataFrame, task: str, path: Path) -> Path:
     fig = Figure(figsize=(9, 3.6))
     ax1, ax2 = fig.subplots(1, 2)
     methods = _methods(frame)
-    for colour, m in zip(_colours(len(methods)), methods):
+    for colour, m in zip(colours(len(methods)), methods):
         sub = frame[(frame["method"] == m) & (frame["round"] > 0)]
         g = sub.groupby("calls")
         x = np.array(sorted(sub["calls"].unique()), dtype=float)
@@ -88,7 +88,7 @@ def plot_task(frame: pd.DataFrame, task: str, path: Path) -> Path:
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
     ax2.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def targets(frame: pd.DataFrame, specs: dict) -> list[str]:

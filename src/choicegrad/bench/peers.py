@@ -67,7 +67,7 @@ distinct candidates.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -274,6 +274,35 @@ def _anneal_distinct(objective, ctx, allowed, arch, first, first_scores, P, left
     return arch.result()
 
 
+def breed(pop: Tensor, fit: Tensor, allowed: Tensor, n: int, generator: torch.Generator, *, tournament: int = 2,
+          mutation: Optional[float] = None, distinct: bool = False) -> Tensor:
+    """One generation of the genetic algorithm: n children per context of a population.
+
+    pop (B, P, S) long rows with fitness fit (B, P) (-inf: failed); allowed (B, S, V). Two parents per
+    child by tournaments of `tournament` (the fitter of that many uniform draws), uniform crossover,
+    per-slot mutation to a random allowed category at rate `mutation` (default 1/S); distinct: a slot
+    repeating an earlier one redrawn (_repair). A child equal to a parent gets one slot changed to a
+    different allowed category (anneal's move under distinct). -> (B, n, S) long. The genetic peer
+    breeds from its population; the online benchmark's genetic method from the best measured rows.
+    """
+    B, P, S = pop.shape
+    dev = pop.device
+    rate = 1.0 / S if mutation is None else mutation
+    cand = torch.randint(P, (2, B, n, tournament), generator=generator, device=dev)  # tournaments
+    win = fit.unsqueeze(1).unsqueeze(0).expand(2, B, n, P).gather(3, cand).argmax(3, keepdim=True)
+    parent = cand.gather(3, win).squeeze(3)                                        # (2, B, n)
+    p1 = pop.gather(1, parent[0].unsqueeze(-1).expand(B, n, S))
+    p2 = pop.gather(1, parent[1].unsqueeze(-1).expand(B, n, S))
+    child = torch.where(torch.rand(B, n, S, generator=generator, device=dev) < 0.5, p1, p2)
+    mutate = torch.rand(B, n, S, generator=generator, device=dev) < rate
+    child = torch.where(mutate, uniform_rows(allowed, n, generator), child)
+    if distinct:
+        child = _repair(child, allowed, generator)
+    clone = (child == p1).all(-1) | (child == p2).all(-1)
+    move = _move_distinct(child, allowed, generator) if distinct else change_one_slot(child, allowed, generator)
+    return torch.where(clone.unsqueeze(-1), move, child)
+
+
 def _genetic(objective, ctx, allowed, k, budget, generator, distinct: bool = False, **o) -> Candidates:
     B, S, V = allowed.shape
     dev = allowed.device
@@ -291,19 +320,7 @@ def _genetic(objective, ctx, allowed, k, budget, generator, distinct: bool = Fal
     C = N - E
     while left > 0 and C > 0:
         n = min(C, left)
-        cand = torch.randint(N, (2, B, n, T), generator=generator, device=dev)        # tournaments
-        win = fit.unsqueeze(1).unsqueeze(0).expand(2, B, n, N).gather(3, cand).argmax(3, keepdim=True)
-        parent = cand.gather(3, win).squeeze(3)                                        # (2, B, n)
-        p1 = pop.gather(1, parent[0].unsqueeze(-1).expand(B, n, S))
-        p2 = pop.gather(1, parent[1].unsqueeze(-1).expand(B, n, S))
-        child = torch.where(torch.rand(B, n, S, generator=generator, device=dev) < 0.5, p1, p2)
-        mutate = torch.rand(B, n, S, generator=generator, device=dev) < rate
-        child = torch.where(mutate, uniform_rows(allowed, n, generator), child)
-        if distinct:
-            child = _repair(child, allowed, generator)
-        clone = (child == p1).all(-1) | (child == p2).all(-1)
-        move = _move_distinct(child, allowed, generator) if distinct else change_one_slot(child, allowed, generator)
-        child = torch.where(clone.unsqueeze(-1), move, child)
+        child = breed(pop, fit, allowed, n, generator, tournament=T, mutation=rate, distinct=distinct)
         child_fit = arch.score(objective, child, ctx, chunk, ~_repeats(child) if distinct else None)
         left -= n
         keep = fit.topk(N - n, dim=1).indices                                          # elites (and more if n < C)

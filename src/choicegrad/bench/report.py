@@ -29,22 +29,20 @@ Conventions of the report:
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-import torch
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from choicegrad.io import atomic_path, atomic_write_text
+from choicegrad.bench.report_format import (DASH, cell, colours, format_value, kept_section, machine_line, read_csv,
+                                            save_figure)
+from choicegrad.io import atomic_write_text
 
 # Metric columns in the order of the report's tables; each with its display precision and direction.
 SCORES = ("top1", "max", "median", "gap_oracle", "gap_scorer", "hit_oracle", "hit_scorer")
@@ -53,7 +51,6 @@ METRICS = SCORES + ("distinct", "new", "calls_generate", "calls_train", "seconds
 LOWER_IS_BETTER = frozenset({"calls_generate", "calls_train", "seconds_train", "seconds_generate", "peak_mb"})
 REFERENCE = frozenset({"exhaustive"})      # methods shown as a reference row, never "the best peer"
 DEFAULT_TITLE = "choicegrad benchmark report"
-DASH = "—"
 
 _DESCRIPTIONS = {
     "top1": "normalised true score of the rank-1 candidate",
@@ -182,31 +179,6 @@ def _best(task_summary: pd.DataFrame, family: str) -> Optional[pd.Series]:
 # Formatting
 
 
-def _fmt(value: float, metric: str) -> str:
-    """One number at the metric's precision: 3 decimals for scores and shares, integers for calls,
-    1 decimal for seconds and MB (3 decimals below 0.1), 3 decimals for ratios (0.998 is not 1.00)."""
-    if value is None or not np.isfinite(value):
-        return DASH
-    if metric.startswith("calls"):
-        return f"{value:,.0f}"
-    if metric.startswith("seconds") or metric == "peak_mb":
-        return f"{value:.1f}" if value == 0 or abs(value) >= 0.095 else f"{value:.3f}"
-    if metric == "distinct":
-        return f"{value:.1f}"
-    if metric == "ratio":
-        return f"{value:.3f}"
-    return f"{value:.3f}"
-
-
-def _cell(mean: float, std: float, metric: str) -> str:
-    text = _fmt(mean, metric)
-    if text != DASH and std is not None and np.isfinite(std):
-        spread = _fmt(abs(std), metric)
-        if spread.strip("0.,") != "":           # a spread below the shown precision is left out
-            text += f" ± {spread}"
-    return text
-
-
 def _escape(text: str) -> str:
     return str(text).replace("|", r"\|")
 
@@ -217,8 +189,8 @@ def _best_mask(means: pd.Series, metric: str, eligible: pd.Series) -> pd.Series:
     if not ok.any():
         return pd.Series(False, index=means.index)
     best = means[ok].min() if metric in LOWER_IS_BETTER else means[ok].max()
-    shown = _fmt(best, metric)
-    mask = ok & means.map(lambda v: _fmt(v, metric) == shown)
+    shown = format_value(best, metric)
+    mask = ok & means.map(lambda v: format_value(v, metric) == shown)
     if mask.sum() > 1 and mask.sum() == ok.sum():
         return pd.Series(False, index=means.index)      # every row ties: nothing to single out
     return mask
@@ -234,7 +206,7 @@ def _table(summary: pd.DataFrame, headline: str) -> str:
         mean = summary["ratio_to_best_peer"] if m == "ratio" else summary[f"{m}_mean"]
         std = pd.Series(np.nan, index=summary.index) if m == "ratio" else summary[f"{m}_std"]
         bold = _best_mask(mean.astype(float), m, eligible)
-        cells[m] = [f"**{_cell(a, b, m)}**" if is_best else _cell(a, b, m)
+        cells[m] = [f"**{cell(a, b, m)}**" if is_best else cell(a, b, m)
                     for a, b, is_best in zip(mean, std, bold)]
 
     def header(m: str) -> str:
@@ -256,18 +228,18 @@ def _verdict(summary: pd.DataFrame, headline: str) -> str:
     parts = []
     if pipe is not None:
         parts.append(f"Best choicegrad pipeline: {_escape(pipe['method'])} "
-                     f"({headline} = {_cell(pipe['headline_mean'], pipe['headline_std'], headline)}).")
+                     f"({headline} = {cell(pipe['headline_mean'], pipe['headline_std'], headline)}).")
     else:
         parts.append("No choicegrad pipeline has a finite headline value in this run.")
     if peer is not None:
         parts.append(f"Best peer: {_escape(peer['method'])} "
-                     f"({_cell(peer['headline_mean'], peer['headline_std'], headline)}).")
+                     f"({cell(peer['headline_mean'], peer['headline_std'], headline)}).")
     else:
         parts.append("No peer under the budget has a finite headline value in this run.")
     if pipe is not None and peer is not None:
         x, y = float(pipe["headline_mean"]), float(peer["headline_mean"])
         outcome = _compare(x, float(pipe["headline_std"]), y, float(peer["headline_std"]))
-        ratio = f"Ratio {_fmt(x, headline)}/{_fmt(y, headline)} = {x / y:.3f}" if y > 0 else \
+        ratio = f"Ratio {format_value(x, headline)}/{format_value(y, headline)} = {x / y:.3f}" if y > 0 else \
             f"Ratio undefined (best peer's {headline} is not positive)"
         phrase = {"leads": "choicegrad leads the best peer",
                   "trails": "choicegrad trails the best peer",
@@ -276,7 +248,7 @@ def _verdict(summary: pd.DataFrame, headline: str) -> str:
     for _, ref in summary[summary["method"].map(_is_reference)].iterrows():
         name = "Exhaustive enumeration of the scorer" if str(ref["method"]).strip().lower() == "exhaustive" \
             else f"Reference {_escape(ref['method'])}"
-        parts.append(f"{name} reaches {_cell(ref['headline_mean'], ref['headline_std'], headline)}"
+        parts.append(f"{name} reaches {cell(ref['headline_mean'], ref['headline_std'], headline)}"
                      + (f" (ratio {ref['ratio_to_best_peer']:.3f} to the best peer)."
                         if np.isfinite(ref["ratio_to_best_peer"]) else "."))
     return " ".join(parts)
@@ -304,13 +276,13 @@ def _summary_table(summary: pd.DataFrame) -> str:
         seeds = int(sub["n_seeds"].max())
 
         def val(row):
-            return DASH if row is None else _cell(row["headline_mean"], row["headline_std"], headline)
+            return DASH if row is None else cell(row["headline_mean"], row["headline_std"], headline)
 
         ratio = DASH
         if pipe is not None and np.isfinite(pipe["ratio_to_best_peer"]):
-            ratio = _fmt(float(pipe["ratio_to_best_peer"]), "ratio")
+            ratio = format_value(float(pipe["ratio_to_best_peer"]), "ratio")
         cells = [f"[{_escape(task)}](#{_anchor(task)})", headline,
-                 _fmt(float(budget.iloc[0]), "calls") if len(budget) else DASH, str(seeds),
+                 format_value(float(budget.iloc[0]), "calls") if len(budget) else DASH, str(seeds),
                  DASH if pipe is None else _escape(pipe["method"]), val(pipe),
                  DASH if peer is None else _escape(peer["method"]), val(peer), ratio]
         if has_ref:
@@ -390,7 +362,7 @@ def markdown(results: pd.DataFrame, *, images: Optional[Mapping[str, Sequence[st
         headline = str(sub["headline"].iloc[0])
         facts = [f"headline metric **{headline}** (higher is better)"]
         if sub["budget"].notna().any():
-            facts.append(f"budget {_fmt(float(sub['budget'].dropna().iloc[0]), 'calls')} scorer calls per context")
+            facts.append(f"budget {format_value(float(sub['budget'].dropna().iloc[0]), 'calls')} scorer calls per context")
         raw = raw_all[raw_all["task"] == task]
         for col, word in (("k", "candidates per context"), ("contexts", "contexts")):
             if col in raw and raw[col].notna().any():
@@ -417,23 +389,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "task"
 
 
-def _read(path: Path) -> Optional[pd.DataFrame]:
-    if not path.is_file() or path.stat().st_size == 0:
-        return None
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return None
-    return frame if len(frame) else None
-
-
 def _frames(dir_or_frames) -> dict[str, Optional[pd.DataFrame]]:
     """{'results', 'curves', 'training'} from a run directory or a mapping of frames."""
     if isinstance(dir_or_frames, (str, os.PathLike)):
         run = Path(dir_or_frames)
         if not (run / "results.csv").is_file():
             raise FileNotFoundError(f"{run / 'results.csv'} not found: is {run} a benchmark output directory?")
-        return {name: _read(run / f"{name}.csv") for name in ("results", "curves", "training")}
+        return {name: read_csv(run / f"{name}.csv") for name in ("results", "curves", "training")}
     if isinstance(dir_or_frames, pd.DataFrame):
         return {"results": dir_or_frames, "curves": None, "training": None}
     if isinstance(dir_or_frames, Mapping):
@@ -443,18 +405,6 @@ def _frames(dir_or_frames) -> dict[str, Optional[pd.DataFrame]]:
         return {name: dir_or_frames.get(name) for name in ("results", "curves", "training")}
     raise TypeError("dir_or_frames must be a run directory or a mapping {'results', 'curves', 'training'} "
                     f"of DataFrames, got {type(dir_or_frames).__name__}")
-
-
-def _save(fig, path: Path) -> Path:
-    """Save a figure atomically: a temp file in the same folder, then a rename."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    return path
-
-
-def _colours(n: int):
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
 
 
 def _legend(ax, n: int) -> None:
@@ -500,7 +450,7 @@ def _plot_headline(summary: pd.DataFrame, task: str, path: Path) -> Optional[Pat
     ax.set_title(f"{task}: {headline} per method")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_quality_diversity(curves: Optional[pd.DataFrame], summary: pd.DataFrame, task: str,
@@ -523,10 +473,10 @@ def _plot_quality_diversity(curves: Optional[pd.DataFrame], summary: pd.DataFram
     peers = summary[(summary["family"] == "peer")
                     & summary.get("distinct_mean", pd.Series(np.nan, index=summary.index)).notna()
                     & summary.get("median_mean", pd.Series(np.nan, index=summary.index)).notna()]
-    colours = _colours(len(methods) + len(peers))
+    palette = colours(len(methods) + len(peers))
     annotate = len(methods) <= 6
     xs = []
-    for colour, method in zip(colours, methods):
+    for colour, method in zip(palette, methods):
         runs = sub[sub["method"].astype(str) == method]
         if "temperature" in runs and runs["temperature"].notna().any():
             mean = runs.groupby("temperature", sort=True)[[c for c in ("distinct", "median", "max")
@@ -545,7 +495,7 @@ def _plot_quality_diversity(curves: Optional[pd.DataFrame], summary: pd.DataFram
                 ax.annotate(f"T={t:g}", (mean.loc[t, "distinct"], mean.loc[t, "median"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
     markers = "sP^vX<>hp*"
-    for i, (colour, (_, row)) in enumerate(zip(colours[len(methods):], peers.iterrows())):
+    for i, (colour, (_, row)) in enumerate(zip(palette[len(methods):], peers.iterrows())):
         style = "s" if _is_reference(row["method"]) else markers[i % len(markers)]
         ax.plot([row["distinct_mean"]], [row["median_mean"]], style, color=colour, markersize=8,
                 markeredgecolor="black",
@@ -561,7 +511,7 @@ def _plot_quality_diversity(curves: Optional[pd.DataFrame], summary: pd.DataFram
                  + ("\n(solid: median, dashed: max of the candidates)" if has_max else ""), fontsize=10)
     ax.grid(alpha=0.3)
     _legend(ax, len(methods) + len(peers))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_training(training: Optional[pd.DataFrame], task: str, path: Path) -> Optional[Path]:
@@ -583,7 +533,7 @@ def _plot_training(training: Optional[pd.DataFrame], task: str, path: Path) -> O
     fig = Figure(figsize=(8.5, 5.0))
     ax = fig.subplots()
     methods = list(dict.fromkeys(sub["method"].astype(str)))
-    for colour, method in zip(_colours(len(methods)), methods):
+    for colour, method in zip(colours(len(methods)), methods):
         runs = sub[sub["method"].astype(str) == method]
         series = [g.sort_values(xcol) for _, g in runs.groupby("seed", dropna=False)]
         thin = series if len(series) == 1 or len(methods) <= 8 else []   # many methods: means only
@@ -609,7 +559,7 @@ def _plot_training(training: Optional[pd.DataFrame], task: str, path: Path) -> O
     ax.set_title(f"{task}: training curves")
     ax.grid(alpha=0.3, which="both")
     _legend(ax, len(methods))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plots(dir_or_frames: Union[str, os.PathLike, pd.DataFrame, Frames], out_dir: Path
@@ -668,14 +618,6 @@ def write_report(run_dir: Path, assets_dir: Optional[Path] = None, title: Option
     return atomic_write_text(run_dir / "report.md", text)
 
 
-def machine_line() -> str:
-    """The machine and date a figure was measured on, in one line."""
-    cpu = platform.processor() or platform.machine()
-    return (f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__} on the CPU, "
-            f"{datetime.date.today().isoformat()}")
-
-
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} seconds" if seconds < 60 else f"{seconds / 60:.0f} minutes"
 
@@ -725,7 +667,5 @@ def publish(run_dir: Path, docs_path: Path, command: str = "make bench", targets
                   "The speed targets, what was tried for each target and why an unmet one falls short: "
                   "[targets.md](targets.md).", ""]
     text = markdown(results, images=images, title="Benchmarks", preamble="\n".join(lines))
-    from choicegrad.bench.budget_report import kept_section   # the budget benchmark's own section stays
-
     kept = kept_section(docs_path)
     return atomic_write_text(docs_path, text + ("\n" + kept if kept else ""))

@@ -25,6 +25,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from choicegrad.bench.tasks import stats as st
+from choicegrad.bench.tasks.base import BenchmarkTask, check_rows
 from choicegrad.bench.tasks.landscape import rows_at
 from choicegrad.bench.tasks.synthetic import category_labels, grid_space
 from choicegrad.data.space import ChoiceSpace
@@ -32,13 +34,16 @@ from choicegrad.data.space import ChoiceSpace
 HIDDEN = 16
 
 
-class ContextualTask:
-    """A Potts landscape whose fields and couplings depend on context features (see the module doc).
+class ContextualTask(BenchmarkTask):
+    """A Potts landscape whose fields and couplings depend on context features (see the module doc);
+    a BenchmarkTask of kind "contextual": its contexts are tables of context columns (`contexts`).
 
     name; space (slots s0.., categories a, b, ...); numeric: the numeric context columns c0..;
     sites: levels of the categorical column `site` (0: no such column); oracle(num (N, d), site (N,),
     rows (N, S)) -> (N,).
     """
+
+    kind = "contextual"
 
     def __init__(self, name: str = "potts-ctx", slots: int = 8, vocab: int = 4, dims: int = 8, sites: int = 0,
                  coupling: float = 1.5, rank: int = 4, seed: int = 0):
@@ -123,7 +128,7 @@ class ContextualTask:
         site = torch.randint(max(self.sites, 1), (n,), generator=g) if self.sites else torch.zeros(n, dtype=torch.long)
         return num, site
 
-    def context_frame(self, num: Tensor, site: Tensor) -> pd.DataFrame:
+    def frame_of(self, num: Tensor, site: Tensor) -> pd.DataFrame:
         """Contexts as a table: [site] + c0..c{d-1}."""
         frame = pd.DataFrame(num.double().numpy(), columns=self.numeric)
         if self.sites:
@@ -132,7 +137,7 @@ class ContextualTask:
 
     def contexts(self, n: int = 256, seed: int = 1) -> pd.DataFrame:
         """n evaluation contexts as a table; seed >= 1 keeps them apart from the log's (seed 0)."""
-        return self.context_frame(*self.draw(n, 10_000 + seed))
+        return self.frame_of(*self.draw(n, 10_000 + seed))
 
     def encode(self, frame: pd.DataFrame) -> tuple[Tensor, Tensor]:
         """A context table (as `contexts` writes it) -> (num (N, d), site (N,))."""
@@ -149,12 +154,42 @@ class ContextualTask:
         num, site = self.draw(n, seed)
         g = torch.Generator().manual_seed(seed + 1)
         rows = torch.randint(self.vocab, (n, self.slots), generator=g) if rows is None else rows
-        frame = self.context_frame(num, site)
+        frame = self.frame_of(num, site)
         labels = np.asarray(category_labels(self.vocab), dtype=object)
         for s in range(self.slots):
             frame[f"s{s}"] = labels[rows[:, s].numpy()]
         frame["y"] = self.oracle(num, site, rows).double().numpy()
         return frame
+
+    # --- the BenchmarkTask contract ----------------------------------------------------------------
+    def context_frame(self, ctx: pd.DataFrame) -> pd.DataFrame:
+        """The contexts are already a context table."""
+        return ctx
+
+    def truth(self, ctx: pd.DataFrame, rows: Tensor) -> Tensor:
+        """ctx: B contexts (a table as `contexts` writes it), rows (B, M, S) long -> (B, M)."""
+        num, site = self.encode(ctx)
+        M = check_rows(rows, len(num), self.slots)
+        return self.oracle(num.repeat_interleave(M, 0), site.repeat_interleave(M), rows.reshape(-1, self.slots)
+                           ).reshape(len(num), M).float()
+
+    def enumerate_truth(self, ctx: pd.DataFrame) -> tuple[Tensor, Tensor]:
+        """(values (B, R), rows (R, S)) of every row of every context of the table ctx."""
+        return self.enumerate(*self.encode(ctx)), rows_at(torch.arange(self.num_rows), [self.vocab] * self.slots)
+
+    def statistics(self, ctx: pd.DataFrame) -> dict[str, Tensor]:
+        """{min, max, mean, median} (B,): every row has a score, so plain reductions (float32 mean)."""
+        true = self.enumerate(*self.encode(ctx))
+        return {"min": true.min(1).values, "max": true.max(1).values, "mean": true.mean(1),
+                "median": st.nan_stats(true)["median"]}
+
+    def training_table(self, protocol: str = "random", n: Optional[int] = None, seed: int = 0) -> pd.DataFrame:
+        """The log (`log`): n (default 40,000) rows, each with its own context and a uniform random row;
+        "random" is the only protocol (a context is seen once, so it has no median)."""
+        if protocol != "random":
+            raise ValueError(f'protocol: a contextual task\'s log has uniform random rows, expected "random", '
+                             f"got {protocol!r}")
+        return self.log(40_000 if n is None else n, seed)
 
 
 def potts_ctx(seed: int = 0, **options) -> ContextualTask:
@@ -167,4 +202,3 @@ def mixed_ctx(seed: int = 0, **options) -> ContextualTask:
     return ContextualTask("mixed-ctx", **{"dims": 4, "sites": 8, "seed": seed + 7, **options})
 
 
-CONTEXTUAL = {"potts-ctx": potts_ctx, "mixed-ctx": mixed_ctx}

@@ -24,13 +24,73 @@ import torch
 from torch import Tensor
 
 from choicegrad.generators.context import ItemContext
+from choicegrad.generators.objective import ItemObjective
 from choicegrad.bench.metrics import gap_closed, normalise
-from choicegrad.bench.tasks import stats as st
+from choicegrad.bench.tasks.base import BenchmarkTask, check_rows
 from choicegrad.bench.tasks.landscape import rows_at
 
 
-class PickFiveTask:
+class ItemTask(BenchmarkTask):
+    """A BenchmarkTask of kind "items": a context is a list of item vectors (ItemContext), a row picks
+    one item per slot, the task's `reward(selected (N, S, D), ctx) -> (N,)` is the objective. Each
+    task draws its lists (`draw`) and enumerates every combination (`enumerate(ctx)` -> (values (B,
+    R), NaN for a combination a list cannot take; rows (R, S))); its optimum, value statistics and
+    gap closed follow from them."""
+
+    kind = "items"
+    slots: int
+
+    @property
+    def num_slots(self) -> int:
+        return self.slots
+
+    def draw(self, n: int, generator: Optional[torch.Generator] = None) -> ItemContext:  # pragma: no cover
+        raise NotImplementedError
+
+    def reward(self, selected: Tensor, ctx: ItemContext) -> Tensor:  # pragma: no cover - each task's
+        raise NotImplementedError
+
+    def enumerate(self, ctx: ItemContext) -> tuple[Tensor, Tensor]:  # pragma: no cover - each task's
+        raise NotImplementedError
+
+    # --- the BenchmarkTask contract ----------------------------------------------------------------
+    def contexts(self, n: Optional[int] = 64, seed: int = 1234) -> ItemContext:
+        """n lists drawn from `seed` (the harness judges on 64 lists of seed 1234, apart from training)."""
+        return self.draw(64 if n is None else n, torch.Generator().manual_seed(seed))
+
+    def truth(self, ctx: ItemContext, rows: Tensor) -> Tensor:
+        """ctx: B lists, rows (B, M, S) long item indices -> (B, M) reward of the selected items."""
+        M = check_rows(rows, len(ctx), self.slots)
+        with torch.no_grad():
+            return ItemObjective(self.reward)(rows.reshape(-1, self.slots), ctx.repeat_interleave(M)
+                                              ).reshape(len(ctx), M).float()
+
+    def enumerate_truth(self, ctx: ItemContext) -> tuple[Tensor, Tensor]:
+        return self.enumerate(ctx)
+
+    def allowed(self, ctx: ItemContext) -> Tensor:
+        """(B, S, N_max): every slot allows the items of its list."""
+        return ctx.mask.unsqueeze(1).expand(-1, self.slots, -1)
+
+    def stats(self, ctx: ItemContext) -> dict[str, Tensor]:
+        """{min, max, mean, median}: (B,) each, over the valid combinations of each list."""
+        return self.statistics(ctx)
+
+    @staticmethod
+    def normalise(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
+        """(y - min) / (max - min) per list: values (B,) or (B, M) -> same shape."""
+        return normalise(values, stats)
+
+    @staticmethod
+    def gap_closed(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
+        """(y - mean) / (max - mean) per list: values (B,) or (B, M) -> same shape."""
+        return gap_closed(values, stats)
+
+
+class PickFiveTask(ItemTask):
     """Items uniform in [0, 10]; `slots` slots; list lengths drawn from `lengths` (inclusive)."""
+
+    name = "pick-five"
 
     def __init__(self, slots: int = 3, lengths: tuple[int, int] = (4, 16), target: float = 5.0,
                  integer: bool = True):
@@ -55,11 +115,6 @@ class PickFiveTask:
         """(N, S, 1) selected item vectors -> (N,)."""
         return -(selected[..., 0] - self.target).abs().sum(-1)
 
-    def best_items(self, ctx: ItemContext) -> Tensor:
-        """(B,) index of the item closest to the target in each list."""
-        dist = (ctx.items[..., 0] - self.target).abs().masked_fill(~ctx.mask, float("inf"))
-        return dist.argmin(-1)
-
     def accuracy(self, rows: Tensor, ctx: ItemContext) -> float:
         """Share of slots whose chosen item is closest to the target (ties count). rows (B, S) long."""
         dist = (ctx.items[..., 0] - self.target).abs().masked_fill(~ctx.mask, float("inf"))
@@ -67,37 +122,15 @@ class PickFiveTask:
         chosen = dist.gather(1, rows)
         return float((chosen <= best[:, None] + 1e-9).float().mean())
 
-
-class EnumeratedItems:
-    """What an item task whose every combination can be scored shares: given enumerate(ctx) ->
-    (values (B, R), NaN for a combination a list cannot take; rows (R, S)), each list's optimum, its
-    value statistics and the gap closed against them."""
-
-    def enumerate(self, ctx: ItemContext) -> tuple[Tensor, Tensor]:  # pragma: no cover - each task's
-        raise NotImplementedError
-
-    def optimum(self, ctx: ItemContext) -> tuple[Tensor, Tensor]:
-        """(rows (B, S) long, values (B,)): the best valid combination of each list."""
-        values, rows = self.enumerate(ctx)
-        index, best = st.nan_argmax(values)
-        return rows[index], best
-
-    def stats(self, ctx: ItemContext) -> dict[str, Tensor]:
-        """{min, max, mean, median}: (B,) each, over the valid combinations of each list."""
-        return st.nan_stats(self.enumerate(ctx)[0])
-
-    @staticmethod
-    def normalise(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
-        """(y - min) / (max - min) per list: values (B,) or (B, M) -> same shape."""
-        return normalise(values, stats)
-
-    @staticmethod
-    def gap_closed(values: Tensor, stats: dict[str, Tensor]) -> Tensor:
-        """(y - mean) / (max - mean) per list: values (B,) or (B, M) -> same shape."""
-        return gap_closed(values, stats)
+    def enumerate(self, ctx: ItemContext) -> tuple[Tensor, Tensor]:
+        """Every combination: (values (B, N_max**S), NaN where a padded item is used; rows (N_max**S, S))."""
+        B, N, _ = ctx.items.shape
+        rows = rows_at(torch.arange(N**self.slots, device=ctx.device), [N] * self.slots)
+        values = self.reward(ctx.items[:, rows].flatten(0, 1), ctx).view(B, len(rows))
+        return values.masked_fill(~ctx.mask[:, rows].all(-1), float("nan")), rows
 
 
-class ItemSelectionTask(EnumeratedItems):
+class ItemSelectionTask(ItemTask):
     """Pointer-form task: fill `slots` slots from a list of item vectors in R^dim, for a fixed reward
     with interactions between slots.
 
@@ -106,6 +139,8 @@ class ItemSelectionTask(EnumeratedItems):
     item for one slot depends on the items in the others. Items are standard normal; list lengths are
     uniform in `lengths` (inclusive). The same item may fill several slots.
     """
+
+    name = "items"
 
     def __init__(self, slots: int = 3, dim: int = 4, lengths: tuple[int, int] = (6, 12), coupling: float = 1.0,
                  seed: int = 0):
@@ -154,7 +189,7 @@ class ItemSelectionTask(EnumeratedItems):
 
 
 
-class SlateTask(EnumeratedItems):
+class SlateTask(ItemTask):
     """Pointer-form slate task: fill a page of `slots` positions with DISTINCT items from a list, for
     the expected clicks of a user under a position-based click model with a topic-redundancy discount.
 
@@ -182,6 +217,7 @@ class SlateTask(EnumeratedItems):
     distinct rows only, and peers should search with distinct=True.
     """
 
+    name = "slates"
     distinct = True
 
     def __init__(self, slots: int = 3, lengths: tuple[int, int] = (8, 12), topics: int = 4, noise: int = 2,

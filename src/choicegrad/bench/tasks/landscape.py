@@ -22,6 +22,7 @@ from choicegrad.errors import InputError, did_you_mean, show_rows
 from choicegrad.data.space import ChoiceSpace, Slot, as_labels
 from choicegrad.bench.metrics import gap_closed, normalise
 from choicegrad.bench.tasks import stats as st
+from choicegrad.bench.tasks.base import BenchmarkTask, check_rows
 
 PROTOCOLS = ("below-median", "random")
 MAX_CELLS = 1 << 26          # C x R scores kept in memory at most (256 MB of float32)
@@ -45,13 +46,16 @@ def rows_at(index: Tensor, sizes: Sequence[int]) -> Tensor:
     return (index.unsqueeze(-1) // radix(sizes).to(index.device)) % torch.tensor(list(sizes), device=index.device)
 
 
-class Landscape:
-    """A contextual table task with a known score for every row.
+class Landscape(BenchmarkTask):
+    """A contextual table task with a known score for every row (a BenchmarkTask of kind "table":
+    its contexts are its C context ids, every method is judged on all of them).
 
     name; space (slots s0..); context_column (None: context-free, C = 1); context_labels (C labels,
     [] without context); scores (C, R) float32, NaN = no score; measured (C, R) bool or None.
     Synthetic landscapes also keep `analytic` (fn(ctx (N,), rows (N, S)) -> (N,)) and `model`.
     """
+
+    kind = "table"
 
     def __init__(self, name: str, space: ChoiceSpace, scores: Tensor, context_column: Optional[str] = None,
                  context_labels: Optional[Sequence[str]] = None, measured: Optional[Tensor] = None,
@@ -124,10 +128,32 @@ class Landscape:
         ctx = self._check_ctx(ctx, len(idx))
         return self.scores[ctx.cpu(), idx.cpu()].to(rows.device)
 
-    def optimum(self) -> tuple[Tensor, Tensor]:
-        """(rows (C, S) long, values (C,)): the best scored row of each context."""
-        index, values = st.nan_argmax(self.scores)
+    def optimum(self, ctx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """(rows (B, S) long, values (B,)): the best scored row of each context ctx (B,) (default: all C)."""
+        index, values = st.nan_argmax(self.scores if ctx is None else self.scores[ctx])
         return self.rows_at(index), values
+
+    # --- the BenchmarkTask contract ----------------------------------------------------------------
+    @property
+    def context_columns(self) -> Optional[list[str]]:
+        return [self.context_column] if self.context_column else None
+
+    def contexts(self, n: Optional[int] = None, seed: int = 0) -> Tensor:
+        """(C,) long: every context id (the contexts of the training table; n and seed unused)."""
+        return torch.arange(self.num_contexts)
+
+    def truth(self, ctx: Tensor, rows: Tensor) -> Tensor:
+        """ctx (B,) context ids, rows (B, M, S) long -> (B, M) scores (NaN: no score)."""
+        M = check_rows(rows, len(ctx), self.space.num_slots)
+        return self.oracle(ctx.repeat_interleave(M), rows.reshape(-1, self.space.num_slots)).reshape(len(ctx), M).float()
+
+    def enumerate_truth(self, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """(scores (B, R) of contexts ctx (B,), rows (R, S)): the stored scores, in row-index order."""
+        return self.scores[ctx], self.all_rows()
+
+    def statistics(self, ctx: Tensor) -> dict[str, Tensor]:
+        """{min, max, mean, median} (B,) of contexts ctx (B,), from the cached stats()."""
+        return {k: v[ctx] for k, v in self.stats().items()}
 
     def stats(self) -> dict[str, Tensor]:
         """{min, max, mean, median}: (C,) each, over the scored rows of each context (cached)."""
@@ -146,11 +172,13 @@ class Landscape:
         return gap_closed(values, {k: v[ctx] for k, v in self.stats().items()})
 
     # --- tables ----------------------------------------------------------------------------------
-    def context_frame(self) -> pd.DataFrame:
-        """One row per context with the context column (C rows; no column and 1 row without context)."""
+    def context_frame(self, ctx: Optional[Tensor] = None) -> pd.DataFrame:
+        """One row per context ctx (B,) (default: all C) with the context column (no column without
+        context)."""
         if self.context_column is None:
-            return pd.DataFrame(index=range(1))
-        return pd.DataFrame({self.context_column: pd.Series(self.context_labels, dtype=object)})
+            return pd.DataFrame(index=range(1 if ctx is None else len(ctx)))
+        labels = self.context_labels if ctx is None else [self.context_labels[int(c)] for c in ctx]
+        return pd.DataFrame({self.context_column: pd.Series(labels, dtype=object)})
 
     def frame(self, ctx: Tensor, index: Tensor) -> pd.DataFrame:
         """Rows (ctx (N,), row index (N,)) as a table: [context column] + slot names + "y"."""

@@ -1,4 +1,7 @@
-"""Tasks by name: get_task("nk3"), get_task("tfbind8", data_dir="path/to/data").
+"""Every benchmark task by name, one registry: get_task("nk3"), get_task("items", slots=2),
+get_task("tfbind8", data_dir="path/to/data"). Each is a BenchmarkTask (choicegrad.bench.tasks.base):
+table landscapes (synthetic and real), contextual tasks and item tasks alike; the harness, the
+online benchmark and the contract tests (tests/test_tasks.py) read them from here.
 
 A real landscape (tfbind8, gb1, pard3) is read from NAME.parquet in the first of: the `data_dir`
 argument, $CHOICEGRAD_DATA_DIR, SHARED_DATA_DIR (if it exists), the `choicegrad data fetch` cache
@@ -13,8 +16,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from choicegrad.bench.fetch import find_dataset
-from choicegrad.bench.tasks.landscape import REAL, Landscape, gb1, pard3, tfbind8
-from choicegrad.bench.tasks.synthetic import ehrlich, nk, potts
+from choicegrad.bench.tasks.base import BenchmarkTask
+from choicegrad.bench.tasks.contextual import mixed_ctx, potts_ctx
+from choicegrad.bench.tasks.items import ItemSelectionTask, PickFiveTask, SlateTask
+from choicegrad.bench.tasks.landscape import REAL, gb1, pard3, tfbind8
+from choicegrad.bench.tasks.synthetic import ehrlich, nk, planted, potts
 from choicegrad.errors import did_you_mean
 
 DATA_DIR_ENV = "CHOICEGRAD_DATA_DIR"
@@ -22,15 +28,25 @@ DATA_DIR_ENV = "CHOICEGRAD_DATA_DIR"
 # relative to the working directory (the repository root), used when it exists.
 SHARED_DATA_DIR = Path("../shared/data")
 
-TASKS: dict[str, Callable[..., Landscape]] = {
+#: name -> factory(**options) of the task (a real landscape's factory takes its file instead)
+TASKS: dict[str, Callable[..., BenchmarkTask]] = {
+    # table landscapes
     "potts": potts,
     "nk2": partial(nk, k=2),
     "nk3": partial(nk, k=3),
     "nk4": partial(nk, k=4),
     "ehrlich": ehrlich,
+    "planted": planted,
     "tfbind8": tfbind8,
     "gb1": gb1,
     "pard3": pard3,
+    # contexts as features, judged on unseen contexts
+    "potts-ctx": potts_ctx,
+    "mixed-ctx": mixed_ctx,
+    # item lists (pointer form)
+    "items": ItemSelectionTask,
+    "slates": SlateTask,
+    "pick-five": PickFiveTask,
 }
 
 
@@ -50,7 +66,7 @@ def find_task_data(name: str, data_dir: Optional[str | Path] = None) -> Path:
     return find_dataset(name, data_dir_for(data_dir))
 
 
-def get_task(name: str, data_dir: Optional[str | Path] = None, **options) -> Landscape:
+def get_task(name: str, data_dir: Optional[str | Path] = None, **options) -> BenchmarkTask:
     """The task `name`. Synthetic tasks take their factory's options (seed, contexts, ...); real ones
     read NAME.parquet (find_task_data: data_dir, $CHOICEGRAD_DATA_DIR, ../shared/data, the fetch
     cache) and take no options."""

@@ -1,7 +1,7 @@
 """Synthetic landscapes with analytic oracles, enumerated once into a Landscape.
 
 Each factory returns a Landscape whose `analytic` is the oracle fn(ctx (N,), rows (N, S)) -> (N,)
-and `model` the seeded object behind it (PottsTask, NKModel, EhrlichModel), so tests can check the
+and `model` the seeded object behind it (PottsTask, NKModel, EhrlichModel, PlantedTask), so tests can check the
 enumerated scores against it. Slots are s0..s{S-1}, categories a, b, c, ... (v00, v01, ... past 26),
 context column "ctx" with labels c0..c{C-1}, zero-padded (c00..c31) so label order is context order.
 """
@@ -12,6 +12,7 @@ from choicegrad.data.space import ChoiceSpace, Slot
 from choicegrad.bench.tasks.ehrlich import EhrlichModel
 from choicegrad.bench.tasks.landscape import Landscape
 from choicegrad.bench.tasks.nk import NKModel
+from choicegrad.bench.tasks.planted import PlantedTask
 from choicegrad.bench.tasks.potts import PottsTask
 
 
@@ -65,3 +66,12 @@ def ehrlich(slots: int = 8, vocab: int = 5, motifs: int = 2, motif_length: int =
                          quantization=quantization, min_feasible=min_feasible, seed=seed)
     return Landscape.from_oracle("ehrlich", grid_space(slots, vocab), context_labels(contexts), model,
                                  chunk=1 << 16, model=model)
+
+
+def planted(slots: int = 4, vocab: int = 4, contexts: int = 2, modes: int = 1, bonus: float = 2.0, seed: int = 0
+            ) -> Landscape:
+    """PlantedTask's landscape: a few planted rows per context, mode 0 the unique optimum."""
+    _check(slots, vocab, contexts)
+    task = PlantedTask(slots=slots, vocab=vocab, contexts=contexts, modes=modes, bonus=bonus, seed=seed)
+    return Landscape.from_oracle("planted", grid_space(slots, vocab), context_labels(contexts), task.oracle,
+                                 model=task)
