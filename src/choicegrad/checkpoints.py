@@ -97,6 +97,29 @@ def set_rng_state(generator: torch.Generator, state: dict[str, torch.Tensor]) ->
     torch.set_rng_state(state["torch"])
 
 
+@contextmanager
+def seeded_rng(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Inside: torch's global RNGs (the CPU's, and `device`'s when it is a CUDA or MPS device) seeded
+    with `seed`, for what can only draw from them (module initialisation, dropout); on leaving, the
+    caller's states as they were (torch.random.fork_rng). A fit that runs inside owns its
+    randomness: its draws do not depend on what the caller drew before, nor the caller's on the fit."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        mps = torch.mps.get_rng_state() if device.type == "mps" else None
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        if mps is not None:
+            torch.mps.manual_seed(seed)
+        try:
+            yield
+        finally:
+            if mps is not None:
+                torch.mps.set_rng_state(mps)
+
+
 class _Failpoints:
     """CHOICEGRAD_FAILPOINTS="scorer=30,generator=5": SIGKILL this process at the 30th tick of the
     scorer loop (or the 5th of the generator's). Only for fault tests; unset, a tick costs one dict lookup."""
