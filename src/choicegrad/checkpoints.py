@@ -250,9 +250,6 @@ class Checkpointer:
                 f"the checkpoint does not fit this run ({type(exc).__name__}: {str(exc)[:200]}); start over with "
                 "--overwrite"]) from None
 
-    def has(self, name: str) -> bool:
-        return (self.root / f"{name}.json").is_file()
-
     @contextmanager
     def catch_signals(self) -> Iterator[Checkpointer]:
         """While inside: the first SIGINT/SIGTERM sets `stop` (the loop saves and raises Interrupted);
