@@ -1,5 +1,6 @@
 """Resumable training: training state saved as safetensors + JSON, a time-based checkpoint schedule,
-SIGINT/SIGTERM turned into "save, then stop", and failpoints for fault tests.
+SIGINT/SIGTERM turned into "save, then stop" (and every tick a fault point of choicegrad.fs's step
+faults, for the kill-then-resume tests).
 
 A training loop calls `ckpt.tick(name)` once per step; when it returns True the loop saves its state
 with `ckpt.save(name, state)` (every `every_minutes`, and at once after a signal) and, after a signal,
@@ -37,7 +38,6 @@ from choicegrad.io import atomic_path, atomic_write_text, read_json, read_weight
 
 #: Default minutes between checkpoints of a long phase.
 CHECKPOINT_MINUTES = 2.0
-FAILPOINTS_ENV = "CHOICEGRAD_FAILPOINTS"
 
 
 def encode_state(state: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -120,32 +120,6 @@ def seeded_rng(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
                 torch.mps.set_rng_state(mps)
 
 
-class _Failpoints:
-    """CHOICEGRAD_FAILPOINTS="scorer=30,generator=5": SIGKILL this process at the 30th tick of the
-    scorer loop (or the 5th of the generator's). Only for fault tests; unset, a tick costs one dict lookup."""
-
-    def __init__(self, spec: str):
-        self.at: dict[str, int] = {}
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            name, _, count = part.partition("=")
-            self.at[name.strip()] = int(count or 1)
-        self.seen: dict[str, int] = {}
-
-    def hit(self, name: str) -> None:
-        if name in self.at:
-            self.seen[name] = self.seen.get(name, 0) + 1
-            if self.seen[name] >= self.at[name]:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-
-def failpoint(name: str) -> None:
-    """A named point where the fault tests may kill the process (see _Failpoints)."""
-    _FAILPOINTS.hit(name)
-
-
-_FAILPOINTS = _Failpoints(os.environ.get(FAILPOINTS_ENV, ""))
-
-
 class Checkpointer:
     """Checkpoints of the training phases of one run, in folder `root` (RUN/.checkpoint while it is built).
 
@@ -164,7 +138,7 @@ class Checkpointer:
 
     def tick(self, name: str) -> bool:
         """Called once per training step of phase `name`: True when it is time to save (or a signal came)."""
-        failpoint(name)
+        fs.step(name)
         return self.stop is not None or time.monotonic() - self.last >= self.every
 
     def check_stop(self, name: str) -> None:
