@@ -127,6 +127,7 @@ def test_every_disk_operation_killed_or_failing(world, tmp_path, name):
         assert {"lock", "mkdir", "remove", "unlink"} <= kinds, ops     # the run folder's own steps
     if name == "fit-overwrite":
         assert "exchange" in kinds, ops                                # the old run swapped out in one step
+    let_pass = []
     for i, (op, path) in enumerate(ops, 1):
         for mode in ("kill", "enospc"):
             d = case(world, tmp_path / f"{mode}{i}")
@@ -135,10 +136,15 @@ def test_every_disk_operation_killed_or_failing(world, tmp_path, name):
             assert "Traceback" not in done.stderr, (where, done.stderr)
             if mode == "kill":
                 assert done.code == -9, (where, done.code, done.stderr)
-            elif done.code != 0:           # a failure nothing depends on (the lock's owner note) is let pass
+            elif done.code != 0:
                 assert done.code == 2 and "No space left on device (ENOSPC)" in done.stderr, (where, done.stderr)
+            else:
+                let_pass.append((op, path))
             check_intact_or_complete(name, world, d)
             again = run(after, d)
             assert again.code == 0, (where, again.stderr)
             check_recovered(name, world, d)
             shutil.rmtree(d)
+    # only a failure nothing depends on is let pass: the lock file's owner note and its removal
+    assert all(Path(path).name.endswith(".lock") for _, path in let_pass), let_pass
+

@@ -81,6 +81,27 @@ def test_fit_scorer_learns_and_is_reproducible(potts_frame):
         assert torch.equal(p, q)
 
 
+def test_fit_scorer_owns_its_randomness(potts_frame):
+    """The fit draws from its own seeded generators: the caller's global RNG state is left as it was,
+    and what the caller drew before does not change the fit (dropout and completions draw inside)."""
+    t = load_table(potts_frame, "s?", "y", "ctx")
+    fit = ScorerFit(model=ScorerConfig(embed_dim=4, hidden=[16], dropout=0.2), epochs=2, batch_size=64, seed=5)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = fit_scorer(t, fit, progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(1000)
+    b = fit_scorer(t, fit, progress=False)
+    for p, q in zip(a.scorer.parameters(), b.scorer.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_one_automatic_epoch_rule_in_memory_and_streamed():
+    from choicegrad.scorer.fit import auto_epochs
+    assert auto_epochs(1000) == 200 and auto_epochs(3_000_000) == 10
+    assert auto_epochs(6_000_000) == 5 and auto_epochs(100_000_000) == 1     # about 3e7 row visits, at least 1
+
+
 def test_ranking_loss_and_ensemble_train(potts_frame):
     t = load_table(potts_frame, "s?", "y", "ctx")
     fit = ScorerFit(model=ScorerConfig(embed_dim=4, hidden=[32]), epochs=30, batch_size=64, ensemble=2, ranking=0.5)

@@ -11,7 +11,7 @@ The whole pipeline, table -> scorer -> estimator -> generator -> decoder -> cand
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from choicegrad.version import __version__
 
 # Public names -> the module that defines them, imported on first use (PEP 562): `choicegrad --help` and
 # the command line's Ctrl-C handling start before torch and pandas are imported.

@@ -1,5 +1,6 @@
 """Resumable training: training state saved as safetensors + JSON, a time-based checkpoint schedule,
-SIGINT/SIGTERM turned into "save, then stop", and failpoints for fault tests.
+SIGINT/SIGTERM turned into "save, then stop" (and every tick a fault point of choicegrad.fs's step
+faults, for the kill-then-resume tests).
 
 A training loop calls `ckpt.tick(name)` once per step; when it returns True the loop saves its state
 with `ckpt.save(name, state)` (every `every_minutes`, and at once after a signal) and, after a signal,
@@ -37,7 +38,6 @@ from choicegrad.io import atomic_path, atomic_write_text, read_json, read_weight
 
 #: Default minutes between checkpoints of a long phase.
 CHECKPOINT_MINUTES = 2.0
-FAILPOINTS_ENV = "CHOICEGRAD_FAILPOINTS"
 
 
 def encode_state(state: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -97,30 +97,27 @@ def set_rng_state(generator: torch.Generator, state: dict[str, torch.Tensor]) ->
     torch.set_rng_state(state["torch"])
 
 
-class _Failpoints:
-    """CHOICEGRAD_FAILPOINTS="scorer=30,generator=5": SIGKILL this process at the 30th tick of the
-    scorer loop (or the 5th of the generator's). Only for fault tests; unset, a tick costs one dict lookup."""
-
-    def __init__(self, spec: str):
-        self.at: dict[str, int] = {}
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            name, _, count = part.partition("=")
-            self.at[name.strip()] = int(count or 1)
-        self.seen: dict[str, int] = {}
-
-    def hit(self, name: str) -> None:
-        if name in self.at:
-            self.seen[name] = self.seen.get(name, 0) + 1
-            if self.seen[name] >= self.at[name]:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-
-def failpoint(name: str) -> None:
-    """A named point where the fault tests may kill the process (see _Failpoints)."""
-    _FAILPOINTS.hit(name)
-
-
-_FAILPOINTS = _Failpoints(os.environ.get(FAILPOINTS_ENV, ""))
+@contextmanager
+def seeded_rng(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Inside: torch's global RNGs (the CPU's, and `device`'s when it is a CUDA or MPS device) seeded
+    with `seed`, for what can only draw from them (module initialisation, dropout); on leaving, the
+    caller's states as they were (torch.random.fork_rng). A fit that runs inside owns its
+    randomness: its draws do not depend on what the caller drew before, nor the caller's on the fit."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        mps = torch.mps.get_rng_state() if device.type == "mps" else None
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        if mps is not None:
+            torch.mps.manual_seed(seed)
+        try:
+            yield
+        finally:
+            if mps is not None:
+                torch.mps.set_rng_state(mps)
 
 
 class Checkpointer:
@@ -141,7 +138,7 @@ class Checkpointer:
 
     def tick(self, name: str) -> bool:
         """Called once per training step of phase `name`: True when it is time to save (or a signal came)."""
-        failpoint(name)
+        fs.step(name)
         return self.stop is not None or time.monotonic() - self.last >= self.every
 
     def check_stop(self, name: str) -> None:
@@ -226,9 +223,6 @@ class Checkpointer:
             raise InputError(str(self.root / f"{name}.json"), [
                 f"the checkpoint does not fit this run ({type(exc).__name__}: {str(exc)[:200]}); start over with "
                 "--overwrite"]) from None
-
-    def has(self, name: str) -> bool:
-        return (self.root / f"{name}.json").is_file()
 
     @contextmanager
     def catch_signals(self) -> Iterator[Checkpointer]:

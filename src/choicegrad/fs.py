@@ -13,6 +13,12 @@ an OSError, at the Nth point it reaches, the way SQLite tests every I/O call in 
 
 Several may be given, comma-separated ("log=/tmp/ops,enospc@3"). Unset, a point costs one
 environment lookup.
+
+Training steps are fault points too (`step`, called by Checkpointer.tick), counted per phase, so
+that a test can kill a fit mid-epoch whatever it wrote before:
+
+    CHOICEGRAD_FAILPOINTS="scorer=30,generator=5"   SIGKILL at the 30th step of the scorer's loop
+                                                    (or the 5th of the generator's)
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 FAULTS_ENV = "CHOICEGRAD_FAULTS"
+STEP_FAULTS_ENV = "CHOICEGRAD_FAILPOINTS"
 _ERRNOS = {"enospc": errno.ENOSPC, "eio": errno.EIO, "edquot": errno.EDQUOT, "erofs": errno.EROFS}
 
 
@@ -77,6 +84,38 @@ _FAULTS = _Faults()
 def point(op: str, path: str | os.PathLike) -> None:
     """A fault point: operation `op` on `path` is about to happen (see the module docstring)."""
     _FAULTS.point(op, path)
+
+
+class _StepFaults:
+    """The parsed CHOICEGRAD_FAILPOINTS of this process and the steps each phase has taken."""
+
+    def __init__(self) -> None:
+        self.spec: Optional[str] = None
+        self.at: dict[str, int] = {}
+        self.seen: dict[str, int] = {}
+
+    def step(self, phase: str) -> None:
+        spec = os.environ.get(STEP_FAULTS_ENV, "")
+        if not spec:
+            return
+        if spec != self.spec:
+            self.spec, self.at = spec, {}
+            for part in filter(None, (p.strip() for p in spec.split(","))):
+                name, _, count = part.partition("=")
+                self.at[name.strip()] = int(count or 1)
+        if phase in self.at:
+            self.seen[phase] = self.seen.get(phase, 0) + 1
+            if self.seen[phase] >= self.at[phase]:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+_STEP_FAULTS = _StepFaults()
+
+
+def step(phase: str) -> None:
+    """A training step of `phase` ("scorer", "warm", "generator"): a fault point for the kill tests
+    (CHOICEGRAD_FAILPOINTS, see the module docstring)."""
+    _STEP_FAULTS.step(phase)
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

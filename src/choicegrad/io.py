@@ -37,6 +37,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from choicegrad import fs
 from choicegrad.errors import InputError, os_reason, show_rows
+from choicegrad.version import __version__
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -477,6 +478,4 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: 
 
 def versions() -> dict[str, str]:
     """Package and torch versions recorded in every checkpoint."""
-    from choicegrad import __version__  # here, not at the top: choicegrad/__init__ imports modules that import this one
-
     return {"choicegrad": __version__, "torch": torch.__version__}

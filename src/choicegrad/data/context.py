@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel
 
-from choicegrad.data.space import as_labels
+from choicegrad.data.space import as_labels, unknown_labels
 from choicegrad.errors import InputError, did_you_mean, show_rows
 
 
@@ -116,13 +116,10 @@ class ContextEncoder(BaseModel):
             if len(absent):
                 problems.append(f'context column "{col.name}": missing value at {show_rows(absent)}')
             if len(unknown):
-                vals = sorted(set(labels.iloc[unknown]))[:5]
-                problems.append(
-                    f'context column "{col.name}": unknown value {", ".join(map(repr, vals))} at {show_rows(unknown)}; '
-                    f"known: {', '.join((col.categories or [])[:8])}{' ...' if len(col.categories or []) > 8 else ''}; "
-                    "the scorer has no embedding for a category unseen in training: drop these rows, or refit on a "
-                    "table that includes the category"
-                )
+                problems.append(unknown_labels(f'context column "{col.name}"', labels, unknown, col.categories or [],
+                                               "value")
+                                + "; the scorer has no embedding for a category unseen in training: drop these rows, "
+                                "or refit on a table that includes the category")
             cat[:, j] = codes
         for j, col in enumerate(self.numeric):
             if col.name not in frame.columns:

@@ -231,12 +231,7 @@ class ChoiceSpace(BaseModel):
             if len(unknown_at) and unknown == "missing":
                 codes[unknown_at] = MISSING
             elif len(unknown_at):
-                values = sorted(set(labels.iloc[unknown_at]))[:5]
-                problems.append(
-                    f'column "{slot.name}": unknown categor{"ies" if len(values) > 1 else "y"} '
-                    f"{', '.join(repr(v) for v in values)} at {show_rows(unknown_at)}; "
-                    f"known: {_preview(slot.categories)}"
-                )
+                problems.append(unknown_labels(f'column "{slot.name}"', labels, unknown_at, slot.categories))
             if not allow_missing and absent.any():
                 problems.append(f'column "{slot.name}": missing value at {show_rows(np.flatnonzero(absent))}')
             out[:, s] = codes
@@ -252,6 +247,17 @@ class ChoiceSpace(BaseModel):
             cats = np.array(slot.categories + [None], dtype=object)
             cols[slot.name] = cats[np.where(idx[:, s] < 0, len(slot.categories), idx[:, s])]
         return pd.DataFrame(cols)
+
+
+def unknown_labels(column: str, labels: pd.Series, at: np.ndarray, known: Sequence[str],
+                   noun: str = "category") -> str:
+    """The problem line for labels (N,) at positions `at` that are not among `known`: the column, up
+    to five of the values, their rows and the known labels ('column "s0": unknown category 'z' at
+    row 2; known: a, b'). noun: "category" (features) or "value" (context columns)."""
+    values = sorted(set(labels.iloc[at]))[:5]
+    nouns = noun if len(values) == 1 else {"category": "categories"}.get(noun, noun + "s")
+    return (f"{column}: unknown {nouns} {', '.join(map(repr, values))} at {show_rows(at)}; "
+            f"known: {_preview(known)}")
 
 
 def _preview(items: Sequence[str], limit: int = 8) -> str:

@@ -32,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from choicegrad import generators
+from choicegrad.checkpoints import seeded_rng
 from choicegrad.data.space import read_space
 from choicegrad.data.spec import parse_names
 from choicegrad.data.table import MIN_ROWS, TableData, load_table
@@ -252,9 +253,9 @@ class Designer:
 
     def _fit_generator(self, feasible: TableData, acq: Acquisition, seed: int, minutes: float, progress) -> None:
         cfg = self.config
-        torch.manual_seed(seed)
-        gen = generators.build(GeneratorConfig(kind="autoregressive"), space=self.scorer.space,
-                               context=self.scorer.context)
+        with seeded_rng(seed):          # the weights' initialisation, the caller's global RNG untouched
+            gen = generators.build(GeneratorConfig(kind="autoregressive"), space=self.scorer.space,
+                                   context=self.scorer.context)
         warm = self.generator is not None and not state_problems(gen, self.generator.state_dict())
         if warm:
             gen.load_state_dict(self.generator.state_dict())

@@ -199,14 +199,6 @@ class Generator(nn.Module):
         lp = logp.gather(-1, rows.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return lp, -(logp.exp() * logp).sum(-1) if entropy else None
 
-    def conditional_entropy(self, rows: Tensor, ctx: Context) -> Tensor:
-        """Sum over slots of the entropy of each slot's conditional given the row's prefix (nats).
-
-        rows (B, M, S) -> (B, M). For a factorized generator this is the exact row entropy; for an
-        autoregressive one its expectation over rows ~ the generator is the exact entropy.
-        """
-        return self.teacher_terms(rows, ctx)[1].sum(-1)
-
     # --- derived: sampling ------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, ctx: Context, k: int = 1, temperature: float = 1.0, fixed: Optional[Tensor] = None,

@@ -119,18 +119,6 @@ class ItemContext:
         allowed = self.mask.unsqueeze(1).expand(-1, slots, -1)
         return allowed if self.slot_mask is None else allowed & self.slot_mask
 
-    @classmethod
-    def from_lists(cls, lists: list[Tensor]) -> ItemContext:
-        """Pad a list of (N_b, D) tensors into one ItemContext."""
-        n = max(int(t.shape[0]) for t in lists)
-        d = int(lists[0].shape[1])
-        items = torch.zeros(len(lists), n, d, dtype=lists[0].dtype)
-        mask = torch.zeros(len(lists), n, dtype=torch.bool)
-        for b, t in enumerate(lists):  # building a batch from user lists, not a hot path
-            items[b, : len(t)] = t
-            mask[b, : len(t)] = True
-        return cls(items, mask)
-
 
 Context = TableContext | ItemContext
 

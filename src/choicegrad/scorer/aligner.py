@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from choicegrad.checkpoints import seeded_rng
 from choicegrad.decoding.rows import change_one_slot
 from choicegrad.progress import progress_bar
 
@@ -147,11 +148,19 @@ class AlignerResult:
 
 
 def fit_aligner(scorer, data, fit: Optional[AlignerFit] = None, progress: Optional[bool] = None) -> AlignerResult:
-    """Train an aligner over `scorer` on the rows of `data` (TableData), see the module docstring."""
+    """Train an aligner over `scorer` on the rows of `data` (TableData), see the module docstring.
+    Its draws come from its own generator, and the head's initialisation (and the scorer's dropout,
+    when fine-tuned) from torch's global RNG seeded with fit.seed inside (seeded_rng): the caller's
+    global state is left as it was."""
     fit = fit or AlignerFit()
+    device = next(iter(scorer.parameters()), torch.empty(0)).device
+    with seeded_rng(fit.seed, device):
+        return _fit_aligner(scorer, data, fit, progress)
+
+
+def _fit_aligner(scorer, data, fit: AlignerFit, progress: Optional[bool]) -> AlignerResult:
     start = time.perf_counter()
     deadline = start + 60 * fit.max_minutes if fit.max_minutes else math.inf
-    torch.manual_seed(fit.seed)
     rng = torch.Generator().manual_seed(fit.seed)
     aligner = Aligner(scorer, fit)
     scorer.eval()

@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from choicegrad import distributed
-from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
+from choicegrad.checkpoints import Checkpointer, rng_state, seeded_rng, set_rng_state
 from choicegrad.data.stream import ParquetTable
 from choicegrad.data.table import TableData, check_fit_rows, score_stats
 from choicegrad.device import Device
@@ -32,8 +32,8 @@ class ScorerFit(BaseModel):
     model: ScorerConfig = Field(default_factory=ScorerConfig)
     ensemble: int = Field(1, ge=1, description="members k; score = mean - beta * std")
     beta: float = Field(0.0, ge=0.0, description="pessimism of the ensemble score")
-    epochs: int | None = Field(None, ge=1, description="None: about 3e7 row visits, clipped to 10..200 epochs "
-                               "(1..200 for a streamed table)")
+    epochs: int | None = Field(None, ge=1, description="None: about 3e7 row visits, 1..200 epochs (auto_epochs: "
+                               "at least 10 below 3 million training rows)")
     batch_size: int | None = Field(None, ge=1, description="None: n_train / 256, clipped to 128..4096")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -58,11 +58,19 @@ class ScorerResult:
     seconds: float
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch and numpy; return a torch.Generator for explicit randomness."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    return torch.Generator().manual_seed(seed)
+#: Row visits of an automatic epoch count (fit.epochs None), and its most epochs.
+ROW_VISITS, MAX_EPOCHS = 3e7, 200
+
+
+def auto_epochs(n_train: int) -> int:
+    """Epochs of about ROW_VISITS row visits over n_train training rows, clipped to 1..MAX_EPOCHS: at
+    least 10 below 3 million rows, and a table bigger than ROW_VISITS (in memory or streamed) one."""
+    return int(np.clip(math.ceil(ROW_VISITS / n_train), 1, MAX_EPOCHS))
+
+
+def auto_batch_size(n_train: int, batch_size: int | None) -> int:
+    """batch_size, or n_train / 256 clipped to 128..4096; at most n_train."""
+    return min(batch_size or int(np.clip(n_train // 256, 128, 4096)), n_train)
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,8 +151,9 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
     """
     check_fit_rows(data)
     fit = fit or ScorerFit()
-    training = _ScorerTraining(data, fit, checkpoint, init)
-    training.run(progress)
+    with seeded_rng(fit.seed, fit.device):      # initialisation, dropout and completions draw from it
+        training = _ScorerTraining(data, fit, checkpoint, init)
+        training.run(progress)
     scorer = training.scorer.eval()
     metrics = {"validation": _report(scorer, data.subset(training.val_idx))}
     if len(training.test_idx):
@@ -166,8 +175,9 @@ def fit_scorer_stream(table: ParquetTable, fit: ScorerFit | None = None, progres
     every rank runs as many steps), so the model depends on the number of ranks and workers, unlike
     fit_scorer's. A resume re-reads the interrupted epoch up to where it stopped (same batches)."""
     fit = fit or ScorerFit()
-    training = _StreamTraining(table, fit, checkpoint, init, workers)
-    training.run(progress)
+    with seeded_rng(fit.seed, fit.device):
+        training = _StreamTraining(table, fit, checkpoint, init, workers)
+        training.run(progress)
     scorer = training.scorer.eval()
     metrics = {"validation": _report(scorer, table.validation)}
     if len(table.test):
@@ -203,43 +213,63 @@ class _ScorerTraining:
 
     def __init__(self, data: TableData, fit: ScorerFit, checkpoint: Checkpointer | None,
                  init: Scorer | None = None):
-        self.fit, self.ckpt, self.start = fit, checkpoint, time.perf_counter()
-        self.world = distributed.current()
-        self.gen = seed_everything(fit.seed)
-        self.device = device = torch.device(fit.device)
         self.train_idx, self.val_idx, self.test_idx = split_indices(len(data), fit.val_fraction, fit.test_fraction,
                                                                     fit.seed)
-        y = data.y
-        y_mean, y_std = score_stats(y[self.train_idx]) if fit.loss == "mse" else (0.0, 1.0)  # logits as they are
+        y_mean, y_std = score_stats(data.y[self.train_idx]) if fit.loss == "mse" else (0.0, 1.0)  # logits as they are
+        # a partial row's missing slots are scored over their categories at their training shares
+        marginals = category_counts(data.rows[self.train_idx], data.space.max_size)
+        self.setup(data, fit, checkpoint, init, len(self.train_idx), (y_mean, y_std), marginals, data)
+        self.train_t = torch.as_tensor(self.train_idx, device=self.device)
+        self.val_t = torch.as_tensor(self.val_idx, device=self.device)
+        self.steps_per_epoch = max(1, math.ceil(self.n_train / self.batch_size))
+        self.resume()
+
+    def setup(self, source: TableData | ParquetTable, fit: ScorerFit, checkpoint: Checkpointer | None,
+              init: Scorer | None, n_train: int, stats: tuple[float, float], marginals: torch.Tensor,
+              held: TableData) -> None:
+        """The state both fits share: the scorer of `source`'s space, context and score (its pairwise
+        term decided on n_train rows; score stats (mean, std); marginals (S, V_max) category counts),
+        warm-started from `init`; `held`'s rows on the device (the rows batches and validation index),
+        their standardised targets; the epochs, batch size and position."""
+        self.fit, self.ckpt, self.start = fit, checkpoint, time.perf_counter()
+        self.world = distributed.current()
+        self.gen = torch.Generator().manual_seed(fit.seed)       # the batch order and ranking pairs
+        self.device = torch.device(fit.device)
+        self.y_mean, self.y_std = stats
+        self.n_train = n_train
         # the automatic pairwise term is decided on the training rows as well as the space
-        model = fit.model.model_copy(update={"pairwise": pair_rank(fit.model, data.space.sizes, len(self.train_idx))})
-        self.scorer = Scorer(data.space, data.context, data.score, model, k=fit.ensemble, beta=fit.beta,
-                             y_mean=y_mean, y_std=y_std)
+        model = fit.model.model_copy(update={"pairwise": pair_rank(fit.model, source.space.sizes, n_train)})
+        self.scorer = Scorer(source.space, source.context, source.score, model, k=fit.ensemble, beta=fit.beta,
+                             y_mean=self.y_mean, y_std=self.y_std)
         if init is not None:
             warm_start(self.scorer, init)
-        # a partial row's missing slots are scored over their categories at their training shares
-        self.scorer.set_marginals(category_counts(data.rows[self.train_idx], data.space.max_size))
-        self.scorer.to(device)
-        self.tensors = [t.to(device) for t in (data.rows, data.ctx_cat, data.ctx_num)]
-        self.target = ((y.double() - y_mean) / y_std).float().to(device)
+        self.scorer.set_marginals(marginals)
+        self.scorer.to(self.device)
+        self.tensors = [t.to(self.device) for t in (held.rows, held.ctx_cat, held.ctx_num)]
+        self.target = self.standardise(held.y)
         self.budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
-        self.train_t = torch.as_tensor(self.train_idx, device=device)
-        self.val_t = torch.as_tensor(self.val_idx, device=device)
-        self.n_train = n_train = len(self.train_idx)
-        self.epochs = fit.epochs or int(np.clip(math.ceil(3e7 / n_train), 10, 200))
-        self.batch_size = min(fit.batch_size or int(np.clip(n_train // 256, 128, 4096)), n_train)
-        self.steps_per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        self.epochs = fit.epochs or auto_epochs(n_train)
+        self.batch_size = auto_batch_size(n_train, fit.batch_size)
         self.history: list[dict[str, float]] = []
         self.member, self.epoch, self.pos, self.total = 0, 0, 0, 0.0
         self.order: torch.Tensor | None = None
         self.opt = self.sched = self.model = None
         self.best, self.best_state, self.bad = math.inf, None, 0
         self.before = 0.0                                   # seconds spent before a resume
-        state = checkpoint.load("scorer") if checkpoint is not None and self.world.main else None
-        if self.world.distributed:   # rank 0's checkpoint, sent: other ranks (other machines) read no file
+
+    def resume(self) -> None:
+        """Continue from the checkpoint's state when it holds one (rank 0 reads it and sends it to
+        the other ranks, which read no file)."""
+        ckpt = self.ckpt
+        state = ckpt.load("scorer") if ckpt is not None and self.world.main else None
+        if self.world.distributed:
             state = distributed.share(state)
         if state is not None:
-            checkpoint.restore("scorer", state, self.restore)
+            ckpt.restore("scorer", state, self.restore)
+
+    def standardise(self, y: torch.Tensor) -> torch.Tensor:
+        """Scores (N,) -> the working units (N,) float32 on the device."""
+        return ((y.double() - self.y_mean) / self.y_std).float().to(self.device)
 
     def elapsed(self) -> float:
         return self.before + time.perf_counter() - self.start
@@ -433,42 +463,14 @@ class _StreamTraining(_ScorerTraining):
 
     def __init__(self, table: ParquetTable, fit: ScorerFit, checkpoint: Checkpointer | None,
                  init: Scorer | None, workers: int):
-        self.fit, self.ckpt, self.start = fit, checkpoint, time.perf_counter()
         self.table, self.workers = table, workers
-        self.world = distributed.current()
-        self.gen = seed_everything(fit.seed)
-        self.device = device = torch.device(fit.device)
         val = table.validation
-        self.y_mean, self.y_std = (table.y_mean, table.y_std) if fit.loss == "mse" else (0.0, 1.0)
-        self.n_train = n_train = table.train_rows
-        model = fit.model.model_copy(update={"pairwise": pair_rank(fit.model, table.space.sizes, n_train)})
-        self.scorer = Scorer(table.space, table.context, table.score, model, k=fit.ensemble, beta=fit.beta,
-                             y_mean=self.y_mean, y_std=self.y_std)
-        if init is not None:
-            warm_start(self.scorer, init)
-        self.scorer.set_marginals(table.category_counts if table.category_counts is not None
-                                  else category_counts(val.rows, table.space.max_size))
-        self.scorer.to(device)
-        self.tensors = [t.to(device) for t in (val.rows, val.ctx_cat, val.ctx_num)]
-        self.target = self.standardise(val.y)
-        self.budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
-        self.val_t = torch.arange(len(val), device=device)
-        self.epochs = fit.epochs or int(np.clip(math.ceil(3e7 / n_train), 1, 200))
-        self.batch_size = min(fit.batch_size or int(np.clip(n_train // 256, 128, 4096)), n_train)
-        self.history: list[dict[str, float]] = []
-        self.member, self.epoch, self.pos, self.total = 0, 0, 0, 0.0
-        self.order: torch.Tensor | None = None
-        self.opt = self.sched = self.model = None
-        self.best, self.best_state, self.bad = math.inf, None, 0
-        self.before = 0.0
-        state = checkpoint.load("scorer") if checkpoint is not None and self.world.main else None
-        if self.world.distributed:
-            state = distributed.share(state)
-        if state is not None:
-            checkpoint.restore("scorer", state, self.restore)
-
-    def standardise(self, y: torch.Tensor) -> torch.Tensor:
-        return ((y.double() - self.y_mean) / self.y_std).float().to(self.device)
+        stats = (table.y_mean, table.y_std) if fit.loss == "mse" else (0.0, 1.0)
+        marginals = (table.category_counts if table.category_counts is not None
+                     else category_counts(val.rows, table.space.max_size))
+        self.setup(table, fit, checkpoint, init, table.train_rows, stats, marginals, val)
+        self.val_t = torch.arange(len(val), device=self.device)
+        self.resume()
 
     def table_epoch(self) -> int:
         return self.member * self.epochs + self.epoch

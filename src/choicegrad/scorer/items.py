@@ -22,16 +22,18 @@ from torch import nn
 from choicegrad.data.context import ContextEncoder
 from choicegrad.data.table import MIN_ROWS, score_stats
 from choicegrad.errors import InputError, show_rows
+from choicegrad.checkpoints import seeded_rng
 from choicegrad.io import load_state, meta_problem, read_meta, read_state, save_checkpoint, versions, weights_header
 from choicegrad.metrics import regression_report
 from choicegrad.progress import progress_bar
 from choicegrad.scorer.model import check_ensemble_weights, in_score_units
-from choicegrad.scorer.fit import PATIENCE_STEPS, ScorerFit, ScorerResult, ranking_loss, seed_everything, split_indices
+from choicegrad.scorer.fit import (PATIENCE_STEPS, ScorerFit, ScorerResult, auto_batch_size, auto_epochs, ranking_loss,
+                                   split_indices)
 
 KIND = "choicegrad.ItemScorer"
 
-#: The automatic epoch count (fit.epochs None) is fit_scorer's, about 3e7 row visits clipped to
-#: 10..200 epochs, but at most TINY_LOG_STEPS optimiser steps or CAP_EPOCHS epochs, whichever is more:
+#: The automatic epoch count (fit.epochs None) is fit_scorer's (auto_epochs: about 3e7 row visits), but
+#: at most TINY_LOG_STEPS optimiser steps or CAP_EPOCHS epochs, whichever is more:
 #: a log of a few thousand rows (200 epochs of 128-row batches: 5,000 steps, tens of seconds on a CPU
 #: for this model) fits in seconds, and no log takes many more steps than a million rows' 30 epochs
 #: (7,300 steps; 200 epochs of 150,000 rows would be 51,000).
@@ -297,11 +299,12 @@ def fit_item_scorer(vectors: torch.Tensor, slots_idx: torch.Tensor, ctx_cat: tor
     MSE on the standardised score (fit.loss "logistic": binary cross-entropy of 0/1 scores; fit.ranking
     adds the pairwise ranking loss), AdamW + OneCycle, early stopping on the validation loss, k members
     trained one after another from different initialisations. fit.model (the table scorer's
-    architecture) is ignored: `config` gives this one. fit.epochs None: about 3e7 row visits, clipped
-    to 10..200 epochs as fit_scorer's, but at most TINY_LOG_STEPS steps or CAP_EPOCHS epochs, whichever
-    is more. fit.max_minutes: member m of k trains until (m + 1) / k of it has passed. Metrics are
-    fit_scorer's (n, r2, spearman, spearman_per_context) on the validation and test rows; InputError
-    when training diverges (non-finite losses before any finite validation loss, or predictions)."""
+    architecture) is ignored: `config` gives this one. fit.epochs None: fit_scorer's (auto_epochs), but
+    at most TINY_LOG_STEPS steps or CAP_EPOCHS epochs, whichever is more. fit.max_minutes: member m of
+    k trains until (m + 1) / k of it has passed. Metrics are fit_scorer's (n, r2, spearman,
+    spearman_per_context) on the validation and test rows; InputError when training diverges
+    (non-finite losses before any finite validation loss, or predictions). Randomness: the fit's own
+    generator and torch's global RNGs seeded with fit.seed inside (seeded_rng), the caller's untouched."""
     start = time.perf_counter()
     fit, config = fit or ScorerFit(), config or ItemScorerConfig()
     vectors, slots_idx = torch.as_tensor(vectors).cpu(), torch.as_tensor(slots_idx).cpu()
@@ -309,85 +312,86 @@ def fit_item_scorer(vectors: torch.Tensor, slots_idx: torch.Tensor, ctx_cat: tor
     ctx_num, y = torch.as_tensor(ctx_num).cpu(), torch.as_tensor(y).cpu()
     _check_log(vectors, slots_idx, ctx_cat, ctx_num, y, slots, context)
     slots_idx = slots_idx.long()
-    gen = seed_everything(fit.seed)
-    device = torch.device(fit.device)
-    train_idx, val_idx, test_idx = split_indices(len(y), fit.val_fraction, fit.test_fraction, fit.seed)
-    y_mean, y_std = score_stats(y[train_idx]) if fit.loss == "mse" else (0.0, 1.0)  # logits as they are
-    scorer = ItemScorer(slots, vectors.shape[1], context, score_name, config, k=fit.ensemble, beta=fit.beta,
-                        y_mean=y_mean, y_std=y_std)
-    scorer.set_item_stats(vectors)
-    scorer.to(device)
-    items = scorer.standardise(vectors.to(device)).detach()          # (M, D): members take standardised items
-    idx, cat, num = slots_idx.to(device), ctx_cat.to(device), ctx_num.float().to(device)
-    target = ((y.double() - y_mean) / y_std).float().to(device)
+    with seeded_rng(fit.seed, fit.device):        # member initialisation and dropout draw from it
+        gen = torch.Generator().manual_seed(fit.seed)                  # batch order and ranking pairs
+        device = torch.device(fit.device)
+        train_idx, val_idx, test_idx = split_indices(len(y), fit.val_fraction, fit.test_fraction, fit.seed)
+        y_mean, y_std = score_stats(y[train_idx]) if fit.loss == "mse" else (0.0, 1.0)  # logits as they are
+        scorer = ItemScorer(slots, vectors.shape[1], context, score_name, config, k=fit.ensemble, beta=fit.beta,
+                            y_mean=y_mean, y_std=y_std)
+        scorer.set_item_stats(vectors)
+        scorer.to(device)
+        items = scorer.standardise(vectors.to(device)).detach()          # (M, D): members take standardised items
+        idx, cat, num = slots_idx.to(device), ctx_cat.to(device), ctx_num.float().to(device)
+        target = ((y.double() - y_mean) / y_std).float().to(device)
 
-    n_train = len(train_idx)
-    batch_size = min(fit.batch_size or int(np.clip(n_train // 256, 128, 4096)), n_train)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    epochs = fit.epochs or min(int(np.clip(math.ceil(3e7 / n_train), 10, 200)),
-                               max(CAP_EPOCHS, math.ceil(TINY_LOG_STEPS / steps_per_epoch)))
-    patience = max(fit.patience, math.ceil(PATIENCE_STEPS / steps_per_epoch))
-    budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
-    train_t, val_t = torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device)
+        n_train = len(train_idx)
+        batch_size = auto_batch_size(n_train, fit.batch_size)
+        steps_per_epoch = math.ceil(n_train / batch_size)
+        epochs = fit.epochs or min(auto_epochs(n_train), max(CAP_EPOCHS, math.ceil(TINY_LOG_STEPS / steps_per_epoch)))
+        patience = max(fit.patience, math.ceil(PATIENCE_STEPS / steps_per_epoch))
+        budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
+        train_t, val_t = torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device)
 
-    def loss_of(pred: torch.Tensor, t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        if fit.loss == "logistic":
-            return nn.functional.binary_cross_entropy_with_logits(pred, t, reduction=reduction)
-        return nn.functional.mse_loss(pred, t, reduction=reduction)
+        def loss_of(pred: torch.Tensor, t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+            if fit.loss == "logistic":
+                return nn.functional.binary_cross_entropy_with_logits(pred, t, reduction=reduction)
+            return nn.functional.mse_loss(pred, t, reduction=reduction)
 
-    @torch.no_grad()
-    def val_loss(member: ItemNet) -> float:
-        member.eval()
-        total = sum(float(loss_of(member(items[idx[b]], cat[b], num[b]), target[b], "sum")) for b in val_t.split(65536))
-        member.train()
-        return total / len(val_t)
+        @torch.no_grad()
+        def val_loss(member: ItemNet) -> float:
+            member.eval()
+            total = sum(float(loss_of(member(items[idx[b]], cat[b], num[b]), target[b], "sum"))
+                        for b in val_t.split(65536))
+            member.train()
+            return total / len(val_t)
 
-    history: list[dict[str, float]] = []
-    bar = progress_bar(fit.ensemble * epochs, "fit item scorer", "epoch", progress)
-    for m, member in enumerate(scorer.members):
-        opt = torch.optim.AdamW(member.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
-        total_steps = epochs * steps_per_epoch
-        pct = 0.05 if 0.05 * total_steps != 1 else 0.04  # OneCycleLR divides by zero when pct_start * total_steps == 1
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=fit.lr, pct_start=pct, total_steps=total_steps)
-        best, best_state, bad = math.inf, None, 0
-        deadline = budget * (m + 1) / fit.ensemble
-        member.train()
-        for epoch in range(epochs):
-            order = train_t[torch.randperm(n_train, generator=gen).to(device)]
-            seen, late = 0.0, False
-            for b in order.split(batch_size):
-                pred = member(items[idx[b]], cat[b], num[b])
-                loss = loss_of(pred, target[b])
-                if fit.ranking:
-                    loss = loss + fit.ranking * ranking_loss(pred, target[b], gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                seen += float(loss.detach()) * len(b)
-                if time.perf_counter() - start > deadline:
-                    late = True
+        history: list[dict[str, float]] = []
+        bar = progress_bar(fit.ensemble * epochs, "fit item scorer", "epoch", progress)
+        for m, member in enumerate(scorer.members):
+            opt = torch.optim.AdamW(member.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+            total_steps = epochs * steps_per_epoch
+            pct = 0.05 if 0.05 * total_steps != 1 else 0.04  # OneCycleLR divides by 0 when pct_start * total_steps == 1
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=fit.lr, pct_start=pct, total_steps=total_steps)
+            best, best_state, bad = math.inf, None, 0
+            deadline = budget * (m + 1) / fit.ensemble
+            member.train()
+            for epoch in range(epochs):
+                order = train_t[torch.randperm(n_train, generator=gen).to(device)]
+                seen, late = 0.0, False
+                for b in order.split(batch_size):
+                    pred = member(items[idx[b]], cat[b], num[b])
+                    loss = loss_of(pred, target[b])
+                    if fit.ranking:
+                        loss = loss + fit.ranking * ranking_loss(pred, target[b], gen)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    seen += float(loss.detach()) * len(b)
+                    if time.perf_counter() - start > deadline:
+                        late = True
+                        break
+                vl, train_loss = val_loss(member), seen / n_train
+                history.append({"member": m, "epoch": epoch, "train_loss": train_loss, "val_mse": vl})
+                bar.update(1)
+                bar.set_postfix(member=m, train=f"{train_loss:.4f}", val=f"{vl:.4f}")
+                if not (math.isfinite(vl) and math.isfinite(train_loss)):
+                    if best_state is None:
+                        bar.close()
+                        raise _diverged(m, epoch, fit.lr)
+                    break           # the weights went bad: keep the best epoch's
+                if vl < best - 1e-5:
+                    best, bad = vl, 0
+                    best_state = {k: v.detach().clone() for k, v in member.state_dict().items()}
+                else:
+                    bad += 1
+                if bad >= patience or late:
                     break
-            vl, train_loss = val_loss(member), seen / n_train
-            history.append({"member": m, "epoch": epoch, "train_loss": train_loss, "val_mse": vl})
-            bar.update(1)
-            bar.set_postfix(member=m, train=f"{train_loss:.4f}", val=f"{vl:.4f}")
-            if not (math.isfinite(vl) and math.isfinite(train_loss)):
-                if best_state is None:
-                    bar.close()
-                    raise _diverged(m, epoch, fit.lr)
-                break           # the weights went bad: keep the best epoch's
-            if vl < best - 1e-5:
-                best, bad = vl, 0
-                best_state = {k: v.detach().clone() for k, v in member.state_dict().items()}
-            else:
-                bad += 1
-            if bad >= patience or late:
-                break
-        bar.update(epochs - 1 - epoch)
-        if best_state is not None:
-            member.load_state_dict(best_state)
-    bar.close()
+            bar.update(epochs - 1 - epoch)
+            if best_state is not None:
+                member.load_state_dict(best_state)
+        bar.close()
     scorer = scorer.eval().cpu()
     report = (vectors.cpu(), slots_idx, ctx_cat, ctx_num.float(), y)
     metrics = {"validation": _report(scorer, *report, val_idx)}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -105,7 +105,6 @@ class GeneratorResult:
     seconds: float
     best_val: float
     stopped: str = "steps"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def make_schedule(fit: GeneratorFit, steps: int):
