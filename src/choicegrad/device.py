@@ -16,7 +16,7 @@ def check_device(device: str | torch.device, name: str = "device") -> torch.devi
     """`device` as a torch.device that this machine has; InputError naming `name` for an unknown
     device, CUDA or MPS that is not available, or a GPU index out of range.
 
-        check_device("cuda:1", "--device")
+        check_device("cuda:1", "device")
     """
     try:
         dev = torch.device(device)
