@@ -35,7 +35,7 @@ def test_a_finished_run_is_sealed_and_replaced_only_with_overwrite(tmp_path):
     write_run(out, text="old")
     manifest = verify_run(out)
     assert set(manifest["files"]) == {"scorer.json"} and manifest["request"] == REQ
-    with pytest.raises(InputError, match="already holds a run; pass --overwrite"):
+    with pytest.raises(InputError, match="already holds a run; pass overwrite=True"):
         write_run(out)
     assert (out / "scorer.json").read_text() == "old"
     write_run(out, overwrite=True)
@@ -51,7 +51,7 @@ def test_an_interrupted_overwrite_leaves_the_old_run_intact(tmp_path):
             (w.dir / ".checkpoint").mkdir()           # some work worth resuming
             raise KeyboardInterrupt
     assert (out / "scorer.json").read_text() == "old" and verify_run(out)
-    with pytest.raises(InputError, match="interrupted run .* pass --resume to continue it, or --overwrite"):
+    with pytest.raises(InputError, match="interrupted run .* pass resume=True to continue it, or overwrite=True"):
         write_run(out)
     w = write_run(out, resume=True)                   # the resumed overwrite completes the replacement
     assert w.resuming and (out / "scorer.json").read_text() == "new"
@@ -81,17 +81,21 @@ def test_resume_needs_the_same_settings_except_time(tmp_path):
 
 
 def test_a_run_started_before_a_setting_existed_resumes_with_its_old_value(tmp_path):
+    """The settings added since (declared by the fit that writes them: choicegrad.run.ADDED_SETTINGS)
+    compare as the value an older run had."""
+    from choicegrad.run import ADDED_SETTINGS
+
     out = tmp_path / "run"
     before = {**REQ, "generator_fit": {"seed": 0}}                    # written before amortised search existed
     with pytest.raises(KeyboardInterrupt):
-        with RunWriter(out, before) as w:
+        with RunWriter(out, before, added_settings=ADDED_SETTINGS) as w:
             (w.dir / "scorer.json").write_text("phase 1")
             raise KeyboardInterrupt
     now = {**REQ, "generator_fit": {"seed": 0, "distill": None, "distill_sweeps": 2}}
     with pytest.raises(InputError, match=r"generator_fit.distill: 0.0 -> None"):
-        write_run(out, request=now, resume=True)
+        write_run(out, request=now, resume=True, added_settings=ADDED_SETTINGS)
     off = {**REQ, "generator_fit": {"seed": 0, "distill": 0.0, "distill_sweeps": 2}}
-    with RunWriter(out, off, resume=True) as w:                       # --distill 0: the run as it was started
+    with RunWriter(out, off, resume=True, added_settings=ADDED_SETTINGS) as w:   # distill 0: the run as started
         assert w.resuming
 
 
