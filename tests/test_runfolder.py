@@ -7,7 +7,7 @@ import os
 import pytest
 
 from choicegrad.errors import InputError
-from choicegrad.runfolder import MANIFEST, RunLock, RunWriter, verify_run
+from choicegrad.runfolder import MANIFEST, RunLock, RunWriter, foreign_files, verify_run
 
 REQ = {"command": "fit", "data": "t.csv", "scorer_fit": {"seed": 0, "max_minutes": 1.0}}
 
@@ -135,6 +135,27 @@ def test_verify_refuses_changed_and_foreign_files(tmp_path):
     (out / MANIFEST).write_text(json.dumps([1, 2]))
     with pytest.raises(InputError, match="unreadable run manifest"):
         verify_run(out)
+
+
+def test_each_kind_of_folder_declares_the_files_readers_check(tmp_path):
+    """The run folder knows no designer file: the designer's state declares its own (STATE_FILES),
+    checked against run.json like a run's models, and named in a state written before run.json."""
+    from choicegrad.design.designer import STATE_FILES
+
+    out = tmp_path / "state"
+    with RunWriter(out, REQ, files=STATE_FILES) as w:
+        (w.dir / "scorer.json").write_text("new")
+        (w.dir / "designer.json").write_text("{}")
+        w.commit()
+    (out / "designer.json").write_text('{"rounds": 9}')
+    assert verify_run(out)                                 # a fitted run's readers do not read it
+    with pytest.raises(InputError, match="designer.json does not belong to run"):
+        verify_run(out, STATE_FILES)
+    legacy = tmp_path / "legacy"                            # written before run.json: names of the kind only
+    legacy.mkdir()
+    for name in ("scorer.json", "designer.json"):
+        (legacy / name).write_text("{}")
+    assert foreign_files(legacy) == ["designer.json"] and foreign_files(legacy, STATE_FILES) == []
 
 
 def test_out_that_is_a_file_or_unwritable(tmp_path):

@@ -21,8 +21,8 @@ when complete, written by one process at a time, and checked by readers against 
   Replaced and discarded folders are first renamed to OUT/../.OUT.old-ID, then removed.
 - `verify_run` refuses a folder whose files do not match its run.json (files mixed from different
   runs, or changed). Which files it checks, and what a folder written before run.json may hold,
-  the writer of each kind of folder declares (FolderFiles: RUN_FILES here, the designer's state
-  its own); this module knows no file of theirs.
+  the writer of each kind of folder declares (FolderFiles: FITTED_RUN_FILES, the default, for a
+  fitted run; the designer's STATE_FILES for its state); this module knows no designer file.
 - Data-parallel training (torchrun): `run_writer` gives rank 0 the RunWriter and every other rank a
   RankView that writes nothing; rank 0 sends the other ranks what they need of the folder (its
   checkpoint on a resume), so one process reads and writes it.
@@ -74,7 +74,7 @@ class FolderFiles:
 
 
 #: A fitted run's files (choicegrad.run): scorer, generator, aligner and the training contexts.
-RUN_FILES = FolderFiles(
+FITTED_RUN_FILES = FolderFiles(
     verified=("scorer.", "generator.", "aligner.", "contexts.csv"),
     legacy=("scorer.safetensors", "scorer.json", "scorer_metrics.json", "generator.safetensors", "generator.json",
             "aligner.safetensors", "aligner.json", "aligner_fit.json", "contexts.csv", "metrics.csv", "config.json"))
@@ -133,7 +133,7 @@ def is_run_folder(path: str | Path) -> bool:
     return isinstance(scorer, dict) and scorer.get("kind") == "choicegrad.Scorer"
 
 
-def foreign_files(path: Path, files: FolderFiles = RUN_FILES) -> list[str]:
+def foreign_files(path: Path, files: FolderFiles = FITTED_RUN_FILES) -> list[str]:
     """Names in run folder `path` that its run.json does not list (nor run.json itself, nor our own
     temporary files; without run.json: not among `files.legacy`): a user's, which overwrite must not
     delete."""
@@ -299,7 +299,8 @@ class RunWriter:
 
     def __init__(self, out: str | Path, request: dict[str, Any], *, overwrite: bool = False, resume: bool = False,
                  checkpoint_minutes: float = CHECKPOINT_MINUTES, name: str = "out", lock: Optional[RunLock] = None,
-                 resumable: bool = True, files: FolderFiles = RUN_FILES, added_settings: Mapping[str, Any] = {}):
+                 resumable: bool = True, files: FolderFiles = FITTED_RUN_FILES,
+                 added_settings: Mapping[str, Any] = {}):
         self.out, self.request, self.name = Path(out), json.loads(json.dumps(request)), name
         self.overwrite, self.resume, self.resumable = overwrite, resume, resumable
         self.files, self.added_settings = files, dict(added_settings)
@@ -449,7 +450,7 @@ class RunWriter:
         fs.rmtree(old)
 
     @staticmethod
-    def recover(out: str | Path, files: FolderFiles = RUN_FILES) -> None:
+    def recover(out: str | Path, files: FolderFiles = FITTED_RUN_FILES) -> None:
         """For readers: finish a move into place that a kill cut short (a sealed partial or a replaced
         run beside `out`, holding `files`), when no writer holds the folder; otherwise leave everything
         as it is."""
@@ -504,7 +505,7 @@ def _written_with_manifest(path: Path) -> bool:
     return isinstance(doc, dict) and "weights_sha256" in doc
 
 
-def _verifies(folder: Path, files: FolderFiles = RUN_FILES) -> bool:
+def _verifies(folder: Path, files: FolderFiles = FITTED_RUN_FILES) -> bool:
     try:
         _check_files(folder, files)
     except InputError:
@@ -556,7 +557,7 @@ def run_writer(out: str | Path, request: dict[str, Any], **options: Any) -> Iter
         yield writer
 
 
-def verify_run(path: str | Path, files: FolderFiles = RUN_FILES) -> Optional[dict[str, Any]]:
+def verify_run(path: str | Path, files: FolderFiles = FITTED_RUN_FILES) -> Optional[dict[str, Any]]:
     """Check RUN against its run.json: every model file listed (files.verified) present with its
     sha256, no other weights file beside them. Returns the manifest (None for a folder written before
     manifests existed); InputError naming the first file that does not belong. First finishes a move
@@ -566,7 +567,7 @@ def verify_run(path: str | Path, files: FolderFiles = RUN_FILES) -> Optional[dic
     return _check_files(Path(path), files)
 
 
-def _check_files(path: Path, files: FolderFiles = RUN_FILES) -> Optional[dict[str, Any]]:
+def _check_files(path: Path, files: FolderFiles = FITTED_RUN_FILES) -> Optional[dict[str, Any]]:
     manifest_path = path / MANIFEST
     if os.path.lexists(manifest_path) and not manifest_path.is_file():
         raise InputError(str(manifest_path), ["not a regular file (a pipe, device, socket or folder); refused"])
@@ -627,7 +628,8 @@ def pinned(path: str | Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def read_run(path: str | Path, load: Callable[[Path], T], attempts: int = 3, files: FolderFiles = RUN_FILES) -> T:
+def read_run(path: str | Path, load: Callable[[Path], T], attempts: int = 3,
+             files: FolderFiles = FITTED_RUN_FILES) -> T:
     """load(folder) on run folder `path` after verify_run, both on one and the same folder (pinned):
     a writer that replaces the run meanwhile never gives a mix of two runs. When reading fails because
     the run was replaced while it was read, the new run is read instead (up to `attempts` times).

@@ -45,7 +45,7 @@ from choicegrad.errors import InputError
 from choicegrad.generators import GeneratorConfig, TableContext
 from choicegrad.io import (atomic_write_text, check_finite, meta_problem, read_json_object, read_table, state_problems,
                            versions)
-from choicegrad.runfolder import RUN_FILES, RunLock, RunWriter, check_out_path, foreign_files, verify_run
+from choicegrad.runfolder import FITTED_RUN_FILES, RunLock, RunWriter, check_out_path, foreign_files, verify_run
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
 from choicegrad.scorer.model import Scorer, ScorerConfig
 from choicegrad.training.contexts import TableContexts
@@ -54,7 +54,7 @@ from choicegrad.training.loop import GeneratorFit, fit_generator
 STATE_FILE = "designer.json"
 #: A design state's files beside a run's: the feasibility classifier and designer.json, checked
 #: against run.json like the models (and what a state written before run.json may hold).
-STATE_FILES = RUN_FILES.plus(verified=("feasibility.", "designer."),
+STATE_FILES = FITTED_RUN_FILES.plus(verified=("feasibility.", "designer."),
                              legacy=("feasibility.safetensors", "feasibility.json", STATE_FILE))
 #: Most candidates (contexts x batch x pool) one ask searches: beyond this the pools exhaust memory.
 MAX_POOL_ROWS = 20_000_000
