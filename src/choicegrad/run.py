@@ -509,8 +509,7 @@ class Run:
                 return distributed.from_main(lambda: cls.load(job.out))
             job.plan_generator()
             with w.checkpoints.catch_signals() as ckpt:
-                result = _scorer_phase(w, data, job.data_table, table, job.options.scorer_fit, job.extra,
-                                       job.options.progress, job.options.echo, job.options.workers)
+                result = _scorer_phase(w, job)
                 if job.options.on_scorer is not None:
                     job.options.on_scorer(result.metrics)
                 trained = _generator_phase(job, w, result, ckpt)
@@ -526,11 +525,8 @@ class Run:
     def fit_objective(cls, objective, out: str | Path, *, space: Union[str, Path, dict, None] = None,
                       contexts: pd.DataFrame | Mapping | str | Path | None = None,
                       table: Optional[tuple[Union[str, Path, pd.DataFrame], TableSpec]] = None,
-                      generator: str = "autoregressive", generator_fit: Optional[GeneratorFit] = None,
-                      record: Optional[dict] = None, max_minutes: Optional[float] = None, resume: bool = False,
-                      overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
-                      echo: Callable[[str], None] = print, progress: Optional[bool] = None,
-                      force_generator: bool = False, items=None) -> Run:
+                      record: Optional[dict] = None, items=None, options: Optional[FitOptions] = None,
+                      **keywords: Any) -> Run:
         """A generator fitted to the user's own objective (choicegrad.objectives: FrameObjective for a
         black box on labelled rows, ModuleObjective for a torch module; or any Objective), written to
         `out` as one run (no scorer; objective.json records where the objective came from, never its
@@ -544,7 +540,8 @@ class Run:
         and its contexts when `contexts` is None. record: load_objective's record of the file the
         objective came from. The objective's scale, unless given, is estimated from random rows and
         echoed. A small space is enumerated instead of training (small_space), unless force_generator.
-        Otherwise as Run.fit (method, steps, time limit, resume, overwrite, checkpoints).
+        Otherwise as Run.fit (method, steps, time limit, resume, overwrite, checkpoints): options and
+        keywords are the FitOptions that apply to an objective (OBJECTIVE_RUN_OPTIONS).
         items: an ItemSpec (choicegrad.items) for item lists: the objective is a reward over the chosen
         items' vectors, reward(selected (N, S, D), ctx) -> (N,) (a function or an ItemObjective), and
         space / contexts / table do not apply.
@@ -552,84 +549,130 @@ class Run:
             run = Run.fit_objective(cg.FrameObjective(simulate), "runs/own", space="space.json",
                                     contexts="contexts.csv", generator_fit=GeneratorFit(steps=800))
         """
-        from choicegrad.objectives import estimate_scale
-
+        o = fit_options(options, keywords, OBJECTIVE_RUN_OPTIONS, "Run.fit_objective")
         if items is not None:   # item lists: a reward over the chosen items' vectors (choicegrad.items)
             from choicegrad.items import fit_items
 
-            return fit_items(cls, None, out, items, objective=objective, record=record, generator_fit=generator_fit,
-                             max_minutes=max_minutes, resume=resume, overwrite=overwrite,
-                             checkpoint_minutes=checkpoint_minutes, echo=echo, progress=progress)
-        generator_fit = generator_fit or GeneratorFit()
-        generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, generator)})
-        if max_minutes is not None:
-            generator_fit = generator_fit.model_copy(update={"max_minutes": max_minutes})
-        objective = as_objective(objective)
-        check_trainable(objective, generator_fit.method)      # before anything is read or written
-        check_out_path(out)
-        out = Path(out)
-        space_, encoder, frame, data = _objective_problem(space, contexts, table)
-        gen_cfg = GeneratorConfig(kind=generator)
-        check_generator_fits(gen_cfg, space_, device=generator_fit.device)
-        ctx = TableContext(*encoder.encode(frame, "contexts")).unique()[0] if encoder.columns else TableContext.empty(1)
-        objective.bind(space_, encoder, frame)
-        if data is not None:      # the warm start ranks the table's complete rows by the objective
-            data = _scored_by(objective.prepare(generator_fit.device), data, generator_fit.device)
-        plan = None if force_generator else small_space(space_, len(ctx), generator_fit)
-        # estimated even when the space is enumerated: it is cheap, and calls the function before the run is written
-        estimated = not objective.scale_given
-        if estimated:
-            objective.scale = estimate_scale(objective.prepare(generator_fit.device), space_, ctx.to(generator_fit.device),
-                                             seed=generator_fit.seed)
-            echo(f"objective: scale {objective.scale:.4g} (the spread of its scores over random rows; give scale= "
-                 "to set it)")
-        record = {**(record or {"file": None, "name": objective.name,
-                                "sha256": None, "kind": "python"}),
-                  "differentiable": bool(objective.differentiable), "scale": float(objective.scale),
-                  "scale_estimated": estimated}
-        ObjectiveRecord.model_validate(record)
-        contexts_key = int(pd.util.hash_pandas_object(frame, index=False).sum()) if len(frame.columns) else 0
-        request = {"command": "fit-objective", "objective": {k: record[k] for k in ("file", "name", "sha256", "kind")},
-                   "space": space_.model_dump(), "contexts_hash": contexts_key, "generator": gen_cfg.model_dump(),
-                   "generator_fit": generator_fit.model_dump(), **({"force_generator": True} if force_generator else {}),
-                   **({"table_hash": int(pd.util.hash_pandas_object(data.frame, index=False).sum())} if data is not None
-                      else {})}
-        with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes,
-                        added_settings=ADDED_SETTINGS) as w:
-            for note in w.notes:
-                echo(note)
+            return fit_items(cls, None, out, items, objective=objective, record=record, generator_fit=o.generator_fit,
+                             max_minutes=o.max_minutes, resume=o.resume, overwrite=o.overwrite,
+                             checkpoint_minutes=o.checkpoint_minutes, echo=o.echo, progress=o.progress)
+        job = _start_objective_fit(objective, out, space, contexts, table, record, o)
+        with _writer(job.out, job.request, job.options) as w:
             if w.finished:
-                return cls.load(out).use_objective(objective, record)
-            res = None
-            if plan is None:
-                torch.manual_seed(generator_fit.seed)
-                gen = generators.build(gen_cfg, space=space_, context=encoder)
-                source = TableContexts(data, device=generator_fit.device) if data is not None else \
-                    ContextPool(ctx, device=generator_fit.device)
-                with w.checkpoints.catch_signals() as ckpt:
-                    res = fit_generator(gen, objective, source, generator_fit, run_dir=w.dir, progress=progress,
-                                        checkpoint=ckpt)
-                generators.save(res.generator.cpu(), w.dir, {"space": space_.model_dump(), "context": encoder.model_dump()})
-            if encoder.columns:
-                write_table(frame[[c.name for c in encoder.columns]].drop_duplicates().reset_index(drop=True),
-                            w.dir / "contexts.csv")
-            atomic_write_text(w.dir / OBJECTIVE_FILE, json.dumps(record, indent=2) + "\n")
-            size = space_.num_rows()
-            config = {"objective": record, "features": space_.names, "context": [c.name for c in encoder.columns],
-                      "contexts": len(ctx), "space_rows": size, "generator": None if res is None else gen_cfg.model_dump(),
-                      "generator_fit": generator_fit.model_dump(),
-                      "generator_training": None if res is None else _training_summary(res), "enumerated": plan,
-                      "seconds": 0.0 if res is None else res.seconds, "versions": versions(),
-                      **({"space": space_.model_dump(), "context_encoder": encoder.model_dump()} if res is None else {})}
-            atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
-            w.commit()
+                return cls.load(job.out).use_objective(job.objective, job.record)
+            res = _objective_generator_phase(job, w)
+            _seal_objective(job, w, res)
+        o = job.options
         if res is None:
-            echo(small_space_note(plan, "objective") + f"; wrote {out}/")
+            o.echo(small_space_note(job.plan, "objective") + f"; wrote {job.out}/")
         else:
-            echo(f"generator: {generator} + {generator_fit.method} on {record['name']}, {res.seconds:.1f} s, "
-                 f"{_calls_summary(res.scorer_calls, space_, len(ctx), 'objective')}, validation {res.best_val:.4g} "
-                 f"({res.stopped}); wrote {out}/")
-        return cls.load(out).use_objective(objective, record)
+            o.echo(f"generator: {o.generator} + {o.generator_fit.method} on {job.record['name']}, {res.seconds:.1f} s, "
+                   f"{_calls_summary(res.scorer_calls, job.space, len(job.ctx), 'objective')}, validation "
+                   f"{res.best_val:.4g} ({res.stopped}); wrote {job.out}/")
+        return cls.load(job.out).use_objective(job.objective, job.record)
+
+
+#: The FitOptions fields that Run.fit_objective takes (no scorer, no streamed table).
+OBJECTIVE_RUN_OPTIONS = ("generator", "generator_fit", "max_minutes", "resume", "overwrite", "checkpoint_minutes",
+                         "echo", "progress", "force_generator")
+
+
+@dataclass
+class _ObjectiveFit:
+    """An objective fit under way (Run.fit_objective), carried from phase to phase: the objective
+    bound to its space and contexts, its record (objective.json), the choice space, context columns,
+    contexts (frame (N, C), encoded ctx), the warm-start table (or None), the plan to enumerate
+    instead (or None), the options resolved and the request a resume must match."""
+
+    out: Path
+    objective: Any
+    record: dict
+    space: ChoiceSpace
+    encoder: ContextEncoder
+    frame: pd.DataFrame
+    ctx: TableContext
+    data: Optional[TableData]
+    gen_cfg: GeneratorConfig
+    options: FitOptions
+    plan: Optional[dict]
+    request: dict
+
+
+def _start_objective_fit(objective, out, space, contexts, table, record: Optional[dict], o: FitOptions,
+                         ) -> _ObjectiveFit:
+    """Everything Run.fit_objective checks and resolves before the run folder is touched: the method
+    trains on this objective, the space, contexts and warm start, the memory, the plan, the objective's
+    scale (estimated from random rows unless given, and echoed) and its record."""
+    from choicegrad.objectives import estimate_scale
+
+    generator_fit = o.generator_fit or GeneratorFit()
+    generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, o.generator)})
+    if o.max_minutes is not None:
+        generator_fit = generator_fit.model_copy(update={"max_minutes": o.max_minutes})
+    o = o.model_copy(update={"generator_fit": generator_fit})
+    objective = as_objective(objective)
+    check_trainable(objective, generator_fit.method)      # before anything is read or written
+    out = check_out_path(out)
+    space_, encoder, frame, data = _objective_problem(space, contexts, table)
+    gen_cfg = GeneratorConfig(kind=o.generator)
+    check_generator_fits(gen_cfg, space_, device=generator_fit.device)
+    ctx = TableContext(*encoder.encode(frame, "contexts")).unique()[0] if encoder.columns else TableContext.empty(1)
+    objective.bind(space_, encoder, frame)
+    if data is not None:      # the warm start ranks the table's complete rows by the objective
+        data = _scored_by(objective.prepare(generator_fit.device), data, generator_fit.device)
+    plan = None if o.force_generator else small_space(space_, len(ctx), generator_fit)
+    # estimated even when the space is enumerated: it is cheap, and calls the function before the run is written
+    estimated = not objective.scale_given
+    if estimated:
+        objective.scale = estimate_scale(objective.prepare(generator_fit.device), space_, ctx.to(generator_fit.device),
+                                         seed=generator_fit.seed)
+        o.echo(f"objective: scale {objective.scale:.4g} (the spread of its scores over random rows; give scale= "
+               "to set it)")
+    record = {**(record or {"file": None, "name": objective.name, "sha256": None, "kind": "python"}),
+              "differentiable": bool(objective.differentiable), "scale": float(objective.scale),
+              "scale_estimated": estimated}
+    ObjectiveRecord.model_validate(record)
+    contexts_key = int(pd.util.hash_pandas_object(frame, index=False).sum()) if len(frame.columns) else 0
+    request = {"command": "fit-objective", "objective": {k: record[k] for k in ("file", "name", "sha256", "kind")},
+               "space": space_.model_dump(), "contexts_hash": contexts_key, "generator": gen_cfg.model_dump(),
+               "generator_fit": generator_fit.model_dump(), **({"force_generator": True} if o.force_generator else {}),
+               **({"table_hash": int(pd.util.hash_pandas_object(data.frame, index=False).sum())} if data is not None
+                  else {})}
+    return _ObjectiveFit(out, objective, record, space_, encoder, frame, ctx, data, gen_cfg, o, plan, request)
+
+
+def _objective_generator_phase(job: _ObjectiveFit, w: RunWriter) -> Optional[GeneratorResult]:
+    """The generator trained on the objective (warm-started from the table, if any), saved into the
+    run; None where the space is enumerated instead."""
+    if job.plan is not None:
+        return None
+    fit = job.options.generator_fit
+    torch.manual_seed(fit.seed)
+    gen = generators.build(job.gen_cfg, space=job.space, context=job.encoder)
+    source = TableContexts(job.data, device=fit.device) if job.data is not None else ContextPool(job.ctx, device=fit.device)
+    with w.checkpoints.catch_signals() as ckpt:
+        res = fit_generator(gen, job.objective, source, fit, run_dir=w.dir, progress=job.options.progress,
+                            checkpoint=ckpt)
+    generators.save(res.generator.cpu(), w.dir, {"space": job.space.model_dump(), "context": job.encoder.model_dump()})
+    return res
+
+
+def _seal_objective(job: _ObjectiveFit, w: RunWriter, res: Optional[GeneratorResult]) -> None:
+    """The training contexts, objective.json and config.json written beside the generator, then the
+    run sealed and moved into place."""
+    if job.encoder.columns:
+        write_table(job.frame[[c.name for c in job.encoder.columns]].drop_duplicates().reset_index(drop=True),
+                    w.dir / "contexts.csv")
+    atomic_write_text(w.dir / OBJECTIVE_FILE, json.dumps(job.record, indent=2) + "\n")
+    config = {"objective": job.record, "features": job.space.names, "context": [c.name for c in job.encoder.columns],
+              "contexts": len(job.ctx), "space_rows": job.space.num_rows(),
+              "generator": None if res is None else job.gen_cfg.model_dump(),
+              "generator_fit": job.options.generator_fit.model_dump(),
+              "generator_training": None if res is None else _training_summary(res), "enumerated": job.plan,
+              "seconds": 0.0 if res is None else res.seconds, "versions": versions(),
+              **({"space": job.space.model_dump(), "context_encoder": job.encoder.model_dump()} if res is None else {})}
+    atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
+    w.commit()
 
 
 def _objective_problem(space, contexts, table) -> tuple[ChoiceSpace, ContextEncoder, pd.DataFrame, Optional[TableData]]:
@@ -992,8 +1035,7 @@ def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: Tabl
         if w.finished:
             return distributed.from_main(lambda: _read_scorer_result(job.out))
         with w.checkpoints.catch_signals():
-            result = _scorer_phase(w, data, job.data_table, table, o.scorer_fit, job.extra, o.progress, o.echo,
-                                   o.workers)
+            result = _scorer_phase(w, job)
         distributed.barrier()            # every rank done with the folder before rank 0 moves it
         w.commit()
     return result
@@ -1054,12 +1096,12 @@ def _request(command: str, data: str | Path | pd.DataFrame, table: TableSpec, **
     return {"command": command, **source, "table": table.model_dump(), **settings}
 
 
-def _scorer_phase(w: RunWriter, data, data_table: TableData | ParquetTable, table: TableSpec, fit: ScorerFit,
-                  extra: dict, progress: Optional[bool], echo: Callable[[str], None], workers: int = 0,
-                  ) -> ScorerResult:
-    """Fit the scorer into the run being written (scorer.*, then scorer_metrics.json, which marks the
-    phase done), or read it back when a resumed run has it already. A ParquetTable streams (workers:
-    DataLoader processes)."""
+def _scorer_phase(w: Writer, job: _TableFit) -> ScorerResult:
+    """Fit the scorer of `job` into the run being written (scorer.*, then scorer_metrics.json, which
+    marks the phase done), or read it back when a resumed run has it already. A ParquetTable streams
+    (read by options.workers DataLoader processes)."""
+    data, data_table, table, extra = job.data, job.data_table, job.table, job.extra
+    fit, progress, echo, workers = job.options.scorer_fit, job.options.progress, job.options.echo, job.options.workers
     if distributed.from_main(lambda: w.resuming and (w.dir / SCORER_METRICS).is_file()):
         result = distributed.from_main(lambda: _read_scorer_result(w.dir))
         echo(f"scorer: resumed, fitted on {len(data_table)} rows in {result.seconds:.1f} s")
