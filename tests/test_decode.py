@@ -11,6 +11,7 @@ from choicegrad.decoding.scoring import Candidates, complete_distinct
 from choicegrad.generators import GeneratorConfig, TableContext, build
 from choicegrad.data.space import ChoiceSpace, Slot
 from choicegrad.bench.tasks import PlantedTask, PottsTask
+from choicegrad.errors import InputError
 
 SIZES = [3, 4, 2, 4]
 
@@ -189,10 +190,14 @@ def test_enumerate_allowed_mixed_sizes():
 
 def test_unknown_decoder_and_bad_k():
     gen, f = generator("factorized"), potts_objective()
-    with pytest.raises(ValueError, match="did you mean \"topk\""):
+    with pytest.raises(InputError, match="did you mean \"topk\""):
         decode("top-k", gen, f, CTX, 3)
-    with pytest.raises(ValueError, match="k must be >= 1"):
+    with pytest.raises(InputError, match="k: expected an integer >= 1") as exc:
         decode("argmax", gen, f, CTX, 0)
+    assert isinstance(exc.value, ValueError) and exc.value.source == "decode"   # callers catching ValueError keep working
+    with pytest.raises(InputError) as exc:                     # every bad argument in one go
+        decode("beam", gen, f, CTX, 0, budget=0, temperature=0)
+    assert [p.split(":")[0] for p in exc.value.problems] == ["k", "decoder", "temperature", "budget"]
 
 
 def test_budgeted_rerank_polish_and_anneal_stay_within_the_budget():
@@ -210,9 +215,9 @@ def test_budgeted_rerank_polish_and_anneal_stay_within_the_budget():
             assert c.scorer_calls > start.scorer_calls  # the rest of the budget went to the search
             assert bool(c.valid.all())
             assert bool((c.scores[:, 0] >= start.scores[:, 0] - 1e-6).all())
-    with pytest.raises(ValueError, match="budget"):
+    with pytest.raises(InputError, match="budget"):
         decode("polish", gen, f, CTX, 8, budget=0)
-    with pytest.raises(ValueError, match="draw_share"):
+    with pytest.raises(InputError, match="draw_share"):
         decode("polish", gen, f, CTX, 8, budget=40, draw_share=0)
 
 

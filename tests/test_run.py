@@ -9,7 +9,7 @@ import torch
 
 from choicegrad.bench.tasks import PottsTask
 from choicegrad.errors import InputError
-from choicegrad.run import Run, TableSpec, parse_fix
+from choicegrad.run import FitOptions, Run, TableSpec, fit_scorer_run, parse_fix
 from choicegrad.scorer.fit import ScorerFit
 from choicegrad.training.loop import GeneratorFit
 
@@ -132,3 +132,41 @@ def test_load_names_missing_and_broken_files(fitted, tmp_path):
     with pytest.raises(InputError) as exc:
         Run.load(broken).generate(k=2)
     assert exc.value.source == "contexts" and "contexts.csv" in str(exc.value)
+
+
+def test_fit_options_are_its_keywords(tmp_path):
+    """Run.fit's keywords are the fields of one FitOptions; keywords override options; a keyword that
+    is no option is a TypeError, a bad value an InputError naming it, both before anything is read."""
+    with pytest.raises(TypeError, match="unexpected keyword argument.*bogus"):
+        Run.fit(tmp_path / "absent.csv", tmp_path / "run", SPEC, bogus=1)
+    with pytest.raises(InputError) as exc:
+        Run.fit(tmp_path / "absent.csv", tmp_path / "run", SPEC, FitOptions(workers=2), max_minutes="soon")
+    assert exc.value.problems[0].startswith("max_minutes:")
+    with pytest.raises(TypeError, match="generator_fit"):     # a scorer alone takes the scorer's options only
+        fit_scorer_run(tmp_path / "absent.csv", tmp_path / "run", SPEC, generator_fit=GeneratorFit())
+    assert not (tmp_path / "run").exists()
+
+
+def test_score_a_table_run_and_a_scorer_run(fitted, tmp_path):
+    """Run.score: a table's rows with a `score` column, as `choicegrad score` writes; a run written by
+    fit_scorer_run (a scorer alone) scores the same way once loaded with scorer_only=True."""
+    run, _ = fitted
+    rows = pd.DataFrame({"ctx": ["c0", "c1"], "s0": ["a", "b"], "s1": ["a", "a"], "s2": ["b", "c"], "score": [0, 0]})
+    scored = run.score(rows)
+    expected = run.scorer.predict_frame(rows)
+    assert list(scored.columns) == list(rows.columns) and (scored["score"].to_numpy() == expected).all()
+    alone = Run.load(run.out, scorer_only=True)
+    pd.testing.assert_frame_equal(alone.score(rows), scored)
+    with pytest.raises(InputError, match="scorer_only"):
+        alone.generate(k=2)
+    unknown = rows.assign(s0=["a", "zzz"])
+    with pytest.raises(InputError, match="zzz"):
+        run.score(unknown)
+    assert run.score(unknown, unknown="missing")["score"].notna().all()
+    table = tmp_path / "t.csv"
+    PottsTask(slots=3, vocab=4, contexts=2, seed=0).table(n=400, seed=1).to_csv(table, index=False)
+    fit_scorer_run(table, tmp_path / "scorer", SPEC, ScorerFit(epochs=2, seed=1), echo=lambda line: None,
+                   progress=False)
+    with pytest.raises(InputError, match="missing run file"):
+        Run.load(tmp_path / "scorer")                        # no generator: not a whole run
+    assert len(Run.load(tmp_path / "scorer", scorer_only=True).score(table)) == 400

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from choicegrad.errors import InputError
-from choicegrad.runfolder import MANIFEST, RunLock, RunWriter, verify_run
+from choicegrad.runfolder import MANIFEST, RunLock, RunWriter, foreign_files, verify_run
 
 REQ = {"command": "fit", "data": "t.csv", "scorer_fit": {"seed": 0, "max_minutes": 1.0}}
 
@@ -35,7 +35,7 @@ def test_a_finished_run_is_sealed_and_replaced_only_with_overwrite(tmp_path):
     write_run(out, text="old")
     manifest = verify_run(out)
     assert set(manifest["files"]) == {"scorer.json"} and manifest["request"] == REQ
-    with pytest.raises(InputError, match="already holds a run; pass --overwrite"):
+    with pytest.raises(InputError, match="already holds a run; pass overwrite=True"):
         write_run(out)
     assert (out / "scorer.json").read_text() == "old"
     write_run(out, overwrite=True)
@@ -51,7 +51,7 @@ def test_an_interrupted_overwrite_leaves_the_old_run_intact(tmp_path):
             (w.dir / ".checkpoint").mkdir()           # some work worth resuming
             raise KeyboardInterrupt
     assert (out / "scorer.json").read_text() == "old" and verify_run(out)
-    with pytest.raises(InputError, match="interrupted run .* pass --resume to continue it, or --overwrite"):
+    with pytest.raises(InputError, match="interrupted run .* pass resume=True to continue it, or overwrite=True"):
         write_run(out)
     w = write_run(out, resume=True)                   # the resumed overwrite completes the replacement
     assert w.resuming and (out / "scorer.json").read_text() == "new"
@@ -81,17 +81,21 @@ def test_resume_needs_the_same_settings_except_time(tmp_path):
 
 
 def test_a_run_started_before_a_setting_existed_resumes_with_its_old_value(tmp_path):
+    """The settings added since (declared by the fit that writes them: choicegrad.run.ADDED_SETTINGS)
+    compare as the value an older run had."""
+    from choicegrad.run import ADDED_SETTINGS
+
     out = tmp_path / "run"
     before = {**REQ, "generator_fit": {"seed": 0}}                    # written before amortised search existed
     with pytest.raises(KeyboardInterrupt):
-        with RunWriter(out, before) as w:
+        with RunWriter(out, before, added_settings=ADDED_SETTINGS) as w:
             (w.dir / "scorer.json").write_text("phase 1")
             raise KeyboardInterrupt
     now = {**REQ, "generator_fit": {"seed": 0, "distill": None, "distill_sweeps": 2}}
     with pytest.raises(InputError, match=r"generator_fit.distill: 0.0 -> None"):
-        write_run(out, request=now, resume=True)
+        write_run(out, request=now, resume=True, added_settings=ADDED_SETTINGS)
     off = {**REQ, "generator_fit": {"seed": 0, "distill": 0.0, "distill_sweeps": 2}}
-    with RunWriter(out, off, resume=True) as w:                       # --distill 0: the run as it was started
+    with RunWriter(out, off, resume=True, added_settings=ADDED_SETTINGS) as w:   # distill 0: the run as started
         assert w.resuming
 
 
@@ -131,6 +135,27 @@ def test_verify_refuses_changed_and_foreign_files(tmp_path):
     (out / MANIFEST).write_text(json.dumps([1, 2]))
     with pytest.raises(InputError, match="unreadable run manifest"):
         verify_run(out)
+
+
+def test_each_kind_of_folder_declares_the_files_readers_check(tmp_path):
+    """The run folder knows no designer file: the designer's state declares its own (STATE_FILES),
+    checked against run.json like a run's models, and named in a state written before run.json."""
+    from choicegrad.design.designer import STATE_FILES
+
+    out = tmp_path / "state"
+    with RunWriter(out, REQ, files=STATE_FILES) as w:
+        (w.dir / "scorer.json").write_text("new")
+        (w.dir / "designer.json").write_text("{}")
+        w.commit()
+    (out / "designer.json").write_text('{"rounds": 9}')
+    assert verify_run(out)                                 # a fitted run's readers do not read it
+    with pytest.raises(InputError, match="designer.json does not belong to run"):
+        verify_run(out, STATE_FILES)
+    legacy = tmp_path / "legacy"                            # written before run.json: names of the kind only
+    legacy.mkdir()
+    for name in ("scorer.json", "designer.json"):
+        (legacy / name).write_text("{}")
+    assert foreign_files(legacy) == ["designer.json"] and foreign_files(legacy, STATE_FILES) == []
 
 
 def test_out_that_is_a_file_or_unwritable(tmp_path):

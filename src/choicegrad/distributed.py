@@ -88,11 +88,11 @@ def join(device: str) -> tuple[World, str]:
     dev = torch.device(device)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda" and dev.index is not None:
-        raise InputError("--device", [f'"{device}" under torchrun: every rank would use the same GPU; pass "cuda" '
-                                      "and each rank takes GPU LOCAL_RANK"])
+        raise InputError("device", [f'"{device}" under torchrun: every rank would use the same GPU; pass "cuda" '
+                                    "and each rank takes GPU LOCAL_RANK"])
     if dev.type not in ("cpu", "cuda"):
-        raise InputError("--device", [f'"{device}" under torchrun: data-parallel training runs on cpu (gloo) or '
-                                      "cuda (nccl)"])
+        raise InputError("device", [f'"{device}" under torchrun: data-parallel training runs on cpu (gloo) or '
+                                    "cuda (nccl)"])
     if dev.type == "cuda":
         device = f"cuda:{local}"
         torch.cuda.set_device(torch.device(device))

@@ -20,18 +20,20 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from choicegrad import distributed, generators
 from choicegrad.checkpoints import CHECKPOINT_MINUTES
-from choicegrad.device import check_device, machine_memory
+from choicegrad.device import check_device, check_generator_fits
 from choicegrad.io import (atomic_write_text, check_finite, meta_problem, read_json_object, read_table, sha256_file,
                            versions, write_table)
 from choicegrad.data import ChoiceSpace, ContextEncoder
@@ -40,14 +42,15 @@ from choicegrad.data.space import read_space
 from choicegrad.data.split import hold_out_upper
 from choicegrad.data.stream import GENERATOR_ROWS, ParquetTable, parquet_files, scan_parquet
 from choicegrad.data.table import TableData, load_table
-from choicegrad.decoding import DECODERS, candidates_frame, decode, default_budget
+from choicegrad.decoding import candidates_frame, decode, default_budget
+from choicegrad.decoding.decoders import decode_problems
+from choicegrad.decoding.fix import Fix, parse_fix
 from choicegrad.decoding.rows import MAX_ENUMERATE
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import available, get_class
-from choicegrad.estimators.gumbel import CDF_VOCABULARY
-from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective, resolve_layout
+from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective
 from choicegrad.generators.objective import GeneratorLogProb, as_objective
-from choicegrad.runfolder import RunWriter, check_out_path, read_run, run_writer
+from choicegrad.runfolder import RankView, RunWriter, check_out_path, read_run, run_writer
 from choicegrad.scorer.aligner import Aligner, AlignerFit, fit_aligner
 from choicegrad.scorer.fit import ScorerFit, ScorerResult, fit_scorer, fit_scorer_stream
 from choicegrad.scorer.model import Scorer
@@ -66,11 +69,13 @@ ITEMS_FILE = "items.json"
 #: Most rows (contexts x k) one Run.generate call returns: beyond this the table itself, not the search,
 #: would exhaust memory.
 MAX_GENERATE_ROWS = 10_000_000
-Fix = Union[Mapping[str, str], Iterable[str], None]
+#: Settings added to a fit's request after runs were first written, with the value an older run had:
+#: an interrupted run from before them resumes only as it was started (choicegrad.runfolder).
+ADDED_SETTINGS = {"generator_fit.distill": 0.0, "generator_fit.distill_sweeps": 2}
 
 
 class ObjectiveRecord(BaseModel):
-    """objective.json: the file and name the objective came from (--objective FILE.py:NAME), its
+    """objective.json: the file and name the objective came from (load_objective's FILE.py:NAME), its
     sha256, its kind (frame: a black box; module: a torch module; python: given in Python), and its
     scale (given by the user, or estimated from random rows)."""
 
@@ -123,66 +128,13 @@ def check_method(method: str, kind: str) -> str:
 
 def generate_problems(k: int, decoder: str, temperature: float, samples: Optional[int],
                       budget: Optional[int], seed: int = 0) -> list[str]:
-    """'argument: problem' lines for bad Run.generate options (empty when all are fine)."""
-    problems = []
-    if k < 1:
-        problems.append(f"k: expected an integer >= 1, got {k}")
-    if decoder not in DECODERS:
-        problems.append(f'decoder: unknown decoder "{decoder}"{did_you_mean(decoder, DECODERS)}; '
-                        f'choose one of {", ".join(DECODERS)}')
-    if temperature <= 0:
-        problems.append(f"temperature: expected a number > 0, got {temperature}")
-    if samples is not None and samples < 1:
-        problems.append(f"samples: expected an integer >= 1, got {samples}")
+    """'argument: problem' lines for bad Run.generate options (empty when all are fine): decode's own
+    check (decode_problems) and the seed's, for a caller to check them before reading anything (the
+    CLI, item runs)."""
+    problems = decode_problems(decoder, k, temperature, samples, budget)
     if not 0 <= seed < 2**63:
         problems.append(f"seed: expected an integer in 0 .. 2**63 - 1, got {seed}")
-    if budget is not None and budget < 1:
-        problems.append(f"budget: expected an integer >= 1 scorer call per context, got {budget}")
     return problems
-
-
-def _hint(value: str, options: list[str]) -> str:
-    """' (did you mean "x"?)': a case-insensitive match first, else the closest spelling."""
-    same = [o for o in options if o.lower() == value.lower()]
-    return f' (did you mean "{same[0]}"?)' if same else did_you_mean(value, options)
-
-
-def parse_fix(fix: Fix, space: ChoiceSpace) -> Optional[torch.Tensor]:
-    """{'s0': 'A'} or ['s0=A', 's2=C,s3=G'] -> (S,) long, -1 = free (None when nothing is fixed);
-    InputError('fix') listing every bad item."""
-    if not fix:
-        return None
-    if isinstance(fix, Mapping):
-        items = [(f"{name}={label}", str(name), "=", str(label)) for name, label in fix.items()]
-    else:
-        parts = [p for item in ([fix] if isinstance(fix, str) else fix) for p in item.split(",") if p.strip()]
-        items = [(p, *(t.strip() for t in p.partition("="))) for p in parts]
-    fixed = torch.full((space.num_slots,), -1, dtype=torch.long)
-    problems = []
-    labels: dict[str, list[str]] = {}
-    for _, name, eq, label in items:
-        if eq and name and label:
-            labels.setdefault(name, []).append(label)
-    clash = {name: values for name, values in labels.items() if len(set(values)) > 1}
-    problems += [f'feature "{name}" fixed {"twice" if len(v) == 2 else f"{len(v)} times"} ({", ".join(v)}); '
-                 "give one category" for name, v in clash.items()]
-    for part, name, eq, label in items:
-        if name in clash:
-            continue
-        if not eq or not name or not label:
-            problems.append(f'"{part}": expected FEATURE=CATEGORY')
-        elif name not in space.names:
-            problems.append(f'unknown feature "{name}"{_hint(name, space.names)}; '
-                            f'features: {", ".join(space.names[:12])}')
-        else:
-            cats = space.slots[space.names.index(name)].categories
-            if label not in cats:
-                problems.append(f'feature "{name}" has no category "{label}"{_hint(label, cats)}')
-            else:
-                fixed[space.names.index(name)] = space.index_of(name, label)
-    if problems:
-        raise InputError("fix", problems)
-    return fixed
 
 
 def _check_pair(run_dir: Path, scorer: Scorer, meta: dict) -> None:
@@ -225,8 +177,10 @@ class Run:
     def __init__(self, out: Path, scorer: Optional[Scorer], generator, aligner: Optional[Aligner] = None,
                  config: Optional[dict] = None, contexts: Optional[pd.DataFrame] = None,
                  device: str | torch.device = "cpu", *, space: Optional[ChoiceSpace] = None,
-                 context: Optional[ContextEncoder] = None, objective_record: Optional[dict] = None, items=None):
+                 context: Optional[ContextEncoder] = None, objective_record: Optional[dict] = None, items=None,
+                 scorer_only: bool = False):
         self.out, self.scorer, self.generator, self.aligner = Path(out), scorer, generator, aligner
+        self.scorer_only = scorer_only     # loaded for scoring alone (Run.load(scorer_only=True))
         self.items = items             # an item run's ItemRun (choicegrad.items), else None
         self.config, self.contexts, self.device = config or {}, contexts, torch.device(device)
         if items is not None:
@@ -241,10 +195,12 @@ class Run:
         return [c.name for c in self.context.columns]
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", *, scorer_only: bool = False) -> Run:
         """Load and validate RUN onto `device`: the files are present, readable and those of one run
         (run.json), the generator was trained for the scorer's space and context, contexts.csv
-        encodes. InputError names the file.
+        encodes. InputError names the file. scorer_only: read a table run's scorer alone (what
+        Run.score needs; a run written by fit_scorer_run holds nothing else): no generator, aligner
+        or training contexts, so generate refuses.
 
             run = Run.load("runs/one", device="cuda")
         """
@@ -252,11 +208,11 @@ class Run:
         device = check_device(device)
         if not run_dir.is_dir() and not run_dir.parent.is_dir():
             raise InputError(str(run_dir), ["no such run folder (written by choicegrad fit)"])
-        # verified and read on one folder, even if a fit --overwrite swaps in a new run meanwhile
-        return read_run(run_dir, lambda folder: cls._read(folder, run_dir, device))
+        # verified and read on one folder, even if a fit with overwrite=True swaps in a new run meanwhile
+        return read_run(run_dir, lambda folder: cls._read(folder, run_dir, device, scorer_only))
 
     @classmethod
-    def _read(cls, folder: Path, run_dir: Path, device: torch.device) -> Run:
+    def _read(cls, folder: Path, run_dir: Path, device: torch.device, scorer_only: bool = False) -> Run:
         """The run in `folder` (run_dir held open: choicegrad.runfolder.read_run), as Run(run_dir, ...)."""
         if not folder.is_dir():
             raise InputError(str(run_dir), ["no such run folder (written by choicegrad fit)"])
@@ -264,6 +220,8 @@ class Run:
             return cls._read_item_run(folder, run_dir, device)
         if (folder / OBJECTIVE_FILE).is_file():
             return cls._read_objective_run(folder, run_dir, device)
+        if scorer_only:      # what score reads, no more (config.json, a report, is not verified)
+            return cls(run_dir, Scorer.load(folder, device), None, device=device, scorer_only=True)
         config = _read_config(folder / "config.json")
         enumerated = bool(config.get("enumerated"))      # a small space: no generator (Run.fit)
         needed = [f for f in RUN_FILES if not (enumerated and f.startswith("generator."))]
@@ -331,26 +289,39 @@ class Run:
                    objective_record=record, items=state)
 
     def score(self, rows: pd.DataFrame | str | Path, *, items: pd.DataFrame | str | Path | None = None,
-              beta: Optional[float] = None) -> pd.DataFrame:
-        """The rows with their predicted score: a table run's rows (features and context columns) get
-        a `score` column (as choicegrad score writes); an item run's slates (context columns, slot
-        columns of item ids; `items`: items beyond the run's own) a `predicted` column. beta
-        overrides the scorer's ensemble pessimism. InputError for a run without a scorer."""
+              beta: Optional[float] = None, unknown: Literal["error", "missing"] = "error") -> pd.DataFrame:
+        """The rows with their predicted score: a table run's rows (features and context columns, a
+        table or a CSV/Parquet path) get a `score` column (replacing one already there), what
+        `choicegrad score` writes; an item run's slates (context columns, slot columns of item ids;
+        `items`: items beyond the run's own) a `predicted` column. beta overrides the scorer's
+        ensemble pessimism; unknown="missing" scores an unknown feature category as a missing one
+        (else an InputError naming `rows`). Rows with missing features are scored with a
+        PartialRowsWarning (choicegrad.scorer.model). InputError for a run without a scorer.
+
+            scored = Run.load("runs/one", scorer_only=True).score("rows.csv")
+        """
         if self.items is not None:
             from choicegrad.items import score_slates
 
             return score_slates(self, rows, items=items, beta=beta)
+        if items is not None:
+            raise InputError("items", [f"{self.out} was fitted on a table, not item lists (an ItemSpec)"])
+        if unknown not in ("error", "missing"):
+            raise InputError("unknown", [f'expected "error" or "missing", got "{unknown}"'])
         if self.scorer is None:
-            raise InputError(str(self.out), ["this run was fitted to your own objective and has no scorer: score the "
-                                             "rows with that function itself"])
+            record = self.objective_record or {}
+            source = f"{record.get('file') or 'a Python objective'}:{record.get('name')}"
+            raise InputError(str(self.out), [f"this run was fitted to your own objective ({source}) and has no scorer: "
+                                             "score the rows with that function itself"])
+        name = str(rows) if isinstance(rows, (str, Path)) else "rows"
         frame = read_table(rows) if isinstance(rows, (str, Path)) else rows.reset_index(drop=True)
         old = self.scorer.beta
         self.scorer.beta = old if beta is None else beta
         try:
-            values = self.scorer.predict_frame(frame, str(rows) if isinstance(rows, (str, Path)) else "rows")
+            values = self.scorer.predict_frame(frame, name, unknown=unknown)
         finally:
             self.scorer.beta = old
-        check_finite(values, str(rows) if isinstance(rows, (str, Path)) else "rows", "the predicted score")
+        check_finite(values, name, "the predicted score")
         return frame.assign(score=values)
 
     def _contexts(self, contexts: pd.DataFrame | str | Path | None) -> tuple[Optional[pd.DataFrame], TableContext]:
@@ -416,14 +387,16 @@ class Run:
         if items is not None or lists is not None:
             raise InputError("items", ["items and lists are for a run fitted on item lists (an ItemSpec); this run "
                                        "was fitted on a table"])
+        if self.scorer_only:
+            raise InputError(str(self.out), ["loaded with scorer_only=True, for scoring: load the whole run to generate"])
         if decoder is None:
             decoder = "polish" if self.generator is not None else "exhaustive"
-        problems = generate_problems(k, decoder, temperature, samples, budget, seed)
+        problems = generate_problems(k, decoder, temperature, samples, budget, seed)   # before anything is read
         if self.generator is None and decoder != "exhaustive" and not problems:
             rows = self.space.num_rows()
             problems.append(f"decoder: {decoder} needs a generator; this run has none (each context's space holds "
                             f"{rows:,} rows, enumerated instead): exhaustive, the default, returns the exact top-k; "
-                            "fit with force_generator=True (--force-generator) for a generator")
+                            "fit with force_generator=True for a generator")
         if problems:
             raise InputError("generate", problems)
         fixed = parse_fix(fix, self.space)
@@ -436,13 +409,11 @@ class Run:
                                    f"at most {MAX_GENERATE_ROWS:,} per call: ask for fewer rows or fewer contexts"])
         objective, column = self._objective(decoder, beta, frame)
         rng = torch.Generator(device=self.device).manual_seed(seed)
-        try:
-            mask = None if self.generator is not None else self.space.mask().to(self.device)
-            cands = decode(decoder, self.generator, objective, ctx, rows_k, fixed=fixed, mask=mask,
-                           temperature=temperature, samples=samples, generator=rng,
-                           budget=budget if budget is not None or samples is not None else default_budget(rows_k))
-        except ValueError as exc:  # e.g. exhaustive on a space too large to enumerate
-            raise InputError("decoder", [str(exc)]) from None
+        mask = None if self.generator is not None else self.space.mask().to(self.device)
+        # InputError('decoder') e.g. for exhaustive on a space too large to enumerate
+        cands = decode(decoder, self.generator, objective, ctx, rows_k, fixed=fixed, mask=mask,
+                       temperature=temperature, samples=samples, generator=rng,
+                       budget=budget if budget is not None or samples is not None else default_budget(rows_k))
         result = candidates_frame(self.space, cands, frame)
         values = result.pop("score").to_numpy()
         result.insert(len(result.columns) - 1, column, self.scorer.to_score(values) if self.scorer is not None else values)
@@ -464,12 +435,12 @@ class Run:
             raise InputError("objective", [
                 f"this run has no generator (its space is enumerated): generating scores every row with the objective "
                 f"it was fitted to ({record.get('file', '?')}:{record.get('name', '?')}), which a run folder never "
-                "imports by itself: give it (Run.use_objective, or generate --objective FILE.py:NAME)"])
+                "imports by itself: give it (Run.use_objective)"])
         if decoder not in GENERATOR_DECODERS:
             raise InputError("objective", [
                 f"decoder {decoder} scores rows with the objective the run was fitted to "
                 f"({record.get('file', '?')}:{record.get('name', '?')}), which a run folder never imports by itself: "
-                "give it (Run.use_objective, or generate --objective FILE.py:NAME), or decode with the generator "
+                "give it (Run.use_objective), or decode with the generator "
                 f"alone: {', '.join(GENERATOR_DECODERS)}"])
         return GeneratorLogProb(self.generator), "log_prob"
 
@@ -484,7 +455,7 @@ class Run:
                 f"{record.get('file')}:{record.get('name')} differs from the file the run was fitted with "
                 f"({self.objective_record.get('file')}, sha256 {str(self.objective_record.get('sha256'))[:12]}..., now "
                 f"{str(record.get('sha256'))[:12]}...): the generator learned the old one. Say it is intended "
-                "(generate --objective-changed, or changed=True), or fit again"])
+                "(changed=True), or fit again"])
         if self.items is not None:
             from choicegrad.items import _as_item_objective
 
@@ -494,152 +465,68 @@ class Run:
         return self
 
     @classmethod
-    def fit(cls, data: str | Path | pd.DataFrame, out: str | Path, table, *,
-            generator: str = "autoregressive", scorer_fit: Optional[ScorerFit] = None,
-            generator_fit: Optional[GeneratorFit] = None, max_minutes: Optional[float] = None,
-            resume: bool = False, overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
-            echo: Callable[[str], None] = print, progress: Optional[bool] = None,
-            on_scorer: Optional[Callable[[dict], None]] = None, stream: bool = False, workers: int = 0,
-            force_generator: bool = False) -> Run:
+    def fit(cls, data: str | Path | pd.DataFrame, out: str | Path, table, options: Optional[FitOptions] = None,
+            **keywords: Any) -> Run:
         """Table -> scorer -> (aligner) -> generator, written to `out` as one run; returns Run.load(out).
 
         table: a TableSpec, or an ItemSpec for item lists (choicegrad.items): then `data` is the log,
         the scorer is fitted over item attributes and the generator is the pointer generator
-        (generator, stream and workers do not apply).
+        (generator, stream and workers do not apply). options: a FitOptions, whose fields are also
+        keywords (Run.fit(data, out, table, generator_fit=GeneratorFit(steps=400), overwrite=True));
+        keywords override the options' fields.
 
         A small space is enumerated instead (small_space: when scoring every row of every training
         context costs no more scorer calls than training would): no generator is trained, it says
         so, and generate returns the exact top-K by enumeration; force_generator trains one anyway.
+        The run is built in a hidden sibling folder and moved into place when complete
+        (choicegrad.runfolder); checkpoints are saved every `checkpoint_minutes`, at the end of each
+        phase and on SIGINT/SIGTERM, which raise Interrupted. A streamed table (stream, or a folder)
+        is read as fit_scorer_run does; the scan also keeps a uniform sample of about GENERATOR_ROWS
+        training rows, on which the generator phase (contexts, warm start, aligner) works;
+        max_minutes then counts the scan too.
 
-        generator: 'autoregressive' or 'factorized'; scorer_fit/generator_fit: how to fit each (seed,
-        device and beta are set in each). max_minutes bounds the whole fit (half for the scorer, what
-        is left for the generator) and overrides their own limits. The run is built in a hidden
-        sibling folder and moved into place when complete (choicegrad.runfolder): `overwrite` allows
-        replacing a finished run, `resume` continues an interrupted one from its checkpoints (saved
-        every `checkpoint_minutes`, at the end of each phase and on SIGINT/SIGTERM, which raise
-        Interrupted). echo gets the progress lines, on_scorer(metrics) the scorer's held-out
-        metrics. stream (implied by a folder) reads a Parquet file or folder as fit_scorer_run does
-        (workers: its DataLoader processes); the scan also keeps a uniform sample of about
-        GENERATOR_ROWS training rows, and the generator phase (contexts, warm start, aligner) works
-        on that sample; max_minutes then counts the scan too. Fifteen arguments: the three option
-        objects, how the table is read and the folder written, and output callbacks.
-
-        Started by torchrun (WORLD_SIZE > 1), it trains data-parallel (choicegrad.distributed): the
-        scorer as fit_scorer_run does, then the generator (see choicegrad.training.loop), each rank
-        on its share of every step's batch of contexts; rank 0 alone writes the run and echoes, and
-        every rank returns rank 0's Run.load(out). "cuda" means each rank's own GPU. InputError
-        ('batch_size') when generator_fit.batch_size is smaller than the number of ranks.
+        The phases: _start_fit and _open_run (shared with fit_scorer_run), _scorer_phase,
+        _generator_phase, _seal. Started by torchrun (WORLD_SIZE > 1), it trains data-parallel
+        (choicegrad.distributed): the scorer as fit_scorer_run does, then the generator (see
+        choicegrad.training.loop), each rank on its share of every step's batch of contexts; rank 0
+        alone writes the run and echoes, and every rank returns rank 0's Run.load(out). "cuda" means
+        each rank's own GPU. InputError('batch_size') when generator_fit.batch_size is smaller than
+        the number of ranks.
 
             Run.fit("t.csv", "runs/one", TableSpec(features="s?", score="y", context="ctx", train_quantile=0.5),
                     scorer_fit=ScorerFit(seed=1), generator_fit=GeneratorFit(method="st-gumbel", seed=1))
         """
         from choicegrad.items import ItemSpec, fit_items
 
+        o = fit_options(options, keywords)
         if isinstance(table, ItemSpec):
-            return fit_items(cls, data, out, table, scorer_fit=scorer_fit, generator_fit=generator_fit,
-                             max_minutes=max_minutes, resume=resume, overwrite=overwrite,
-                             checkpoint_minutes=checkpoint_minutes, echo=echo, progress=progress)
-        scorer_fit, generator_fit = scorer_fit or ScorerFit(), generator_fit or GeneratorFit()
-        generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, generator)})
-        gen_cfg = GeneratorConfig(kind=generator)
-        asked = scorer_fit.device, generator_fit.device     # as asked: "cuda", not this rank's "cuda:1"
-        world, device = distributed.join(generator_fit.device)
-        if world.distributed:
-            if scorer_fit.device != generator_fit.device:
-                raise InputError("device", [f'the scorer ("{scorer_fit.device}") and the generator '
-                                            f'("{generator_fit.device}") train on one device kind under torchrun'])
-            if generator_fit.batch_size < world.size:
-                raise InputError("batch_size", [f"{generator_fit.batch_size} contexts per generator step cannot be "
-                                                f"shared by {world.size} data-parallel ranks (torchrun): each needs "
-                                                f"at least one; ask for a batch of at least {world.size} contexts"])
-            scorer_fit = scorer_fit.model_copy(update={"device": device})
-            generator_fit = generator_fit.model_copy(update={"device": device})
-            if not world.main:
-                echo, progress, on_scorer = (lambda message: None), False, None
-        check_out_path(out)
-        out = Path(out)
-        stream = stream or (isinstance(data, (str, Path)) and Path(data).is_dir())
-        if stream:
-            _check_stream(data, table, workers)
-            data_table, extra, streamed = None, {}, {"stream": True, "workers": workers, "ranks": world.size}
-        else:
-            data_table, extra, streamed = *_load(data, table, echo), {}
-            check_generator_fits(gen_cfg, data_table.space, device=generator_fit.device)
-        if max_minutes is not None:
-            scorer_fit = scorer_fit.model_copy(update={"max_minutes": max_minutes / 2})
-        request = _request("fit", data, table, scorer_fit={**scorer_fit.model_dump(), "device": asked[0]},
-                           generator=gen_cfg.model_dump(), generator_fit={**generator_fit.model_dump(), "device": asked[1]},
-                           **streamed, **({"force_generator": True} if force_generator else {}))
-        with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
-            for note in w.notes:
-                echo(note)
+            return fit_items(cls, data, out, table, scorer_fit=o.scorer_fit, generator_fit=o.generator_fit,
+                             max_minutes=o.max_minutes, resume=o.resume, overwrite=o.overwrite,
+                             checkpoint_minutes=o.checkpoint_minutes, echo=o.echo, progress=o.progress)
+        job = _start_fit(data, out, table, o, with_generator=True)
+        with _open_run(job, _fit_request(job), GENERATOR_ROWS) as w:
             if w.finished:
-                return distributed.from_main(lambda: cls.load(out))
-            scanned = 0.0
-            if stream:   # in the folder's lock, as fit_scorer_run; the generator learns from the scan's sample
-                data_table = distributed.from_main(lambda: _scan(data, table, scorer_fit, progress, echo, GENERATOR_ROWS))
-                check_generator_fits(gen_cfg, data_table.space, device=generator_fit.device)
-                scanned = data_table.scan_seconds
-                if max_minutes is not None:
-                    scorer_fit = scorer_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, scanned, 2)})
-            rows = data_table.sample if stream else data_table
-            ctx_cols = [c.name for c in rows.context.columns]
-            n_contexts = len(rows.frame[ctx_cols].drop_duplicates()) if ctx_cols else 1
-            plan = None if force_generator else small_space(rows.space, n_contexts, generator_fit)
+                return distributed.from_main(lambda: cls.load(job.out))
+            job.plan_generator()
             with w.checkpoints.catch_signals() as ckpt:
-                result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo, workers)
-                if on_scorer is not None:
-                    on_scorer(result.metrics)
-                aligner, aligner_info, res = None, None, None
-                if plan is None and get_class(generator_fit.method).needs_aligner:  # the learned similarity it pulls through
-                    # fitted (or read back) by rank 0 alone, and sent to the others
-                    aligner, aligner_info = distributed.from_main(lambda: _aligner_phase(
-                        w, result.scorer, rows, generator_fit.seed,
-                        _minutes_left(max_minutes, scanned + result.seconds, 3), progress, echo))
-                spent = scanned + result.seconds + (aligner_info["seconds"] if aligner_info else 0.0)
-                if max_minutes is not None:
-                    generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, spent, 1)})
-                if plan is None:
-                    res = fit_table_generator(result.scorer, rows, gen_cfg, generator_fit, run_dir=w.dir,
-                                              progress=progress, aligner=aligner, checkpoint=ckpt)
-            if not world.main:           # rank 0 writes the run; the others wait for it, then take its Run
+                result = _scorer_phase(w, job)
+                if job.options.on_scorer is not None:
+                    job.options.on_scorer(result.metrics)
+                trained = _generator_phase(job, w, result, ckpt)
+            if not job.world.main:       # rank 0 writes the run; the others wait for it, then take its Run
                 distributed.barrier()
                 w.commit()
                 return distributed.from_main(lambda: None)
-            if res is not None:
-                generators.save(res.generator.cpu(), w.dir, {"space": result.scorer.space.model_dump(),
-                                                             "context": result.scorer.context.model_dump()})
-            if ctx_cols:
-                write_table(rows.frame[ctx_cols].drop_duplicates().reset_index(drop=True), w.dir / "contexts.csv")
-            config = {"data": request["data"], "features": result.scorer.space.names, "score": table.score,
-                      "context": ctx_cols, "train_quantile": table.train_quantile, "rows": len(data_table),
-                      **({"streamed": True, "generator_rows": len(rows), "scan_seconds": scanned} if stream else {}),
-                      "scorer_fit": scorer_fit.model_dump(), "scorer_metrics": result.metrics,
-                      "scorer_seconds": result.seconds, "space_rows": result.scorer.space.num_rows(),
-                      "contexts": n_contexts, "generator": None if res is None else gen_cfg.model_dump(),
-                      "generator_fit": generator_fit.model_dump(), "aligner": aligner_info,
-                      "generator_training": None if res is None else _training_summary(res),
-                      "enumerated": plan, "seconds": spent + (res.seconds if res is not None else 0.0),
-                      "versions": versions()}
-            atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
-            distributed.barrier()        # every rank done with the folder before rank 0 moves it
-            w.commit()
-        if res is None:
-            echo(small_space_note(plan) + f"; wrote {out}/")
-        else:
-            echo(f"generator: {generator} + {generator_fit.method}, {res.seconds:.1f} s, {_calls_summary(res.scorer_calls, rows.space, n_contexts)}, "
-                 f"validation {res.best_val:.4g} ({res.stopped}); wrote {out}/")
-        return distributed.from_main(lambda: cls.load(out))
+            _seal(job, w, result, trained)
+        _say_done(job, trained)
+        return distributed.from_main(lambda: cls.load(job.out))
 
     @classmethod
     def fit_objective(cls, objective, out: str | Path, *, space: Union[str, Path, dict, None] = None,
                       contexts: pd.DataFrame | Mapping | str | Path | None = None,
                       table: Optional[tuple[Union[str, Path, pd.DataFrame], TableSpec]] = None,
-                      generator: str = "autoregressive", generator_fit: Optional[GeneratorFit] = None,
-                      record: Optional[dict] = None, max_minutes: Optional[float] = None, resume: bool = False,
-                      overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
-                      echo: Callable[[str], None] = print, progress: Optional[bool] = None,
-                      force_generator: bool = False, items=None) -> Run:
+                      record: Optional[dict] = None, items=None, options: Optional[FitOptions] = None,
+                      **keywords: Any) -> Run:
         """A generator fitted to the user's own objective (choicegrad.objectives: FrameObjective for a
         black box on labelled rows, ModuleObjective for a torch module; or any Objective), written to
         `out` as one run (no scorer; objective.json records where the objective came from, never its
@@ -653,7 +540,8 @@ class Run:
         and its contexts when `contexts` is None. record: load_objective's record of the file the
         objective came from. The objective's scale, unless given, is estimated from random rows and
         echoed. A small space is enumerated instead of training (small_space), unless force_generator.
-        Otherwise as Run.fit (method, steps, time limit, resume, overwrite, checkpoints).
+        Otherwise as Run.fit (method, steps, time limit, resume, overwrite, checkpoints): options and
+        keywords are the FitOptions that apply to an objective (OBJECTIVE_RUN_OPTIONS).
         items: an ItemSpec (choicegrad.items) for item lists: the objective is a reward over the chosen
         items' vectors, reward(selected (N, S, D), ctx) -> (N,) (a function or an ItemObjective), and
         space / contexts / table do not apply.
@@ -661,83 +549,130 @@ class Run:
             run = Run.fit_objective(cg.FrameObjective(simulate), "runs/own", space="space.json",
                                     contexts="contexts.csv", generator_fit=GeneratorFit(steps=800))
         """
-        from choicegrad.objectives import estimate_scale
-
+        o = fit_options(options, keywords, OBJECTIVE_RUN_OPTIONS, "Run.fit_objective")
         if items is not None:   # item lists: a reward over the chosen items' vectors (choicegrad.items)
             from choicegrad.items import fit_items
 
-            return fit_items(cls, None, out, items, objective=objective, record=record, generator_fit=generator_fit,
-                             max_minutes=max_minutes, resume=resume, overwrite=overwrite,
-                             checkpoint_minutes=checkpoint_minutes, echo=echo, progress=progress)
-        generator_fit = generator_fit or GeneratorFit()
-        generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, generator)})
-        if max_minutes is not None:
-            generator_fit = generator_fit.model_copy(update={"max_minutes": max_minutes})
-        objective = as_objective(objective)
-        check_trainable(objective, generator_fit.method)      # before anything is read or written
-        check_out_path(out)
-        out = Path(out)
-        space_, encoder, frame, data = _objective_problem(space, contexts, table)
-        gen_cfg = GeneratorConfig(kind=generator)
-        check_generator_fits(gen_cfg, space_, device=generator_fit.device)
-        ctx = TableContext(*encoder.encode(frame, "contexts")).unique()[0] if encoder.columns else TableContext.empty(1)
-        objective.bind(space_, encoder, frame)
-        if data is not None:      # the warm start ranks the table's complete rows by the objective
-            data = _scored_by(objective.prepare(generator_fit.device), data, generator_fit.device)
-        plan = None if force_generator else small_space(space_, len(ctx), generator_fit)
-        # estimated even when the space is enumerated: it is cheap, and calls the function before the run is written
-        estimated = not objective.scale_given
-        if estimated:
-            objective.scale = estimate_scale(objective.prepare(generator_fit.device), space_, ctx.to(generator_fit.device),
-                                             seed=generator_fit.seed)
-            echo(f"objective: scale {objective.scale:.4g} (the spread of its scores over random rows; give scale= "
-                 "or --objective-scale to set it)")
-        record = {**(record or {"file": None, "name": objective.name,
-                                "sha256": None, "kind": "python"}),
-                  "differentiable": bool(objective.differentiable), "scale": float(objective.scale),
-                  "scale_estimated": estimated}
-        ObjectiveRecord.model_validate(record)
-        contexts_key = int(pd.util.hash_pandas_object(frame, index=False).sum()) if len(frame.columns) else 0
-        request = {"command": "fit-objective", "objective": {k: record[k] for k in ("file", "name", "sha256", "kind")},
-                   "space": space_.model_dump(), "contexts_hash": contexts_key, "generator": gen_cfg.model_dump(),
-                   "generator_fit": generator_fit.model_dump(), **({"force_generator": True} if force_generator else {}),
-                   **({"table_hash": int(pd.util.hash_pandas_object(data.frame, index=False).sum())} if data is not None
-                      else {})}
-        with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
-            for note in w.notes:
-                echo(note)
+            return fit_items(cls, None, out, items, objective=objective, record=record, generator_fit=o.generator_fit,
+                             max_minutes=o.max_minutes, resume=o.resume, overwrite=o.overwrite,
+                             checkpoint_minutes=o.checkpoint_minutes, echo=o.echo, progress=o.progress)
+        job = _start_objective_fit(objective, out, space, contexts, table, record, o)
+        with _writer(job.out, job.request, job.options) as w:
             if w.finished:
-                return cls.load(out).use_objective(objective, record)
-            res = None
-            if plan is None:
-                torch.manual_seed(generator_fit.seed)
-                gen = generators.build(gen_cfg, space=space_, context=encoder)
-                source = TableContexts(data, device=generator_fit.device) if data is not None else \
-                    ContextPool(ctx, device=generator_fit.device)
-                with w.checkpoints.catch_signals() as ckpt:
-                    res = fit_generator(gen, objective, source, generator_fit, run_dir=w.dir, progress=progress,
-                                        checkpoint=ckpt)
-                generators.save(res.generator.cpu(), w.dir, {"space": space_.model_dump(), "context": encoder.model_dump()})
-            if encoder.columns:
-                write_table(frame[[c.name for c in encoder.columns]].drop_duplicates().reset_index(drop=True),
-                            w.dir / "contexts.csv")
-            atomic_write_text(w.dir / OBJECTIVE_FILE, json.dumps(record, indent=2) + "\n")
-            size = space_.num_rows()
-            config = {"objective": record, "features": space_.names, "context": [c.name for c in encoder.columns],
-                      "contexts": len(ctx), "space_rows": size, "generator": None if res is None else gen_cfg.model_dump(),
-                      "generator_fit": generator_fit.model_dump(),
-                      "generator_training": None if res is None else _training_summary(res), "enumerated": plan,
-                      "seconds": 0.0 if res is None else res.seconds, "versions": versions(),
-                      **({"space": space_.model_dump(), "context_encoder": encoder.model_dump()} if res is None else {})}
-            atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
-            w.commit()
+                return cls.load(job.out).use_objective(job.objective, job.record)
+            res = _objective_generator_phase(job, w)
+            _seal_objective(job, w, res)
+        o = job.options
         if res is None:
-            echo(small_space_note(plan, "objective") + f"; wrote {out}/")
+            o.echo(small_space_note(job.plan, "objective") + f"; wrote {job.out}/")
         else:
-            echo(f"generator: {generator} + {generator_fit.method} on {record['name']}, {res.seconds:.1f} s, "
-                 f"{_calls_summary(res.scorer_calls, space_, len(ctx), 'objective')}, validation {res.best_val:.4g} "
-                 f"({res.stopped}); wrote {out}/")
-        return cls.load(out).use_objective(objective, record)
+            o.echo(f"generator: {o.generator} + {o.generator_fit.method} on {job.record['name']}, {res.seconds:.1f} s, "
+                   f"{_calls_summary(res.scorer_calls, job.space, len(job.ctx), 'objective')}, validation "
+                   f"{res.best_val:.4g} ({res.stopped}); wrote {job.out}/")
+        return cls.load(job.out).use_objective(job.objective, job.record)
+
+
+#: The FitOptions fields that Run.fit_objective takes (no scorer, no streamed table).
+OBJECTIVE_RUN_OPTIONS = ("generator", "generator_fit", "max_minutes", "resume", "overwrite", "checkpoint_minutes",
+                         "echo", "progress", "force_generator")
+
+
+@dataclass
+class _ObjectiveFit:
+    """An objective fit under way (Run.fit_objective), carried from phase to phase: the objective
+    bound to its space and contexts, its record (objective.json), the choice space, context columns,
+    contexts (frame (N, C), encoded ctx), the warm-start table (or None), the plan to enumerate
+    instead (or None), the options resolved and the request a resume must match."""
+
+    out: Path
+    objective: Any
+    record: dict
+    space: ChoiceSpace
+    encoder: ContextEncoder
+    frame: pd.DataFrame
+    ctx: TableContext
+    data: Optional[TableData]
+    gen_cfg: GeneratorConfig
+    options: FitOptions
+    plan: Optional[dict]
+    request: dict
+
+
+def _start_objective_fit(objective, out, space, contexts, table, record: Optional[dict], o: FitOptions,
+                         ) -> _ObjectiveFit:
+    """Everything Run.fit_objective checks and resolves before the run folder is touched: the method
+    trains on this objective, the space, contexts and warm start, the memory, the plan, the objective's
+    scale (estimated from random rows unless given, and echoed) and its record."""
+    from choicegrad.objectives import estimate_scale
+
+    generator_fit = o.generator_fit or GeneratorFit()
+    generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, o.generator)})
+    if o.max_minutes is not None:
+        generator_fit = generator_fit.model_copy(update={"max_minutes": o.max_minutes})
+    o = o.model_copy(update={"generator_fit": generator_fit})
+    objective = as_objective(objective)
+    check_trainable(objective, generator_fit.method)      # before anything is read or written
+    out = check_out_path(out)
+    space_, encoder, frame, data = _objective_problem(space, contexts, table)
+    gen_cfg = GeneratorConfig(kind=o.generator)
+    check_generator_fits(gen_cfg, space_, device=generator_fit.device)
+    ctx = TableContext(*encoder.encode(frame, "contexts")).unique()[0] if encoder.columns else TableContext.empty(1)
+    objective.bind(space_, encoder, frame)
+    if data is not None:      # the warm start ranks the table's complete rows by the objective
+        data = _scored_by(objective.prepare(generator_fit.device), data, generator_fit.device)
+    plan = None if o.force_generator else small_space(space_, len(ctx), generator_fit)
+    # estimated even when the space is enumerated: it is cheap, and calls the function before the run is written
+    estimated = not objective.scale_given
+    if estimated:
+        objective.scale = estimate_scale(objective.prepare(generator_fit.device), space_, ctx.to(generator_fit.device),
+                                         seed=generator_fit.seed)
+        o.echo(f"objective: scale {objective.scale:.4g} (the spread of its scores over random rows; give scale= "
+               "to set it)")
+    record = {**(record or {"file": None, "name": objective.name, "sha256": None, "kind": "python"}),
+              "differentiable": bool(objective.differentiable), "scale": float(objective.scale),
+              "scale_estimated": estimated}
+    ObjectiveRecord.model_validate(record)
+    contexts_key = int(pd.util.hash_pandas_object(frame, index=False).sum()) if len(frame.columns) else 0
+    request = {"command": "fit-objective", "objective": {k: record[k] for k in ("file", "name", "sha256", "kind")},
+               "space": space_.model_dump(), "contexts_hash": contexts_key, "generator": gen_cfg.model_dump(),
+               "generator_fit": generator_fit.model_dump(), **({"force_generator": True} if o.force_generator else {}),
+               **({"table_hash": int(pd.util.hash_pandas_object(data.frame, index=False).sum())} if data is not None
+                  else {})}
+    return _ObjectiveFit(out, objective, record, space_, encoder, frame, ctx, data, gen_cfg, o, plan, request)
+
+
+def _objective_generator_phase(job: _ObjectiveFit, w: RunWriter) -> Optional[GeneratorResult]:
+    """The generator trained on the objective (warm-started from the table, if any), saved into the
+    run; None where the space is enumerated instead."""
+    if job.plan is not None:
+        return None
+    fit = job.options.generator_fit
+    torch.manual_seed(fit.seed)
+    gen = generators.build(job.gen_cfg, space=job.space, context=job.encoder)
+    source = TableContexts(job.data, device=fit.device) if job.data is not None else ContextPool(job.ctx, device=fit.device)
+    with w.checkpoints.catch_signals() as ckpt:
+        res = fit_generator(gen, job.objective, source, fit, run_dir=w.dir, progress=job.options.progress,
+                            checkpoint=ckpt)
+    generators.save(res.generator.cpu(), w.dir, {"space": job.space.model_dump(), "context": job.encoder.model_dump()})
+    return res
+
+
+def _seal_objective(job: _ObjectiveFit, w: RunWriter, res: Optional[GeneratorResult]) -> None:
+    """The training contexts, objective.json and config.json written beside the generator, then the
+    run sealed and moved into place."""
+    if job.encoder.columns:
+        write_table(job.frame[[c.name for c in job.encoder.columns]].drop_duplicates().reset_index(drop=True),
+                    w.dir / "contexts.csv")
+    atomic_write_text(w.dir / OBJECTIVE_FILE, json.dumps(job.record, indent=2) + "\n")
+    config = {"objective": job.record, "features": job.space.names, "context": [c.name for c in job.encoder.columns],
+              "contexts": len(job.ctx), "space_rows": job.space.num_rows(),
+              "generator": None if res is None else job.gen_cfg.model_dump(),
+              "generator_fit": job.options.generator_fit.model_dump(),
+              "generator_training": None if res is None else _training_summary(res), "enumerated": job.plan,
+              "seconds": 0.0 if res is None else res.seconds, "versions": versions(),
+              **({"space": job.space.model_dump(), "context_encoder": job.encoder.model_dump()} if res is None else {})}
+    atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
+    w.commit()
 
 
 def _objective_problem(space, contexts, table) -> tuple[ChoiceSpace, ContextEncoder, pd.DataFrame, Optional[TableData]]:
@@ -763,7 +698,7 @@ def _objective_problem(space, contexts, table) -> tuple[ChoiceSpace, ContextEnco
             return space_, encoder, data.frame[names].drop_duplicates().reset_index(drop=True), data
     if declared is None and table is None:
         raise InputError("space", ["an objective fit without a table needs the choice space: {feature: [labels]}, or "
-                                   "a JSON file of one (--space)"])
+                                   "a JSON file of one"])
     if table is None:
         space_ = ChoiceSpace.declared(pd.DataFrame(), list(declared), declared)
     if contexts is None:
@@ -831,40 +766,258 @@ def small_space_note(plan: dict, calls: str = "scorer") -> str:
             f"{plan['contexts']:,} context(s) ({plan['enumeration_calls']:,} {calls} calls, {ENUMERATION_SPEEDUP}x cheaper "
             f"each than in training) costs less than training a generator would (at least {plan['training_calls']:,} "
             "calls); generate returns the exact top-K by enumeration "
-            "(force a generator with --force-generator / force_generator=True)")
+            "(force a generator with force_generator=True)")
 
 
-def check_generator_fits(config: GeneratorConfig, space: ChoiceSpace, memory: Optional[int] = None,
-                         device: str | torch.device = "cpu") -> None:
-    """InputError before any training when the generator for `space` would need more memory than
-    the machine has: its weights alone, which grow with the slots times the largest vocabulary (a
-    lower bound: training also holds (batch, samples, S, V_max) tensors)."""
-    need = generators.training_bytes(config, space.sizes)
-    have = memory if memory is not None else machine_memory(device)
-    if not have or need <= have:
-        return
-    big = max(space.slots, key=lambda slot: len(slot.categories))
-    config = resolve_layout(config, space.sizes)
-    if config.layout == "ragged":
-        why = f"its weights have {sum(space.sizes):,} rows, one per category of every feature"
-    elif config.kind == "autoregressive":
-        why = "every slot is padded to the largest vocabulary, and its skip layer grows with (slots x that)^2"
+Writer = Union[RunWriter, RankView]
+
+
+class FitOptions(BaseModel):
+    """How Run.fit fits and writes a run, beside the data, the folder and the columns; every field is
+    also a keyword of Run.fit (Run.fit(data, out, table, overwrite=True)).
+
+    generator: 'autoregressive' or 'factorized'; scorer_fit/generator_fit: how to fit each (seed,
+    device and beta are set in each; None: their defaults). max_minutes bounds the whole fit (half
+    for the scorer, what is left for the generator) and overrides their own limits. overwrite allows
+    replacing a finished run, resume continues an interrupted one from its checkpoints, saved every
+    checkpoint_minutes (choicegrad.runfolder). echo gets the progress lines, on_scorer(metrics) the
+    scorer's held-out metrics; progress: progress bars (None: on a terminal). stream (implied by a
+    folder) reads a Parquet file or folder as a stream, `workers` DataLoader processes reading it
+    (fit_scorer_run). force_generator trains a generator even where enumerating is cheaper."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    generator: str = "autoregressive"
+    scorer_fit: Optional[ScorerFit] = None
+    generator_fit: Optional[GeneratorFit] = None
+    max_minutes: Optional[float] = None
+    resume: bool = False
+    overwrite: bool = False
+    checkpoint_minutes: float = CHECKPOINT_MINUTES
+    echo: Callable[[str], None] = print
+    progress: Optional[bool] = None
+    on_scorer: Optional[Callable[[dict], None]] = None
+    stream: bool = False
+    workers: int = 0
+    force_generator: bool = False
+
+
+#: The FitOptions fields that fit_scorer_run takes (the others are the generator's).
+SCORER_RUN_OPTIONS = ("scorer_fit", "resume", "overwrite", "checkpoint_minutes", "echo", "progress", "stream", "workers")
+
+
+def fit_options(options: Optional[FitOptions] = None, keywords: Mapping[str, Any] = {},
+                allowed: Iterable[str] = FitOptions.model_fields, caller: str = "Run.fit") -> FitOptions:
+    """`options` (default FitOptions()) with `keywords` set on it, validated. TypeError for a keyword
+    that is not an option (as Python says of an unknown keyword); InputError naming each bad value."""
+    allowed = list(allowed)
+    unknown = sorted(set(keywords) - set(allowed))
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                        f"options: {', '.join(allowed)}")
+    try:
+        return FitOptions.model_validate({**dict(options or FitOptions()), **keywords})
+    except ValidationError as exc:
+        raise InputError(caller, [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]) from None
+
+
+def _quiet(line: str) -> None:
+    """The echo of a data-parallel rank other than 0: rank 0 alone speaks."""
+
+
+@dataclass
+class _TableFit:
+    """A table fit under way (Run.fit, fit_scorer_run), carried from phase to phase. options: with
+    scorer_fit and generator_fit set, on this rank's device, quiet on ranks other than 0; asked: the
+    (scorer, generator) devices as asked ("cuda", not this rank's "cuda:1"); data_table: the table
+    read (a stream: None until _open_run scans it); extra: held-out sets beside the split. After
+    plan_generator: rows (what the generator learns from: a stream's sample), the context columns,
+    the count of training contexts, and plan (small_space's, or None to train a generator)."""
+
+    data: str | Path | pd.DataFrame
+    out: Path
+    table: TableSpec
+    options: FitOptions
+    world: distributed.World
+    asked: tuple[str, str]
+    stream: bool
+    gen_cfg: GeneratorConfig
+    data_table: Union[TableData, ParquetTable, None] = None
+    extra: dict = field(default_factory=dict)
+    scanned: float = 0.0
+    rows: Optional[TableData] = None
+    ctx_cols: list[str] = field(default_factory=list)
+    n_contexts: int = 1
+    plan: Optional[dict] = None
+
+    def streamed(self) -> dict:
+        """The settings a streamed fit's resume must keep: a streamed epoch's batches depend on the
+        ranks and workers."""
+        return {"stream": True, "workers": self.options.workers, "ranks": self.world.size} if self.stream else {}
+
+    def plan_generator(self) -> None:
+        """Once the folder is open (a stream scanned): the memory check and the time left of a
+        stream, the generator's rows, the training contexts, and whether to enumerate instead."""
+        o = self.options
+        if self.stream:
+            check_generator_fits(self.gen_cfg, self.data_table.space, device=o.generator_fit.device)
+            if o.max_minutes is not None:
+                left = _minutes_left(o.max_minutes, self.scanned, 2)
+                self.options = o.model_copy(update={"scorer_fit": o.scorer_fit.model_copy(update={"max_minutes": left})})
+        self.rows = self.data_table.sample if self.stream else self.data_table
+        self.ctx_cols = [c.name for c in self.rows.context.columns]
+        self.n_contexts = len(self.rows.frame[self.ctx_cols].drop_duplicates()) if self.ctx_cols else 1
+        self.plan = None if o.force_generator else small_space(self.rows.space, self.n_contexts, o.generator_fit)
+
+
+@dataclass
+class _Trained:
+    """The generator phase's outcome: the aligner's config.json entry (the aligner method only), the
+    generator's training (None where the space is enumerated), seconds spent on all phases so far."""
+
+    aligner_info: Optional[dict]
+    res: Optional[GeneratorResult]
+    spent: float
+
+
+def _start_fit(data, out: str | Path, table: TableSpec, o: FitOptions, with_generator: bool) -> _TableFit:
+    """The first step of Run.fit and fit_scorer_run, before the run folder is touched: the options
+    resolved (the estimator's name normalised), torchrun's ranks joined (each on its own device, all
+    but rank 0 quiet), `out` checked and the table read (a stream only checked: _open_run scans it in
+    the folder's lock), then, with a generator to fit, its memory checked."""
+    scorer_fit, generator_fit = o.scorer_fit or ScorerFit(), o.generator_fit or GeneratorFit()
+    if with_generator:
+        generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, o.generator)})
+    asked = scorer_fit.device, generator_fit.device
+    world, device = distributed.join(generator_fit.device if with_generator else scorer_fit.device)
+    if world.distributed:
+        if with_generator:
+            _check_ranks(scorer_fit, generator_fit, world)
+        scorer_fit = scorer_fit.model_copy(update={"device": device})
+        generator_fit = generator_fit.model_copy(update={"device": device})
+        if not world.main:
+            o = o.model_copy(update={"echo": _quiet, "progress": False, "on_scorer": None})
+    out = check_out_path(out)
+    stream = o.stream or (isinstance(data, (str, Path)) and Path(data).is_dir())
+    job = _TableFit(data, out, table, o, world, asked, stream, GeneratorConfig(kind=o.generator))
+    if stream:
+        _check_stream(data, table, o.workers)
     else:
-        why = "one head of the largest vocabulary per slot"
-    hint = (f'the ragged layout (GeneratorConfig(layout="ragged"), chosen by itself from {CDF_VOCABULARY:,} categories '
-            'in a feature) stores each feature\'s own categories only and has no skip layer; ' if config.layout == "padded" else "")
-    raise InputError("--generator", [
-        f"the {config.kind} generator for this table needs at least {need / 2**30:,.0f} GiB to train, more than the "
-        f"{have / 2**30:,.0f} GiB of {torch.device(device)}: feature \"{big.name}\" has {len(big.categories):,} categories and {why}. "
-        + hint + "choicegrad fit-scorer fits the scorer alone"])
+        job.data_table, job.extra = _load(data, table, o.echo)
+        if with_generator:
+            check_generator_fits(job.gen_cfg, job.data_table.space, device=generator_fit.device)
+    if o.max_minutes is not None:
+        scorer_fit = scorer_fit.model_copy(update={"max_minutes": o.max_minutes / 2})
+    job.options = o.model_copy(update={"scorer_fit": scorer_fit, "generator_fit": generator_fit})
+    return job
+
+
+def _check_ranks(scorer_fit: ScorerFit, generator_fit: GeneratorFit, world: distributed.World) -> None:
+    """InputError when data-parallel ranks cannot share the fit: the scorer and generator on two
+    device kinds, or fewer contexts per generator step than ranks."""
+    if scorer_fit.device != generator_fit.device:
+        raise InputError("device", [f'the scorer ("{scorer_fit.device}") and the generator '
+                                    f'("{generator_fit.device}") train on one device kind under torchrun'])
+    if generator_fit.batch_size < world.size:
+        raise InputError("batch_size", [f"{generator_fit.batch_size} contexts per generator step cannot be "
+                                        f"shared by {world.size} data-parallel ranks (torchrun): each needs "
+                                        f"at least one; ask for a batch of at least {world.size} contexts"])
+
+
+@contextmanager
+def _writer(out: Path, request: dict, o: FitOptions) -> Iterator[Writer]:
+    """The run folder `out` locked and ready to write (choicegrad.runfolder.run_writer), its notes echoed."""
+    with run_writer(out, request, overwrite=o.overwrite, resume=o.resume, checkpoint_minutes=o.checkpoint_minutes,
+                    added_settings=ADDED_SETTINGS) as w:
+        for note in w.notes:
+            o.echo(note)
+        yield w
+
+
+@contextmanager
+def _open_run(job: _TableFit, request: dict, sample_rows: int = 0) -> Iterator[Writer]:
+    """The shared open-the-run step of Run.fit and fit_scorer_run: the folder locked (_writer) and,
+    unless it already holds the finished run, a streamed table scanned, in the lock, so that a
+    refusal (a run already there) comes before the long scan; the scan keeps a sample of about
+    `sample_rows` training rows (the generator's)."""
+    o = job.options
+    with _writer(job.out, request, o) as w:
+        if job.stream and not w.finished:
+            job.data_table = distributed.from_main(
+                lambda: _scan(job.data, job.table, o.scorer_fit, o.progress, o.echo, sample_rows))
+            job.scanned = job.data_table.scan_seconds
+        yield w
+
+
+def _fit_request(job: _TableFit) -> dict:
+    """The settings of a Run.fit that its resume must share (the devices as asked)."""
+    o = job.options
+    return _request("fit", job.data, job.table, scorer_fit={**o.scorer_fit.model_dump(), "device": job.asked[0]},
+                    generator=job.gen_cfg.model_dump(),
+                    generator_fit={**o.generator_fit.model_dump(), "device": job.asked[1]},
+                    **job.streamed(), **({"force_generator": True} if o.force_generator else {}))
+
+
+def _generator_phase(job: _TableFit, w: Writer, result: ScorerResult, ckpt) -> _Trained:
+    """The generator for the fitted scorer, with the aligner its method needs, in what is left of
+    max_minutes; none where the space is enumerated instead (job.plan). The aligner is fitted (or
+    read back) by rank 0 alone, and sent to the others."""
+    o, plan, generator_fit = job.options, job.plan, job.options.generator_fit
+    aligner, aligner_info, res = None, None, None
+    if plan is None and get_class(generator_fit.method).needs_aligner:  # the learned similarity the method pulls through
+        aligner, aligner_info = distributed.from_main(lambda: _aligner_phase(
+            w, result.scorer, job.rows, generator_fit.seed,
+            _minutes_left(o.max_minutes, job.scanned + result.seconds, 3), o.progress, o.echo))
+    spent = job.scanned + result.seconds + (aligner_info["seconds"] if aligner_info else 0.0)
+    if o.max_minutes is not None:
+        generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(o.max_minutes, spent, 1)})
+        job.options = o.model_copy(update={"generator_fit": generator_fit})      # as config.json records it
+    if plan is None:
+        res = fit_table_generator(result.scorer, job.rows, job.gen_cfg, generator_fit, run_dir=w.dir,
+                                  progress=o.progress, aligner=aligner, checkpoint=ckpt)
+    return _Trained(aligner_info, res, spent)
+
+
+def _seal(job: _TableFit, w: RunWriter, result: ScorerResult, trained: _Trained) -> None:
+    """Rank 0's last phase: the generator, the training contexts and config.json (resolved settings
+    and results) written beside the scorer, then the run sealed and moved into place."""
+    o, res, rows, scorer = job.options, trained.res, job.rows, result.scorer
+    if res is not None:
+        generators.save(res.generator.cpu(), w.dir, {"space": scorer.space.model_dump(),
+                                                     "context": scorer.context.model_dump()})
+    if job.ctx_cols:
+        write_table(rows.frame[job.ctx_cols].drop_duplicates().reset_index(drop=True), w.dir / "contexts.csv")
+    config = {"data": w.request["data"], "features": scorer.space.names, "score": job.table.score,
+              "context": job.ctx_cols, "train_quantile": job.table.train_quantile, "rows": len(job.data_table),
+              **({"streamed": True, "generator_rows": len(rows), "scan_seconds": job.scanned} if job.stream else {}),
+              "scorer_fit": o.scorer_fit.model_dump(), "scorer_metrics": result.metrics,
+              "scorer_seconds": result.seconds, "space_rows": scorer.space.num_rows(),
+              "contexts": job.n_contexts, "generator": None if res is None else job.gen_cfg.model_dump(),
+              "generator_fit": o.generator_fit.model_dump(), "aligner": trained.aligner_info,
+              "generator_training": None if res is None else _training_summary(res),
+              "enumerated": job.plan, "seconds": trained.spent + (res.seconds if res is not None else 0.0),
+              "versions": versions()}
+    atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
+    distributed.barrier()        # every rank done with the folder before rank 0 moves it
+    w.commit()
+
+
+def _say_done(job: _TableFit, trained: _Trained) -> None:
+    o, res = job.options, trained.res
+    if res is None:
+        o.echo(small_space_note(job.plan) + f"; wrote {job.out}/")
+    else:
+        o.echo(f"generator: {o.generator} + {o.generator_fit.method}, {res.seconds:.1f} s, "
+               f"{_calls_summary(res.scorer_calls, job.rows.space, job.n_contexts)}, "
+               f"validation {res.best_val:.4g} ({res.stopped}); wrote {job.out}/")
 
 
 def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: TableSpec,
-                   scorer_fit: Optional[ScorerFit] = None, *, resume: bool = False, overwrite: bool = False,
-                   checkpoint_minutes: float = CHECKPOINT_MINUTES, echo: Callable[[str], None] = print,
-                   progress: Optional[bool] = None, stream: bool = False, workers: int = 0) -> ScorerResult:
+                   scorer_fit: Optional[ScorerFit] = None, options: Optional[FitOptions] = None,
+                   **keywords: Any) -> ScorerResult:
     """Table -> scorer, written to `out` as one run (scorer.*, scorer_metrics.json, run.json), with
     the same folder rules, checkpoints and resume as Run.fit. What `choicegrad fit-scorer` does.
+    options/keywords: the FitOptions that apply to a scorer alone (SCORER_RUN_OPTIONS: resume,
+    overwrite, checkpoint_minutes, echo, progress, stream, workers).
 
     stream (implied by a folder): read a Parquet file or folder as a stream (choicegrad.data.stream),
     never whole: one scan, in the run's folder lock, then every epoch streams the training rows,
@@ -872,34 +1025,17 @@ def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: Tabl
     trains data-parallel (choicegrad.distributed): every rank reads the table (a streamed table: rank
     0 scans it, each rank streams its own row groups), rank 0 alone writes the run and logs; "cuda"
     means each rank's own GPU."""
-    scorer_fit = scorer_fit or ScorerFit()
-    settings = scorer_fit.model_dump()          # as asked: "cuda", not this rank's "cuda:1"
-    world, device = distributed.join(scorer_fit.device)
-    if world.distributed:
-        scorer_fit = scorer_fit.model_copy(update={"device": device})
-        if not world.main:
-            echo, progress = (lambda message: None), False
-    check_out_path(out)
-    out = Path(out)
-    stream = stream or (isinstance(data, (str, Path)) and Path(data).is_dir())
-    if stream:
-        _check_stream(data, table, workers)
-        data_table, extra = None, {}
-        # a streamed epoch's batches depend on the ranks and workers: a resume must keep both
-        request = _request("fit-scorer", data, table, scorer_fit=settings, stream=True, workers=workers,
-                           ranks=world.size)
-    else:
-        data_table, extra = _load(data, table, echo)
-        request = _request("fit-scorer", data, table, scorer_fit=settings)
-    with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
-        for note in w.notes:
-            echo(note)
+    o = fit_options(options, {**keywords, **({"scorer_fit": scorer_fit} if scorer_fit is not None else {})},
+                    SCORER_RUN_OPTIONS, "fit_scorer_run")
+    job = _start_fit(data, out, table, o, with_generator=False)
+    o = job.options
+    request = _request("fit-scorer", data, table, scorer_fit={**o.scorer_fit.model_dump(), "device": job.asked[0]},
+                       **job.streamed())
+    with _open_run(job, request) as w:
         if w.finished:
-            return distributed.from_main(lambda: _read_scorer_result(out))
-        if stream:       # in the folder's lock: a refusal (a run already there) comes before the long scan
-            data_table = distributed.from_main(lambda: _scan(data, table, scorer_fit, progress, echo))
+            return distributed.from_main(lambda: _read_scorer_result(job.out))
         with w.checkpoints.catch_signals():
-            result = _scorer_phase(w, data, data_table, table, scorer_fit, extra, progress, echo, workers)
+            result = _scorer_phase(w, job)
         distributed.barrier()            # every rank done with the folder before rank 0 moves it
         w.commit()
     return result
@@ -909,12 +1045,12 @@ def _check_stream(data, table: TableSpec, workers: int) -> None:
     """InputError for what a streamed fit cannot take: a DataFrame, a path that is not Parquet, a
     train quantile (per-context quantiles need the whole table), negative workers."""
     if isinstance(data, pd.DataFrame):
-        raise InputError("--stream", ["streams a Parquet file or a folder of them, not a DataFrame"])
+        raise InputError("stream", ["streams a Parquet file or a folder of them, not a DataFrame"])
     if table.train_quantile is not None:
-        raise InputError("--train-quantile", ["needs each context's score quantile, so the whole table in memory; "
-                                              "it does not combine with a streamed table (--stream or a folder)"])
+        raise InputError("train_quantile", ["needs each context's score quantile, so the whole table in memory; "
+                                            "it does not combine with a streamed table (stream=True or a folder)"])
     if workers < 0:
-        raise InputError("--workers", [f"expected 0 or more DataLoader processes, got {workers}"])
+        raise InputError("workers", [f"expected 0 or more DataLoader processes, got {workers}"])
     parquet_files(data)
 
 
@@ -960,12 +1096,12 @@ def _request(command: str, data: str | Path | pd.DataFrame, table: TableSpec, **
     return {"command": command, **source, "table": table.model_dump(), **settings}
 
 
-def _scorer_phase(w: RunWriter, data, data_table: TableData | ParquetTable, table: TableSpec, fit: ScorerFit,
-                  extra: dict, progress: Optional[bool], echo: Callable[[str], None], workers: int = 0,
-                  ) -> ScorerResult:
-    """Fit the scorer into the run being written (scorer.*, then scorer_metrics.json, which marks the
-    phase done), or read it back when a resumed run has it already. A ParquetTable streams (workers:
-    DataLoader processes)."""
+def _scorer_phase(w: Writer, job: _TableFit) -> ScorerResult:
+    """Fit the scorer of `job` into the run being written (scorer.*, then scorer_metrics.json, which
+    marks the phase done), or read it back when a resumed run has it already. A ParquetTable streams
+    (read by options.workers DataLoader processes)."""
+    data, data_table, table, extra = job.data, job.data_table, job.table, job.extra
+    fit, progress, echo, workers = job.options.scorer_fit, job.options.progress, job.options.echo, job.options.workers
     if distributed.from_main(lambda: w.resuming and (w.dir / SCORER_METRICS).is_file()):
         result = distributed.from_main(lambda: _read_scorer_result(w.dir))
         echo(f"scorer: resumed, fitted on {len(data_table)} rows in {result.seconds:.1f} s")
@@ -1013,7 +1149,7 @@ def _read_scorer_result(run_dir: Path, load: Callable = Scorer.load) -> ScorerRe
         if isinstance(exc, InputError):
             raise
         raise InputError(str(path), [f"not the scorer_metrics.json choicegrad wrote: {meta_problem(exc)}; start over "
-                                     "with --overwrite"]) from None
+                                     "with overwrite=True"]) from None
     metrics = {k: v.model_dump(exclude_unset=True) for k, v in doc.metrics.items()}
     return ScorerResult(load(run_dir), metrics, [], doc.seconds)
 

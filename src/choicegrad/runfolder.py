@@ -20,7 +20,9 @@ when complete, written by one process at a time, and checked by readers against 
   manifests that holds a choicegrad scorer); any other folder is refused and left untouched.
   Replaced and discarded folders are first renamed to OUT/../.OUT.old-ID, then removed.
 - `verify_run` refuses a folder whose files do not match its run.json (files mixed from different
-  runs, or changed).
+  runs, or changed). Which files it checks, and what a folder written before run.json may hold,
+  the writer of each kind of folder declares (FolderFiles: FITTED_RUN_FILES, the default, for a
+  fitted run; the designer's STATE_FILES for its state); this module knows no designer file.
 - Data-parallel training (torchrun): `run_writer` gives rank 0 the RunWriter and every other rank a
   RankView that writes nothing; rank 0 sends the other ranks what they need of the folder (its
   checkpoint on a resume), so one process reads and writes it.
@@ -37,8 +39,9 @@ import stat
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
@@ -50,15 +53,31 @@ from choicegrad.io import atomic_write_text, read_json, sha256_file
 MANIFEST = "run.json"
 REQUEST = "request.json"
 CHECKPOINT_DIR = ".checkpoint"
-#: Files whose sha256 readers check: what generation and scoring read (logs and reports may be edited).
-VERIFIED = ("scorer.", "generator.", "aligner.", "feasibility.", "designer.", "contexts.csv")
 #: Settings that may change when a run is resumed.
 RESUMABLE_CHANGES = ("max_minutes",)
 #: Settings added later that an older interrupted run lacks: compared only when both runs have them.
 COMPARED_WHEN_BOTH = ("data_sha256",)
-#: Settings added after runs were first written, with the value a run written before them had: an
-#: interrupted run from then is compared as if it had asked for that value (so it resumes only with it).
-ADDED_SETTINGS = {"generator_fit.distill": 0.0, "generator_fit.distill_sweeps": 2}
+
+
+@dataclass(frozen=True)
+class FolderFiles:
+    """What one kind of run folder holds, declared by the code that writes it (choicegrad.run for a
+    fitted run, the designer for its state): `verified`, the name prefixes of the files whose sha256
+    readers check (what generation and scoring read; logs and reports may be edited), and `legacy`,
+    the names a folder of that kind written before manifests (run.json) may hold."""
+
+    verified: tuple[str, ...]
+    legacy: tuple[str, ...]
+
+    def plus(self, verified: tuple[str, ...] = (), legacy: tuple[str, ...] = ()) -> FolderFiles:
+        return FolderFiles(self.verified + tuple(verified), self.legacy + tuple(legacy))
+
+
+#: A fitted run's files (choicegrad.run): scorer, generator, aligner and the training contexts.
+FITTED_RUN_FILES = FolderFiles(
+    verified=("scorer.", "generator.", "aligner.", "contexts.csv"),
+    legacy=("scorer.safetensors", "scorer.json", "scorer_metrics.json", "generator.safetensors", "generator.json",
+            "aligner.safetensors", "aligner.json", "aligner_fit.json", "contexts.csv", "metrics.csv", "config.json"))
 
 
 def _sibling(out: Path, suffix: str) -> Path:
@@ -87,7 +106,7 @@ def check_out_path(out: str | Path, name: str = "out") -> Path:
     return out
 
 
-def check_outside(out: str | Path, run: str | Path, name: str = "--out") -> None:
+def check_outside(out: str | Path, run: str | Path, name: str = "out") -> None:
     """InputError naming `name` when output file `out` would land inside run folder `run` (or its
     hidden siblings): a file written there would make the run fail its run.json."""
     target, folder = Path(os.path.abspath(out)), Path(os.path.abspath(run))
@@ -114,17 +133,12 @@ def is_run_folder(path: str | Path) -> bool:
     return isinstance(scorer, dict) and scorer.get("kind") == "choicegrad.Scorer"
 
 
-#: What a run folder written before manifests (run.json) may hold.
-LEGACY_FILES = ("scorer.safetensors", "scorer.json", "scorer_metrics.json", "generator.safetensors", "generator.json",
-                "aligner.safetensors", "aligner.json", "aligner_fit.json", "feasibility.safetensors",
-                "feasibility.json", "designer.json", "contexts.csv", "metrics.csv", "config.json")
-
-
-def foreign_files(path: Path) -> list[str]:
+def foreign_files(path: Path, files: FolderFiles = FITTED_RUN_FILES) -> list[str]:
     """Names in run folder `path` that its run.json does not list (nor run.json itself, nor our own
-    temporary files): a user's, which --overwrite must not delete."""
+    temporary files; without run.json: not among `files.legacy`): a user's, which overwrite must not
+    delete."""
     manifest = _manifest(path)
-    ours = set(manifest["files"]) if manifest is not None and isinstance(manifest.get("files"), dict) else set(LEGACY_FILES)
+    ours = set(manifest["files"]) if manifest is not None and isinstance(manifest.get("files"), dict) else set(files.legacy)
     return sorted(p.name for p in path.iterdir()
                   if p.name not in ours and p.name != MANIFEST and not TEMPORARY.fullmatch(p.name))
 
@@ -221,17 +235,19 @@ def _describe_owner(text: str) -> str:
         return "owner unknown"
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """'key: old -> new' for every setting that differs (nested dicts flattened with dots)."""
+def _differences(old: dict, new: dict, added: Mapping[str, Any] = {}, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every setting that differs (nested dicts flattened with dots). added:
+    settings introduced after runs were first written ('generator_fit.distill'), with the value an
+    older run had: a run that lacks one is compared as if it had asked for that value."""
     out = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, ADDED_SETTINGS.get(f"{prefix}{key}")), new.get(key)
+        a, b = old.get(key, added.get(f"{prefix}{key}")), new.get(key)
         if key in RESUMABLE_CHANGES or key in COMPARED_WHEN_BOTH and (key not in old or key not in new):
             continue
         if key == "data" and isinstance(a, str) and isinstance(b, str) and _same_file(a, b):
             continue                          # one file named two ways (relative, absolute, through a link)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += _differences(a, b, added, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
@@ -274,15 +290,20 @@ class RunWriter:
     Checkpointer, `resuming` whether a previous attempt's work is there, `finished` whether `out`
     already holds this very run (resume of a finished run: nothing to do), `notes` lines to show.
     lock: the folder's RunLock, already held by the caller for a longer operation (kept held on exit).
-    resumable: whether an interrupted write can be resumed (--resume); a design state is rewritten whole.
+    resumable: whether an interrupted write can be resumed (resume=True); a design state is rewritten whole.
+    files: what this kind of folder holds (FolderFiles: verified files, names before manifests);
+    added_settings: settings introduced after runs were first written, with the value an older run
+    had (_differences). Messages name the arguments overwrite and resume; the CLI maps them to flags.
     An OSError inside (disk full, ...) leaves as InputError naming the path, saying what is intact.
     """
 
     def __init__(self, out: str | Path, request: dict[str, Any], *, overwrite: bool = False, resume: bool = False,
                  checkpoint_minutes: float = CHECKPOINT_MINUTES, name: str = "out", lock: Optional[RunLock] = None,
-                 resumable: bool = True):
+                 resumable: bool = True, files: FolderFiles = FITTED_RUN_FILES,
+                 added_settings: Mapping[str, Any] = {}):
         self.out, self.request, self.name = Path(out), json.loads(json.dumps(request)), name
         self.overwrite, self.resume, self.resumable = overwrite, resume, resumable
+        self.files, self.added_settings = files, dict(added_settings)
         self.dir = _sibling(self.out, "partial")
         if lock is not None and (not lock.held or lock.path != RunLock(self.out).path):
             raise ValueError(f"lock: expected the held lock of {self.out}")
@@ -317,12 +338,12 @@ class RunWriter:
         between its two renames, and (remove_old) the removal of old folders (.OUT.old-ID)."""
         if self.dir.is_dir() and (self.dir / MANIFEST).is_file():
             sealed = _manifest(self.dir)
-            if sealed is not None and _verifies(self.dir):
+            if sealed is not None and _verifies(self.dir, self.files):
                 self._move_into_place(sealed)
             elif (self.dir / REQUEST).is_file():          # not sealed after all: resumable as it was
                 fs.unlink(self.dir / MANIFEST)
         for old in _old_folders(self.out):
-            if not self.out.exists() and _manifest(old) is not None and _verifies(old):
+            if not self.out.exists() and _manifest(old) is not None and _verifies(old, self.files):
                 fs.replace(old, self.out)                  # a replacement cut between its renames, undone
             elif remove_old:
                 fs.rmtree(old)
@@ -343,8 +364,8 @@ class RunWriter:
                 self.resuming = True
                 return
             if not self.overwrite:
-                raise InputError(self.name, [f"an interrupted run of {self.out} is in {self.dir}: pass --resume to "
-                                             "continue it, or --overwrite to start over"])
+                raise InputError(self.name, [f"an interrupted run of {self.out} is in {self.dir}: pass resume=True to "
+                                             "continue it, or overwrite=True to start over"])
             _discard(self.dir, self.out)
         if holds_run and self.resume and (self.out / MANIFEST).is_file() and not self.overwrite:
             self._check_request(self.out / MANIFEST)
@@ -352,16 +373,16 @@ class RunWriter:
             self.notes.append(f"nothing to resume: {self.out} is already finished")
             return
         if holds_run and not self.overwrite:
-            raise InputError(self.name, [f"{self.out} already holds a run; pass --overwrite to replace it (the old "
+            raise InputError(self.name, [f"{self.out} already holds a run; pass overwrite=True to replace it (the old "
                                          "run stays in place until the new one is complete)"])
         if holds_run and not is_run_folder(self.out):
             raise InputError(self.name, [f"{self.out} is not a choicegrad run folder (no valid {MANIFEST}): "
-                                         "--overwrite replaces only a run, so nothing in it was touched; "
+                                         "overwrite=True replaces only a run, so nothing in it was touched; "
                                          "choose another folder"])
-        foreign = foreign_files(self.out) if holds_run else []
+        foreign = foreign_files(self.out, self.files) if holds_run else []
         if foreign:
             raise InputError(self.name, [f"{self.out} holds files choicegrad did not write there: "
-                                         f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; --overwrite "
+                                         f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; overwrite=True "
                                          "replaces only a run, so move them out first (nothing was touched)"])
         if holds_run and os.path.ismount(self.out):
             raise InputError(self.name, [f"{self.out} is a mount point, which cannot be replaced"])
@@ -378,12 +399,12 @@ class RunWriter:
         try:
             old = read_json(path)
         except InputError as exc:
-            raise InputError(str(path), [f"unreadable ({'; '.join(exc.problems)}); start over with --overwrite"]) from None
+            raise InputError(str(path), [f"unreadable ({'; '.join(exc.problems)}); start over with overwrite=True"]) from None
         old = old.get("request", old) if isinstance(old, dict) and path.name == MANIFEST else old
-        diff = _differences(old if isinstance(old, dict) else {}, self.request)
+        diff = _differences(old if isinstance(old, dict) else {}, self.request, self.added_settings)
         if diff:
             raise InputError(self.name, [f"the run in {path.parent} was started with other settings; resume it with "
-                                         "the same ones, or start over with --overwrite"] + diff)
+                                         "the same ones, or start over with overwrite=True"] + diff)
 
     def commit(self) -> None:
         """Seal the run (run.json with every file's sha256, flushed), then drop its resume state and
@@ -429,15 +450,16 @@ class RunWriter:
         fs.rmtree(old)
 
     @staticmethod
-    def recover(out: str | Path) -> None:
+    def recover(out: str | Path, files: FolderFiles = FITTED_RUN_FILES) -> None:
         """For readers: finish a move into place that a kill cut short (a sealed partial or a replaced
-        run beside `out`), when no writer holds the folder; otherwise leave everything as it is."""
+        run beside `out`, holding `files`), when no writer holds the folder; otherwise leave everything
+        as it is."""
         out = Path(out)
         if out.name in ("", ".", "..") or out.is_symlink() or (out.is_dir() and not (
                 _sibling(out, "partial") / MANIFEST).is_file()) or not (
                 (_sibling(out, "partial") / MANIFEST).is_file() or _old_folders(out)):
             return
-        writer = RunWriter(out, {})
+        writer = RunWriter(out, {}, files=files)
         try:
             writer.lock.acquire()
         except InputError:
@@ -465,8 +487,8 @@ class RunWriter:
             problem = os_error(exc)
             notes = [f"{self.out} is as it was"] if self.out.is_dir() and any(self.out.iterdir()) else []
             if kept and self.resumable:
-                notes.append(f"the work so far is kept in {self.dir}: once this is fixed, run the same command with "
-                             "--resume to continue it")
+                notes.append(f"the work so far is kept in {self.dir}: once this is fixed, run the same again with "
+                             "resume=True to continue it")
             raise InputError(problem.source, problem.problems + notes) from exc
 
     def _has_work(self) -> bool:
@@ -483,9 +505,9 @@ def _written_with_manifest(path: Path) -> bool:
     return isinstance(doc, dict) and "weights_sha256" in doc
 
 
-def _verifies(folder: Path) -> bool:
+def _verifies(folder: Path, files: FolderFiles = FITTED_RUN_FILES) -> bool:
     try:
-        _check_files(folder)
+        _check_files(folder, files)
     except InputError:
         return False
     return True
@@ -535,16 +557,17 @@ def run_writer(out: str | Path, request: dict[str, Any], **options: Any) -> Iter
         yield writer
 
 
-def verify_run(path: str | Path) -> Optional[dict[str, Any]]:
-    """Check RUN against its run.json: every model file listed (VERIFIED) present with its sha256,
-    no other weights file beside them. Returns the manifest (None for a folder written before manifests existed);
-    InputError naming the first file that does not belong. First finishes a move into place that a
-    kill cut short (RunWriter.recover), so a reader never finds the run missing in that window."""
-    RunWriter.recover(path)
-    return _check_files(Path(path))
+def verify_run(path: str | Path, files: FolderFiles = FITTED_RUN_FILES) -> Optional[dict[str, Any]]:
+    """Check RUN against its run.json: every model file listed (files.verified) present with its
+    sha256, no other weights file beside them. Returns the manifest (None for a folder written before
+    manifests existed); InputError naming the first file that does not belong. First finishes a move
+    into place that a kill cut short (RunWriter.recover), so a reader never finds the run missing in
+    that window."""
+    RunWriter.recover(path, files)
+    return _check_files(Path(path), files)
 
 
-def _check_files(path: Path) -> Optional[dict[str, Any]]:
+def _check_files(path: Path, files: FolderFiles = FITTED_RUN_FILES) -> Optional[dict[str, Any]]:
     manifest_path = path / MANIFEST
     if os.path.lexists(manifest_path) and not manifest_path.is_file():
         raise InputError(str(manifest_path), ["not a regular file (a pipe, device, socket or folder); refused"])
@@ -556,20 +579,20 @@ def _check_files(path: Path) -> Optional[dict[str, Any]]:
         return None
     try:
         manifest = read_json(manifest_path)
-        files = dict(manifest["files"])
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        listed = dict(manifest["files"])
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in listed.items()):
             raise TypeError("files: expected names and sha256 strings")
     except InputError as exc:
         raise InputError(str(manifest_path), [f"unreadable run manifest ({'; '.join(exc.problems)})"]) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(str(manifest_path), [f"unreadable run manifest ({exc})"]) from None
     run_id = manifest.get("run_id", "?")
-    problems = [f"run.json lists {n!r}, which is not a file name in the folder" for n in files
+    problems = [f"run.json lists {n!r}, which is not a file name in the folder" for n in listed
                 if not n or n in (".", "..") or "/" in n or os.sep in n or "\0" in n]
     if problems:
         raise InputError(str(manifest_path), problems[:5])
-    for name, digest in files.items():
-        if not name.startswith(VERIFIED):
+    for name, digest in listed.items():
+        if not name.startswith(files.verified):
             continue
         f = path / name
         if os.path.lexists(f) and (f.is_symlink() or not f.is_file()):
@@ -579,7 +602,7 @@ def _check_files(path: Path) -> Optional[dict[str, Any]]:
         elif sha256_file(f) != digest:
             problems.append(f"{f} does not belong to run {run_id}: its sha256 differs from run.json "
                             "(files of different runs mixed, or a changed file)")
-    extra = [p.name for p in path.iterdir() if p.suffix in (".safetensors",) and p.name not in files]
+    extra = [p.name for p in path.iterdir() if p.suffix in (".safetensors",) and p.name not in listed]
     problems += [f"{path / n} is not part of run {run_id}" for n in sorted(extra)]
     if problems:
         raise InputError(str(path), problems)
@@ -605,18 +628,19 @@ def pinned(path: str | Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def read_run(path: str | Path, load: Callable[[Path], T], attempts: int = 3) -> T:
+def read_run(path: str | Path, load: Callable[[Path], T], attempts: int = 3,
+             files: FolderFiles = FITTED_RUN_FILES) -> T:
     """load(folder) on run folder `path` after verify_run, both on one and the same folder (pinned):
     a writer that replaces the run meanwhile never gives a mix of two runs. When reading fails because
     the run was replaced while it was read, the new run is read instead (up to `attempts` times).
     Messages name `path`, not the pinned path."""
     path = Path(path)
-    RunWriter.recover(path)
+    RunWriter.recover(path, files)
     for attempt in range(attempts):
         with pinned(path) as folder:
             seen = _manifest(folder)
             try:
-                _check_files(folder)
+                _check_files(folder, files)
                 return load(folder)
             except InputError as exc:
                 if folder != path:

@@ -77,7 +77,7 @@ from choicegrad.decoding.local_search import Archive, anneal_chains
 from choicegrad.decoding.rows import (MAX_ENUMERATE, change_one_slot, enumerate_allowed, first_occurrence, row_keys,
                                      space_size, uniform_rows, union_of)
 from choicegrad.decoding.scoring import Candidates
-from choicegrad.errors import did_you_mean
+from choicegrad.errors import InputError, did_you_mean
 from choicegrad.generators.context import Context
 from choicegrad.generators.objective import SCORE_CHUNK, Objective
 
@@ -105,29 +105,31 @@ def search(name: str, objective: Objective, ctx: Context, allowed: Tensor, k: in
     -> Candidates(rows (B, k, S), scores (B, k) best first, valid (B, k), scorer_calls).
     """
     if name not in PEERS:
-        raise ValueError(f"unknown peer {name!r}{did_you_mean(name, PEERS)}; choose one of {', '.join(PEERS)}")
+        raise InputError("name", [f"unknown peer {name!r}{did_you_mean(name, PEERS)}; "
+                                  f"choose one of {', '.join(PEERS)}"])
     if int(k) < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InputError("k", [f"k must be >= 1, got {k}"])
     if int(budget) < 1:
-        raise ValueError(f"budget must be >= 1 scorer call per context, got {budget}")
+        raise InputError("budget", [f"budget must be >= 1 scorer call per context, got {budget}"])
     unknown = [o for o in options if o not in _OPTIONS[name]]
     if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r} for peer {name!r}{did_you_mean(unknown[0], _OPTIONS[name])}; "
-                         f"options: {', '.join(_OPTIONS[name])}")
+        raise InputError("options", [f"unknown option {unknown[0]!r} for peer {name!r}"
+                                     f"{did_you_mean(unknown[0], _OPTIONS[name])}; options: {', '.join(_OPTIONS[name])}"])
     allowed = torch.as_tensor(allowed, dtype=torch.bool)
     if allowed.dim() == 2:
         allowed = allowed.unsqueeze(0).expand(len(ctx), -1, -1)
     if allowed.dim() != 3 or allowed.shape[0] != len(ctx):
-        raise ValueError(f"allowed must have shape (B, S, V) with B={len(ctx)} contexts, got {tuple(allowed.shape)}")
+        raise InputError("allowed", [f"allowed must have shape (B, S, V) with B={len(ctx)} contexts, "
+                                     f"got {tuple(allowed.shape)}"])
     empty = ~allowed.any(-1)
     if bool(empty.any()):
-        raise ValueError(f"allowed has no category at (context, slot) {empty.nonzero()[:5].tolist()}")
+        raise InputError("allowed", [f"allowed has no category at (context, slot) {empty.nonzero()[:5].tolist()}"])
     k, budget, distinct = int(k), int(budget), bool(distinct)
     if distinct:
         short = allowed.any(1).sum(-1) < allowed.shape[1]
         if bool(short.any()):
-            raise ValueError(f"distinct: contexts {short.nonzero()[:5, 0].tolist()} allow fewer categories than "
-                             f"the {allowed.shape[1]} slots, so every row repeats one")
+            raise InputError("distinct", [f"distinct: contexts {short.nonzero()[:5, 0].tolist()} allow fewer "
+                                          f"categories than the {allowed.shape[1]} slots, so every row repeats one"])
     if name == "exhaustive":
         if distinct:
             return _exhaustive_distinct(objective, ctx, k, allowed, options.get("chunk", 1 << 16))
@@ -145,7 +147,7 @@ def _opt(options: dict, key: str, default):
 
 def _positive(name: str, value, integer: bool = True):
     if (int(value) if integer else float(value)) <= 0 or (integer and int(value) != value):
-        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value}")
+        raise InputError(name, [f"{name} must be a positive {'integer' if integer else 'number'}, got {value}"])
     return int(value) if integer else float(value)
 
 
@@ -312,7 +314,7 @@ def _genetic(objective, ctx, allowed, k, budget, generator, distinct: bool = Fal
     T = _positive("tournament", _opt(o, "tournament", 2))
     rate = float(_opt(o, "mutation", 1.0 / S))
     if not 0 <= rate <= 1:
-        raise ValueError(f"mutation must be a per-slot rate in [0, 1], got {rate}")
+        raise InputError("mutation", [f"mutation must be a per-slot rate in [0, 1], got {rate}"])
     arch = Archive(B, k, S, V, dev)
     pop = _distinct_rows(allowed, N, generator) if distinct else uniform_rows(allowed, N, generator)
     fit = arch.score(objective, pop, ctx, chunk, ~_repeats(pop) if distinct else None)
@@ -340,7 +342,7 @@ def _gradient_ascent(objective, ctx, allowed, k, budget, generator, distinct: bo
     init_scale = float(_opt(o, "init_scale", 1.0))
     share = float(_opt(o, "hard_share", 0.5))
     if not 0 < share <= 1:
-        raise ValueError(f"hard_share must be in (0, 1], got {share}")
+        raise InputError("hard_share", [f"hard_share must be in (0, 1], got {share}"])
     # budget per context: G soft steps of P soft rows, E evaluations of R >= P hard rows each
     hard = min(budget, max(P, round(budget * share)))
     G = (budget - hard) // P
@@ -476,7 +478,7 @@ def _exhaustive_distinct(objective, ctx, k, allowed, chunk: int = 1 << 16) -> Ca
     B, S, V = allowed.shape
     total = int(space_size(union_of(allowed)[None])[0].item())
     if total > MAX_ENUMERATE:
-        raise ValueError(f"exhaustive decoding needs at most {MAX_ENUMERATE} rows, this space has {total}")
+        raise InputError("allowed", [f"exhaustive decoding needs at most {MAX_ENUMERATE} rows, this space has {total}"])
     arch = Archive(B, k, S, V, allowed.device)
     per = max(1, chunk // max(B, 1))
     for start in range(0, total, per):

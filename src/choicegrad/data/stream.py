@@ -294,7 +294,7 @@ def parquet_files(path: str | Path) -> list[str]:
     if p.is_file():
         if p.suffix.lower() not in (".parquet", ".pq"):
             raise InputError(str(p), [f'streaming reads Parquet (.parquet, .pq), not "{p.suffix}"; a CSV table is '
-                                      "read whole (leave out --stream), or convert it to Parquet first"])
+                                      "read whole (leave out stream=True), or convert it to Parquet first"])
         return [str(p.resolve())]
     root = p.resolve()
     named = sorted(f for f in root.rglob("*") if f.suffix.lower() in (".parquet", ".pq")
@@ -430,7 +430,7 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
         table.sample = _held_out(table, held[TRAIN], [c for c, _ in ctx_specs])
     if not len(table.validation) or table.train_rows < 2:
         raise InputError(source, [f"{n_rows} rows leave {len(table.validation)} for validation and {table.train_rows} "
-                                  "for training; fit a table this small read whole (leave out --stream)"])
+                                  "for training; fit a table this small read whole (leave out stream=True)"])
     table.scan_seconds = time.perf_counter() - started
     return table
 
@@ -507,7 +507,7 @@ def _space(source: str, feats: list[str], seen: dict[str, dict], declaration) ->
     problems, notes, slots, codes = [], [], [], {}
     for name in declaration or {}:
         if name not in feats:
-            problems.append(f'--space: "{name}" is not among the features ({", ".join(feats[:12])})'
+            problems.append(f'space: "{name}" is not among the features ({", ".join(feats[:12])})'
                             f"{did_you_mean(name, feats)}")
     for f in feats:
         labels, mapping = _categories(seen[f])

@@ -40,7 +40,7 @@ from choicegrad.decoding.local_search import (SEARCH_CATEGORIES, anneal_from, ge
 from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixed, distinct_in_order, distinct_topk,
                                       enumerate_allowed, neighbour_count, space_size, union_of)
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
-from choicegrad.errors import did_you_mean
+from choicegrad.errors import InputError, did_you_mean
 from choicegrad.generators.base import Generator, masked_log_softmax
 from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_context_chunks
 from choicegrad.generators.objective import SCORE_CHUNK, Objective, as_objective
@@ -158,7 +158,7 @@ def exhaustive(objective: Objective, ctx: Context, k: int, allowed: Tensor, chun
     B, S, V = allowed.shape
     total = int(space_size(union_of(allowed)[None])[0].item())
     if total > MAX_ENUMERATE:
-        raise ValueError(f"exhaustive decoding needs at most {MAX_ENUMERATE} rows, this space has {total}")
+        raise InputError("decoder", [f"exhaustive decoding needs at most {MAX_ENUMERATE} rows, this space has {total}"])
     per = max(1, chunk // max(B, 1))
     best_rows = torch.full((B, 0, S), -1, dtype=torch.long, device=allowed.device)
     best_scores = torch.full((B, 0), _NEG, device=allowed.device)
@@ -212,7 +212,7 @@ def _reranked(name: str, gen, objective, ctx, k, allowed, fixed, o: DecodeOption
     budget). moves: polish's (search_moves), which set how many calls one sweep of a row needs."""
     budget, samples = o.budget, o.samples
     if budget is not None and int(budget) < 1:
-        raise ValueError(f"budget must be >= 1 scorer call per context, got {budget}")
+        raise InputError("budget", [f"expected an integer >= 1 scorer call per context, got {budget}"])
     m = int(samples or (max(8 * k, 256) if budget is None else budget if name == "rerank"
                         else max(1, int(budget * o.draw_share))))
     if budget is not None and samples is None and name != "rerank":
@@ -276,6 +276,27 @@ _DECODE: dict[str, Callable[..., Candidates]] = {
 DECODERS = tuple(_DECODE)
 
 
+def decode_problems(name: str, k: int, temperature: float = 1.0, samples: Optional[int] = None,
+                    budget: Optional[int] = None, draw_share: float = 0.25) -> list[str]:
+    """'argument: problem' lines for bad decode arguments (empty when all are fine): what decode
+    raises as one InputError, and what a caller can check before any work (Run.generate's options)."""
+    problems = []
+    if int(k) < 1:
+        problems.append(f"k: expected an integer >= 1, got {k}")
+    if name not in DECODERS:
+        problems.append(f'decoder: unknown decoder "{name}"{did_you_mean(name, DECODERS)}; '
+                        f'choose one of {", ".join(DECODERS)}')
+    if temperature <= 0:
+        problems.append(f"temperature: expected a number > 0, got {temperature}")
+    if samples is not None and samples < 1:
+        problems.append(f"samples: expected an integer >= 1, got {samples}")
+    if budget is not None and budget < 1:
+        problems.append(f"budget: expected an integer >= 1 scorer call per context, got {budget}")
+    if not 0 < draw_share <= 1:
+        problems.append(f"draw_share: expected a share in (0, 1], got {draw_share}")
+    return problems
+
+
 def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Context, k: int,
            options: Optional[DecodeOptions] = None, **overrides: Any) -> Candidates:
     """K distinct candidates per context by decoder `name` (see the module docstring).
@@ -284,6 +305,8 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
     f(x, ctx) -> scores (the scorer); ctx: B contexts; options: DecodeOptions (default: its
     defaults); overrides: DecodeOptions fields as keywords, e.g. decode(..., budget=640, fixed=fixed).
     -> Candidates rows (B, K, S), scores (B, K) best first, valid (B, K), scorer_calls.
+    InputError("decode") listing every bad argument (decode_problems), and naming `decoder` or
+    `fixed` for a decoder or fixed slots the space cannot take.
     """
     unknown = sorted(set(overrides) - set(DecodeOptions.model_fields))
     if unknown:
@@ -292,14 +315,9 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
     o = options if options is not None else DecodeOptions()
     if overrides:
         o = DecodeOptions(**{**dict(o), **overrides})
-    if name not in DECODERS:
-        raise ValueError(f"unknown decoder {name!r}{did_you_mean(name, DECODERS)}; choose one of {', '.join(DECODERS)}")
-    if int(k) < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if o.temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {o.temperature}")
-    if not 0 < o.draw_share <= 1:
-        raise ValueError(f"draw_share must be in (0, 1], got {o.draw_share}")
+    problems = decode_problems(name, k, o.temperature, o.samples, o.budget, o.draw_share)
+    if problems:
+        raise InputError("decode", problems)
     rng = o.generator if o.generator is not None else torch.Generator(device=ctx.device).manual_seed(0)
     objective = as_objective(objective)
     with torch.no_grad():
@@ -307,7 +325,7 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
         fixed = check_fixed(o.fixed, gen_mask)
         allowed = allowed_choices(gen_mask, fixed)
         if gen is None and name != "exhaustive":
-            raise ValueError(f"decoder {name!r} needs a generator")
+            raise InputError("decoder", [f"{name} needs a generator; only exhaustive decodes without one"])
         k = int(min(int(k), max(1.0, float(space_size(allowed).max()))))   # no more candidates than rows
         per = max(1, int(o.max_rows) // rows_per_context(k, o))            # contexts per group
         return in_context_chunks(lambda c, a, f: _DECODE[name](gen, objective, c, k, a, f, o, rng), ctx, per,

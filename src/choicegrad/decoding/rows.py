@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from choicegrad.errors import InputError
+
 MAX_ENUMERATE = 5_000_000
 _NEG = float("-inf")
 
@@ -118,13 +120,13 @@ def check_fixed(fixed: Optional[Tensor], mask: Tensor) -> Optional[Tensor]:
     B, S, V = mask.shape
     f = torch.as_tensor(fixed, dtype=torch.long, device=mask.device)
     if tuple(f.shape) not in ((S,), (B, S)):
-        raise ValueError(f"fixed must have shape (S,)={(S,)} or (B, S)={(B, S)}, got {tuple(f.shape)}")
+        raise InputError("fixed", [f"expected shape (S,)={(S,)} or (B, S)={(B, S)}, got {tuple(f.shape)}"])
     f = f.expand(B, S)
     if bool(((f < -1) | (f >= V)).any()):
-        raise ValueError(f"fixed values must be -1 (free) or a category in [0, {V})")
+        raise InputError("fixed", [f"fixed values must be -1 (free) or a category in [0, {V})"])
     ok = mask.gather(-1, f.clamp(min=0).unsqueeze(-1)).squeeze(-1) | (f < 0)
     if not bool(ok.all()):
-        raise ValueError(f"fixed uses invalid categories at (context, slot) {(~ok).nonzero()[:5].tolist()}")
+        raise InputError("fixed", [f"fixed uses invalid categories at (context, slot) {(~ok).nonzero()[:5].tolist()}"])
     return f
 
 

@@ -46,13 +46,17 @@ from choicegrad.errors import InputError
 from choicegrad.generators import GeneratorConfig, TableContext
 from choicegrad.io import (atomic_write_text, check_finite, meta_problem, read_json_object, read_table, state_problems,
                            versions)
-from choicegrad.runfolder import RunLock, RunWriter, check_out_path, foreign_files, verify_run
+from choicegrad.runfolder import FITTED_RUN_FILES, RunLock, RunWriter, check_out_path, foreign_files, verify_run
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
 from choicegrad.scorer.model import Scorer, ScorerConfig
 from choicegrad.training.contexts import TableContexts
 from choicegrad.training.loop import GeneratorFit, fit_generator
 
 STATE_FILE = "designer.json"
+#: A design state's files beside a run's: the feasibility classifier and designer.json, checked
+#: against run.json like the models (and what a state written before run.json may hold).
+STATE_FILES = FITTED_RUN_FILES.plus(verified=("feasibility.", "designer."),
+                             legacy=("feasibility.safetensors", "feasibility.json", STATE_FILE))
 #: Most candidates (contexts x batch x pool) one ask searches: beyond this the pools exhaust memory.
 MAX_POOL_ROWS = 20_000_000
 #: Shares of a round's max_minutes: the scorer ensemble, the feasibility classifier (when rows
@@ -412,7 +416,8 @@ class Designer:
             raise InputError("save", ["nothing to save: ask() fits the models first"])
         check_state_folder(path)
         request = {"command": "design-state", **json.loads(json.dumps(self.spec(), default=str))}
-        with RunWriter(path, request, overwrite=True, name="state", lock=lock, resumable=False) as w:   # weights are written from the CPU
+        # weights are written from the CPU
+        with RunWriter(path, request, overwrite=True, name="state", lock=lock, resumable=False, files=STATE_FILES) as w:
             self.scorer.save(w.dir)
             if self.feasibility is not None:
                 self.feasibility.save(w.dir, "feasibility")
@@ -427,7 +432,7 @@ class Designer:
         """Take the models and round count of a saved state (written by `save` for the same features,
         score, context and space); InputError naming the folder otherwise."""
         path = Path(path)
-        verify_run(path)
+        verify_run(path, STATE_FILES)
         doc = read_state(path)
         spec = {k: v for k, v in doc.spec.items() if k != "command"}
         mine = json.loads(json.dumps(self.spec(), default=str))
@@ -447,7 +452,7 @@ class Designer:
     def load(cls, path: Union[str, Path], config: Optional[DesignConfig] = None) -> Designer:
         """A Designer from a saved state, with its stored settings (or `config`); tell it the
         measured rows before asking."""
-        verify_run(path)
+        verify_run(path, STATE_FILES)
         doc = read_state(path)
         spec = doc.spec
         try:
@@ -467,7 +472,7 @@ def check_state_folder(path: Union[str, Path], name: str = "state") -> None:
     if path.is_dir() and any(path.iterdir()) and not (path / STATE_FILE).is_file():
         raise InputError(name, [f"{path} holds other files and no {STATE_FILE}: it is not a design state, and a "
                                 "round would replace it; give a new or empty folder"])
-    foreign = foreign_files(path) if path.is_dir() and (path / STATE_FILE).is_file() else []
+    foreign = foreign_files(path, STATE_FILES) if path.is_dir() and (path / STATE_FILE).is_file() else []
     if foreign:
         raise InputError(name, [f"{path} holds files choicegrad did not write there ({', '.join(foreign[:5])}); a "
                                 "round replaces the state, so move them out first"])
