@@ -183,7 +183,7 @@ def fit_scorer_cmd(
     try:
         result = fit_scorer_run(data, out, _table_spec(features, score, context, train_quantile, space), cfg,
                                 resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
-                                echo=echo_line, stream=stream, workers=workers)
+                                echo=lambda m: echo_line(m, FIT_SCORER_FLAGS), stream=stream, workers=workers)
         if distributed.current().main:
             typer.echo(f"wrote {out}/scorer.safetensors")
             _echo_metrics(result.metrics)
@@ -373,7 +373,7 @@ def fit_cmd(
                          **{key: value for key, value in (("steps", steps), ("entropy", entropy), ("distill", distill),
                                                           ("batch_size", batch_size)) if value is not None})
     writing = dict(max_minutes=max_minutes, resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
-                   echo=echo_line)
+                   echo=lambda m: echo_line(m, FIT_FLAGS))
     scorer_fit = dict(ensemble=ensemble, beta=beta, seed=seed, epochs=scorer_epochs, device=device)
     try:
         if slots is not None:
@@ -473,7 +473,8 @@ def _item_spec(data, slots, items, item_id, score, context, lists, list_id, dist
 
 #: Run.generate's arguments -> generate's flags.
 GENERATE_FLAGS = {**same_flags("out", "contexts", "decoder", "fix", "temperature", "samples", "budget", "beta", "seed",
-                               "device", "objective", "items", "lists"), "k": "--top-k", "changed": "--objective-changed"}
+                               "device", "objective", "items", "lists"), "k": "--top-k", "changed": "--objective-changed",
+                  "force_generator": "--force-generator"}
 
 
 @app.command("generate", epilog="Example: choicegrad generate runs/tfbind8 --top-k 128 --out candidates.csv\n\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,8 +41,11 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def echo_line(message: str) -> None:
-    """A library progress line: warnings on stderr, the rest on stdout."""
+def echo_line(message: str, flags: Optional[Flags] = None) -> None:
+    """A library progress line: warnings on stderr, the rest on stdout; the keywords it suggests as
+    the command's `flags` (text_with_flags)."""
+    if flags:
+        message = text_with_flags(message, flags)
     typer.echo(message, err=message.startswith("warning:"))
 
 
@@ -63,15 +67,36 @@ def flag_of(name: str, flags: Flags) -> str:
     return name
 
 
+#: A keyword the library's messages suggest, `overwrite=True` or `scale=...`, or Run.use_objective.
+_KEYWORD = re.compile(r"(?<![\w.])([a-z][a-z_]*)=(?:(True)\b|(?=\s|$))|\bRun\.use_objective\b")
+
+
+def text_with_flags(text: str, flags: Flags) -> str:
+    """A library message with the keywords it suggests as the command's flags: 'pass overwrite=True'
+    -> 'pass --overwrite', 'give scale= to' -> 'give --objective-scale to', 'Run.use_objective' -> the
+    --objective flag; keywords the command has no flag for are left as they are."""
+    def swap(match: re.Match) -> str:
+        if match.group(1) is None:
+            return f"{flags['objective']} FILE.py:NAME" if "objective" in flags else match.group(0)
+        return flags.get(match.group(1), match.group(0))
+    return _KEYWORD.sub(swap, text)
+
+
 def _problem_with_flags(problem: str, flags: Flags) -> str:
-    """'k: expected ...' -> '--top-k: expected ...' when 'k' is a library argument in `flags`."""
+    """'k: expected ...' -> '--top-k: expected ...' when 'k' is a library argument in `flags`; the
+    keywords in the text as flags (text_with_flags)."""
     name, sep, rest = problem.partition(": ")
-    return f"{flag_of(name, flags)}: {rest}" if sep and flag_of(name, flags) != name else problem
+    if sep and flag_of(name, flags) != name:
+        return f"{flag_of(name, flags)}: {text_with_flags(rest, flags)}"
+    return text_with_flags(problem, flags)
 
 
 def with_flags(exc: InputError, flags: Flags) -> InputError:
     """The InputError with the library's argument names (its source and each problem's leading name)
-    replaced by the command's flags."""
+    replaced by the command's flags. An error the command raised itself (its source a flag or the
+    command) already speaks in flags and is left as it is."""
+    if exc.source.startswith(("-", "choicegrad ")):
+        return exc
     return InputError(flag_of(exc.source, flags), [_problem_with_flags(p, flags) for p in exc.problems])
 
 
