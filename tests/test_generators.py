@@ -286,7 +286,7 @@ def test_vocabulary_weights_are_known_before_building():
 def test_fit_refuses_a_generator_too_big_for_the_machine_before_training():
     from choicegrad.data.space import ChoiceSpace, Slot
     from choicegrad.errors import InputError
-    from choicegrad.run import check_generator_fits
+    from choicegrad.generators import check_generator_fits
 
     space = ChoiceSpace(slots=[Slot(name="item", categories=[f"i{i}" for i in range(2000)]),
                                Slot(name="a", categories=["x", "y"])])

@@ -1,5 +1,5 @@
-"""The one check of a torch device argument, before any work is done on it, the memory there is, and
-whether a generator fits in it."""
+"""The one check of a torch device argument, before any work is done on it, and the memory there is
+(choicegrad.generators.check_generator_fits asks it whether a generator fits)."""
 
 from __future__ import annotations
 
@@ -93,31 +93,3 @@ def _under_cgroup_limit(have: int) -> int:
         if value.isdigit() and (not have or int(value) < have):
             have = int(value)
     return have
-
-
-def check_generator_fits(config, space, memory: Optional[int] = None, device: str | torch.device = "cpu") -> None:
-    """InputError naming `generator` before any training when the generator of GeneratorConfig
-    `config` for ChoiceSpace `space` would need more memory than `device` has (memory: bytes,
-    instead of machine_memory's): its weights alone, which grow with the slots times the largest
-    vocabulary (a lower bound: training also holds (batch, samples, S, V_max) tensors)."""
-    from choicegrad import generators
-    from choicegrad.estimators.gumbel import CDF_VOCABULARY
-
-    need = generators.training_bytes(config, space.sizes)
-    have = memory if memory is not None else machine_memory(device)
-    if not have or need <= have:
-        return
-    big = max(space.slots, key=lambda slot: len(slot.categories))
-    config = generators.resolve_layout(config, space.sizes)
-    if config.layout == "ragged":
-        why = f"its weights have {sum(space.sizes):,} rows, one per category of every feature"
-    elif config.kind == "autoregressive":
-        why = "every slot is padded to the largest vocabulary, and its skip layer grows with (slots x that)^2"
-    else:
-        why = "one head of the largest vocabulary per slot"
-    hint = (f'the ragged layout (GeneratorConfig(layout="ragged"), chosen by itself from {CDF_VOCABULARY:,} categories '
-            'in a feature) stores each feature\'s own categories only and has no skip layer; ' if config.layout == "padded" else "")
-    raise InputError("generator", [
-        f"the {config.kind} generator for this table needs at least {need / 2**30:,.0f} GiB to train, more than the "
-        f"{have / 2**30:,.0f} GiB of {torch.device(device)}: feature \"{big.name}\" has {len(big.categories):,} categories and {why}. "
-        + hint + "fit_scorer_run (choicegrad fit-scorer) fits the scorer alone"])

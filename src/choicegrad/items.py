@@ -27,6 +27,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from choicegrad.checkpoints import CHECKPOINT_MINUTES
+from choicegrad.fitting import (GENERATOR_DECODERS, check_method, generate_problems, minutes_left, read_scorer_result,
+                                training_summary)
 from choicegrad.data.context import ContextEncoder
 from choicegrad.data.items import (Catalogue, ItemEncoder, ItemLists, check_columns, check_eligible, check_lists,
                                    list_contexts, read_lists, read_log)
@@ -203,7 +205,6 @@ def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, *, objective=None,
               echo: Callable[[str], None] = print, progress: Optional[bool] = None):
     """Run.fit for an ItemSpec (see Run.fit): log -> item scorer -> pointer generator, or, given
     `objective` (a reward over item vectors), the generator alone."""
-    from choicegrad.run import _minutes_left, _read_scorer_result, _training_summary, check_method
     from choicegrad.runfolder import check_out_path, run_writer
     from choicegrad.scorer.fit import ScorerFit
     from choicegrad.scorer.items import fit_item_scorer
@@ -213,7 +214,7 @@ def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, *, objective=None,
     generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, "autoregressive")})
     scorer_fit = scorer_fit or ScorerFit()
     if objective is not None:
-        objective = _as_item_objective(objective)
+        objective = as_item_objective(objective)
         check_trainable(objective, generator_fit.method)
     elif log is None:
         raise InputError("log", ["an item run needs a log to fit the scorer on, or your own reward (objective=)"])
@@ -239,7 +240,7 @@ def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, *, objective=None,
             if objective is None:
                 if w.resuming and (w.dir / "scorer_metrics.json").is_file():
                     from choicegrad.scorer.items import ItemScorer
-                    result = _read_scorer_result(w.dir, ItemScorer.load)
+                    result = read_scorer_result(w.dir, ItemScorer.load)
                     echo(f"scorer: resumed, fitted on {len(problem.log.y)} log rows")
                 else:
                     lg = problem.log
@@ -267,7 +268,7 @@ def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, *, objective=None,
                 echo(f"objective: scale {goal.scale:.4g} (the spread of its rewards over random slates; give "
                      "ItemObjective(reward, scale=...) to set it)")
             if max_minutes is not None:
-                generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(max_minutes, spent, 1)})
+                generator_fit = generator_fit.model_copy(update={"max_minutes": minutes_left(max_minutes, spent, 1)})
             torch.manual_seed(generator_fit.seed)
             gen = build(gen_cfg, num_slots=len(problem.slots), item_dim=problem.catalogue.encoder.dim,
                         context=problem.encoder, sequential=True, distinct=spec.distinct,
@@ -284,7 +285,7 @@ def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, *, objective=None,
                   "context": spec.context_names, "items": len(problem.catalogue), "lists": len(problem.lists),
                   "log_rows": None if problem.log is None else len(problem.log.y), "scorer_metrics": metrics,
                   "generator": gen_cfg.model_dump(), "generator_fit": generator_fit.model_dump(),
-                  "generator_training": _training_summary(res), "seconds": spent + res.seconds, "versions": versions()}
+                  "generator_training": training_summary(res), "seconds": spent + res.seconds, "versions": versions()}
         atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
         w.commit()
     per = res.scorer_calls / max(1, len(problem.lists))
@@ -322,7 +323,7 @@ def item_fit(fit: GeneratorFit) -> GeneratorFit:
     return fit.model_copy(update={k: v for k, v in ITEM_FIT.items() if k not in fit.model_fields_set})
 
 
-def _as_item_objective(objective):
+def as_item_objective(objective):
     """An Objective over item lists: an ItemObjective, or a function reward(selected (N, S, D), ctx)."""
     from choicegrad.generators.objective import Objective
 
@@ -432,8 +433,6 @@ def generate_items(run, *, items: Optional[Table] = None, lists: Optional[Table]
                    temperature: float = 1.0, samples: Optional[int] = None, budget: Optional[int] = None,
                    beta: Optional[float] = None, seed: int = 0) -> pd.DataFrame:
     """Run.generate for an item run: the top-k distinct slates per list (see Run.generate)."""
-    from choicegrad.run import GENERATOR_DECODERS, generate_problems
-
     state: ItemRun = run.items
     record = state.record
     decoder = decoder or "polish"

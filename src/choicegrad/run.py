@@ -33,7 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from choicegrad import distributed, generators
 from choicegrad.checkpoints import CHECKPOINT_MINUTES
-from choicegrad.device import check_device, check_generator_fits
+from choicegrad.fitting import (GENERATOR_DECODERS, SCORER_METRICS, check_method, generate_problems, minutes_left,
+                                read_config, read_scorer_result, training_summary)
+from choicegrad.device import check_device
 from choicegrad.io import (atomic_write_text, check_finite, meta_problem, read_json_object, read_table, sha256_file,
                            versions, write_table)
 from choicegrad.data import ChoiceSpace, ContextEncoder
@@ -43,12 +45,11 @@ from choicegrad.data.split import hold_out_upper
 from choicegrad.data.stream import GENERATOR_ROWS, ParquetTable, parquet_files, scan_parquet
 from choicegrad.data.table import TableData, load_table
 from choicegrad.decoding import candidates_frame, decode, default_budget
-from choicegrad.decoding.decoders import decode_problems
 from choicegrad.decoding.fix import Fix, parse_fix
 from choicegrad.decoding.rows import MAX_ENUMERATE
 from choicegrad.errors import InputError, did_you_mean
-from choicegrad.estimators import available, get_class
-from choicegrad.generators import KINDS, GeneratorConfig, TableContext, TableObjective
+from choicegrad.estimators import get_class
+from choicegrad.generators import GeneratorConfig, TableContext, TableObjective, check_generator_fits
 from choicegrad.generators.objective import GeneratorLogProb, as_objective
 from choicegrad.runfolder import RankView, RunWriter, check_out_path, read_run, run_writer
 from choicegrad.scorer.aligner import Aligner, AlignerFit, fit_aligner
@@ -59,9 +60,6 @@ from choicegrad.training.loop import GeneratorFit, GeneratorResult, fit_generato
 from choicegrad.training.step import check_trainable
 
 RUN_FILES = ("scorer.safetensors", "scorer.json", "generator.safetensors", "generator.json")
-#: Decoders that need no objective: they rank rows by the generator's own probability.
-GENERATOR_DECODERS = ("argmax", "sample", "topk")
-SCORER_METRICS = "scorer_metrics.json"
 #: What a run fitted to the user's own objective records of it (never the code itself).
 OBJECTIVE_FILE = "objective.json"
 #: What marks an item run (choicegrad.items).
@@ -110,33 +108,6 @@ def check_out_dir(out: str | Path, name: str = "out") -> None:
         raise InputError(name, [f"{out} exists and is not a folder"])
 
 
-def check_method(method: str, kind: str) -> str:
-    """The normalised estimator name ('st_gumbel' -> 'st-gumbel'); InputError('method/generator')
-    for an unknown method or a generator form other than factorized or autoregressive."""
-    problems = []
-    key = method.strip().lower().replace("_", "-")
-    methods = available()
-    if key not in methods:
-        problems.append(f'unknown method "{method}"{did_you_mean(key, methods)}; choose one of {", ".join(methods)}')
-    if kind not in KINDS or kind == "pointer":
-        problems.append(f'unknown generator "{kind}"{did_you_mean(kind, ["factorized", "autoregressive"])}; '
-                        "choose factorized or autoregressive")
-    if problems:
-        raise InputError("method/generator", problems)
-    return key
-
-
-def generate_problems(k: int, decoder: str, temperature: float, samples: Optional[int],
-                      budget: Optional[int], seed: int = 0) -> list[str]:
-    """'argument: problem' lines for bad Run.generate options (empty when all are fine): decode's own
-    check (decode_problems) and the seed's, for a caller to check them before reading anything (the
-    CLI, item runs)."""
-    problems = decode_problems(decoder, k, temperature, samples, budget)
-    if not 0 <= seed < 2**63:
-        problems.append(f"seed: expected an integer in 0 .. 2**63 - 1, got {seed}")
-    return problems
-
-
 def _check_pair(run_dir: Path, scorer: Scorer, meta: dict) -> None:
     """InputError naming generator.json unless the generator was trained for this scorer's space and context."""
     shape, problems = meta.get("shape", {}), []
@@ -151,12 +122,6 @@ def _check_pair(run_dir: Path, scorer: Scorer, meta: dict) -> None:
         problems.append("generator.json and scorer.json describe different context columns")
     if problems:
         raise InputError(str(run_dir / "generator.json"), problems + [f"{run_dir} mixes files of different runs"])
-
-
-def _read_config(path: Path) -> dict:
-    """A JSON object file as a dict ({} when absent); InputError naming the file when it is not UTF-8
-    JSON or not an object."""
-    return read_json_object(path) if path.is_file() else {}
 
 
 def _read_contexts(source: str | Path, context: ContextEncoder) -> tuple[pd.DataFrame, TableContext]:
@@ -222,7 +187,7 @@ class Run:
             return cls._read_objective_run(folder, run_dir, device)
         if scorer_only:      # what score reads, no more (config.json, a report, is not verified)
             return cls(run_dir, Scorer.load(folder, device), None, device=device, scorer_only=True)
-        config = _read_config(folder / "config.json")
+        config = read_config(folder / "config.json")
         enumerated = bool(config.get("enumerated"))      # a small space: no generator (Run.fit)
         needed = [f for f in RUN_FILES if not (enumerated and f.startswith("generator."))]
         missing = [str(folder / f) for f in needed if not (folder / f).is_file()]
@@ -250,7 +215,7 @@ class Run:
             if isinstance(exc, InputError):
                 raise
             raise InputError(str(folder / OBJECTIVE_FILE), [f"not an objective record: {meta_problem(exc)}"]) from None
-        config = _read_config(folder / "config.json")
+        config = read_config(folder / "config.json")
         if config.get("enumerated"):           # a small space: no generator, the space and contexts in config.json
             gen, meta, source = None, {"space": config.get("space"), "context": config.get("context_encoder")}, "config.json"
         else:
@@ -285,7 +250,7 @@ class Run:
                                                                f"{run_dir} mixes files of different runs"])
         record = None if state.record.objective is None else {"kind": "python", "differentiable": True, "scale": 1.0,
                                                                "scale_estimated": False, **state.record.objective}
-        return cls(run_dir, scorer, gen, None, _read_config(folder / "config.json"), None, device,
+        return cls(run_dir, scorer, gen, None, read_config(folder / "config.json"), None, device,
                    objective_record=record, items=state)
 
     def score(self, rows: pd.DataFrame | str | Path, *, items: pd.DataFrame | str | Path | None = None,
@@ -457,9 +422,9 @@ class Run:
                 f"{str(record.get('sha256'))[:12]}...): the generator learned the old one. Say it is intended "
                 "(changed=True), or fit again"])
         if self.items is not None:
-            from choicegrad.items import _as_item_objective
+            from choicegrad.items import as_item_objective
 
-            self.objective = _as_item_objective(objective)
+            self.objective = as_item_objective(objective)
         else:
             self.objective = as_objective(objective)
         return self
@@ -668,7 +633,7 @@ def _seal_objective(job: _ObjectiveFit, w: RunWriter, res: Optional[GeneratorRes
               "contexts": len(job.ctx), "space_rows": job.space.num_rows(),
               "generator": None if res is None else job.gen_cfg.model_dump(),
               "generator_fit": job.options.generator_fit.model_dump(),
-              "generator_training": None if res is None else _training_summary(res), "enumerated": job.plan,
+              "generator_training": None if res is None else training_summary(res), "enumerated": job.plan,
               "seconds": 0.0 if res is None else res.seconds, "versions": versions(),
               **({"space": job.space.model_dump(), "context_encoder": job.encoder.model_dump()} if res is None else {})}
     atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
@@ -861,7 +826,7 @@ class _TableFit:
         if self.stream:
             check_generator_fits(self.gen_cfg, self.data_table.space, device=o.generator_fit.device)
             if o.max_minutes is not None:
-                left = _minutes_left(o.max_minutes, self.scanned, 2)
+                left = minutes_left(o.max_minutes, self.scanned, 2)
                 self.options = o.model_copy(update={"scorer_fit": o.scorer_fit.model_copy(update={"max_minutes": left})})
         self.rows = self.data_table.sample if self.stream else self.data_table
         self.ctx_cols = [c.name for c in self.rows.context.columns]
@@ -966,10 +931,10 @@ def _generator_phase(job: _TableFit, w: Writer, result: ScorerResult, ckpt) -> _
     if plan is None and get_class(generator_fit.method).needs_aligner:  # the learned similarity the method pulls through
         aligner, aligner_info = distributed.from_main(lambda: _aligner_phase(
             w, result.scorer, job.rows, generator_fit.seed,
-            _minutes_left(o.max_minutes, job.scanned + result.seconds, 3), o.progress, o.echo))
+            minutes_left(o.max_minutes, job.scanned + result.seconds, 3), o.progress, o.echo))
     spent = job.scanned + result.seconds + (aligner_info["seconds"] if aligner_info else 0.0)
     if o.max_minutes is not None:
-        generator_fit = generator_fit.model_copy(update={"max_minutes": _minutes_left(o.max_minutes, spent, 1)})
+        generator_fit = generator_fit.model_copy(update={"max_minutes": minutes_left(o.max_minutes, spent, 1)})
         job.options = o.model_copy(update={"generator_fit": generator_fit})      # as config.json records it
     if plan is None:
         res = fit_table_generator(result.scorer, job.rows, job.gen_cfg, generator_fit, run_dir=w.dir,
@@ -993,7 +958,7 @@ def _seal(job: _TableFit, w: RunWriter, result: ScorerResult, trained: _Trained)
               "scorer_seconds": result.seconds, "space_rows": scorer.space.num_rows(),
               "contexts": job.n_contexts, "generator": None if res is None else job.gen_cfg.model_dump(),
               "generator_fit": o.generator_fit.model_dump(), "aligner": trained.aligner_info,
-              "generator_training": None if res is None else _training_summary(res),
+              "generator_training": None if res is None else training_summary(res),
               "enumerated": job.plan, "seconds": trained.spent + (res.seconds if res is not None else 0.0),
               "versions": versions()}
     atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
@@ -1033,7 +998,7 @@ def fit_scorer_run(data: str | Path | pd.DataFrame, out: str | Path, table: Tabl
                        **job.streamed())
     with _open_run(job, request) as w:
         if w.finished:
-            return distributed.from_main(lambda: _read_scorer_result(job.out))
+            return distributed.from_main(lambda: read_scorer_result(job.out))
         with w.checkpoints.catch_signals():
             result = _scorer_phase(w, job)
         distributed.barrier()            # every rank done with the folder before rank 0 moves it
@@ -1103,7 +1068,7 @@ def _scorer_phase(w: Writer, job: _TableFit) -> ScorerResult:
     data, data_table, table, extra = job.data, job.data_table, job.table, job.extra
     fit, progress, echo, workers = job.options.scorer_fit, job.options.progress, job.options.echo, job.options.workers
     if distributed.from_main(lambda: w.resuming and (w.dir / SCORER_METRICS).is_file()):
-        result = distributed.from_main(lambda: _read_scorer_result(w.dir))
+        result = distributed.from_main(lambda: read_scorer_result(w.dir))
         echo(f"scorer: resumed, fitted on {len(data_table)} rows in {result.seconds:.1f} s")
         return result
     if isinstance(data_table, ParquetTable):
@@ -1123,53 +1088,12 @@ def _scorer_phase(w: Writer, job: _TableFit) -> ScorerResult:
     return result
 
 
-class _HeldOut(BaseModel):
-    """One held-out set's line of scorer_metrics.json (other fields kept as they are)."""
-
-    model_config = ConfigDict(extra="allow")
-    n: int = Field(ge=0)
-    r2: Optional[float] = None
-    spearman: Optional[float] = None
-    spearman_per_context: Optional[float] = None
-
-
-class _ScorerMetricsFile(BaseModel):
-    """What scorer_metrics.json must hold to be read back (a resume, a finished run)."""
-
-    model_config = ConfigDict(extra="allow")
-    metrics: dict[str, _HeldOut] = {}
-    seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
-
-
-def _read_scorer_result(run_dir: Path, load: Callable = Scorer.load) -> ScorerResult:
-    path = run_dir / SCORER_METRICS
-    try:
-        doc = _ScorerMetricsFile.model_validate(_read_config(path))
-    except ValueError as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(str(path), [f"not the scorer_metrics.json choicegrad wrote: {meta_problem(exc)}; start over "
-                                     "with overwrite=True"]) from None
-    metrics = {k: v.model_dump(exclude_unset=True) for k, v in doc.metrics.items()}
-    return ScorerResult(load(run_dir), metrics, [], doc.seconds)
-
-
-def _minutes_left(max_minutes: Optional[float], spent: float, share: int) -> Optional[float]:
-    """1/share of the minutes left of max_minutes after `spent` seconds (at least 0.05); None without a limit."""
-    return None if max_minutes is None else max(0.05, (max_minutes - spent / 60) / share)
-
-
 def _calls_summary(calls: int, space: ChoiceSpace, contexts: int, what: str = "scorer") -> str:
     """'N scorer calls (C per context, against R rows in each context's space)': what training spent
     beside what enumerating would."""
     rows = space.num_rows()
     return (f"{calls:,} {what} calls ({calls / max(1, contexts):,.0f} per context, against {rows:,} rows in each "
             "context's space)")
-
-
-def _training_summary(res: GeneratorResult) -> dict:
-    return {"seconds": res.seconds, "scorer_calls": res.scorer_calls, "best_validation": res.best_val,
-            "stopped": res.stopped}
 
 
 def _aligner_phase(w: RunWriter, scorer: Scorer, data: TableData, seed: int, minutes: Optional[float],
@@ -1179,7 +1103,7 @@ def _aligner_phase(w: RunWriter, scorer: Scorer, data: TableData, seed: int, min
     info_path = w.dir / "aligner_fit.json"
     if w.resuming and info_path.is_file():
         echo("aligner: resumed")
-        return Aligner.load(w.dir, copy.deepcopy(scorer)), _read_config(info_path)
+        return Aligner.load(w.dir, copy.deepcopy(scorer)), read_config(info_path)
     al = fit_aligner(copy.deepcopy(scorer), data, AlignerFit(seed=seed, max_minutes=minutes), progress=progress)
     al.aligner.save(w.dir)
     info = {"config": al.aligner.config.model_dump(), "seconds": al.seconds,

@@ -81,7 +81,7 @@ class ContextEncoder(BaseModel):
         for name, kind in specs:
             values = frame[name]
             if kind is None:
-                kind = "numeric" if _reads_as_numbers(values, frame.attrs.get("text", False)) else "categorical"
+                kind = "numeric" if reads_as_numbers(values, frame.attrs.get("text", False)) else "categorical"
             if kind == "numeric":
                 x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
                 text = np.flatnonzero(values.notna().to_numpy() & np.isnan(x))
@@ -90,7 +90,7 @@ class ContextEncoder(BaseModel):
                                      f'{values.iloc[text[0]]!r} at {show_rows(text)}; leave out ":num" to use its '
                                      "values as categories")
                 x = x[np.isfinite(x)]   # missing values are reported by encode, with their rows
-                mean, std = _moments(x)
+                mean, std = moments(x)
                 columns.append(ContextColumn(name=name, kind="numeric", mean=mean, std=std,
                                              min=float(x.min()) if len(x) else None,
                                              max=float(x.max()) if len(x) else None))
@@ -170,7 +170,7 @@ NA_TEXT = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN
                      "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
 
 
-def _reads_as_numbers(values: pd.Series, text: bool) -> bool:
+def reads_as_numbers(values: pd.Series, text: bool) -> bool:
     """Whether a column holds numbers: a numeric dtype (not bool), or, read from text (`text`: a CSV
     file, where pandas leaves a column of numbers with an NA among them as text), cells that are all
     numbers or missing-number markers (NA_TEXT), at least one a number."""
@@ -186,7 +186,7 @@ def _reads_as_numbers(values: pd.Series, text: bool) -> bool:
     return bool(numbers.notna().any() and (numbers.notna() | blank).all())
 
 
-def _moments(x: np.ndarray) -> tuple[float, float]:
+def moments(x: np.ndarray) -> tuple[float, float]:
     """(mean, std) of finite values x, std 1.0 when they do not vary; computed on x / max|x| where
     the plain sums overflow (values near the largest float64)."""
     if not len(x):

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, Field
 
-from choicegrad.data.context import ContextEncoder, _moments, _reads_as_numbers
+from choicegrad.data.context import ContextEncoder, moments, reads_as_numbers
 from choicegrad.data.space import as_labels
 from choicegrad.errors import InputError, did_you_mean, show_rows
 from choicegrad.generators.context import ItemContext
@@ -84,9 +84,9 @@ class ItemEncoder(BaseModel):
         attrs = []
         for name in names:
             values = frame[name]
-            if _reads_as_numbers(values, frame.attrs.get("text", False)):
+            if reads_as_numbers(values, frame.attrs.get("text", False)):
                 x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-                mean, std = _moments(x[np.isfinite(x)])
+                mean, std = moments(x[np.isfinite(x)])
                 attrs.append(ItemAttribute(name=name, kind="numeric", mean=mean, std=std))
             else:
                 attrs.append(ItemAttribute(name=name, kind="categorical",

@@ -14,6 +14,11 @@ import math
 from pathlib import Path
 from typing import Optional
 
+import torch
+
+from choicegrad.device import machine_memory
+from choicegrad.errors import InputError
+from choicegrad.estimators.base import CDF_VOCABULARY
 from choicegrad.generators.autoregressive import AutoregressiveGenerator
 from choicegrad.generators.base import KINDS, Generator, GeneratorConfig, fill_fixed, resolve_layout, rows_to_inputs
 from choicegrad.generators.context import Context, ItemContext, TableContext
@@ -25,7 +30,7 @@ from choicegrad.generators.policy import SequentialPolicy, policy_of
 __all__ = [
     "KINDS", "AutoregressiveGenerator", "Context", "FactorizedGenerator", "Generator", "GeneratorConfig",
     "ItemContext", "ItemObjective", "Objective", "PointerGenerator", "SequentialPolicy", "TableContext",
-    "TableObjective", "build", "fill_fixed", "load", "resolve_layout", "rows_to_inputs", "policy_of", "save",
+    "TableObjective", "build", "check_generator_fits", "fill_fixed", "load", "resolve_layout", "rows_to_inputs", "policy_of", "save",
     "score_rows",
 ]
 
@@ -59,6 +64,31 @@ def training_bytes(config: GeneratorConfig, sizes: list[int]) -> int:
     parameters, buffers = _CLASSES[config.kind].vocabulary_elements(list(sizes), config)
     return 4 * (4 * parameters + buffers)
 
+
+
+def check_generator_fits(config, space, memory: Optional[int] = None, device: str | torch.device = "cpu") -> None:
+    """InputError naming `generator` before any training when the generator of GeneratorConfig
+    `config` for ChoiceSpace `space` would need more memory than `device` has (memory: bytes,
+    instead of choicegrad.device.machine_memory's): its weights alone, which grow with the slots times the largest
+    vocabulary (a lower bound: training also holds (batch, samples, S, V_max) tensors)."""
+    need = training_bytes(config, space.sizes)
+    have = memory if memory is not None else machine_memory(device)
+    if not have or need <= have:
+        return
+    big = max(space.slots, key=lambda slot: len(slot.categories))
+    config = resolve_layout(config, space.sizes)
+    if config.layout == "ragged":
+        why = f"its weights have {sum(space.sizes):,} rows, one per category of every feature"
+    elif config.kind == "autoregressive":
+        why = "every slot is padded to the largest vocabulary, and its skip layer grows with (slots x that)^2"
+    else:
+        why = "one head of the largest vocabulary per slot"
+    hint = (f'the ragged layout (GeneratorConfig(layout="ragged"), chosen by itself from {CDF_VOCABULARY:,} categories '
+            'in a feature) stores each feature\'s own categories only and has no skip layer; ' if config.layout == "padded" else "")
+    raise InputError("generator", [
+        f"the {config.kind} generator for this table needs at least {need / 2**30:,.0f} GiB to train, more than the "
+        f"{have / 2**30:,.0f} GiB of {torch.device(device)}: feature \"{big.name}\" has {len(big.categories):,} categories and {why}. "
+        + hint + "fit_scorer_run (choicegrad fit-scorer) fits the scorer alone"])
 
 def save(generator: Generator, run_dir, extra: Optional[dict] = None) -> None:
     """RUN/generator.safetensors + RUN/generator.json (kind, config, shapes, `extra`), atomically."""
