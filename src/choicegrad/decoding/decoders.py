@@ -276,6 +276,30 @@ _DECODE: dict[str, Callable[..., Candidates]] = {
 DECODERS = tuple(_DECODE)
 
 
+def register_decoder(name: str) -> Callable[[Callable[..., Candidates]], Callable[..., Candidates]]:
+    """Decorator adding a decoder to `decode` under `name` (and to DECODERS, so Run.generate and the
+    benchmark's GENERATOR/ESTIMATOR/DECODER pipelines take it); ValueError for a name already taken.
+
+        @register_decoder("greedy-then-polish")
+        def mine(gen, objective, ctx, k, allowed, fixed, options, generator) -> Candidates: ...
+
+    The function gets B contexts at a time (decode groups them by options.max_rows): gen, the
+    objective, ctx, k (already lowered to the space's size), allowed (B, S, V) bool (the generator's
+    choices with the fixed slots pinned), fixed (B, S) long or None, options (DecodeOptions) and the
+    torch.Generator; `choicegrad.decoding.scoring.finish(objective, ctx, rows, valid, k, allowed)`
+    turns any rows (B, M, S) into the K distinct, topped-up, sorted Candidates decode promises."""
+    def add(fn: Callable[..., Candidates]) -> Callable[..., Candidates]:
+        global DECODERS
+        if name in _DECODE:
+            raise ValueError(f"a decoder named {name!r} exists already; choose another name")
+        _DECODE[name] = fn
+        DECODERS = tuple(_DECODE)
+        import choicegrad.decoding as package   # its re-export of DECODERS, rebound too
+        package.DECODERS = DECODERS
+        return fn
+    return add
+
+
 def decode_problems(name: str, k: int, temperature: float = 1.0, samples: Optional[int] = None,
                     budget: Optional[int] = None, draw_share: float = 0.25) -> list[str]:
     """'argument: problem' lines for bad decode arguments (empty when all are fine): what decode
