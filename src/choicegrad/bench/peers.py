@@ -39,6 +39,8 @@ greedy           slot-by-slot best response (cyclic coordinate ascent) with rand
 exhaustive       decoding.decoders.exhaustive: every allowed row, the reference optimum; ignores the
                  budget.
 
+register_peer(name, options) adds a search function of one's own under `name` (docs/architecture.md).
+
 distinct=True (search's keyword, default False; for pointer tasks, e.g. slates, where slots share one
 list of items): no row holding the same category (item) in two slots is scored or returned. random
 draws rows slot by slot, each slot uniform over its allowed items not used by the earlier slots;

@@ -17,6 +17,7 @@ polish      rerank, then steepest-ascent coordinate search on the objective from
 anneal      rerank, then simulated annealing (local_search.anneal_from) from the best candidates: chains
             that may step down as well as up, so they leave the draws' local peaks
 exhaustive  every row of a small space, the K best: the reference optimum
+register_decoder(name) adds a decoder of one's own (docs/architecture.md).
 
 Every decoder keeps fixed slots (fixed (B, S) or (S,) long, -1 = free) at their value, returns K
 distinct rows whenever the space (with the fixed slots) holds K rows -- a decoder that finds fewer
