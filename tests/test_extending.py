@@ -272,8 +272,9 @@ try:
 except InputError as err:
     out["decoder_unknown_hint"] = "greedy-neighbours" in str(err)
 run = Run.fit(task.training_table("random", n=50, seed=2), "run", TableSpec(features="s?", score="y", context="ctx"),
-              scorer_fit=ScorerFit(epochs=2, seed=0), generator_fit=GeneratorFit(method="enumerate", steps=10, warm_start_steps=0, val_every=10,
-                                                      batch_size=4, samples=4, seed=0),
+              scorer_fit=ScorerFit(epochs=2, seed=0),
+              generator_fit=GeneratorFit(method="enumerate", steps=10, warm_start_steps=0, val_every=10, batch_size=4,
+                                         samples=4, seed=0),
               force_generator=True, progress=False, echo=lambda line: None)
 frame = run.generate(k=3, decoder="greedy-neighbours")
 out["run_generate"] = [frame.attrs["decoder"], len(frame), sorted(int(r) for r in frame["rank"].unique())]
