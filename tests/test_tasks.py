@@ -353,7 +353,12 @@ def tiny(name: str) -> BenchmarkTask:
 
 @pytest.mark.parametrize("name", list(TASKS))
 def test_task_contract(name):
-    task = tiny(name)
+    check_task_contract(tiny(name), name)
+
+
+def check_task_contract(task: BenchmarkTask, name: str) -> None:
+    """What every registered task must do (also applied to a task registered from a user's file, in
+    tests/test_extending.py)."""
     assert isinstance(task, BenchmarkTask) and task.kind in KINDS and task.name == name
     S = task.num_slots
     if task.kind == "items":

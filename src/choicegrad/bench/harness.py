@@ -43,14 +43,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from choicegrad import estimators
+from choicegrad import decoding, estimators
 from choicegrad.bench import peers
 from choicegrad.bench.metrics import candidate_report, normalise
 from choicegrad.bench.report import write_report
 from choicegrad.bench.report_format import machine_line, read_csv
 from choicegrad.bench.tasks import BenchmarkTask, ItemTask, Landscape, get_task
 from choicegrad.data.table import load_table
-from choicegrad.decoding import DECODERS, Candidates, decode
+from choicegrad.decoding import Candidates, decode
 from choicegrad.decoding.rows import enumerate_allowed, first_occurrence, row_keys
 from choicegrad.decoding.scoring import score_grid
 from choicegrad.errors import InputError, did_you_mean
@@ -162,7 +162,7 @@ def parse_method(name: str) -> Method:
         raise ValueError(f"method {name!r}: expected a peer ({', '.join(peers.PEERS)}) or GENERATOR/ESTIMATOR/DECODER, "
                          f"e.g. {DEFAULT_PIPELINE}{did_you_mean(name, list(peers.PEERS))}")
     gen, est, dec = parts
-    for value, options, what in ((gen, KINDS, "generator"), (dec, DECODERS, "decoder"),
+    for value, options, what in ((gen, KINDS, "generator"), (dec, decoding.DECODERS, "decoder"),
                                  (est, estimators.available(), "gradient estimator")):
         if value not in options:
             raise ValueError(f"method {name!r}: unknown {what} {value!r}{did_you_mean(value, list(options))}; "

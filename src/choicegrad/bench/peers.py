@@ -39,6 +39,8 @@ greedy           slot-by-slot best response (cyclic coordinate ascent) with rand
 exhaustive       decoding.decoders.exhaustive: every allowed row, the reference optimum; ignores the
                  budget.
 
+register_peer(name, options) adds a search function of one's own under `name` (docs/architecture.md).
+
 distinct=True (search's keyword, default False; for pointer tasks, e.g. slates, where slots share one
 list of items): no row holding the same category (item) in two slots is scored or returned. random
 draws rows slot by slot, each slot uniform over its allowed items not used by the earlier slots;
@@ -67,7 +69,7 @@ distinct candidates.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -134,9 +136,29 @@ def search(name: str, objective: Objective, ctx: Context, allowed: Tensor, k: in
         if distinct:
             return _exhaustive_distinct(objective, ctx, k, allowed, options.get("chunk", 1 << 16))
         return exhaustive(objective, ctx, k, allowed, options.get("chunk", 1 << 16))
-    fn = {"random": _random, "anneal": _anneal, "genetic": _genetic, "gradient-ascent": _gradient_ascent,
-          "greedy": _greedy}[name]
-    return fn(objective, ctx, allowed, k, budget, generator, distinct=distinct, **options)
+    return _SEARCH[name](objective, ctx, allowed, k, budget, generator, distinct=distinct, **options)
+
+
+def register_peer(name: str, options: tuple[str, ...] = ("chunk",)) -> Callable[[Callable[..., Candidates]],
+                                                                             Callable[..., Candidates]]:
+    """Decorator adding a search function to `search` under `name` (and to PEERS, so the benchmark's
+    --peers and methods take it); options: the keywords it accepts (search refuses others).
+    ValueError for a name already taken.
+
+        @register_peer("my-walk", options=("steps", "chunk"))
+        def walk(objective, ctx, allowed, k, budget, generator, distinct=False, **options) -> Candidates: ...
+
+    It gets allowed (B, S, V) bool already checked, k and budget as ints, and must spend at most
+    `budget` scorer calls per context (decoding.local_search.Archive keeps the k best distinct rows
+    and counts the calls)."""
+    def add(fn: Callable[..., Candidates]) -> Callable[..., Candidates]:
+        global PEERS
+        if name in _OPTIONS:
+            raise ValueError(f"a peer named {name!r} exists already; choose another name")
+        _OPTIONS[name], _SEARCH[name] = tuple(options), fn
+        PEERS = (*PEERS, name)
+        return fn
+    return add
 
 
 # --- shared pieces --------------------------------------------------------------------------------
@@ -485,3 +507,9 @@ def _exhaustive_distinct(objective, ctx, k, allowed, chunk: int = 1 << 16) -> Ca
         rows, ok, _ = enumerate_allowed(allowed, start, start + per)
         arch.score(objective, rows.unsqueeze(0).expand(B, -1, -1), ctx, chunk, ok & ~_repeats(rows)[None])
     return arch.result()
+
+
+#: name -> search function (exhaustive is search's own branch)
+_SEARCH: dict[str, Callable[..., Candidates]] = {
+    "random": _random, "anneal": _anneal, "genetic": _genetic, "gradient-ascent": _gradient_ascent, "greedy": _greedy,
+}

@@ -5,8 +5,8 @@ Candidates), local_search.py (polish, anneal_from), decoders.py (each decoder, `
 (candidates as a table).
 """
 
-from choicegrad.decoding.decoders import DECODERS, DecodeOptions, decode
+from choicegrad.decoding.decoders import DECODERS, DecodeOptions, decode, register_decoder
 from choicegrad.decoding.frame import candidates_frame
 from choicegrad.decoding.scoring import Candidates, default_budget
 
-__all__ = ["DECODERS", "Candidates", "DecodeOptions", "candidates_frame", "decode", "default_budget"]
+__all__ = ["DECODERS", "Candidates", "DecodeOptions", "candidates_frame", "decode", "default_budget", "register_decoder"]

@@ -17,6 +17,7 @@ polish      rerank, then steepest-ascent coordinate search on the objective from
 anneal      rerank, then simulated annealing (local_search.anneal_from) from the best candidates: chains
             that may step down as well as up, so they leave the draws' local peaks
 exhaustive  every row of a small space, the K best: the reference optimum
+register_decoder(name) adds a decoder of one's own (docs/architecture.md).
 
 Every decoder keeps fixed slots (fixed (B, S) or (S,) long, -1 = free) at their value, returns K
 distinct rows whenever the space (with the fixed slots) holds K rows -- a decoder that finds fewer
@@ -274,6 +275,30 @@ _DECODE: dict[str, Callable[..., Candidates]] = {
     "anneal": _anneal, "exhaustive": _exhaustive,
 }
 DECODERS = tuple(_DECODE)
+
+
+def register_decoder(name: str) -> Callable[[Callable[..., Candidates]], Callable[..., Candidates]]:
+    """Decorator adding a decoder to `decode` under `name` (and to DECODERS, so Run.generate and the
+    benchmark's GENERATOR/ESTIMATOR/DECODER pipelines take it); ValueError for a name already taken.
+
+        @register_decoder("greedy-then-polish")
+        def mine(gen, objective, ctx, k, allowed, fixed, options, generator) -> Candidates: ...
+
+    The function gets B contexts at a time (decode groups them by options.max_rows): gen, the
+    objective, ctx, k (already lowered to the space's size), allowed (B, S, V) bool (the generator's
+    choices with the fixed slots pinned), fixed (B, S) long or None, options (DecodeOptions) and the
+    torch.Generator; `choicegrad.decoding.scoring.finish(objective, ctx, rows, valid, k, allowed)`
+    turns any rows (B, M, S) into the K distinct, topped-up, sorted Candidates decode promises."""
+    def add(fn: Callable[..., Candidates]) -> Callable[..., Candidates]:
+        global DECODERS
+        if name in _DECODE:
+            raise ValueError(f"a decoder named {name!r} exists already; choose another name")
+        _DECODE[name] = fn
+        DECODERS = tuple(_DECODE)
+        import choicegrad.decoding as package   # its re-export of DECODERS, rebound too
+        package.DECODERS = DECODERS
+        return fn
+    return add
 
 
 def decode_problems(name: str, k: int, temperature: float = 1.0, samples: Optional[int] = None,

@@ -192,8 +192,12 @@ _REGISTRY: dict[str, type[Estimator]] = REGISTRY
 
 
 def register(name: str):
-    """Class decorator adding an Estimator subclass to the registry under `name`."""
+    """Class decorator adding an Estimator subclass to the registry under `name` (then listed by
+    available(), trainable by every generator through GeneratorFit(method=name)); ValueError for a
+    name already taken."""
     def deco(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"an estimator named {name!r} exists already; choose another name")
         cls.name = name
         _REGISTRY[name] = cls
         return cls

@@ -14,7 +14,7 @@ from choicegrad.bench.tasks.landscape import Landscape
 from choicegrad.bench.tasks.nk import NKModel
 from choicegrad.bench.tasks.planted import PlantedTask
 from choicegrad.bench.tasks.potts import PottsTask
-from choicegrad.bench.tasks.registry import TASKS, get_task
+from choicegrad.bench.tasks.registry import TASKS, get_task, register_task
 
 __all__ = ["BenchmarkTask", "ContextualTask", "EhrlichModel", "ItemSelectionTask", "ItemTask", "Landscape", "NKModel",
-           "PickFiveTask", "PlantedTask", "PottsTask", "SlateTask", "TASKS", "get_task"]
+           "PickFiveTask", "PlantedTask", "PottsTask", "SlateTask", "TASKS", "get_task", "register_task"]

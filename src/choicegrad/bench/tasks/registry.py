@@ -50,6 +50,18 @@ TASKS: dict[str, Callable[..., BenchmarkTask]] = {
 }
 
 
+def register_task(name: str, factory: Callable[..., BenchmarkTask]) -> Callable[..., BenchmarkTask]:
+    """Add task `name` to TASKS: factory(**options) -> a BenchmarkTask (get_task passes its options).
+    ValueError for a name already taken. Returns the factory, so it also reads as a class decorator's
+    target: register_task("my-task", MyTask)."""
+    if name in TASKS:
+        raise ValueError(f"a task named {name!r} exists already; choose another name")
+    if not callable(factory):
+        raise ValueError(f"task {name!r}: expected a factory(**options) -> BenchmarkTask, got {factory!r}")
+    TASKS[name] = factory
+    return factory
+
+
 def data_dir_for(data_dir: Optional[str | Path] = None) -> Optional[Path]:
     """The folder to look for real landscapes in: `data_dir`, else $CHOICEGRAD_DATA_DIR, else
     SHARED_DATA_DIR if it exists, else None (only the `choicegrad data fetch` cache)."""
