@@ -12,6 +12,7 @@ items chosen in the slots before it) is trained with fit_generator on fresh list
                            gap closed (y - mean) / (max - mean) over all combinations, and the
                            share of lists where it is the exact optimum
   polish_gap / polish_opt  decode("polish", ..., budget=64): 64 objective calls per list
+  ipolish_gap / _opt       (--item-decode) the same with the item runs' options, items.ITEM_DECODE
   pick16_gap               the single pick on 500 lists of 16 items (same reward, longer lists)
   five8 / five40           pick-5 (PickFiveTask(slots=3)): a second generator, same settings but
                            --five-steps steps, trained on lists of 8; share of slots holding a 5
@@ -82,12 +83,18 @@ def run_items(args, seed: int) -> dict:
     pick_gap, pick_opt = gap_and_optimum(test8, objective, gen.greedy(ctx), ctx)
     polished = decode("polish", gen, objective, ctx, 1, budget=64, generator=torch.Generator().manual_seed(0))
     polish_gap, polish_opt = gap_and_optimum(test8, objective, polished.rows[:, 0], ctx)
+    extra = {}
+    if args.item_decode:   # the item runs' decoding (choicegrad.items.ITEM_DECODE) at the same budget
+        from choicegrad.items import ITEM_DECODE
+        polished = decode("polish", gen, objective, ctx, 1, budget=64, generator=torch.Generator().manual_seed(0),
+                          **ITEM_DECODE)
+        extra["ipolish_gap"], extra["ipolish_opt"] = gap_and_optimum(test8, objective, polished.rows[:, 0], ctx)
 
     test16 = ItemSelectionTask(slots=3, dim=4, lengths=(16, 16), coupling=1.0, seed=0)
     ctx16 = test16.draw(args.lists, torch.Generator().manual_seed(EVAL_SEED + 100 + seed))
     pick16_gap, pick16_opt = gap_and_optimum(test16, objective, gen.greedy(ctx16), ctx16)
     return {"pick_gap": pick_gap, "pick_opt": pick_opt, "polish_gap": polish_gap, "polish_opt": polish_opt,
-            "pick16_gap": pick16_gap, "pick16_opt": pick16_opt, "train_s": train_s}
+            "pick16_gap": pick16_gap, "pick16_opt": pick16_opt, **extra, "train_s": train_s}
 
 
 def run_pick_five(args, seed: int) -> dict:
@@ -109,7 +116,7 @@ def run_pick_five(args, seed: int) -> dict:
     return out
 
 
-COLUMNS = ["pick_gap", "pick_opt", "polish_gap", "polish_opt", "pick16_gap", "five8", "five40", "train_s",
+COLUMNS = ["pick_gap", "pick_opt", "polish_gap", "polish_opt", "ipolish_gap", "ipolish_opt", "pick16_gap", "five8", "five40", "train_s",
            "five_train_s"]
 
 
@@ -134,6 +141,8 @@ def main() -> None:
                     help="list lengths in training (lo hi): mixed lengths carry over to longer lists")
     ap.add_argument("--lists", type=int, default=500, help="unseen 8- and 16-item lists")
     ap.add_argument("--no-five", action="store_true", help="skip pick-5")
+    ap.add_argument("--item-decode", action="store_true",
+                    help="also polish with the item runs' decode options (ipolish_gap / ipolish_opt)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -263,3 +263,40 @@ def test_budget_holds_in_every_context_when_draws_differ():
         c = decode(name, gen, counting, CTX, 8, fixed=fixed, budget=60, generator=torch.Generator().manual_seed(0))
         assert bool((counts <= 60).all()), (name, counts)
         assert c.scorer_calls == int(counts.sum())
+
+
+@pytest.mark.parametrize("starts", [None, 12])
+@pytest.mark.parametrize("by_slot", [False, True])
+def test_polish_from_more_starts_and_by_slot_stays_within_the_budget(starts, by_slot):
+    """polish's starts (climb from more draws than K) and by_slot (one slot per step): K distinct
+    valid rows, at most the budget per context, never worse than the best of the same draws."""
+    gen = generator("autoregressive", scale=1.0)
+    f = potts_objective(seed=4)
+    counts = torch.zeros(3)
+
+    def counting(rows, ctx):
+        counts.add_(torch.bincount(ctx.cat[:, 0], minlength=3).float())
+        return f(rows, ctx)
+
+    for k in (1, 4):
+        counts.zero_()
+        c = decode("polish", gen, counting, CTX, k, budget=60, starts=starts, by_slot=by_slot,
+                   generator=torch.Generator().manual_seed(0))
+        assert bool((counts <= 60).all()), counts
+        assert c.scorer_calls == int(counts.sum())
+        assert c.rows.shape == (3, k, 4) and bool(c.valid.all())
+        keys = row_keys(c.rows, 4)
+        assert all(len(set(keys[b].tolist())) == k for b in range(3))
+        start = decode("rerank", gen, f, CTX, 1, samples=15, generator=torch.Generator().manual_seed(0))
+        assert bool((c.scores[:, 0] >= start.scores[:, 0] - 1e-6).all())
+
+
+def test_polish_by_slot_reaches_the_optimum_of_a_unimodal_task():
+    task = PlantedTask(slots=8, vocab=6, contexts=3, seed=2)
+    f = task.objective()
+    gen = generator("factorized", sizes=[6] * 8, scale=0.0)
+    ex = decode("exhaustive", gen, f, CTX, 1)
+    for budget in (None, 400):
+        pol = decode("polish", gen, f, CTX, 4, budget=budget, by_slot=True, starts=8,
+                     generator=torch.Generator().manual_seed(0))
+        assert torch.equal(pol.rows[:, 0], ex.rows[:, 0])

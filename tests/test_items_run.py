@@ -524,3 +524,33 @@ def test_refit_is_refused_without_overwrite(data, run_lists, tmp_path):
     res = cli(*args, *FAST, "--out", tmp_path / "other", "--overwrite")
     assert_input_error(res, "is not a choicegrad run folder")
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["mine.txt"]
+
+
+def test_list_pool_synthetic_items_keep_category_blocks_whole():
+    """ListPool(synthetic=p): about p of the training draws' items are made up attribute by attribute
+    from catalogue items (a one-hot block copied whole, so still one-hot); validation is never
+    changed, and p = 0 draws exactly what it drew before."""
+    import torch
+    from choicegrad.data.items import ItemLists
+    from choicegrad.training.contexts import ListPool
+
+    rng = np.random.default_rng(0)
+    M = 50
+    onehot = np.eye(3)[rng.integers(0, 3, M)]
+    vectors = torch.tensor(np.concatenate([rng.normal(size=(M, 2)), onehot], 1), dtype=torch.float32)
+    blocks = [(0, 1), (1, 2), (2, 5)]
+    lists = ItemLists(pd.DataFrame({"list": range(20)}), np.tile(np.arange(10), 20), np.arange(21) * 10)
+    cat, num = torch.zeros(20, 0, dtype=torch.long), torch.zeros(20, 0)
+    plain = ListPool(lists, vectors, cat, num, 3)
+    same = ListPool(lists, vectors, cat, num, 3, synthetic=0.0, blocks=blocks)
+    mixed = ListPool(lists, vectors, cat, num, 3, synthetic=0.5, blocks=blocks)
+    a = plain.sample(64, torch.Generator().manual_seed(1))
+    assert torch.equal(a.items, same.sample(64, torch.Generator().manual_seed(1)).items)
+    assert torch.equal(plain.validation().items, mixed.validation().items)
+    b = mixed.sample(64, torch.Generator().manual_seed(1))
+    real = b.items[b.mask]
+    known = (real[:, None, :] == vectors[None]).all(-1).any(1)
+    assert 0.3 < 1 - known.float().mean() < 0.6            # made-up items: no catalogue item has them
+    assert torch.equal(real[:, 2:].sum(1), torch.ones(len(real)))    # the category one-hot stays whole
+    for col in range(2):                                    # every number is some catalogue item's
+        assert bool((real[:, col:col + 1] == vectors[None, :, col]).any(1).all())

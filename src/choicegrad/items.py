@@ -47,8 +47,14 @@ ITEMS_FILE = "items.json"
 ITEM_GENERATOR = GeneratorConfig(kind="pointer", hidden=[128, 128], heads=4, attention_layers=0)
 #: Items per training list: longer lists are drawn as random sublists of this many (ListPool).
 TRAIN_ITEMS = 16
+#: Share of the training lists' items ListPool replaces by made-up items (attributes drawn from the
+#: catalogue's marginals), so the generator chooses well among items it never saw (cold start).
+ITEM_SYNTHETIC = 0.0
 #: Scorer calls per list `generate` gives the searching decoders by default: max(4 K, ITEM_BUDGET).
 ITEM_BUDGET = 64
+#: How the searching decoders search for item runs (DecodeOptions fields): polish climbs from the 16
+#: best draws, one slot per step (benchmarks/item_lists.py part a, docs/items.md).
+ITEM_DECODE: dict = {"starts": 16, "by_slot": True}
 #: Rows (lists x k) one generate call returns at most.
 MAX_SLATES = 10_000_000
 Table = Union[str, Path, pd.DataFrame]
@@ -261,7 +267,8 @@ def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, *, objective=None,
                 goal = DistinctItems(goal)
             pool = ListPool(problem.lists, problem.catalogue.vectors, problem.cat, problem.num, len(problem.slots),
                             eligible=problem.eligible, distinct=spec.distinct, max_items=TRAIN_ITEMS,
-                            device=generator_fit.device)
+                            device=generator_fit.device, synthetic=ITEM_SYNTHETIC,
+                            blocks=problem.catalogue.encoder.blocks)
             if not goal.scale_given:
                 goal.scale = estimate_item_scale(goal.prepare(generator_fit.device), pool, seed=generator_fit.seed)
                 goal.scale_given = True
@@ -471,7 +478,7 @@ def generate_items(run, *, items: Optional[Table] = None, lists: Optional[Table]
         before = objective.calls
         try:
             cands = decode(decoder, run.generator, objective, ctx, k, fixed=chunk_fixed, temperature=temperature,
-                           samples=samples, generator=rng, budget=calls)
+                           samples=samples, generator=rng, budget=calls, **(ITEM_DECODE if decoder == "polish" else {}))
         except ValueError as exc:
             raise InputError("decoder", [str(exc)]) from None
         if record.distinct:   # the decoders' top-up changes one slot at a time, which may repeat an item

@@ -63,6 +63,15 @@ class ItemEncoder(BaseModel):
     def dim(self) -> int:
         return sum(a.width for a in self.attributes)
 
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        """Each attribute's columns in the vector: (start, end), a category's one-hot block whole."""
+        out, at = [], 0
+        for a in self.attributes:
+            out.append((at, at + a.width))
+            at += a.width
+        return out
+
     @classmethod
     def fit(cls, frame: pd.DataFrame, id_column: str, attributes: Optional[Sequence[str]] = None,
             source: str = "items") -> ItemEncoder:

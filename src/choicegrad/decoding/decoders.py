@@ -78,6 +78,8 @@ class DecodeOptions(BaseModel):
     budget: Optional[int] = None
     draw_share: float = 0.25
     max_rows: int = 1 << 20
+    starts: Optional[int] = None
+    by_slot: bool = False
 
     @field_validator("fixed", mode="before")
     @classmethod
@@ -207,10 +209,12 @@ def _sample(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
 
 
 def _reranked(name: str, gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng,
-              moves: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Candidates, int, Optional[Tensor]]:
+              moves: Optional[tuple[Tensor, Tensor]] = None, top_up: bool = True,
+              ) -> tuple[Candidates, int, Optional[Tensor]]:
     """Draw distinct rows, score them, keep the K best: rerank's result and the start of polish and
     anneal. -> (candidates, rows drawn per context m, calls left per context (B,) or None without a
-    budget). moves: polish's (search_moves), which set how many calls one sweep of a row needs."""
+    budget). moves: polish's (search_moves), which set how many calls one sweep of a row needs.
+    top_up: fewer than K distinct draws are topped up with random rows (else left invalid)."""
     budget, samples = o.budget, o.samples
     if budget is not None and int(budget) < 1:
         raise InputError("budget", [f"expected an integer >= 1 scorer call per context, got {budget}"])
@@ -226,7 +230,7 @@ def _reranked(name: str, gen, objective, ctx, k, allowed, fixed, o: DecodeOption
     draws, fresh = distinct_draws(gen, ctx, m, o.temperature, fixed, rng, allowed)  # (B, M, S), (B, M)
     scores, calls = score_grid(objective, draws, ctx, fresh, chunk=o.chunk)
     rows, top, ok = distinct_topk(draws, scores, k, allowed.shape[-1], fresh)
-    cands = finish(objective, ctx, rows, ok, k, allowed, top, calls, rng)
+    cands = finish(objective, ctx, rows, ok, k, allowed, top, calls, rng) if top_up else Candidates(rows, top, ok, calls)
     left = None
     if budget is not None:  # per context: its distinct draws and the top-up rows finish scored
         spent = fresh.sum(1) + (cands.valid.sum(1) - ok.sum(1)).clamp(min=0)
@@ -252,10 +256,16 @@ def _search_moves(gen, ctx, allowed: Tensor) -> Optional[tuple[Tensor, Tensor]]:
 
 def _polish(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
     moves = _search_moves(gen, ctx, allowed)
-    cands, _, left = _reranked("polish", gen, objective, ctx, k, allowed, fixed, o, rng, moves)
-    if left is not None and not bool((left > 0).any()):
-        return cands
-    return polish(objective, ctx, cands, allowed, o.sweeps, o.chunk, budget=left, moves=moves)
+    starts = max(int(k), int(o.starts or k))
+    if starts == k:
+        cands, _, left = _reranked("polish", gen, objective, ctx, k, allowed, fixed, o, rng, moves)
+        if left is not None and not bool((left > 0).any()):
+            return cands
+        return polish(objective, ctx, cands, allowed, o.sweeps, o.chunk, budget=left, moves=moves, by_slot=o.by_slot)
+    cands, _, left = _reranked("polish", gen, objective, ctx, starts, allowed, fixed, o, rng, moves, top_up=False)
+    if left is None or bool((left > 0).any()):
+        cands = polish(objective, ctx, cands, allowed, o.sweeps, o.chunk, budget=left, moves=moves, by_slot=o.by_slot)
+    return finish(objective, ctx, cands.rows, cands.valid, k, allowed, cands.scores, cands.scorer_calls, rng)
 
 
 def _anneal(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:

@@ -76,7 +76,7 @@ def move_count(moves: Tensor, movable: Tensor, V: int) -> Tensor:
 
 def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int = 20,
            chunk: int = SCORE_CHUNK, max_elements: int = 1 << 25, budget: "Optional[int | Tensor]" = None,
-           moves: Optional[tuple[Tensor, Tensor]] = None) -> Candidates:
+           moves: Optional[tuple[Tensor, Tensor]] = None, by_slot: bool = False) -> Candidates:
     """Steepest-ascent coordinate search from every valid candidate; the K best distinct rows among
     the candidates and every neighbour scored on the way.
 
@@ -96,10 +96,11 @@ def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tenso
         budget = torch.as_tensor(budget, dtype=torch.float32, device=allowed.device).expand(B)
     per = max(1, max_elements // max(1, K * S * m * S))  # contexts per pass, bounding the neighbour grid
     V = allowed.shape[-1]
+    climb = _polish_by_slot if by_slot else _polish
     if B <= per:
-        return _polish(objective, ctx, start, moves, movable, V, sweeps, chunk, budget)
-    out = in_context_chunks(lambda c, r, s, v, mv, ok, b: _polish(objective, c, Candidates(r, s, v, 0), mv, ok, V,
-                                                                  sweeps, chunk, b),
+        return climb(objective, ctx, start, moves, movable, V, sweeps, chunk, budget)
+    out = in_context_chunks(lambda c, r, s, v, mv, ok, b: climb(objective, c, Candidates(r, s, v, 0), mv, ok, V,
+                                                                sweeps, chunk, b),
                             ctx, per, start.rows, start.scores, start.valid, moves, movable, budget)
     return dataclasses.replace(out, scorer_calls=start.scorer_calls + out.scorer_calls)
 
@@ -150,6 +151,60 @@ def _polish(objective: Objective, ctx: Context, start: Candidates, moves: Tensor
         best_rows, best_scores, best_valid = distinct_topk(
             torch.cat([best_rows, flat_rows], 1), torch.cat([best_scores, nb_scores], 1), K, V,
             torch.cat([best_valid, ok.reshape(B, P * S * m)], 1))
+    return Candidates(best_rows, best_scores, best_valid, calls)
+
+
+def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves: Tensor, movable: Tensor, V: int,
+                    sweeps: int, chunk: int, budget: Optional[Tensor] = None) -> Candidates:
+    """polish one slot at a time (cyclic coordinate ascent): each step sets slot s = step mod S of the
+    beam's candidates to its best category (m rows each, not S m), so a budget buys S times more moves.
+    A candidate is at a single-slot peak once S steps in a row (S - 1 after a move) changed nothing."""
+    rows, scores, valid = start.rows, start.scores, start.valid
+    B, K, S = rows.shape
+    m = moves.shape[-1]
+    dev = rows.device
+    calls = start.scorer_calls
+    left = torch.full((B,), math.inf, device=dev) if budget is None else budget.clone()
+    best_rows, best_scores, best_valid = rows, scores, valid
+    current, cur_score, active = rows.clone(), scores.clone(), valid.clone()
+    stale = torch.full((B, K), -1, dtype=torch.long, device=dev)          # steps since the last move
+    own = moves.shape[-1] == V
+    for step in range(sweeps * S if budget is None else 1 << 30):
+        if not bool(active.any()):
+            break
+        s = step % S
+        size = movable[:, s].sum(-1).float() - (1 if own else 0)          # (B,) rows one step costs
+        beam = active.sum(1).float()
+        if budget is not None:
+            beam = torch.minimum(beam, torch.floor(left / (2 * size.clamp(min=1))).clamp(min=1))
+            beam = torch.where(left >= size, beam, torch.zeros_like(beam))
+        P = int(beam.max())
+        if P == 0:
+            break
+        pick = torch.where(active, cur_score, torch.full_like(cur_score, _NEG)).topk(P, dim=1).indices   # (B, P)
+        on = (torch.arange(P, device=dev)[None, :] < beam[:, None]) & active.gather(1, pick)
+        base = current.gather(1, pick.unsqueeze(-1).expand(B, P, S))                    # (B, P, S)
+        nb = base.unsqueeze(2).expand(B, P, m, S).clone()                                # (B, P, m, S)
+        nb[..., s] = moves[:, s].unsqueeze(1).expand(B, P, m)
+        ok = movable[:, s].unsqueeze(1) & (moves[:, s].unsqueeze(1) != base[..., s:s + 1]) & on[..., None]
+        left = left - ok.sum((1, 2)).float()
+        flat_rows = nb.reshape(B, P * m, S)
+        nb_scores, n = score_grid(objective, flat_rows, ctx, ok.reshape(B, P * m), chunk)
+        calls += n
+        best_nb = nb_scores.reshape(B, P, m).max(-1)
+        base_score = cur_score.gather(1, pick)
+        improve = on & (best_nb.values > base_score + 1e-7)
+        moved = nb.gather(2, best_nb.indices[..., None, None].expand(B, P, 1, S))[:, :, 0]
+        current = current.scatter(1, pick.unsqueeze(-1).expand(B, P, S),
+                                  torch.where(improve.unsqueeze(-1), moved, base))
+        cur_score = cur_score.scatter(1, pick, torch.where(improve, best_nb.values, base_score))
+        was = stale.gather(1, pick)
+        now = torch.where(improve, torch.zeros_like(was), torch.where(on, was + 1, was))
+        stale = stale.scatter(1, pick, now)
+        active = active & (stale < S - 1)
+        best_rows, best_scores, best_valid = distinct_topk(
+            torch.cat([best_rows, flat_rows], 1), torch.cat([best_scores, nb_scores], 1), K, V,
+            torch.cat([best_valid, ok.reshape(B, P * m)], 1))
     return Candidates(best_rows, best_scores, best_valid, calls)
 
 

@@ -3,6 +3,7 @@ lists (random sublists of given lists), or a user function that draws fresh cont
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import numpy as np
@@ -111,12 +112,20 @@ class ListPool:
     learns to choose from lists it never saw. Validation: up to `max_validation` lists, drawn once.
 
     lists: choicegrad.data.items.ItemLists; vectors (M, D) the catalogue's item vectors; cat / num
-    (L, C) the lists' encoded context columns; eligible (S, M) bool or None."""
+    (L, C) the lists' encoded context columns; eligible (S, M) bool or None. synthetic: the share of
+    the training draws' items replaced by a made-up item whose every attribute block (`blocks`, the
+    (start, end) columns of each attribute: a category's one-hot block stays whole) is copied from its
+    own random catalogue item, i.e. drawn from the catalogue's attribute marginals, so the generator
+    learns to choose among items it never saw (cold start); never in validation, and only where no
+    eligibility rules (which name catalogue items) apply."""
 
     def __init__(self, lists, vectors: Tensor, cat: Tensor, num: Tensor, slots: int, *,
                  eligible: Optional[np.ndarray] = None, distinct: bool = False, max_items: int = 64,
-                 device: str | torch.device = "cpu", max_validation: int = 256):
+                 device: str | torch.device = "cpu", max_validation: int = 256, synthetic: float = 0.0,
+                 blocks: Optional[list[tuple[int, int]]] = None):
         self.device = torch.device(device)
+        self.synthetic = float(synthetic) if eligible is None else 0.0
+        self.blocks = blocks if blocks is not None else [(d, d + 1) for d in range(vectors.shape[1])]
         self.slots, self.distinct, self.max_items = int(slots), bool(distinct), int(max_items)
         lengths = torch.as_tensor(lists.lengths, dtype=torch.long)
         self.lengths = lengths.to(self.device)
@@ -134,10 +143,24 @@ class ListPool:
 
     def sample(self, n: int, generator: torch.Generator) -> ItemContext:
         ids = torch.randint(len(self.lengths), (n,), generator=generator, device=self.device)
-        return self._draw(ids, generator)
+        ctx = self._draw(ids, generator)
+        if self.synthetic > 0:
+            ctx = self._synthesise(ctx, generator)
+        return ctx
 
     def validation(self) -> ItemContext:
         return self._validation
+
+    def _synthesise(self, ctx: ItemContext, generator: torch.Generator) -> ItemContext:
+        """Replace about `synthetic` of the real items by made-up ones (see the class)."""
+        B, W, _ = ctx.items.shape
+        swap = (torch.rand(B, W, generator=generator, device=self.device) < self.synthetic) & ctx.mask
+        items = ctx.items.clone()
+        M = len(self.vectors)
+        for a, b in self.blocks:
+            donor = torch.randint(M, (B, W), generator=generator, device=self.device)
+            items[..., a:b] = torch.where(swap.unsqueeze(-1), self.vectors[donor, a:b], items[..., a:b])
+        return dataclasses.replace(ctx, items=items)
 
     def _draw(self, ids: Tensor, generator: torch.Generator) -> ItemContext:
         """(B,) list ids -> their random sublists as one padded ItemContext."""
