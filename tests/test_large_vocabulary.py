@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from choicegrad.estimators import base as estimators_base
 from choicegrad.estimators import gumbel
 from choicegrad.estimators.gumbel import CDF_VOCABULARY, categorical, gumbel_max
 
@@ -63,6 +64,7 @@ def test_estimators_score_hard_rows_of_a_large_vocabulary_as_indices(monkeypatch
     from choicegrad.estimators import LogitsPolicy
 
     monkeypatch.setattr(gumbel, "CDF_VOCABULARY", 2)
+    monkeypatch.setattr(estimators_base, "CDF_VOCABULARY", 2)     # hard_rows reads its own module's
     logits = torch.randn(3, 2, 6, generator=torch.Generator().manual_seed(0), requires_grad=True)
     weights = torch.randn(2, 6)
     seen = []

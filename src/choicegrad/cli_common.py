@@ -97,7 +97,14 @@ def with_flags(exc: InputError, flags: Flags) -> InputError:
     command) already speaks in flags and is left as it is."""
     if exc.source.startswith(("-", "choicegrad ")):
         return exc
-    return InputError(flag_of(exc.source, flags), [_problem_with_flags(p, flags) for p in exc.problems])
+    source, problems = flag_of(exc.source, flags), [_problem_with_flags(p, flags) for p in exc.problems]
+    if source == exc.source and problems == exc.problems:
+        return exc                      # nothing to replace: the error as raised (with any hints it carries)
+    out = InputError(source, problems)
+    hints = getattr(exc, "hints", None)
+    if hints:
+        out.args = (out.args[0] + "".join(f"\n  {h}" for h in hints),)
+    return out
 
 
 def _validation_problems(exc, flags: Flags) -> list[str]:
