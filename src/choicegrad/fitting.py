@@ -9,14 +9,16 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from choicegrad.checkpoints import CHECKPOINT_MINUTES
+
 from choicegrad.decoding.decoders import decode_problems
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import available
 from choicegrad.generators import KINDS
 from choicegrad.io import meta_problem, read_json_object
-from choicegrad.scorer.fit import ScorerResult
+from choicegrad.scorer.fit import ScorerFit, ScorerResult
 from choicegrad.scorer.model import Scorer
-from choicegrad.training.loop import GeneratorResult
+from choicegrad.training.loop import GeneratorFit, GeneratorResult
 
 #: Decoders that need no objective: they rank rows by the generator's own probability.
 GENERATOR_DECODERS = ("argmax", "sample", "topk")
@@ -98,3 +100,32 @@ def training_summary(res: GeneratorResult) -> dict:
     """config.json's `generator_training`: seconds, scorer calls, best validation, why it stopped."""
     return {"seconds": res.seconds, "scorer_calls": res.scorer_calls, "best_validation": res.best_val,
             "stopped": res.stopped}
+
+
+class FitOptions(BaseModel):
+    """How Run.fit fits and writes a run, beside the data, the folder and the columns; every field is
+    also a keyword of Run.fit (Run.fit(data, out, table, overwrite=True)).
+
+    generator: 'autoregressive' or 'factorized'; scorer_fit/generator_fit: how to fit each (seed,
+    device and beta are set in each; None: their defaults). max_minutes bounds the whole fit (half
+    for the scorer, what is left for the generator) and overrides their own limits. overwrite allows
+    replacing a finished run, resume continues an interrupted one from its checkpoints, saved every
+    checkpoint_minutes (choicegrad.runfolder). echo gets the progress lines, on_scorer(metrics) the
+    scorer's held-out metrics; progress: progress bars (None: on a terminal). stream (implied by a
+    folder) reads a Parquet file or folder as a stream, `workers` DataLoader processes reading it
+    (fit_scorer_run). force_generator trains a generator even where enumerating is cheaper."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    generator: str = "autoregressive"
+    scorer_fit: Optional[ScorerFit] = None
+    generator_fit: Optional[GeneratorFit] = None
+    max_minutes: Optional[float] = None
+    resume: bool = False
+    overwrite: bool = False
+    checkpoint_minutes: float = CHECKPOINT_MINUTES
+    echo: Callable[[str], None] = print
+    progress: Optional[bool] = None
+    on_scorer: Optional[Callable[[dict], None]] = None
+    stream: bool = False
+    workers: int = 0
+    force_generator: bool = False

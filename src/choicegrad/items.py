@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from choicegrad.checkpoints import CHECKPOINT_MINUTES
-from choicegrad.fitting import (GENERATOR_DECODERS, check_method, generate_problems, minutes_left, read_scorer_result,
-                                training_summary)
+from choicegrad.checkpoints import seeded_rng
+from choicegrad.fitting import (GENERATOR_DECODERS, SCORER_METRICS, FitOptions, check_method, generate_problems,
+                                minutes_left, read_scorer_result, training_summary)
 from choicegrad.data.context import ContextEncoder
 from choicegrad.data.items import (Catalogue, ItemEncoder, ItemLists, check_columns, check_eligible, check_lists,
                                    list_contexts, read_lists, read_log)
@@ -204,103 +205,155 @@ class ItemProblem:
         return {"spec": spec, "items": ident(self.spec.items), "lists": ident(self.spec.lists)}
 
 
-def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, *, objective=None, record: Optional[dict] = None,
-              scorer_fit=None, generator_fit: Optional[GeneratorFit] = None,
-              generator_config: Optional[GeneratorConfig] = None, max_minutes: Optional[float] = None,
-              resume: bool = False, overwrite: bool = False, checkpoint_minutes: float = CHECKPOINT_MINUTES,
-              echo: Callable[[str], None] = print, progress: Optional[bool] = None):
-    """Run.fit for an ItemSpec (see Run.fit): log -> item scorer -> pointer generator, or, given
-    `objective` (a reward over item vectors), the generator alone."""
-    from choicegrad.runfolder import check_out_path, run_writer
+@dataclass
+class _ItemFit:
+    """An item fit in progress: what fit_items read and decided before opening the run folder."""
+
+    cls: Any
+    log: Optional[Table]
+    out: Path
+    spec: ItemSpec
+    options: Any                       # choicegrad.fitting.FitOptions
+    problem: ItemProblem
+    objective: Any
+    record: Optional[dict]
+    scorer_fit: Any
+    generator_fit: GeneratorFit
+    gen_cfg: GeneratorConfig
+    request: dict = field(default_factory=dict)
+
+
+def fit_items(cls, log: Optional[Table], out, spec: ItemSpec, options=None, *, objective=None,
+              record: Optional[dict] = None, generator_config: Optional[GeneratorConfig] = None):
+    """Run.fit for an ItemSpec (see Run.fit; options: its FitOptions): log -> item scorer -> pointer
+    generator, or, given `objective` (a reward over item vectors), the generator alone."""
+    from choicegrad.runfolder import run_writer
+
+    job = _start_item_fit(cls, log, out, spec, options or FitOptions(), objective, record, generator_config)
+    o = job.options
+    with run_writer(job.out, job.request, overwrite=o.overwrite, resume=o.resume,
+                    checkpoint_minutes=o.checkpoint_minutes) as w:
+        for note in w.notes:
+            o.echo(note)
+        if w.finished:
+            return _loaded(job)
+        with w.checkpoints.catch_signals() as ckpt:
+            metrics, spent, goal = _item_scorer_phase(job, w)
+            res = _item_generator_phase(job, w, goal, spent, ckpt)
+        _seal_items(job, w, res, metrics, spent)
+    per = res.scorer_calls / max(1, len(job.problem.lists))
+    o.echo(f"generator: pointer + {job.generator_fit.method}, {res.seconds:.1f} s, {res.scorer_calls:,} "
+           f"{'scorer' if objective is None else 'objective'} calls ({per:,.0f} per list), validation "
+           f"{res.best_val:.4g} ({res.stopped}); wrote {job.out}/")
+    return _loaded(job)
+
+
+def _start_item_fit(cls, log, out, spec: ItemSpec, o, objective, record, generator_config) -> _ItemFit:
+    """Every check before the run folder is touched: the method, the objective or log, the folder,
+    the tables (ItemProblem); the settings the fit records (its request)."""
+    from choicegrad.runfolder import check_out_path
     from choicegrad.scorer.fit import ScorerFit
-    from choicegrad.scorer.items import fit_item_scorer
     from choicegrad.training.step import check_trainable
 
-    generator_fit = item_fit(generator_fit or GeneratorFit())
+    generator_fit = item_fit(o.generator_fit or GeneratorFit())
     generator_fit = generator_fit.model_copy(update={"method": check_method(generator_fit.method, "autoregressive")})
-    scorer_fit = scorer_fit or ScorerFit()
+    scorer_fit = o.scorer_fit or ScorerFit()
     if objective is not None:
         objective = as_item_objective(objective)
         check_trainable(objective, generator_fit.method)
     elif log is None:
         raise InputError("log", ["an item run needs a log to fit the scorer on, or your own reward (objective=)"])
     check_out_path(out)
-    out = Path(out)
     problem = ItemProblem(spec, log)
     gen_cfg = generator_config or ITEM_GENERATOR
-    if max_minutes is not None:
-        scorer_fit = scorer_fit.model_copy(update={"max_minutes": max_minutes / 2})
-    request = {"command": "fit-items", **problem.identity(), "log": None if log is None else
-               (int(pd.util.hash_pandas_object(log, index=False).sum()) if isinstance(log, pd.DataFrame) else sha256_file(log)),
-               "objective": None if objective is None else (record or {"name": objective.name}),
-               "scorer_fit": scorer_fit.model_dump() if objective is None else None,
-               "generator": gen_cfg.model_dump(), "generator_fit": generator_fit.model_dump()}
-    with run_writer(out, request, overwrite=overwrite, resume=resume, checkpoint_minutes=checkpoint_minutes) as w:
-        for note in w.notes:
-            echo(note)
-        if w.finished:
-            run = cls.load(out)
-            return run.use_objective(objective, record) if objective is not None else run
-        with w.checkpoints.catch_signals() as ckpt:
-            metrics, spent = None, 0.0
-            if objective is None:
-                if w.resuming and (w.dir / "scorer_metrics.json").is_file():
-                    from choicegrad.scorer.items import ItemScorer
-                    result = read_scorer_result(w.dir, ItemScorer.load)
-                    echo(f"scorer: resumed, fitted on {len(problem.log.y)} log rows")
-                else:
-                    lg = problem.log
-                    result = fit_item_scorer(problem.catalogue.vectors, lg.slots, lg.cat, lg.num, lg.y, problem.slots,
-                                             problem.encoder, spec.score, scorer_fit, progress=progress)
-                    result.scorer.save(w.dir)
-                    doc = {"data": "DataFrame" if isinstance(log, pd.DataFrame) else str(log), "rows": len(lg.y),
-                           "fit": scorer_fit.model_dump(), "metrics": result.metrics, "seconds": result.seconds}
-                    atomic_write_text(w.dir / "scorer_metrics.json", json.dumps(doc, indent=2) + "\n")
-                    test = result.metrics.get("test") or result.metrics.get("validation") or {}
-                    echo(f"scorer: fitted on {len(lg.y)} log rows in {result.seconds:.1f} s (held-out spearman "
-                         f"{test.get('spearman', float('nan')):.3f})")
-                metrics, spent = result.metrics, result.seconds
-                goal = ItemScorerObjective(result.scorer)
-            else:
-                goal = objective
-            if spec.distinct:   # what the distillation's search may reach: slates of distinct items only
-                goal = DistinctItems(goal)
-            pool = ListPool(problem.lists, problem.catalogue.vectors, problem.cat, problem.num, len(problem.slots),
-                            eligible=problem.eligible, distinct=spec.distinct, max_items=TRAIN_ITEMS,
-                            device=generator_fit.device, synthetic=ITEM_SYNTHETIC,
-                            blocks=problem.catalogue.encoder.blocks)
-            if not goal.scale_given:
-                goal.scale = estimate_item_scale(goal.prepare(generator_fit.device), pool, seed=generator_fit.seed)
-                goal.scale_given = True
-                echo(f"objective: scale {goal.scale:.4g} (the spread of its rewards over random slates; give "
-                     "ItemObjective(reward, scale=...) to set it)")
-            if max_minutes is not None:
-                generator_fit = generator_fit.model_copy(update={"max_minutes": minutes_left(max_minutes, spent, 1)})
-            torch.manual_seed(generator_fit.seed)
-            gen = build(gen_cfg, num_slots=len(problem.slots), item_dim=problem.catalogue.encoder.dim,
-                        context=problem.encoder, sequential=True, distinct=spec.distinct,
-                        item_scaling=problem.catalogue.encoder.scaling())
-            res = fit_generator(gen, goal, pool, generator_fit, run_dir=w.dir, progress=progress, checkpoint=ckpt)
-        from choicegrad import generators
+    if o.max_minutes is not None:
+        scorer_fit = scorer_fit.model_copy(update={"max_minutes": o.max_minutes / 2})
+    job = _ItemFit(cls, log, Path(out), spec, o, problem, objective, record, scorer_fit, generator_fit, gen_cfg)
+    job.request = {"command": "fit-items", **problem.identity(), "log": _log_identity(log),
+                   "objective": None if objective is None else (record or {"name": objective.name}),
+                   "scorer_fit": scorer_fit.model_dump() if objective is None else None,
+                   "generator": gen_cfg.model_dump(), "generator_fit": generator_fit.model_dump()}
+    return job
 
-        generators.save(res.generator.cpu(), w.dir, {"items": True})
-        item_record = problem.record(None if objective is None else {**(record or {}), "name": objective.name})
-        atomic_write_text(w.dir / ITEMS_FILE, item_record.model_dump_json(indent=2) + "\n")
-        write_table(problem.catalogue.frame, w.dir / "items.csv")
-        write_table(problem.lists.table(problem.catalogue, spec.item_id), w.dir / "lists.csv")
-        config = {"kind": "items", "log": request["log"], "slots": problem.slots, "score": spec.score,
-                  "context": spec.context_names, "items": len(problem.catalogue), "lists": len(problem.lists),
-                  "log_rows": None if problem.log is None else len(problem.log.y), "scorer_metrics": metrics,
-                  "generator": gen_cfg.model_dump(), "generator_fit": generator_fit.model_dump(),
-                  "generator_training": training_summary(res), "seconds": spent + res.seconds, "versions": versions()}
-        atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
-        w.commit()
-    per = res.scorer_calls / max(1, len(problem.lists))
-    echo(f"generator: pointer + {generator_fit.method}, {res.seconds:.1f} s, {res.scorer_calls:,} "
-         f"{'scorer' if objective is None else 'objective'} calls ({per:,.0f} per list), validation "
-         f"{res.best_val:.4g} ({res.stopped}); wrote {out}/")
-    run = cls.load(out)
-    return run.use_objective(objective, record) if objective is not None else run
+
+def _log_identity(log: Optional[Table]):
+    """What the request records of the log: None, a DataFrame's content hash, or a file's sha256."""
+    if log is None:
+        return None
+    return int(pd.util.hash_pandas_object(log, index=False).sum()) if isinstance(log, pd.DataFrame) else sha256_file(log)
+
+
+def _loaded(job: _ItemFit):
+    """The run written, loaded (with the user's objective given back, for a run fitted to one)."""
+    run = job.cls.load(job.out)
+    return run.use_objective(job.objective, job.record) if job.objective is not None else run
+
+
+def _item_scorer_phase(job: _ItemFit, w) -> tuple[Optional[dict], float, Any]:
+    """The item scorer fitted on the log (or read back on resume), saved with its metrics; or, for a
+    run fitted to the user's reward, nothing. -> (scorer metrics, seconds, the objective to train on)."""
+    from choicegrad.scorer.items import ItemScorer, fit_item_scorer
+
+    if job.objective is not None:
+        return None, 0.0, job.objective
+    echo, lg = job.options.echo, job.problem.log
+    if w.resuming and (w.dir / SCORER_METRICS).is_file():
+        result = read_scorer_result(w.dir, ItemScorer.load)
+        echo(f"scorer: resumed, fitted on {len(lg.y)} log rows")
+    else:
+        result = fit_item_scorer(job.problem.catalogue.vectors, lg.slots, lg.cat, lg.num, lg.y, job.problem.slots,
+                                 job.problem.encoder, job.spec.score, job.scorer_fit, progress=job.options.progress)
+        result.scorer.save(w.dir)
+        doc = {"data": "DataFrame" if isinstance(job.log, pd.DataFrame) else str(job.log), "rows": len(lg.y),
+               "fit": job.scorer_fit.model_dump(), "metrics": result.metrics, "seconds": result.seconds}
+        atomic_write_text(w.dir / SCORER_METRICS, json.dumps(doc, indent=2) + "\n")
+        test = result.metrics.get("test") or result.metrics.get("validation") or {}
+        echo(f"scorer: fitted on {len(lg.y)} log rows in {result.seconds:.1f} s (held-out spearman "
+             f"{test.get('spearman', float('nan')):.3f})")
+    return result.metrics, result.seconds, ItemScorerObjective(result.scorer)
+
+
+def _item_generator_phase(job: _ItemFit, w, goal, spent: float, ckpt):
+    """The pointer generator trained on random sublists of the training lists (ListPool) to maximise
+    `goal` (DistinctItems of it for a distinct run: its search never reaches a repeat), with the
+    goal's scale estimated where not given, in what is left of max_minutes."""
+    problem, spec, o = job.problem, job.spec, job.options
+    if spec.distinct:
+        goal = DistinctItems(goal)
+    pool = ListPool(problem.lists, problem.catalogue.vectors, problem.cat, problem.num, len(problem.slots),
+                    eligible=problem.eligible, distinct=spec.distinct, max_items=TRAIN_ITEMS,
+                    device=job.generator_fit.device, synthetic=ITEM_SYNTHETIC, blocks=problem.catalogue.encoder.blocks)
+    if not goal.scale_given:
+        goal.scale = estimate_item_scale(goal.prepare(job.generator_fit.device), pool, seed=job.generator_fit.seed)
+        goal.scale_given = True
+        o.echo(f"objective: scale {goal.scale:.4g} (the spread of its rewards over random slates; give "
+               "ItemObjective(reward, scale=...) to set it)")
+    if o.max_minutes is not None:
+        job.generator_fit = job.generator_fit.model_copy(update={"max_minutes": minutes_left(o.max_minutes, spent, 1)})
+    with seeded_rng(job.generator_fit.seed, job.generator_fit.device):     # the generator's initial weights
+        gen = build(job.gen_cfg, num_slots=len(problem.slots), item_dim=problem.catalogue.encoder.dim,
+                    context=problem.encoder, sequential=True, distinct=spec.distinct,
+                    item_scaling=problem.catalogue.encoder.scaling())
+    return fit_generator(gen, goal, pool, job.generator_fit, run_dir=w.dir, progress=o.progress, checkpoint=ckpt)
+
+
+def _seal_items(job: _ItemFit, w, res, metrics: Optional[dict], spent: float) -> None:
+    """The generator, items.json, items.csv, lists.csv and config.json written; the run committed."""
+    from choicegrad import generators
+
+    problem = job.problem
+    generators.save(res.generator.cpu(), w.dir, {"items": True})
+    item_record = problem.record(None if job.objective is None else {**(job.record or {}), "name": job.objective.name})
+    atomic_write_text(w.dir / ITEMS_FILE, item_record.model_dump_json(indent=2) + "\n")
+    write_table(problem.catalogue.frame, w.dir / "items.csv")
+    write_table(problem.lists.table(problem.catalogue, job.spec.item_id), w.dir / "lists.csv")
+    config = {"kind": "items", "log": job.request["log"], "slots": problem.slots, "score": job.spec.score,
+              "context": job.spec.context_names, "items": len(problem.catalogue), "lists": len(problem.lists),
+              "log_rows": None if problem.log is None else len(problem.log.y), "scorer_metrics": metrics,
+              "generator": job.gen_cfg.model_dump(), "generator_fit": job.generator_fit.model_dump(),
+              "generator_training": training_summary(res), "seconds": spent + res.seconds, "versions": versions()}
+    atomic_write_text(w.dir / "config.json", json.dumps(config, indent=2) + "\n")
+    w.commit()
 
 
 def estimate_item_scale(objective, pool: ListPool, seed: int = 0, rows: int = 64) -> float:
@@ -439,21 +492,58 @@ def generate_items(run, *, items: Optional[Table] = None, lists: Optional[Table]
                    contexts: Optional[Table] = None, k: int = 10, decoder: Optional[str] = None, fix=None,
                    temperature: float = 1.0, samples: Optional[int] = None, budget: Optional[int] = None,
                    beta: Optional[float] = None, seed: int = 0) -> pd.DataFrame:
-    """Run.generate for an item run: the top-k distinct slates per list (see Run.generate)."""
-    state: ItemRun = run.items
-    record = state.record
+    """Run.generate for an item run: the top-k distinct slates per list (see Run.generate; many
+    parameters: its keywords)."""
     decoder = decoder or "polish"
     problems = generate_problems(k, decoder, temperature, samples, budget, seed)
     if problems:
         raise InputError("generate", problems)
+    asked = _read_lists(run, items, lists, contexts, fix)
+    if len(asked.lists) * k > MAX_SLATES:
+        raise InputError("k", [f"{k:,} slates for each of {len(asked.lists):,} lists is more than {MAX_SLATES:,} rows"])
+    objective, column = _slate_objective(run, decoder, beta)
+    options = dict(temperature=temperature, samples=samples, generator=torch.Generator(device=run.device).manual_seed(seed),
+                   budget=budget if budget is not None or samples is not None else max(4 * k, ITEM_BUDGET),
+                   **(ITEM_DECODE if decoder == "polish" else {}))
+    result, calls, short = _decode_lists(run, asked, objective, column, decoder, k, options)
+    if column == "predicted" and run.scorer is not None:
+        result[column] = run.scorer.to_score(result[column].to_numpy())
+    check_finite(result[column].to_numpy(), "generate", "the predicted score")
+    result.attrs.update(decoder=decoder, scorer_calls=int(calls) if column == "predicted" else 0,
+                        contexts=len(asked.lists), short=short)
+    return result
+
+
+@dataclass
+class _AskedLists:
+    """What generate decodes: the lists, the catalogue (the run's items and any new ones), each slot's
+    eligible items (S, M) or None, the lists' encoded context columns, the fixed slots."""
+
+    lists: ItemLists
+    catalogue: Catalogue
+    eligible: Optional[np.ndarray]
+    cat: torch.Tensor
+    num: torch.Tensor
+    fixed: Optional[torch.Tensor]
+
+
+def _read_lists(run, items, lists, contexts, fix) -> _AskedLists:
+    """The tables generate was given, read and checked against the run (InputError naming them)."""
+    record = run.items.record
     catalogue = _catalogue(run, items)
     item_lists, name = _lists(run, catalogue, lists, contexts, items is not None)
     eligible = catalogue.eligibility(record.slots, record.eligible)
     check_lists(item_lists, record.slots, record.distinct, eligible, name)
     cat, num = record.context.encode(item_lists.keys, name)
     fixed = parse_item_fix(fix, record.slots, catalogue, eligible, record.distinct)
-    if len(item_lists) * k > MAX_SLATES:
-        raise InputError("k", [f"{k:,} slates for each of {len(item_lists):,} lists is more than {MAX_SLATES:,} rows"])
+    return _AskedLists(item_lists, catalogue, eligible, cat, num, fixed)
+
+
+def _slate_objective(run, decoder: str, beta: Optional[float]):
+    """(what the decoder scores slates with, the output column): the run's scorer or the user's
+    reward ("predicted"; a distinct run's refuses slates repeating an item), else, for a run fitted
+    to a reward it does not hold, the generator's own log-probability ("log_prob", argmax, sample
+    and topk only)."""
     if run.scorer is not None:
         objective, column = ItemScorerObjective(run.scorer, beta=beta), "predicted"
     elif run.objective is not None:
@@ -464,41 +554,36 @@ def generate_items(run, *, items: Optional[Table] = None, lists: Optional[Table]
                 f"decoder {decoder} scores slates with the reward the run was fitted to, which a run folder never "
                 "holds: give it (Run.use_objective) or decode with the generator alone: " + ", ".join(GENERATOR_DECODERS)])
         objective, column = GeneratorLogProb(run.generator), "log_prob"
-    if record.distinct and column == "predicted":
+    if run.items.record.distinct and column == "predicted":
         objective = DistinctItems(objective)
-    objective = objective.prepare(run.device)
-    rng = torch.Generator(device=run.device).manual_seed(seed)
-    calls = budget if budget is not None or samples is not None else max(4 * k, ITEM_BUDGET)
-    frames, total_calls, short = [], 0, 0
-    for which, ctx, pos in list_contexts(item_lists, catalogue, cat, num, eligible, len(record.slots)):
-        chunk_fixed = None
-        if fixed is not None:
-            chunk_fixed = _fixed_positions(fixed, pos, item_lists, which, record.slots, catalogue)
+    return objective.prepare(run.device), column
+
+
+def _decode_lists(run, asked: _AskedLists, objective, column: str, decoder: str, k: int, options: dict,
+                  ) -> tuple[pd.DataFrame, int, int]:
+    """Decode every list, in chunks of padded lists (list_contexts). -> (the slates, lists in order and
+    best first per list; objective calls spent; lists with fewer than k slates)."""
+    record = run.items.record
+    frames, calls, short = [], 0, 0
+    for which, ctx, pos in list_contexts(asked.lists, asked.catalogue, asked.cat, asked.num, asked.eligible,
+                                         len(record.slots)):
+        fixed = None if asked.fixed is None else \
+            _fixed_positions(asked.fixed, pos, asked.lists, which, record.slots, asked.catalogue)
         ctx = ctx.to(run.device)
         before = objective.calls
-        try:
-            cands = decode(decoder, run.generator, objective, ctx, k, fixed=chunk_fixed, temperature=temperature,
-                           samples=samples, generator=rng, budget=calls, **(ITEM_DECODE if decoder == "polish" else {}))
-        except ValueError as exc:
-            raise InputError("decoder", [str(exc)]) from None
+        cands = decode(decoder, run.generator, objective, ctx, k, fixed=fixed, **options)
         if record.distinct:   # the decoders' top-up changes one slot at a time, which may repeat an item
             with torch.no_grad():
                 cands = complete_distinct_items(cands, objective, ctx, k, run.generator.choice_mask(ctx),
-                                                chunk_fixed, rng)
-        total_calls += objective.calls - before
-        frame = _slates_frame(cands, pos, which, item_lists, catalogue, record, column)
+                                                fixed, options["generator"])
+        calls += objective.calls - before
+        frame = _slates_frame(cands, pos, which, asked.lists, asked.catalogue, record, column)
         frames.append(frame)
         got = frame["__list"].value_counts().reindex(which, fill_value=0).to_numpy()    # slates per list
         short += int((got < k).sum())
     result = pd.concat(frames, ignore_index=True)
     order = np.lexsort((result["rank"].to_numpy(), result.pop("__list").to_numpy()))
-    result = result.iloc[order].reset_index(drop=True)
-    if column == "predicted" and run.scorer is not None:
-        result[column] = run.scorer.to_score(result[column].to_numpy())
-    check_finite(result[column].to_numpy(), "generate", "the predicted score")
-    result.attrs.update(decoder=decoder, scorer_calls=int(total_calls) if column == "predicted" else 0,
-                        contexts=len(item_lists), short=short)
-    return result
+    return result.iloc[order].reset_index(drop=True), calls, short
 
 
 def distinct_item_rows(allowed: torch.Tensor, n: int, generator: Optional[torch.Generator] = None,
@@ -527,24 +612,15 @@ def complete_distinct_items(cands, objective, ctx, k: int, mask: torch.Tensor, f
     """Candidates (B, K, S) -> Candidates (B, k, S): their rows of distinct items (a row holding an
     item twice dropped), topped up to k per list where the list (its eligible items, the fixed
     slots) holds that many, with rows of distinct items drawn uniformly (distinct_item_rows) and
-    scored by `objective`; best first. mask: the generator's (B, S, N) choice mask."""
+    scored by `objective`; best first. mask: the generator's (B, S, N) choice mask; at most `rounds`
+    rounds of draws, each over groups of lists of at most `max_cells` (draws x items) cells. Many
+    parameters: the decoding's own (candidates, objective, lists, mask, fixed slots, random stream)."""
     from choicegrad.decoding.rows import allowed_choices, distinct_in_order, row_keys
     from choicegrad.decoding.scoring import Candidates, score_grid
 
-    rows, scores = cands.rows[:, :k].clone(), cands.scores[:, :k].float().clone()
+    rows, scores, ok = _distinct_candidates(cands, k)
     B, _, S = rows.shape
     V = mask.shape[-1]
-
-    def no_repeat(r: torch.Tensor) -> torch.Tensor:
-        same = (r.unsqueeze(-1) == r.unsqueeze(-2)) & ~torch.eye(S, dtype=torch.bool, device=r.device)
-        return ~same.flatten(-2).any(-1)
-
-    ok = cands.valid[:, :k] & torch.isfinite(scores) & no_repeat(rows)
-    if rows.shape[1] < k:
-        pad = k - rows.shape[1]
-        rows = torch.cat([rows, rows.new_full((B, pad, S), -1)], 1)
-        scores = torch.cat([scores, scores.new_full((B, pad), float("-inf"))], 1)
-        ok = torch.cat([ok, ok.new_zeros((B, pad))], 1)
     allowed = allowed_choices(mask, fixed)
     calls = cands.scorer_calls
     n = max(2 * k, 32)
@@ -574,6 +650,21 @@ def complete_distinct_items(cands, objective, ctx, k: int, mask: torch.Tensor, f
     order = scores.argsort(dim=1, descending=True, stable=True)
     return Candidates(rows.gather(1, order.unsqueeze(-1).expand(-1, -1, S)), scores.gather(1, order),
                       ok.gather(1, order), calls)
+
+
+def _distinct_candidates(cands, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first k candidates as (rows (B, k, S), scores (B, k), ok (B, k)), padded to k, ok only where
+    valid, scored finite and no item repeated."""
+    rows, scores = cands.rows[:, :k].clone(), cands.scores[:, :k].float().clone()
+    B, _, S = rows.shape
+    same = (rows.unsqueeze(-1) == rows.unsqueeze(-2)) & ~torch.eye(S, dtype=torch.bool, device=rows.device)
+    ok = cands.valid[:, :k] & torch.isfinite(scores) & ~same.flatten(-2).any(-1)
+    if rows.shape[1] < k:
+        pad = k - rows.shape[1]
+        rows = torch.cat([rows, rows.new_full((B, pad, S), -1)], 1)
+        scores = torch.cat([scores, scores.new_full((B, pad), float("-inf"))], 1)
+        ok = torch.cat([ok, ok.new_zeros((B, pad))], 1)
+    return rows, scores, ok
 
 
 def _fixed_positions(fixed: torch.Tensor, pos: torch.Tensor, item_lists: ItemLists, which: np.ndarray,

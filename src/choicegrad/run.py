@@ -32,8 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from choicegrad import distributed, generators
-from choicegrad.checkpoints import CHECKPOINT_MINUTES
-from choicegrad.fitting import (GENERATOR_DECODERS, SCORER_METRICS, check_method, generate_problems, minutes_left,
+from choicegrad.fitting import (GENERATOR_DECODERS, SCORER_METRICS, FitOptions, check_method, generate_problems, minutes_left,
                                 read_config, read_scorer_result, training_summary)
 from choicegrad.device import check_device
 from choicegrad.io import (atomic_write_text, check_finite, meta_problem, read_json_object, read_table, sha256_file,
@@ -47,7 +46,7 @@ from choicegrad.data.table import TableData, load_table
 from choicegrad.decoding import candidates_frame, decode, default_budget
 from choicegrad.decoding.fix import Fix, parse_fix
 from choicegrad.decoding.rows import MAX_ENUMERATE
-from choicegrad.errors import InputError, did_you_mean
+from choicegrad.errors import InputError
 from choicegrad.estimators import get_class
 from choicegrad.generators import GeneratorConfig, TableContext, TableObjective, check_generator_fits
 from choicegrad.generators.objective import GeneratorLogProb, as_objective
@@ -465,9 +464,7 @@ class Run:
 
         o = fit_options(options, keywords)
         if isinstance(table, ItemSpec):
-            return fit_items(cls, data, out, table, scorer_fit=o.scorer_fit, generator_fit=o.generator_fit,
-                             max_minutes=o.max_minutes, resume=o.resume, overwrite=o.overwrite,
-                             checkpoint_minutes=o.checkpoint_minutes, echo=o.echo, progress=o.progress)
+            return fit_items(cls, data, out, table, o)
         job = _start_fit(data, out, table, o, with_generator=True)
         with _open_run(job, _fit_request(job), GENERATOR_ROWS) as w:
             if w.finished:
@@ -518,9 +515,7 @@ class Run:
         if items is not None:   # item lists: a reward over the chosen items' vectors (choicegrad.items)
             from choicegrad.items import fit_items
 
-            return fit_items(cls, None, out, items, objective=objective, record=record, generator_fit=o.generator_fit,
-                             max_minutes=o.max_minutes, resume=o.resume, overwrite=o.overwrite,
-                             checkpoint_minutes=o.checkpoint_minutes, echo=o.echo, progress=o.progress)
+            return fit_items(cls, None, out, items, o, objective=objective, record=record)
         job = _start_objective_fit(objective, out, space, contexts, table, record, o)
         with _writer(job.out, job.request, job.options) as w:
             if w.finished:
@@ -735,35 +730,6 @@ def small_space_note(plan: dict, calls: str = "scorer") -> str:
 
 
 Writer = Union[RunWriter, RankView]
-
-
-class FitOptions(BaseModel):
-    """How Run.fit fits and writes a run, beside the data, the folder and the columns; every field is
-    also a keyword of Run.fit (Run.fit(data, out, table, overwrite=True)).
-
-    generator: 'autoregressive' or 'factorized'; scorer_fit/generator_fit: how to fit each (seed,
-    device and beta are set in each; None: their defaults). max_minutes bounds the whole fit (half
-    for the scorer, what is left for the generator) and overrides their own limits. overwrite allows
-    replacing a finished run, resume continues an interrupted one from its checkpoints, saved every
-    checkpoint_minutes (choicegrad.runfolder). echo gets the progress lines, on_scorer(metrics) the
-    scorer's held-out metrics; progress: progress bars (None: on a terminal). stream (implied by a
-    folder) reads a Parquet file or folder as a stream, `workers` DataLoader processes reading it
-    (fit_scorer_run). force_generator trains a generator even where enumerating is cheaper."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
-    generator: str = "autoregressive"
-    scorer_fit: Optional[ScorerFit] = None
-    generator_fit: Optional[GeneratorFit] = None
-    max_minutes: Optional[float] = None
-    resume: bool = False
-    overwrite: bool = False
-    checkpoint_minutes: float = CHECKPOINT_MINUTES
-    echo: Callable[[str], None] = print
-    progress: Optional[bool] = None
-    on_scorer: Optional[Callable[[dict], None]] = None
-    stream: bool = False
-    workers: int = 0
-    force_generator: bool = False
 
 
 #: The FitOptions fields that fit_scorer_run takes (the others are the generator's).
