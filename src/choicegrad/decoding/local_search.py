@@ -100,8 +100,8 @@ def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tenso
     V = allowed.shape[-1]
     climb = _polish_by_slot if by_slot else _polish
     if B <= per:
-        return climb(objective, ctx, start, moves, movable, V, sweeps, chunk, budget)
-    out = in_context_chunks(lambda c, r, s, v, mv, ok, b: climb(objective, c, Candidates(r, s, v, 0), mv, ok, V,
+        return climb(objective, ctx, start, (moves, movable), V, sweeps, chunk, budget)
+    out = in_context_chunks(lambda c, r, s, v, mv, ok, b: climb(objective, c, Candidates(r, s, v, 0), (mv, ok), V,
                                                                 sweeps, chunk, b),
                             ctx, per, start.rows, start.scores, start.valid, moves, movable, budget)
     return dataclasses.replace(out, scorer_calls=start.scorer_calls + out.scorer_calls)
@@ -125,10 +125,11 @@ def _beam(active: Tensor, cur_score: Tensor, left: Tensor, size: Tensor, budget:
     return P, pick, on
 
 
-def _polish(objective: Objective, ctx: Context, start: Candidates, moves: Tensor, movable: Tensor, V: int,
+def _polish(objective: Objective, ctx: Context, start: Candidates, moves: tuple[Tensor, Tensor], V: int,
             sweeps: int, chunk: int, budget: Optional[Tensor] = None) -> Candidates:
-    """polish on contexts whose slots may take moves (B, S, m) where movable (B, S, m); V: the vocabulary.
-    Many parameters: polish's inner loop, on tensors (and run on chunks of contexts by in_context_chunks)."""
+    """polish on contexts whose slots may take moves (B, S, m) where movable (B, S, m) (moves: the
+    pair); V: the vocabulary."""
+    moves, movable = moves
     rows, scores, valid = start.rows, start.scores, start.valid
     B, K, S = rows.shape
     m = moves.shape[-1]
@@ -167,12 +168,12 @@ def _polish(objective: Objective, ctx: Context, start: Candidates, moves: Tensor
     return Candidates(best_rows, best_scores, best_valid, calls)
 
 
-def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves: Tensor, movable: Tensor, V: int,
+def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves: tuple[Tensor, Tensor], V: int,
                     sweeps: int, chunk: int, budget: Optional[Tensor] = None) -> Candidates:
     """polish one slot at a time (cyclic coordinate ascent): each step sets slot s = step mod S of the
     beam's candidates to its best category (m rows each, not S m), so a budget buys S times more moves.
-    A candidate is at a single-slot peak once S steps in a row (S - 1 after a move) changed nothing.
-    Many parameters: as _polish, whose loop this is one slot at a time."""
+    A candidate is at a single-slot peak once S steps in a row (S - 1 after a move) changed nothing."""
+    moves, movable = moves
     rows, scores, valid = start.rows, start.scores, start.valid
     B, K, S = rows.shape
     m = moves.shape[-1]
