@@ -136,7 +136,8 @@ class Run:
     """A fitted run folder: scorer (None for a run fitted to the user's own objective), generator,
     optional aligner, config (config.json as a dict), the training contexts (contexts.csv as a
     DataFrame; None without context columns), the choice space and context columns, and for an
-    objective run its record (objective.json) and, once given (use_objective), the objective."""
+    objective run its record (objective.json) and, once given (use_objective), the objective.
+    Many parameters (__init__): one per run-folder part; the loaders of each kind of run give a different few."""
 
     def __init__(self, out: Path, scorer: Optional[Scorer], generator, aligner: Optional[Aligner] = None,
                  config: Optional[dict] = None, contexts: Optional[pd.DataFrame] = None,
@@ -318,8 +319,8 @@ class Run:
                  items: pd.DataFrame | str | Path | None = None, lists: pd.DataFrame | str | Path | None = None,
                  ) -> pd.DataFrame:
         """The top-k distinct rows per context: one row per (context, rank) with the context columns,
-        the features, `score` and `rank` (what `choicegrad generate` writes). Nine arguments: one per
-        flag of `choicegrad generate`.
+        the features, `score` and `rank` (what `choicegrad generate` writes).
+        Many parameters: one per flag of `choicegrad generate`.
 
         decoder: None is polish, or exhaustive (the exact top-k) for a run whose space was enumerated
         instead of training a generator (small_space). contexts: DataFrame or CSV/Parquet path of
@@ -351,26 +352,10 @@ class Run:
         if items is not None or lists is not None:
             raise InputError("items", ["items and lists are for a run fitted on item lists (an ItemSpec); this run "
                                        "was fitted on a table"])
-        if self.scorer_only:
-            raise InputError(str(self.out), ["loaded with scorer_only=True, for scoring: load the whole run to generate"])
-        if decoder is None:
-            decoder = "polish" if self.generator is not None else "exhaustive"
-        problems = generate_problems(k, decoder, temperature, samples, budget, seed)   # before anything is read
-        if self.generator is None and decoder != "exhaustive" and not problems:
-            rows = self.space.num_rows()
-            problems.append(f"decoder: {decoder} needs a generator; this run has none (each context's space holds "
-                            f"{rows:,} rows, enumerated instead): exhaustive, the default, returns the exact top-k; "
-                            "fit with force_generator=True for a generator")
-        if problems:
-            raise InputError("generate", problems)
+        decoder = self._generate_decoder(decoder, k, temperature, samples, budget, seed)   # before anything is read
         fixed = parse_fix(fix, self.space)
         frame, ctx = self._contexts(contexts)
-        pinned = [-1] * self.space.num_slots if fixed is None else fixed.tolist()
-        space_rows = math.prod(size for size, f in zip(self.space.sizes, pinned) if f < 0)
-        rows_k = int(min(k, space_rows))   # no more candidates than the space (with `fix`) holds
-        if len(ctx) * rows_k > MAX_GENERATE_ROWS:
-            raise InputError("k", [f"{rows_k:,} rows for each of {len(ctx):,} contexts is {len(ctx) * rows_k:,} rows; "
-                                   f"at most {MAX_GENERATE_ROWS:,} per call: ask for fewer rows or fewer contexts"])
+        rows_k = self._rows_per_context(k, fixed, len(ctx))
         objective, column = self._objective(decoder, beta, frame)
         rng = torch.Generator(device=self.device).manual_seed(seed)
         mask = None if self.generator is not None else self.space.mask().to(self.device)
@@ -385,6 +370,34 @@ class Run:
         result.attrs.update(decoder=decoder, scorer_calls=int(cands.scorer_calls) if column == "score" else 0, contexts=len(ctx),
                             short=int((cands.valid.cpu().numpy().sum(1) < k).sum()))
         return result
+
+    def _generate_decoder(self, decoder: Optional[str], k: int, temperature: float, samples: Optional[int],
+                          budget: Optional[int], seed: int) -> str:
+        """The decoder generate uses (None: polish, exhaustive for a run without a generator);
+        InputError('generate') for bad settings or a decoder this run cannot use."""
+        if self.scorer_only:
+            raise InputError(str(self.out), ["loaded with scorer_only=True, for scoring: load the whole run to generate"])
+        if decoder is None:
+            decoder = "polish" if self.generator is not None else "exhaustive"
+        problems = generate_problems(k, decoder, temperature, samples, budget, seed)
+        if self.generator is None and decoder != "exhaustive" and not problems:
+            rows = self.space.num_rows()
+            problems.append(f"decoder: {decoder} needs a generator; this run has none (each context's space holds "
+                            f"{rows:,} rows, enumerated instead): exhaustive, the default, returns the exact top-k; "
+                            "fit with force_generator=True for a generator")
+        if problems:
+            raise InputError("generate", problems)
+        return decoder
+
+    def _rows_per_context(self, k: int, fixed: Optional[torch.Tensor], contexts: int) -> int:
+        """min(k, the rows of the space with `fixed` slots pinned); InputError('k') beyond MAX_GENERATE_ROWS in all."""
+        pinned = [-1] * self.space.num_slots if fixed is None else fixed.tolist()
+        space_rows = math.prod(size for size, f in zip(self.space.sizes, pinned) if f < 0)
+        rows_k = int(min(k, space_rows))   # no more candidates than the space (with `fix`) holds
+        if contexts * rows_k > MAX_GENERATE_ROWS:
+            raise InputError("k", [f"{rows_k:,} rows for each of {contexts:,} contexts is {contexts * rows_k:,} rows; "
+                                   f"at most {MAX_GENERATE_ROWS:,} per call: ask for fewer rows or fewer contexts"])
+        return rows_k
 
     def _objective(self, decoder: str, beta: Optional[float], frame: Optional[pd.DataFrame]):
         """(what the decoder scores rows with, the output column): the run's scorer ("score"), the

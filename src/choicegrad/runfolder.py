@@ -295,6 +295,8 @@ class RunWriter:
     added_settings: settings introduced after runs were first written, with the value an older run
     had (_differences). Messages name the arguments overwrite and resume; the CLI maps them to flags.
     An OSError inside (disk full, ...) leaves as InputError naming the path, saying what is intact.
+    Many parameters (__init__): the folder and its settings, then keyword options that each kind of
+    folder (a fitted run, a design state, a benchmark) sets differently.
     """
 
     def __init__(self, out: str | Path, request: dict[str, Any], *, overwrite: bool = False, resume: bool = False,

@@ -321,14 +321,44 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
     sample_rows > 0: `sample` holds about that many training rows (each with the same probability; all
     of them in a smaller table), by the same hash; its frame has the context columns only.
     InputError naming the file and its rows (1-based) for the first batch with a bad score or
-    context value, and for what load_table reports (absent columns, all-missing features...)."""
-    import pyarrow as pa
-
-    from choicegrad.progress import progress_bar
-
+    context value, and for what load_table reports (absent columns, all-missing features...).
+    Many parameters: load_table's column arguments, then the split and sample settings of a streamed fit."""
     started = time.perf_counter()
     source = str(path)
     files = parquet_files(path)
+    units, schema, n_rows = _row_groups(files)
+    feats, ctx_specs = check_columns(schema.names, n_rows, source, features, score, context)
+    _check_types(files, schema, [*feats, score, *(c for c, _ in ctx_specs)])
+    kinds = _context_kinds(schema, source, ctx_specs)
+    if not _numeric(schema.field(score).type):
+        raise InputError(source, [f'score column "{score}": expected numbers, the files hold {schema.field(score).type}'])
+    if n_rows < MIN_ROWS:
+        raise InputError(source, [f"{n_rows} rows to fit a scorer on; at least {MIN_ROWS} are needed"])
+    val_cut = min(val_fraction, HELD_OUT_ROWS / n_rows)
+    test_cut = min(test_fraction, HELD_OUT_ROWS / n_rows)
+    # the sample: training rows whose hash is in the top of [0, 1), apart from the held-out rows at its bottom
+    kept = 1.0 - val_cut - test_cut
+    sample_from = 1.0 - kept * min(1.0, sample_rows / (n_rows * kept)) if sample_rows > 0 else 2.0
+    scan = _Scan(feats, score, kinds, seed, val_cut, test_cut, sample_from)
+    columns = feats + [score] + [c for c, _ in ctx_specs]
+    counted = scan.read(units, columns, n_rows, progress)
+    table = _scanned_table(scan, source, space, ctx_specs, counted, n_rows)
+    table.validation, table.test = (_held_out(table, scan.held[s], columns) for s in (VALIDATION, TEST))
+    table.category_counts = _category_counts(table.space, table.codes, scan.tally)
+    if sample_rows > 0:
+        table.sample = _held_out(table, scan.held[TRAIN], [c for c, _ in ctx_specs])
+    if not len(table.validation) or table.train_rows < 2:
+        raise InputError(source, [f"{n_rows} rows leave {len(table.validation)} for validation and {table.train_rows} "
+                                  "for training; fit a table this small read whole (leave out stream=True)"])
+    table.scan_seconds = time.perf_counter() - started
+    return table
+
+
+def _row_groups(files: list[str]) -> tuple[list[Unit], object, int]:
+    """(the row groups of `files` as Units in dataset order, the first file's schema, rows in all);
+    InputError for a file that is not Parquet or whose columns differ from the first's."""
+    import pyarrow as pa
+
     units, schema, position = [], None, 0
     for f in files:
         try:
@@ -345,74 +375,100 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
         if sorted(physical.names) != sorted(schema.names):     # columns are read by name: their order may differ
             raise InputError(f, [f"columns {', '.join(physical.names[:8])} differ from {files[0]}'s "
                                  f"({', '.join(schema.names[:8])}): a streamed folder needs one set of columns"])
-    feats, ctx_specs = check_columns(schema.names, position, source, features, score, context)
-    for f in files:                    # one type per column in every file
+    return units, schema, position
+
+
+def _check_types(files: list[str], schema, names: list[str]) -> None:
+    """InputError unless each column of `names` has one type in every file, and not a nested one."""
+    import pyarrow as pa
+
+    for f in files:
         physical = _fragment(f).physical_schema
-        for name in [*feats, score, *(c for c, _ in ctx_specs)]:
+        for name in names:
             if physical.field(name).type != schema.field(name).type:
                 raise InputError(f, [f'column "{name}" has type {physical.field(name).type}, but '
                                      f"{schema.field(name).type} in {files[0]}"])
             if pa.types.is_nested(physical.field(name).type):
                 raise InputError(f, [f'column "{name}" holds lists or records ({physical.field(name).type}), not one '
                                      "label or number per cell; flatten it into one column per element"])
-    kinds = _context_kinds(schema, source, ctx_specs)
-    if not _numeric(schema.field(score).type):
-        raise InputError(source, [f'score column "{score}": expected numbers, the files hold {schema.field(score).type}'])
-    n_rows = position
-    if n_rows < MIN_ROWS:
-        raise InputError(source, [f"{n_rows} rows to fit a scorer on; at least {MIN_ROWS} are needed"])
-    val_cut = min(val_fraction, HELD_OUT_ROWS / n_rows)
-    test_cut = min(test_fraction, HELD_OUT_ROWS / n_rows)
-    # the sample: training rows whose hash is in the top of [0, 1), apart from the held-out rows at its bottom
-    kept = 1.0 - val_cut - test_cut
-    sample_from = 1.0 - kept * min(1.0, sample_rows / (n_rows * kept)) if sample_rows > 0 else 2.0
-    categorical = feats + [c for c, k in kinds.items() if k == "categorical"]
-    numeric = [c for c, k in kinds.items() if k == "numeric"]
-    seen: dict[str, dict] = {c: {} for c in categorical}        # raw value -> file it was first seen in
-    tally: dict[str, dict] = {f: {} for f in feats}             # raw value -> training rows holding it
-    running = {c: _Running() for c in numeric}
-    y_train = _Running()
-    held: dict[int, list] = {VALIDATION: [], TEST: [], TRAIN: []}    # TRAIN: the sample
-    counted = []
-    columns = feats + [score] + [c for c, _ in ctx_specs]
-    bar = progress_bar(n_rows, "scan", "row", progress)
-    for unit in units:
-        counts = np.zeros(3, dtype=np.int64)
-        try:
-            for first, record in _read_unit(unit, columns):
-                u = uniform_of(np.arange(first, first + record.num_rows), seed)
-                split = _split(u, val_cut, test_cut)
-                floats = _check_batch(record, unit, first, score, kinds)
-                for c in categorical:
-                    enc = record.column(c).dictionary_encode()
-                    values = enc.dictionary.to_pandas()
-                    for v in values[values.notna()].tolist():
-                        seen[c].setdefault(v, unit.file)
-                    if c in tally:    # each category's training rows, for the scorer's missing slots
-                        at = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-                        n = np.bincount(at[(split == TRAIN) & (at >= 0)], minlength=len(values))
-                        listed, rows_of = values.tolist(), tally[c]
-                        for i in np.flatnonzero((n > 0) & values.notna().to_numpy()):
-                            rows_of[listed[i]] = rows_of.get(listed[i], 0) + int(n[i])
-                for c in numeric:
-                    running[c].add(floats[c])
-                y_train.add(floats[score][split == TRAIN])
-                counts += np.bincount(split, minlength=3)
-                sampled = (split == TRAIN) & (u >= sample_from)
-                for s, rows in ((VALIDATION, split == VALIDATION), (TEST, split == TEST), (TRAIN, sampled)):
-                    if rows.any():
-                        held[s].append(record.filter(pa.array(rows)))
-                bar.update(record.num_rows)
-        except (OSError, pa.ArrowInvalid) as exc:
-            bar.close()
-            raise InputError(unit.file, [f"cannot read row group {unit.row_group}: {exc}"]) from None
-        counted.append(Unit(unit.file, unit.row_group, unit.rows, unit.first, unit.in_file, tuple(int(c) for c in counts)))
-    bar.close()
+
+
+class _Scan:
+    """What the scan keeps while it reads: each categorical column's distinct raw values (-> the file
+    first holding it), each feature value's training rows, running statistics of the numeric context
+    columns and the training scores, and the held-out and sampled record batches."""
+
+    def __init__(self, feats: list[str], score: str, kinds: dict[str, str], seed: int, val_cut: float,
+                 test_cut: float, sample_from: float):
+        self.feats, self.score, self.kinds, self.seed = feats, score, kinds, seed
+        self.val_cut, self.test_cut, self.sample_from = val_cut, test_cut, sample_from
+        self.categorical = feats + [c for c, k in kinds.items() if k == "categorical"]
+        self.numeric = [c for c, k in kinds.items() if k == "numeric"]
+        self.seen: dict[str, dict] = {c: {} for c in self.categorical}    # raw value -> file it was first seen in
+        self.tally: dict[str, dict] = {f: {} for f in feats}              # raw value -> training rows holding it
+        self.running = {c: _Running() for c in self.numeric}
+        self.y_train = _Running()
+        self.held: dict[int, list] = {VALIDATION: [], TEST: [], TRAIN: []}    # TRAIN: the sample
+
+    def read(self, units: list[Unit], columns: list[str], n_rows: int, progress: bool | None) -> list[Unit]:
+        """Read every unit's `columns` batch by batch -> the units with their rows per split."""
+        import pyarrow as pa
+
+        from choicegrad.progress import progress_bar
+
+        counted = []
+        bar = progress_bar(n_rows, "scan", "row", progress)
+        for unit in units:
+            counts = np.zeros(3, dtype=np.int64)
+            try:
+                for first, record in _read_unit(unit, columns):
+                    counts += self.add(record, unit, first)
+                    bar.update(record.num_rows)
+            except (OSError, pa.ArrowInvalid) as exc:
+                bar.close()
+                raise InputError(unit.file, [f"cannot read row group {unit.row_group}: {exc}"]) from None
+            counted.append(Unit(unit.file, unit.row_group, unit.rows, unit.first, unit.in_file,
+                                tuple(int(c) for c in counts)))
+        bar.close()
+        return counted
+
+    def add(self, record, unit: Unit, first: int) -> np.ndarray:
+        """Take in one record batch at dataset position `first` -> its rows per split (3,)."""
+        import pyarrow as pa
+
+        u = uniform_of(np.arange(first, first + record.num_rows), self.seed)
+        split = _split(u, self.val_cut, self.test_cut)
+        floats = _check_batch(record, unit, first, self.score, self.kinds)
+        for c in self.categorical:
+            enc = record.column(c).dictionary_encode()
+            values = enc.dictionary.to_pandas()
+            for v in values[values.notna()].tolist():
+                self.seen[c].setdefault(v, unit.file)
+            if c in self.tally:    # each category's training rows, for the scorer's missing slots
+                at = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+                n = np.bincount(at[(split == TRAIN) & (at >= 0)], minlength=len(values))
+                listed, rows_of = values.tolist(), self.tally[c]
+                for i in np.flatnonzero((n > 0) & values.notna().to_numpy()):
+                    rows_of[listed[i]] = rows_of.get(listed[i], 0) + int(n[i])
+        for c in self.numeric:
+            self.running[c].add(floats[c])
+        self.y_train.add(floats[self.score][split == TRAIN])
+        sampled = (split == TRAIN) & (u >= self.sample_from)
+        for s, rows in ((VALIDATION, split == VALIDATION), (TEST, split == TEST), (TRAIN, sampled)):
+            if rows.any():
+                self.held[s].append(record.filter(pa.array(rows)))
+        return np.bincount(split, minlength=3)
+
+
+def _scanned_table(scan: _Scan, source: str, space, ctx_specs, counted: list[Unit], n_rows: int) -> ParquetTable:
+    """The ParquetTable of a finished scan (space, context encoder, score statistics, notes), its
+    held-out rows not yet set; InputError for what _space reports or a score overflowing float64."""
+    feats, seen, running, y_train, score = scan.feats, scan.seen, scan.running, scan.y_train, scan.score
     space_, codes, notes = _space(source, feats, seen, space)
     encoder = ContextEncoder(columns=[
-        ContextColumn(name=c, kind="categorical", categories=_categories(seen[c])[0]) if kinds[c] == "categorical" else
-        ContextColumn(name=c, kind="numeric", mean=running[c].mean, std=running[c].std(0) or 1.0, min=running[c].lo,
-                      max=running[c].hi) for c, _ in ctx_specs])
+        ContextColumn(name=c, kind="categorical", categories=_categories(seen[c])[0]) if scan.kinds[c] == "categorical"
+        else ContextColumn(name=c, kind="numeric", mean=running[c].mean, std=running[c].std(0) or 1.0,
+                           min=running[c].lo, max=running[c].hi) for c, _ in ctx_specs])
     for c in encoder.categorical:
         codes[c.name] = _codes(seen[c.name], c.categories)
     y_std = y_train.std(1) or 1.0
@@ -422,17 +478,8 @@ def scan_parquet(path: str | Path, features: str | Sequence[str], score: str,
     if y_train.n and y_train.lo == y_train.hi:
         notes.append(f'{source}: score column "{score}" is constant ({y_train.lo:g} on every training row); a scorer '
                      "fitted on it predicts that value everywhere")
-    table = ParquetTable(source, space_, encoder, score, counted, codes, seed, val_cut, test_cut, y_train.mean, y_std,
-                         None, None, notes)
-    table.validation, table.test = (_held_out(table, held[s], columns) for s in (VALIDATION, TEST))
-    table.category_counts = _category_counts(space_, codes, tally)
-    if sample_rows > 0:
-        table.sample = _held_out(table, held[TRAIN], [c for c, _ in ctx_specs])
-    if not len(table.validation) or table.train_rows < 2:
-        raise InputError(source, [f"{n_rows} rows leave {len(table.validation)} for validation and {table.train_rows} "
-                                  "for training; fit a table this small read whole (leave out stream=True)"])
-    table.scan_seconds = time.perf_counter() - started
-    return table
+    return ParquetTable(source, space_, encoder, score, counted, codes, scan.seed, scan.val_cut, scan.test_cut,
+                        y_train.mean, y_std, None, None, notes)
 
 
 def _numeric(kind) -> bool:

@@ -214,7 +214,8 @@ def _reranked(name: str, gen, objective, ctx, k, allowed, fixed, o: DecodeOption
     """Draw distinct rows, score them, keep the K best: rerank's result and the start of polish and
     anneal. -> (candidates, rows drawn per context m, calls left per context (B,) or None without a
     budget). moves: polish's (search_moves), which set how many calls one sweep of a row needs.
-    top_up: fewer than K distinct draws are topped up with random rows (else left invalid)."""
+    top_up: fewer than K distinct draws are topped up with random rows (else left invalid).
+    Many parameters: a decoder's eight (as register_decoder calls it) and the variant's name, moves and top_up."""
     budget, samples = o.budget, o.samples
     if budget is not None and int(budget) < 1:
         raise InputError("budget", [f"expected an integer >= 1 scorer call per context, got {budget}"])

@@ -88,6 +88,8 @@ def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tenso
     calls for the sweeps after it, so the beam narrows as the budget runs down and the best
     candidates climb to their peaks (sweeps is then no limit). moves: (moves (B, S, m), movable) from
     search_moves, the categories a change may set (default: every allowed one, m = V).
+    by_slot: one slot per step (_polish_by_slot). Many parameters: the start and its space, then
+    keyword-defaulted limits of the search (sweeps, chunk, max_elements, budget) and its moves.
     """
     B, K, S = start.rows.shape
     moves, movable = moves if moves is not None else search_moves(allowed)
@@ -98,16 +100,36 @@ def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tenso
     V = allowed.shape[-1]
     climb = _polish_by_slot if by_slot else _polish
     if B <= per:
-        return climb(objective, ctx, start, moves, movable, V, sweeps, chunk, budget)
-    out = in_context_chunks(lambda c, r, s, v, mv, ok, b: climb(objective, c, Candidates(r, s, v, 0), mv, ok, V,
+        return climb(objective, ctx, start, (moves, movable), V, sweeps, chunk, budget)
+    out = in_context_chunks(lambda c, r, s, v, mv, ok, b: climb(objective, c, Candidates(r, s, v, 0), (mv, ok), V,
                                                                 sweeps, chunk, b),
                             ctx, per, start.rows, start.scores, start.valid, moves, movable, budget)
     return dataclasses.replace(out, scorer_calls=start.scorer_calls + out.scorer_calls)
 
 
-def _polish(objective: Objective, ctx: Context, start: Candidates, moves: Tensor, movable: Tensor, V: int,
+def _beam(active: Tensor, cur_score: Tensor, left: Tensor, size: Tensor, budget: Optional[Tensor],
+          ) -> tuple[int, Optional[Tensor], Optional[Tensor]]:
+    """The candidates (B, K) a polish step climbs -> (P, pick (B, P) their indices, on (B, P) whether
+    each context climbs it); P == 0 (pick, on None): no room left. The beam is the best still-improving
+    candidates; under a budget only as many as leave `left` (B,) room for as many again next step at
+    `size` (B,) calls each, so the best candidates climb furthest (down to one, to its peak)."""
+    beam = active.sum(1).float()
+    if budget is not None:
+        beam = torch.minimum(beam, torch.floor(left / (2 * size.clamp(min=1))).clamp(min=1))
+        beam = torch.where(left >= size, beam, torch.zeros_like(beam))
+    P = int(beam.max())
+    if P == 0:
+        return 0, None, None
+    pick = torch.where(active, cur_score, torch.full_like(cur_score, _NEG)).topk(P, dim=1).indices   # (B, P)
+    on = (torch.arange(P, device=active.device)[None, :] < beam[:, None]) & active.gather(1, pick)
+    return P, pick, on
+
+
+def _polish(objective: Objective, ctx: Context, start: Candidates, moves: tuple[Tensor, Tensor], V: int,
             sweeps: int, chunk: int, budget: Optional[Tensor] = None) -> Candidates:
-    """polish on contexts whose slots may take moves (B, S, m) where movable (B, S, m); V: the vocabulary."""
+    """polish on contexts whose slots may take moves (B, S, m) where movable (B, S, m) (moves: the
+    pair); V: the vocabulary."""
+    moves, movable = moves
     rows, scores, valid = start.rows, start.scores, start.valid
     B, K, S = rows.shape
     m = moves.shape[-1]
@@ -121,17 +143,9 @@ def _polish(objective: Objective, ctx: Context, start: Candidates, moves: Tensor
     sweep = 0
     while bool(active.any()) and (budget is not None or sweep < sweeps):
         sweep += 1
-        # the beam: the best still-improving candidates; under a budget only as many as leave room for
-        # as many again next sweep, so the best candidates climb furthest (down to one, to its peak)
-        beam = active.sum(1).float()
-        if budget is not None:
-            beam = torch.minimum(beam, torch.floor(left / (2 * size.clamp(min=1))).clamp(min=1))
-            beam = torch.where(left >= size, beam, torch.zeros_like(beam))
-        P = int(beam.max())
+        P, pick, on = _beam(active, cur_score, left, size, budget)
         if P == 0:
             break
-        pick = torch.where(active, cur_score, torch.full_like(cur_score, _NEG)).topk(P, dim=1).indices   # (B, P)
-        on = (torch.arange(P, device=dev)[None, :] < beam[:, None]) & active.gather(1, pick)
         base = current.gather(1, pick.unsqueeze(-1).expand(B, P, S))                    # (B, P, S)
         nb = base.unsqueeze(2).unsqueeze(3).expand(B, P, S, m, S).clone()                # (B, P, S, m, S)
         nb[:, :, eye, :, eye] = moves.unsqueeze(1).expand(B, P, S, m).permute(2, 0, 1, 3)  # slot s := its move
@@ -154,11 +168,12 @@ def _polish(objective: Objective, ctx: Context, start: Candidates, moves: Tensor
     return Candidates(best_rows, best_scores, best_valid, calls)
 
 
-def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves: Tensor, movable: Tensor, V: int,
+def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves: tuple[Tensor, Tensor], V: int,
                     sweeps: int, chunk: int, budget: Optional[Tensor] = None) -> Candidates:
     """polish one slot at a time (cyclic coordinate ascent): each step sets slot s = step mod S of the
     beam's candidates to its best category (m rows each, not S m), so a budget buys S times more moves.
     A candidate is at a single-slot peak once S steps in a row (S - 1 after a move) changed nothing."""
+    moves, movable = moves
     rows, scores, valid = start.rows, start.scores, start.valid
     B, K, S = rows.shape
     m = moves.shape[-1]
@@ -174,15 +189,9 @@ def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves
             break
         s = step % S
         size = movable[:, s].sum(-1).float() - (1 if own else 0)          # (B,) rows one step costs
-        beam = active.sum(1).float()
-        if budget is not None:
-            beam = torch.minimum(beam, torch.floor(left / (2 * size.clamp(min=1))).clamp(min=1))
-            beam = torch.where(left >= size, beam, torch.zeros_like(beam))
-        P = int(beam.max())
+        P, pick, on = _beam(active, cur_score, left, size, budget)
         if P == 0:
             break
-        pick = torch.where(active, cur_score, torch.full_like(cur_score, _NEG)).topk(P, dim=1).indices   # (B, P)
-        on = (torch.arange(P, device=dev)[None, :] < beam[:, None]) & active.gather(1, pick)
         base = current.gather(1, pick.unsqueeze(-1).expand(B, P, S))                    # (B, P, S)
         nb = base.unsqueeze(2).expand(B, P, m, S).clone()                                # (B, P, m, S)
         nb[..., s] = moves[:, s].unsqueeze(1).expand(B, P, m)
@@ -244,7 +253,8 @@ def anneal_from(objective: Objective, ctx: Context, allowed: Tensor, start: Cand
     candidates: `chains` (default min(16, max(1, budget // 128))) chains start at the best valid rows
     of `start` (rows (B, K, S), scores (B, K) best first) and spend `budget` (an int, or (B,) per
     context) more calls per context. -> the K best distinct rows among start and every row scored;
-    scorer_calls adds to start's."""
+    scorer_calls adds to start's.
+    Many parameters: the start and its budget, then anneal_chains' settings (chains, t0, t1, chunk)."""
     B, K, S = start.rows.shape
     V = allowed.shape[-1]
     arch = Archive(B, K, S, V, allowed.device)

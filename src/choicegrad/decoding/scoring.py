@@ -90,7 +90,9 @@ def finish(objective: Objective, ctx: Context, rows: Tensor, valid: Tensor, k: i
            ) -> Candidates:
     """Distinct, topped-up, scored and sorted candidates from rows (B, M, S) / valid (B, M).
 
-    `scores` (B, M) are reused where given (NaN = unknown); other valid rows are scored now."""
+    `scores` (B, M) are reused where given (NaN = unknown); other valid rows are scored now.
+    Many parameters: what scores (objective, ctx), the rows, and what is known of them already
+    (scores, calls) or draws the top-up rows (generator); every decoder ends here."""
     B, M, S = rows.shape
     V = allowed.shape[-1]
     top_rows, top_valid = distinct_in_order(rows, valid, k, V)

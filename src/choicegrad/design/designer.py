@@ -190,19 +190,46 @@ class Designer:
             raise InputError("n", [f"expected a batch size >= 1, got {n!r}"])
         cfg = self.config
         data = self.table()
-        S = data.space.num_slots
-        if cfg.min_distance > S:
-            raise InputError("min_distance", [f"{cfg.min_distance} slots apart is more than the {S} slots a row has"])
+        ok = self._scored(data)
         seed = cfg.seed + self.rounds
-        ok = np.isfinite(data.y.numpy())
-        if ok.sum() < MIN_ROWS:
-            raise InputError(data.source, [f"{int(ok.sum())} of {len(data)} measured rows have a score (the others "
-                                           f"failed); at least {MIN_ROWS} are needed to fit a scorer"])
         frame, ctx = self._contexts(data, contexts)
         if len(ctx) * n * cfg.pool > MAX_POOL_ROWS:
             raise InputError("n", [f"{n:,} rows for each of {len(ctx):,} contexts searches {len(ctx) * n * cfg.pool:,} "
                                    f"candidates; at most {MAX_POOL_ROWS:,}: ask for fewer rows or fewer contexts"])
-        start, timing = time.perf_counter(), {}
+        start = time.perf_counter()
+        acq, timing = self._fit_models(data, ok, seed, start, progress, echo)
+        t0 = time.perf_counter()
+        calls_before = acq.calls
+        rows, ok_batch = self._search(data, acq, ctx, int(n), seed)
+        timing["search"] = time.perf_counter() - t0
+        out = self._frame(rows, ok_batch, ctx, frame)
+        self.rounds += 1
+        self.last = {"round": self.rounds, "rows": len(data), "failed": int((~ok).sum()), "seconds": timing,
+                     "search_calls_per_context": (acq.calls - calls_before) / max(1, len(ctx)),
+                     "short": out.attrs["short"]}
+        echo(f"round {self.rounds}: {len(out)} rows for {len(ctx)} context(s) in "
+             f"{time.perf_counter() - start:.1f} s")
+        return out
+
+    def _scored(self, data: TableData) -> np.ndarray:
+        """(N,) bool: the measured rows with a score (the others failed); InputError for fewer than
+        MIN_ROWS, or a min_distance beyond the slots."""
+        S = data.space.num_slots
+        if self.config.min_distance > S:
+            raise InputError("min_distance", [f"{self.config.min_distance} slots apart is more than the {S} slots a "
+                                              "row has"])
+        ok = np.isfinite(data.y.numpy())
+        if ok.sum() < MIN_ROWS:
+            raise InputError(data.source, [f"{int(ok.sum())} of {len(data)} measured rows have a score (the others "
+                                           f"failed); at least {MIN_ROWS} are needed to fit a scorer"])
+        return ok
+
+    def _fit_models(self, data: TableData, ok: np.ndarray, seed: int, start: float, progress, echo,
+                    ) -> tuple[Acquisition, dict[str, float]]:
+        """Fit the round's scorer (on the scored rows, repeats merged), feasibility classifier (when
+        some row failed) and generator (on the acquisition, in what is left of the time budget
+        counted from `start`) -> (the acquisition, seconds per fit)."""
+        cfg, timing = self.config, {}
         budget_s = 60 * cfg.max_minutes
         feasible, differing = _merge_repeats(data.subset(np.flatnonzero(ok)))
         if differing:
@@ -231,19 +258,7 @@ class Designer:
         t0 = time.perf_counter()
         self._fit_generator(feasible, acq, seed, GENERATOR_SHARE * left, progress)
         timing["generator"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        calls_before = acq.calls
-        rows, ok_batch = self._search(data, acq, ctx, int(n), seed)
-        timing["search"] = time.perf_counter() - t0
-        out = self._frame(rows, ok_batch, ctx, frame)
-        self.rounds += 1
-        self.last = {"round": self.rounds, "rows": len(data), "failed": int((~ok).sum()), "seconds": timing,
-                     "search_calls_per_context": (acq.calls - calls_before) / max(1, len(ctx)),
-                     "short": out.attrs["short"]}
-        echo(f"round {self.rounds}: {len(out)} rows for {len(ctx)} context(s) in "
-             f"{time.perf_counter() - start:.1f} s")
-        return out
+        return acq, timing
 
     def _fit_feasibility(self, data: TableData, ok: np.ndarray, seed: int, progress) -> Scorer:
         """A classifier of rows that do not fail (logistic loss on 0/1), on every measured row."""
@@ -288,42 +303,17 @@ class Designer:
 
     def _search(self, data: TableData, acq: Acquisition, ctx: TableContext, n: int, seed: int):
         """(rows (B, n, S), ok (B, n)): the batch per context, picked from the searched pools."""
-        cfg, space = self.config, self.scorer.space
+        cfg = self.config
         dev = torch.device(cfg.device)
         rng = torch.Generator(device=dev).manual_seed(seed)
         complete = (data.rows >= 0).all(1)
         measured = Measured(data.rows[complete].to(dev),
-                            TableContext(data.ctx_cat[complete], data.ctx_num[complete]).to(dev), space.max_size)
-        B, S, total = len(ctx), space.num_slots, space.num_rows()
-        size = min(cfg.pool * n, total)
-        local = None
-        if total <= max(size, 4096) and total <= MAX_ENUMERATE:     # every row is a candidate
-            cands = decode("exhaustive", self.generator, acq, ctx, total)
-            pools = [(cands.rows, cands.scores)]
-        else:
-            budget = cfg.budget or max(5 * size, 256)
-            search = measured.excluding(acq)
-            allowed = space.mask().to(dev).expand(B, -1, -1)
-            drawn = decode("polish", self.generator, search, ctx, size, budget=budget // 2, generator=rng)
-            elite, has = self._elite(data, ctx, cfg.elite)
-            E = elite.shape[1]
-            with torch.no_grad():
-                elite_value = search(elite.clamp(min=0).flatten(0, 1), ctx.repeat_interleave(E)).view(B, E)
-            start = Candidates(torch.cat([elite, elite.new_full((B, size - E, S), -1)], 1) if size > E else elite,
-                               torch.cat([elite_value.float().masked_fill(~has, float("-inf")),
-                                          torch.full((B, max(0, size - E)), float("-inf"), device=dev)], 1),
-                               torch.cat([has, has.new_zeros((B, max(0, size - E)))], 1), B * E)
-            climbed = polish(search, ctx, start, allowed, budget=budget - budget // 2)
-            reserve = uniform_rows(allowed, size, rng)
-            local = _changes(elite, has, allowed, size, rng)                       # (B, size, S), -1 = none
-            pools = [(drawn.rows, drawn.scores), (climbed.rows, climbed.scores)]
-            for extra in (reserve, local):
-                with torch.no_grad():
-                    v = acq(extra.clamp(min=0).flatten(0, 1), ctx.repeat_interleave(size)).view(B, size)
-                pools.append((extra, v))
+                            TableContext(data.ctx_cat[complete], data.ctx_num[complete]).to(dev),
+                            self.scorer.space.max_size)
+        pools, local = self._pools(data, acq, ctx, measured, n, rng)
         rows = torch.cat([r for r, _ in pools], 1)
         value = torch.cat([v.float() for _, v in pools], 1)
-        P = rows.shape[1]
+        B, P = rows.shape[:2]
         flat_ctx = ctx.repeat_interleave(P)
         valid = (rows >= 0).all(-1)
         seen = measured.contains(rows.clamp(min=0).flatten(0, 1), flat_ctx).view(B, P)
@@ -332,11 +322,61 @@ class Designer:
         if cfg.acquisition == "thompson":
             with torch.no_grad():
                 draws = acq.members(rows.clamp(min=0).flatten(0, 1), flat_ctx).view(-1, B, P)
+        picked, ok = self._pick(rows, value, draws, local, n, rng)
+        return _best_first(picked, ok, acq, ctx)
+
+    def _pools(self, data: TableData, acq: Acquisition, ctx: TableContext, measured: Measured, n: int,
+               rng: torch.Generator) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], Optional[torch.Tensor]]:
+        """The candidate pools [(rows (B, P_i, S), values (B, P_i))]: the whole space when it is small,
+        else the generator's polished draws, the measured elite climbed, uniform rows and the elite's
+        local changes, in that order -> (pools, the last pool's rows, None for the whole space)."""
+        cfg, space = self.config, self.scorer.space
+        dev = torch.device(cfg.device)
+        B, total = len(ctx), space.num_rows()
+        size = min(cfg.pool * n, total)
+        if total <= max(size, 4096) and total <= MAX_ENUMERATE:     # every row is a candidate
+            cands = decode("exhaustive", self.generator, acq, ctx, total)
+            return [(cands.rows, cands.scores)], None
+        budget = cfg.budget or max(5 * size, 256)
+        search = measured.excluding(acq)
+        allowed = space.mask().to(dev).expand(B, -1, -1)
+        drawn = decode("polish", self.generator, search, ctx, size, budget=budget // 2, generator=rng)
+        start, elite, has = self._elite_start(data, ctx, search, size)
+        climbed = polish(search, ctx, start, allowed, budget=budget - budget // 2)
+        reserve = uniform_rows(allowed, size, rng)
+        local = _changes(elite, has, allowed, size, rng)                       # (B, size, S), -1 = none
+        pools = [(drawn.rows, drawn.scores), (climbed.rows, climbed.scores)]
+        for extra in (reserve, local):
+            with torch.no_grad():
+                v = acq(extra.clamp(min=0).flatten(0, 1), ctx.repeat_interleave(size)).view(B, size)
+            pools.append((extra, v))
+        return pools, local
+
+    def _elite_start(self, data: TableData, ctx: TableContext, search, size: int):
+        """(Candidates (B, size, S): the elite scored by `search`, padded invalid; elite (B, E, S); has (B, E))."""
+        elite, has = self._elite(data, ctx, self.config.elite)
+        B, E, S = elite.shape
+        dev = torch.device(self.config.device)
+        with torch.no_grad():
+            elite_value = search(elite.clamp(min=0).flatten(0, 1), ctx.repeat_interleave(E)).view(B, E)
+        start = Candidates(torch.cat([elite, elite.new_full((B, size - E, S), -1)], 1) if size > E else elite,
+                           torch.cat([elite_value.float().masked_fill(~has, float("-inf")),
+                                      torch.full((B, max(0, size - E)), float("-inf"), device=dev)], 1),
+                           torch.cat([has, has.new_zeros((B, max(0, size - E)))], 1), B * E)
+        return start, elite, has
+
+    def _pick(self, rows: torch.Tensor, value: torch.Tensor, draws: Optional[torch.Tensor],
+              local: Optional[torch.Tensor], n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(picked (B, n, S), ok (B, n)) from the pooled rows (B, P, S) / values (B, P): local_share of
+        n from the local pool (the last, `local`; none without one), then as many more as each context
+        still needs; the ok picks first."""
+        cfg = self.config
+        B, P, S = rows.shape
         n_local = round(cfg.local_share * n) if local is not None else 0
         taken = rows.new_zeros((B, 0, S))
         parts, oks = [], []
         if n_local:
-            at = torch.arange(P - local.shape[1], P, device=dev)                  # the local pool is last
+            at = torch.arange(P - local.shape[1], P, device=torch.device(cfg.device))   # the local pool is last
             idx, ok = select_batch(rows[:, at], value[:, at], n_local, min_distance=cfg.min_distance,
                                    draws=None if draws is None else draws[:, :, at], generator=rng)
             taken = torch.where(ok[..., None], rows[:, at].gather(1, idx[..., None].expand(-1, -1, S)), -1)
@@ -348,8 +388,7 @@ class Designer:
         oks.append(ok)
         picked, ok = torch.cat(parts, 1), torch.cat(oks, 1)
         first = (~ok).to(torch.int8).argsort(dim=1, stable=True)[:, :n]           # the ok picks, in order
-        picked, ok = picked.gather(1, first[..., None].expand(-1, -1, S)), ok.gather(1, first)
-        return _best_first(picked, ok, acq, ctx)
+        return picked.gather(1, first[..., None].expand(-1, -1, S)), ok.gather(1, first)
 
     def _elite(self, data: TableData, ctx: TableContext, top: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The best `top` measured rows that did not fail of each context in ctx: (rows (B, top, S),

@@ -32,7 +32,9 @@ class PointerGenerator(Generator):
 
     cardinalities / num_numeric: the lists' context columns (ItemContext.cat / .num), as a table
     generator's; sequential / distinct: see the module docstring (distinct implies sequential);
-    item_shift / item_scale (D,): the encoder reads (items - shift) / scale."""
+    item_shift / item_scale (D,): the encoder reads (items - shift) / scale.
+    Many parameters (__init__): the model's shape (slots, item width, context columns), its two modes
+    and the item scaling: what a saved pointer generator records, passed back in by generators.load."""
 
     kind = "pointer"
 

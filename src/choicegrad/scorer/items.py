@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,9 @@ class ItemScorer(nn.Module):
     item_std (D,), the training catalogue's, an affine map, so a relaxed selection x @ items with rows
     of x summing to 1 is standardised exactly as its items are. The buffers y_mean and y_std hold the
     score's training mean and std in working units (0 and 1), as Scorer's do.
+
+    Many parameters (__init__): what the weights file's meta records (slots, item width, context,
+    score name, config, k, beta, the score's mean and std), which load passes back in.
     """
 
     def __init__(self, slots: list[str], item_dim_in: int, context: ContextEncoder, score_name: str,
@@ -304,7 +308,8 @@ def fit_item_scorer(vectors: torch.Tensor, slots_idx: torch.Tensor, ctx_cat: tor
     k trains until (m + 1) / k of it has passed. Metrics are fit_scorer's (n, r2, spearman,
     spearman_per_context) on the validation and test rows; InputError when training diverges
     (non-finite losses before any finite validation loss, or predictions). Randomness: the fit's own
-    generator and torch's global RNGs seeded with fit.seed inside (seeded_rng), the caller's untouched."""
+    generator and torch's global RNGs seeded with fit.seed inside (seeded_rng), the caller's untouched.
+    Many parameters: the log's five tensors and what names them (slots, context, score), then the fit's settings."""
     start = time.perf_counter()
     fit, config = fit or ScorerFit(), config or ItemScorerConfig()
     vectors, slots_idx = torch.as_tensor(vectors).cpu(), torch.as_tensor(slots_idx).cpu()
@@ -321,80 +326,117 @@ def fit_item_scorer(vectors: torch.Tensor, slots_idx: torch.Tensor, ctx_cat: tor
                             y_mean=y_mean, y_std=y_std)
         scorer.set_item_stats(vectors)
         scorer.to(device)
-        items = scorer.standardise(vectors.to(device)).detach()          # (M, D): members take standardised items
-        idx, cat, num = slots_idx.to(device), ctx_cat.to(device), ctx_num.float().to(device)
-        target = ((y.double() - y_mean) / y_std).float().to(device)
-
-        n_train = len(train_idx)
-        batch_size = auto_batch_size(n_train, fit.batch_size)
-        steps_per_epoch = math.ceil(n_train / batch_size)
-        epochs = fit.epochs or min(auto_epochs(n_train), max(CAP_EPOCHS, math.ceil(TINY_LOG_STEPS / steps_per_epoch)))
-        patience = max(fit.patience, math.ceil(PATIENCE_STEPS / steps_per_epoch))
-        budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
-        train_t, val_t = torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device)
-
-        def loss_of(pred: torch.Tensor, t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-            if fit.loss == "logistic":
-                return nn.functional.binary_cross_entropy_with_logits(pred, t, reduction=reduction)
-            return nn.functional.mse_loss(pred, t, reduction=reduction)
-
-        @torch.no_grad()
-        def val_loss(member: ItemNet) -> float:
-            member.eval()
-            total = sum(float(loss_of(member(items[idx[b]], cat[b], num[b]), target[b], "sum"))
-                        for b in val_t.split(65536))
-            member.train()
-            return total / len(val_t)
-
-        history: list[dict[str, float]] = []
-        bar = progress_bar(fit.ensemble * epochs, "fit item scorer", "epoch", progress)
+        log = _DeviceLog(scorer.standardise(vectors.to(device)).detach(),   # (M, D): members take standardised items
+                         slots_idx.to(device), ctx_cat.to(device), ctx_num.float().to(device),
+                         ((y.double() - y_mean) / y_std).float().to(device), fit.loss)
+        trainer = _MemberTrainer(log, torch.as_tensor(train_idx, device=device),
+                                 torch.as_tensor(val_idx, device=device), fit, gen, start, progress)
         for m, member in enumerate(scorer.members):
-            opt = torch.optim.AdamW(member.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
-            total_steps = epochs * steps_per_epoch
-            pct = 0.05 if 0.05 * total_steps != 1 else 0.04  # OneCycleLR divides by 0 when pct_start * total_steps == 1
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=fit.lr, pct_start=pct, total_steps=total_steps)
-            best, best_state, bad = math.inf, None, 0
-            deadline = budget * (m + 1) / fit.ensemble
-            member.train()
-            for epoch in range(epochs):
-                order = train_t[torch.randperm(n_train, generator=gen).to(device)]
-                seen, late = 0.0, False
-                for b in order.split(batch_size):
-                    pred = member(items[idx[b]], cat[b], num[b])
-                    loss = loss_of(pred, target[b])
-                    if fit.ranking:
-                        loss = loss + fit.ranking * ranking_loss(pred, target[b], gen)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    seen += float(loss.detach()) * len(b)
-                    if time.perf_counter() - start > deadline:
-                        late = True
-                        break
-                vl, train_loss = val_loss(member), seen / n_train
-                history.append({"member": m, "epoch": epoch, "train_loss": train_loss, "val_mse": vl})
-                bar.update(1)
-                bar.set_postfix(member=m, train=f"{train_loss:.4f}", val=f"{vl:.4f}")
-                if not (math.isfinite(vl) and math.isfinite(train_loss)):
-                    if best_state is None:
-                        bar.close()
-                        raise _diverged(m, epoch, fit.lr)
-                    break           # the weights went bad: keep the best epoch's
-                if vl < best - 1e-5:
-                    best, bad = vl, 0
-                    best_state = {k: v.detach().clone() for k, v in member.state_dict().items()}
-                else:
-                    bad += 1
-                if bad >= patience or late:
-                    break
-            bar.update(epochs - 1 - epoch)
-            if best_state is not None:
-                member.load_state_dict(best_state)
-        bar.close()
+            trainer.train(m, member)
+        trainer.bar.close()
     scorer = scorer.eval().cpu()
     report = (vectors.cpu(), slots_idx, ctx_cat, ctx_num.float(), y)
     metrics = {"validation": _report(scorer, *report, val_idx)}
     if len(test_idx):
         metrics["test"] = _report(scorer, *report, test_idx)
-    return ScorerResult(scorer, metrics, history, time.perf_counter() - start)
+    return ScorerResult(scorer, metrics, trainer.history, time.perf_counter() - start)
+
+
+@dataclass
+class _DeviceLog:
+    """A log on the fit's device: standardised items (M, D), slots (N, S) long, ctx_cat (N, C_cat)
+    long, ctx_num (N, C_num) float, the standardised target (N,) float, and the fit's loss name."""
+
+    items: torch.Tensor
+    idx: torch.Tensor
+    cat: torch.Tensor
+    num: torch.Tensor
+    target: torch.Tensor
+    loss_name: str
+
+    def predict(self, member: ItemNet, rows: torch.Tensor) -> torch.Tensor:
+        """(b,) member predictions for the log's rows (b,)."""
+        return member(self.items[self.idx[rows]], self.cat[rows], self.num[rows])
+
+    def loss(self, pred: torch.Tensor, t: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        if self.loss_name == "logistic":
+            return nn.functional.binary_cross_entropy_with_logits(pred, t, reduction=reduction)
+        return nn.functional.mse_loss(pred, t, reduction=reduction)
+
+
+class _MemberTrainer:
+    """Trains the members of one fit_item_scorer fit one after another: its schedule (batch size,
+    epochs, patience, time budget), progress bar and history of per-epoch losses."""
+
+    def __init__(self, log: _DeviceLog, train_t: torch.Tensor, val_t: torch.Tensor, fit: ScorerFit,
+                 gen: torch.Generator, start: float, progress: bool | None):
+        self.log, self.train_t, self.val_t, self.fit, self.gen, self.start = log, train_t, val_t, fit, gen, start
+        self.n_train = n_train = len(train_t)
+        self.batch_size = auto_batch_size(n_train, fit.batch_size)
+        self.steps_per_epoch = math.ceil(n_train / self.batch_size)
+        self.epochs = fit.epochs or min(auto_epochs(n_train),
+                                        max(CAP_EPOCHS, math.ceil(TINY_LOG_STEPS / self.steps_per_epoch)))
+        self.patience = max(fit.patience, math.ceil(PATIENCE_STEPS / self.steps_per_epoch))
+        self.budget = 60 * fit.max_minutes if fit.max_minutes else math.inf
+        self.history: list[dict[str, float]] = []
+        self.bar = progress_bar(fit.ensemble * self.epochs, "fit item scorer", "epoch", progress)
+
+    @torch.no_grad()
+    def val_loss(self, member: ItemNet) -> float:
+        member.eval()
+        total = sum(float(self.log.loss(self.log.predict(member, b), self.log.target[b], "sum"))
+                    for b in self.val_t.split(65536))
+        member.train()
+        return total / len(self.val_t)
+
+    def train(self, m: int, member: ItemNet) -> None:
+        """Train member m with early stopping, leaving it at its best epoch's weights."""
+        fit, epochs = self.fit, self.epochs
+        opt = torch.optim.AdamW(member.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
+        total_steps = epochs * self.steps_per_epoch
+        pct = 0.05 if 0.05 * total_steps != 1 else 0.04  # OneCycleLR divides by 0 when pct_start * total_steps == 1
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=fit.lr, pct_start=pct, total_steps=total_steps)
+        best, best_state, bad = math.inf, None, 0
+        deadline = self.budget * (m + 1) / fit.ensemble
+        member.train()
+        for epoch in range(epochs):
+            train_loss, late = self.epoch(member, opt, sched, deadline)
+            vl = self.val_loss(member)
+            self.history.append({"member": m, "epoch": epoch, "train_loss": train_loss, "val_mse": vl})
+            self.bar.update(1)
+            self.bar.set_postfix(member=m, train=f"{train_loss:.4f}", val=f"{vl:.4f}")
+            if not (math.isfinite(vl) and math.isfinite(train_loss)):
+                if best_state is None:
+                    self.bar.close()
+                    raise _diverged(m, epoch, fit.lr)
+                break           # the weights went bad: keep the best epoch's
+            if vl < best - 1e-5:
+                best, bad = vl, 0
+                best_state = {k: v.detach().clone() for k, v in member.state_dict().items()}
+            else:
+                bad += 1
+            if bad >= self.patience or late:
+                break
+        self.bar.update(epochs - 1 - epoch)
+        if best_state is not None:
+            member.load_state_dict(best_state)
+
+    def epoch(self, member: ItemNet, opt, sched, deadline: float) -> tuple[float, bool]:
+        """One pass over the training rows in a fresh order -> (mean training loss, whether the
+        member's deadline passed, ending the pass early)."""
+        log, fit = self.log, self.fit
+        order = self.train_t[torch.randperm(self.n_train, generator=self.gen).to(self.train_t.device)]
+        seen = 0.0
+        for b in order.split(self.batch_size):
+            pred = log.predict(member, b)
+            loss = log.loss(pred, log.target[b])
+            if fit.ranking:
+                loss = loss + fit.ranking * ranking_loss(pred, log.target[b], self.gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += float(loss.detach()) * len(b)
+            if time.perf_counter() - self.start > deadline:
+                return seen / self.n_train, True
+        return seen / self.n_train, False

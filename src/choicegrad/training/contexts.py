@@ -117,7 +117,8 @@ class ListPool:
     (start, end) columns of each attribute: a category's one-hot block stays whole) is copied from its
     own random catalogue item, i.e. drawn from the catalogue's attribute marginals, so the generator
     learns to choose among items it never saw (cold start); never in validation, and only where no
-    eligibility rules (which name catalogue items) apply."""
+    eligibility rules (which name catalogue items) apply.
+    Many parameters (__init__): the lists and their tensors, then keyword settings of the draws."""
 
     def __init__(self, lists, vectors: Tensor, cat: Tensor, num: Tensor, slots: int, *,
                  eligible: Optional[np.ndarray] = None, distinct: bool = False, max_items: int = 64,
