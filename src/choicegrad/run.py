@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from choicegrad import distributed, generators
 from choicegrad.fitting import (GENERATOR_DECODERS, SCORER_METRICS, FitOptions, check_method, generate_problems, minutes_left,
                                 read_config, read_scorer_result, training_summary)
+from choicegrad.checkpoints import seeded_rng
 from choicegrad.device import check_device
 from choicegrad.io import (atomic_write_text, check_finite, meta_problem, read_json_object, read_table, sha256_file,
                            versions, write_table)
@@ -620,8 +621,8 @@ def _objective_generator_phase(job: _ObjectiveFit, w: RunWriter) -> Optional[Gen
     if job.plan is not None:
         return None
     fit = job.options.generator_fit
-    torch.manual_seed(fit.seed)
-    gen = generators.build(job.gen_cfg, space=job.space, context=job.encoder)
+    with seeded_rng(fit.seed, fit.device):       # the generator's initial weights; the caller's RNG left alone
+        gen = generators.build(job.gen_cfg, space=job.space, context=job.encoder)
     source = TableContexts(job.data, device=fit.device) if job.data is not None else ContextPool(job.ctx, device=fit.device)
     with w.checkpoints.catch_signals() as ckpt:
         res = fit_generator(gen, job.objective, source, fit, run_dir=w.dir, progress=job.options.progress,

@@ -306,8 +306,6 @@ def register_decoder(name: str) -> Callable[[Callable[..., Candidates]], Callabl
             raise ValueError(f"a decoder named {name!r} exists already; choose another name")
         _DECODE[name] = fn
         DECODERS = tuple(_DECODE)
-        import choicegrad.decoding as package   # its re-export of DECODERS, rebound too
-        package.DECODERS = DECODERS
         return fn
     return add
 
