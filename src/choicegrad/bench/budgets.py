@@ -32,9 +32,11 @@ import pandas as pd
 import torch
 
 from choicegrad.bench import harness
-from choicegrad.bench.harness import Method, Problem, build_problem, evaluate, parse_method, train_pipeline
+from choicegrad.bench.harness import SPECS, Method, Problem, build_problem, evaluate, parse_method, train_pipeline
+from choicegrad.bench.tasks.registry import missing_data
 from choicegrad.decoding import Candidates, decode
 from choicegrad.decoding.decoders import beam_search
+from choicegrad.errors import InputError, did_you_mean
 from choicegrad.io import write_table
 from choicegrad.progress import progress_bar
 
@@ -79,7 +81,9 @@ def run_budgets(tasks: Sequence[str] = BUDGET_TASKS, seeds: Sequence[int] = (0, 
     """Every pipeline line and peer at every budget, for every task and seed; OUT/budgets.csv is
     rewritten after each task and seed (an interrupted run keeps what it measured).
     Many parameters: the flags of `choicegrad bench budgets` plus the harness's specs, progress and log."""
-    check_methods(pipelines, peers)
+    problems = request_problems(tasks, pipelines, peers, data_dir, specs)
+    if problems:
+        raise InputError("run_budgets", problems)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -112,13 +116,22 @@ def run_budgets(tasks: Sequence[str] = BUDGET_TASKS, seeds: Sequence[int] = (0, 
     return pd.DataFrame(rows)
 
 
-def check_methods(pipelines: Sequence[str], peers: Sequence[str]) -> None:
-    """ValueError for a pipeline GENERATOR/ESTIMATOR or a peer (not exhaustive) the harness does not know."""
+def request_problems(tasks: Sequence[str], pipelines: Sequence[str], peers: Sequence[str],
+                     data_dir: Optional[str | Path] = None, specs: Optional[dict] = None) -> list[str]:
+    """A line per unknown task, pipeline GENERATOR/ESTIMATOR or peer (exhaustive is none here) of
+    run_budgets ('tasks: ...', 'pipelines: ...', 'peers: ...') and per real landscape whose data is not
+    found: checked before any work. specs: task settings beside SPECS (run_budgets')."""
+    known = {**SPECS, **(specs or {})}
+    problems = [f"tasks: unknown task {t!r}{did_you_mean(t, list(known))}; choose from {', '.join(known)}"
+                for t in tasks if t not in known]
     for p in pipelines:
-        parse_method(f"{p}/polish")
-    for p in peers:
-        if parse_method(p).peer is None:
-            raise ValueError(f"peer {p!r}: expected one of {', '.join(harness.peers.PEERS)}")
+        try:
+            parse_method(f"{p}/polish")
+        except ValueError as exc:
+            problems.append(f"pipelines: {p!r}: {str(exc).split(': ', 1)[-1]}")
+    problems += [f"peers: unknown peer {p!r}{did_you_mean(p, list(harness.peers.PEERS))}" for p in peers
+                 if p not in harness.peers.PEERS or p == "exhaustive"]
+    return problems + missing_data(tasks, data_dir)
 
 
 class _BudgetTask:

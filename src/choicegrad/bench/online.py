@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -39,11 +39,12 @@ from choicegrad.bench.metrics import normalise
 from choicegrad.bench.peers import breed
 from choicegrad.bench.tasks import stats as st
 from choicegrad.bench.tasks.landscape import Landscape
-from choicegrad.bench.tasks.registry import get_task
+from choicegrad.bench.tasks.registry import get_task, missing_data
 from choicegrad.data.table import load_table
 from choicegrad.decoding import decode, default_budget
 from choicegrad.decoding.rows import distinct_in_order, uniform_rows
 from choicegrad.design import DesignConfig, Designer, Measured
+from choicegrad.errors import did_you_mean
 from choicegrad.generators import GeneratorConfig, TableContext, TableObjective
 from choicegrad.io import atomic_write_text, write_table
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
@@ -234,6 +235,26 @@ def parse_method(name: str) -> tuple[str, dict]:
         options[key] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
     DesignConfig(**options)                                  # bad values fail here, before any round
     return base, options
+
+
+def request_problems(tasks: Sequence[str], methods: Sequence[str], data_dir: Optional[str | Path] = None) -> list[str]:
+    """A line per unknown task or method of run_online ('tasks: ...', 'methods: ...') and per real
+    landscape whose data is not found: checked before any round."""
+    problems = [f'tasks: unknown task "{t}"{did_you_mean(t, list(ONLINE_TASKS))}; choose from {", ".join(ONLINE_TASKS)}'
+                for t in tasks if t not in ONLINE_TASKS]
+    for m in methods:
+        try:
+            parse_method(m)
+        except ValueError as exc:
+            problems.append(f"methods: {str(exc).splitlines()[0]}{did_you_mean(m, ONLINE_METHODS)}")
+    return problems + missing_data([ONLINE_TASKS[t].task for t in tasks if t in ONLINE_TASKS], data_dir)
+
+
+def task_specs(tasks: Sequence[str], rounds: Optional[int] = None, batch: Optional[int] = None,
+               minutes: Optional[float] = None) -> dict[str, OnlineSpec]:
+    """ONLINE_TASKS' specs of `tasks`, with rounds, batch and designer minutes replaced where given."""
+    change = {k: v for k, v in (("rounds", rounds), ("batch", batch), ("minutes", minutes)) if v is not None}
+    return {t: replace(ONLINE_TASKS[t], **change) for t in tasks}
 
 
 def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
