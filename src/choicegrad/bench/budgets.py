@@ -32,9 +32,11 @@ import pandas as pd
 import torch
 
 from choicegrad.bench import harness
-from choicegrad.bench.harness import Method, Problem, build_problem, evaluate, parse_method, train_pipeline
+from choicegrad.bench.harness import SPECS, Method, Problem, build_problem, evaluate, parse_method, train_pipeline
+from choicegrad.bench.tasks.registry import missing_data
 from choicegrad.decoding import Candidates, decode
 from choicegrad.decoding.decoders import beam_search
+from choicegrad.errors import InputError, did_you_mean
 from choicegrad.io import write_table
 from choicegrad.progress import progress_bar
 
@@ -77,71 +79,120 @@ def run_budgets(tasks: Sequence[str] = BUDGET_TASKS, seeds: Sequence[int] = (0, 
                 specs: Optional[dict] = None, progress: Optional[bool] = None,
                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> pd.DataFrame:
     """Every pipeline line and peer at every budget, for every task and seed; OUT/budgets.csv is
-    rewritten after each task and seed (an interrupted run keeps what it measured)."""
-    for p in pipelines:
-        parse_method(f"{p}/polish")
-    for p in peers:
-        if parse_method(p).peer is None:
-            raise ValueError(f"peer {p!r}: expected one of {', '.join(harness.peers.PEERS)}")
+    rewritten after each task and seed (an interrupted run keeps what it measured).
+    Many parameters: the flags of `choicegrad bench budgets` plus the harness's specs, progress and log."""
+    problems = request_problems(tasks, pipelines, peers, data_dir, specs)
+    if problems:
+        raise InputError("run_budgets", problems)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     started = time.perf_counter()
+
+    def say(text: str) -> None:
+        log(f"[{time.perf_counter() - started:6.0f}s] {text}")
+
     for task in tasks:
-        log(f"[{time.perf_counter() - started:6.0f}s] {task}: building the task and its scorer")
-        problem = build_problem(task, Path(data_dir) if data_dir else None, out / "scorers", specs)
-        spec, metric = problem.spec, quality_metric(problem)
-        task_budgets = sorted(set(budgets or (*SMALL, spec.budget, 4 * spec.budget)))
-        base = {"task": task, "seen": spec.seen, "contexts": len(problem.ctx), "metric": metric}
-        ref = evaluate(problem, problem.exhaustive)
-        rows.append({**base, "method": "exhaustive", "line": "reference", "seed": -1, "budget": -1,
-                     **ref, "calls": problem.exhaustive.scorer_calls / len(problem.ctx),
-                     "seconds": problem.exhaustive_seconds, "contexts_per_s": math.nan})
+        say(f"{task}: building the task and its scorer")
+        job = _BudgetTask(task, build_problem(task, Path(data_dir) if data_dir else None, out / "scorers", specs),
+                          budgets)
+        rows.append(job.reference())
         bar = progress_bar(len(seeds) * (len(pipelines) + len(peers)), task, "method", progress)
         for seed in seeds:
             done = set()
             for p in pipelines:
-                gen_kind, est = p.split("/")
-                gen_kind = "pointer" if spec.kind == "items" else gen_kind
-                if (gen_kind, est) in done:    # two table generators that both mean the pointer one here
-                    bar.update(1)
-                    continue
-                done.add((gen_kind, est))
-                trained = train_pipeline(problem, Method(p, None, gen_kind, est), seed, False)
-                gen = trained[0].generator
-                name = f"{gen_kind}/{est}"
-                for b in (0, *[b for b in task_budgets if b <= GENERATOR_MAX]):
-                    cands, sec = generator_only(problem, gen, b, seed)
-                    rows.append({**base, "method": name, "line": "generator", "seed": seed, "budget": b,
-                                 **_row(problem, cands, sec), "seconds_train": trained[0].seconds})
-                for b in task_budgets:
-                    if b <= K:
-                        continue     # at K calls, search is the generator's own K rows
-                    start = time.perf_counter()
-                    cands = decode("polish", gen, problem.objective, problem.ctx, K, budget=b,
-                                   generator=torch.Generator().manual_seed(seed))
-                    rows.append({**base, "method": name, "line": "search", "seed": seed, "budget": b,
-                                 **_row(problem, cands, time.perf_counter() - start),
-                                 "seconds_train": trained[0].seconds})
-                last = [r for r in rows if (r["task"], r["method"], r["seed"]) == (task, name, seed)]
-                log(f"[{time.perf_counter() - started:6.0f}s] {task} seed {seed} {name}: "
-                    + ", ".join(f"{r['line'][0]}{r['budget']} {r[metric]:.3f}" for r in last))
+                key = job.pipeline_key(p)
+                if key not in done:    # two table generators that both mean the pointer one here: once
+                    done.add(key)
+                    rows += job.pipeline(p, key, seed)
+                    say(job.summary(rows, "/".join(key), seed, lines=True))
                 bar.update(1)
             for peer in peers:
-                for b in task_budgets:
-                    start = time.perf_counter()
-                    cands = harness.peers.search(peer, problem.objective, problem.ctx, problem.allowed, min(K, b),
-                                                 budget=b, generator=torch.Generator().manual_seed(seed),
-                                                 distinct=problem.distinct)
-                    rows.append({**base, "method": peer, "line": "peer", "seed": seed, "budget": b,
-                                 **_row(problem, cands, time.perf_counter() - start), "seconds_train": 0.0})
-                last = [r for r in rows if (r["task"], r["method"], r["seed"]) == (task, peer, seed)]
-                log(f"[{time.perf_counter() - started:6.0f}s] {task} seed {seed} {peer}: "
-                    + ", ".join(f"{r['budget']} {r[metric]:.3f}" for r in last))
+                rows += job.peer(peer, seed)
+                say(job.summary(rows, peer, seed, lines=False))
                 bar.update(1)
             write_table(pd.DataFrame(rows), out / "budgets.csv")
         bar.close()
     return pd.DataFrame(rows)
+
+
+def request_problems(tasks: Sequence[str], pipelines: Sequence[str], peers: Sequence[str],
+                     data_dir: Optional[str | Path] = None, specs: Optional[dict] = None) -> list[str]:
+    """A line per unknown task, pipeline GENERATOR/ESTIMATOR or peer (exhaustive is none here) of
+    run_budgets ('tasks: ...', 'pipelines: ...', 'peers: ...') and per real landscape whose data is not
+    found: checked before any work. specs: task settings beside SPECS (run_budgets')."""
+    known = {**SPECS, **(specs or {})}
+    problems = [f"tasks: unknown task {t!r}{did_you_mean(t, list(known))}; choose from {', '.join(known)}"
+                for t in tasks if t not in known]
+    for p in pipelines:
+        try:
+            parse_method(f"{p}/polish")
+        except ValueError as exc:
+            problems.append(f"pipelines: {p!r}: {str(exc).split(': ', 1)[-1]}")
+    problems += [f"peers: unknown peer {p!r}{did_you_mean(p, list(harness.peers.PEERS))}" for p in peers
+                 if p not in harness.peers.PEERS or p == "exhaustive"]
+    return problems + missing_data(tasks, data_dir)
+
+
+class _BudgetTask:
+    """One task of run_budgets: its problem, the budgets it is run at (`budgets`, default SMALL and the
+    task's benchmark budget and 4 times it) and the columns its rows share."""
+
+    def __init__(self, task: str, problem: Problem, budgets: Optional[Sequence[int]]):
+        spec = problem.spec
+        self.task, self.problem, self.metric = task, problem, quality_metric(problem)
+        self.budgets = sorted(set(budgets or (*SMALL, spec.budget, 4 * spec.budget)))
+        self.base = {"task": task, "seen": spec.seen, "contexts": len(problem.ctx), "metric": self.metric}
+
+    def reference(self) -> dict:
+        """The exhaustive optimum's row (seed and budget -1)."""
+        problem = self.problem
+        return {**self.base, "method": "exhaustive", "line": "reference", "seed": -1, "budget": -1,
+                **evaluate(problem, problem.exhaustive), "calls": problem.exhaustive.scorer_calls / len(problem.ctx),
+                "seconds": problem.exhaustive_seconds, "contexts_per_s": math.nan}
+
+    def pipeline_key(self, pipeline: str) -> tuple[str, str]:
+        """(generator, estimator) of "GENERATOR/ESTIMATOR" as trained here (the pointer generator on items)."""
+        gen_kind, est = pipeline.split("/")
+        return ("pointer" if self.problem.spec.kind == "items" else gen_kind), est
+
+    def pipeline(self, pipeline: str, key: tuple[str, str], seed: int) -> list[dict]:
+        """Train the pipeline once; its generator line (budget 0 and budgets up to GENERATOR_MAX) and
+        its search line (budgets above K)."""
+        problem = self.problem
+        trained = train_pipeline(problem, Method(pipeline, None, *key), seed, False)
+        gen, name, rows = trained[0].generator, "/".join(key), []
+        for b in (0, *[b for b in self.budgets if b <= GENERATOR_MAX]):
+            cands, sec = generator_only(problem, gen, b, seed)
+            rows.append({**self.base, "method": name, "line": "generator", "seed": seed, "budget": b,
+                         **_row(problem, cands, sec), "seconds_train": trained[0].seconds})
+        for b in self.budgets:
+            if b <= K:
+                continue     # at K calls, search is the generator's own K rows
+            start = time.perf_counter()
+            cands = decode("polish", gen, problem.objective, problem.ctx, K, budget=b,
+                           generator=torch.Generator().manual_seed(seed))
+            rows.append({**self.base, "method": name, "line": "search", "seed": seed, "budget": b,
+                         **_row(problem, cands, time.perf_counter() - start), "seconds_train": trained[0].seconds})
+        return rows
+
+    def peer(self, peer: str, seed: int) -> list[dict]:
+        """The peer's rows, one per budget (min(K, budget) candidates)."""
+        problem, rows = self.problem, []
+        for b in self.budgets:
+            start = time.perf_counter()
+            cands = harness.peers.search(peer, problem.objective, problem.ctx, problem.allowed, min(K, b),
+                                         budget=b, generator=torch.Generator().manual_seed(seed),
+                                         distinct=problem.distinct)
+            rows.append({**self.base, "method": peer, "line": "peer", "seed": seed, "budget": b,
+                         **_row(problem, cands, time.perf_counter() - start), "seconds_train": 0.0})
+        return rows
+
+    def summary(self, rows: list[dict], method: str, seed: int, lines: bool) -> str:
+        """The log line of one method and seed: quality at each budget (lines: prefixed by the line's initial)."""
+        last = [r for r in rows if (r["task"], r["method"], r["seed"]) == (self.task, method, seed)]
+        return f"{self.task} seed {seed} {method}: " + ", ".join(
+            f"{r['line'][0] if lines else ''}{r['budget']} {r[self.metric]:.3f}" for r in last)
 
 
 def _one_task(args: tuple) -> str:

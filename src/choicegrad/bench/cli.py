@@ -70,22 +70,6 @@ def _names(value: str, what: str, presets: dict[str, tuple]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _missing_data(tasks: list[str], data_dir: Optional[Path]) -> list[str]:
-    """A problem line per real landscape among `tasks` whose data is not found: checked before any
-    long work, with the same lookup get_task does."""
-    from choicegrad.bench.tasks.landscape import REAL
-    from choicegrad.bench.tasks.registry import find_task_data
-
-    problems = []
-    for t in tasks:
-        if t in REAL:
-            try:
-                find_task_data(t, data_dir)
-            except FileNotFoundError as exc:
-                problems.append(str(exc))
-    return problems
-
-
 SUITE_FLAGS = same_flags("out", "tasks", "methods", "seeds", "data_dir", "docs", "update")
 
 
@@ -114,6 +98,7 @@ def bench_cmd(
     score the candidates by ground truth; write a table (mean +- spread over seeds) and plots."""
     require_bench()
     from choicegrad.bench.harness import QUICK_METHODS, SPECS, STANDARD_METHODS, STANDARD_TASKS, parse_method, run_benchmark
+    from choicegrad.bench.tasks.registry import missing_data
     from choicegrad.errors import did_you_mean
     from choicegrad.run import check_out_dir
 
@@ -129,7 +114,7 @@ def bench_cmd(
             problems.append(str(exc))
     problems += [f"unknown task {t!r}{did_you_mean(t, list(SPECS))}; choose from {', '.join(SPECS)}"
                  for t in task_list if t not in SPECS]
-    problems += _missing_data(task_list, data_dir)
+    problems += missing_data(task_list, data_dir)
     if problems:
         raise InputError("choicegrad bench", problems)
     try:
@@ -145,7 +130,8 @@ def bench_cmd(
         typer.echo(f"docs: {publish(out, docs, targets=TARGETS, default=DEFAULT_PIPELINE)}")
 
 
-ONLINE_FLAGS = same_flags("out", "tasks", "methods", "seeds", "rounds", "batch", "minutes", "docs", "data_dir", "append")
+ONLINE_FLAGS = {**same_flags("out", "tasks", "methods", "seeds", "rounds", "batch", "minutes", "docs", "data_dir", "append"),
+                "run_online": "choicegrad bench-online"}
 
 
 @bench_app.command("online", epilog="Example: choicegrad bench online --out runs/online --docs docs/online.md   "
@@ -172,34 +158,23 @@ def bench_online_cmd(
     """Design rounds on landscapes with known scores: the designer against a genetic algorithm, random
     rows and the offline pipeline, at the same number of oracle calls."""
     require_bench()
-    import dataclasses
-
-    from choicegrad.bench.online import ONLINE_METHODS, ONLINE_TASKS, parse_method, run_online
+    from choicegrad.bench.online import request_problems, run_online, task_specs
     from choicegrad.bench.online_report import publish_online
-    from choicegrad.errors import did_you_mean
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()]
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    problems = [f'--tasks: unknown task "{t}"{did_you_mean(t, list(ONLINE_TASKS))}; choose from {", ".join(ONLINE_TASKS)}'
-                for t in task_list if t not in ONLINE_TASKS]
-    for m in method_list:
-        try:
-            parse_method(m)
-        except ValueError as exc:
-            problems.append(f"--methods: {str(exc).splitlines()[0]}{did_you_mean(m, ONLINE_METHODS)}")
+    problems: list[str] = []
     seed_list = _ints(seeds, "--seeds", problems)
-    problems += _missing_data([ONLINE_TASKS[t].task for t in task_list if t in ONLINE_TASKS], data_dir)
+    problems += request_problems(task_list, method_list, data_dir)
     if problems:
-        raise InputError("choicegrad bench-online", problems)
+        raise InputError("run_online", problems)
     if docs is not None:
         from choicegrad.io import check_writable
 
         check_writable(docs, "--docs")
-    change = {k: v for k, v in (("rounds", rounds), ("batch", batch), ("minutes", minutes)) if v is not None}
-    specs = {t: dataclasses.replace(ONLINE_TASKS[t], **change) for t in task_list}
     try:
-        run_online(task_list, method_list, seed_list, out, echo=lambda m: typer.echo(m, err=True), specs=specs,
-                   data_dir=data_dir, append=append)
+        run_online(task_list, method_list, seed_list, out, echo=lambda m: typer.echo(m, err=True),
+                   specs=task_specs(task_list, rounds, batch, minutes), data_dir=data_dir, append=append)
     except FileNotFoundError as exc:
         raise InputError("choicegrad bench-online", [str(exc)]) from None
     typer.echo(f"wrote {out}/online.csv")
@@ -208,7 +183,8 @@ def bench_online_cmd(
         typer.echo(f"wrote {docs}")
 
 
-BUDGETS_FLAGS = same_flags("out", "tasks", "pipelines", "peers", "budgets", "seeds", "jobs", "data_dir", "docs")
+BUDGETS_FLAGS = {**same_flags("out", "tasks", "pipelines", "peers", "budgets", "seeds", "jobs", "data_dir", "docs"),
+                 "run_budgets": "choicegrad bench-budgets"}
 
 
 @bench_app.command("budgets", epilog="Example: choicegrad bench budgets --out runs/budgets --jobs 2 --docs "
@@ -239,34 +215,21 @@ def bench_budgets_cmd(
     peer at several scorer-call budgets per context, judged by ground truth; on unseen contexts for the
     contextual tasks. Also contexts per second at each budget."""
     require_bench()
-    from choicegrad.bench import peers as peer_module
-    from choicegrad.bench.budgets import run_budgets, run_budgets_parallel
-    from choicegrad.bench.harness import SPECS, parse_method
-    from choicegrad.errors import did_you_mean
+    from choicegrad.bench.budgets import request_problems, run_budgets, run_budgets_parallel
     from choicegrad.run import check_out_dir
 
     check_out_dir(out, "--out")
-    task_list = _names(tasks, "tasks", {})
-    problems = [f"--tasks: unknown task {t!r}{did_you_mean(t, list(SPECS))}; choose from {', '.join(SPECS)}"
-                for t in task_list if t not in SPECS]
-    pipe_list = _names(pipelines, "pipelines", {})
-    for p in pipe_list:
-        try:
-            parse_method(f"{p}/polish")
-        except ValueError as exc:
-            problems.append(f"--pipelines: {p!r}: {str(exc).split(': ', 1)[-1]}")
-    peer_list = _names(peers, "peers", {})
-    problems += [f"--peers: unknown peer {p!r}{did_you_mean(p, list(peer_module.PEERS))}" for p in peer_list
-                 if p not in peer_module.PEERS or p == "exhaustive"]
+    task_list, pipe_list, peer_list = _names(tasks, "tasks", {}), _names(pipelines, "pipelines", {}), _names(peers, "peers", {})
+    problems: list[str] = []
     seed_list = _ints(seeds, "--seeds", problems)
     budget_list = _ints(budgets, "--budgets", problems, positive=True)
-    problems += _missing_data(task_list, data_dir)
+    problems += request_problems(task_list, pipe_list, peer_list, data_dir)
     if docs is not None:
         from choicegrad.io import check_writable
 
         check_writable(docs, "--docs")
     if problems:
-        raise InputError("choicegrad bench-budgets", problems)
+        raise InputError("run_budgets", problems)
     try:
         options = {"pipelines": pipe_list, "peers": peer_list, "budgets": budget_list,
                    "data_dir": data_dir}

@@ -520,93 +520,134 @@ def run_benchmark(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[
     training.csv, setup.json and (report=True) OUT/report.md with plots. Returns the results.
     specs: task settings replacing those of SPECS by name (e.g. smaller tasks for a quick check).
     update: keep the other tasks' results already in OUT and replace only those of `tasks` (re-run
-    one task of a suite); setup.json records each update under "_updates"."""
+    one task of a suite); setup.json records each update under "_updates".
+    Many parameters: the flags of `choicegrad bench` plus the log, report and specs that scripts set."""
     parsed = [parse_method(m) for m in methods]
     known = {**SPECS, **(specs or {})}
     for t in tasks:
         if t not in known:
             raise ValueError(f"unknown task {t!r}{did_you_mean(t, list(known))}; choose from {', '.join(known)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    bench = _BenchRun(Path(out), tasks, update, progress, log)
     data_dir = Path(data_dir) if data_dir is not None else None
-    results, curves, training, setup = [], [], [], {}
-    kept: dict[str, pd.DataFrame] = {}
-    order: list[str] = []
-    update = update and (out / "results.csv").is_file()    # nothing to keep: an ordinary run
-    if update:
-        kept, setup, order = _kept(out, tasks)
-    else:
-        setup["_machine"] = machine_line()
-    updates = list(setup.get("_updates", []))
-    started = time.perf_counter()
     for task_name in tasks:
-        log(f"[{time.perf_counter() - started:6.0f}s] {task_name}: building the task and its scorer")
-        problem = build_problem(task_name, data_dir, out / "scorers", specs)
-        spec = problem.spec
-        setup[task_name] = {**problem.setup, "budget": spec.budget, "k": spec.k, "steps": spec.steps,
-                            "headline": spec.headline}
-        total = len(parsed) * len(seeds)
-        bar = progress_bar(total, task_name, "run", progress)
-        for seed in seeds:
-            trained: dict[tuple[str, str], Any] = {}
-            for method in parsed:
-                gen_kind = "pointer" if spec.kind == "items" else method.generator
-                if (method.estimator and estimators.get_class(method.estimator).needs_aligner
-                        and problem.data is None):
-                    if seed == seeds[0]:
-                        log(f"{task_name}: {method.name} skipped: the aligner needs data rows, this task has none")
-                    bar.update(1)
-                    continue
-                if method.peer:
-                    row = run_peer(problem, method, seed)
-                    name = method.name
-                else:
-                    name = f"{gen_kind}/{method.estimator}/{method.decoder}"
-                    if any(r["method"] == name and r["seed"] == seed and r["task"] == task_name for r in results):
-                        bar.update(1)
-                        continue  # e.g. two table generators that both mean the pointer generator here
-                    key = (gen_kind, method.estimator)
-                    if key not in trained:
-                        trained[key] = train_pipeline(problem, Method(name, None, method.generator, method.estimator),
-                                                      seed, bool(progress))
-                        res = trained[key][0]
-                        training += [{"task": task_name, "method": f"{gen_kind}/{method.estimator}", "seed": seed,
-                                      "step": h["step"], "scorer_calls": h.get("scorer_calls"),
-                                      "seconds": h.get("seconds"), "val_score": h.get("val_score")}
-                                     for h in res.history if h.get("phase") == "val"]
-                        curves += [{"task": task_name, "method": f"{gen_kind}/{method.estimator}", "seed": seed, **c}
-                                   for c in quality_diversity(problem, res.generator, seed)]
-                    row = run_pipeline(problem, Method(name, None, method.generator, method.estimator, method.decoder),
-                                       seed, trained[key])
-                results.append({"task": task_name, "method": name, "family": method.family,
-                                "generator": "" if method.peer else gen_kind, "estimator": method.estimator,
-                                "decoder": method.decoder, "seed": seed, "contexts": len(problem.ctx), "seen": spec.seen,
-                                "k": spec.k,
-                                **row, "headline": spec.headline, "budget": spec.budget})
-                r = results[-1]
-                head = "" if spec.headline in ("max", "median") else f"{spec.headline} {r[spec.headline]:.3f}, "
-                log(f"[{time.perf_counter() - started:6.0f}s] {task_name} seed {seed} {name}: "
-                    f"{head}max {r['max']:.3f}, median {r['median']:.3f}, "
-                    f"distinct {r['distinct']:.0f}, calls/context {r['calls_generate']:.0f}")
-                _write_csv(_joined(kept.get("results"), results, order), out / "results.csv")
-                bar.update(1)
-            for name, rows in (("curves", curves), ("training", training)):
-                if rows or update:   # an update also drops the re-run task's old rows
-                    frame = _joined(kept.get(name), rows, order)
-                    if len(frame):
-                        _write_csv(frame, out / f"{name}.csv")
-                    else:
-                        (out / f"{name}.csv").unlink(missing_ok=True)
-        bar.close()
-        setup[task_name].update(problem.setup)   # e.g. the aligner's fitting time, known only now
-        if update:
-            setup["_updates"] = updates + [{"tasks": list(tasks[:tasks.index(task_name) + 1]), "date": time.strftime(
-                "%Y-%m-%d"), "seconds": round(time.perf_counter() - started, 1)}]
-            setup = {k: setup[k] for k in dict.fromkeys([*order, *setup]) if k in setup}   # tasks in their place
-        else:
-            setup["_wall_seconds"] = round(time.perf_counter() - started, 1)
-        atomic_write_text(out / "setup.json", json.dumps(setup, indent=2, default=float) + "\n")
-    frame = _joined(kept.get("results"), results, order)
+        bench.say(f"{task_name}: building the task and its scorer")
+        bench.run_task(task_name, build_problem(task_name, data_dir, bench.out / "scorers", specs), parsed, seeds)
+    frame = bench.joined("results")
     if report and len(frame):
-        write_report(out)
+        write_report(bench.out)
     return frame
+
+
+class _BenchRun:
+    """One run_benchmark call: OUT, the rows measured so far (results, curves, training), what an
+    update keeps of OUT (kept frames, setup, the order of tasks) and the clock. Every csv is rewritten
+    after each method, setup.json after each task."""
+
+    def __init__(self, out: Path, tasks: Sequence[str], update: bool, progress: Optional[bool],
+                 log: Callable[[str], None]):
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.tasks, self.progress, self.log = out, tasks, progress, log
+        self.rows: dict[str, list[dict]] = {"results": [], "curves": [], "training": []}
+        self.kept: dict[str, pd.DataFrame] = {}
+        self.setup: dict = {}
+        self.order: list[str] = []
+        self.update = update and (out / "results.csv").is_file()    # nothing to keep: an ordinary run
+        if self.update:
+            self.kept, self.setup, self.order = _kept(out, tasks)
+        else:
+            self.setup["_machine"] = machine_line()
+        self.updates = list(self.setup.get("_updates", []))
+        self.started = time.perf_counter()
+
+    def say(self, text: str) -> None:
+        self.log(f"[{time.perf_counter() - self.started:6.0f}s] {text}")
+
+    def joined(self, name: str) -> pd.DataFrame:
+        """OUT/NAME.csv as it stands: kept rows and the new ones (_joined)."""
+        return _joined(self.kept.get(name), self.rows[name], self.order)
+
+    def run_task(self, task_name: str, problem: Problem, methods: Sequence[Method], seeds: Sequence[int]) -> None:
+        spec = problem.spec
+        self.setup[task_name] = {**problem.setup, "budget": spec.budget, "k": spec.k, "steps": spec.steps,
+                                 "headline": spec.headline}
+        bar = progress_bar(len(methods) * len(seeds), task_name, "run", self.progress)
+        for seed in seeds:
+            trained: dict[tuple[str, str], Any] = {}      # (generator, estimator) -> its training, shared by decoders
+            for method in methods:
+                self.run_method(task_name, problem, method, seed, trained, seed == seeds[0])
+                bar.update(1)
+            self.write_extras()
+        bar.close()
+        self.setup[task_name].update(problem.setup)   # e.g. the aligner's fitting time, known only now
+        self.write_setup(task_name)
+
+    def run_method(self, task_name: str, problem: Problem, method: Method, seed: int, trained: dict,
+                   first: bool) -> None:
+        """One method on the task for one seed -> a results row (a pipeline trained once per `trained`
+        key); nothing for a method the task cannot run (told on the `first` seed) or one already run."""
+        spec = problem.spec
+        gen_kind = "pointer" if spec.kind == "items" else method.generator
+        if method.estimator and estimators.get_class(method.estimator).needs_aligner and problem.data is None:
+            if first:
+                self.log(f"{task_name}: {method.name} skipped: the aligner needs data rows, this task has none")
+            return
+        if method.peer:
+            row = run_peer(problem, method, seed)
+            name = method.name
+        else:
+            name = f"{gen_kind}/{method.estimator}/{method.decoder}"
+            if any(r["method"] == name and r["seed"] == seed and r["task"] == task_name for r in self.rows["results"]):
+                return  # e.g. two table generators that both mean the pointer generator here
+            key = (gen_kind, method.estimator)
+            if key not in trained:
+                trained[key] = self.train(task_name, problem, Method(name, None, method.generator, method.estimator),
+                                          gen_kind, seed)
+            row = run_pipeline(problem, Method(name, None, method.generator, method.estimator, method.decoder),
+                               seed, trained[key])
+        self.record({"task": task_name, "method": name, "family": method.family,
+                     "generator": "" if method.peer else gen_kind, "estimator": method.estimator,
+                     "decoder": method.decoder, "seed": seed, "contexts": len(problem.ctx), "seen": spec.seen,
+                     "k": spec.k, **row, "headline": spec.headline, "budget": spec.budget})
+
+    def train(self, task_name: str, problem: Problem, method: Method, gen_kind: str, seed: int):
+        """train_pipeline, its validation history added to the training rows and its quality-diversity
+        curve to the curves rows. -> train_pipeline's (result, peak MB)."""
+        trained = train_pipeline(problem, method, seed, bool(self.progress))
+        res, label = trained[0], f"{gen_kind}/{method.estimator}"
+        self.rows["training"] += [{"task": task_name, "method": label, "seed": seed, "step": h["step"],
+                                   "scorer_calls": h.get("scorer_calls"), "seconds": h.get("seconds"),
+                                   "val_score": h.get("val_score")}
+                                  for h in res.history if h.get("phase") == "val"]
+        self.rows["curves"] += [{"task": task_name, "method": label, "seed": seed, **c}
+                                for c in quality_diversity(problem, res.generator, seed)]
+        return trained
+
+    def record(self, r: dict) -> None:
+        """Add a results row, log its figures and rewrite OUT/results.csv."""
+        self.rows["results"].append(r)
+        headline = r["headline"]
+        head = "" if headline in ("max", "median") else f"{headline} {r[headline]:.3f}, "
+        self.say(f"{r['task']} seed {r['seed']} {r['method']}: {head}max {r['max']:.3f}, median {r['median']:.3f}, "
+                 f"distinct {r['distinct']:.0f}, calls/context {r['calls_generate']:.0f}")
+        _write_csv(self.joined("results"), self.out / "results.csv")
+
+    def write_extras(self) -> None:
+        """Rewrite OUT/curves.csv and training.csv (an update also drops the re-run task's old rows)."""
+        for name in ("curves", "training"):
+            if self.rows[name] or self.update:
+                frame = self.joined(name)
+                if len(frame):
+                    _write_csv(frame, self.out / f"{name}.csv")
+                else:
+                    (self.out / f"{name}.csv").unlink(missing_ok=True)
+
+    def write_setup(self, task_name: str) -> None:
+        """Rewrite OUT/setup.json after `task_name`: the wall time, or (update) the tasks updated so far."""
+        if self.update:
+            done = list(self.tasks[:self.tasks.index(task_name) + 1])
+            self.setup["_updates"] = self.updates + [{"tasks": done, "date": time.strftime("%Y-%m-%d"),
+                                                      "seconds": round(time.perf_counter() - self.started, 1)}]
+            self.setup = {k: self.setup[k] for k in dict.fromkeys([*self.order, *self.setup]) if k in self.setup}
+        else:
+            self.setup["_wall_seconds"] = round(time.perf_counter() - self.started, 1)
+        atomic_write_text(self.out / "setup.json", json.dumps(self.setup, indent=2, default=float) + "\n")

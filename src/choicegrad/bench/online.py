@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -39,11 +39,12 @@ from choicegrad.bench.metrics import normalise
 from choicegrad.bench.peers import breed
 from choicegrad.bench.tasks import stats as st
 from choicegrad.bench.tasks.landscape import Landscape
-from choicegrad.bench.tasks.registry import get_task
+from choicegrad.bench.tasks.registry import get_task, missing_data
 from choicegrad.data.table import load_table
 from choicegrad.decoding import decode, default_budget
 from choicegrad.decoding.rows import distinct_in_order, uniform_rows
 from choicegrad.design import DesignConfig, Designer, Measured
+from choicegrad.errors import did_you_mean
 from choicegrad.generators import GeneratorConfig, TableContext, TableObjective
 from choicegrad.io import atomic_write_text, write_table
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
@@ -236,6 +237,26 @@ def parse_method(name: str) -> tuple[str, dict]:
     return base, options
 
 
+def request_problems(tasks: Sequence[str], methods: Sequence[str], data_dir: Optional[str | Path] = None) -> list[str]:
+    """A line per unknown task or method of run_online ('tasks: ...', 'methods: ...') and per real
+    landscape whose data is not found: checked before any round."""
+    problems = [f'tasks: unknown task "{t}"{did_you_mean(t, list(ONLINE_TASKS))}; choose from {", ".join(ONLINE_TASKS)}'
+                for t in tasks if t not in ONLINE_TASKS]
+    for m in methods:
+        try:
+            parse_method(m)
+        except ValueError as exc:
+            problems.append(f"methods: {str(exc).splitlines()[0]}{did_you_mean(m, ONLINE_METHODS)}")
+    return problems + missing_data([ONLINE_TASKS[t].task for t in tasks if t in ONLINE_TASKS], data_dir)
+
+
+def task_specs(tasks: Sequence[str], rounds: Optional[int] = None, batch: Optional[int] = None,
+               minutes: Optional[float] = None) -> dict[str, OnlineSpec]:
+    """ONLINE_TASKS' specs of `tasks`, with rounds, batch and designer minutes replaced where given."""
+    change = {k: v for k, v in (("rounds", rounds), ("batch", batch), ("minutes", minutes)) if v is not None}
+    return {t: replace(ONLINE_TASKS[t], **change) for t in tasks}
+
+
 def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
                echo: Callable[[str], None] = lambda line: None, task: Optional[str] = None) -> list[dict]:
     """Rounds of one method from the start rows: one record per round (round 0: the start), named
@@ -249,9 +270,9 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
     history = History(ctx0, rows0, oracle.measure(ctx0, rows0), landscape.space.max_size)
     allowed = landscape.space.mask().expand(C, -1, -1)
     rng = torch.Generator().manual_seed(seed)
-    truth = truth_mask(landscape)
-    stats = st.nan_stats(landscape.scores.masked_fill(~truth, float("nan")))
-    records = [_record(landscape, truth, stats, history, None, 0, 0.0, spec, method, seed, task)]
+    judge = Judge(landscape)
+    run = {"task": task, "method": method, "seed": seed}
+    records = [judge.record(run, history, 0, 0, 0.0)]
     agent = DesignerMethod(landscape, spec, history, seed, options) if base == "designer" else None
     offline = None
     if base == "offline":
@@ -279,7 +300,7 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
         failed_rows.add(ctx[bad], rows[bad], y[bad])
         if agent is not None:
             agent.tell(ctx, rows, y)
-        rec = _record(landscape, truth, stats, history, (ctx, y), r, seconds, spec, method, seed, task)
+        rec = judge.record(run, history, r, r * spec.batch, seconds, batch=(ctx, y))
         rec["failed_repeats"] = repeats
         records.append(rec)
         echo(f"{task} {method} seed {seed} round {r}: best {rec['best']:.3f}, solved {rec['solved']:.2f}, "
@@ -287,27 +308,42 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
     return records
 
 
-def _record(landscape: Landscape, truth: Tensor, stats: dict, history: History, batch, r: int, seconds: float,
-            spec: OnlineSpec, method: str, seed: int, task: str) -> dict:
-    """Best-so-far and batch figures, normalised per context ((y - min) / (max - min) over the rows
-    with ground truth: truth (C, R), stats of them), means over contexts."""
-    C = landscape.num_contexts
-    y = history.y.float().masked_fill(~torch.isfinite(history.y), float("-inf"))
-    best = torch.full((C,), float("-inf")).scatter_reduce(0, history.ctx, y, "amax")
-    best_norm = normalise(best.clamp(min=float(stats["min"].min())), stats).clamp(min=0)
-    solved = best >= stats["max"] - 1e-6
-    top_share = ((landscape.scores >= best[:, None]) & truth).sum(1).float() / truth.sum(1)
-    rec = {"task": task, "method": method, "seed": seed, "round": r, "calls": r * spec.batch, "contexts": C,
-           "best": float(best_norm.mean()), "solved": float(solved.float().mean()),
-           "top_share": float(top_share.mean()), "seconds": seconds, "batch_median": float("nan"),
-           "failed_share": float("nan"), "failed_repeats": 0}
-    if batch is not None:
-        ctx, yb = batch
-        vals = yb.float().masked_fill(~torch.isfinite(yb), float("nan"))
-        norm = normalise(vals, {k: v[ctx] for k, v in stats.items()}).nan_to_num(0.0)   # failed: the worst
-        rec["batch_median"] = float(norm.view(C, -1).median(1).values.mean())
-        rec["failed_share"] = float((~torch.isfinite(yb)).float().mean())
-    return rec
+class Judge:
+    """A round's figures by the landscape's ground truth, normalised per context ((y - min) / (max - min)
+    over the rows with ground truth: truth (C, R), `stats` of them), means over contexts."""
+
+    def __init__(self, landscape: Landscape):
+        self.landscape = landscape
+        self.truth = truth_mask(landscape)
+        self.stats = st.nan_stats(landscape.scores.masked_fill(~self.truth, float("nan")))
+
+    def record(self, run: dict, history: History, r: int, calls: int, seconds: float,
+               batch: Optional[tuple[Tensor, Tensor]] = None) -> dict:
+        """One row of online.csv: `run` (task, method, seed), round r after `calls` calls per context,
+        best-so-far figures of `history` and (batch: the round's ctx (N,), y (N,)) the batch's."""
+        C = self.landscape.num_contexts
+        rec = {**run, "round": r, "calls": calls, "contexts": C, **self.best(history), "seconds": seconds,
+               "batch_median": float("nan"), "failed_share": float("nan"), "failed_repeats": 0}
+        if batch is not None:
+            ctx, yb = batch
+            vals = yb.float().masked_fill(~torch.isfinite(yb), float("nan"))
+            norm = normalise(vals, {k: v[ctx] for k, v in self.stats.items()}).nan_to_num(0.0)   # failed: the worst
+            rec["batch_median"] = float(norm.view(C, -1).median(1).values.mean())
+            rec["failed_share"] = float((~torch.isfinite(yb)).float().mean())
+        return rec
+
+    def best(self, history: History) -> dict:
+        """best (normalised best-so-far), solved (share of contexts at their optimum) and top_share
+        (share of the rows with ground truth at least as good as the best so far), means over contexts."""
+        stats = self.stats
+        C = self.landscape.num_contexts
+        y = history.y.float().masked_fill(~torch.isfinite(history.y), float("-inf"))
+        best = torch.full((C,), float("-inf")).scatter_reduce(0, history.ctx, y, "amax")
+        best_norm = normalise(best.clamp(min=float(stats["min"].min())), stats).clamp(min=0)
+        solved = best >= stats["max"] - 1e-6
+        top_share = ((self.landscape.scores >= best[:, None]) & self.truth).sum(1).float() / self.truth.sum(1)
+        return {"best": float(best_norm.mean()), "solved": float(solved.float().mean()),
+                "top_share": float(top_share.mean())}
 
 
 def truth_mask(landscape: Landscape) -> Tensor:

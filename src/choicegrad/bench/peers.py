@@ -69,6 +69,7 @@ distinct candidates.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -248,31 +249,49 @@ def _random(objective, ctx, allowed, k, budget, generator, distinct: bool = Fals
     return arch.result()
 
 
+@dataclass(frozen=True)
+class _AnnealOptions:
+    """anneal's knobs for one budget: `chains` chains per context from the best of `init` random rows,
+    temperatures t0 -> t1 (times the score scale), `chunk` rows per objective call."""
+
+    chains: int
+    init: int
+    t0: float
+    t1: float
+    chunk: int
+
+    @classmethod
+    def parse(cls, o: dict, budget: int) -> "_AnnealOptions":
+        """The options given (search's **options) with their defaults for `budget`; InputError naming a bad one."""
+        chunk = _opt(o, "chunk", SCORE_CHUNK)
+        P = min(_positive("chains", _opt(o, "chains", min(16, max(1, budget // 128)))), budget)
+        init = min(budget, max(P, _positive("init", _opt(o, "init", max(P, budget // 10)))))
+        t0, t1 = _positive("t0", _opt(o, "t0", 0.3), False), _positive("t1", _opt(o, "t1", 0.01), False)
+        return cls(P, init, t0, t1, chunk)
+
+
 def _anneal(objective, ctx, allowed, k, budget, generator, distinct: bool = False, **o) -> Candidates:
     B, S, V = allowed.shape
-    chunk = _opt(o, "chunk", SCORE_CHUNK)
-    P = min(_positive("chains", _opt(o, "chains", min(16, max(1, budget // 128)))), budget)
-    init = min(budget, max(P, _positive("init", _opt(o, "init", max(P, budget // 10)))))
-    t0, t1 = _positive("t0", _opt(o, "t0", 0.3), False), _positive("t1", _opt(o, "t1", 0.01), False)
-    arch = Archive(B, k, S, V, allowed.device)
+    opt = _AnnealOptions.parse(o, budget)
     if distinct:
-        first = _distinct_rows(allowed, init, generator)
-        first_scores = arch.score(objective, first, ctx, chunk, ~_repeats(first))
-        return _anneal_distinct(objective, ctx, allowed, arch, first, first_scores, P, budget - init, t0, t1,
-                                generator, chunk)
-    first = uniform_rows(allowed, init, generator)
-    first_scores = arch.score(objective, first, ctx, chunk)
-    return anneal_chains(objective, ctx, allowed, arch, first, first_scores, P, budget - init, t0, t1,
-                         generator, chunk)
+        return _anneal_distinct(objective, ctx, allowed, k, budget, generator, opt)
+    arch = Archive(B, k, S, V, allowed.device)
+    first = uniform_rows(allowed, opt.init, generator)
+    first_scores = arch.score(objective, first, ctx, opt.chunk)
+    return anneal_chains(objective, ctx, allowed, arch, first, first_scores, opt.chains, budget - opt.init, opt.t0,
+                         opt.t1, generator, opt.chunk)
 
 
-def _anneal_distinct(objective, ctx, allowed, arch, first, first_scores, P, left, t0, t1, generator, chunk
-                     ) -> Candidates:
-    """decoding.local_search.anneal_chains (the same chains, temperatures and budget) with distinct
-    rows: proposals by _move_distinct; a proposal with a repeat (a row that could not be repaired)
-    is not scored and not taken."""
-    B, M, S = first.shape
+def _anneal_distinct(objective, ctx, allowed, k, budget, generator, opt: _AnnealOptions) -> Candidates:
+    """decoding.local_search.anneal_chains (the same start, chains, temperatures and budget) with
+    distinct rows: the first rows by _distinct_rows, proposals by _move_distinct; a row with a repeat
+    (one that could not be repaired) is not scored and not taken."""
+    B, S, V = allowed.shape
     dev = allowed.device
+    arch = Archive(B, k, S, V, dev)
+    first = _distinct_rows(allowed, opt.init, generator)
+    first_scores = arch.score(objective, first, ctx, opt.chunk, ~_repeats(first))
+    P, left = opt.chains, budget - opt.init
     fin = torch.isfinite(first_scores)
     n = fin.sum(1)
     mean = torch.where(fin, first_scores, 0).sum(1) / n.clamp(min=1)
@@ -283,13 +302,13 @@ def _anneal_distinct(objective, ctx, allowed, arch, first, first_scores, P, left
     top = first_scores.topk(P, dim=1).indices
     current = first.gather(1, top.unsqueeze(-1).expand(B, P, S))
     cur_score = first_scores.gather(1, top)
-    steps = math.ceil(int(left) / P)
+    steps = math.ceil(left / P)
     for i in range(steps):
-        n = min(P, int(left) - i * P)                                   # the last step may move fewer chains
-        temp = scale * t0 * (t1 / t0) ** (i / max(steps - 1, 1))
+        n = min(P, left - i * P)                                        # the last step may move fewer chains
+        temp = scale * opt.t0 * (opt.t1 / opt.t0) ** (i / max(steps - 1, 1))
         prop = _move_distinct(current, allowed, generator)
         moving = (torch.arange(P, device=dev) < n)[None, :] & ~_repeats(prop)
-        score = arch.score(objective, prop, ctx, chunk, moving)
+        score = arch.score(objective, prop, ctx, opt.chunk, moving)
         u = torch.rand(B, P, generator=generator, device=dev)
         delta = score - cur_score
         accept = moving & ((delta >= 0) | (u < torch.exp((delta / temp).clamp(max=0))))
@@ -353,33 +372,56 @@ def _genetic(objective, ctx, allowed, k, budget, generator, distinct: bool = Fal
     return arch.result()
 
 
+@dataclass(frozen=True)
+class _AscentPlan:
+    """gradient-ascent's knobs and its budget per context: G soft steps of P soft rows, then after
+    each soft step in `at` one of E evaluations of up to R new hard rows (`hard` in all)."""
+
+    P: int
+    lr: float
+    tau: float
+    every: int
+    init_scale: float
+    chunk: int
+    hard: int
+    G: int
+    E: int
+    R: int
+    at: frozenset
+
+    @classmethod
+    def parse(cls, o: dict, budget: int) -> "_AscentPlan":
+        """The options given (search's **options) with their defaults, split over `budget`; InputError
+        naming a bad one."""
+        chunk = _opt(o, "chunk", SCORE_CHUNK)
+        P = min(budget, _positive("starts", _opt(o, "starts", min(64, max(1, budget // 40)))))
+        lr = _positive("lr", _opt(o, "lr", 0.3), False)
+        tau = _positive("tau", _opt(o, "tau", 1.0), False)
+        every = _positive("every", _opt(o, "every", 5))
+        init_scale = float(_opt(o, "init_scale", 1.0))
+        share = float(_opt(o, "hard_share", 0.5))
+        if not 0 < share <= 1:
+            raise InputError("hard_share", [f"hard_share must be in (0, 1], got {share}"])
+        hard = min(budget, max(P, round(budget * share)))
+        G = (budget - hard) // P
+        E = max(1, min(math.ceil(G / every), hard // P))
+        at = frozenset(round((e + 1) * G / E) for e in range(E))          # soft steps after which to evaluate
+        return cls(P, lr, tau, every, init_scale, chunk, hard, G, E, hard // E, at)
+
+
 def _gradient_ascent(objective, ctx, allowed, k, budget, generator, distinct: bool = False, **o) -> Candidates:
     B, S, V = allowed.shape
     dev = allowed.device
-    chunk = _opt(o, "chunk", SCORE_CHUNK)
-    P = min(budget, _positive("starts", _opt(o, "starts", min(64, max(1, budget // 40)))))
-    lr = _positive("lr", _opt(o, "lr", 0.3), False)
-    tau = _positive("tau", _opt(o, "tau", 1.0), False)
-    every = _positive("every", _opt(o, "every", 5))
-    init_scale = float(_opt(o, "init_scale", 1.0))
-    share = float(_opt(o, "hard_share", 0.5))
-    if not 0 < share <= 1:
-        raise InputError("hard_share", [f"hard_share must be in (0, 1], got {share}"])
-    # budget per context: G soft steps of P soft rows, E evaluations of R >= P hard rows each
-    hard = min(budget, max(P, round(budget * share)))
-    G = (budget - hard) // P
-    E = max(1, min(math.ceil(G / every), hard // P))
-    R = hard // E
-    at = {round((e + 1) * G / E) for e in range(E)}                      # soft steps after which to evaluate
-
+    plan = _AscentPlan.parse(o, budget)
+    P = plan.P
     arch = Archive(B, k, S, V, dev)
-    logits = (torch.randn(B, P, S, V, generator=generator, device=dev) * init_scale).requires_grad_(True)
+    logits = (torch.randn(B, P, S, V, generator=generator, device=dev) * plan.init_scale).requires_grad_(True)
     mask = allowed.unsqueeze(1).expand(B, P, S, V)
-    opt = torch.optim.Adam([logits], lr=lr)
+    opt = torch.optim.Adam([logits], lr=plan.lr)
     rep = ctx.repeat_interleave(P)
 
     def probs() -> Tensor:
-        return torch.softmax(torch.where(mask, logits, torch.full_like(logits, _NEG)) / tau, -1)
+        return torch.softmax(torch.where(mask, logits, torch.full_like(logits, _NEG)) / plan.tau, -1)
 
     spent = torch.zeros(B, dtype=torch.long, device=dev)                 # hard rows scored, per context
     evals = 0
@@ -391,7 +433,7 @@ def _gradient_ascent(objective, ctx, allowed, k, budget, generator, distinct: bo
         nonlocal spent, evals
         evals += 1
         with torch.no_grad():
-            avail = (hard - spent) if evals >= E else (evals * R - spent)               # (B,)
+            avail = (plan.hard - spent) if evals >= plan.E else (evals * plan.R - spent)   # (B,)
             p = probs()
             rows = p.argmax(-1)                                                        # (B, P, S)
             extra = 2 * int(avail.max())
@@ -404,95 +446,130 @@ def _gradient_ascent(objective, ctx, allowed, k, budget, generator, distinct: bo
             new = first_occurrence(keys, ~known & ~_repeats(rows) if distinct else ~known)
             take = new & (new.long().cumsum(1) <= avail.unsqueeze(1))
             if bool(take.any()):
-                arch.score(objective, rows, ctx, chunk, take)
+                arch.score(objective, rows, ctx, plan.chunk, take)
             spent = spent + take.sum(1)
 
-    if G == 0:
+    if plan.G == 0:
         evaluate()
-    for g in range(1, G + 1):
+    for g in range(1, plan.G + 1):
         soft = probs().reshape(B * P, S, V)
         value = objective(soft, rep).float()
         arch.calls += B * P
         # the gradient of the logits only: a scorer's own parameters get no .grad from the search
         logits.grad = torch.autograd.grad(-value.sum(), logits)[0]
         opt.step()
-        if g in at:
+        if g in plan.at:
             evaluate()
     return arch.result()
 
 
 def _greedy(objective, ctx, allowed, k, budget, generator, distinct: bool = False, **o) -> Candidates:
     B, S, V = allowed.shape
-    dev = allowed.device
     chunk = _opt(o, "chunk", SCORE_CHUNK)
     sweeps = o.get("sweeps")
     sweeps = None if sweeps is None else _positive("sweeps", sweeps)
     restart = bool(_opt(o, "restart", True))
-    arch = Archive(B, k, S, V, dev)
-
-    def fresh() -> Tensor:
-        return (_distinct_rows if distinct else uniform_rows)(allowed, 1, generator)[:, 0]
-
-    cur = fresh()                                                                  # (B, S)
-    score = torch.full((B,), _NEG, device=dev)
-    known = torch.zeros(B, dtype=torch.bool, device=dev)                           # cur already scored
-    stale = torch.zeros(B, dtype=torch.long, device=dev)                           # steps without a move
-    steps = torch.zeros(B, dtype=torch.long, device=dev)                           # steps since the start
-    left = torch.full((B,), budget, dtype=torch.long, device=dev)
-    active = torch.ones(B, dtype=torch.bool, device=dev)
-    cats = torch.arange(V, device=dev)
-    per = max(1, chunk // max(B, 1))
+    arch = Archive(B, k, S, V, allowed.device)
+    chains = _GreedyChains(allowed, budget, generator, distinct, sweeps, restart)
     idle, i = 0, 0
     while True:
-        live = active & (left > 0)
+        live = chains.active & (chains.left > 0)
         if not bool(live.any()) or idle > 2 * S + 2:     # spent; or nothing left to score anywhere
             break
         s, i = i % S, i + 1
-        cand = allowed[:, s] & live[:, None]                                       # (B, V)
-        if distinct and S > 1:
+        cand = chains.candidates(s, live)
+        best, best_cat = chains.best_in_slot(objective, ctx, arch, s, cand, chunk)
+        idle = idle + 1 if not bool(cand.any()) else 0
+        chains.step(s, live, best, best_cat, cand.sum(1))
+    return arch.result()
+
+
+class _GreedyChains:
+    """greedy's one chain per context: the row it holds cur (B, S) and its score (B,), whether that row
+    was scored (known), the steps without a move (stale) and since the chain's start (steps), the calls
+    left and whether the chain still runs (active), all (B,)."""
+
+    def __init__(self, allowed: Tensor, budget: int, generator: torch.Generator, distinct: bool,
+                 sweeps: Optional[int], restart: bool):
+        B, S, V = allowed.shape
+        dev = allowed.device
+        self.allowed, self.generator, self.distinct, self.sweeps, self.restart = allowed, generator, distinct, sweeps, restart
+        self.cur = self.fresh()                                                    # (B, S)
+        self.score = torch.full((B,), _NEG, device=dev)
+        self.known = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.stale = torch.zeros(B, dtype=torch.long, device=dev)
+        self.steps = torch.zeros(B, dtype=torch.long, device=dev)
+        self.left = torch.full((B,), budget, dtype=torch.long, device=dev)
+        self.active = torch.ones(B, dtype=torch.bool, device=dev)
+
+    def fresh(self) -> Tensor:
+        """(B, S) uniform random allowed rows (distinct ones under distinct)."""
+        return (_distinct_rows if self.distinct else uniform_rows)(self.allowed, 1, self.generator)[:, 0]
+
+    def candidates(self, s: int, live: Tensor) -> Tensor:
+        """(B, V) bool: the categories of slot s to score in the live chains -- allowed, not held by the
+        other slots (distinct), not the held row once scored, and where fewer calls are left than
+        categories a random subset of them."""
+        B, S, V = self.allowed.shape
+        cur = self.cur
+        cand = self.allowed[:, s] & live[:, None]
+        if self.distinct and S > 1:
             others = torch.cat([cur[:, :s], cur[:, s + 1:]], 1)
             cand = cand & ~torch.zeros_like(cand).scatter(1, others, True) & ~_repeats(others)[:, None]
-        cand = cand & ~(known[:, None] & (cats == cur[:, s:s + 1]))               # the held row: scored once
-        count = cand.sum(1)
-        short = count > left
+        cats = torch.arange(V, device=cand.device)
+        cand = cand & ~(self.known[:, None] & (cats == cur[:, s:s + 1]))          # the held row: scored once
+        short = cand.sum(1) > self.left
         if bool(short.any()):                                                      # the last calls: a random subset
-            noise = torch.rand(B, V, generator=generator, device=dev).masked_fill(~cand, 2.0)
+            noise = torch.rand(B, V, generator=self.generator, device=cand.device).masked_fill(~cand, 2.0)
             rank = noise.argsort(1).argsort(1)
-            cand = cand & (~short[:, None] | (rank < left[:, None]))
+            cand = cand & (~short[:, None] | (rank < self.left[:, None]))
+        return cand
+
+    def best_in_slot(self, objective, ctx, arch: Archive, s: int, cand: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+        """Score the held rows with slot s set to each candidate category (cand (B, V)) into `arch`, in
+        blocks of categories -> the best score (B,) (-inf: none scored) and its category (B,) (the held
+        one where none)."""
+        B, S, _ = self.allowed.shape
+        per = max(1, chunk // max(B, 1))
         m = int(cand.sum(1).max())
-        best = torch.full((B,), _NEG, device=dev)
-        best_cat = cur[:, s].clone()
-        if m > 0:
-            order = torch.argsort((~cand).to(torch.int8), dim=1, stable=True)[:, :m]          # (B, m) candidates first
-            for lo in range(0, m, per):                                            # blocks of categories
-                part = order[:, lo:lo + per]
-                ok = cand.gather(1, part)
-                rows = cur.unsqueeze(1).expand(B, part.shape[1], S).clone()
-                rows[:, :, s] = part
-                sc = arch.score(objective, rows, ctx, chunk, ok)
-                top = sc.max(1)
-                better = top.values > best
-                best = torch.where(better, top.values, best)
-                best_cat = torch.where(better, part.gather(1, top.indices[:, None])[:, 0], best_cat)
-        spent = cand.sum(1)
-        idle = idle + 1 if m == 0 else 0
-        left = left - spent
-        moved = live & (best > score)
-        cur[:, s] = torch.where(moved, best_cat, cur[:, s])
-        score = torch.where(moved, best, score)
-        known = known | (live & (spent > 0))
-        stale = torch.where(moved, torch.ones_like(stale), stale + live.long())
-        steps = steps + live.long()
-        done = live & (stale >= S)                                                 # a local peak
-        if sweeps is not None:
-            done = done | (live & (steps >= sweeps * S))
-        if not restart:
-            active = active & ~done
+        best = torch.full((B,), _NEG, device=cand.device)
+        best_cat = self.cur[:, s].clone()
+        if m == 0:
+            return best, best_cat
+        order = torch.argsort((~cand).to(torch.int8), dim=1, stable=True)[:, :m]          # (B, m) candidates first
+        for lo in range(0, m, per):                                                # blocks of categories
+            part = order[:, lo:lo + per]
+            ok = cand.gather(1, part)
+            rows = self.cur.unsqueeze(1).expand(B, part.shape[1], S).clone()
+            rows[:, :, s] = part
+            sc = arch.score(objective, rows, ctx, chunk, ok)
+            top = sc.max(1)
+            better = top.values > best
+            best = torch.where(better, top.values, best)
+            best_cat = torch.where(better, part.gather(1, top.indices[:, None])[:, 0], best_cat)
+        return best, best_cat
+
+    def step(self, s: int, live: Tensor, best: Tensor, best_cat: Tensor, spent: Tensor) -> None:
+        """Move the live chains to slot s's best category where it improves, having spent `spent` (B,)
+        calls; a chain at a local peak (or past its sweeps) restarts from a fresh row, or stops
+        (restart=False)."""
+        S = self.allowed.shape[1]
+        self.left = self.left - spent
+        moved = live & (best > self.score)
+        self.cur[:, s] = torch.where(moved, best_cat, self.cur[:, s])
+        self.score = torch.where(moved, best, self.score)
+        self.known = self.known | (live & (spent > 0))
+        self.stale = torch.where(moved, torch.ones_like(self.stale), self.stale + live.long())
+        self.steps = self.steps + live.long()
+        done = live & (self.stale >= S)                                            # a local peak
+        if self.sweeps is not None:
+            done = done | (live & (self.steps >= self.sweeps * S))
+        if not self.restart:
+            self.active = self.active & ~done
         elif bool(done.any()):
-            cur = torch.where(done.unsqueeze(-1), fresh(), cur)
-            score = torch.where(done, torch.full_like(score, _NEG), score)
-            known, stale, steps = known & ~done, stale * ~done, steps * ~done
-    return arch.result()
+            self.cur = torch.where(done.unsqueeze(-1), self.fresh(), self.cur)
+            self.score = torch.where(done, torch.full_like(self.score, _NEG), self.score)
+            self.known, self.stale, self.steps = self.known & ~done, self.stale * ~done, self.steps * ~done
 
 
 def _exhaustive_distinct(objective, ctx, k, allowed, chunk: int = 1 << 16) -> Candidates:

@@ -46,6 +46,8 @@ class EhrlichModel:
     def __init__(self, slots: int = 8, vocab: int = 5, motifs: int = 2, motif_length: int = 3, contexts: int = 16,
                  quantization: int | None = None, min_feasible: float = 0.6, infeasible: float = -1.0,
                  seed: int = 0):
+        """ValueError naming a setting out of range. Many parameters: the function's published
+        hyperparameters (Stanton et al. 2024), each a task option of the benchmark."""
         Q = motif_length if quantization is None else quantization
         if vocab < 3:
             raise ValueError(f"vocab: an Ehrlich function needs at least 3 categories "
@@ -69,6 +71,13 @@ class EhrlichModel:
         self.quantization, self.infeasible = Q, float(infeasible)
         self.allowed = self._transitions(V, S, min_feasible, g)
         self.witness = self._walk(C, S, g)
+        self._place_motifs(g)
+
+    def _place_motifs(self, g: torch.Generator) -> None:
+        """Motif i of each context read off the witness inside region i (S // M slots) at random
+        offsets: offsets, elements (C, M, k); and where each start position reads them, _at (C, M, S, k)
+        with _valid (C, M, S) for the starts whose motif fits in the row."""
+        S, M, k, C = self.slots, self.motifs, self.motif_length, self.contexts
         region = S // M
         gaps = torch.rand(C, M, region - 1, generator=g).argsort(-1)[..., : k - 1].sort(-1).values + 1
         self.offsets = torch.cat([torch.zeros(C, M, 1, dtype=torch.long), gaps], -1)              # (C, M, k)

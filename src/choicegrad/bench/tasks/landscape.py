@@ -228,60 +228,25 @@ class Landscape(BenchmarkTask):
         measured_column: bool, or labels where "measured" means True. Every problem (missing columns,
         missing labels, non-finite scores, duplicated rows) is reported in one InputError naming `name`.
         """
-        columns = [str(c) for c in frame.columns]
-        wanted = [("slot", s) for s in slots] + [("score", score)]
-        wanted += [("context", context)] if context else []
-        wanted += [("measured", measured_column)] if measured_column else []
-        problems = [f'{role} column "{c}" not found{did_you_mean(c, columns)}' for role, c in wanted if c not in columns]
-        if not slots:
-            problems.append("slots: expected at least one slot column")
-        if len(frame) == 0:
-            problems.append("the table has no rows")
+        problems = _column_problems(frame, slots, score, context, measured_column)
         if problems:
             raise InputError(name, problems)
-        codes = {c: _factorize(frame[c]) for c in list(slots) + ([context] if context else [])}
-        y = pd.to_numeric(frame[score], errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(y))
-        if len(bad):
-            problems.append(f'score column "{score}": expected finite numbers, '
-                            f'got missing/non-numeric at {show_rows(bad)}')
-        labels: list[str] = []
-        ctx = np.zeros(len(frame), dtype=np.int64)
-        if context:
-            ctx, labels = codes[context]
-        for c, (code, _) in codes.items():
-            absent = np.flatnonzero(code < 0)
-            if len(absent):
-                role = "context" if c == context else "slot"
-                problems.append(f'{role} column "{c}": missing value at {show_rows(absent)}')
+        codes, y, problems = _coded(frame, slots, score, context)
         if problems:
             raise InputError(name, problems)
+        ctx, labels = codes[context] if context else (np.zeros(len(frame), dtype=np.int64), [])
         space = ChoiceSpace(slots=[Slot(name=c, categories=codes[c][1]) for c in slots])
         C, R = max(1, len(labels)), space.num_rows()
         if C * R > MAX_CELLS:
             raise InputError(name, [f"{C} contexts x {R} rows exceed the {MAX_CELLS} scores a landscape holds"])
         rows = torch.from_numpy(np.stack([codes[c][0] for c in slots], 1))
-        flat = torch.from_numpy(ctx) * R + (rows * radix(space.sizes)).sum(-1)
-        order = torch.argsort(flat, stable=True)
-        same = flat[order[1:]] == flat[order[:-1]]
-        if bool(same.any()):
-            first, again = order[:-1][same].numpy(), order[1:][same].numpy()
-            cols = ([context] if context else []) + list(slots)
-            shown = frame.iloc[int(first[0])][cols].to_dict()
-            raise InputError(name, [f"duplicate row: data rows {int(first[0]) + 1} and {int(again[0]) + 1} are both "
-                                    f"{shown} ({len(again)} duplicate(s) in all, at {show_rows(np.sort(again))})"])
+        flat = torch.from_numpy(ctx) * R + (rows * radix(space.sizes)).sum(-1)          # (N,) cell of each data row
+        duplicate = _duplicate_problem(frame, flat, ([context] if context else []) + list(slots))
+        if duplicate:
+            raise InputError(name, [duplicate])
         scores = torch.full((C * R,), float("nan"))
         scores[flat] = torch.tensor(y, dtype=torch.float32)
-        measured = None
-        if measured_column:
-            flag = frame[measured_column]
-            if pd.api.types.is_bool_dtype(flag.dtype):
-                ok = flag.to_numpy(dtype=bool)
-            else:
-                ok = (as_labels(flag) == "measured").to_numpy(dtype=bool)
-            measured = torch.zeros(C * R, dtype=torch.bool)
-            measured[flat] = torch.tensor(ok)
-            measured = measured.view(C, R)
+        measured = _measured_flags(frame[measured_column], flat, C, R) if measured_column else None
         return cls(name, space, scores.view(C, R), context, labels, measured)
 
     @classmethod
@@ -320,6 +285,62 @@ class Landscape(BenchmarkTask):
                 n = len(rows)
                 scores[:, start:start + n] = fn(owner.repeat_interleave(n), rows.repeat(C, 1)).float().view(C, n)
         return cls(name, space, scores, context_column if labels else None, labels, None, fn, model)
+
+
+def _column_problems(frame: pd.DataFrame, slots: Sequence[str], score: str, context: Optional[str],
+                     measured_column: Optional[str]) -> list[str]:
+    """Landscape.from_frame's first check: a line per column not found, no slot, no row."""
+    columns = [str(c) for c in frame.columns]
+    wanted = [("slot", s) for s in slots] + [("score", score)]
+    wanted += [("context", context)] if context else []
+    wanted += [("measured", measured_column)] if measured_column else []
+    problems = [f'{role} column "{c}" not found{did_you_mean(c, columns)}' for role, c in wanted if c not in columns]
+    if not slots:
+        problems.append("slots: expected at least one slot column")
+    if len(frame) == 0:
+        problems.append("the table has no rows")
+    return problems
+
+
+def _coded(frame: pd.DataFrame, slots: Sequence[str], score: str, context: Optional[str]
+           ) -> tuple[dict[str, tuple[np.ndarray, list[str]]], np.ndarray, list[str]]:
+    """The slot and context columns as codes (_factorize), the scores (N,) float64, and a line per
+    non-finite score and per column with missing labels."""
+    codes = {c: _factorize(frame[c]) for c in list(slots) + ([context] if context else [])}
+    y = pd.to_numeric(frame[score], errors="coerce").to_numpy(dtype=np.float64)
+    problems = []
+    bad = np.flatnonzero(~np.isfinite(y))
+    if len(bad):
+        problems.append(f'score column "{score}": expected finite numbers, got missing/non-numeric at {show_rows(bad)}')
+    for c, (code, _) in codes.items():
+        absent = np.flatnonzero(code < 0)
+        if len(absent):
+            role = "context" if c == context else "slot"
+            problems.append(f'{role} column "{c}": missing value at {show_rows(absent)}')
+    return codes, y, problems
+
+
+def _duplicate_problem(frame: pd.DataFrame, flat: Tensor, cols: list[str]) -> Optional[str]:
+    """The line naming the first two data rows in the same cell (flat (N,)) and how many repeat one, or None."""
+    order = torch.argsort(flat, stable=True)
+    same = flat[order[1:]] == flat[order[:-1]]
+    if not bool(same.any()):
+        return None
+    first, again = order[:-1][same].numpy(), order[1:][same].numpy()
+    shown = frame.iloc[int(first[0])][cols].to_dict()
+    return (f"duplicate row: data rows {int(first[0]) + 1} and {int(again[0]) + 1} are both "
+            f"{shown} ({len(again)} duplicate(s) in all, at {show_rows(np.sort(again))})")
+
+
+def _measured_flags(flag: pd.Series, flat: Tensor, C: int, R: int) -> Tensor:
+    """(C, R) bool: the cells whose data row is flagged measured (a bool column, or the label "measured")."""
+    if pd.api.types.is_bool_dtype(flag.dtype):
+        ok = flag.to_numpy(dtype=bool)
+    else:
+        ok = (as_labels(flag) == "measured").to_numpy(dtype=bool)
+    measured = torch.zeros(C * R, dtype=torch.bool)
+    measured[flat] = torch.tensor(ok)
+    return measured.view(C, R)
 
 
 def _factorize(values: pd.Series) -> tuple[np.ndarray, list[str]]:

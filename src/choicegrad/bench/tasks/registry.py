@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from choicegrad.bench.fetch import find_dataset
 from choicegrad.bench.tasks.base import BenchmarkTask
@@ -76,6 +76,19 @@ def find_task_data(name: str, data_dir: Optional[str | Path] = None) -> Path:
     """NAME.parquet of a real landscape in data_dir_for(data_dir), else in the fetch cache, else
     FileNotFoundError (saying how to fetch it)."""
     return find_dataset(name, data_dir_for(data_dir))
+
+
+def missing_data(names: Sequence[str], data_dir: Optional[str | Path] = None) -> list[str]:
+    """A line per real landscape among `names` whose data find_task_data does not find (saying how to
+    fetch it): checked before any long work."""
+    problems = []
+    for name in names:
+        if name in REAL:
+            try:
+                find_task_data(name, data_dir)
+            except FileNotFoundError as exc:
+                problems.append(str(exc))
+    return problems
 
 
 def get_task(name: str, data_dir: Optional[str | Path] = None, **options) -> BenchmarkTask:
