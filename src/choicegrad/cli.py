@@ -423,7 +423,8 @@ def _objective_table(data, features, score, context, space):
 
 def _fit_objective(spec: str, out: Path, table, space, contexts, scale, generator: str, generator_fit, force_generator,
                    writing: dict) -> None:
-    """`choicegrad fit --objective FILE.py:NAME`: a generator for the user's own score model."""
+    """`choicegrad fit --objective FILE.py:NAME`: a generator for the user's own score model. Many
+    parameters: the flags of fit that this form reads."""
     from choicegrad.objectives import load_objective
     from choicegrad.run import Run, check_method
     from choicegrad.runfolder import check_out_path
@@ -456,7 +457,8 @@ def parse_eligible(values: Optional[list[str]]) -> Optional[dict[str, dict[str, 
 
 
 def _item_spec(data, slots, items, item_id, score, context, lists, list_id, distinct, eligible, objective):
-    """`choicegrad fit LOG --slots a,b,c --items items.csv ...`: the item run's ItemSpec."""
+    """`choicegrad fit LOG --slots a,b,c --items items.csv ...`: the item run's ItemSpec. Many parameters:
+    the flags of fit that an item run reads."""
     from choicegrad.items import ItemSpec
 
     problems = [f"{flag}: required with --slots ({what})" for flag, value, what in

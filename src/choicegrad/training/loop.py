@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from choicegrad import distributed, estimators
-from choicegrad.checkpoints import Checkpointer, rng_state, set_rng_state
+from choicegrad.checkpoints import Checkpointer, rng_state, seeded_rng, set_rng_state
 from choicegrad.errors import InputError, Interrupted
 from choicegrad.data.table import TableData
 from choicegrad.decoding.rows import first_occurrence, row_keys
@@ -393,8 +393,7 @@ def fit_table_generator(scorer, data: TableData, config=None, fit: Optional[Gene
     (warm start on `data`'s best rows), maximising the scorer (with `fit.beta` pessimism)."""
     check_scorer(scorer, "fit_table_generator")
     fit = fit or GeneratorFit()
-    with torch.random.fork_rng(devices=[]):    # the generator's initial weights from fit.seed; the caller's RNG left as it was
-        torch.manual_seed(fit.seed)
+    with seeded_rng(fit.seed, fit.device):    # the generator's initial weights from fit.seed; the caller's RNG left as it was
         gen = build(config or GeneratorConfig(), space=scorer.space, context=scorer.context)
     contexts = TableContexts(data, device=fit.device)
     return fit_generator(gen, TableObjective(scorer, beta=fit.beta), contexts, fit, run_dir=run_dir, progress=progress,
