@@ -1,4 +1,7 @@
-"""Import cycles in choicegrad, function-level imports included, read from the source with `ast`.
+"""The package's structure, read from the source with `ast`: no import cycle (function-level imports
+included), no private name imported from another module, no branch on an estimator's name or list of
+estimator names outside estimators/ (each estimator declares what training needs; the registry is
+the one list).
 
 An edge a -> b is any `import b` / `from b import x` anywhere in module a (at module level, inside a
 function or under TYPE_CHECKING alike); `from p import m` where p.m is a module is an edge to p.m.
@@ -99,10 +102,50 @@ def test_cycle_finder_sees_function_level_imports(tmp_path):
     assert cycles(graph) == [["choicegrad.a", "choicegrad.sub.b"]]
 
 
-def test_no_import_cycle_in_the_benchmark():
-    found = cycles(import_graph(module_files()))
-    bench = [c for c in found if any(m.startswith("choicegrad.bench") for m in c)]
-    assert not bench, bench
+def test_no_import_cycle_in_the_package():
+    assert cycles(import_graph(module_files())) == []
+
+
+def private_imports(modules: dict[str, Path]) -> list[str]:
+    """'module <- other._name' for every `from other import _name` across modules of the package."""
+    found = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("choicegrad"):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and node.module != name:
+                        found.append(f"{name} <- {node.module}.{alias.name}")
+    return found
+
+
+def test_no_private_name_imported_across_modules():
+    assert private_imports(module_files()) == []
+
+
+def estimator_name_uses(modules: dict[str, Path]) -> list[str]:
+    """'module:line' where code outside estimators/ compares with an estimator's name or lists two or
+    more of them (a default name, such as GeneratorFit's "reinforce", is an assignment, not a branch)."""
+    from choicegrad.estimators import available
+
+    names = set(available())
+    found = []
+    for name, path in modules.items():
+        if name.startswith("choicegrad.estimators"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(isinstance(x, ast.Constant) and x.value in names for x in sides):
+                    found.append(f"{name}:{node.lineno}")
+            elif isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+                listed = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in names]
+                if len(listed) >= 2:
+                    found.append(f"{name}:{node.lineno} {listed}")
+    return found
+
+
+def test_no_estimator_name_branch_or_list_outside_the_estimators():
+    assert estimator_name_uses(module_files()) == []
 
 
 if __name__ == "__main__":   # every cycle of the package, for the record
