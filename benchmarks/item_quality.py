@@ -167,7 +167,7 @@ def show(label: str, row: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"seed": label, **{k: round(v, 4) for k, v in row.items()}}), flush=True)
         return
-    cells = [f"{row[c]:.1f}" if c.endswith("_s") else f"{row[c]:.3f}" if c in row else "-" for c in COLUMNS]
+    cells = ["-" if c not in row else f"{row[c]:.1f}" if c.endswith("_s") else f"{row[c]:.3f}" for c in COLUMNS]
     print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -496,7 +496,8 @@ def generate_cmd(
         help="argmax, sample, topk, rerank, polish, anneal or exhaustive. Default: polish; exhaustive (the exact top-K) "
              "for a run whose small space was enumerated instead of training a generator.")] = None,
     fix: Annotated[Optional[list[str]], typer.Option(help="Fix a feature: FEATURE=CATEGORY (repeatable).")] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (sample, rerank, polish).")] = 1.0,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="Sampling temperature (sample, rerank, polish); default 1, but 2 for an item run's polish.")] = None,
     samples: Annotated[Optional[int], typer.Option(help="Rows drawn per context by rerank/polish/anneal (sets the draws; "
                                                    "without --budget the search after them is then unbounded).")] = None,
     budget: Annotated[Optional[int], typer.Option(help="Scorer calls per context for rerank/polish/anneal: a quarter on draws, "

@@ -41,12 +41,13 @@ def check_method(method: str, kind: str) -> str:
     return key
 
 
-def generate_problems(k: int, decoder: str, temperature: float, samples: Optional[int],
+def generate_problems(k: int, decoder: str, temperature: Optional[float], samples: Optional[int],
                       budget: Optional[int], seed: int = 0) -> list[str]:
     """'argument: problem' lines for bad Run.generate options (empty when all are fine): decode's own
-    check (decode_problems) and the seed's, for a caller to check them before reading anything (the
+    check (decode_problems; temperature None: the decoder's default) and the seed's, for a caller to
+    check them before reading anything (the
     CLI, item runs)."""
-    problems = decode_problems(decoder, k, temperature, samples, budget)
+    problems = decode_problems(decoder, k, 1.0 if temperature is None else temperature, samples, budget)
     if not 0 <= seed < 2**63:
         problems.append(f"seed: expected an integer in 0 .. 2**63 - 1, got {seed}")
     return problems

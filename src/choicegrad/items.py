@@ -53,9 +53,11 @@ TRAIN_ITEMS = 16
 ITEM_SYNTHETIC = 0.0
 #: Scorer calls per list `generate` gives the searching decoders by default: max(4 K, ITEM_BUDGET).
 ITEM_BUDGET = 64
-#: How the searching decoders search for item runs (DecodeOptions fields): polish climbs from the 16
-#: best draws, one slot per step (benchmarks/item_lists.py part a, docs/items.md).
-ITEM_DECODE: dict = {"starts": 16, "by_slot": True}
+#: How polish searches for item runs (DecodeOptions fields): it climbs from the 16 best of draws at
+#: temperature 2 (unless given one), one slot per step: hotter draws start the climbs from more varied
+#: slates, which matters most where the generator alone is weak (lists of unseen items)
+#: (benchmarks/item_lists.py part a, benchmarks/item_quality.py --item-decode, docs/items.md).
+ITEM_DECODE: dict = {"starts": 16, "by_slot": True, "temperature": 2.0}
 #: Rows (lists x k) one generate call returns at most.
 MAX_SLATES = 10_000_000
 Table = Union[str, Path, pd.DataFrame]
@@ -490,10 +492,10 @@ def parse_item_fix(fix, slots: list[str], catalogue: Catalogue, eligible: Option
 
 def generate_items(run, *, items: Optional[Table] = None, lists: Optional[Table] = None,
                    contexts: Optional[Table] = None, k: int = 10, decoder: Optional[str] = None, fix=None,
-                   temperature: float = 1.0, samples: Optional[int] = None, budget: Optional[int] = None,
+                   temperature: Optional[float] = None, samples: Optional[int] = None, budget: Optional[int] = None,
                    beta: Optional[float] = None, seed: int = 0) -> pd.DataFrame:
     """Run.generate for an item run: the top-k distinct slates per list (see Run.generate; many
-    parameters: its keywords)."""
+    parameters: its keywords). temperature None: polish's ITEM_DECODE temperature, else 1."""
     decoder = decoder or "polish"
     problems = generate_problems(k, decoder, temperature, samples, budget, seed)
     if problems:
@@ -502,9 +504,11 @@ def generate_items(run, *, items: Optional[Table] = None, lists: Optional[Table]
     if len(asked.lists) * k > MAX_SLATES:
         raise InputError("k", [f"{k:,} slates for each of {len(asked.lists):,} lists is more than {MAX_SLATES:,} rows"])
     objective, column = _slate_objective(run, decoder, beta)
-    options = dict(temperature=temperature, samples=samples, generator=torch.Generator(device=run.device).manual_seed(seed),
-                   budget=budget if budget is not None or samples is not None else max(4 * k, ITEM_BUDGET),
-                   **(ITEM_DECODE if decoder == "polish" else {}))
+    search = dict(ITEM_DECODE) if decoder == "polish" else {}
+    if temperature is not None:
+        search["temperature"] = temperature
+    options = dict(samples=samples, generator=torch.Generator(device=run.device).manual_seed(seed),
+                   budget=budget if budget is not None or samples is not None else max(4 * k, ITEM_BUDGET), **search)
     result, calls, short = _decode_lists(run, asked, objective, column, decoder, k, options)
     if column == "predicted" and run.scorer is not None:
         result[column] = run.scorer.to_score(result[column].to_numpy())

@@ -315,7 +315,7 @@ class Run:
         return frame, ctx.to(self.device)
 
     def generate(self, contexts: pd.DataFrame | str | Path | None = None, *, k: int = 10, decoder: Optional[str] = None,
-                 fix: Fix = None, temperature: float = 1.0, samples: Optional[int] = None,
+                 fix: Fix = None, temperature: Optional[float] = None, samples: Optional[int] = None,
                  budget: Optional[int] = None, beta: Optional[float] = None, seed: int = 0,
                  items: pd.DataFrame | str | Path | None = None, lists: pd.DataFrame | str | Path | None = None,
                  ) -> pd.DataFrame:
@@ -330,7 +330,8 @@ class Run:
         than one training std beyond min/max) a ContextRangeWarning; a category unseen in training
         is an InputError (the scorer has no embedding for it);
         fix: {'feature': 'category'} or ['feature=category', ...]; samples/budget/temperature as in
-        decode (budget None: default_budget(k) unless samples is given); beta overrides the scorer's
+        decode (budget None: default_budget(k) unless samples is given; temperature None: 1, but 2 for
+        an item run's polish, items.ITEM_DECODE); beta overrides the scorer's
         ensemble pessimism. frame.attrs holds decoder (the one used), scorer_calls, contexts (count) and short (contexts with
         fewer than k rows: the space, with `fix`, is smaller). Scores are float64 in the score's units;
         InputError('k') beyond MAX_GENERATE_ROWS rows in all.
@@ -362,7 +363,7 @@ class Run:
         mask = None if self.generator is not None else self.space.mask().to(self.device)
         # InputError('decoder') e.g. for exhaustive on a space too large to enumerate
         cands = decode(decoder, self.generator, objective, ctx, rows_k, fixed=fixed, mask=mask,
-                       temperature=temperature, samples=samples, generator=rng,
+                       temperature=1.0 if temperature is None else temperature, samples=samples, generator=rng,
                        budget=budget if budget is not None or samples is not None else default_budget(rows_k))
         result = candidates_frame(self.space, cands, frame)
         values = result.pop("score").to_numpy()
@@ -372,7 +373,7 @@ class Run:
                             short=int((cands.valid.cpu().numpy().sum(1) < k).sum()))
         return result
 
-    def _generate_decoder(self, decoder: Optional[str], k: int, temperature: float, samples: Optional[int],
+    def _generate_decoder(self, decoder: Optional[str], k: int, temperature: Optional[float], samples: Optional[int],
                           budget: Optional[int], seed: int) -> str:
         """The decoder generate uses (None: polish, exhaustive for a run without a generator);
         InputError('generate') for bad settings or a decoder this run cannot use."""
