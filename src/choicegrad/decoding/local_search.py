@@ -125,47 +125,68 @@ def _beam(active: Tensor, cur_score: Tensor, left: Tensor, size: Tensor, budget:
     return P, pick, on
 
 
+class _Climb:
+    """What both polish loops carry: every candidate's current row (B, K, S) and score (B, K), the K
+    best distinct rows seen (the result) and the scorer calls spent."""
+
+    def __init__(self, start: Candidates, V: int):
+        self.V = V
+        self.current, self.cur_score = start.rows.clone(), start.scores.clone()
+        self.best = (start.rows, start.scores, start.valid)
+        self.calls = start.scorer_calls
+
+    def step(self, objective: Objective, ctx: Context, chunk: int, pick: Tensor, on: Tensor, cand: Tensor,
+             ok: Tensor) -> Tensor:
+        """The picked candidates (B, P) climbing where `on` (B, P): score their neighbours cand
+        (B, P, N, S) where ok (B, P, N), move each to its best neighbour if that is better, archive
+        every neighbour scored. -> improve (B, P)."""
+        B, P, N, S = cand.shape
+        flat_rows, flat_ok = cand.reshape(B, P * N, S), ok.reshape(B, P * N)
+        nb_scores, n = score_grid(objective, flat_rows, ctx, flat_ok, chunk)
+        self.calls += n
+        best_nb = nb_scores.reshape(B, P, N).max(-1)
+        base = self.current.gather(1, pick.unsqueeze(-1).expand(B, P, S))
+        base_score = self.cur_score.gather(1, pick)
+        improve = on & (best_nb.values > base_score + 1e-7)
+        moved = cand.gather(2, best_nb.indices[..., None, None].expand(B, P, 1, S))[:, :, 0]
+        self.current = self.current.scatter(1, pick.unsqueeze(-1).expand(B, P, S),
+                                            torch.where(improve.unsqueeze(-1), moved, base))
+        self.cur_score = self.cur_score.scatter(1, pick, torch.where(improve, best_nb.values, base_score))
+        rows, scores, valid = self.best
+        self.best = distinct_topk(torch.cat([rows, flat_rows], 1), torch.cat([scores, nb_scores], 1), rows.shape[1],
+                                  self.V, torch.cat([valid, flat_ok], 1))
+        return improve
+
+    def result(self) -> Candidates:
+        return Candidates(*self.best, self.calls)
+
+
 def _polish(objective: Objective, ctx: Context, start: Candidates, moves: tuple[Tensor, Tensor], V: int,
             sweeps: int, chunk: int, budget: Optional[Tensor] = None) -> Candidates:
     """polish on contexts whose slots may take moves (B, S, m) where movable (B, S, m) (moves: the
     pair); V: the vocabulary."""
     moves, movable = moves
-    rows, scores, valid = start.rows, start.scores, start.valid
-    B, K, S = rows.shape
+    B, K, S = start.rows.shape
     m = moves.shape[-1]
-    dev = rows.device
-    calls = start.scorer_calls
+    dev = start.rows.device
     left = torch.full((B,), math.inf, device=dev) if budget is None else budget.clone()
-    best_rows, best_scores, best_valid = rows, scores, valid
-    current, cur_score, active = rows.clone(), scores.clone(), valid.clone()
+    climb, active = _Climb(start, V), start.valid.clone()
     size = move_count(moves, movable, V).float()                                   # (B,) neighbours of a row
     eye = torch.arange(S, device=dev)
     sweep = 0
     while bool(active.any()) and (budget is not None or sweep < sweeps):
         sweep += 1
-        P, pick, on = _beam(active, cur_score, left, size, budget)
+        P, pick, on = _beam(active, climb.cur_score, left, size, budget)
         if P == 0:
             break
-        base = current.gather(1, pick.unsqueeze(-1).expand(B, P, S))                    # (B, P, S)
+        base = climb.current.gather(1, pick.unsqueeze(-1).expand(B, P, S))              # (B, P, S)
         nb = base.unsqueeze(2).unsqueeze(3).expand(B, P, S, m, S).clone()                # (B, P, S, m, S)
         nb[:, :, eye, :, eye] = moves.unsqueeze(1).expand(B, P, S, m).permute(2, 0, 1, 3)  # slot s := its move
         ok = movable.unsqueeze(1) & (moves.unsqueeze(1) != base.unsqueeze(-1)) & on[:, :, None, None]
         left = left - ok.sum((1, 2, 3)).float()
-        flat_rows = nb.reshape(B, P * S * m, S)
-        nb_scores, n = score_grid(objective, flat_rows, ctx, ok.reshape(B, P * S * m), chunk)
-        calls += n
-        best_nb = nb_scores.reshape(B, P, S * m).max(-1)
-        base_score = cur_score.gather(1, pick)
-        improve = on & (best_nb.values > base_score + 1e-7)
-        moved = flat_rows.reshape(B, P, S * m, S).gather(2, best_nb.indices[..., None, None].expand(B, P, 1, S))[:, :, 0]
-        current = current.scatter(1, pick.unsqueeze(-1).expand(B, P, S),
-                                  torch.where(improve.unsqueeze(-1), moved, base))
-        cur_score = cur_score.scatter(1, pick, torch.where(improve, best_nb.values, base_score))
+        improve = climb.step(objective, ctx, chunk, pick, on, nb.reshape(B, P, S * m, S), ok.reshape(B, P, S * m))
         active = active.scatter(1, pick, active.gather(1, pick) & (improve | ~on))       # at a peak: done
-        best_rows, best_scores, best_valid = distinct_topk(
-            torch.cat([best_rows, flat_rows], 1), torch.cat([best_scores, nb_scores], 1), K, V,
-            torch.cat([best_valid, ok.reshape(B, P * S * m)], 1))
-    return Candidates(best_rows, best_scores, best_valid, calls)
+    return climb.result()
 
 
 def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves: tuple[Tensor, Tensor], V: int,
@@ -174,14 +195,11 @@ def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves
     beam's candidates to its best category (m rows each, not S m), so a budget buys S times more moves.
     A candidate is at a single-slot peak once S steps in a row (S - 1 after a move) changed nothing."""
     moves, movable = moves
-    rows, scores, valid = start.rows, start.scores, start.valid
-    B, K, S = rows.shape
+    B, K, S = start.rows.shape
     m = moves.shape[-1]
-    dev = rows.device
-    calls = start.scorer_calls
+    dev = start.rows.device
     left = torch.full((B,), math.inf, device=dev) if budget is None else budget.clone()
-    best_rows, best_scores, best_valid = rows, scores, valid
-    current, cur_score, active = rows.clone(), scores.clone(), valid.clone()
+    climb, active = _Climb(start, V), start.valid.clone()
     stale = torch.full((B, K), -1, dtype=torch.long, device=dev)          # steps since the last move
     own = moves.shape[-1] == V
     for step in range(sweeps * S if budget is None else 1 << 30):
@@ -189,32 +207,20 @@ def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves
             break
         s = step % S
         size = movable[:, s].sum(-1).float() - (1 if own else 0)          # (B,) rows one step costs
-        P, pick, on = _beam(active, cur_score, left, size, budget)
+        P, pick, on = _beam(active, climb.cur_score, left, size, budget)
         if P == 0:
             break
-        base = current.gather(1, pick.unsqueeze(-1).expand(B, P, S))                    # (B, P, S)
+        base = climb.current.gather(1, pick.unsqueeze(-1).expand(B, P, S))              # (B, P, S)
         nb = base.unsqueeze(2).expand(B, P, m, S).clone()                                # (B, P, m, S)
         nb[..., s] = moves[:, s].unsqueeze(1).expand(B, P, m)
         ok = movable[:, s].unsqueeze(1) & (moves[:, s].unsqueeze(1) != base[..., s:s + 1]) & on[..., None]
         left = left - ok.sum((1, 2)).float()
-        flat_rows = nb.reshape(B, P * m, S)
-        nb_scores, n = score_grid(objective, flat_rows, ctx, ok.reshape(B, P * m), chunk)
-        calls += n
-        best_nb = nb_scores.reshape(B, P, m).max(-1)
-        base_score = cur_score.gather(1, pick)
-        improve = on & (best_nb.values > base_score + 1e-7)
-        moved = nb.gather(2, best_nb.indices[..., None, None].expand(B, P, 1, S))[:, :, 0]
-        current = current.scatter(1, pick.unsqueeze(-1).expand(B, P, S),
-                                  torch.where(improve.unsqueeze(-1), moved, base))
-        cur_score = cur_score.scatter(1, pick, torch.where(improve, best_nb.values, base_score))
+        improve = climb.step(objective, ctx, chunk, pick, on, nb, ok)
         was = stale.gather(1, pick)
         now = torch.where(improve, torch.zeros_like(was), torch.where(on, was + 1, was))
         stale = stale.scatter(1, pick, now)
         active = active & (stale < S - 1)
-        best_rows, best_scores, best_valid = distinct_topk(
-            torch.cat([best_rows, flat_rows], 1), torch.cat([best_scores, nb_scores], 1), K, V,
-            torch.cat([best_valid, ok.reshape(B, P * m)], 1))
-    return Candidates(best_rows, best_scores, best_valid, calls)
+    return climb.result()
 
 
 class Archive:
