@@ -246,15 +246,21 @@ def test_anneal_from_keeps_its_start_and_counts_calls():
     assert isinstance(same, Candidates)
 
 
-def test_budget_holds_in_every_context_when_draws_differ():
-    """Contexts whose spaces differ spend different calls on draws; each still stays within its budget."""
-    gen = generator("autoregressive", scale=1.0)
-    f = potts_objective(seed=4)
+def calls_per_context(f):
+    """(counts (3,), f counting the rows it scores per context of CTX into counts)."""
     counts = torch.zeros(3)
 
     def counting(rows, ctx):
         counts.add_(torch.bincount(ctx.cat[:, 0], minlength=3).float())
         return f(rows, ctx)
+    return counts, counting
+
+
+def test_budget_holds_in_every_context_when_draws_differ():
+    """Contexts whose spaces differ spend different calls on draws; each still stays within its budget."""
+    gen = generator("autoregressive", scale=1.0)
+    f = potts_objective(seed=4)
+    counts, counting = calls_per_context(f)
 
     fixed = torch.full((3, 4), -1)
     fixed[0, :3] = torch.tensor([1, 2, 0])       # context 0: 4 rows, the others 96
@@ -272,11 +278,7 @@ def test_polish_from_more_starts_and_by_slot_stays_within_the_budget(starts, by_
     valid rows, at most the budget per context, never worse than the best of the same draws."""
     gen = generator("autoregressive", scale=1.0)
     f = potts_objective(seed=4)
-    counts = torch.zeros(3)
-
-    def counting(rows, ctx):
-        counts.add_(torch.bincount(ctx.cat[:, 0], minlength=3).float())
-        return f(rows, ctx)
+    counts, counting = calls_per_context(f)
 
     for k in (1, 4):
         counts.zero_()
