@@ -34,6 +34,7 @@ import torch
 from choicegrad.bench.tasks.items import ItemSelectionTask, PickFiveTask
 from choicegrad.decoding import decode
 from choicegrad.generators import GeneratorConfig, ItemObjective, PointerGenerator
+from choicegrad.items import ITEM_GENERATOR
 from choicegrad.training.contexts import SampledContexts
 from choicegrad.training.loop import GeneratorFit, fit_generator
 
@@ -48,7 +49,7 @@ def reward_scale(task: ItemSelectionTask) -> float:
 
 def make_generator(args, slots: int, dim: int, shift=None, scale=None) -> PointerGenerator:
     config = GeneratorConfig(kind="pointer", hidden=[args.hidden, args.hidden], heads=args.heads,
-                             attention_layers=args.layers)
+                             attention_layers=args.layers, attention_width=args.width or None)
     return PointerGenerator(slots, dim, config, sequential=args.sequential, item_shift=shift, item_scale=scale)
 
 
@@ -133,9 +134,12 @@ def main() -> None:
     ap.add_argument("--entropy-end", type=float, default=0.01)
     ap.add_argument("--distill", type=float, default=None, help="amortised-search weight (None: the default, 1)")
     ap.add_argument("--distill-sweeps", type=int, default=2, help="sweeps of the search the generator learns from")
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--layers", type=int, default=0, help="self-attention layers over the items")
+    ap.add_argument("--hidden", type=int, default=ITEM_GENERATOR.hidden[-1])
+    ap.add_argument("--heads", type=int, default=ITEM_GENERATOR.heads)
+    ap.add_argument("--layers", type=int, default=ITEM_GENERATOR.attention_layers,
+                    help="self-attention layers over the items (default: the item runs')")
+    ap.add_argument("--width", type=int, default=ITEM_GENERATOR.attention_width or 0,
+                    help="their width: 0 for full transformer layers, else light SetAttention layers of this width")
     ap.add_argument("--sequential", type=int, default=1, help="1: slots see earlier choices; 0: independent slots")
     ap.add_argument("--train-lengths", type=int, nargs=2, default=[6, 12],
                     help="list lengths in training (lo hi): mixed lengths carry over to longer lists")

@@ -293,11 +293,12 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 
 
 def read_weights(path: str | Path, expect: Optional[Shapes] = None, sha256: Optional[str] = None,
-                 finite: bool = True, also: bytes = b"") -> dict[str, torch.Tensor]:
+                 finite: bool = True, also: bytes = b"", former: Optional[Shapes] = None) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, checked before any tensor is allocated: a regular file;
     its header at most MAX_HEADER_BYTES and inside the file; every tensor's bytes inside the data
     and as many as its dtype and shape need; in all no more than half the memory there is; with
-    `expect` (name -> shape, e.g. a model's state), exactly those tensors and shapes; with `sha256`,
+    `expect` (name -> shape, e.g. a model's state), exactly those tensors and shapes (or a shape in
+    `former`, older files' for that name); with `sha256`,
     the digest of the file's bytes followed by `also` (read in blocks, never whole). Then the tensors
     are read (memory-mapped, once) and checked: no NaN or inf (finite=False: the caller checks).
     InputError naming the file for each problem."""
@@ -307,7 +308,7 @@ def read_weights(path: str | Path, expect: Optional[Shapes] = None, sha256: Opti
     try:
         size = os.fstat(fd).st_size
         header, n = _read_header(fd, size, source)
-        _check_header(header, size - 8 - n, source, expect)
+        _check_header(header, size - 8 - n, source, expect, former)
         if sha256 is not None:
             digest, offset = hashlib.sha256(), 0
             while block := os.pread(fd, 1 << 22, offset):
@@ -374,7 +375,8 @@ def _read_header(fd: int, size: int, source: str) -> tuple[Any, int]:
     return parse_json(os.pread(fd, n, 8).decode("utf-8", errors="replace"), f"{source} (header)"), n
 
 
-def _check_header(header: Any, data_bytes: int, source: str, expect: Optional[Shapes]) -> None:
+def _check_header(header: Any, data_bytes: int, source: str, expect: Optional[Shapes],
+                  former: Optional[Shapes] = None) -> None:
     if not isinstance(header, dict):
         raise InputError(source, ["not a valid safetensors file: its header is not a JSON object"])
     problems, total = [], 0
@@ -398,7 +400,9 @@ def _check_header(header: Any, data_bytes: int, source: str, expect: Optional[Sh
         want = {k: [int(d) for d in v] for k, v in expect.items()}
         wrong = [f"missing tensor {k}" for k in want if k not in have]
         wrong += [f"unexpected tensor {k}" for k in have if k not in want]
-        wrong += [f"tensor {k} has shape {have[k]}, expected {want[k]}" for k in want if k in have and have[k] != want[k]]
+        old = {k: [int(d) for d in v] for k, v in (former or {}).items()}
+        wrong += [f"tensor {k} has shape {have[k]}, expected {want[k]}" for k in want
+                  if k in have and have[k] != want[k] and have[k] != old.get(k)]
         if wrong:
             raise InputError(source, wrong[:8] + ([f"and {len(wrong) - 8} more"] if len(wrong) > 8 else [])
                              + ["the weights do not match the settings in the .json file beside it"])
@@ -432,9 +436,12 @@ def read_meta(run_dir: str | Path, name: str) -> dict[str, Any]:
 def read_state(module: torch.nn.Module, run_dir: str | Path, name: str, meta: dict[str, Any],
                prefix: str = "") -> dict[str, torch.Tensor]:
     """RUN/name.safetensors for `module`, whose shapes (keys under `prefix`) are checked in the file's
-    header before anything is read; the sha256 recorded in `meta` checked. Load with load_state."""
+    header before anything is read (or the shapes its `former_shapes()` says older files held, which
+    its load converts); the sha256 recorded in `meta` checked. Load with load_state."""
     expect = {f"{prefix}{k}": v.shape for k, v in module.state_dict().items()}
-    return read_weights(Path(run_dir) / f"{name}.safetensors", expect, weights_digest(meta, run_dir, name))
+    former = {f"{prefix}{k}": v for k, v in getattr(module, "former_shapes", dict)().items()}
+    return read_weights(Path(run_dir) / f"{name}.safetensors", expect, weights_digest(meta, run_dir, name),
+                        former=former)
 
 
 def weights_digest(meta: dict[str, Any], run_dir: str | Path, name: str) -> Optional[str]:
@@ -468,7 +475,9 @@ def state_problems(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> l
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """module.load_state_dict(state) with every missing, unexpected or wrongly shaped tensor reported
-    in one InputError naming `source` (the .safetensors file)."""
+    in one InputError naming `source` (the .safetensors file); a state of an older layout first
+    converted by the module's `upgrade_state`, where it has one."""
+    state = getattr(module, "upgrade_state", lambda s: s)(state)
     problems = state_problems(module, state)
     if problems:
         raise InputError(str(source), problems[:8] + ([f"and {len(problems) - 8} more"] if len(problems) > 8 else [])

@@ -54,6 +54,9 @@ class GeneratorConfig(BaseModel):
     order: Optional[list[int]] = Field(None, description="autoregressive slot order (default 0..S-1)")
     heads: int = Field(4, ge=1, description="pointer: attention heads")
     attention_layers: int = Field(1, ge=0, description="pointer: self-attention layers over the items")
+    attention_width: Optional[int] = Field(None, ge=1, description="pointer: None: full transformer layers "
+                                           "(N^2 in a list's length); an int: light SetAttention layers of this "
+                                           "width (linear in it)")
     layout: Optional[Literal["padded", "ragged"]] = Field(
         None, description="table generators: weights per slot padded to the largest vocabulary, or of each "
                           "slot's own categories only (autoregressive: no skip layer); None: ragged from "
