@@ -2,8 +2,9 @@
 
     python benchmarks/pointer_lists.py [--lengths 1000,10000,100000] [--contexts 8] [--slots 4] [--k 128]
 
-For each list length N and each number of self-attention layers (0 and 1; with 1, only where the
-N x N attention fits in memory), builds a pointer generator (hidden 256, 256; 4 heads) over random
+For each list length N and each form of attention over the items -- none, one full transformer layer
+(only where its N x N scores fit in memory), one light SetAttention layer of width 32 (linear in N,
+as the item runs' generator) -- builds a pointer generator (hidden 256, 256; 4 heads) over random
 8-dimensional item vectors, then times, for --contexts lists of N items: 128 draws per list
 (`sample`), and one training step of reinforce (4 draws per list, the reward a fixed linear
 function of the selected items, backward and Adam). Prints one JSON line per setting with seconds
@@ -24,9 +25,11 @@ from choicegrad.generators import GeneratorConfig, ItemObjective, PointerGenerat
 from choicegrad.generators.context import ItemContext
 
 
-def measure(n: int, layers: int, contexts: int, slots: int, k: int) -> dict:
+def measure(n: int, attention: str, contexts: int, slots: int, k: int) -> dict:
     torch.manual_seed(0)
-    gen = PointerGenerator(slots, 8, GeneratorConfig(kind="pointer", attention_layers=layers))
+    config = GeneratorConfig(kind="pointer", attention_layers=int(attention != "none"),
+                             attention_width=32 if attention == "set" else None)
+    gen = PointerGenerator(slots, 8, config)
     ctx = ItemContext(torch.randn(contexts, n, 8), torch.ones(contexts, n, dtype=torch.bool))
     weights = torch.randn(8)
     objective = ItemObjective(lambda selected, c: (selected @ weights).sum(-1))
@@ -43,7 +46,7 @@ def measure(n: int, layers: int, contexts: int, slots: int, k: int) -> dict:
     out.loss.backward()
     opt.step()
     step = time.perf_counter() - start
-    return {"items_per_list": n, "attention_layers": layers, "lists": contexts,
+    return {"items_per_list": n, "attention": attention, "lists": contexts,
             "sample_seconds_per_list": round(draw / contexts, 4), "train_step_seconds_per_list": round(step / contexts, 4),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
@@ -55,13 +58,13 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--k", type=int, default=128)
     ap.add_argument("--max-attention-items", type=int, default=10_000,
-                    help="longest list measured with a self-attention layer (its N x N scores per head)")
+                    help="longest list measured with a full transformer layer (its N x N scores per head)")
     args = ap.parse_args()
     for n in (int(x) for x in args.lengths.split(",")):
-        for layers in (0, 1):
-            if layers and n > args.max_attention_items:
+        for attention in ("none", "full", "set"):
+            if attention == "full" and n > args.max_attention_items:
                 continue
-            print(json.dumps(measure(n, layers, args.contexts, args.slots, args.k)), flush=True)
+            print(json.dumps(measure(n, attention, args.contexts, args.slots, args.k)), flush=True)
 
 
 if __name__ == "__main__":
