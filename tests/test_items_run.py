@@ -526,6 +526,21 @@ def test_refit_is_refused_without_overwrite(data, run_lists, tmp_path):
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["mine.txt"]
 
 
+@pytest.mark.parametrize("name", ["items.json", "items.csv", "lists.csv"])
+def test_a_changed_item_table_of_a_run_is_refused(data, run_lists, tmp_path, name):
+    """An item run's items record, catalogue and lists are checked against run.json as its weights
+    are: a run whose items.csv was edited never generates from the edited items."""
+    out = tmp_path / "run"
+    shutil.copytree(run_lists, out)
+    with open(out / name, "a") as fh:
+        fh.write("\n" if name.endswith(".json") else "")
+        if name.endswith(".csv"):
+            fh.write(",".join(["x"] * len(pd.read_csv(out / name, nrows=1).columns)) + "\n")
+    res = cli("generate", out, "--top-k", "1", "--out", tmp_path / "slates.csv")
+    assert_input_error(res, name, "does not belong to run")
+    assert not (tmp_path / "slates.csv").exists()
+
+
 def test_list_pool_synthetic_items_keep_category_blocks_whole():
     """ListPool(synthetic=p): about p of the training draws' items are made up attribute by attribute
     from catalogue items (a one-hot block copied whole, so still one-hot); validation is never

@@ -73,9 +73,11 @@ class FolderFiles:
         return FolderFiles(self.verified + tuple(verified), self.legacy + tuple(legacy))
 
 
-#: A fitted run's files (choicegrad.run): scorer, generator, aligner and the training contexts.
+#: A fitted run's files (choicegrad.run): scorer, generator, aligner and the training contexts; an
+#: item run's items record, catalogue and lists (items.json, items.csv, lists.csv), which generation
+#: and scoring read as much as the weights.
 FITTED_RUN_FILES = FolderFiles(
-    verified=("scorer.", "generator.", "aligner.", "contexts.csv"),
+    verified=("scorer.", "generator.", "aligner.", "contexts.csv", "items.", "lists.csv"),
     legacy=("scorer.safetensors", "scorer.json", "scorer_metrics.json", "generator.safetensors", "generator.json",
             "aligner.safetensors", "aligner.json", "aligner_fit.json", "contexts.csv", "metrics.csv", "config.json"))
 
