@@ -148,3 +148,81 @@ def test_every_disk_operation_killed_or_failing(world, tmp_path, name):
     # only a failure nothing depends on is let pass: the lock file's owner note and its removal
     assert all(Path(path).name.endswith(".lock") for _, path in let_pass), let_pass
 
+
+
+# --- item runs: the writes only they make (items.json, items.csv, lists.csv), generate and score ----
+ITEM = ["--slots", "left,middle,right", "--item-id", "id", "--context", "user", "--score", "y"]
+ITEM_FIT = ["fit", "log.csv", *ITEM, "--items", "items.csv", "--lists", "lists.csv", "--list-id", "list",
+            "--seed", "1", "--scorer-epochs", "1", "--steps", "2"]
+ITEM_FILES = ("items.json", "items.csv", "lists.csv", "generator.safetensors", "scorer.safetensors")
+ITEM_COMMANDS = {
+    "item-fit": (ITEM_FIT + ["--out", "new"], ITEM_FIT + ["--out", "new", "--resume"]),
+    "item-generate": (["generate", "irun", "--top-k", "2", "--out", "c.csv"],) * 2,
+    "item-score": (["score", "irun", "c.csv", "--out", "s.csv"],) * 2,
+}
+
+
+@pytest.fixture(scope="module")
+def item_world(tmp_path_factory) -> Path:
+    """log.csv, items.csv, lists.csv (2 users, 2 lists of 6 items each), a finished item run (irun/),
+    its slates (c.csv) and their scores (s.csv), and the uninterrupted fit (ref-item-fit/new)."""
+    import numpy as np
+
+    base = tmp_path_factory.mktemp("item_world")
+    rng = np.random.default_rng(0)
+    ids = [f"i{j}" for j in range(12)]
+    pd.DataFrame({"id": ids, "price": rng.uniform(0, 9, 12).round(2), "type": list("ab") * 6}).to_csv(
+        base / "items.csv", index=False)
+    log = pd.DataFrame({"user": rng.choice(["ann", "bob"], 60)})
+    for slot in ("left", "middle", "right"):
+        log[slot] = rng.choice(ids, 60)
+    log["y"] = rng.normal(size=60).round(3)
+    log.to_csv(base / "log.csv", index=False)
+    pd.DataFrame([(u, f"L{u}{k}", i) for u in ("ann", "bob") for k in range(2) for i in rng.choice(ids, 6, replace=False)],
+                 columns=["user", "list", "id"]).to_csv(base / "lists.csv", index=False)
+    for args in (ITEM_FIT + ["--out", "irun"], ["generate", "irun", "--top-k", "2", "--out", "c.csv"],
+                 ["score", "irun", "c.csv", "--out", "s.csv"]):
+        done = run(args, base)
+        assert done.code == 0, done.stderr
+    ref = base / "ref-item-fit"
+    shutil.copytree(base, ref, ignore=shutil.ignore_patterns("ref-*"))
+    done = run(ITEM_COMMANDS["item-fit"][0], ref)
+    assert done.code == 0, done.stderr
+    return base
+
+
+@pytest.mark.parametrize("name", list(ITEM_COMMANDS))
+def test_item_run_writes_killed_or_failing(item_world, tmp_path, name):
+    """As above, for what item runs add: a fit's writes of items.json, items.csv and lists.csv and its
+    move into place (the rest of its operations are a table run's, faulted above), and every operation
+    of generate and score on an item run."""
+    args, after = ITEM_COMMANDS[name]
+    ops = list(enumerate(operations(args, case(item_world, tmp_path / "count")), 1))
+    if name == "item-fit":
+        ops = [(i, (op, path)) for i, (op, path) in ops
+               if Path(path).name.startswith((".items.", "items.", ".lists.", "lists.")) or path == "new"]
+        assert len(ops) >= 7, ops
+    out = {"item-fit": "new", "item-generate": "c.csv", "item-score": "s.csv"}[name]
+    for i, (op, path) in ops:
+        for mode in ("kill", "enospc"):
+            d = case(item_world, tmp_path / f"{mode}{i}")
+            done = run(args, d, faults=f"{mode}@{i}")
+            where = f"{mode} at operation {i} ({op} {path})"
+            assert "Traceback" not in done.stderr, (where, done.stderr)
+            if mode == "kill":
+                assert done.code == -9, (where, done.code, done.stderr)
+            else:
+                assert done.code == 2 and "No space left on device (ENOSPC)" in done.stderr, (where, done.stderr)
+            if name == "item-fit":       # no run, or a complete one; never a part of one
+                verify_run(d / "new")
+                assert not (d / "new").exists() or len(Run.load(d / "new").generate(k=1, decoder="argmax")) == 4
+            else:                        # the earlier output as it was, or the complete new one
+                assert (d / out).read_bytes() == (item_world / out).read_bytes() or len(pd.read_csv(d / out)) == 8
+            again = run(after, d)
+            assert again.code == 0, (where, again.stderr)
+            if name == "item-fit":
+                assert digest(d / "new", ITEM_FILES) == digest(item_world / "ref-item-fit" / "new", ITEM_FILES)
+            assert (d / out).exists()
+            litter = sorted(p.name for p in d.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp"))
+            assert litter == [], (where, litter)
+            shutil.rmtree(d)
