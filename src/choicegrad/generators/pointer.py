@@ -177,14 +177,16 @@ class PointerGenerator(Generator):
         return picked, hot
 
     def _after(self, picked: Tensor, s: Optional[int] = None) -> Tensor:
-        """What the chosen items add to the queries: sum over earlier slots t of chosen[s, t] applied to
-        slot t's picked encoding (B, M, S, H) -> (B, M, S, H), or slot s's alone (B, M, H); one matmul."""
-        S, H = self.slots, picked.shape[-1]
-        flat = picked.reshape(*picked.shape[:2], S * H)
-        if s is not None:
-            return flat @ (self.chosen[s] * self._earlier()[s, :, None, None]).reshape(S * H, H)
-        w = self.chosen * self._earlier()[:, :, None, None]                        # (S, S, H, H): zero unless t < s
-        return (flat @ w.permute(1, 2, 0, 3).reshape(S * H, S * H)).view(*picked.shape[:2], S, H)
+        """What the chosen items add to the queries: sum over the slots t before s of chosen[s, t]
+        applied to slot t's picked encoding (B, M, S, H) -> (B, M, S, H), or slot s's alone (B, M, H);
+        one matmul per slot over its earlier slots only."""
+        if s is None:
+            return torch.stack([self._after(picked, t) for t in range(self.slots)], 2)
+        B, M, _, H = picked.shape
+        before = self.order[:self.order.index(s)]
+        if not before:
+            return picked.new_zeros(B, M, H)
+        return picked[:, :, before].reshape(B, M, -1) @ self.chosen[s, before].reshape(len(before) * H, H)
 
     def _earlier(self) -> Tensor:
         """(S, S) float: earlier[s, t] = 1 when slot t comes before slot s in the order."""
