@@ -297,11 +297,11 @@ def read_weights(path: str | Path, expect: Optional[Shapes] = None, sha256: Opti
     """The tensors of a safetensors file, checked before any tensor is allocated: a regular file;
     its header at most MAX_HEADER_BYTES and inside the file; every tensor's bytes inside the data
     and as many as its dtype and shape need; in all no more than half the memory there is; with
-    `expect` (name -> shape, e.g. a model's state), exactly those tensors and shapes (or a shape in
-    `former`, older files' for that name); with `sha256`,
-    the digest of the file's bytes followed by `also` (read in blocks, never whole). Then the tensors
-    are read (memory-mapped, once) and checked: no NaN or inf (finite=False: the caller checks).
-    InputError naming the file for each problem."""
+    `expect` (name -> shape, e.g. a model's state), exactly those tensors and shapes (or, for a name
+    in `former`, the shape older files held); with `sha256`, the digest of the file's bytes followed
+    by `also` (read in blocks, never whole). Then the tensors are read (memory-mapped, once) and
+    checked: no NaN or inf (finite=False: the caller checks). InputError naming the file for each
+    problem."""
     path = Path(path)
     source = str(path)
     fd = _open_regular(path)
