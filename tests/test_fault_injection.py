@@ -178,8 +178,8 @@ def item_world(tmp_path_factory) -> Path:
         log[slot] = rng.choice(ids, 60)
     log["y"] = rng.normal(size=60).round(3)
     log.to_csv(base / "log.csv", index=False)
-    pd.DataFrame([(u, f"L{u}{k}", i) for u in ("ann", "bob") for k in range(2) for i in rng.choice(ids, 6, replace=False)],
-                 columns=["user", "list", "id"]).to_csv(base / "lists.csv", index=False)
+    lists = [(u, f"L{u}{k}", i) for u in ("ann", "bob") for k in range(2) for i in rng.choice(ids, 6, replace=False)]
+    pd.DataFrame(lists, columns=["user", "list", "id"]).to_csv(base / "lists.csv", index=False)
     for args in (ITEM_FIT + ["--out", "irun"], ["generate", "irun", "--top-k", "2", "--out", "c.csv"],
                  ["score", "irun", "c.csv", "--out", "s.csv"]):
         done = run(args, base)
