@@ -183,10 +183,14 @@ class PointerGenerator(Generator):
         if s is None:
             return torch.stack([self._after(picked, t) for t in range(self.slots)], 2)
         B, M, _, H = picked.shape
-        before = self.order[:self.order.index(s)]
+        before = self._before(s)
         if not before:
             return picked.new_zeros(B, M, H)
         return picked[:, :, before].reshape(B, M, -1) @ self.chosen[s, before].reshape(len(before) * H, H)
+
+    def _before(self, s: int) -> list[int]:
+        """The slots that come before slot s in the order."""
+        return self.order[:self.order.index(s)]
 
     def _earlier(self) -> Tensor:
         """(S, S) float: earlier[s, t] = 1 when slot t comes before slot s in the order."""
@@ -211,8 +215,7 @@ class PointerGenerator(Generator):
         q = features[1][:, s].unsqueeze(1) + self._after(picked, s)
         allowed = features[2][:, s].unsqueeze(1)
         if self.distinct:
-            earlier = self._earlier()[s].bool()                                    # (S,)
-            allowed = allowed & ~(hot[:, :, earlier].any(2))
+            allowed = allowed & ~(hot[:, :, self._before(s)].any(2))
         return self._logits(features, q.unsqueeze(2), allowed.unsqueeze(2))[:, :, 0], None
 
 
