@@ -126,14 +126,22 @@ def _beam(active: Tensor, cur_score: Tensor, left: Tensor, size: Tensor, budget:
 
 
 class _Climb:
-    """What both polish loops carry: every candidate's current row (B, K, S) and score (B, K), the K
+    """What both polish loops carry: every candidate's current row (B, K, S) and score (B, K), which
+    candidates still climb (B, K), the calls left per context (B,) under `budget` (inf without), the K
     best distinct rows seen (the result) and the scorer calls spent."""
 
-    def __init__(self, start: Candidates, V: int):
+    def __init__(self, start: Candidates, V: int, budget: Optional[Tensor] = None):
         self.V = V
         self.current, self.cur_score = start.rows.clone(), start.scores.clone()
+        self.active = start.valid.clone()
+        B = start.rows.shape[0]
+        self.left = torch.full((B,), math.inf, device=start.rows.device) if budget is None else budget.clone()
         self.best = (start.rows, start.scores, start.valid)
         self.calls = start.scorer_calls
+
+    def rows(self, pick: Tensor) -> Tensor:
+        """The current rows (B, P, S) of the picked candidates (B, P)."""
+        return self.current.gather(1, pick.unsqueeze(-1).expand(*pick.shape, self.current.shape[-1]))
 
     def step(self, objective: Objective, ctx: Context, chunk: int, pick: Tensor, on: Tensor, cand: Tensor,
              ok: Tensor) -> Tensor:
@@ -145,7 +153,7 @@ class _Climb:
         nb_scores, n = score_grid(objective, flat_rows, ctx, flat_ok, chunk)
         self.calls += n
         best_nb = nb_scores.reshape(B, P, N).max(-1)
-        base = self.current.gather(1, pick.unsqueeze(-1).expand(B, P, S))
+        base = self.rows(pick)
         base_score = self.cur_score.gather(1, pick)
         improve = on & (best_nb.values > base_score + 1e-7)
         moved = cand.gather(2, best_nb.indices[..., None, None].expand(B, P, 1, S))[:, :, 0]
@@ -168,24 +176,22 @@ def _polish(objective: Objective, ctx: Context, start: Candidates, moves: tuple[
     moves, movable = moves
     B, K, S = start.rows.shape
     m = moves.shape[-1]
-    dev = start.rows.device
-    left = torch.full((B,), math.inf, device=dev) if budget is None else budget.clone()
-    climb, active = _Climb(start, V), start.valid.clone()
+    climb = _Climb(start, V, budget)
     size = move_count(moves, movable, V).float()                                   # (B,) neighbours of a row
-    eye = torch.arange(S, device=dev)
+    eye = torch.arange(S, device=start.rows.device)
     sweep = 0
-    while bool(active.any()) and (budget is not None or sweep < sweeps):
+    while bool(climb.active.any()) and (budget is not None or sweep < sweeps):
         sweep += 1
-        P, pick, on = _beam(active, climb.cur_score, left, size, budget)
+        P, pick, on = _beam(climb.active, climb.cur_score, climb.left, size, budget)
         if P == 0:
             break
-        base = climb.current.gather(1, pick.unsqueeze(-1).expand(B, P, S))              # (B, P, S)
+        base = climb.rows(pick)                                                          # (B, P, S)
         nb = base.unsqueeze(2).unsqueeze(3).expand(B, P, S, m, S).clone()                # (B, P, S, m, S)
         nb[:, :, eye, :, eye] = moves.unsqueeze(1).expand(B, P, S, m).permute(2, 0, 1, 3)  # slot s := its move
         ok = movable.unsqueeze(1) & (moves.unsqueeze(1) != base.unsqueeze(-1)) & on[:, :, None, None]
-        left = left - ok.sum((1, 2, 3)).float()
+        climb.left = climb.left - ok.sum((1, 2, 3)).float()
         improve = climb.step(objective, ctx, chunk, pick, on, nb.reshape(B, P, S * m, S), ok.reshape(B, P, S * m))
-        active = active.scatter(1, pick, active.gather(1, pick) & (improve | ~on))       # at a peak: done
+        climb.active = climb.active.scatter(1, pick, climb.active.gather(1, pick) & (improve | ~on))   # at a peak: done
     return climb.result()
 
 
@@ -197,29 +203,27 @@ def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves
     moves, movable = moves
     B, K, S = start.rows.shape
     m = moves.shape[-1]
-    dev = start.rows.device
-    left = torch.full((B,), math.inf, device=dev) if budget is None else budget.clone()
-    climb, active = _Climb(start, V), start.valid.clone()
-    stale = torch.full((B, K), -1, dtype=torch.long, device=dev)          # steps since the last move
+    climb = _Climb(start, V, budget)
+    stale = torch.full((B, K), -1, dtype=torch.long, device=start.rows.device)          # steps since the last move
     own = moves.shape[-1] == V
     for step in range(sweeps * S if budget is None else 1 << 30):
-        if not bool(active.any()):
+        if not bool(climb.active.any()):
             break
         s = step % S
         size = movable[:, s].sum(-1).float() - (1 if own else 0)          # (B,) rows one step costs
-        P, pick, on = _beam(active, climb.cur_score, left, size, budget)
+        P, pick, on = _beam(climb.active, climb.cur_score, climb.left, size, budget)
         if P == 0:
             break
-        base = climb.current.gather(1, pick.unsqueeze(-1).expand(B, P, S))              # (B, P, S)
+        base = climb.rows(pick)                                                          # (B, P, S)
         nb = base.unsqueeze(2).expand(B, P, m, S).clone()                                # (B, P, m, S)
         nb[..., s] = moves[:, s].unsqueeze(1).expand(B, P, m)
         ok = movable[:, s].unsqueeze(1) & (moves[:, s].unsqueeze(1) != base[..., s:s + 1]) & on[..., None]
-        left = left - ok.sum((1, 2)).float()
+        climb.left = climb.left - ok.sum((1, 2)).float()
         improve = climb.step(objective, ctx, chunk, pick, on, nb, ok)
         was = stale.gather(1, pick)
         now = torch.where(improve, torch.zeros_like(was), torch.where(on, was + 1, was))
         stale = stale.scatter(1, pick, now)
-        active = active & (stale < S - 1)
+        climb.active = climb.active & (stale < S - 1)
     return climb.result()
 
 
