@@ -113,7 +113,7 @@ def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: fl
     for p, s in enumerate(gen.order):
         Vs, once = V, False
         if gen.autoregressive:          # shares_first: every beam alike before the first slot; own categories only
-            once = p == 0 and gen.shares_first
+            once = p == 0                 # nothing chosen yet: every row of a context has the same logits
             logits, carry = gen.slot_logits(feats, rows[:, :1] if once else rows, s, carry, padded=False)
             Vs = logits.shape[-1]
             logp = masked_log_softmax(logits.float() / temperature).expand(B, W, Vs)
@@ -130,7 +130,7 @@ def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: fl
             beam, cat = top.indices // Vs, top.indices % Vs
         parent = (beam + torch.arange(B, device=beam.device).unsqueeze(1) * W).reshape(-1)   # (B*W,) row copies
         rows = rows.reshape(B * W, S).index_select(0, parent).reshape(B, W, S)
-        if carry is not None:
+        if carry is not None and not once and p < S - 1:   # after `once` every row's is alike; the last is never read
             carry = [t.reshape(B * W, t.shape[-1]).index_select(0, parent).reshape(B, W, t.shape[-1]) for t in carry]
         rows[:, :, s] = cat
         lp = top.values

@@ -61,6 +61,20 @@ class ContextTerms(NamedTuple):
     head: Tensor
 
 
+class _DegreeWeights(NamedTuple):
+    """AutoregressiveGenerator._degree_weights: per hidden layer its masked weight (units by degree,
+    inputs the layer below's units by degree; the first layer's inputs the one-hot columns) and bias;
+    the output and skip weights (outputs by position, S*V rows) and their summed bias; the outputs'
+    columns in the logits (S*V,)."""
+
+    hidden: list[Tensor]
+    bias: list[Tensor]
+    out: Tensor
+    skip: Tensor
+    out_bias: Tensor
+    outputs: Tensor
+
+
 class AutoregressiveGenerator(TableGenerator):
     """MADE over the row's one-hots plus the context trunk.
 
@@ -208,29 +222,77 @@ class AutoregressiveGenerator(TableGenerator):
         """Slot s's logits given the earlier slots, decoding in `order`.
 
         x (B, M, S, V) float or (B, M, S) long rows so far (-1 = not chosen); features: `features(ctx)`
-        of the B contexts; carry: per hidden layer, the (B, M, n) units of lower degree computed at the
-        earlier positions for these rows (None at the first position). -> (logits (B, M, V), carry for
-        the next position; reorder it along M as the rows are reordered). Equal to logits(ctx, x)[:, s]:
-        only the units of degree p = position of s are new, each computed once per row. padded=False:
-        the ragged layout returns slot s's own categories only (B, M, V_s).
+        of the B contexts; carry: the generator's state for these rows from the earlier positions (None
+        at the first position). -> (logits (B, M, V), carry for the next position; reorder it along M
+        as the rows are reordered). Equal to logits(ctx, x)[:, s]: only the units of degree p = position
+        of s are computed, each once per row. Padded layout: the carry is, per hidden layer, the
+        pre-activations (B, M, n) of its units of degree >= p and, last, the logits so far (B, M,
+        (S - p) V) of the slots from position p on; each computed unit adds its share to the units
+        above it once, and is then dropped. Ragged layout: per hidden layer, the (B, M, n) units of
+        lower degree; padded=False returns slot s's own categories only (B, M, V_s).
         """
         S, V = self.mask.shape
         p = self._position[s]
-        B, M = x.shape[:2]
-        dev, dtype = x.device, features.head.dtype
-        earlier = torch.tensor(self._order[:p], dtype=torch.long, device=dev)
         if self.ragged:
+            B, M = x.shape[:2]
+            earlier = torch.tensor(self._order[:p], dtype=torch.long, device=x.device)
             return self._ragged_slot_logits(features, x, s, p, earlier, carry, padded)
-        cols = (earlier[:, None] * V + torch.arange(V, device=dev)).reshape(-1)       # (p*V,) inputs seen
-        x = x.index_select(2, earlier)
-        inp = (x if x.is_floating_point() else rows_to_inputs(x, V)).reshape(B, M, p * V).to(dtype)
-        h, out_carry, seen = self._new_units(features, inp, cols, carry, p, 0)
-        outs = torch.arange(s * V, (s + 1) * V, device=dev)
-        w_out = (self.out.weight * self.out.weight_mask).index_select(0, outs).index_select(1, seen)
-        w_skip = (self.skip.weight * self.skip.weight_mask).index_select(0, outs).index_select(1, cols)
-        out = (F.linear(h, w_out, self.out.bias.index_select(0, outs)) + F.linear(inp, w_skip, self.skip.bias.index_select(0, outs))
-               + features.head.index_select(1, outs).unsqueeze(1))
-        return out.masked_fill(~self.mask[s], MASK_VALUE), out_carry
+        w = self._degree_weights()
+        B, M = x.shape[:2]
+        if carry is None:
+            if p:
+                raise ValueError(f"carry is None at position {p}: slot_logits is called for every slot in order")
+            carry = [(b + term.index_select(1, by)).unsqueeze(1).expand(B, M, len(by))
+                     for b, term, by in zip(w.bias, features.hidden, self._degree_units(x.device))]
+            carry.append((w.out_bias + features.head.index_select(1, w.outputs)).unsqueeze(1).expand(B, M, S * V))
+        if len(carry) != len(w.hidden) + 1 or carry[-1].shape[-1] != (S - p) * V:
+            raise ValueError(f"carry holds {carry[-1].shape[-1] // V} slots' outputs, position {p} needs {S - p}")
+        acc = list(carry)
+        if p:                                   # the slot chosen at the last position reaches every later unit
+            t = self._order[p - 1]
+            hot = x[:, :, t, :V] if x.is_floating_point() else rows_to_inputs(x[:, :, t], V)
+            hot = hot.to(acc[-1].dtype)
+            acc[0] = _add_linear(acc[0], hot, w.hidden[0][self._below[0][p]:, t * V:(t + 1) * V])
+            acc[-1] = _add_linear(acc[-1], hot, w.skip[p * V:, t * V:(t + 1) * V])
+        new = None
+        for i, below in enumerate(self._below):
+            if i:                                # the layer below's new units reach this layer's units of degree >= p
+                acc[i] = _add_linear(acc[i], new, w.hidden[i][below[p]:, self._below[i - 1][p]:self._below[i - 1][p + 1]])
+            n = below[p + 1] - below[p]
+            new = F.silu(acc[i][..., :n])
+            acc[i] = acc[i][..., n:]
+        last = self._below[-1]
+        acc[-1] = _add_linear(acc[-1], new, w.out[p * V:, last[p]:last[p + 1]])
+        logits = acc[-1][..., :V].masked_fill(~self.mask[s], MASK_VALUE)
+        acc[-1] = acc[-1][..., V:]
+        return logits, acc
+
+    def _degree_units(self, device) -> list[Tensor]:
+        return [by.to(device) for by in self._by_degree]
+
+    def _degree_weights(self) -> "_DegreeWeights":
+        """The padded layout's masked weights with every layer's units sorted by degree and the outputs
+        by position (what sequential decoding reads as contiguous blocks); kept for the rest of a
+        `decoding()` call when no gradient is recorded."""
+        blocks = getattr(self, "_blocks", None)
+        if blocks is not None and not torch.is_grad_enabled() and "degree" in blocks:
+            return blocks["degree"]
+        S, V = self.mask.shape
+        dev = self.out.weight.device
+        by = self._degree_units(dev)
+        outputs = (torch.tensor(self._order, device=dev)[:, None] * V + torch.arange(V, device=dev)).reshape(-1)
+        hidden, bias = [], []
+        for i, layer in enumerate(self.hidden_layers):
+            wt = (layer.weight * layer.weight_mask).index_select(0, by[i])
+            hidden.append(wt if i == 0 else wt.index_select(1, by[i - 1]))
+            bias.append(layer.bias.index_select(0, by[i]))
+        out = (self.out.weight * self.out.weight_mask).index_select(0, outputs).index_select(1, by[-1])
+        skip = (self.skip.weight * self.skip.weight_mask).index_select(0, outputs)
+        out_bias = self.out.bias.index_select(0, outputs) + self.skip.bias.index_select(0, outputs)
+        w = _DegreeWeights(hidden, bias, out, skip, out_bias, outputs)
+        if blocks is not None and not torch.is_grad_enabled():
+            blocks["degree"] = w
+        return w
 
     def _new_units(self, features: ContextTerms, h: Tensor, seen: Tensor, carry: Optional[list[Tensor]], p: int,
                    start: int) -> tuple[Tensor, list[Tensor], Tensor]:
@@ -304,6 +366,16 @@ class AutoregressiveGenerator(TableGenerator):
         if p not in blocks:
             blocks[p] = self.embed[:, p::len(self.sizes)].contiguous()
         return blocks[p]
+
+
+def _add_linear(a: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    """a + x w^T for a (B, M, n), x (B, M, k), w (n, k): in place on `a` (one fused multiply-add) when no
+    gradient is recorded and `a` owns its memory as rows (not an expanded view)."""
+    rows_flat = a.stride(-1) == 1 and a.stride(0) == a.shape[1] * a.stride(1) and 0 not in a.stride()
+    if torch.is_grad_enabled() or not rows_flat:
+        return a + F.linear(x, w)
+    a.view(-1, a.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), w.t())
+    return a
 
 
 def _silu_sum(a: Tensor, b: Tensor) -> Tensor:
