@@ -55,6 +55,28 @@ def test_slot_by_slot_equals_one_pass_and_later_maps_do_not_reach_back(width, di
         assert not torch.allclose(gen.teacher_logits(rows, ctx)[:, :, 2], full[:, :, 2])
 
 
+@pytest.mark.parametrize("width,distinct", [(None, False), (4, True)])
+def test_beam_of_full_width_is_the_exhaustive_top_of_log_prob(width, distinct):
+    """beam_search over a sequential pointer (whose slot_logits keeps no carry) returns every allowed
+    slate of each list, best first by the generator's log-probability; a narrow beam, distinct slates."""
+    from choicegrad.decoding.decoders import beam_search
+
+    gen, ctx = make(width, distinct=distinct), lists()
+    B, N = ctx.mask.shape
+    every = torch.cartesian_prod(*[torch.arange(N)] * S)                         # (N^S, S)
+    ok = ctx.mask[:, every].all(-1)                                              # (B, N^S)
+    if distinct:
+        ok &= ((every[:, :, None] == every[:, None, :]).sum((-1, -2)) == S)[None, :]
+    rows, lp = beam_search(gen, ctx, width=N ** S)
+    ref = gen.log_prob(every.unsqueeze(0).expand(B, -1, -1), ctx).masked_fill(~ok, float("-inf"))
+    for b in range(B):
+        n = int(ok[b].sum())
+        assert torch.isfinite(lp[b, :n]).all() and not torch.isfinite(lp[b, n:]).any()
+        torch.testing.assert_close(lp[b, :n], ref[b].sort(descending=True).values[:n], atol=1e-4, rtol=1e-4)
+    top, _ = beam_search(gen, ctx, width=4)
+    assert all(len({tuple(r) for r in top[b].tolist()}) == 4 for b in range(B))
+
+
 @pytest.mark.parametrize("width", [None, 4])
 def test_padding_and_item_order_do_not_matter(width):
     """Logits over a list are the same with more padding after it and with its items permuted

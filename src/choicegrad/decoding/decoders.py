@@ -42,6 +42,7 @@ from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixe
                                       enumerate_allowed, neighbour_count, space_size, union_of)
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import InputError, did_you_mean
+from choicegrad.estimators import MASK_VALUE
 from choicegrad.generators.base import Generator, masked_log_softmax
 from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_context_chunks
 from choicegrad.generators.objective import SCORE_CHUNK, Objective, as_objective
@@ -116,8 +117,10 @@ def _beam(gen: Generator, ctx: Context, W: int, allowed: Tensor, temperature: fl
             once = p == 0                 # nothing chosen yet: every row of a context has the same logits
             logits, carry = gen.slot_logits(feats, rows[:, :1] if once else rows, s, carry, padded=False)
             Vs = logits.shape[-1]
-            logp = masked_log_softmax(logits.float() / temperature).expand(B, W, Vs)
-            if once:
+            # a choice the generator itself rules out (a repeat under distinct items) is no row
+            logp = masked_log_softmax(logits.float() / temperature).masked_fill(logits <= MASK_VALUE / 2, _NEG)
+            logp = logp.expand(B, W, Vs)
+            if once and carry is not None:
                 carry = [c.expand(-1, W, -1) for c in carry]
         else:
             logp = static[:, s].unsqueeze(1).expand(B, W, V)
