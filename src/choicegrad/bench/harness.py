@@ -19,8 +19,8 @@ OUT/scorers/TASK and shared by every method and seed), enumerates the scorer ove
 
 Item tasks: "items" (ItemSelectionTask: slot interactions, an item may fill several slots) and
 "slates" (SlateTask: a page of DISTINCT items for expected clicks; its peers search distinct rows
-only, its decoders score a row repeating an item -inf (DistinctItems), and its generator is the
-pointer generator of item runs, choicegrad.items.ITEM_GENERATOR, sequential with distinct=True).
+only, its decoders score a row repeating an item -inf (DistinctItems)). Both train the pointer
+generator of item runs, choicegrad.items.ITEM_GENERATOR (sequential; distinct=True on slates).
 
 Candidates are scored by the task's ground truth (choicegrad.bench.metrics.candidate_report). Rows of
 OUT/results.csv, OUT/curves.csv (quality vs diversity over sampling temperature) and
@@ -239,7 +239,7 @@ class Problem:
         S, D = self.task.num_slots, self.ctx.items.shape[-1]
         if self.distinct:
             return build(ITEM_GENERATOR, num_slots=S, item_dim=D, sequential=True, distinct=True)
-        return build(GeneratorConfig(kind="pointer"), num_slots=S, item_dim=D)
+        return build(ITEM_GENERATOR, num_slots=S, item_dim=D, sequential=True)
 
     def aligner(self):
         """The task's Aligner over its scorer (fitted once, seed 0), or None without data rows."""
