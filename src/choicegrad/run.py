@@ -359,6 +359,10 @@ class Run:
         frame, ctx = self._contexts(contexts)
         rows_k = self._rows_per_context(k, fixed, len(ctx))
         objective, column = self._objective(decoder, beta, frame)
+        if decoder == "portfolio" and objective.members < 2:
+            warnings.warn(f"decoder portfolio: the run's scorer has {objective.members} member, so portfolio decodes as "
+                          "polish; fit with --ensemble 5 (ScorerFit(ensemble=5)) for a portfolio over its members",
+                          stacklevel=2)
         rng = torch.Generator(device=self.device).manual_seed(seed)
         mask = None if self.generator is not None else self.space.mask().to(self.device)
         # InputError('decoder') e.g. for exhaustive on a space too large to enumerate

@@ -16,6 +16,10 @@ polish      rerank, then steepest-ascent coordinate search on the objective from
             slot of more than SEARCH_CATEGORIES categories, the changes to those the generator rates highest
 anneal      rerank, then simulated annealing (local_search.anneal_from) from the best candidates: chains
             that may step down as well as up, so they leave the draws' local peaks
+portfolio   for max-of-K under a scorer ensemble: polish's 2K best rows by the mean (on the budget less
+            the 2K rows it then scores per member), then the K of them that maximise the expected best
+            of the K over draws from the ensemble's spread (portfolio.py), not the mean's K best; with
+            a single scorer (one member) it is polish
 exhaustive  every row of a small space, the K best: the reference optimum
 register_decoder(name) adds a decoder of one's own (docs/architecture.md).
 
@@ -40,6 +44,7 @@ from choicegrad.decoding.local_search import (SEARCH_CATEGORIES, anneal_from, ge
                                               search_moves)
 from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixed, distinct_in_order, distinct_topk,
                                       enumerate_allowed, neighbour_count, space_size, union_of)
+from choicegrad.decoding.portfolio import PORTFOLIO_POOL, expected_max_select, hypotheses, member_grid
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import MASK_VALUE
@@ -272,6 +277,21 @@ def _polish(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
     return finish(objective, ctx, cands.rows, cands.valid, k, allowed, cands.scores, cands.scorer_calls, rng)
 
 
+def _portfolio(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
+    if objective.members < 2:          # one hypothesis: its expected best is the mean's, which polish finds
+        return _polish(gen, objective, ctx, k, allowed, fixed, o, rng)
+    B, S, V = allowed.shape
+    pool = PORTFOLIO_POOL * k if o.budget is None else max(k, min(PORTFOLIO_POOL * k, int(o.budget) // 2))
+    pool = int(min(pool, float(space_size(allowed).max())))
+    search = o if o.budget is None else o.model_copy(update={"budget": max(1, int(o.budget) - pool)})
+    cands = _polish(gen, objective, ctx, pool, allowed, fixed, search, rng)
+    members, calls = member_grid(objective, cands.rows, ctx, cands.valid, o.chunk)
+    pick, ok = expected_max_select(hypotheses(members, generator=rng), cands.valid, k)
+    ok &= cands.valid.gather(1, pick)
+    rows = cands.rows.gather(1, pick.unsqueeze(-1).expand(B, pick.shape[1], S))
+    return finish(objective, ctx, rows, ok, k, allowed, cands.scores.gather(1, pick), cands.scorer_calls + calls, rng)
+
+
 def _anneal(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
     cands, m, left = _reranked("anneal", gen, objective, ctx, k, allowed, fixed, o, rng)
     if left is not None and not bool((left > 0).any()):
@@ -286,7 +306,7 @@ def _exhaustive(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -
 
 _DECODE: dict[str, Callable[..., Candidates]] = {
     "argmax": _argmax, "sample": _sample, "topk": _topk, "rerank": _rerank, "polish": _polish,
-    "anneal": _anneal, "exhaustive": _exhaustive,
+    "anneal": _anneal, "portfolio": _portfolio, "exhaustive": _exhaustive,
 }
 DECODERS = tuple(_DECODE)
 

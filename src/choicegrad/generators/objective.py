@@ -28,7 +28,9 @@ class Objective:
     prepare(device): move to `device` and freeze (eval, no parameter gradients) before use.
     bind(space, context, contexts): attach the choice space and context columns (a no-op but for
     objectives on labelled rows). scale_given: False when `scale` is to be estimated from random
-    rows before training. name: how errors and a run's objective.json name it.
+    rows before training. name: how errors and a run's objective.json name it. members: the score's
+    hypotheses (a scorer ensemble's members, 1 otherwise) and member_scores(x, ctx) -> (N, members)
+    each one's score (the portfolio decoder's input).
 
     Subclasses implement score(x, ctx); __call__ counts the rows. TableObjective (a fitted scorer),
     ItemObjective (a reward over item vectors), FrameObjective (a black box on labelled rows) and
@@ -38,6 +40,7 @@ class Objective:
     differentiable: bool = True
     scale: float = 1.0
     scale_given: bool = True      # False: `scale` is a placeholder, to be estimated from draws before training
+    members: int = 1              # hypotheses of the score (a scorer ensemble's members); see member_scores
 
     def __init__(self) -> None:
         self.calls = 0
@@ -57,6 +60,11 @@ class Objective:
     def __call__(self, x: Tensor, ctx: Context) -> Tensor:
         self.calls += int(x.shape[0])
         return self.score(x, ctx)
+
+    def member_scores(self, x: Tensor, ctx: Context) -> Tensor:
+        """(N, members) the score under each hypothesis (counted as calls, like __call__); one
+        hypothesis: the score itself."""
+        return self(x, ctx).unsqueeze(-1)
 
 
 def check_scorer(scorer, name: str) -> None:
@@ -95,6 +103,14 @@ class TableObjective(Objective):
 
     def score(self, x: Tensor, ctx: TableContext) -> Tensor:
         return self.scorer(x, ctx.cat, ctx.num, beta=self.beta)
+
+    @property
+    def members(self) -> int:
+        return len(self.scorer.members)
+
+    def member_scores(self, x: Tensor, ctx: TableContext) -> Tensor:
+        self.calls += int(x.shape[0])
+        return self.scorer.member_scores(x, ctx.cat, ctx.num).T
 
 
 class ItemObjective(Objective):

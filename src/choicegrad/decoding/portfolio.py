@@ -1,0 +1,102 @@
+"""Portfolio selection for max-of-K: K rows whose best is high under every plausible hypothesis of
+the scorer ensemble, not the K best by the ensemble's mean.
+
+    values = hypotheses(members, n=256, generator=rng)      # (B, H, P) from (B, P, E)
+    pick = expected_max_select(values, valid, k)             # (B, k) indices into the P candidates
+
+When proposals are judged by the best of them (max of K), K rows that all bet on the mean's one
+hypothesis waste K - 1 of them where the ensemble is unsure. The expected best of a set under H
+hypotheses, mean_h max_{i in set} f_h(x_i), is a facility-location objective: monotone and
+submodular, so adding rows greedily by their gain reaches at least 1 - 1/e of the best set
+(Nemhauser et al. 1978). The first row is the mean's best; each next one adds the most where the
+hypotheses disagree with the rows already chosen.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+#: Candidates in the pool per returned row (the pool is polish's best distinct rows by the mean).
+PORTFOLIO_POOL = 2
+#: Hypotheses drawn from the ensemble's spread.
+PORTFOLIO_HYPOTHESES = 256
+_ELEMENTS = 1 << 24          # hypotheses x candidates x contexts selected at a time
+
+
+def hypotheses(members: Tensor, n: int = PORTFOLIO_HYPOTHESES, generator: Optional[torch.Generator] = None) -> Tensor:
+    """n draws of the score function from an ensemble's members: members (B, P, E) -> (B, n, P).
+
+    Draw h is mean + sum_e z_he (member_e - mean) / sqrt(E - 1), z ~ N(0, I): each candidate's
+    spread is the members' sample standard deviation, and candidates the members move together
+    (the same member rates both high) stay correlated. E == 1: every draw is the one member."""
+    B, P, E = members.shape
+    mean = members.mean(-1)                                                 # (B, P)
+    if E == 1:
+        return mean.unsqueeze(1).expand(B, n, P)
+    z = torch.randn(n, E, generator=generator, device=members.device, dtype=members.dtype)
+    spread = (members - mean.unsqueeze(-1)) / math.sqrt(E - 1)              # (B, P, E)
+    return mean.unsqueeze(1) + torch.einsum("he,bpe->bhp", z, spread)
+
+
+def expected_max_select(values: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Greedy K rows maximising the expected best, mean_h max_{i in set} values[h, i].
+
+    values (B, H, P) each hypothesis' value of P candidates; valid (B, P) bool. -> (pick (B, k) long
+    indices into P in the order chosen, ok (B, k) bool: False past a context's valid candidates).
+    Where no candidate adds anything (every hypothesis' best is already chosen), the next is the one
+    of highest mean value."""
+    B, H, P = values.shape
+    per = max(1, _ELEMENTS // max(1, H * P))
+    if B > per:
+        parts = [expected_max_select(values[i:i + per], valid[i:i + per], k) for i in range(0, B, per)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    k = min(int(k), P)
+    mean = values.mean(1).masked_fill(~valid, float("-inf"))                             # (B, P)
+    best = torch.where(valid.unsqueeze(1), values, torch.full_like(values, float("inf"))).amin(-1)   # (B, H) floor
+    spread = (mean.masked_fill(~valid, 0).amax(1) - best.mean(1)).abs().clamp(min=1e-12)          # (B,) scale of gains
+    taken = ~valid
+    picks, oks = [], []
+    for _ in range(k):                                    # over the K rows of a set: each depends on the last
+        ok = (~taken).any(1)
+        gain = (values - best.unsqueeze(-1)).clamp(min=0).mean(1).masked_fill(taken, -1.0)   # (B, P)
+        top = gain.max(1)
+        flat = top.values <= 1e-9 * spread
+        pick = torch.where(flat, mean.masked_fill(taken, float("-inf")).argmax(1), top.indices)
+        pick = torch.where(ok, pick, torch.zeros_like(pick))
+        chosen = values.gather(2, pick.view(B, 1, 1).expand(B, H, 1)).squeeze(-1)          # (B, H)
+        best = torch.where(ok.unsqueeze(1), torch.maximum(best, chosen), best)
+        taken = taken | (torch.nn.functional.one_hot(pick, P).bool() & ok.unsqueeze(1))
+        picks.append(pick)
+        oks.append(ok)
+    return torch.stack(picks, 1), torch.stack(oks, 1)
+
+
+def member_grid(objective, rows: Tensor, ctx, valid: Tensor, chunk: int) -> tuple[Tensor, int]:
+    """Every member's score of rows (B, P, S) where valid (B, P) -> ((B, P, E), calls: the rows scored)."""
+    B, P, S = rows.shape
+    owner = torch.arange(B, device=rows.device)[:, None].expand(B, P)[valid]
+    flat = rows[valid]
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(flat), chunk):
+            sl = slice(start, start + chunk)
+            outs.append(objective.member_scores(flat[sl], ctx.index(owner[sl])).float())
+    E = objective.members
+    out = torch.zeros(B, P, E, device=rows.device)
+    if outs:
+        out[valid] = torch.cat(outs)
+    return out, int(valid.sum())
+
+
+def expected_max(values: Tensor, pick: Tensor, ok: Tensor) -> Tensor:
+    """(B,) mean_h max over the picked candidates of values (B, H, P); pick, ok (B, k)."""
+    B, H, P = values.shape
+    got = values.gather(2, pick.unsqueeze(1).expand(B, H, pick.shape[1]))
+    return got.masked_fill(~ok.unsqueeze(1), float("-inf")).amax(-1).mean(1)
+
+
+__all__ = ["PORTFOLIO_HYPOTHESES", "PORTFOLIO_POOL", "expected_max", "expected_max_select", "hypotheses", "member_grid"]

@@ -1,0 +1,110 @@
+"""Portfolio decoding: draws from an ensemble's spread, the greedy expected-best selection against
+brute force, and the decoder's contract on an ensemble objective."""
+
+import itertools
+
+import pytest
+import torch
+
+from choicegrad.decoding import decode
+from choicegrad.decoding.portfolio import expected_max, expected_max_select, hypotheses
+from choicegrad.generators.objective import Objective
+from test_decode import CTX, SIZES, generator, potts_objective
+
+
+def test_hypotheses_keep_the_members_mean_spread_and_correlation():
+    g = torch.Generator().manual_seed(0)
+    members = torch.randn(2, 7, 5, generator=g, dtype=torch.float64)            # (B, P, E)
+    draws = hypotheses(members, n=200_000, generator=torch.Generator().manual_seed(1))   # (B, n, P)
+    torch.testing.assert_close(draws.mean(1), members.mean(-1), atol=0.02, rtol=0)
+    torch.testing.assert_close(draws.std(1), members.std(-1), atol=0.02, rtol=0)
+    cov = torch.einsum("bhp,bhq->bpq", draws - draws.mean(1, keepdim=True), draws - draws.mean(1, keepdim=True)) / 200_000
+    dev = members - members.mean(-1, keepdim=True)
+    torch.testing.assert_close(cov, torch.einsum("bpe,bqe->bpq", dev, dev) / 4, atol=0.03, rtol=0)
+    one = hypotheses(members[..., :1], n=3)
+    assert torch.equal(one, members[..., 0].unsqueeze(1).expand(2, 3, 7))
+
+
+def test_greedy_selection_takes_the_largest_gain_each_step():
+    """Each pick is the mean's best first, then the candidate adding most to mean_h max_i f_h(x_i)
+    (brute force over the candidates at every step); past the valid candidates, nothing."""
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(3, 16, 9, generator=g, dtype=torch.float64)
+    valid = torch.ones(3, 9, dtype=torch.bool)
+    valid[2, 5:] = False
+    pick, ok = expected_max_select(values, valid, 6)
+    assert ok[:2].all() and ok[2].tolist() == [True] * 5 + [False]
+    for b in range(3):
+        chosen: list[int] = []
+        for i in range(int(ok[b].sum())):
+            def worth(j):
+                return values[b][:, chosen + [j]].amax(1).mean()
+            free = [j for j in range(9) if valid[b, j] and j not in chosen]
+            best = max(free, key=worth)
+            assert torch.isclose(worth(int(pick[b, i])), worth(best)), (b, i)
+            chosen.append(int(pick[b, i]))
+        assert len(set(chosen)) == len(chosen)
+    assert torch.equal(pick[:, 0], values.mean(1).masked_fill(~valid, -1e9).argmax(1))
+
+
+def test_portfolio_beats_the_means_top_k_where_hypotheses_disagree():
+    """Two equally likely hypotheses: rows 0-2 great under A only, row 3 great under B only. The
+    mean's top 2 both bet on A; the greedy portfolio covers both, and on every small case its
+    expected best is within 1 - 1/e of the exhaustive best set."""
+    values = torch.tensor([[[10.0, 9.9, 9.8, 0.0, 1.0],
+                            [0.0, 0.1, 0.2, 9.0, 1.0]]])                        # (1, H=2, P=5)
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    pick, ok = expected_max_select(values, valid, 2)
+    assert set(pick[0].tolist()) == {0, 3}
+    mean_top = values.mean(1).topk(2).indices
+    assert expected_max(values, pick, ok) > expected_max(values, mean_top, torch.ones(1, 2, dtype=torch.bool))
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        v = torch.rand(1, 6, 8, generator=g)
+        p, o = expected_max_select(v, torch.ones(1, 8, dtype=torch.bool), 3)
+        best = max(float(v[0][:, list(c)].amax(1).mean()) for c in itertools.combinations(range(8), 3))
+        assert float(expected_max(v, p, o)) >= (1 - 1 / torch.e) * best - 1e-6
+
+
+class Ensemble(Objective):
+    """Three hypotheses of a Potts landscape: the landscape itself and two tilted copies."""
+
+    members = 3
+
+    def __init__(self):
+        super().__init__()
+        self.f = potts_objective()
+        self.tilt = torch.randn(2, len(SIZES), max(SIZES), generator=torch.Generator().manual_seed(5))
+
+    def _members(self, x, ctx):
+        base = self.f(x, ctx)
+        hot = torch.nn.functional.one_hot(x, max(SIZES)).float()
+        extra = torch.einsum("nsv,esv->ne", hot, self.tilt)
+        return torch.stack([base, base + extra[:, 0], base + extra[:, 1]], -1)
+
+    def score(self, x, ctx):
+        return self._members(x, ctx).mean(-1)
+
+    def member_scores(self, x, ctx):
+        self.calls += len(x)
+        return self._members(x, ctx)
+
+
+@pytest.mark.parametrize("budget", [None, 200])
+def test_portfolio_decoder_contract_on_an_ensemble(budget):
+    """K distinct rows holding the fixed slots, scored by the mean, best first; the pool's member
+    scores count as calls and a budget holds them all; with one hypothesis it is polish."""
+    gen, f = generator("autoregressive"), Ensemble()
+    fixed = torch.tensor([2, -1, -1, -1])
+    c = decode("portfolio", gen, f, CTX, 6, fixed=fixed, budget=budget, generator=torch.Generator().manual_seed(0))
+    assert c.valid.all() and (c.rows[..., 0] == 2).all()
+    for b in range(3):
+        assert len({tuple(r) for r in c.rows[b].tolist()}) == 6
+        torch.testing.assert_close(c.scores[b], f.score(c.rows[b], CTX.index(torch.full((6,), b))))
+    assert (c.scores[:, :-1] >= c.scores[:, 1:]).all()
+    assert c.scorer_calls == f.calls
+    if budget is not None:
+        assert c.scorer_calls <= 3 * budget
+    one = decode("portfolio", gen, potts_objective(), CTX, 6, budget=budget)      # one hypothesis: polish
+    ref = decode("polish", gen, potts_objective(), CTX, 6, budget=budget)
+    assert torch.equal(one.rows, ref.rows)
