@@ -16,10 +16,10 @@ polish      rerank, then steepest-ascent coordinate search on the objective from
             slot of more than SEARCH_CATEGORIES categories, the changes to those the generator rates highest
 anneal      rerank, then simulated annealing (local_search.anneal_from) from the best candidates: chains
             that may step down as well as up, so they leave the draws' local peaks
-portfolio   for max-of-K under a scorer ensemble: polish's 2K best rows by the mean (on the budget less
-            the 2K rows it then scores per member), then the K of them that maximise the expected best
-            of the K over draws from the ensemble's spread (portfolio.py), not the mean's K best; with
-            a single scorer (one member) it is polish
+portfolio   for max-of-K under a scorer ensemble: polish's search, then, from the 8K best distinct rows
+            by the mean among all it scored (their members' scores kept as it scored them: no further
+            call), the K that maximise the expected best of the K over draws from the ensemble's spread
+            (portfolio.py), not the mean's K best; with a single scorer (one member) it is polish
 exhaustive  every row of a small space, the K best: the reference optimum
 register_decoder(name) adds a decoder of one's own (docs/architecture.md).
 
@@ -44,7 +44,7 @@ from choicegrad.decoding.local_search import (SEARCH_CATEGORIES, anneal_from, ge
                                               search_moves)
 from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixed, distinct_in_order, distinct_topk,
                                       enumerate_allowed, neighbour_count, space_size, union_of)
-from choicegrad.decoding.portfolio import PORTFOLIO_POOL, expected_max_select, hypotheses, member_grid
+from choicegrad.decoding.portfolio import PORTFOLIO_POOL, MemberRecord, expected_max_select, hypotheses
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import MASK_VALUE
@@ -281,15 +281,13 @@ def _portfolio(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) ->
     if objective.members < 2:          # one hypothesis: its expected best is the mean's, which polish finds
         return _polish(gen, objective, ctx, k, allowed, fixed, o, rng)
     B, S, V = allowed.shape
-    pool = PORTFOLIO_POOL * k if o.budget is None else max(k, min(PORTFOLIO_POOL * k, int(o.budget) // 2))
-    pool = int(min(pool, float(space_size(allowed).max())))
-    search = o if o.budget is None else o.model_copy(update={"budget": max(1, int(o.budget) - pool)})
-    cands = _polish(gen, objective, ctx, pool, allowed, fixed, search, rng)
-    members, calls = member_grid(objective, cands.rows, ctx, cands.valid, o.chunk)
-    pick, ok = expected_max_select(hypotheses(members, generator=rng), cands.valid, k)
-    ok &= cands.valid.gather(1, pick)
-    rows = cands.rows.gather(1, pick.unsqueeze(-1).expand(B, pick.shape[1], S))
-    return finish(objective, ctx, rows, ok, k, allowed, cands.scores.gather(1, pick), cands.scorer_calls + calls, rng)
+    record = MemberRecord(objective)
+    cands = _polish(gen, record, ctx, k, allowed, fixed, o, rng)          # the search polish makes
+    rows, scores, members, valid = record.pool(ctx, PORTFOLIO_POOL * k, V)
+    pick, ok = expected_max_select(hypotheses(members, generator=rng), valid, k)
+    ok &= valid.gather(1, pick)
+    chosen = rows.gather(1, pick.unsqueeze(-1).expand(B, pick.shape[1], S))
+    return finish(objective, ctx, chosen, ok, k, allowed, scores.gather(1, pick), cands.scorer_calls, rng)
 
 
 def _anneal(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:

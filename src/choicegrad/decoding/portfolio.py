@@ -20,8 +20,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-#: Candidates in the pool per returned row (the pool is polish's best distinct rows by the mean).
-PORTFOLIO_POOL = 2
+from choicegrad.decoding.rows import first_occurrence, row_keys
+from choicegrad.generators.objective import Objective
+
+#: Candidates in the pool per returned row: the best distinct rows by the mean among every row the
+#: search scored.
+PORTFOLIO_POOL = 8
 #: Hypotheses drawn from the ensemble's spread.
 PORTFOLIO_HYPOTHESES = 256
 _ELEMENTS = 1 << 24          # hypotheses x candidates x contexts selected at a time
@@ -75,6 +79,75 @@ def expected_max_select(values: Tensor, valid: Tensor, k: int) -> tuple[Tensor, 
     return torch.stack(picks, 1), torch.stack(oks, 1)
 
 
+class MemberRecord(Objective):
+    """An ensemble objective that scores as it does and keeps every hard row it scored, with its
+    members' scores and a key of its context: a search run through it leaves a pool to choose a
+    portfolio from at no further scorer call (`pool`)."""
+
+    differentiable = False
+
+    def __init__(self, inner: Objective):
+        super().__init__()
+        self.inner, self.members, self.scale, self.name = inner, inner.members, inner.scale, inner.name
+        self._rows: list[Tensor] = []
+        self._keys: list[Tensor] = []
+        self._members: list[Tensor] = []
+        self._scores: list[Tensor] = []
+
+    def score(self, x: Tensor, ctx) -> Tensor:
+        scores, members = self.inner.scores_and_members(x, ctx)
+        if not x.is_floating_point():
+            self._rows.append(x)
+            self._keys.append(context_keys(ctx))
+            self._members.append(members.float())
+            self._scores.append(scores.float())
+        return scores
+
+    def pool(self, ctx, size: int, vocab: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Each context's `size` best distinct rows by score among those recorded -> (rows (B, P, S),
+        scores (B, P), members (B, P, E), valid (B, P)); contexts with equal features share theirs."""
+        B = len(ctx)
+        rows, keys = torch.cat(self._rows), torch.cat(self._keys)
+        members, scores = torch.cat(self._members), torch.cat(self._scores)
+        own, group = torch.unique(context_keys(ctx), return_inverse=True)             # (G,), (B,)
+        at = torch.searchsorted(own, keys).clamp(max=len(own) - 1)
+        hit = own[at] == keys
+        at, rows, members, scores = at[hit], rows[hit], members[hit], scores[hit]
+        order = torch.argsort(at, stable=True)
+        at, rows, members, scores = at[order], rows[order], members[order], scores[order]
+        counts = torch.bincount(at, minlength=len(own))
+        start = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(at), device=at.device) - start[at]
+        M, S, E = max(1, int(counts.max())), rows.shape[-1], members.shape[-1]
+        pad_rows = torch.full((len(own), M, S), -1, dtype=torch.long, device=rows.device)
+        pad_members = torch.zeros(len(own), M, E, device=rows.device)
+        pad_scores = torch.full((len(own), M), float("-inf"), device=rows.device)
+        pad_rows[at, slot], pad_members[at, slot], pad_scores[at, slot] = rows, members, scores
+        keep = first_occurrence(row_keys(pad_rows, vocab), torch.isfinite(pad_scores))
+        P = min(int(size), M)
+        top = pad_scores.masked_fill(~keep, float("-inf")).topk(P, dim=1)              # (G, P)
+        pick = top.indices[group]                                                      # (B, P)
+        rows_out = pad_rows[group].gather(1, pick.unsqueeze(-1).expand(B, P, S))
+        members_out = pad_members[group].gather(1, pick.unsqueeze(-1).expand(B, P, E))
+        return rows_out, top.values[group], members_out, torch.isfinite(top.values[group])
+
+
+def context_keys(ctx) -> Tensor:
+    """(N,) int64 keys of a context batch's features, equal for equal contexts (a 64-bit hash of the
+    categorical codes and the numbers' bits; one key for a batch without features)."""
+    parts = [t.long() for t in (getattr(ctx, "cat", None),) if t is not None and t.numel()]
+    num = getattr(ctx, "num", None)
+    if num is not None and num.numel():
+        parts.append(num.float().contiguous().view(torch.int32).long())
+    if not parts:
+        return torch.zeros(len(ctx), dtype=torch.long)
+    cols = torch.cat(parts, 1)
+    key = torch.zeros(len(cols), dtype=torch.long, device=cols.device)
+    for c in range(cols.shape[1]):                     # over the few context columns
+        key = key * 1_000_003 + cols[:, c] + 1
+    return key
+
+
 def member_grid(objective, rows: Tensor, ctx, valid: Tensor, chunk: int) -> tuple[Tensor, int]:
     """Every member's score of rows (B, P, S) where valid (B, P) -> ((B, P, E), calls: the rows scored)."""
     B, P, S = rows.shape
@@ -99,4 +172,5 @@ def expected_max(values: Tensor, pick: Tensor, ok: Tensor) -> Tensor:
     return got.masked_fill(~ok.unsqueeze(1), float("-inf")).amax(-1).mean(1)
 
 
-__all__ = ["PORTFOLIO_HYPOTHESES", "PORTFOLIO_POOL", "expected_max", "expected_max_select", "hypotheses", "member_grid"]
+__all__ = ["PORTFOLIO_HYPOTHESES", "PORTFOLIO_POOL", "MemberRecord", "context_keys", "expected_max",
+           "expected_max_select", "hypotheses", "member_grid"]

@@ -354,7 +354,10 @@ class Scorer(nn.Module):
 
     def forward(self, x, ctx_cat=None, ctx_num=None, beta: float | None = None) -> torch.Tensor:
         """(B,) score of hard rows (B, S) or soft rows (B, S, V_max); mean - beta * std over members."""
-        scores = self.member_scores(x, ctx_cat, ctx_num)
+        return self.combine(self.member_scores(x, ctx_cat, ctx_num), beta)
+
+    def combine(self, scores: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+        """(B,) the ensemble's score from its members' (k, B): mean - beta * std (beta None: the scorer's)."""
         beta = self.beta if beta is None else beta
         if len(self.members) == 1 or beta == 0:
             return scores.mean(0)
