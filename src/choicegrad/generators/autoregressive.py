@@ -234,7 +234,6 @@ class AutoregressiveGenerator(TableGenerator):
         S, V = self.mask.shape
         p = self._position[s]
         if self.ragged:
-            B, M = x.shape[:2]
             earlier = torch.tensor(self._order[:p], dtype=torch.long, device=x.device)
             return self._ragged_slot_logits(features, x, s, p, earlier, carry, padded)
         w = self._degree_weights()
