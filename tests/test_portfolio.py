@@ -121,3 +121,23 @@ def test_portfolio_decoder_contract_on_an_ensemble(budget):
     one = decode("portfolio", gen, potts_objective(), CTX, 6, budget=budget)      # one hypothesis: polish
     ref = decode("polish", gen, potts_objective(), CTX, 6, budget=budget)
     assert torch.equal(one.rows, ref.rows)
+
+
+def test_an_ensemble_runs_default_is_portfolio_with_polish_calls(tmp_path):
+    """Run.generate without a decoder: portfolio for k > 1 from an ensemble scorer, polish for k = 1
+    or one member; portfolio's rows come from polish's search at polish's calls."""
+    from choicegrad.bench.tasks import PottsTask
+    from choicegrad.run import Run, TableSpec
+    from choicegrad.scorer.fit import ScorerFit
+    from choicegrad.training.loop import GeneratorFit
+
+    PottsTask(slots=4, vocab=4, contexts=2, seed=0).table(n=400, seed=1).to_csv(tmp_path / "t.csv", index=False)
+    run = Run.fit(tmp_path / "t.csv", tmp_path / "run", TableSpec(features="s?", score="y", context="ctx"),
+                  scorer_fit=ScorerFit(epochs=4, ensemble=3, seed=0), generator_fit=GeneratorFit(steps=30, seed=0),
+                  progress=False, force_generator=True)
+    default = run.generate(k=6)
+    assert default.attrs["decoder"] == "portfolio"
+    polish = run.generate(k=6, decoder="polish")
+    assert default.attrs["scorer_calls"] == polish.attrs["scorer_calls"]
+    assert run.generate(k=6, decoder="portfolio").equals(default)
+    assert run.generate(k=1).attrs["decoder"] == "polish"
