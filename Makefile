@@ -22,12 +22,13 @@ test: $(BIN)/choicegrad
 fuzz: $(BIN)/choicegrad
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py
 
-# Measurements, not tests (about 2 hours on 2 cores, 2026-11-26; the suite alone 71 minutes): the gradient bias/variance table, the standard
+# Measurements, not tests (about 2 hours on 2 cores, 2026-11-26; the suite alone 71 minutes, 25 on 2026-12-07): the gradient bias/variance table, the standard
 # benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, the
 # aligner's distance correlations (reusing the suite's scorers) refreshing docs/aligner.md, then the
 # default `choicegrad fit` + `generate` on tfbind8 (timed), greedy generation throughput, then quality
 # against inference budget on unseen contexts (bench-budgets, its own section of docs/benchmarks.md, 35
-# minutes) and generation speed for 20,000 unseen contexts with `choicegrad fit` timed on a 40,000-row log.
+# minutes) and generation speed for 20,000 unseen contexts with `choicegrad fit` timed on a 40,000-row log,
+# then portfolio decoding against polish on tfbind8 and gb1 with 5-member ensembles (25 minutes).
 bench: $(BIN)/choicegrad
 	$(BIN)/python benchmarks/gradients.py
 	$(BIN)/choicegrad bench --out runs/bench --docs docs/benchmarks.md
@@ -37,6 +38,8 @@ bench: $(BIN)/choicegrad
 	$(BIN)/python benchmarks/greedy_speed.py | tee runs/greedy_speed.json
 	$(BIN)/choicegrad bench-budgets --out runs/budgets --jobs 2 --docs docs/benchmarks.md
 	$(BIN)/python benchmarks/unseen_speed.py --refit | tee runs/unseen_speed.json
+	mkdir -p runs/portfolio
+	$(BIN)/python benchmarks/portfolio.py --out runs/portfolio | tee runs/portfolio/log.txt
 
 # Design rounds against the ground truth (about 50 minutes on 2 cores): designer, genetic algorithm, random
 # rows and the offline pipeline on tfbind8, gb1, ehrlich and nk3, 3 seeds, and a more diverse designer
