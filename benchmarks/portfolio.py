@@ -36,7 +36,8 @@ from choicegrad.bench.metrics import normalise  # noqa: E402
 from choicegrad.bench.report import machine_line  # noqa: E402
 from choicegrad.decoding import Candidates, decode  # noqa: E402
 from choicegrad.decoding.decoders import exhaustive  # noqa: E402
-from choicegrad.decoding.portfolio import expected_max, expected_max_select, hypotheses, member_grid  # noqa: E402
+from choicegrad.decoding.portfolio import (PORTFOLIO_HYPOTHESES, choose, draws, expected_max, hypotheses,  # noqa: E402
+                                          member_grid)
 
 
 def per_context_max(problem, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -48,7 +49,7 @@ def per_context_max(problem, rows: torch.Tensor, valid: torch.Tensor) -> torch.T
 def aim(problem, rows: torch.Tensor, valid: torch.Tensor, rng_seed: int) -> torch.Tensor:
     """(B,) the expected best of rows (B, K, S) over 256 draws of the ensemble (the portfolio's aim)."""
     members, _ = member_grid(problem.objective, rows, problem.ctx, valid, 1 << 16)
-    values = hypotheses(members, generator=torch.Generator().manual_seed(rng_seed))
+    values = hypotheses(members, draws(PORTFOLIO_HYPOTHESES, members.shape[-1], torch.Generator().manual_seed(rng_seed)))
     K = rows.shape[1]
     every = torch.arange(K).expand(len(rows), K)
     return expected_max(values, every, valid)
@@ -88,7 +89,7 @@ def main() -> None:
         top = exhaustive(problem.objective, problem.ctx, args.pool, problem.allowed)
         mean_top = Candidates(top.rows[:, :K], top.scores[:, :K], top.valid[:, :K], 0)
         members, _ = member_grid(problem.objective, top.rows, problem.ctx, top.valid, 1 << 16)
-        pick, ok = expected_max_select(hypotheses(members, generator=torch.Generator().manual_seed(0)), top.valid, K)
+        pick, ok = choose(members, top.valid, K, generator=torch.Generator().manual_seed(0))
         port_rows = top.rows.gather(1, pick.unsqueeze(-1).expand(B, K, top.rows.shape[-1]))
         enumerated = {}
         record("mean's top K (enumerated scorer)", mean_top, float("nan"), enumerated)

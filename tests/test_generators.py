@@ -229,11 +229,12 @@ def test_slot_logits_equal_the_full_pass(order, hidden, layout):
     rows[rows.sum(-1) % 3 == 0, 2] = -1
     x = rows_to_inputs(rows, 4)
     full = gen.logits(ctx.repeat_interleave(M), x.reshape(B * M, 5, 4)).reshape(B, M, 5, 4)
-    for inputs in (x, rows):
-        feats, carry = gen.features(ctx), None
-        for s in gen.order:
-            logits, carry = gen.slot_logits(feats, inputs, s, carry)
-            torch.testing.assert_close(logits, full[:, :, s], rtol=1e-5, atol=1e-5)
+    for inputs, grad in ((x, True), (rows, True), (x, False), (rows, False)):   # without autograd: in place
+        with torch.set_grad_enabled(grad):
+            feats, carry = gen.features(ctx), None
+            for s in gen.order:
+                logits, carry = gen.slot_logits(feats, inputs, s, carry)
+                torch.testing.assert_close(logits, full[:, :, s], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="carry"):
         gen.slot_logits(feats, x, gen.order[1], None)
 

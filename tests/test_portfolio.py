@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from choicegrad.decoding import decode
+from choicegrad.decoding.portfolio import draws as mixing
 from choicegrad.decoding.portfolio import expected_max, expected_max_select, hypotheses
 from choicegrad.generators.objective import Objective
 from test_decode import CTX, SIZES, generator, potts_objective
@@ -15,13 +16,13 @@ from test_decode import CTX, SIZES, generator, potts_objective
 def test_hypotheses_keep_the_members_mean_spread_and_correlation():
     g = torch.Generator().manual_seed(0)
     members = torch.randn(2, 7, 5, generator=g, dtype=torch.float64)            # (B, P, E)
-    draws = hypotheses(members, n=200_000, generator=torch.Generator().manual_seed(1))   # (B, n, P)
-    torch.testing.assert_close(draws.mean(1), members.mean(-1), atol=0.02, rtol=0)
+    draws = hypotheses(members, mixing(200_000, 5, torch.Generator().manual_seed(1)))   # (B, n, P)
+    torch.testing.assert_close(draws.mean(1), members.mean(-1), atol=1e-6, rtol=0)      # centred: exactly
     torch.testing.assert_close(draws.std(1), members.std(-1), atol=0.02, rtol=0)
     cov = torch.einsum("bhp,bhq->bpq", draws - draws.mean(1, keepdim=True), draws - draws.mean(1, keepdim=True)) / 200_000
     dev = members - members.mean(-1, keepdim=True)
     torch.testing.assert_close(cov, torch.einsum("bpe,bqe->bpq", dev, dev) / 4, atol=0.03, rtol=0)
-    one = hypotheses(members[..., :1], n=3)
+    one = hypotheses(members[..., :1], mixing(3, 1))
     assert torch.equal(one, members[..., 0].unsqueeze(1).expand(2, 3, 7))
 
 
@@ -114,7 +115,7 @@ def test_portfolio_decoder_contract_on_an_ensemble(budget):
 
     def aim(rows):
         members = torch.stack([f._members(rows[b], CTX.index(torch.full((6,), b))) for b in range(3)])  # (B, K, E)
-        values = hypotheses(members, n=4096, generator=torch.Generator().manual_seed(9))
+        values = hypotheses(members, mixing(4096, 3, torch.Generator().manual_seed(9)))
         return expected_max(values, torch.arange(6).expand(3, 6), torch.ones(3, 6, dtype=torch.bool))
 
     assert (aim(c.rows) >= aim(ref.rows) - 0.02).all()
@@ -141,3 +142,20 @@ def test_an_ensemble_runs_default_is_portfolio_with_polish_calls(tmp_path):
     assert default.attrs["scorer_calls"] == polish.attrs["scorer_calls"]
     assert run.generate(k=6, decoder="portfolio").equals(default)
     assert run.generate(k=1).attrs["decoder"] == "polish"
+    assert run.generate(k=6, beta=1.0).attrs["decoder"] == "polish"     # pessimism: no bet on disagreement
+
+
+def test_portfolio_keeps_each_contexts_own_rows_and_the_means_best_first():
+    """Two contexts with the same features but different fixed slots each get their own rows; the
+    first candidate is polish's (the members' mean best: the draws are centred)."""
+    from choicegrad.generators.context import TableContext
+
+    gen, f = generator("autoregressive"), Ensemble()
+    twins = TableContext(torch.tensor([[1], [1]]), torch.zeros(2, 0))
+    fixed = torch.tensor([[0, -1, -1, -1], [2, -1, -1, -1]])
+    c = decode("portfolio", gen, f, twins, 4, fixed=fixed, budget=120)
+    assert (c.rows[0, :, 0] == 0).all() and (c.rows[1, :, 0] == 2).all() and c.valid.all()
+    for k in (1, 3):
+        p = decode("portfolio", gen, f, CTX, k, budget=150)
+        ref = decode("polish", gen, f, CTX, k, budget=150)
+        assert torch.equal(p.rows[:, 0], ref.rows[:, 0])

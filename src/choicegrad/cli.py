@@ -494,7 +494,7 @@ def generate_cmd(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Distinct rows per context.")] = 10,
     decoder: Annotated[Optional[str], typer.Option(
         help="argmax, sample, topk, rerank, polish, anneal, portfolio or exhaustive. Default: polish; portfolio for a "
-             "run fitted with --ensemble k and --top-k > 1 (polish's search, then the K rows that maximise the expected "
+             "run fitted with --ensemble k (and beta 0) and --top-k > 1 (polish's search, then the K rows that maximise the expected "
              "best of the K over the ensemble's hypotheses, for proposals judged by their best); exhaustive (the exact "
              "top-K) for a run whose small space was enumerated instead of training a generator.")] = None,
     fix: Annotated[Optional[list[str]], typer.Option(help="Fix a feature: FEATURE=CATEGORY (repeatable).")] = None,

@@ -133,13 +133,17 @@ def _read_contexts(source: str | Path, context: ContextEncoder) -> tuple[pd.Data
     return frame[[c.name for c in context.columns]].reset_index(drop=True), ctx
 
 
-def default_decoder(has_generator: bool, scorer, k: int) -> str:
+def default_decoder(has_generator: bool, scorer, k: int, beta: Optional[float] = None) -> str:
     """generate's decoder when none is asked for: exhaustive without a generator (an enumerated small
-    space); portfolio for k > 1 rows from a scorer ensemble (benchmarks/portfolio.py: polish's search
-    and calls, max of 128 on gb1 0.914 -> 0.944 over 3 seeds, tfbind8 unchanged); else polish."""
+    space); portfolio for k > 1 rows from a scorer ensemble without pessimism (beta, else the
+    scorer's, 0: portfolio bets on the members' disagreement, which pessimism avoids;
+    benchmarks/portfolio.py: polish's search and calls, max of 128 on gb1 0.914 -> 0.944 over 3 seeds,
+    tfbind8 unchanged); else polish."""
     if not has_generator:
         return "exhaustive"
-    return "portfolio" if scorer is not None and len(scorer.members) > 1 and k > 1 else "polish"
+    ensemble = scorer is not None and len(scorer.members) > 1
+    pessimism = (scorer.beta if beta is None else beta) if scorer is not None else 0.0
+    return "portfolio" if ensemble and pessimism == 0 and k > 1 else "polish"
 
 
 class Run:
@@ -364,15 +368,15 @@ class Run:
         if items is not None or lists is not None:
             raise InputError("items", ["items and lists are for a run fitted on item lists (an ItemSpec); this run "
                                        "was fitted on a table"])
-        decoder = self._generate_decoder(decoder, k, temperature, samples, budget, seed)   # before anything is read
+        decoder = self._generate_decoder(decoder, k, temperature, samples, budget, seed, beta)   # before anything is read
         fixed = parse_fix(fix, self.space)
         frame, ctx = self._contexts(contexts)
         rows_k = self._rows_per_context(k, fixed, len(ctx))
         objective, column = self._objective(decoder, beta, frame)
         if decoder == "portfolio" and objective.members < 2:
-            warnings.warn(f"decoder portfolio: the run's scorer has {objective.members} member, so portfolio decodes as "
-                          "polish; fit with --ensemble 5 (ScorerFit(ensemble=5)) for a portfolio over its members",
-                          stacklevel=2)
+            warnings.warn(f"decoder portfolio: {objective.name} has one hypothesis (a scorer of one member, or an "
+                          "objective of your own), so portfolio decodes as polish; fit the scorer with --ensemble 5 "
+                          "(ScorerFit(ensemble=5)) for a portfolio over its members", stacklevel=2)
         rng = torch.Generator(device=self.device).manual_seed(seed)
         mask = None if self.generator is not None else self.space.mask().to(self.device)
         # InputError('decoder') e.g. for exhaustive on a space too large to enumerate
@@ -388,13 +392,13 @@ class Run:
         return result
 
     def _generate_decoder(self, decoder: Optional[str], k: int, temperature: Optional[float], samples: Optional[int],
-                          budget: Optional[int], seed: int) -> str:
+                          budget: Optional[int], seed: int, beta: Optional[float] = None) -> str:
         """The decoder generate uses (None: default_decoder);
         InputError('generate') for bad settings or a decoder this run cannot use."""
         if self.scorer_only:
             raise InputError(str(self.out), ["loaded with scorer_only=True, for scoring: load the whole run to generate"])
         if decoder is None:
-            decoder = default_decoder(self.generator is not None, self.scorer, k)
+            decoder = default_decoder(self.generator is not None, self.scorer, k, beta)
         problems = generate_problems(k, decoder, temperature, samples, budget, seed)
         if self.generator is None and decoder != "exhaustive" and not problems:
             rows = self.space.num_rows()

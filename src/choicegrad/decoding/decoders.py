@@ -44,12 +44,12 @@ from choicegrad.decoding.local_search import (SEARCH_CATEGORIES, anneal_from, ge
                                               search_moves)
 from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixed, distinct_in_order, distinct_topk,
                                       enumerate_allowed, neighbour_count, space_size, union_of)
-from choicegrad.decoding.portfolio import PORTFOLIO_POOL, MemberRecord, expected_max_select, hypotheses
+from choicegrad.decoding.portfolio import PORTFOLIO_POOL, MemberRecord, TaggedContext, choose
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import MASK_VALUE
 from choicegrad.generators.base import Generator, masked_log_softmax
-from choicegrad.generators.context import DECODE_ELEMENTS, Context, decode_chunk, in_context_chunks
+from choicegrad.generators.context import DECODE_ELEMENTS, Context, TableContext, decode_chunk, in_context_chunks
 from choicegrad.generators.objective import SCORE_CHUNK, Objective, as_objective
 
 _NEG = float("-inf")
@@ -278,13 +278,13 @@ def _polish(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
 
 
 def _portfolio(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
-    if objective.members < 2:          # one hypothesis: its expected best is the mean's, which polish finds
+    if objective.members < 2 or not isinstance(ctx, TableContext):   # one hypothesis: the mean's best is polish's
         return _polish(gen, objective, ctx, k, allowed, fixed, o, rng)
     B, S, V = allowed.shape
     record = MemberRecord(objective)
-    cands = _polish(gen, record, ctx, k, allowed, fixed, o, rng)          # the search polish makes
-    rows, scores, members, valid = record.pool(ctx, PORTFOLIO_POOL * k, V)
-    pick, ok = expected_max_select(hypotheses(members, generator=rng), valid, k)
+    cands = _polish(gen, record, TaggedContext.of(ctx), k, allowed, fixed, o, rng)   # the search polish makes
+    rows, scores, members, valid = record.pool(B, PORTFOLIO_POOL * k, V)
+    pick, ok = choose(members, valid, k, generator=rng)
     ok &= valid.gather(1, pick)
     chosen = rows.gather(1, pick.unsqueeze(-1).expand(B, pick.shape[1], S))
     return finish(objective, ctx, chosen, ok, k, allowed, scores.gather(1, pick), cands.scorer_calls, rng)

@@ -1,8 +1,9 @@
 """Portfolio selection for max-of-K: K rows whose best is high under every plausible hypothesis of
 the scorer ensemble, not the K best by the ensemble's mean.
 
-    values = hypotheses(members, n=256, generator=rng)      # (B, H, P) from (B, P, E)
-    pick = expected_max_select(values, valid, k)             # (B, k) indices into the P candidates
+    values = hypotheses(members, draws(256, E, rng))        # (B, H, P) from (B, P, E)
+    pick, ok = expected_max_select(values, valid, k)         # (B, k) indices into the P candidates
+    pick, ok = choose(members, valid, k, generator=rng)      # the same, a few contexts at a time
 
 When proposals are judged by the best of them (max of K), K rows that all bet on the mean's one
 hypothesis waste K - 1 of them where the ensemble is unsure. The expected best of a set under H
@@ -15,12 +16,14 @@ hypotheses disagree with the rows already chosen.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from choicegrad.decoding.rows import first_occurrence, row_keys
+from choicegrad.generators.context import TableContext
 from choicegrad.generators.objective import Objective
 
 #: Candidates in the pool per returned row: the best distinct rows by the mean among every row the
@@ -31,19 +34,38 @@ PORTFOLIO_HYPOTHESES = 256
 _ELEMENTS = 1 << 24          # hypotheses x candidates x contexts selected at a time
 
 
-def hypotheses(members: Tensor, n: int = PORTFOLIO_HYPOTHESES, generator: Optional[torch.Generator] = None) -> Tensor:
-    """n draws of the score function from an ensemble's members: members (B, P, E) -> (B, n, P).
+def draws(n: int, members: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+    """(n, members) standard normal mixing weights, centred over the n draws (so that the draws' mean
+    is exactly the members' mean)."""
+    z = torch.randn(n, members, generator=generator, device=device)
+    return z - z.mean(0, keepdim=True)
 
-    Draw h is mean + sum_e z_he (member_e - mean) / sqrt(E - 1), z ~ N(0, I): each candidate's
-    spread is the members' sample standard deviation, and candidates the members move together
-    (the same member rates both high) stay correlated. E == 1: every draw is the one member."""
+
+def hypotheses(members: Tensor, z: Tensor) -> Tensor:
+    """Draws of the score function from an ensemble's members: members (B, P, E), z (n, E) from
+    `draws` -> (B, n, P).
+
+    Draw h is mean + sum_e z_he (member_e - mean) / sqrt(E - 1): each candidate's spread is the
+    members' sample standard deviation, and candidates the members move together (the same member
+    rates both high) stay correlated. E == 1: every draw is the one member."""
     B, P, E = members.shape
     mean = members.mean(-1)                                                 # (B, P)
     if E == 1:
-        return mean.unsqueeze(1).expand(B, n, P)
-    z = torch.randn(n, E, generator=generator, device=members.device, dtype=members.dtype)
+        return mean.unsqueeze(1).expand(B, z.shape[0], P)
     spread = (members - mean.unsqueeze(-1)) / math.sqrt(E - 1)              # (B, P, E)
-    return mean.unsqueeze(1) + torch.einsum("he,bpe->bhp", z, spread)
+    return mean.unsqueeze(1) + torch.einsum("he,bpe->bhp", z.to(members.dtype), spread)
+
+
+def choose(members: Tensor, valid: Tensor, k: int, n: int = PORTFOLIO_HYPOTHESES,
+           generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+    """The portfolio of k of P candidates: members (B, P, E) their members' scores, valid (B, P) ->
+    (pick (B, k), ok (B, k)) as expected_max_select over n draws, a few contexts at a time (the
+    draws are (B, n, P))."""
+    B, P, E = members.shape
+    z = draws(n, E, generator, members.device)
+    per = max(1, _ELEMENTS // max(1, n * P))
+    parts = [expected_max_select(hypotheses(members[i:i + per], z), valid[i:i + per], k) for i in range(0, B, per)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def expected_max_select(values: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -79,10 +101,34 @@ def expected_max_select(values: Tensor, valid: Tensor, k: int) -> tuple[Tensor, 
     return torch.stack(picks, 1), torch.stack(oks, 1)
 
 
+@dataclass
+class TaggedContext(TableContext):
+    """A TableContext whose contexts carry their position in the batch being decoded (tag (B,) long),
+    kept through index, repeat_interleave and to: how MemberRecord knows whose row it scored."""
+
+    tag: Tensor = None
+
+    @classmethod
+    def of(cls, ctx: TableContext) -> TaggedContext:
+        return cls(ctx.cat, ctx.num, torch.arange(len(ctx), device=ctx.cat.device))
+
+    def index(self, idx) -> TaggedContext:
+        idx = torch.as_tensor(idx, device=self.cat.device) if not isinstance(idx, slice) else idx
+        return TaggedContext(self.cat[idx], self.num[idx], self.tag[idx])
+
+    def repeat_interleave(self, k: int) -> TaggedContext:
+        return TaggedContext(self.cat.repeat_interleave(k, 0), self.num.repeat_interleave(k, 0),
+                             self.tag.repeat_interleave(k, 0))
+
+    def to(self, device) -> TaggedContext:
+        return TaggedContext(self.cat.to(device), self.num.to(device), self.tag.to(device))
+
+
 class MemberRecord(Objective):
     """An ensemble objective that scores as it does and keeps every hard row it scored, with its
-    members' scores and a key of its context: a search run through it leaves a pool to choose a
-    portfolio from at no further scorer call (`pool`)."""
+    members' scores and the tag of its context (a TaggedContext): a search run through it leaves a
+    pool to choose a portfolio from at no further scorer call (`pool`). Its calls count on it, and
+    on the objective it wraps."""
 
     differentiable = False
 
@@ -90,62 +136,42 @@ class MemberRecord(Objective):
         super().__init__()
         self.inner, self.members, self.scale, self.name = inner, inner.members, inner.scale, inner.name
         self._rows: list[Tensor] = []
-        self._keys: list[Tensor] = []
+        self._tags: list[Tensor] = []
         self._members: list[Tensor] = []
         self._scores: list[Tensor] = []
 
-    def score(self, x: Tensor, ctx) -> Tensor:
+    def score(self, x: Tensor, ctx: TaggedContext) -> Tensor:
+        self.inner.calls += int(x.shape[0])
         scores, members = self.inner.scores_and_members(x, ctx)
         if not x.is_floating_point():
             self._rows.append(x)
-            self._keys.append(context_keys(ctx))
+            self._tags.append(ctx.tag)
             self._members.append(members.float())
             self._scores.append(scores.float())
         return scores
 
-    def pool(self, ctx, size: int, vocab: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Each context's `size` best distinct rows by score among those recorded -> (rows (B, P, S),
-        scores (B, P), members (B, P, E), valid (B, P)); contexts with equal features share theirs."""
-        B = len(ctx)
-        rows, keys = torch.cat(self._rows), torch.cat(self._keys)
+    def pool(self, contexts: int, size: int, vocab: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Each of the `contexts` contexts' `size` best distinct rows by score among those it scored
+        -> (rows (B, P, S), scores (B, P), members (B, P, E), valid (B, P))."""
+        B = contexts
+        tags, rows = torch.cat(self._tags), torch.cat(self._rows)
         members, scores = torch.cat(self._members), torch.cat(self._scores)
-        own, group = torch.unique(context_keys(ctx), return_inverse=True)             # (G,), (B,)
-        at = torch.searchsorted(own, keys).clamp(max=len(own) - 1)
-        hit = own[at] == keys
-        at, rows, members, scores = at[hit], rows[hit], members[hit], scores[hit]
-        order = torch.argsort(at, stable=True)
-        at, rows, members, scores = at[order], rows[order], members[order], scores[order]
-        counts = torch.bincount(at, minlength=len(own))
-        start = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(len(at), device=at.device) - start[at]
+        order = torch.argsort(tags, stable=True)
+        tags, rows, members, scores = tags[order], rows[order], members[order], scores[order]
+        counts = torch.bincount(tags, minlength=B)
+        slot = torch.arange(len(tags), device=tags.device) - (torch.cumsum(counts, 0) - counts)[tags]
         M, S, E = max(1, int(counts.max())), rows.shape[-1], members.shape[-1]
-        pad_rows = torch.full((len(own), M, S), -1, dtype=torch.long, device=rows.device)
-        pad_members = torch.zeros(len(own), M, E, device=rows.device)
-        pad_scores = torch.full((len(own), M), float("-inf"), device=rows.device)
-        pad_rows[at, slot], pad_members[at, slot], pad_scores[at, slot] = rows, members, scores
+        pad_rows = torch.full((B, M, S), -1, dtype=torch.long, device=rows.device)
+        pad_members = torch.zeros(B, M, E, device=rows.device)
+        pad_scores = torch.full((B, M), float("-inf"), device=rows.device)
+        pad_rows[tags, slot] = rows
+        pad_members[tags, slot] = members
+        pad_scores[tags, slot] = scores
         keep = first_occurrence(row_keys(pad_rows, vocab), torch.isfinite(pad_scores))
-        P = min(int(size), M)
-        top = pad_scores.masked_fill(~keep, float("-inf")).topk(P, dim=1)              # (G, P)
-        pick = top.indices[group]                                                      # (B, P)
-        rows_out = pad_rows[group].gather(1, pick.unsqueeze(-1).expand(B, P, S))
-        members_out = pad_members[group].gather(1, pick.unsqueeze(-1).expand(B, P, E))
-        return rows_out, top.values[group], members_out, torch.isfinite(top.values[group])
-
-
-def context_keys(ctx) -> Tensor:
-    """(N,) int64 keys of a context batch's features, equal for equal contexts (a 64-bit hash of the
-    categorical codes and the numbers' bits; one key for a batch without features)."""
-    parts = [t.long() for t in (getattr(ctx, "cat", None),) if t is not None and t.numel()]
-    num = getattr(ctx, "num", None)
-    if num is not None and num.numel():
-        parts.append(num.float().contiguous().view(torch.int32).long())
-    if not parts:
-        return torch.zeros(len(ctx), dtype=torch.long)
-    cols = torch.cat(parts, 1)
-    key = torch.zeros(len(cols), dtype=torch.long, device=cols.device)
-    for c in range(cols.shape[1]):                     # over the few context columns
-        key = key * 1_000_003 + cols[:, c] + 1
-    return key
+        top = pad_scores.masked_fill(~keep, float("-inf")).topk(min(int(size), M), dim=1)   # (B, P)
+        P = top.indices.shape[1]
+        return (pad_rows.gather(1, top.indices.unsqueeze(-1).expand(B, P, S)), top.values,
+                pad_members.gather(1, top.indices.unsqueeze(-1).expand(B, P, E)), torch.isfinite(top.values))
 
 
 def member_grid(objective, rows: Tensor, ctx, valid: Tensor, chunk: int) -> tuple[Tensor, int]:
@@ -172,5 +198,5 @@ def expected_max(values: Tensor, pick: Tensor, ok: Tensor) -> Tensor:
     return got.masked_fill(~ok.unsqueeze(1), float("-inf")).amax(-1).mean(1)
 
 
-__all__ = ["PORTFOLIO_HYPOTHESES", "PORTFOLIO_POOL", "MemberRecord", "context_keys", "expected_max",
-           "expected_max_select", "hypotheses", "member_grid"]
+__all__ = ["PORTFOLIO_HYPOTHESES", "PORTFOLIO_POOL", "MemberRecord", "TaggedContext", "choose", "draws",
+           "expected_max", "expected_max_select", "hypotheses", "member_grid"]

@@ -228,8 +228,9 @@ class AutoregressiveGenerator(TableGenerator):
         of s are computed, each once per row. Padded layout: the carry is, per hidden layer, the
         pre-activations (B, M, n) of its units of degree >= p and, last, the logits so far (B, M,
         (S - p) V) of the slots from position p on; each computed unit adds its share to the units
-        above it once, and is then dropped. Ragged layout: per hidden layer, the (B, M, n) units of
-        lower degree; padded=False returns slot s's own categories only (B, M, V_s).
+        above it once, and is then dropped; without autograd it is updated in place (the carry passed
+        in is consumed: copy it first to branch from it). Ragged layout: per hidden layer, the (B, M, n)
+        units of lower degree; padded=False returns slot s's own categories only (B, M, V_s).
         """
         S, V = self.mask.shape
         p = self._position[s]
@@ -368,10 +369,16 @@ class AutoregressiveGenerator(TableGenerator):
 
 
 def _add_linear(a: Tensor, x: Tensor, w: Tensor) -> Tensor:
-    """a + x w^T for a (B, M, n), x (B, M, k), w (n, k): in place on `a` (one fused multiply-add) when no
-    gradient is recorded and `a` owns its memory as rows (not an expanded view)."""
+    """a + x w^T for a (B, M, n), x (B, M, k), w (n, k) (a block of _degree_weights): in place on `a`
+    (one fused multiply-add) when no gradient is recorded and `a` owns its memory as rows (not an
+    expanded view). Under autograd the block is copied, so that what backward keeps is the block,
+    not the whole masked matrix it was cut from."""
+    if a.shape[-1] == 0 or x.shape[-1] == 0:          # no unit of this degree, or none left above it
+        return a
+    if torch.is_grad_enabled():
+        return a + F.linear(x, w.clone())
     rows_flat = a.stride(-1) == 1 and a.stride(0) == a.shape[1] * a.stride(1) and 0 not in a.stride()
-    if torch.is_grad_enabled() or not rows_flat:
+    if not rows_flat:
         return a + F.linear(x, w)
     a.view(-1, a.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), w.t())
     return a
