@@ -126,9 +126,10 @@ def main() -> None:
               + ", ".join(f"{k} {v:.3f}" for k, v in DESIGN_BENCH_SIX6.items())
               + f"); mean pairwise Hamming {r['pairwise_hamming']:.2f}, novelty {r['novelty']:.2f}")
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    summary["method"] = config.get("generator_fit", {}).get("method")
-    summary["generator"] = config.get("generator", {}).get("kind")
-    summary["decoder"] = args.decoder or "polish (default)"
+    # a run whose space was enumerated (the default on tfbind8) records no generator: null in config.json
+    summary["method"] = (config.get("generator_fit") or {}).get("method")
+    summary["generator"] = (config.get("generator") or {}).get("kind")
+    summary["decoder"] = args.decoder or ("polish (default)" if summary["generator"] else "exhaustive (default)")
     summary = {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()}
     summary = {k: summary[k] for k in [k for k in summary if k != "six6"] + (["six6"] if "six6" in summary else [])}
     print(json.dumps(summary, indent=2))
