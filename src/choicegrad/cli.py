@@ -6,6 +6,7 @@ only when named."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 import warnings
@@ -748,12 +749,28 @@ def data_table_cmd(
 
 def main() -> None:
     """Console-script entry point. Ctrl-C before a command has started (while Python imports) exits
-    130 without a traceback, as it does during a command."""
+    130 without a traceback, as it does during a command. Under torchrun the process ends with
+    os._exit once its output is flushed: the command has left the process group (distributed.leave),
+    and the interpreter's own teardown of gloo's threads could still abort a rank that had finished
+    ("terminate called without an active exception"), turning a written run into a failed launch."""
+    from choicegrad import distributed
+
     try:
         app(prog_name="choicegrad")
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except SystemExit as exc:
+        if not distributed.launched():
+            raise
+        code = exc.code
+        if not isinstance(code, int):
+            if code is not None:
+                print(code, file=sys.stderr)
+            code = 0 if code is None else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":
