@@ -86,10 +86,6 @@ class Ensemble(Objective):
     def score(self, x, ctx):
         return self._members(x, ctx).mean(-1)
 
-    def member_scores(self, x, ctx):
-        self.calls += len(x)
-        return self._members(x, ctx)
-
     def scores_and_members(self, x, ctx):
         m = self._members(x, ctx)
         return m.mean(-1), m

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from choicegrad.decoding.rows import first_occurrence, row_keys
+from choicegrad.decoding.scoring import score_flat
 from choicegrad.generators.context import TableContext
 from choicegrad.generators.objective import Objective
 
@@ -31,7 +32,7 @@ from choicegrad.generators.objective import Objective
 PORTFOLIO_POOL = 8
 #: Hypotheses drawn from the ensemble's spread.
 PORTFOLIO_HYPOTHESES = 256
-_ELEMENTS = 1 << 24          # hypotheses x candidates x contexts selected at a time
+_ELEMENTS = 1 << 24          # hypotheses x candidates x contexts drawn and selected at a time (choose)
 
 
 def draws(n: int, members: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
@@ -76,10 +77,6 @@ def expected_max_select(values: Tensor, valid: Tensor, k: int) -> tuple[Tensor, 
     Where no candidate adds anything (every hypothesis' best is already chosen), the next is the one
     of highest mean value."""
     B, H, P = values.shape
-    per = max(1, _ELEMENTS // max(1, H * P))
-    if B > per:
-        parts = [expected_max_select(values[i:i + per], valid[i:i + per], k) for i in range(0, B, per)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     k = min(int(k), P)
     mean = values.mean(1).masked_fill(~valid, float("-inf"))                             # (B, P)
     best = torch.where(valid.unsqueeze(1), values, torch.full_like(values, float("inf"))).amin(-1)   # (B, H) floor
@@ -178,16 +175,9 @@ def member_grid(objective, rows: Tensor, ctx, valid: Tensor, chunk: int) -> tupl
     """Every member's score of rows (B, P, S) where valid (B, P) -> ((B, P, E), calls: the rows scored)."""
     B, P, S = rows.shape
     owner = torch.arange(B, device=rows.device)[:, None].expand(B, P)[valid]
-    flat = rows[valid]
-    outs = []
-    with torch.no_grad():
-        for start in range(0, len(flat), chunk):
-            sl = slice(start, start + chunk)
-            outs.append(objective.member_scores(flat[sl], ctx.index(owner[sl])).float())
-    E = objective.members
-    out = torch.zeros(B, P, E, device=rows.device)
-    if outs:
-        out[valid] = torch.cat(outs)
+    out = torch.zeros(B, P, objective.members, device=rows.device)
+    if bool(valid.any()):
+        out[valid] = score_flat(objective.member_scores, rows[valid], owner, ctx, chunk)
     return out, int(valid.sum())
 
 

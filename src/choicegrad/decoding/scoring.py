@@ -34,7 +34,8 @@ class Candidates:
 
 
 def score_flat(objective: Objective, rows: Tensor, owner: Tensor, ctx: Context, chunk: int = SCORE_CHUNK) -> Tensor:
-    """Objective of rows (N, S) whose contexts are ctx.index(owner) (N,) -> (N,), in chunks, no grad."""
+    """Objective of rows (N, S) whose contexts are ctx.index(owner) (N,) -> (N,), in chunks, no grad
+    (any f(rows, ctx) of the same form: an objective's member_scores gives (N, members))."""
     outs = []
     with torch.no_grad():
         for start in range(0, len(rows), chunk):

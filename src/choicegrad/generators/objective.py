@@ -29,9 +29,9 @@ class Objective:
     bind(space, context, contexts): attach the choice space and context columns (a no-op but for
     objectives on labelled rows). scale_given: False when `scale` is to be estimated from random
     rows before training. name: how errors and a run's objective.json name it. members: the score's
-    hypotheses (a scorer ensemble's members, 1 otherwise); member_scores(x, ctx) -> (N, members) each
-    one's score, and scores_and_members(x, ctx) both from one evaluation (the portfolio decoder's
-    input; an objective with members > 1 implements both).
+    hypotheses (a scorer ensemble's members, 1 otherwise); scores_and_members(x, ctx) -> (score (N,),
+    each one's score (N, members)) from one evaluation, and member_scores(x, ctx) the latter, counted
+    (the portfolio decoder's input; an objective with members > 1 implements scores_and_members).
 
     Subclasses implement score(x, ctx); __call__ counts the rows. TableObjective (a fitted scorer),
     ItemObjective (a reward over item vectors), FrameObjective (a black box on labelled rows) and
@@ -65,7 +65,8 @@ class Objective:
     def member_scores(self, x: Tensor, ctx: Context) -> Tensor:
         """(N, members) the score under each hypothesis (counted as calls, like __call__); one
         hypothesis: the score itself."""
-        return self(x, ctx).unsqueeze(-1)
+        self.calls += int(x.shape[0])
+        return self.scores_and_members(x, ctx)[1]
 
     def scores_and_members(self, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
         """(score (N,), member scores (N, members)) of one evaluation, not counted (a wrapper counts)."""
@@ -113,10 +114,6 @@ class TableObjective(Objective):
     @property
     def members(self) -> int:
         return len(self.scorer.members)
-
-    def member_scores(self, x: Tensor, ctx: TableContext) -> Tensor:
-        self.calls += int(x.shape[0])
-        return self.scorer.member_scores(x, ctx.cat, ctx.num).T
 
     def scores_and_members(self, x: Tensor, ctx: TableContext) -> tuple[Tensor, Tensor]:
         """score(x, ctx) (N,) and member_scores (N, members) from one pass of the members (not counted)."""
