@@ -753,15 +753,16 @@ def main() -> None:
     os._exit once its output is flushed: the command has left the process group (distributed.leave),
     and the interpreter's own teardown of gloo's threads could still abort a rank that had finished
     ("terminate called without an active exception"), turning a written run into a failed launch."""
-    from choicegrad import distributed
-
     try:
         app(prog_name="choicegrad")
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except SystemExit as exc:
-        if not distributed.launched():
+        # only a command that imported choicegrad.distributed can have joined a process group; importing
+        # it here would load torch into every `choicegrad --version` and `--help`
+        distributed = sys.modules.get("choicegrad.distributed")
+        if distributed is None or not distributed.launched():
             raise
         code = exc.code
         if not isinstance(code, int):
