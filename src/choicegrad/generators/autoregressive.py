@@ -62,11 +62,12 @@ class ContextTerms(NamedTuple):
 
 
 class _DegreeWeights(NamedTuple):
-    """AutoregressiveGenerator._degree_weights: per hidden layer its masked weight (units by degree,
-    inputs the layer below's units by degree; the first layer's inputs the one-hot columns) and bias;
-    the output and skip weights (outputs by position, S*V rows) and their summed bias; the outputs'
-    columns in the logits (S*V,)."""
+    """AutoregressiveGenerator._degree_weights: per hidden layer its units by degree (indices), its
+    masked weight (units by degree, inputs the layer below's units by degree; the first layer's
+    inputs the one-hot columns) and bias; the output and skip weights (outputs by position, S*V rows)
+    and their summed bias; the outputs' columns in the logits (S*V,)."""
 
+    units: list[Tensor]
     hidden: list[Tensor]
     bias: list[Tensor]
     out: Tensor
@@ -243,7 +244,7 @@ class AutoregressiveGenerator(TableGenerator):
             if p:
                 raise ValueError(f"carry is None at position {p}: slot_logits is called for every slot in order")
             carry = [(b + term.index_select(1, by)).unsqueeze(1).expand(B, M, len(by))
-                     for b, term, by in zip(w.bias, features.hidden, self._degree_units(x.device))]
+                     for b, term, by in zip(w.bias, features.hidden, w.units)]
             carry.append((w.out_bias + features.head.index_select(1, w.outputs)).unsqueeze(1).expand(B, M, S * V))
         if len(carry) != len(w.hidden) + 1 or carry[-1].shape[-1] != (S - p) * V:
             raise ValueError(f"carry holds {carry[-1].shape[-1] // V} slots' outputs, position {p} needs {S - p}")
@@ -267,9 +268,6 @@ class AutoregressiveGenerator(TableGenerator):
         acc[-1] = acc[-1][..., V:]
         return logits, acc
 
-    def _degree_units(self, device) -> list[Tensor]:
-        return [by.to(device) for by in self._by_degree]
-
     def _degree_weights(self) -> "_DegreeWeights":
         """The padded layout's masked weights with every layer's units sorted by degree and the outputs
         by position (what sequential decoding reads as contiguous blocks); kept for the rest of a
@@ -279,7 +277,7 @@ class AutoregressiveGenerator(TableGenerator):
             return blocks["degree"]
         S, V = self.mask.shape
         dev = self.out.weight.device
-        by = self._degree_units(dev)
+        by = [units.to(dev) for units in self._by_degree]
         outputs = (torch.tensor(self._order, device=dev)[:, None] * V + torch.arange(V, device=dev)).reshape(-1)
         hidden, bias = [], []
         for i, layer in enumerate(self.hidden_layers):
@@ -289,7 +287,7 @@ class AutoregressiveGenerator(TableGenerator):
         out = (self.out.weight * self.out.weight_mask).index_select(0, outputs).index_select(1, by[-1])
         skip = (self.skip.weight * self.skip.weight_mask).index_select(0, outputs)
         out_bias = self.out.bias.index_select(0, outputs) + self.skip.bias.index_select(0, outputs)
-        w = _DegreeWeights(hidden, bias, out, skip, out_bias, outputs)
+        w = _DegreeWeights(by, hidden, bias, out, skip, out_bias, outputs)
         if blocks is not None and not torch.is_grad_enabled():
             blocks["degree"] = w
         return w
