@@ -271,19 +271,59 @@ def test_budget_holds_in_every_context_when_draws_differ():
         assert c.scorer_calls == int(counts.sum())
 
 
+def soft_potts_objective(sizes=SIZES, seed=0):
+    """potts_objective's landscape written on soft rows (N, S, V), so its gradient rates changes
+    (not only at first order: the couplings make it a quadratic in x); hard rows as one-hot."""
+    task = PottsTask(slots=len(sizes), vocab=max(sizes), contexts=3, seed=seed)
+    hard = potts_objective(sizes, seed)
+    V = max(sizes)
+    rows = torch.cartesian_prod(*[torch.arange(V)] * len(sizes))
+    S = len(sizes)
+    field, coupling = torch.zeros(3, S, V), torch.zeros(3, S, V, S, V)
+    for c in range(3):            # recover fields and couplings from single- and pair-slot rows
+        ctx = torch.full((1,), c)
+        base = task.oracle(ctx, torch.zeros(1, S, dtype=torch.long))
+        for s in range(S):
+            for v in range(V):
+                row = torch.zeros(1, S, dtype=torch.long)
+                row[0, s] = v
+                field[c, s, v] = task.oracle(ctx, row) - base
+        for s in range(S):
+            for t in range(s + 1, S):
+                for v in range(V):
+                    for w in range(V):
+                        row = torch.zeros(1, S, dtype=torch.long)
+                        row[0, s], row[0, t] = v, w
+                        coupling[c, s, v, t, w] = task.oracle(ctx, row) - base - field[c, s, v] - field[c, t, w]
+    offset = torch.stack([task.oracle(torch.full((1,), c), torch.zeros(1, S, dtype=torch.long))[0] for c in range(3)])
+
+    def f(x, ctx):
+        if not x.is_floating_point():
+            x = torch.nn.functional.one_hot(x, V).float()
+        c = ctx.cat[:, 0]
+        return offset[c] + torch.einsum("nsv,nsv->n", x, field[c]) + torch.einsum("nsv,nsvtw,ntw->n", x, coupling[c], x)
+
+    check = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:50]]
+    ctx = TableContext(torch.zeros(50, 1, dtype=torch.long), torch.zeros(50, 0))
+    assert torch.allclose(f(check, ctx), hard(check, ctx), atol=1e-4)
+    return f
+
+
 @pytest.mark.parametrize("starts", [None, 12])
-@pytest.mark.parametrize("by_slot", [False, True])
-def test_polish_from_more_starts_and_by_slot_stays_within_the_budget(starts, by_slot):
-    """polish's starts (climb from more draws than K) and by_slot (one slot per step): K distinct
-    valid rows, at most the budget per context, never worse than the best of the same draws."""
+@pytest.mark.parametrize("climb", ["steepest", "by_slot", "gradient", "gradient-flat"])
+def test_polish_from_more_starts_and_by_slot_stays_within_the_budget(starts, climb):
+    """polish's starts (climb from more draws than K), by_slot (one slot per step) and gradient
+    (changes rated by the objective's gradient, one scored per step; its gradient counts as a call,
+    and an objective flat in soft rows climbs too): K distinct valid rows, at most the budget per
+    context, never worse than the best of the same draws."""
     gen = generator("autoregressive", scale=1.0)
-    f = potts_objective(seed=4)
+    f = soft_potts_objective(seed=4) if climb == "gradient" else potts_objective(seed=4)
     counts, counting = calls_per_context(f)
 
     for k in (1, 4):
         counts.zero_()
-        c = decode("polish", gen, counting, CTX, k, budget=60, starts=starts, by_slot=by_slot,
-                   generator=torch.Generator().manual_seed(0))
+        c = decode("polish", gen, counting, CTX, k, budget=60, starts=starts, by_slot=climb == "by_slot",
+                   gradient=climb.startswith("gradient"), generator=torch.Generator().manual_seed(0))
         assert bool((counts <= 60).all()), counts
         assert c.scorer_calls == int(counts.sum())
         assert c.rows.shape == (3, k, 4) and bool(c.valid.all())
@@ -291,6 +331,36 @@ def test_polish_from_more_starts_and_by_slot_stays_within_the_budget(starts, by_
         assert all(len(set(keys[b].tolist())) == k for b in range(3))
         start = decode("rerank", gen, f, CTX, 1, samples=15, generator=torch.Generator().manual_seed(0))
         assert bool((c.scores[:, 0] >= start.scores[:, 0] - 1e-6).all())
+
+
+def test_polish_led_by_the_gradient_reaches_the_optimum_with_few_calls():
+    """On a planted landscape (one mode, differentiable in soft rows) the gradient rates the right
+    change first in every slot: from any start the climb moves straight to the optimum, two calls a
+    move (the gradient, the row), where steepest ascent scores every neighbour first."""
+    task = PlantedTask(slots=8, vocab=6, contexts=3, seed=2)
+    f = task.objective()
+    gen = generator("factorized", sizes=[6] * 8, scale=0.0)
+    ex = decode("exhaustive", gen, f, CTX, 1)
+    budget = 4 + 2 * 8 + 1                           # draws (a quarter, rounded down), <= 8 moves, one row spare
+    counts, counting = calls_per_context(f)
+    pol = decode("polish", gen, counting, CTX, 1, budget=budget, gradient=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pol.rows[:, 0], ex.rows[:, 0])
+    assert bool((counts <= budget).all()), counts
+    steep = decode("polish", gen, f, CTX, 1, budget=budget, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(steep.rows[:, 0], ex.rows[:, 0])      # one sweep is 40 rows: it never moves
+
+
+def test_polish_led_by_the_gradient_of_a_black_box_climbs_as_by_slot():
+    """A non-differentiable objective has no gradient to rate changes: polish(gradient=True) is
+    polish(by_slot=True) exactly."""
+    from choicegrad.generators.objective import CallableObjective
+
+    gen = generator("autoregressive", scale=1.0)
+    black = CallableObjective(potts_objective(seed=4), differentiable=False)
+    a = decode("polish", gen, black, CTX, 3, budget=60, by_slot=True, gradient=True,
+               generator=torch.Generator().manual_seed(0))
+    b = decode("polish", gen, black, CTX, 3, budget=60, by_slot=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.rows, b.rows) and a.scorer_calls == b.scorer_calls
 
 
 def test_polish_by_slot_reaches_the_optimum_of_a_unimodal_task():

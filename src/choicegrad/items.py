@@ -56,10 +56,12 @@ ITEM_SYNTHETIC = 0.0
 #: Scorer calls per list `generate` gives the searching decoders by default: max(4 K, ITEM_BUDGET).
 ITEM_BUDGET = 64
 #: How polish searches for item runs (DecodeOptions fields): it climbs from the 16 best of draws at
-#: temperature 2 (unless given one), one slot per step: hotter draws start the climbs from more varied
-#: slates, which matters most where the generator alone is weak (lists of unseen items)
+#: temperature 2 (unless given one): hotter draws start the climbs from more varied slates, which
+#: matters most where the generator alone is weak (lists of unseen items). The climb is led by the
+#: scorer's gradient (one change scored per step, best rated first); a reward that is not
+#: differentiable climbs one slot per step (by_slot)
 #: (benchmarks/item_lists.py part a, benchmarks/item_quality.py --item-decode, docs/items.md).
-ITEM_DECODE: dict = {"starts": 16, "by_slot": True, "temperature": 2.0}
+ITEM_DECODE: dict = {"starts": 16, "by_slot": True, "gradient": True, "temperature": 2.0}
 #: Rows (lists x k) one generate call returns at most.
 MAX_SLATES = 10_000_000
 Table = Union[str, Path, pd.DataFrame]

@@ -69,6 +69,10 @@ class DecodeOptions(BaseModel):
     draws beats a half: the trained generator's draws are good starts, and the local search, not more
     draws, finds the optimum near them. max_rows: contexts are decoded in groups so that a group's
     draws, beams and candidates (estimated by rows_per_context) stay within about this many rows.
+    starts: polish climbs from this many of the best draws (default K); by_slot: polish changes one
+    slot per step; gradient: polish, under a budget and on a differentiable objective, rates every
+    single-slot change by the objective's gradient at the row (one call) and scores them best rated
+    first, one per step (local_search.polish).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -86,6 +90,7 @@ class DecodeOptions(BaseModel):
     max_rows: int = 1 << 20
     starts: Optional[int] = None
     by_slot: bool = False
+    gradient: bool = False
 
     @field_validator("fixed", mode="before")
     @classmethod
@@ -217,12 +222,13 @@ def _sample(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
 
 
 def _reranked(name: str, gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng,
-              moves: Optional[tuple[Tensor, Tensor]] = None, top_up: bool = True,
+              moves: Optional[tuple[Tensor, Tensor]] = None, top_up: bool = True, step: Optional[int] = None,
               ) -> tuple[Candidates, int, Optional[Tensor]]:
     """Draw distinct rows, score them, keep the K best: rerank's result and the start of polish and
     anneal. -> (candidates, rows drawn per context m, calls left per context (B,) or None without a
     budget). moves: polish's (search_moves), which set how many calls one sweep of a row needs.
-    top_up: fewer than K distinct draws are topped up with random rows (else left invalid).
+    top_up: fewer than K distinct draws are topped up with random rows (else left invalid). step: the
+    calls one step of the search needs, if not a sweep of a row's neighbours (polish led by the gradient: 2).
     Many parameters: a decoder's eight (as register_decoder calls it) and the variant's name, moves and top_up."""
     budget, samples = o.budget, o.samples
     if budget is not None and int(budget) < 1:
@@ -231,7 +237,7 @@ def _reranked(name: str, gen, objective, ctx, k, allowed, fixed, o: DecodeOption
                         else max(1, int(budget * o.draw_share))))
     if budget is not None and samples is None and name != "rerank":
         reach = neighbour_count(allowed) if moves is None else move_count(*moves, allowed.shape[-1])
-        room = int(budget) - int(reach.max())                       # leave one row's neighbours
+        room = int(budget) - (int(reach.max()) if step is None else step)   # leave one row's neighbours
         if moves is not None and room < m:   # a large slot: one row's sweep would eat the draws' share
             m = int(budget)
         else:
@@ -266,14 +272,18 @@ def _search_moves(gen, ctx, allowed: Tensor) -> Optional[tuple[Tensor, Tensor]]:
 def _polish(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
     moves = _search_moves(gen, ctx, allowed)
     starts = max(int(k), int(o.starts or k))
+    step = 2 if o.gradient and objective.differentiable else None          # a gradient and one row
     if starts == k:
-        cands, _, left = _reranked("polish", gen, objective, ctx, k, allowed, fixed, o, rng, moves)
+        cands, _, left = _reranked("polish", gen, objective, ctx, k, allowed, fixed, o, rng, moves, step=step)
         if left is not None and not bool((left > 0).any()):
             return cands
-        return polish(objective, ctx, cands, allowed, o.sweeps, o.chunk, budget=left, moves=moves, by_slot=o.by_slot)
-    cands, _, left = _reranked("polish", gen, objective, ctx, starts, allowed, fixed, o, rng, moves, top_up=False)
+        return polish(objective, ctx, cands, allowed, o.sweeps, o.chunk, budget=left, moves=moves, by_slot=o.by_slot,
+                      gradient=o.gradient)
+    cands, _, left = _reranked("polish", gen, objective, ctx, starts, allowed, fixed, o, rng, moves, top_up=False,
+                               step=step)
     if left is None or bool((left > 0).any()):
-        cands = polish(objective, ctx, cands, allowed, o.sweeps, o.chunk, budget=left, moves=moves, by_slot=o.by_slot)
+        cands = polish(objective, ctx, cands, allowed, o.sweeps, o.chunk, budget=left, moves=moves, by_slot=o.by_slot,
+                      gradient=o.gradient)
     return finish(objective, ctx, cands.rows, cands.valid, k, allowed, cands.scores, cands.scorer_calls, rng)
 
 

@@ -76,7 +76,7 @@ def move_count(moves: Tensor, movable: Tensor, V: int) -> Tensor:
 
 def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tensor, sweeps: int = 20,
            chunk: int = SCORE_CHUNK, max_elements: int = 1 << 25, budget: "Optional[int | Tensor]" = None,
-           moves: Optional[tuple[Tensor, Tensor]] = None, by_slot: bool = False) -> Candidates:
+           moves: Optional[tuple[Tensor, Tensor]] = None, by_slot: bool = False, gradient: bool = False) -> Candidates:
     """Steepest-ascent coordinate search from every valid candidate; the K best distinct rows among
     the candidates and every neighbour scored on the way.
 
@@ -88,7 +88,9 @@ def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tenso
     calls for the sweeps after it, so the beam narrows as the budget runs down and the best
     candidates climb to their peaks (sweeps is then no limit). moves: (moves (B, S, m), movable) from
     search_moves, the categories a change may set (default: every allowed one, m = V).
-    by_slot: one slot per step (_polish_by_slot). Many parameters: the start and its space, then
+    by_slot: one slot per step (_polish_by_slot). gradient: changes rated by the objective's gradient
+    and scored best rated first, one per step (_polish_by_gradient; a differentiable objective under a
+    budget only, else the climb by_slot asks for). Many parameters: the start and its space, then
     keyword-defaulted limits of the search (sweeps, chunk, max_elements, budget) and its moves.
     """
     B, K, S = start.rows.shape
@@ -99,6 +101,8 @@ def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tenso
     per = max(1, max_elements // max(1, K * S * m * S))  # contexts per pass, bounding the neighbour grid
     V = allowed.shape[-1]
     climb = _polish_by_slot if by_slot else _polish
+    if gradient and objective.differentiable and budget is not None:
+        climb = _polish_by_gradient
     if B <= per:
         return climb(objective, ctx, start, (moves, movable), V, sweeps, chunk, budget)
     out = in_context_chunks(lambda c, r, s, v, mv, ok, b: climb(objective, c, Candidates(r, s, v, 0), (mv, ok), V,
@@ -224,6 +228,65 @@ def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves
         now = torch.where(improve, torch.zeros_like(was), torch.where(on, was + 1, was))
         stale = stale.scatter(1, pick, now)
         climb.active = climb.active & (stale < S - 1)
+    return climb.result()
+
+
+def _polish_by_gradient(objective: Objective, ctx: Context, start: Candidates, moves: tuple[Tensor, Tensor],
+                        V: int, sweeps: int, chunk: int, budget: Optional[Tensor] = None) -> Candidates:
+    """polish led by the objective's gradient (first improvement, one climber per context). The best
+    still-climbing candidate takes the gradient g (S, V) of the objective at its one-hot row (one
+    call: forward and backward together, as gradient ascent counts them), which rates every
+    single-slot change to first order, g[s, v] - g[s, row_s]. It then scores the changes best rated
+    first, one row per step, and moves to the first that scores higher (and takes the gradient
+    there). Once every change is scored without a gain it is at a single-slot peak, and the next
+    candidate climbs. So a step costs one call per context, where a sweep of `_polish` costs every
+    neighbour. Needs a differentiable objective; without a budget, at most sweeps x S x m steps."""
+    moves, movable = moves
+    B, K, S = start.rows.shape
+    m = moves.shape[-1]
+    dev = start.rows.device
+    climb = _Climb(start, V, budget)
+    at = torch.arange(B, device=dev)
+    climber = torch.full((B,), -1, dtype=torch.long, device=dev)           # the candidate climbing, per context
+    rated = torch.zeros(B, S, m, device=dev)                                 # its changes' first-order gains
+    tried = torch.zeros(B, S, m, dtype=torch.bool, device=dev)               # its changes scored since its last move
+    for _ in range(sweeps * S * m if budget is None else 1 << 30):
+        live = climb.active.any(1) & (climb.left >= 1)
+        if not bool(live.any()):
+            break
+        best = torch.where(climb.active, climb.cur_score, torch.full_like(climb.cur_score, _NEG)).argmax(1)
+        fresh = live & (best != climber)                                     # a new climber, or one that moved
+        climber = torch.where(live, best, climber)
+        row = climb.current[at, climber]                                     # (B, S)
+        if bool(fresh.any()):
+            which = fresh.nonzero().squeeze(1)
+            with torch.enable_grad():
+                x = torch.nn.functional.one_hot(row[which], V).float().requires_grad_(True)
+                value = objective(x, ctx.index(which))
+                # an objective flat in x (e.g. one rounding soft rows) rates every change 0: plain order
+                grad = torch.autograd.grad(value.sum(), x)[0].float() if value.requires_grad else torch.zeros_like(x)
+            own = grad.gather(2, row[which].unsqueeze(-1))
+            gain = grad.gather(2, moves[which]) - own
+            rated[which] = torch.nan_to_num(gain, nan=-1e30, posinf=-1e30, neginf=-1e30)
+            tried[which] = False
+            climb.calls += len(which)
+            climb.left = climb.left - fresh.float()
+        open_ = movable & ~tried & (moves != row.unsqueeze(-1))
+        flat = rated.masked_fill(~open_, _NEG).flatten(1).max(1)
+        has = open_.flatten(1).any(1)
+        go = live & has & (climb.left >= 1)
+        peak = live & ~has                                                   # nothing left to score: a peak
+        climb.active[at[peak], climber[peak]] = False
+        if not bool(go.any()):
+            continue
+        s_idx, j_idx = flat.indices // m, flat.indices % m
+        cand = row.clone()
+        cand[at, s_idx] = moves[at, s_idx, j_idx]
+        tried.view(B, -1)[at[go], flat.indices[go]] = True
+        climb.left = climb.left - go.float()
+        pick = climber.clamp(min=0).unsqueeze(1)
+        improve = climb.step(objective, ctx, chunk, pick, go.unsqueeze(1), cand[:, None, None, :], go[:, None, None])
+        climber = torch.where(improve[:, 0], torch.full_like(climber, -1), climber)   # it moved: a new gradient
     return climb.result()
 
 
