@@ -141,7 +141,9 @@ ONLINE_FLAGS = {**same_flags("out", "tasks", "methods", "seeds", "rounds", "batc
 @command(ONLINE_FLAGS)
 def bench_online_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for online.csv (one row per round) and specs.json.")],
-    tasks: Annotated[str, typer.Option(help="Comma-separated: tfbind8, gb1, ehrlich, nk3.")] = "tfbind8,gb1,ehrlich,nk3",
+    tasks: Annotated[str, typer.Option(help="Comma-separated: tfbind8, gb1, ehrlich, nk3, holo-ehrlich (holo-bench's "
+                                            "Ehrlich function: pip install --no-deps pytorch-holo).")] =
+        "tfbind8,gb1,ehrlich,nk3",
     methods: Annotated[str, typer.Option(help="Comma-separated: designer, genetic, random, offline; "
                                               "'designer:min_distance=3' is a designer with other settings.")] =
         "designer,genetic,random,offline",

@@ -6,7 +6,10 @@ Every method starts from the same measured rows (per context, a seeded random sa
 below the context's median, or of all rows: OnlineSpec.start), then proposes `batch` new rows per
 context per round for `rounds` rounds; each proposal is measured by the oracle and added to what the
 method knows. A row fails when the oracle has no score for it (gb1's unmeasured variants) or scores
-it as infeasible (ehrlich); methods see a failure as -inf.
+it as infeasible (ehrlich); methods see a failure as -inf. holo-ehrlich is holo-bench's Ehrlich
+function (choicegrad.bench.tasks.holo; `pip install --no-deps pytorch-holo`), 32 positions x 32
+states: too large to enumerate, it starts from feasible samples of its own Markov chain and is
+judged on its known range (every feasible row in [0, 1], optimum 1).
 
 Methods (ONLINE_METHODS):
 designer  choicegrad.design.Designer with its defaults (round time capped by OnlineSpec.minutes).
@@ -38,6 +41,7 @@ from torch import Tensor
 from choicegrad.bench.metrics import normalise
 from choicegrad.bench.peers import breed
 from choicegrad.bench.tasks import stats as st
+from choicegrad.bench.tasks.holo import HoloEhrlich, holo_missing
 from choicegrad.bench.tasks.landscape import Landscape
 from choicegrad.bench.tasks.registry import get_task, missing_data
 from choicegrad.data.table import load_table
@@ -56,8 +60,9 @@ ONLINE_METHODS = ("designer", "genetic", "random", "offline")
 @dataclass(frozen=True)
 class OnlineSpec:
     """One online task: the landscape (`task` and its options), the start (`start_rows` per context
-    drawn from the rows below the median, or from all rows when start="random"), the batch per
-    context per round, the rounds, and the minutes each designer round may take."""
+    drawn from the rows below the median, or from all rows when start="random", or the task's own
+    start when start="task": holo-ehrlich's feasible chain samples), the batch per context per
+    round, the rounds, and the minutes each designer round may take."""
 
     task: str
     start: str = "below-median"
@@ -73,7 +78,19 @@ ONLINE_TASKS = {
     "gb1": OnlineSpec("gb1", start_rows=1024, rounds=4),
     "ehrlich": OnlineSpec("ehrlich", start="random", start_rows=128, batch=32, rounds=8),
     "nk3": OnlineSpec("nk3", start_rows=256, rounds=4),
+    "holo-ehrlich": OnlineSpec("holo-ehrlich", start="task", start_rows=512, batch=200, rounds=10,
+                               options=(("states", 32), ("length", 32), ("motifs", 2), ("motif_length", 4),
+                                        ("quantization", 4))),
 }
+#: Online tasks that are an oracle only (no table of every row's score): name -> factory(**options).
+ORACLE_TASKS = {"holo-ehrlich": HoloEhrlich}
+
+
+def online_task(spec: OnlineSpec, data_dir: Optional[str | Path] = None):
+    """The landscape (or oracle-only task) of an online spec."""
+    if spec.task in ORACLE_TASKS:
+        return ORACLE_TASKS[spec.task](**dict(spec.options))
+    return get_task(spec.task, data_dir=data_dir, **dict(spec.options))
 
 
 class Oracle:
@@ -247,7 +264,9 @@ def request_problems(tasks: Sequence[str], methods: Sequence[str], data_dir: Opt
             parse_method(m)
         except ValueError as exc:
             problems.append(f"methods: {str(exc).splitlines()[0]}{did_you_mean(m, ONLINE_METHODS)}")
-    return problems + missing_data([ONLINE_TASKS[t].task for t in tasks if t in ONLINE_TASKS], data_dir)
+    tables = [ONLINE_TASKS[t].task for t in tasks if t in ONLINE_TASKS and ONLINE_TASKS[t].task not in ORACLE_TASKS]
+    holo = [holo_missing()] if any(t in ONLINE_TASKS and ONLINE_TASKS[t].task == "holo-ehrlich" for t in tasks) else []
+    return problems + [f"tasks: {p}" for p in holo if p] + missing_data(tables, data_dir)
 
 
 def task_specs(tasks: Sequence[str], rounds: Optional[int] = None, batch: Optional[int] = None,
@@ -265,8 +284,12 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
     base, options = parse_method(method)
     oracle = Oracle(landscape)
     C, S = landscape.num_contexts, landscape.space.num_slots
-    ctx0, index0 = start_rows(landscape, spec, seed)
-    rows0 = landscape.rows_at(index0)
+    if spec.start == "task":                                   # an oracle-only task's own start
+        rows0 = landscape.start(spec.start_rows, seed)
+        ctx0 = torch.zeros(len(rows0), dtype=torch.long)
+    else:
+        ctx0, index0 = start_rows(landscape, spec, seed)
+        rows0 = landscape.rows_at(index0)
     history = History(ctx0, rows0, oracle.measure(ctx0, rows0), landscape.space.max_size)
     allowed = landscape.space.mask().expand(C, -1, -1)
     rng = torch.Generator().manual_seed(seed)
@@ -310,12 +333,16 @@ def run_method(landscape: Landscape, spec: OnlineSpec, method: str, seed: int,
 
 class Judge:
     """A round's figures by the landscape's ground truth, normalised per context ((y - min) / (max - min)
-    over the rows with ground truth: truth (C, R), `stats` of them), means over contexts."""
+    over the rows with ground truth: truth (C, R), `stats` of them), means over contexts. An
+    oracle-only task (no `scores`) gives its known range as `stats`; its top_share is NaN."""
 
     def __init__(self, landscape: Landscape):
         self.landscape = landscape
-        self.truth = truth_mask(landscape)
-        self.stats = st.nan_stats(landscape.scores.masked_fill(~self.truth, float("nan")))
+        if getattr(landscape, "scores", None) is None:
+            self.truth, self.stats = None, landscape.stats
+        else:
+            self.truth = truth_mask(landscape)
+            self.stats = st.nan_stats(landscape.scores.masked_fill(~self.truth, float("nan")))
 
     def record(self, run: dict, history: History, r: int, calls: int, seconds: float,
                batch: Optional[tuple[Tensor, Tensor]] = None) -> dict:
@@ -341,7 +368,10 @@ class Judge:
         best = torch.full((C,), float("-inf")).scatter_reduce(0, history.ctx, y, "amax")
         best_norm = normalise(best.clamp(min=float(stats["min"].min())), stats).clamp(min=0)
         solved = best >= stats["max"] - 1e-6
-        top_share = ((self.landscape.scores >= best[:, None]) & self.truth).sum(1).float() / self.truth.sum(1)
+        if self.truth is None:
+            top_share = torch.full((C,), float("nan"))
+        else:
+            top_share = ((self.landscape.scores >= best[:, None]) & self.truth).sum(1).float() / self.truth.sum(1)
         return {"best": float(best_norm.mean()), "solved": float(solved.float().mean()),
                 "top_share": float(top_share.mean())}
 
@@ -369,7 +399,7 @@ def run_online(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int
         kept = json.loads((out / "specs.json").read_text()) if (out / "specs.json").is_file() else {}
     for task in tasks:
         spec = specs[task]
-        landscape = get_task(spec.task, data_dir=data_dir, **dict(spec.options))
+        landscape = online_task(spec, data_dir)
         for method in methods:
             for seed in seeds:
                 records += run_method(landscape, spec, method, seed, echo, task)
