@@ -13,7 +13,7 @@ from choicegrad.bench.tasks import PottsTask
 from choicegrad.data.space import read_space
 from choicegrad.data.table import load_table
 from choicegrad.design import Acquisition, DesignConfig, Designer, Measured, select_batch
-from choicegrad.design.acquisition import EXCLUDED_PENALTY, log_feasible
+from choicegrad.design.acquisition import EXCLUDED_PENALTY, PairSupport, log_feasible
 from choicegrad.errors import InputError
 from choicegrad.generators import TableContext
 from choicegrad.scorer.fit import ScorerFit, fit_scorer, warm_start
@@ -100,6 +100,56 @@ def test_excluding_objective_pushes_measured_rows_down(fitted):
     search = Measured(data.rows[:2], ctx.index(slice(0, 2)), 4).excluding(acq)
     drop = (acq(data.rows[:4], ctx) - search(data.rows[:4], ctx)) / acq.scale
     assert torch.allclose(drop, torch.tensor([EXCLUDED_PENALTY, EXCLUDED_PENALTY, 0, 0]))
+
+
+def _chain_rows(n, S=10, V=6, seed=0):
+    """n rows of a chain that never steps from a to (a + 1) mod V (the banned pairs), else uniform."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.empty(n, S, dtype=torch.long)
+    rows[:, 0] = torch.randint(V, (n,), generator=g)
+    for s in range(1, S):
+        step = torch.randint(V - 1, (n,), generator=g)                   # any next category but a + 1
+        rows[:, s] = (rows[:, s - 1] + 2 + step) % V
+    return rows
+
+
+def test_pair_support_finds_banned_neighbours_from_rows_that_did_not_fail():
+    V = 6
+    ps = PairSupport.fit(_chain_rows(400, V=V), [V] * 10)
+    banned = torch.zeros(V, V, dtype=torch.bool)
+    banned[torch.arange(V), (torch.arange(V) + 1) % V] = True
+    assert torch.allclose(ps.beta, torch.full((9,), 6 / 36), atol=0.02)     # 6 of 36 pairs banned, by moments
+    assert (ps.table[:, ~banned] == 0).all() and (ps.table[:, banned] < -20).all()
+    rows = torch.tensor([[0, 2, 4, 0, 3, 5, 1, 3, 5, 2], [0, 1, 3, 5, 1, 3, 5, 1, 3, 5]])   # the second steps 0 -> 1
+    lp = ps.log_prob(rows)
+    assert lp[0] == 0 and lp[1] < -20
+    soft = torch.nn.functional.one_hot(rows, V).float()
+    assert torch.allclose(ps.log_prob(soft), lp)                        # soft rows: the same at one-hot
+    # independent uniform slots, no ban: no penalty anywhere (unseen pairs are chance)
+    free = PairSupport.fit(torch.randint(20, (300, 4), generator=torch.Generator().manual_seed(1)), [20] * 4)
+    assert (free.beta == 0).all() and (free.table == 0).all()
+    # slots of different vocabularies keep their own links; one row, or one slot: nothing to learn
+    mixed = PairSupport.fit(torch.stack([torch.randint(2, (50,)), torch.randint(5, (50,)), torch.randint(5, (50,))], 1),
+                            [2, 5, 5])
+    assert mixed.table.shape == (2, 5, 5) and (mixed.table[0, 2:] == 0).all()
+    assert PairSupport.fit(torch.zeros(5, 1, dtype=torch.long), [3]).log_prob(torch.zeros(2, 1, dtype=torch.long)).eq(0).all()
+
+
+def test_designer_keeps_proposals_feasible_before_any_row_failed():
+    """A sequence whose banned neighbours no start row holds: with neighbour_pairs the designer's
+    proposals keep to the pairs the start holds; without, some hold a banned pair."""
+    rows = _chain_rows(300, S=8, V=6, seed=2)
+    frame = pd.DataFrame({f"s{i}": rows[:, i].numpy().astype(str) for i in range(8)})
+    frame["y"] = (rows == 3).sum(1).numpy().astype(float)               # more 3s score higher; no row failed
+    shares = {}
+    for pairs in (True, False):
+        d = Designer("s?", "y", config=DesignConfig(**FAST, neighbour_pairs=pairs))
+        d.tell(frame)
+        batch = d.ask(64)
+        x = torch.tensor(batch[[f"s{i}" for i in range(8)]].astype(int).to_numpy())
+        shares[pairs] = float(((x[:, 1:] - x[:, :-1]) % 6 == 1).any(1).float().mean())
+        assert (d.pairs is not None) == pairs and "p_feasible" not in batch.columns
+    assert shares[True] == 0.0 and shares[False] > 0.2, shares
 
 
 def test_logistic_scorer_learns_a_feasibility_rule(fitted):

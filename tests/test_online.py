@@ -79,3 +79,61 @@ def test_run_online_and_report(tmp_path):
     doc = publish_online(tmp_path / "run", tmp_path / "docs" / "online.md", command="test")
     text = doc.read_text()
     assert "## tiny" in text and "| genetic |" in text and (tmp_path / "docs" / "online" / "tiny.png").is_file()
+
+
+class ChainOracle:
+    """An oracle-only task (no table of scores), as holo-ehrlich is: our own Ehrlich model, one
+    context, started from feasible walks of its chain, judged on its known range [0, 1]."""
+
+    context_column, context_labels, measured, num_contexts = None, [], None, 1
+
+    def __init__(self, seed: int = 0):
+        from choicegrad.bench.tasks.ehrlich import EhrlichModel
+        from choicegrad.data.space import ChoiceSpace, Slot
+
+        self.name = "chain"
+        self.model = EhrlichModel(slots=8, vocab=5, contexts=1, infeasible=-1.0, seed=seed)
+        self.space = ChoiceSpace(slots=[Slot(name=f"p{i}", categories=[str(v) for v in range(5)]) for i in range(8)])
+        self.stats = {"min": torch.zeros(1), "max": torch.ones(1)}
+
+    def oracle(self, ctx, rows):
+        return self.model(ctx, rows).double()
+
+    def start(self, n, seed):
+        return self.model._walk(n, 8, torch.Generator().manual_seed(seed))
+
+
+def test_an_oracle_only_task_runs_online_rounds(tmp_path, monkeypatch):
+    from choicegrad.bench import online
+
+    monkeypatch.setitem(online.ORACLE_TASKS, "chain", ChainOracle)
+    spec = OnlineSpec("chain", start="task", start_rows=30, batch=6, rounds=2, minutes=0.03, options=(("seed", 3),))
+    frame = run_online(["chain"], ["designer", "genetic"], [0], tmp_path / "run", echo=lambda m: None,
+                       specs={"chain": spec})
+    assert len(frame) == 2 * 3 and frame["top_share"].isna().all()           # no table: no share of the landscape
+    assert frame["best"].between(0, 1).all() and (frame.groupby("method")["best"].diff().dropna() >= 0).all()
+    start = frame[frame["round"] == 0]
+    assert start["best"].nunique() == 1                                       # every method starts from the same rows
+    text = publish_online(tmp_path / "run", tmp_path / "online.md", command="test").read_text()
+    assert "30 feasible samples of its Markov chain" in text
+
+
+def test_holo_ehrlich_is_feasible_from_its_start_and_scored_in_its_range():
+    pytest.importorskip("holo")
+    from choicegrad.bench.tasks.holo import HoloEhrlich
+
+    task = HoloEhrlich(states=8, length=12, motifs=1, motif_length=4, quantization=2, seed=1)
+    rows = task.start(64, seed=0)
+    y = task.oracle(torch.zeros(64, dtype=torch.long), rows)
+    assert task.feasible(rows).all() and y.ge(0).all() and y.le(1).all()
+    random = torch.randint(8, (256, 12), generator=torch.Generator().manual_seed(0))
+    yr = task.oracle(torch.zeros(256, dtype=torch.long), random)
+    assert torch.equal(torch.isfinite(yr), task.feasible(random)) and not task.feasible(random).all()
+
+
+def test_holo_ehrlich_missing_says_how_to_install(monkeypatch):
+    from choicegrad.bench import online
+
+    monkeypatch.setattr(online, "holo_missing", lambda: "holo-ehrlich needs holo-bench: pip install --no-deps pytorch-holo")
+    problems = online.request_problems(["holo-ehrlich"], ["designer"])
+    assert problems == ["tasks: holo-ehrlich needs holo-bench: pip install --no-deps pytorch-holo"]

@@ -600,7 +600,7 @@ def generate_cmd(
 
 #: Designer's arguments (DesignConfig's fields, tell's rows, ask's n, warm_from's and save's path) -> propose's flags.
 PROPOSE_FLAGS = {**same_flags("out", "features", "score", "context", "contexts", "space", "state", "acquisition", "kappa",
-                              "min_distance", "ensemble", "max_minutes", "seed", "device"),
+                              "min_distance", "ensemble", "max_minutes", "seed", "device", "neighbour_pairs"),
                  "n": "--batch", "rows": "MEASURED", "path": "--state"}
 
 
@@ -631,6 +631,10 @@ def propose_cmd(
     max_minutes: Annotated[float, typer.Option(min=0.01, help="Time for the round's refits (2.5: a round of 50,000 rows x 32 slots x 32 categories takes under 3 minutes on 2 cores).")] = 2.5,
     seed: Annotated[int, typer.Option(min=0, max=2**62 - 1, help="Random seed (round r uses seed + r).")] = 0,
     device: Device = "cpu",
+    neighbour_pairs: Annotated[bool, typer.Option(
+        help="Also rate feasibility by the pairs of categories in neighbouring features that rows which did not fail "
+             "hold, so that proposals keep to them before any row has failed (a sequence with banned transitions). "
+             "No penalty where the features show no sign of banned pairs.")] = True,
 ) -> None:
     """One design round: refit on every row measured so far, then write BATCH new rows per context to measure next.
 
@@ -646,7 +650,7 @@ def propose_cmd(
 
     start = time.perf_counter()
     config = DesignConfig(acquisition=acquisition, kappa=kappa, min_distance=min_distance, ensemble=ensemble,
-                          max_minutes=max_minutes, seed=seed, device=device)
+                          max_minutes=max_minutes, seed=seed, device=device, neighbour_pairs=neighbour_pairs)
     check_table_out(out)
     check_device(device, "--device")
     if out.resolve() == measured.resolve() or (state is not None and state.resolve() in out.resolve().parents):

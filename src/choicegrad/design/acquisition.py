@@ -1,7 +1,8 @@
 """What a design round's generator maximises: an optimistic score of the scorer ensemble, less a
 penalty for rows likely to fail, and the rows already measured kept out of the search.
 
-    acq = Acquisition(scorer, kappa=1.0, feasibility=classifier)
+    pairs = PairSupport.fit(ok_rows, space.sizes)   # which neighbouring categories rows that did not fail hold
+    acq = Acquisition(scorer, kappa=1.0, feasibility=classifier, pairs=pairs)
     acq(x, ctx)          # (N,) mean + kappa * std over members + weight * log P(feasible), working units
     keep_out = Measured(rows, ctx, vocab)
     keep_out.contains(rows, ctx)                   # (N,) bool
@@ -14,6 +15,8 @@ estimators); ctx a TableContext of length N.
 from __future__ import annotations
 
 import math
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -25,6 +28,73 @@ from choicegrad.generators.objective import HardRowsAdjusted, Objective
 EXCLUDED_PENALTY = 1e4
 _MASK = 2**62 - 1
 _CTX_HASH = torch.randint(1, 2**62, (256,), generator=torch.Generator().manual_seed(2718)) | 1
+
+
+class PairSupport:
+    """How likely each pair of categories in neighbouring slots is to be allowed, learnt from rows
+    that did not fail alone: feasibility before any row has failed (a sequence whose banned
+    transitions no start row holds).
+
+    For each link (s, s + 1) and pair (a, b): O, the rows holding it, and E = n p_s(a) p_{s+1}(b),
+    the rows expected to hold it were the slots independent (n rows, p the slots' shares). Links
+    between slots of the same category list (a sequence) pool their counts. An unseen pair is
+    banned (never seen) with probability beta, else allowed and unseen by chance, exp(-E): beta by
+    the method of moments, #unseen = beta T + (1 - beta) sum exp(-E) over the T pairs, so that
+    independent slots with no ban give beta ~ 0 and no penalty. log P(allowed) of an unseen pair is
+    log((1 - beta) exp(-E) / (beta + (1 - beta) exp(-E))), 0 for a seen one; a row's log P(feasible)
+    is the sum over its links. table: (S - 1, V, V) of these, beta (links,) per link."""
+
+    def __init__(self, table: Tensor, beta: Tensor):
+        self.table, self.beta = table, beta
+
+    @classmethod
+    def fit(cls, rows: Tensor, sizes: list[int]) -> PairSupport:
+        """From rows (N, S) long (the rows that did not fail; no -1) over slots of `sizes` categories."""
+        N, S = rows.shape
+        V = max(sizes)
+        dev = rows.device
+        table = torch.zeros(max(S - 1, 0), V, V, device=dev)
+        beta = torch.zeros(max(S - 1, 0), device=dev)
+        if N == 0 or S < 2:
+            return cls(table, beta)
+        hot = torch.nn.functional.one_hot(rows, V).float()                                  # (N, S, V)
+        seen = torch.einsum("nlv,nlw->lvw", hot[:, :-1], hot[:, 1:])                         # (L, V, V) counts
+        share = hot.mean(0)                                                                  # (S, V)
+        expected = N * share[:-1, :, None] * share[1:, None, :]                              # (L, V, V)
+        real = torch.tensor([[a < sizes[s] for a in range(V)] for s in range(S)], device=dev)  # categories of the slot
+        valid = real[:-1, :, None] & real[1:, None, :]
+        groups: dict[tuple, list[int]] = {}
+        for link in range(S - 1):                            # links between equal vocabularies pool their counts
+            groups.setdefault((sizes[link], sizes[link + 1]), []).append(link)
+        for links in groups.values():
+            at = torch.tensor(links, device=dev)
+            O, E, ok = seen[at].sum(0), expected[at].sum(0), valid[links[0]]
+            chance = torch.exp(-E)[ok]
+            unseen = (O[ok] == 0).float()
+            free = float(chance.sum())
+            b = (float(unseen.sum()) - free) / max(float(ok.sum()) - free, 1e-9)
+            b = min(max(b, 0.0), 1.0 - 1e-6)
+            allowed = (1 - b) * torch.exp(-E)
+            log_p = torch.log(allowed / (b + allowed).clamp(min=1e-30)).clamp(min=-30.0)
+            log_p = torch.where((O > 0) | ~ok, torch.zeros_like(log_p), log_p)
+            table[at] = log_p
+            beta[at] = b
+        return cls(table, beta)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """(N,) log P(every link of the row allowed): x (N, S) long rows or (N, S, V) soft rows."""
+        L = self.table.shape[0]
+        if L == 0:
+            return torch.zeros(x.shape[0], device=x.device)
+        if not x.is_floating_point():
+            idx = torch.arange(L, device=x.device)
+            return self.table.to(x.device)[idx, x[:, :-1], x[:, 1:]].sum(-1)
+        V = self.table.shape[-1]
+        x = x[..., :V].to(self.table.dtype)
+        return torch.einsum("nlv,lvw,nlw->n", x[:, :-1], self.table.to(x.device), x[:, 1:])
+
+    def to(self, device) -> PairSupport:
+        return PairSupport(self.table.to(device), self.beta.to(device))
 
 
 def log_feasible(classifier, x: Tensor, ctx: TableContext) -> Tensor:
@@ -40,12 +110,14 @@ class Acquisition(Objective):
     value = mean + kappa * std over the scorer's members (kappa 0: the mean, as Thompson selection
     uses; 1 is one standard deviation of optimism) + weight * scale * log P(feasible) when a
     feasibility classifier is given: a row with a 50% chance to fail costs 0.69 score standard
-    deviations at weight 1. `scale` is the score std (working units); `calls` counts rows scored.
+    deviations at weight 1. pairs: a PairSupport, whose log P(feasible) adds in the same way (with
+    or without a classifier). `scale` is the score std (working units); `calls` counts rows scored.
     """
 
-    def __init__(self, scorer, kappa: float = 1.0, feasibility=None, weight: float = 1.0):
+    def __init__(self, scorer, kappa: float = 1.0, feasibility=None, weight: float = 1.0,
+                 pairs: Optional[PairSupport] = None):
         super().__init__()
-        self.scorer, self.kappa, self.feasibility = scorer, float(kappa), feasibility
+        self.scorer, self.kappa, self.feasibility, self.pairs = scorer, float(kappa), feasibility, pairs
         self.scale = float(scorer.y_std)
         self.weight = float(weight) * self.scale
 
@@ -54,6 +126,8 @@ class Acquisition(Objective):
         scores = self.scorer.member_scores(x, ctx.cat, ctx.num)
         if self.feasibility is not None:
             scores = scores + self.weight * log_feasible(self.feasibility, x, ctx)
+        if self.pairs is not None:
+            scores = scores + self.weight * self.pairs.log_prob(x)
         return scores
 
     def prepare(self, device) -> Acquisition:

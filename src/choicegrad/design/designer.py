@@ -8,7 +8,10 @@
     d = Designer.load("state"); d.tell(all_rows_so_far); d.ask(128)
 
 Each `ask` refits, within `max_minutes`: the scorer ensemble on the rows that did not fail, a
-feasibility classifier on all rows (when some failed), and the autoregressive generator trained by
+feasibility classifier on all rows (when some failed), the pairs of categories in neighbouring slots
+that the rows which did not fail hold (PairSupport: feasibility before any row has failed, where
+banned neighbours make rows fail; no penalty where the slots show no such sign), and the
+autoregressive generator trained by
 REINFORCE on the acquisition (choicegrad.design.acquisition); each starts from the last round's
 weights when it has them. Candidates are then searched on the acquisition with measured rows kept
 out: polish decoding from the generator's draws, polish climbs from the best measured rows, and
@@ -39,7 +42,7 @@ from choicegrad.data.table import MIN_ROWS, TableData, load_table
 from choicegrad.decoding import Candidates, decode
 from choicegrad.decoding.local_search import polish
 from choicegrad.decoding.rows import MAX_ENUMERATE, change_one_slot, uniform_rows
-from choicegrad.design.acquisition import Acquisition, Measured, context_keys, log_feasible
+from choicegrad.design.acquisition import Acquisition, Measured, PairSupport, context_keys, log_feasible
 from choicegrad.design.select import select_batch
 from choicegrad.device import Device
 from choicegrad.errors import InputError
@@ -75,6 +78,10 @@ class DesignConfig(BaseModel):
     ensemble: int = Field(4, ge=2, description="scorer members (the uncertainty is their spread)")
     min_distance: int = Field(1, ge=1, description="least Hamming distance between two rows of a batch")
     feasibility_weight: float = Field(1.0, ge=0, description="score std per nat of log P(feasible)")
+    neighbour_pairs: bool = Field(True, description="also rate feasibility by the pairs of categories in neighbouring "
+                                  "slots that rows which did not fail hold (PairSupport): feasible proposals before any "
+                                  "row has failed, where banned neighbours (a sequence's transitions) make rows fail; "
+                                  "no penalty where the slots show no sign of banned pairs")
     pool: int = Field(4, ge=1, description="candidates searched per batch row before the batch is picked")
     local_share: float = Field(0.5, ge=0, le=1, description="share of the batch picked among one- and two-slot "
                                "changes of the best measured rows (a trust region: where the scorer is least "
@@ -133,6 +140,7 @@ class Designer:
         self.measured: Optional[pd.DataFrame] = None
         self.scorer: Optional[Scorer] = None
         self.feasibility: Optional[Scorer] = None
+        self.pairs: Optional[PairSupport] = None
         self.generator = None
         self.rounds = 0
         self.last: dict = {}
@@ -252,8 +260,9 @@ class Designer:
         self.feasibility = None if ok.all() else self._fit_feasibility(data, ok, seed, progress)
         timing["feasibility"] = time.perf_counter() - t0
 
+        self.pairs = _pair_support(feasible, cfg) if cfg.neighbour_pairs else None
         acq = Acquisition(self.scorer, cfg.kappa if cfg.acquisition == "ucb" else 0.0, self.feasibility,
-                          cfg.feasibility_weight)
+                          cfg.feasibility_weight, pairs=self.pairs)
         left = max(0.05, (budget_s - (time.perf_counter() - start)) / 60)
         t0 = time.perf_counter()
         self._fit_generator(feasible, acq, seed, GENERATOR_SHARE * left, progress)
@@ -419,7 +428,10 @@ class Designer:
         flat_ctx = ctx.repeat_interleave(n)
         with torch.no_grad():
             members = self.scorer.member_scores(flat, flat_ctx.cat, flat_ctx.num)     # (k, B * n)
-            p_ok = log_feasible(self.feasibility, flat, flat_ctx).exp() if self.feasibility is not None else None
+            p_ok = None
+            if self.feasibility is not None:      # shown once some row failed: the classifier, and the pairs' view
+                log_p = log_feasible(self.feasibility, flat, flat_ctx)
+                p_ok = (log_p + self.pairs.log_prob(flat) if self.pairs is not None else log_p).exp()
         owner = np.repeat(np.arange(B), n)[keep]
         out = frame.iloc[owner].reset_index(drop=True) if len(frame.columns) else pd.DataFrame(index=range(len(owner)))
         feats = self.scorer.space.decode(flat[torch.as_tensor(keep, device=flat.device)])
@@ -515,6 +527,12 @@ def check_state_folder(path: Union[str, Path], name: str = "state") -> None:
     if foreign:
         raise InputError(name, [f"{path} holds files choicegrad did not write there ({', '.join(foreign[:5])}); a "
                                 "round replaces the state, so move them out first"])
+
+
+def _pair_support(feasible: TableData, cfg: DesignConfig) -> PairSupport:
+    """PairSupport of the complete rows that did not fail (feasible: the scorer's rows), on cfg's device."""
+    rows = feasible.rows[(feasible.rows >= 0).all(1)]
+    return PairSupport.fit(rows, feasible.space.sizes).to(torch.device(cfg.device))
 
 
 def _merge_repeats(data: TableData) -> tuple[TableData, int]:
