@@ -240,7 +240,9 @@ def _polish_by_gradient(objective: Objective, ctx: Context, start: Candidates, m
     first, one row per step, and moves to the first that scores higher (and takes the gradient
     there). Once every change is scored without a gain it is at a single-slot peak, and the next
     candidate climbs. So a step costs one call per context, where a sweep of `_polish` costs every
-    neighbour. Needs a differentiable objective; without a budget, at most sweeps x S x m steps."""
+    neighbour. Needs a differentiable objective; one that fails on soft rows with gradients (a user's
+    reward through numpy) climbs in plain order, without further gradient calls. Without a budget,
+    at most sweeps x S x m steps."""
     moves, movable = moves
     B, K, S = start.rows.shape
     m = moves.shape[-1]
@@ -250,6 +252,7 @@ def _polish_by_gradient(objective: Objective, ctx: Context, start: Candidates, m
     climber = torch.full((B,), -1, dtype=torch.long, device=dev)           # the candidate climbing, per context
     rated = torch.zeros(B, S, m, device=dev)                                 # its changes' first-order gains
     tried = torch.zeros(B, S, m, dtype=torch.bool, device=dev)               # its changes scored since its last move
+    graded = True                                                            # the objective gave gradients so far
     for _ in range(sweeps * S * m if budget is None else 1 << 30):
         live = climb.active.any(1) & (climb.left >= 1)
         if not bool(live.any()):
@@ -260,17 +263,22 @@ def _polish_by_gradient(objective: Objective, ctx: Context, start: Candidates, m
         row = climb.current[at, climber]                                     # (B, S)
         if bool(fresh.any()):
             which = fresh.nonzero().squeeze(1)
-            with torch.enable_grad():
-                x = torch.nn.functional.one_hot(row[which], V).float().requires_grad_(True)
-                value = objective(x, ctx.index(which))
-                # an objective flat in x (e.g. one rounding soft rows) rates every change 0: plain order
-                grad = torch.autograd.grad(value.sum(), x)[0].float() if value.requires_grad else torch.zeros_like(x)
+            grad = torch.zeros(len(which), S, V, device=dev)   # no gradient: every change rated alike, plain order
+            if graded:
+                try:
+                    with torch.enable_grad():
+                        x = torch.nn.functional.one_hot(row[which], V).float().requires_grad_(True)
+                        value = objective(x, ctx.index(which))
+                        if value.requires_grad:                  # else flat in x (e.g. it rounds soft rows)
+                            grad = torch.autograd.grad(value.sum(), x)[0].float()
+                except (RuntimeError, TypeError, ValueError):    # a reward that cannot carry gradients (numpy inside)
+                    graded = False                               # the hard rows will show any real error
+                climb.calls += len(which)
+                climb.left = climb.left - fresh.float()
             own = grad.gather(2, row[which].unsqueeze(-1))
             gain = grad.gather(2, moves[which]) - own
             rated[which] = torch.nan_to_num(gain, nan=-1e30, posinf=-1e30, neginf=-1e30)
             tried[which] = False
-            climb.calls += len(which)
-            climb.left = climb.left - fresh.float()
         open_ = movable & ~tried & (moves != row.unsqueeze(-1))
         flat = rated.masked_fill(~open_, _NEG).flatten(1).max(1)
         has = open_.flatten(1).any(1)
