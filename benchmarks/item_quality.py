@@ -11,6 +11,8 @@ items chosen in the slots before it) is trained with fit_generator on fresh list
   pick_gap / pick_opt      the generator's single pick (greedy decode) on 500 lists of 8 items:
                            gap closed (y - mean) / (max - mean) over all combinations, and the
                            share of lists where it is the exact optimum
+  mode_gap / mode_opt      the generator's most likely slate by a beam of 8 (decode "topk", its first
+                           row by log-probability; no objective call), on the same lists
   polish_gap / polish_opt  decode("polish", ..., budget=64): 64 objective calls per list
   ipolish_gap / _opt       (--item-decode) the same with the item runs' options, items.ITEM_DECODE
   pick16_gap               the single pick on 500 lists of 16 items (same reward, longer lists)
@@ -33,6 +35,7 @@ import torch
 
 from choicegrad.bench.tasks.items import ItemSelectionTask, PickFiveTask
 from choicegrad.decoding import decode
+from choicegrad.decoding.decoders import beam_search
 from choicegrad.generators import GeneratorConfig, ItemObjective, PointerGenerator
 from choicegrad.items import ITEM_GENERATOR
 from choicegrad.training.contexts import SampledContexts
@@ -82,6 +85,9 @@ def run_items(args, seed: int) -> dict:
     test8 = ItemSelectionTask(slots=3, dim=4, lengths=(8, 8), coupling=1.0, seed=0)      # same reward
     ctx = test8.draw(args.lists, torch.Generator().manual_seed(EVAL_SEED + seed))
     pick_gap, pick_opt = gap_and_optimum(test8, objective, gen.greedy(ctx), ctx)
+    with torch.no_grad():
+        mode = beam_search(gen, ctx, 8)[0][:, 0]
+    mode_gap, mode_opt = gap_and_optimum(test8, objective, mode, ctx)
     polished = decode("polish", gen, objective, ctx, 1, budget=64, generator=torch.Generator().manual_seed(0))
     polish_gap, polish_opt = gap_and_optimum(test8, objective, polished.rows[:, 0], ctx)
     extra = {}
@@ -94,7 +100,7 @@ def run_items(args, seed: int) -> dict:
     test16 = ItemSelectionTask(slots=3, dim=4, lengths=(16, 16), coupling=1.0, seed=0)
     ctx16 = test16.draw(args.lists, torch.Generator().manual_seed(EVAL_SEED + 100 + seed))
     pick16_gap, pick16_opt = gap_and_optimum(test16, objective, gen.greedy(ctx16), ctx16)
-    return {"pick_gap": pick_gap, "pick_opt": pick_opt, "polish_gap": polish_gap, "polish_opt": polish_opt,
+    return {"pick_gap": pick_gap, "pick_opt": pick_opt, "mode_gap": mode_gap, "mode_opt": mode_opt, "polish_gap": polish_gap, "polish_opt": polish_opt,
             "pick16_gap": pick16_gap, "pick16_opt": pick16_opt, **extra, "train_s": train_s}
 
 
@@ -117,7 +123,7 @@ def run_pick_five(args, seed: int) -> dict:
     return out
 
 
-COLUMNS = ["pick_gap", "pick_opt", "polish_gap", "polish_opt", "ipolish_gap", "ipolish_opt", "pick16_gap", "five8", "five40", "train_s",
+COLUMNS = ["pick_gap", "pick_opt", "mode_gap", "mode_opt", "polish_gap", "polish_opt", "ipolish_gap", "ipolish_opt", "pick16_gap", "five8", "five40", "train_s",
            "five_train_s"]
 
 
