@@ -341,7 +341,7 @@ def test_polish_led_by_the_gradient_reaches_the_optimum_with_few_calls():
     f = task.objective()
     gen = generator("factorized", sizes=[6] * 8, scale=0.0)
     ex = decode("exhaustive", gen, f, CTX, 1)
-    budget = 4 + 2 * 8 + 1                           # draws (a quarter, rounded down), <= 8 moves, one row spare
+    budget = 5 + 2 * 8                               # draws (a quarter of 21, rounded down), <= 8 moves of 2 calls
     counts, counting = calls_per_context(f)
     pol = decode("polish", gen, counting, CTX, 1, budget=budget, gradient=True, generator=torch.Generator().manual_seed(0))
     assert torch.equal(pol.rows[:, 0], ex.rows[:, 0])
@@ -395,3 +395,16 @@ def test_polish_led_by_the_gradient_survives_an_objective_that_cannot_carry_grad
     assert bool(c.valid.all())
     start = decode("rerank", gen, through_numpy, CTX, 1, samples=10, generator=torch.Generator().manual_seed(0))
     assert bool((c.scores[:, 0] >= start.scores[:, 0] - 1e-6).all())
+
+
+@pytest.mark.parametrize("budget,k,starts", [(5, 4, 20), (3, 3, 8), (2, 1, 16), (9, 2, 16)])
+def test_polish_led_by_the_gradient_keeps_small_budgets(budget, k, starts):
+    """Its gradient calls score no row, so with few draws finish tops up to K: the top-up is kept
+    out of the climb's calls, and a climber with one call left scores a row instead of a gradient."""
+    gen = generator("autoregressive", scale=1.0)
+    for f in (soft_potts_objective(seed=4), potts_objective(seed=4)):
+        counts, counting = calls_per_context(f)
+        c = decode("polish", gen, counting, CTX, k, budget=budget, starts=starts, gradient=True,
+                   generator=torch.Generator().manual_seed(0))
+        assert bool((counts <= budget).all()), (budget, k, counts)
+        assert c.scorer_calls == int(counts.sum()) and bool(c.valid.all())

@@ -281,6 +281,8 @@ def _polish(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
                       gradient=o.gradient)
     cands, _, left = _reranked("polish", gen, objective, ctx, starts, allowed, fixed, o, rng, moves, top_up=False,
                                step=step)
+    if left is not None and step is not None:   # the gradient climb's calls score no row: keep finish's top-up
+        left = (left - (k - cands.valid.sum(1)).clamp(min=0)).clamp(min=0)
     if left is None or bool((left > 0).any()):
         cands = polish(objective, ctx, cands, allowed, o.sweeps, o.chunk, budget=left, moves=moves, by_slot=o.by_slot,
                       gradient=o.gradient)

@@ -240,9 +240,10 @@ def _polish_by_gradient(objective: Objective, ctx: Context, start: Candidates, m
     first, one row per step, and moves to the first that scores higher (and takes the gradient
     there). Once every change is scored without a gain it is at a single-slot peak, and the next
     candidate climbs. So a step costs one call per context, where a sweep of `_polish` costs every
-    neighbour. Needs a differentiable objective; one that fails on soft rows with gradients (a user's
-    reward through numpy) climbs in plain order, without further gradient calls. Without a budget,
-    at most sweeps x S x m steps."""
+    neighbour. A climber with a single call left scores a change instead (in plain order). Needs a
+    differentiable objective; one that fails on soft rows with gradients (a user's reward through
+    numpy) climbs in plain order, without further gradient calls. polish runs it under a budget
+    only (sweeps then bounds nothing)."""
     moves, movable = moves
     B, K, S = start.rows.shape
     m = moves.shape[-1]
@@ -253,7 +254,7 @@ def _polish_by_gradient(objective: Objective, ctx: Context, start: Candidates, m
     rated = torch.zeros(B, S, m, device=dev)                                 # its changes' first-order gains
     tried = torch.zeros(B, S, m, dtype=torch.bool, device=dev)               # its changes scored since its last move
     graded = True                                                            # the objective gave gradients so far
-    for _ in range(sweeps * S * m if budget is None else 1 << 30):
+    while True:
         live = climb.active.any(1) & (climb.left >= 1)
         if not bool(live.any()):
             break
@@ -264,17 +265,19 @@ def _polish_by_gradient(objective: Objective, ctx: Context, start: Candidates, m
         if bool(fresh.any()):
             which = fresh.nonzero().squeeze(1)
             grad = torch.zeros(len(which), S, V, device=dev)   # no gradient: every change rated alike, plain order
-            if graded:
+            which_grad = which[climb.left[which] >= 2]         # a gradient needs a row left to score after it
+            if graded and len(which_grad):
                 try:
                     with torch.enable_grad():
-                        x = torch.nn.functional.one_hot(row[which], V).float().requires_grad_(True)
-                        value = objective(x, ctx.index(which))
+                        x = torch.nn.functional.one_hot(row[which_grad], V).float().requires_grad_(True)
+                        value = objective(x, ctx.index(which_grad))
                         if value.requires_grad:                  # else flat in x (e.g. it rounds soft rows)
-                            grad = torch.autograd.grad(value.sum(), x)[0].float()
+                            grad[climb.left[which] >= 2] = torch.autograd.grad(value.sum(), x)[0].float()
                 except (RuntimeError, TypeError, ValueError):    # a reward that cannot carry gradients (numpy inside)
                     graded = False                               # the hard rows will show any real error
-                climb.calls += len(which)
-                climb.left = climb.left - fresh.float()
+                climb.calls += len(which_grad)
+                climb.left = climb.left.index_add(0, which_grad, torch.full((len(which_grad),), -1.0, device=dev,
+                                                                            dtype=climb.left.dtype))
             own = grad.gather(2, row[which].unsqueeze(-1))
             gain = grad.gather(2, moves[which]) - own
             rated[which] = torch.nan_to_num(gain, nan=-1e30, posinf=-1e30, neginf=-1e30)

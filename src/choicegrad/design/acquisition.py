@@ -1,7 +1,7 @@
 """What a design round's generator maximises: an optimistic score of the scorer ensemble, less a
 penalty for rows likely to fail, and the rows already measured kept out of the search.
 
-    pairs = PairSupport.fit(ok_rows, space.sizes)   # which neighbouring categories rows that did not fail hold
+    pairs = PairSupport.fit(ok_rows, [slot.categories for slot in space.slots])   # neighbours that did not fail
     acq = Acquisition(scorer, kappa=1.0, feasibility=classifier, pairs=pairs)
     acq(x, ctx)          # (N,) mean + kappa * std over members + weight * log P(feasible), working units
     keep_out = Measured(rows, ctx, vocab)
@@ -31,60 +31,66 @@ _CTX_HASH = torch.randint(1, 2**62, (256,), generator=torch.Generator().manual_s
 
 
 class PairSupport:
-    """How likely each pair of categories in neighbouring slots is to be allowed, learnt from rows
-    that did not fail alone: feasibility before any row has failed (a sequence whose banned
-    transitions no start row holds).
+    """How likely each pair of categories in neighbouring slots of a sequence is to be allowed,
+    learnt from rows that did not fail alone: feasibility before any row has failed (a sequence
+    whose banned transitions no start row holds).
 
-    For each link (s, s + 1) and pair (a, b): O, the rows holding it, and E = n p_s(a) p_{s+1}(b),
-    the rows expected to hold it were the slots independent (n rows, p the slots' shares). Links
-    between slots of the same category list (a sequence) pool their counts. An unseen pair is
-    banned (never seen) with probability beta, else allowed and unseen by chance, exp(-E): beta by
-    the method of moments, #unseen = beta T + (1 - beta) sum exp(-E) over the T pairs, so that
-    independent slots with no ban give beta ~ 0 and no penalty. log P(allowed) of an unseen pair is
-    log((1 - beta) exp(-E) / (beta + (1 - beta) exp(-E))), 0 for a seen one; a row's log P(feasible)
-    is the sum over its links. table: (S - 1, V, V) of these, beta (links,) per link."""
+    Only links (s, s + 1) between slots with the same category list (a sequence's positions) are
+    rated, and they pool their counts; other neighbours (features of a table in whatever column
+    order) get no rating. For each pair (a, b): O, the times the rows hold it, and E = sum over the
+    links of n p_s(a) p_{s+1}(b), the times expected were the slots independent (n rows, p the
+    slots' shares). An unseen pair is banned (never seen) with probability beta, else allowed and
+    unseen by chance, exp(-E): beta by the method of moments, #unseen = beta T + (1 - beta) sum
+    exp(-E) over the T pairs, so that independent slots with no ban give beta ~ 0 and no penalty.
+    log P(allowed) of an unseen pair is log((1 - beta) exp(-E) / (beta + (1 - beta) exp(-E))), 0 for a
+    seen one; a row's log P(feasible) is the sum over its links. table: (S - 1, V, V) of these (all 0
+    for a link not rated); beta: (S - 1,). Vocabularies above MAX_PAIR_VOCAB are not rated (V x V
+    tables)."""
+
+    MAX_PAIR_VOCAB = 1024
 
     def __init__(self, table: Tensor, beta: Tensor):
         self.table, self.beta = table, beta
 
     @classmethod
-    def fit(cls, rows: Tensor, sizes: list[int]) -> PairSupport:
-        """From rows (N, S) long (the rows that did not fail; no -1) over slots of `sizes` categories."""
+    def fit(cls, rows: Tensor, categories: list[list[str]]) -> PairSupport:
+        """From rows (N, S) long (the rows that did not fail; no -1) over slots whose categories are
+        `categories` (S lists, as ChoiceSpace's slots hold them)."""
         N, S = rows.shape
-        V = max(sizes)
+        V = max(len(c) for c in categories)
         dev = rows.device
-        table = torch.zeros(max(S - 1, 0), V, V, device=dev)
-        beta = torch.zeros(max(S - 1, 0), device=dev)
-        if N == 0 or S < 2:
-            return cls(table, beta)
-        hot = torch.nn.functional.one_hot(rows, V).float()                                  # (N, S, V)
-        seen = torch.einsum("nlv,nlw->lvw", hot[:, :-1], hot[:, 1:])                         # (L, V, V) counts
-        share = hot.mean(0)                                                                  # (S, V)
-        expected = N * share[:-1, :, None] * share[1:, None, :]                              # (L, V, V)
-        real = torch.tensor([[a < sizes[s] for a in range(V)] for s in range(S)], device=dev)  # categories of the slot
-        valid = real[:-1, :, None] & real[1:, None, :]
+        L = max(S - 1, 0)
+        rated = V <= cls.MAX_PAIR_VOCAB and N > 0
+        table = torch.zeros(L if rated else 0, V, V, device=dev)
+        beta = torch.zeros(L, device=dev)
         groups: dict[tuple, list[int]] = {}
-        for link in range(S - 1):                            # links between equal vocabularies pool their counts
-            groups.setdefault((sizes[link], sizes[link + 1]), []).append(link)
-        for links in groups.values():
+        for link in range(L):                      # a sequence's positions: the same category list
+            if list(categories[link]) == list(categories[link + 1]):
+                groups.setdefault(tuple(categories[link]), []).append(link)
+        if not rated or not groups:
+            return cls(table, beta)
+        rows = rows.long()
+        share = torch.zeros(S, V, device=dev).scatter_add_(1, rows.T, torch.ones(S, N, device=dev)) / N   # (S, V)
+        for cats, links in groups.items():
+            n_cat = len(cats)
             at = torch.tensor(links, device=dev)
-            O, E, ok = seen[at].sum(0), expected[at].sum(0), valid[links[0]]
-            chance = torch.exp(-E)[ok]
-            unseen = (O[ok] == 0).float()
+            pair = (rows[:, at] * V + rows[:, at + 1]).flatten()                      # pooled over the links
+            O = torch.bincount(pair, minlength=V * V).view(V, V)[:n_cat, :n_cat].float()
+            E = N * torch.einsum("la,lb->ab", share[at, :n_cat], share[at + 1, :n_cat])
+            chance = torch.exp(-E)
             free = float(chance.sum())
-            b = (float(unseen.sum()) - free) / max(float(ok.sum()) - free, 1e-9)
+            b = (float((O == 0).sum()) - free) / max(n_cat * n_cat - free, 1e-9)
             b = min(max(b, 0.0), 1.0 - 1e-6)
-            allowed = (1 - b) * torch.exp(-E)
+            allowed = (1 - b) * chance
             log_p = torch.log(allowed / (b + allowed).clamp(min=1e-30)).clamp(min=-30.0)
-            log_p = torch.where((O > 0) | ~ok, torch.zeros_like(log_p), log_p)
-            table[at] = log_p
+            table[at, :n_cat, :n_cat] = torch.where(O > 0, torch.zeros_like(log_p), log_p)
             beta[at] = b
         return cls(table, beta)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """(N,) log P(every link of the row allowed): x (N, S) long rows or (N, S, V) soft rows."""
         L = self.table.shape[0]
-        if L == 0:
+        if L == 0 or x.shape[1] < 2:
             return torch.zeros(x.shape[0], device=x.device)
         if not x.is_floating_point():
             idx = torch.arange(L, device=x.device)

@@ -532,7 +532,7 @@ def check_state_folder(path: Union[str, Path], name: str = "state") -> None:
 def _pair_support(feasible: TableData, cfg: DesignConfig) -> PairSupport:
     """PairSupport of the complete rows that did not fail (feasible: the scorer's rows), on cfg's device."""
     rows = feasible.rows[(feasible.rows >= 0).all(1)]
-    return PairSupport.fit(rows, feasible.space.sizes).to(torch.device(cfg.device))
+    return PairSupport.fit(rows, [slot.categories for slot in feasible.space.slots]).to(torch.device(cfg.device))
 
 
 def _merge_repeats(data: TableData) -> tuple[TableData, int]:

@@ -96,7 +96,10 @@ class HoloEhrlich:
             states, int(states * 0.4), softmax_temp=0.5, generator=g, repeats_always_possible=True)
         self.stationary_dist = el.dmp_stationary_dist(self.transition_matrix)
         slack = length - motifs * motif_length
-        if 1 + slack // (motifs * (motif_length - 1)) < 1:
+        if motif_length < 2 or motifs < 1:
+            raise ValueError(f"motifs, motif_length: expected at least 1 motif of at least 2 states (holo spaces a "
+                             f"motif's elements), got {motifs} and {motif_length}")
+        if slack < 0:
             raise ValueError(f"length: {motifs} motifs of length {motif_length} do not fit in {length} positions")
         drawn = el.sample_dmp(initial_dist=self.stationary_dist.squeeze(-1), transition_matrix=self.transition_matrix,
                               num_steps=motifs * motif_length, num_samples=1, generator=g).squeeze(0)
@@ -118,7 +121,7 @@ class HoloEhrlich:
         """(N,) float64 scores of rows (N, S) long (ctx is ignored: one context)."""
         el = elemental()
         x = rows.long()
-        value = torch.ones(len(x))
+        value = torch.ones(len(x), device=x.device)
         for motif, spacing in zip(self.motifs, self.spacings):   # in float32, as holo computes it
             value = value * el.motif_search(solution=x, motif=motif, spacing=spacing, mode="present",
                                             quantization=self.quantization).float()   # cubic response at epistasis 0: identity
