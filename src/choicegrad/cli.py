@@ -632,7 +632,8 @@ def propose_cmd(
     seed: Annotated[int, typer.Option(min=0, max=2**62 - 1, help="Random seed (round r uses seed + r).")] = 0,
     device: Device = "cpu",
     neighbour_pairs: Annotated[bool, typer.Option(
-        help="Also rate feasibility by the pairs of categories in neighbouring features that rows which did not fail "
+        help="Also rate feasibility by the pairs of categories in neighbouring features of a sequence (features with "
+             "the same categories) that rows which did not fail "
              "hold, so that proposals keep to them before any row has failed (a sequence with banned transitions). "
              "No penalty where the features show no sign of banned pairs.")] = True,
 ) -> None:

@@ -9,7 +9,7 @@
 
 Each `ask` refits, within `max_minutes`: the scorer ensemble on the rows that did not fail, a
 feasibility classifier on all rows (when some failed), the pairs of categories in neighbouring slots
-that the rows which did not fail hold (PairSupport: feasibility before any row has failed, where
+of a sequence (slots with the same categories) that the rows which did not fail hold (PairSupport: feasibility before any row has failed, where
 banned neighbours make rows fail; no penalty where the slots show no such sign), and the
 autoregressive generator trained by
 REINFORCE on the acquisition (choicegrad.design.acquisition); each starts from the last round's
@@ -79,7 +79,7 @@ class DesignConfig(BaseModel):
     min_distance: int = Field(1, ge=1, description="least Hamming distance between two rows of a batch")
     feasibility_weight: float = Field(1.0, ge=0, description="score std per nat of log P(feasible)")
     neighbour_pairs: bool = Field(True, description="also rate feasibility by the pairs of categories in neighbouring "
-                                  "slots that rows which did not fail hold (PairSupport): feasible proposals before any "
+                                  "slots of a sequence (slots with the same categories) that rows which did not fail hold (PairSupport): feasible proposals before any "
                                   "row has failed, where banned neighbours (a sequence's transitions) make rows fail; "
                                   "no penalty where the slots show no sign of banned pairs")
     pool: int = Field(4, ge=1, description="candidates searched per batch row before the batch is picked")
