@@ -134,6 +134,7 @@ def test_holo_ehrlich_is_feasible_from_its_start_and_scored_in_its_range():
 def test_holo_ehrlich_missing_says_how_to_install(monkeypatch):
     from choicegrad.bench import online
 
-    monkeypatch.setattr(online, "holo_missing", lambda: "holo-ehrlich needs holo-bench: pip install --no-deps pytorch-holo")
+    monkeypatch.setattr(online.ORACLE_TASKS["holo-ehrlich"], "missing",
+                        staticmethod(lambda: "holo-ehrlich needs holo-bench: pip install --no-deps pytorch-holo"))
     problems = online.request_problems(["holo-ehrlich"], ["designer"])
     assert problems == ["tasks: holo-ehrlich needs holo-bench: pip install --no-deps pytorch-holo"]

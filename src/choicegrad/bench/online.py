@@ -41,7 +41,7 @@ from torch import Tensor
 from choicegrad.bench.metrics import normalise
 from choicegrad.bench.peers import breed
 from choicegrad.bench.tasks import stats as st
-from choicegrad.bench.tasks.holo import HoloEhrlich, holo_missing
+from choicegrad.bench.tasks.holo import HoloEhrlich
 from choicegrad.bench.tasks.landscape import Landscape
 from choicegrad.bench.tasks.registry import get_task, missing_data
 from choicegrad.data.table import load_table
@@ -82,7 +82,8 @@ ONLINE_TASKS = {
                                options=(("states", 32), ("length", 32), ("motifs", 2), ("motif_length", 4),
                                         ("quantization", 4))),
 }
-#: Online tasks that are an oracle only (no table of every row's score): name -> factory(**options).
+#: Online tasks that are an oracle only (no table of every row's score): name -> factory(**options), with
+#: factory.missing() -> what is not installed (None: nothing).
 ORACLE_TASKS = {"holo-ehrlich": HoloEhrlich}
 
 
@@ -264,9 +265,9 @@ def request_problems(tasks: Sequence[str], methods: Sequence[str], data_dir: Opt
             parse_method(m)
         except ValueError as exc:
             problems.append(f"methods: {str(exc).splitlines()[0]}{did_you_mean(m, ONLINE_METHODS)}")
-    tables = [ONLINE_TASKS[t].task for t in tasks if t in ONLINE_TASKS and ONLINE_TASKS[t].task not in ORACLE_TASKS]
-    holo = [holo_missing()] if any(t in ONLINE_TASKS and ONLINE_TASKS[t].task == "holo-ehrlich" for t in tasks) else []
-    return problems + [f"tasks: {p}" for p in holo if p] + missing_data(tables, data_dir)
+    named = list(dict.fromkeys(ONLINE_TASKS[t].task for t in tasks if t in ONLINE_TASKS))
+    oracles = [f"tasks: {p}" for p in (ORACLE_TASKS[n].missing() for n in named if n in ORACLE_TASKS) if p]
+    return problems + oracles + missing_data([n for n in named if n not in ORACLE_TASKS], data_dir)
 
 
 def task_specs(tasks: Sequence[str], rounds: Optional[int] = None, batch: Optional[int] = None,

@@ -40,8 +40,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 from torch import Tensor
 
-from choicegrad.decoding.local_search import (SEARCH_CATEGORIES, anneal_from, generator_ratings, move_count, polish,
-                                              search_moves)
+from choicegrad.decoding.local_search import (SEARCH_CATEGORIES, anneal_from, generator_ratings, led_by_gradient,
+                                              move_count, polish, search_moves)
 from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixed, distinct_in_order, distinct_topk,
                                       enumerate_allowed, neighbour_count, space_size, union_of)
 from choicegrad.decoding.portfolio import PORTFOLIO_POOL, MemberRecord, TaggedContext, choose
@@ -272,7 +272,7 @@ def _search_moves(gen, ctx, allowed: Tensor) -> Optional[tuple[Tensor, Tensor]]:
 def _polish(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
     moves = _search_moves(gen, ctx, allowed)
     starts = max(int(k), int(o.starts or k))
-    step = 2 if o.gradient and objective.differentiable else None          # a gradient and one row
+    step = 2 if led_by_gradient(objective, o.gradient, o.budget) else None   # a step: a gradient and one row
     if starts == k:
         cands, _, left = _reranked("polish", gen, objective, ctx, k, allowed, fixed, o, rng, moves, step=step)
         if left is not None and not bool((left > 0).any()):

@@ -100,9 +100,8 @@ def polish(objective: Objective, ctx: Context, start: Candidates, allowed: Tenso
         budget = torch.as_tensor(budget, dtype=torch.float32, device=allowed.device).expand(B)
     per = max(1, max_elements // max(1, K * S * m * S))  # contexts per pass, bounding the neighbour grid
     V = allowed.shape[-1]
-    climb = _polish_by_slot if by_slot else _polish
-    if gradient and objective.differentiable and budget is not None:
-        climb = _polish_by_gradient
+    climb = _polish_by_gradient if led_by_gradient(objective, gradient, budget) else \
+        _polish_by_slot if by_slot else _polish
     if B <= per:
         return climb(objective, ctx, start, (moves, movable), V, sweeps, chunk, budget)
     out = in_context_chunks(lambda c, r, s, v, mv, ok, b: climb(objective, c, Candidates(r, s, v, 0), (mv, ok), V,
@@ -231,6 +230,12 @@ def _polish_by_slot(objective: Objective, ctx: Context, start: Candidates, moves
     return climb.result()
 
 
+def led_by_gradient(objective: Objective, gradient: bool, budget) -> bool:
+    """Whether polish(gradient=...) climbs led by the gradient: asked, on a differentiable
+    objective, under a budget (else the climb by_slot asks for)."""
+    return bool(gradient) and objective.differentiable and budget is not None
+
+
 def _polish_by_gradient(objective: Objective, ctx: Context, start: Candidates, moves: tuple[Tensor, Tensor],
                         V: int, sweeps: int, chunk: int, budget: Optional[Tensor] = None) -> Candidates:
     """polish led by the objective's gradient (first improvement, one climber per context). The best
@@ -265,19 +270,19 @@ def _polish_by_gradient(objective: Objective, ctx: Context, start: Candidates, m
         if bool(fresh.any()):
             which = fresh.nonzero().squeeze(1)
             grad = torch.zeros(len(which), S, V, device=dev)   # no gradient: every change rated alike, plain order
-            which_grad = which[climb.left[which] >= 2]         # a gradient needs a row left to score after it
+            room = climb.left[which] >= 2                      # a gradient needs a row left to score after it
+            which_grad = which[room]
             if graded and len(which_grad):
                 try:
                     with torch.enable_grad():
                         x = torch.nn.functional.one_hot(row[which_grad], V).float().requires_grad_(True)
                         value = objective(x, ctx.index(which_grad))
                         if value.requires_grad:                  # else flat in x (e.g. it rounds soft rows)
-                            grad[climb.left[which] >= 2] = torch.autograd.grad(value.sum(), x)[0].float()
+                            grad[room] = torch.autograd.grad(value.sum(), x)[0].float()
                 except (RuntimeError, TypeError, ValueError):    # a reward that cannot carry gradients (numpy inside)
                     graded = False                               # the hard rows will show any real error
                 climb.calls += len(which_grad)
-                climb.left = climb.left.index_add(0, which_grad, torch.full((len(which_grad),), -1.0, device=dev,
-                                                                            dtype=climb.left.dtype))
+                climb.left[which_grad] -= 1
             own = grad.gather(2, row[which].unsqueeze(-1))
             gain = grad.gather(2, moves[which]) - own
             rated[which] = torch.nan_to_num(gain, nan=-1e30, posinf=-1e30, neginf=-1e30)

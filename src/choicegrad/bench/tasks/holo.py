@@ -110,8 +110,12 @@ class HoloEhrlich:
             self.spacings.append(1 + ((slack // motifs) * (weights / weights.sum())).floor().to(torch.int64))
         self.space = ChoiceSpace(slots=[Slot(name=f"p{i}", categories=[str(v) for v in range(states)])
                                         for i in range(length)])
-        self.stats = {"min": torch.zeros(1), "max": torch.ones(1), "mean": torch.full((1,), float("nan")),
-                      "median": torch.full((1,), float("nan"))}
+        self.stats = {"min": torch.zeros(1), "max": torch.ones(1)}
+
+    @staticmethod
+    def missing() -> Optional[str]:
+        """What an online run must say before its rounds when holo-bench is not installed (None: it is)."""
+        return holo_missing()
 
     def __repr__(self) -> str:
         return (f"HoloEhrlich(states={self.states}, length={self.length}, motifs={[m.tolist() for m in self.motifs]}, "
