@@ -64,6 +64,7 @@ from choicegrad.bench import peers as peer_search  # noqa: E402
 from choicegrad.bench.metrics import gap_closed  # noqa: E402
 from choicegrad.bench.tasks import stats as st  # noqa: E402
 from choicegrad.bench.tasks.items import SlateTask  # noqa: E402
+from choicegrad.items import ITEM_FIT  # noqa: E402
 from choicegrad.bench.tasks.landscape import rows_at  # noqa: E402
 from choicegrad.data.items import list_contexts, read_lists  # noqa: E402
 from choicegrad.generators.objective import ItemObjective, ItemScorerObjective  # noqa: E402
@@ -350,7 +351,7 @@ def part_b(args, work: Path) -> dict:
         rows[f"{name} (peer, distinct)"] = judged(cands.rows[:, 0], cands.scorer_calls / n, time.perf_counter() - start)
     best_peer = max(r["gap"] for k, r in rows.items() if "(peer" in k)
     mine = rows["choicegrad, fit_objective(ItemObjective(reward)), generate k=1"]
-    return {"setup": {**size, "steps": args.steps or "the item runs' default (2000)"},
+    return {"setup": {**size, "steps": args.steps or f"the item runs' default ({ITEM_FIT['steps']})"},
             "rows": rows, "best_peer_gap": best_peer,
             "targets": {"gap >= 0.98": mine["gap"] >= 0.98,
                         "ahead of greedy by item score": mine["gap"] > rows["greedy by item score (greedy_rows)"]["gap"],
