@@ -332,3 +332,46 @@ def test_designer_bad_inputs():
         far.ask(2)
     with pytest.raises(InputError, match="unknown value 'c9'"):
         d.ask(2, pd.DataFrame({"ctx": ["c9"]}))
+
+
+# --- the trust region's candidates ------------------------------------------------------------------------
+def test_local_changes_hold_every_single_change_of_the_best_rows_first():
+    from choicegrad.design.designer import _changes
+
+    elite = torch.tensor([[[0, 1, 2], [3, 3, 3], [-1, -1, -1]], [[-1, -1, -1]] * 3])   # context 1: no elite
+    has = torch.tensor([[True, True, False], [False, False, False]])
+    allowed = torch.ones(2, 3, 4, dtype=torch.bool)
+    allowed[:, 2, 1] = False                                          # slot 2 never takes category 1
+    rows = _changes(elite, has, allowed, 24, torch.Generator().manual_seed(0))
+    assert rows.shape == (2, 24, 3) and (rows[1] == -1).all()
+    first, rest = rows[0, :12], rows[0, 12:]
+    singles = {(a, 1, 2) for a in (1, 2, 3)} | {(0, b, 2) for b in (0, 2, 3)} | {(0, 1, c) for c in (0, 3)}
+    assert {tuple(r) for r in first[:8].tolist()} == singles          # all 8 single changes of the best row, first
+    assert all((torch.tensor(r) != torch.tensor([3, 3, 3])).sum() == 1 for r in first[8:].tolist())
+    assert not (first[:, 2] == 1).any() and not (rest[:, 2] == 1).any()
+    near = torch.stack([(rest != elite[0, e]).sum(-1) for e in range(2)]).min(0).values
+    assert (near <= 2).all()                                          # 3 slots: every row is near an elite row
+
+
+def test_local_changes_cross_the_elite_rows():
+    from choicegrad.design.designer import _changes
+
+    S = 8
+    elite = torch.stack([torch.zeros(S, dtype=torch.long), torch.full((S,), 3)])[None]      # (1, 2, S)
+    rows = _changes(elite, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, S, 4, dtype=torch.bool), 600,
+                    torch.Generator().manual_seed(0))[0, 48:]             # past the 2 x 24 single changes
+    dist = torch.stack([(rows != elite[0, e]).sum(-1) for e in range(2)]).min(0).values
+    crossed = rows[dist > 2]
+    assert len(crossed) > 40          # a third are crossed, half of those from two different rows (of 2 here)
+    assert ((crossed == 1) | (crossed == 2)).sum(-1).le(1).all()      # each slot from a parent but one moved at most
+
+
+def test_local_changes_of_a_wide_space_are_drawn_not_enumerated():
+    from choicegrad.design.designer import MAX_NEIGHBOUR_CELLS, _changes
+
+    S, V = 8, MAX_NEIGHBOUR_CELLS // 64 + 1
+    elite = torch.zeros(1, 2, S, dtype=torch.long)
+    rows = _changes(elite, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, S, V, dtype=torch.bool), 64,
+                    torch.Generator().manual_seed(0))
+    dist = (rows[0] != 0).sum(-1)
+    assert (dist <= 2).all() and (dist == 2).any()

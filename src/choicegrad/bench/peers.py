@@ -77,7 +77,7 @@ from torch import Tensor
 
 from choicegrad.decoding.decoders import exhaustive
 from choicegrad.decoding.local_search import Archive, anneal_chains
-from choicegrad.decoding.rows import (MAX_ENUMERATE, change_one_slot, enumerate_allowed, first_occurrence, row_keys,
+from choicegrad.decoding.rows import (MAX_ENUMERATE, change_one_slot, cross_rows, enumerate_allowed, first_occurrence, row_keys,
                                      space_size, uniform_rows, union_of)
 from choicegrad.decoding.scoring import Candidates
 from choicegrad.errors import InputError, did_you_mean
@@ -336,7 +336,7 @@ def breed(pop: Tensor, fit: Tensor, allowed: Tensor, n: int, generator: torch.Ge
     parent = cand.gather(3, win).squeeze(3)                                        # (2, B, n)
     p1 = pop.gather(1, parent[0].unsqueeze(-1).expand(B, n, S))
     p2 = pop.gather(1, parent[1].unsqueeze(-1).expand(B, n, S))
-    child = torch.where(torch.rand(B, n, S, generator=generator, device=dev) < 0.5, p1, p2)
+    child = cross_rows(p1, p2, generator)
     mutate = torch.rand(B, n, S, generator=generator, device=dev) < rate
     child = torch.where(mutate, uniform_rows(allowed, n, generator), child)
     if distinct:

@@ -175,6 +175,12 @@ def uniform_rows(allowed: Tensor, n: int, generator: Optional[torch.Generator]) 
 REJECTION_VOCABULARY = 4096
 
 
+def cross_rows(first: Tensor, second: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """Uniform crossover: each slot from `first` or `second` (B, M, S), half each -> (B, M, S)."""
+    pick = torch.rand(first.shape, generator=generator, device=first.device) < 0.5
+    return torch.where(pick, first, second)
+
+
 def change_one_slot(rows: Tensor, allowed: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     """rows (B, M, S) with one slot each moved to a different allowed category: the slot uniform over
     the slots with more than one allowed category, the category uniform over the others allowed there

@@ -16,8 +16,9 @@ REINFORCE on the acquisition (choicegrad.design.acquisition); each starts from t
 weights when it has them. Candidates are then searched on the acquisition with measured rows kept
 out: polish decoding from the generator's draws, polish climbs from the best measured rows, and
 uniform random rows as a reserve (`pool` x n of each per context), or every row when the space holds
-at most max(pool x n, 4096). `local_share` of the batch is picked first among one- and two-slot
-changes of the `elite` best measured rows (a trust region; searched spaces only), the rest from all
+at most max(pool x n, 4096). `local_share` of the batch is picked first near the `elite` best
+measured rows (a trust region; searched spaces only): every single-slot change of the best of them
+where that fits, then one- and two-slot changes and crossovers of any two; the rest from all
 candidates (choicegrad.design.select).
 """
 
@@ -41,7 +42,7 @@ from choicegrad.data.spec import parse_names
 from choicegrad.data.table import MIN_ROWS, TableData, load_table
 from choicegrad.decoding import Candidates, decode
 from choicegrad.decoding.local_search import polish
-from choicegrad.decoding.rows import MAX_ENUMERATE, change_one_slot, uniform_rows
+from choicegrad.decoding.rows import MAX_ENUMERATE, change_one_slot, cross_rows, uniform_rows
 from choicegrad.design.acquisition import Acquisition, Measured, PairSupport, context_keys, log_feasible
 from choicegrad.design.select import select_batch
 from choicegrad.device import Device
@@ -62,6 +63,9 @@ STATE_FILES = FITTED_RUN_FILES.plus(verified=("feasibility.", "designer."),
                              legacy=("feasibility.safetensors", "feasibility.json", STATE_FILE))
 #: Most candidates (contexts x batch x pool) one ask searches: beyond this the pools exhaust memory.
 MAX_POOL_ROWS = 20_000_000
+#: Most cells (slots x categories x slots) the single-slot changes of one elite row may hold to be
+#: enumerated (a 32 x 32 space's: 32,768): beside the pools (contexts x batch x pool x slots) they are small.
+MAX_NEIGHBOUR_CELLS = 65_536
 #: Shares of a round's max_minutes: the scorer ensemble, the feasibility classifier (when rows
 #: failed), then the generator gets this share of what is left (the search is bounded by calls).
 SCORER_SHARE, FEASIBILITY_SHARE, GENERATOR_SHARE = 0.45, 0.1, 0.8
@@ -83,9 +87,9 @@ class DesignConfig(BaseModel):
                                   "row has failed, where banned neighbours (a sequence's transitions) make rows fail; "
                                   "no penalty where the slots show no sign of banned pairs")
     pool: int = Field(4, ge=1, description="candidates searched per batch row before the batch is picked")
-    local_share: float = Field(0.5, ge=0, le=1, description="share of the batch picked among one- and two-slot "
-                               "changes of the best measured rows (a trust region: where the scorer is least "
-                               "wrong); the rest from the whole search")
+    local_share: float = Field(0.5, ge=0, le=1, description="share of the batch picked near the best measured "
+                               "rows (a trust region, where the scorer is least wrong: their single-slot changes, "
+                               "one- and two-slot changes and crossovers); the rest from the whole search")
     elite: int = Field(32, ge=1, description="best measured rows per context the local changes start from")
     budget: Optional[int] = Field(None, ge=1, description="scorer calls per context for the search "
                                   "(None: 5 x pool x batch, at least 256)")
@@ -571,15 +575,42 @@ def _contexts_all_failed(data: TableData, ok: np.ndarray) -> list[str]:
 
 def _changes(elite: torch.Tensor, has: torch.Tensor, allowed: torch.Tensor, m: int,
              rng: torch.Generator) -> torch.Tensor:
-    """m rows per context, each one of the elite rows (uniform among those a context has) with one
-    or two slots changed (half each): (B, m, S), -1 rows for a context without elite rows."""
+    """m rows per context near its elite rows (best first, E of them): the first half every
+    single-slot change of the best elite rows, in their order (as many rows as fit; skipped where one
+    row's changes exceed MAX_NEIGHBOUR_CELLS), the rest in thirds: one of the elite rows (uniform among those
+    a context has) with one slot changed, with two, and the uniform crossover of two of them (one slot
+    moved where it copies a parent). (B, m, S); -1 rows where a context has
+    no elite row, and where the first half runs out of changes (repeated best rows' changes, or fewer
+    allowed changes than it holds)."""
     B, E, S = elite.shape
     count = has.sum(1)
-    pick = (torch.rand(B, m, generator=rng, device=elite.device) * count.clamp(min=1)[:, None]).long()
-    base = elite.clamp(min=0).gather(1, pick[..., None].expand(B, m, S))
+    V = allowed.shape[-1]
+    near = min(m // 2, E * S * (V - 1)) if S * V * S <= MAX_NEIGHBOUR_CELLS else 0
+    parts = []
+    if near:
+        k = min(E, -(-near // (S * (V - 1))))                                  # best rows whose changes fill it
+        base = elite[:, :k]                                                     # (B, k, S)
+        rows = base[:, :, None, None, :].expand(B, k, S, V, S).clone()          # row (b, e, s, v): slot s set to v
+        eye = torch.eye(S, dtype=torch.bool, device=elite.device)[None, None, :, None, :]
+        cats = torch.arange(V, device=elite.device)[None, None, None, :, None]
+        rows = torch.where(eye, cats.expand_as(rows), rows)
+        ok = allowed[:, None] & (base[..., None] != torch.arange(V, device=elite.device)) & has[:, :k, None, None]
+        key = torch.rand(B, k, S * V, generator=rng, device=elite.device) + torch.arange(k, device=elite.device)[:, None]
+        order = key.masked_fill(~ok.reshape(B, k, -1), float("inf")).flatten(1).argsort(1)[:, :near]   # by rank, then at random
+        flat = rows.reshape(B, k * S * V, S).gather(1, order[..., None].expand(-1, -1, S))
+        good = ok.reshape(B, -1).gather(1, order)
+        parts.append(torch.where(good[..., None], flat, -1))
+    rest = m - near
+    pick = (torch.rand(B, 3, rest, generator=rng, device=elite.device) * count.clamp(min=1)[:, None, None]).long()
+    base, mate, other = (elite.clamp(min=0).gather(1, p[..., None].expand(B, rest, S)) for p in pick.unbind(1))
     one = change_one_slot(base, allowed, rng)
     two = change_one_slot(one, allowed, rng)
-    rows = torch.where(torch.rand(B, m, 1, generator=rng, device=elite.device) < 0.5, one, two)
+    child = cross_rows(mate, other, rng)
+    clone = (child == mate).all(-1, keepdim=True) | (child == other).all(-1, keepdim=True)
+    child = torch.where(clone, change_one_slot(child, allowed, rng), child)      # a parent again: one slot moved
+    kind = torch.rand(B, rest, 1, generator=rng, device=elite.device)
+    parts.append(torch.where(kind < 1 / 3, one, torch.where(kind < 2 / 3, two, child)))
+    rows = torch.cat(parts, 1)
     return torch.where((count > 0)[:, None, None], rows, -1)
 
 
