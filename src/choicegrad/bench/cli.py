@@ -81,7 +81,7 @@ SUITE_FLAGS = same_flags("out", "tasks", "methods", "seeds", "data_dir", "docs",
 @command(SUITE_FLAGS)
 def bench_cmd(
     out: Annotated[Path, typer.Option(help="Folder for results.csv, curves.csv, training.csv, report.md and plots.")],
-    tasks: Annotated[str, typer.Option(help="Comma-separated tasks, or 'standard' (potts, nk3, ehrlich, items, "
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks, or 'standard' (potts, nk3, ehrlich, items, slates, "
                                             "tfbind8, gb1). Also: nk2, nk4, pard3.")] = "standard",
     methods: Annotated[str, typer.Option(help="Comma-separated methods: peers (random, anneal, genetic, "
                                               "gradient-ascent, exhaustive), pipelines GENERATOR/ESTIMATOR/DECODER "
