@@ -42,7 +42,7 @@ from choicegrad.data.spec import parse_names
 from choicegrad.data.table import MIN_ROWS, TableData, load_table
 from choicegrad.decoding import Candidates, decode
 from choicegrad.decoding.local_search import polish
-from choicegrad.decoding.rows import MAX_ENUMERATE, change_one_slot, cross_rows, uniform_rows
+from choicegrad.decoding.rows import MAX_ENUMERATE, change_one_slot, cross_rows, neighbour_count, uniform_rows
 from choicegrad.design.acquisition import Acquisition, Measured, PairSupport, context_keys, log_feasible
 from choicegrad.design.select import select_batch
 from choicegrad.device import Device
@@ -585,10 +585,11 @@ def _changes(elite: torch.Tensor, has: torch.Tensor, allowed: torch.Tensor, m: i
     B, E, S = elite.shape
     count = has.sum(1)
     V = allowed.shape[-1]
-    near = min(m // 2, E * S * (V - 1)) if S * V * S <= MAX_NEIGHBOUR_CELLS else 0
+    changes = int(neighbour_count(allowed).min()) if B else 0                 # a row's single-slot changes
+    near = min(m // 2, E * changes) if changes and S * V * S <= MAX_NEIGHBOUR_CELLS else 0
     parts = []
     if near:
-        k = min(E, -(-near // (S * (V - 1))))                                  # best rows whose changes fill it
+        k = min(E, -(-near // changes))                                         # best rows whose changes fill it
         base = elite[:, :k]                                                     # (B, k, S)
         rows = base[:, :, None, None, :].expand(B, k, S, V, S).clone()          # row (b, e, s, v): slot s set to v
         eye = torch.eye(S, dtype=torch.bool, device=elite.device)[None, None, :, None, :]
