@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--method", default="reinforce", help="see choicegrad.estimators.available()")
     ap.add_argument("--steps", type=int, default=4000,
-                    help="training steps (twice the item runs' default, items.ITEM_FIT: the single pick 0.971 against 0.965)")
+                    help="training steps (twice the item runs' default, items.ITEM_FIT: docs/items.md, part d)")
     ap.add_argument("--five-steps", type=int, default=300, help="training steps of the pick-5 generator")
     ap.add_argument("--batch", type=int, default=32, help="lists per step")
     ap.add_argument("--samples", type=int, default=16, help="rows per list (reinforce k, raml m)")

@@ -380,10 +380,9 @@ def estimate_item_scale(objective, pool: ListPool, seed: int = 0, rows: int = 64
 
 #: GeneratorFit settings an item run takes unless given (benchmarks/item_quality.py: interacting items,
 #: 2-core CPU, 2026-12-06): longer training with the entropy bonus fading, and the last state kept
-#: (validation ranks sampled slates, not the single pick, and kept earlier, worse states). 4,000 steps
-#: lift the single pick on a reward of one's own (0.965 -> 0.971 of the gap, item_quality.py) but not
-#: the cold start on a fitted scorer (benchmarks/item_lists.py part a: 0.951 against 0.954 over generate
-#: seeds), so 2,000 stays.
+#: (validation ranks sampled slates, not the single pick, and kept earlier, worse states). Twice the
+#: steps lift the single pick on a reward of one's own but not the cold start on a fitted scorer
+#: (docs/items.md, part d), so 2,000 stays.
 ITEM_FIT = {"steps": 2000, "entropy_end": 0.01, "patience": None, "keep": "last"}
 
 

@@ -172,6 +172,18 @@ class _Climb:
         return Candidates(*self.best, self.calls)
 
 
+def single_changes(base: Tensor, moves: Tensor) -> tuple[Tensor, Tensor]:
+    """Every single-slot change of rows base (B, P, S) to the categories moves (B, S, m):
+    (rows (B, P, S, m, S), row (b, p, s, j) with slot s set to moves[b, s, j]; new (B, P, S, m), where
+    that differs from the row's own category)."""
+    B, P, S = base.shape
+    m = moves.shape[-1]
+    eye = torch.arange(S, device=base.device)
+    rows = base.unsqueeze(2).unsqueeze(3).expand(B, P, S, m, S).clone()
+    rows[:, :, eye, :, eye] = moves.unsqueeze(1).expand(B, P, S, m).permute(2, 0, 1, 3)    # slot s := its move
+    return rows, moves.unsqueeze(1) != base.unsqueeze(-1)
+
+
 def _polish(objective: Objective, ctx: Context, start: Candidates, moves: tuple[Tensor, Tensor], V: int,
             sweeps: int, chunk: int, budget: Optional[Tensor] = None) -> Candidates:
     """polish on contexts whose slots may take moves (B, S, m) where movable (B, S, m) (moves: the
@@ -181,7 +193,6 @@ def _polish(objective: Objective, ctx: Context, start: Candidates, moves: tuple[
     m = moves.shape[-1]
     climb = _Climb(start, V, budget)
     size = move_count(moves, movable, V).float()                                   # (B,) neighbours of a row
-    eye = torch.arange(S, device=start.rows.device)
     sweep = 0
     while bool(climb.active.any()) and (budget is not None or sweep < sweeps):
         sweep += 1
@@ -189,9 +200,8 @@ def _polish(objective: Objective, ctx: Context, start: Candidates, moves: tuple[
         if P == 0:
             break
         base = climb.rows(pick)                                                          # (B, P, S)
-        nb = base.unsqueeze(2).unsqueeze(3).expand(B, P, S, m, S).clone()                # (B, P, S, m, S)
-        nb[:, :, eye, :, eye] = moves.unsqueeze(1).expand(B, P, S, m).permute(2, 0, 1, 3)  # slot s := its move
-        ok = movable.unsqueeze(1) & (moves.unsqueeze(1) != base.unsqueeze(-1)) & on[:, :, None, None]
+        nb, new = single_changes(base, moves)                                            # (B, P, S, m, S)
+        ok = movable.unsqueeze(1) & new & on[:, :, None, None]
         climb.left = climb.left - ok.sum((1, 2, 3)).float()
         improve = climb.step(objective, ctx, chunk, pick, on, nb.reshape(B, P, S * m, S), ok.reshape(B, P, S * m))
         climb.active = climb.active.scatter(1, pick, climb.active.gather(1, pick) & (improve | ~on))   # at a peak: done

@@ -41,7 +41,7 @@ from choicegrad.data.space import read_space
 from choicegrad.data.spec import parse_names
 from choicegrad.data.table import MIN_ROWS, TableData, load_table
 from choicegrad.decoding import Candidates, decode
-from choicegrad.decoding.local_search import polish
+from choicegrad.decoding.local_search import polish, single_changes
 from choicegrad.decoding.rows import MAX_ENUMERATE, change_one_slot, cross_rows, neighbour_count, uniform_rows
 from choicegrad.design.acquisition import Acquisition, Measured, PairSupport, context_keys, log_feasible
 from choicegrad.design.select import select_batch
@@ -590,12 +590,8 @@ def _changes(elite: torch.Tensor, has: torch.Tensor, allowed: torch.Tensor, m: i
     parts = []
     if near:
         k = min(E, -(-near // changes))                                         # best rows whose changes fill it
-        base = elite[:, :k]                                                     # (B, k, S)
-        rows = base[:, :, None, None, :].expand(B, k, S, V, S).clone()          # row (b, e, s, v): slot s set to v
-        eye = torch.eye(S, dtype=torch.bool, device=elite.device)[None, None, :, None, :]
-        cats = torch.arange(V, device=elite.device)[None, None, None, :, None]
-        rows = torch.where(eye, cats.expand_as(rows), rows)
-        ok = allowed[:, None] & (base[..., None] != torch.arange(V, device=elite.device)) & has[:, :k, None, None]
+        rows, new = single_changes(elite[:, :k], torch.arange(V, device=elite.device).expand(B, S, V))  # (B, k, S, V, S)
+        ok = allowed[:, None] & new & has[:, :k, None, None]
         key = torch.rand(B, k, S * V, generator=rng, device=elite.device) + torch.arange(k, device=elite.device)[:, None]
         order = key.masked_fill(~ok.reshape(B, k, -1), float("inf")).flatten(1).argsort(1)[:, :near]   # by rank, then at random
         flat = rows.reshape(B, k * S * V, S).gather(1, order[..., None].expand(-1, -1, S))
