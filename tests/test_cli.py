@@ -54,6 +54,9 @@ def test_library_argument_names_become_each_commands_flags():
     assert flag_of("method/generator", FIT_FLAGS) == "--method/--generator"
     assert flag_of("scorer_fit.epochs", FIT_FLAGS) == "--scorer-epochs"
     assert flag_of("scorer_fit.epochs", FIT_SCORER_FLAGS) == "--epochs"
+    assert flag_of("scorer_fit.keep", FIT_FLAGS) == "--scorer-keep" and flag_of("keep", FIT_SCORER_FLAGS) == "--keep"
+    assert flag_of("scorer_fit.model.activation", FIT_FLAGS) == "--scorer-activation"
+    assert flag_of("model.activation", FIT_SCORER_FLAGS) == "--activation"
     assert flag_of("k", GENERATE_FLAGS) == "--top-k" and flag_of("n", PROPOSE_FLAGS) == "--batch"
     assert flag_of("config.min_distance", PROPOSE_FLAGS) == "--min-distance"
     for path in ("runs/out", "/tmp/table.out", "data/k"):      # files keep their names
@@ -89,6 +92,17 @@ def test_fit_scorer_train_quantile_reports_upper(tmp_path, potts_csv):
     assert "upper" in res.output
     metrics = json.loads((tmp_path / "run" / "scorer_metrics.json").read_text())
     assert metrics["metrics"]["upper"]["n"] + metrics["rows"] == 400 and 190 < metrics["rows"] <= 200
+
+
+def test_fit_scorer_keep_last_and_activation(tmp_path, potts_csv):
+    res = run("fit-scorer", potts_csv, "-f", "s?", "-y", "y", "-c", "ctx", "--epochs", "3", "--keep", "last",
+              "--activation", "relu", "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "run" / "scorer_metrics.json").read_text())
+    assert metrics["fit"]["keep"] == "last" and metrics["fit"]["model"]["activation"] == "relu"
+    assert json.loads((tmp_path / "run" / "scorer.json").read_text())["config"]["activation"] == "relu"
+    res = run("fit-scorer", potts_csv, "-f", "s?", "-y", "y", "--keep", "middle", "--out", tmp_path / "bad")
+    assert res.exit_code == 2 and "--keep" in res.output and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,32 @@ def test_fit_scorer_learns_and_is_reproducible(potts_frame):
         assert torch.equal(p, q)
 
 
+def test_activation_is_configured_and_kept_by_save_and_load(potts_frame, tmp_path):
+    t, s = small_scorer(potts_frame, activation="leaky_relu")
+    assert [type(m).__name__ for m in s.members[0].body] == ["Linear", "LeakyReLU"]
+    assert [type(m).__name__ for m in small_scorer(potts_frame)[1].members[0].body] == ["Linear", "SiLU"]
+    s.save(tmp_path)
+    back = Scorer.load(tmp_path)
+    assert back.members[0].config.activation == "leaky_relu"
+    x = (t.rows[:7], t.ctx_cat[:7], t.ctx_num[:7])
+    assert torch.equal(back(*x), s(*x))
+
+
+def test_keep_last_trains_every_epoch_and_keeps_the_last_weights(potts_frame):
+    """keep="last" runs all epochs whatever the validation loss (patience 1 here) and keeps where it
+    ended; keep="best" restores the epoch of lowest validation loss."""
+    t = load_table(potts_frame.head(120), "s?", "y", "ctx")         # few rows, a high rate: the loss goes up and down
+    base = dict(model=ScorerConfig(embed_dim=8, hidden=[64, 64]), epochs=12, batch_size=16, seed=2, lr=0.1)
+    last = fit_scorer(t, ScorerFit(**base, patience=1, keep="last"), progress=False)
+    assert [h["epoch"] for h in last.history] == list(range(12))
+    every = fit_scorer(t, ScorerFit(**base, patience=1000, keep="best"), progress=False)
+    assert [h["val_mse"] for h in every.history] == [h["val_mse"] for h in last.history]   # the same training
+    losses = [h["val_mse"] for h in every.history]
+    same = all(torch.equal(p, q) for p, q in zip(last.scorer.parameters(), every.scorer.parameters()))
+    assert same == (int(np.argmin(losses)) == len(losses) - 1)
+    assert int(np.argmin(losses)) != len(losses) - 1, "the check needs a fit whose last epoch is not its best"
+
+
 def test_fit_scorer_owns_its_randomness(potts_frame):
     """The fit draws from its own seeded generators: the caller's global RNG state is left as it was,
     and what the caller drew before does not change the fit (dropout and completions draw inside)."""

@@ -136,7 +136,7 @@ def _table_spec(features, score, context, train_quantile, space):
                      space=None if space is None else str(space))
 
 
-FIT_SCORER_FLAGS = {**RUN_FLAGS, **same_flags("ranking", "pairwise", "epochs", "batch_size")}
+FIT_SCORER_FLAGS = {**RUN_FLAGS, **same_flags("ranking", "pairwise", "epochs", "batch_size", "keep"), "model.activation": "--activation"}
 
 
 @app.command("fit-scorer", epilog="Example: choicegrad fit-scorer ../shared/data/tfbind8.parquet "
@@ -161,6 +161,10 @@ def fit_scorer_cmd(
     epochs: Annotated[Optional[int], typer.Option(
         min=1, help="Maximum epochs; default about 3e7 row visits (10..200). Early stopping may end sooner.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Default: training rows / 256 (128..4096).")] = None,
+    keep: Annotated[str, typer.Option(
+        help="best: the weights of the epoch of lowest validation loss (stopping early); last: those after all "
+             "--epochs (set them).")] = "best",
+    activation: Annotated[str, typer.Option(help="Of the hidden layers: silu, relu or leaky_relu.")] = "silu",
     train_quantile: TrainQuantile = None,
     seed: Seed = 0,
     max_minutes: Annotated[Optional[float], typer.Option(
@@ -179,8 +183,9 @@ def fit_scorer_cmd(
     from choicegrad.scorer.fit import ScorerFit
     from choicegrad.scorer.model import ScorerConfig
 
-    cfg = ScorerFit(model=ScorerConfig(pairwise=pairwise), ensemble=ensemble, beta=beta, ranking=ranking,
-                    epochs=epochs, batch_size=batch_size, seed=seed, max_minutes=max_minutes, device=device)
+    cfg = ScorerFit(model=ScorerConfig(pairwise=pairwise, activation=activation), ensemble=ensemble, beta=beta,
+                    ranking=ranking, epochs=epochs, batch_size=batch_size, seed=seed, max_minutes=max_minutes,
+                    device=device, keep=keep)
     try:
         result = fit_scorer_run(data, out, _table_spec(features, score, context, train_quantile, space), cfg,
                                 resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
@@ -266,7 +271,8 @@ DEFAULT_DECODER = "polish"
 FIT_FLAGS = {**RUN_FLAGS, **same_flags("generator", "method", "steps", "batch_size", "entropy", "distill",
                                        "force_generator", "objective", "contexts", "slots", "items", "item_id", "lists",
                                        "list_id", "eligible"),
-             "scorer_fit.epochs": "--scorer-epochs", "scale": "--objective-scale", "distinct": "--distinct-items",
+             "scorer_fit.epochs": "--scorer-epochs", "scorer_fit.keep": "--scorer-keep",
+             "scorer_fit.model.activation": "--scorer-activation", "scale": "--objective-scale", "distinct": "--distinct-items",
              "log": "DATA", "method/generator": "--method/--generator"}
 
 
@@ -316,6 +322,11 @@ def fit_cmd(
     ensemble: Ensemble = 1,
     beta: Beta = 0.0,
     scorer_epochs: Annotated[Optional[int], typer.Option(min=1, help="Maximum scorer epochs (default: automatic).")] = None,
+    scorer_keep: Annotated[str, typer.Option(
+        help="best: the scorer's weights of its epoch of lowest validation loss (stopping early); last: those after "
+             "all --scorer-epochs (set them). Validation rows lie in the table's range: for the best of K rows "
+             "above it (--train-quantile), last with --scorer-activation relu reached further (docs/choosing.md).")] = "best",
+    scorer_activation: Annotated[str, typer.Option(help="Of the scorer's hidden layers: silu, relu or leaky_relu.")] = "silu",
     device: Device = "cpu",
     resume: Resume = False,
     overwrite: Overwrite = False,
@@ -375,7 +386,8 @@ def fit_cmd(
                                                           ("batch_size", batch_size)) if value is not None})
     writing = dict(max_minutes=max_minutes, resume=resume, overwrite=overwrite, checkpoint_minutes=checkpoint_minutes,
                    echo=lambda m: echo_line(m, FIT_FLAGS))
-    scorer_fit = dict(ensemble=ensemble, beta=beta, seed=seed, epochs=scorer_epochs, device=device)
+    scorer_fit = dict(ensemble=ensemble, beta=beta, seed=seed, epochs=scorer_epochs, device=device, keep=scorer_keep,
+                      model=dict(activation=scorer_activation))
     try:
         if slots is not None:
             spec = _item_spec(data, slots, items, item_id, score, context, lists, list_id, distinct_items, eligible,

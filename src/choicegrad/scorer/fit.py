@@ -42,6 +42,10 @@ class ScorerFit(BaseModel):
                                              "logistic: a classifier of 0/1 scores whose outputs are logits")
     patience: int = Field(6, ge=1, description="epochs without validation gain before stopping (and at least "
                           "PATIENCE_STEPS optimiser steps of them: a small table's epochs are a few steps each)")
+    keep: Literal["best", "last"] = Field("best", description="each member's weights: best: those of its epoch of "
+                                          "lowest validation loss, stopping after `patience` epochs without gain; "
+                                          "last: those after all `epochs` (no early stop; the validation rows "
+                                          "lie in the table's range, the rows searched for may lie above it)")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0, lt=0.5)
     seed: int = Field(0, ge=0, lt=2**63, description="random seed (torch takes 0 <= seed < 2**63)")
@@ -135,7 +139,8 @@ def fit_scorer(data: TableData, fit: ScorerFit | None = None, progress: bool | N
                init: Scorer | None = None) -> ScorerResult:
     """Fit a Scorer on `data` (MSE on the standardised score, optional ranking loss, early stopping).
 
-    A random `val_fraction` of rows drives early stopping, `test_fraction` is held out for the reported
+    A random `val_fraction` of rows drives early stopping (fit.keep "best"; with "last" every epoch
+    runs and the last weights are kept), `test_fraction` is held out for the reported
     metrics; `extra_eval` adds named held-out sets (e.g. the unseen upper half of each context).
     progress: see choicegrad.progress.progress_bar. checkpoint: save the training state there every
     few minutes and on SIGINT/SIGTERM (phase "scorer"), and continue from it when it holds one: the
@@ -447,10 +452,10 @@ class _ScorerTraining:
                 else:
                     self.bad += 1
                 self.epoch, self.order = self.epoch + 1, None
-                if self.bad >= self.patience() or out_of_time:
+                if (self.bad >= self.patience() and fit.keep == "best") or out_of_time:
                     break
             bar.update(self.epochs - self.epoch)
-            if self.best_state is not None:
+            if self.best_state is not None and fit.keep == "best":
                 member.load_state_dict(self.best_state)
             self.member, self.opt = self.member + 1, None
         bar.close()

@@ -38,6 +38,9 @@ def pair_rank(config: "ScorerConfig", sizes: list[int], rows: int | None = None)
     return 8 if enough and 9 * S * S * V * V <= PAIR_PARAMS else 0
 
 
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}
+
+
 class ScorerConfig(BaseModel):
     """Architecture of one EmbeddingScorer."""
 
@@ -45,6 +48,9 @@ class ScorerConfig(BaseModel):
     context_dim: int = Field(16, ge=1, description="embedding size per categorical context column")
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation: Literal["silu", "relu", "leaky_relu"] = Field(
+        "silu", description="of the hidden layers: silu is smooth; relu and leaky_relu are piecewise linear, and "
+        "with keep='last' in ScorerFit reach further into a table's unseen upper tail (docs/targets.md, tfbind8)")
     pairwise: int | None = Field(None, ge=0, description="add a pairwise term: a table per slot pair, mixed per "
                                  "context from 1 + this many context-dependent tables (0 = off; None = 8 when the "
                                  f"tables hold at most {PAIR_PARAMS:,} numbers and, in fit_scorer, the training "
@@ -143,7 +149,7 @@ class EmbeddingScorer(nn.Module):
         dims = [S * E + len(context_sizes) * config.context_dim + num_numeric, *config.hidden]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b), nn.SiLU()]
+            layers += [nn.Linear(a, b), ACTIVATIONS[config.activation]()]
             if config.dropout:
                 layers.append(nn.Dropout(config.dropout))
         self.body = nn.Sequential(*layers)
