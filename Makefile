@@ -22,13 +22,15 @@ test: $(BIN)/choicegrad
 fuzz: $(BIN)/choicegrad
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py
 
-# Measurements, not tests (about 2 hours on 2 cores, 2026-11-26; the suite alone 71 minutes, 25 on 2026-12-07): the gradient bias/variance table, the standard
+# Measurements, not tests (about 2.5 hours on 2 cores, 2026-11-26 and 2026-12-07; the suite alone 71 minutes, 25 on 2026-12-07): the gradient bias/variance table, the standard
 # benchmark suite (every peer and pipeline, 6 tasks, 3 seeds) refreshing docs/benchmarks.md, the
 # aligner's distance correlations (reusing the suite's scorers) refreshing docs/aligner.md, then the
 # default `choicegrad fit` + `generate` on tfbind8 (timed), greedy generation throughput, then quality
 # against inference budget on unseen contexts (bench-budgets, its own section of docs/benchmarks.md, 35
 # minutes) and generation speed for 20,000 unseen contexts with `choicegrad fit` timed on a 40,000-row log,
-# then portfolio decoding against polish on tfbind8 and gb1 with 5-member ensembles (25 minutes).
+# then portfolio decoding against polish on tfbind8 and gb1 with 5-member ensembles (25 minutes), then the
+# scorer's ceiling on tfbind8 per TF against a one-hot MLP reference and with the upper-tail settings, and
+# the suite's tfbind8 and gb1 again with those settings (about 20 minutes).
 bench: $(BIN)/choicegrad
 	$(BIN)/python benchmarks/gradients.py
 	$(BIN)/choicegrad bench --out runs/bench --docs docs/benchmarks.md
@@ -40,6 +42,9 @@ bench: $(BIN)/choicegrad
 	$(BIN)/python benchmarks/unseen_speed.py --refit | tee runs/unseen_speed.json
 	mkdir -p runs/portfolio
 	$(BIN)/python benchmarks/portfolio.py --out runs/portfolio | tee runs/portfolio/log.txt
+	$(BIN)/python benchmarks/tfbind8_scorers.py --out runs/tfbind8-scorers.json | tee runs/tfbind8-scorers.txt
+	$(BIN)/python benchmarks/tfbind8_scorers.py --scorers choicegrad --fit '{"keep": "last", "epochs": 20, "model": {"activation": "relu"}}' --out runs/tfbind8-scorers-tail.json | tee runs/tfbind8-scorers-tail.txt
+	$(BIN)/python benchmarks/upper_tail.py --out runs/upper-tail | tee runs/upper-tail.txt
 
 # Design rounds against the ground truth (about 70 minutes on 2 cores): designer, genetic algorithm, random
 # rows and the offline pipeline on tfbind8, gb1, ehrlich, nk3 and holo-bench's Ehrlich function

@@ -5,7 +5,8 @@ Every method of the suite lands on its scorer's ceiling on tfbind8 (docs/targets
 128 rows the scorer itself rates best. This fits, per TF and seed, on that TF's rows below its median
 (the offline-design protocol),
 
-- choicegrad: `fit_scorer` at the defaults (ScorerFit(seed=seed)), one TF's table, no context;
+- choicegrad: `fit_scorer` at the defaults (ScorerFit(seed=seed), with --fit's settings), one TF's
+  table, no context;
 - onehot-mlp: the design-bench-style reference the published figures use (one-hot 32 -> 512 -> 512
   -> 1, LeakyReLU, Adam 1e-3, batch 128, 20 epochs, MSE on the standardised score, no held-out rows);
 
@@ -62,14 +63,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tfs", default="", help="comma-separated TFs (default: all 25)")
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--scorers", default="choicegrad,onehot-mlp")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default="runs/tfbind8-scorers.json")
+    ap.add_argument("--fit", default="{}", help='ScorerFit settings of the choicegrad scorer as JSON, e.g. \'{"keep": "last"}\'')
     args = ap.parse_args()
     torch.set_num_threads(2)
     task = get_task("tfbind8", data_dir=args.data_dir)
     labels = list(task.context_labels)
     tfs = [t for t in args.tfs.split(",") if t] or labels
     seeds = [int(s) for s in args.seeds.split(",")]
+    settings = json.loads(args.fit)
     frame = task.training_table("below-median")
     rows = task.all_rows()                                                     # (R, S) in task codes
     slots = task.space.names
@@ -82,10 +86,10 @@ def main() -> None:
         truth = task.normalise(torch.full((task.num_rows,), c), task.scores[c]).numpy()
         upper = ~seen.numpy()
         for seed in seeds:
-            for name in ("choicegrad", "onehot-mlp"):
+            for name in args.scorers.split(","):
                 start = time.perf_counter()
                 if name == "choicegrad":
-                    scorer = fit_scorer(load_table(part, slots, "y", None), ScorerFit(seed=seed), progress=False).scorer
+                    scorer = fit_scorer(load_table(part, slots, "y", None), ScorerFit(**{"seed": seed, **settings}), progress=False).scorer
                     with torch.no_grad():
                         pred = scorer.predict_frame(task.space.decode(rows))
                 else:

@@ -85,6 +85,7 @@ class TaskSpec:
     scorer_minutes: float = 5.0
     scorer_ensemble: int = 1                 # members; the objective is mean - scorer_beta * std
     scorer_beta: float = 0.0
+    scorer_fit: dict = field(default_factory=dict, hash=False)   # other ScorerFit settings, e.g. {"keep": "last"}
     steps: int = 300                         # generator training steps
     train_minutes: float = 0.5               # cap per generator training run
     options: dict = field(default_factory=dict, hash=False)
@@ -256,8 +257,8 @@ class Problem:
 
 def _scorer_for(spec: TaskSpec, frame: pd.DataFrame, data, cache: Path):
     """Fit (or load the cached) scorer of a task's training table."""
-    fit = ScorerFit(epochs=spec.scorer_epochs, max_minutes=spec.scorer_minutes, seed=0,
-                    ensemble=spec.scorer_ensemble, beta=spec.scorer_beta)
+    fit = ScorerFit(**{"epochs": spec.scorer_epochs, "max_minutes": spec.scorer_minutes, "seed": 0,
+                       "ensemble": spec.scorer_ensemble, "beta": spec.scorer_beta, **spec.scorer_fit})
     key = hashlib.sha1(json.dumps([spec.name, spec.options, len(frame), float(frame["y"].sum()), fit.model_dump()],
                                   sort_keys=True, default=str).encode()).hexdigest()[:12]
     folder = cache / f"{spec.name}-{key}"
