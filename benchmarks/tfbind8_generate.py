@@ -13,6 +13,7 @@ of 128 after training on the bottom half; Trabucco et al. 2022, Table 2).
 
 Usage: python benchmarks/tfbind8_generate.py [--out runs/bench-tfbind8] [--max-minutes 12]
        [--skip-fit] [--decoder polish] [--method reinforce] [--generator autoregressive] [--seed 0]
+       [--fit-flags '--scorer-keep last --scorer-epochs 20 --scorer-activation relu']
        [--force-generator]   (at the defaults fit enumerates tfbind8: 65,536 rows x 25 TFs is a small space)
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -89,6 +91,7 @@ def main() -> None:
     ap.add_argument("--generator", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-fit", action="store_true", help="reuse the run folder OUT/run")
+    ap.add_argument("--fit-flags", default="", help="more flags for fit, e.g. '--scorer-keep last --scorer-epochs 20'")
     ap.add_argument("--force-generator", action="store_true",
                     help="train the generator although fit would enumerate tfbind8's 65,536 rows per TF")
     args = ap.parse_args()
@@ -101,6 +104,7 @@ def main() -> None:
         cmd += ["--method", args.method] if args.method else []
         cmd += ["--generator", args.generator] if args.generator else []
         cmd += ["--force-generator"] if args.force_generator else []
+        cmd += shlex.split(args.fit_flags)
         times["fit_s"] = run(cmd)
     cands_path = out / "candidates.csv"
     cmd = ["generate", str(run_dir), "--top-k", str(args.top_k), "--out", str(cands_path), "--seed", str(args.seed)]
