@@ -99,6 +99,24 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_old_value(tmp_p
         assert w.resuming
 
 
+def test_a_run_started_before_the_scorer_options_resumes_at_their_defaults(tmp_path):
+    from choicegrad.run import ADDED_SETTINGS
+    from choicegrad.scorer.fit import ScorerFit
+
+    out = tmp_path / "run"
+    now = ScorerFit().model_dump()
+    before = {**now, "model": {k: v for k, v in now["model"].items() if k != "activation"}}
+    del before["keep"]
+    with pytest.raises(KeyboardInterrupt):
+        with RunWriter(out, {**REQ, "scorer_fit": before}, added_settings=ADDED_SETTINGS) as w:
+            (w.dir / "scorer.json").write_text("phase 1")
+            raise KeyboardInterrupt
+    with pytest.raises(InputError, match=r"scorer_fit.keep: 'best' -> 'last'"):
+        write_run(out, request={**REQ, "scorer_fit": {**now, "keep": "last"}}, resume=True, added_settings=ADDED_SETTINGS)
+    with RunWriter(out, {**REQ, "scorer_fit": now}, resume=True, added_settings=ADDED_SETTINGS) as w:
+        assert w.resuming
+
+
 def test_resume_of_a_finished_run_does_nothing(tmp_path):
     out = tmp_path / "run"
     write_run(out, text="done")

@@ -69,7 +69,8 @@ ITEMS_FILE = "items.json"
 MAX_GENERATE_ROWS = 10_000_000
 #: Settings added to a fit's request after runs were first written, with the value an older run had:
 #: an interrupted run from before them resumes only as it was started (choicegrad.runfolder).
-ADDED_SETTINGS = {"generator_fit.distill": 0.0, "generator_fit.distill_sweeps": 2}
+ADDED_SETTINGS = {"generator_fit.distill": 0.0, "generator_fit.distill_sweeps": 2, "scorer_fit.keep": "best",
+                  "scorer_fit.model.activation": "silu"}
 
 
 class ObjectiveRecord(BaseModel):
