@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="tfbind8,gb1")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--fit", default=json.dumps(UPPER_TAIL), help="ScorerFit settings of the second scorer (JSON)")
+    ap.add_argument("--more-methods", default="", help="comma-separated, e.g. autoregressive/reinforce/portfolio "
+                    "with an ensemble ('ensemble': 5 in --fit; the suite's scorer is one member)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = json.loads(args.fit)
@@ -41,7 +43,8 @@ def main() -> None:
     for task in args.tasks.split(","):
         for label, extra in (("suite", {}), ("upper tail", settings)):
             spec = replace(SPECS[task], scorer_fit=extra)
-            frame = run_benchmark([task], METHODS, seeds, f"{args.out}/{task}-{'suite' if not extra else 'tail'}",
+            methods = (*METHODS, *[m for m in args.more_methods.split(",") if m])
+            frame = run_benchmark([task], methods, seeds, f"{args.out}/{task}-{'suite' if not extra else 'tail'}",
                                   specs={task: spec}, report=False, progress=False, log=lambda m: None)
             for _, r in summarise(frame).iterrows():
                 print(f"| {task} | {label} | {r['method']} | {r['max_mean']:.3f} | {r['median_mean']:.3f} | "
