@@ -33,6 +33,7 @@ import torch
 from choicegrad.bench.report import machine_line
 from choicegrad.bench.tasks import get_task
 from choicegrad.data.table import load_table
+from choicegrad.metrics import spearman
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
 
 K = 128
@@ -53,10 +54,6 @@ def onehot_mlp(x: torch.Tensor, y: torch.Tensor, seed: int, width: int = 512, ep
             loss.backward()
             opt.step()
     return net.eval()
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
 def main() -> None:
@@ -102,7 +99,7 @@ def main() -> None:
                 top = np.argsort(-pred, kind="stable")[:K]
                 rec = {"tf": tf, "seed": seed, "scorer": name, "max": float(truth[top].max()),
                        "median": float(np.median(truth[top])), "top1": float(truth[top[0]]),
-                       "spearman_upper": spearman(pred[upper], truth[upper]),
+                       "spearman_upper": spearman(truth[upper], pred[upper]),
                        "seconds": round(time.perf_counter() - start, 1)}
                 records.append(rec)
                 print(json.dumps(rec), flush=True)
