@@ -8,9 +8,11 @@ import torch
 
 from choicegrad.decoding import decode
 from choicegrad.decoding.portfolio import draws as mixing
-from choicegrad.decoding.portfolio import expected_max, expected_max_select, hypotheses
+from choicegrad.decoding.portfolio import (MemberRecord, TaggedContext, expected_max, expected_max_select, hypotheses,
+                                          member_ranks, slices)
+from choicegrad.errors import InputError
 from choicegrad.generators.objective import Objective
-from test_decode import CTX, SIZES, generator, potts_objective
+from test_decode import CTX, SIZES, all_rows, generator, potts_objective
 
 
 def test_hypotheses_keep_the_members_mean_spread_and_correlation():
@@ -120,9 +122,9 @@ def test_portfolio_decoder_contract_on_an_ensemble(budget):
     assert torch.equal(one.rows, ref.rows)
 
 
-def test_an_ensemble_runs_default_is_portfolio_with_polish_calls(tmp_path):
-    """Run.generate without a decoder: portfolio for k > 1 from an ensemble scorer, polish for k = 1
-    or one member; portfolio's rows come from polish's search at polish's calls."""
+def test_an_ensemble_runs_default_is_slices_with_polish_calls(tmp_path):
+    """Run.generate without a decoder: slices for k > 1 from an ensemble scorer, polish for k = 1
+    or one member; slices' and portfolio's rows come from polish's search at polish's calls."""
     from choicegrad.bench.tasks import PottsTask
     from choicegrad.run import Run, TableSpec
     from choicegrad.scorer.fit import ScorerFit
@@ -133,10 +135,11 @@ def test_an_ensemble_runs_default_is_portfolio_with_polish_calls(tmp_path):
                   scorer_fit=ScorerFit(epochs=4, ensemble=3, seed=0), generator_fit=GeneratorFit(steps=30, seed=0),
                   progress=False, force_generator=True)
     default = run.generate(k=6)
-    assert default.attrs["decoder"] == "portfolio"
+    assert default.attrs["decoder"] == "slices"
     polish = run.generate(k=6, decoder="polish")
     assert default.attrs["scorer_calls"] == polish.attrs["scorer_calls"]
-    assert run.generate(k=6, decoder="portfolio").equals(default)
+    assert run.generate(k=6, decoder="slices").equals(default)
+    assert run.generate(k=6, decoder="portfolio").attrs["scorer_calls"] == polish.attrs["scorer_calls"]
     assert run.generate(k=1).attrs["decoder"] == "polish"
     assert run.generate(k=6, beta=1.0).attrs["decoder"] == "polish"     # pessimism: no bet on disagreement
 
@@ -155,3 +158,103 @@ def test_portfolio_keeps_each_contexts_own_rows_and_the_means_best_first():
         p = decode("portfolio", gen, f, CTX, k, budget=150)
         ref = decode("polish", gen, f, CTX, k, budget=150)
         assert torch.equal(p.rows[:, 0], ref.rows[:, 0])
+
+
+def test_slices_take_each_members_best_in_turn():
+    """Against a loop over picks: pick i is member (i mod E)'s best candidate not yet chosen; past a
+    context's valid candidates, nothing; one member: its top k."""
+    g = torch.Generator().manual_seed(0)
+    members = torch.randn(3, 9, 4, generator=g)
+    valid = torch.ones(3, 9, dtype=torch.bool)
+    valid[1, ::2] = False
+    valid[2, 3:] = False
+    pick, ok = slices(members, valid, 7)
+    for b in range(3):
+        chosen: list[int] = []
+        for i in range(7):
+            free = [j for j in range(9) if valid[b, j] and j not in chosen]
+            assert bool(ok[b, i]) == bool(free)
+            if free:
+                best = max(free, key=lambda j: float(members[b, j, i % 4]))
+                assert int(pick[b, i]) == best
+                chosen.append(best)
+    one, ok1 = slices(members[..., :1], torch.ones(3, 9, dtype=torch.bool), 5)
+    assert torch.equal(one, members[..., 0].topk(5, dim=1).indices) and ok1.all()
+
+
+def test_member_ranks_and_the_record_pool_by_members_compact_exactly():
+    """A candidate's best rank under any member; the pool by members holds every distinct row within
+    some member's top `size` (each member's top rows brute force), and compacting the record after
+    every batch of rows leaves the same pool as keeping them all."""
+    members = torch.tensor([[[3.0, 0.0], [2.0, 5.0], [1.0, 4.0], [0.0, 1.0]]])          # (1, P=4, E=2)
+    assert member_ranks(members, torch.ones(1, 4, dtype=torch.bool)).tolist() == [[0, 0, 1, 2]]
+    assert member_ranks(members, torch.tensor([[True, False, True, True]])).tolist() == [[0, 4, 0, 1]]
+
+    f = Ensemble()
+    g = torch.Generator().manual_seed(1)
+    tags = torch.tensor([0, 1, 2]).repeat_interleave(40)
+    rows = torch.stack([torch.randint(0, v, (120,), generator=g) for v in SIZES], 1)   # repeats included
+    whole, parts = MemberRecord(f), MemberRecord(f)
+    ctx = TaggedContext(CTX.cat[tags], CTX.num[tags], tags)
+    whole.score(rows, ctx)
+    for i in range(0, 120, 16):
+        parts.score(rows[i:i + 16], ctx.index(torch.arange(i, min(i + 16, 120))))
+        parts.compact(3, 4, max(SIZES), by="members")
+    a, b = whole.pool(3, 4, max(SIZES), by="members"), parts.pool(3, 4, max(SIZES), by="members")
+    for ctx_b in range(3):
+        got = {tuple(r) for r, v in zip(a[0][ctx_b].tolist(), a[3][ctx_b].tolist()) if v}
+        assert got == {tuple(r) for r, v in zip(b[0][ctx_b].tolist(), b[3][ctx_b].tolist()) if v}
+        mine = {tuple(r) for r in rows[tags == ctx_b].tolist()}
+        scored = torch.tensor(sorted(mine))
+        m = f._members(scored, CTX.index(torch.full((len(scored),), ctx_b)))
+        want = {tuple(scored[j].tolist()) for e in range(3) for j in m[:, e].topk(4).indices.tolist()}
+        assert got == want
+
+
+@pytest.mark.parametrize("name", ["slices", "portfolio"])
+def test_slices_and_portfolio_decode_with_or_without_a_generator(name):
+    """With a generator: K distinct rows holding the fixed slots, scored by the mean, best first, at
+    polish's calls; slices holds each member's best among the rows polish scored. Without one: every
+    row of the space is the search, and slices holds each member's best row of the whole space."""
+    gen, f = generator("autoregressive"), Ensemble()
+    c = decode(name, gen, f, CTX, 6, budget=200, generator=torch.Generator().manual_seed(0))
+    ref = decode("polish", gen, f, CTX, 6, budget=200, generator=torch.Generator().manual_seed(0))
+    assert c.valid.all() and c.scorer_calls == ref.scorer_calls and (c.scores[:, :-1] >= c.scores[:, 1:]).all()
+    mask = torch.zeros(1, len(SIZES), max(SIZES), dtype=torch.bool)
+    for s, v in enumerate(SIZES):
+        mask[0, s, :v] = True
+    fixed = torch.tensor([2, -1, -1, -1])
+    e = decode(name, None, f, CTX, 6, mask=mask, fixed=fixed)
+    every = all_rows()[all_rows()[:, 0] == 2]
+    assert e.scorer_calls == 3 * len(every) and e.valid.all() and (e.rows[..., 0] == 2).all()
+    for b in range(3):
+        assert len({tuple(r) for r in e.rows[b].tolist()}) == 6
+        cb = CTX.index(torch.full((len(every),), b))
+        torch.testing.assert_close(e.scores[b], f.score(e.rows[b], CTX.index(torch.full((6,), b))))
+        m = f._members(every, cb)
+        if name == "slices":
+            assert {tuple(every[j].tolist()) for j in m.argmax(0).tolist()} <= {tuple(r) for r in e.rows[b].tolist()}
+        else:
+            assert e.rows[b, 0].tolist() == every[m.mean(-1).argmax()].tolist()
+    with pytest.raises(InputError, match="polish needs a generator"):
+        decode("polish", None, f, CTX, 6, mask=mask)
+
+
+def test_an_enumerated_runs_ensemble_default_is_slices_over_every_row(tmp_path):
+    """A small space fitted without a generator: exhaustive for one member or k = 1, slices for an
+    ensemble and k > 1, portfolio on request; every one scores the whole space."""
+    from choicegrad.bench.tasks import PottsTask
+    from choicegrad.run import Run, TableSpec
+    from choicegrad.scorer.fit import ScorerFit
+
+    PottsTask(slots=4, vocab=4, contexts=2, seed=0).table(n=400, seed=1).to_csv(tmp_path / "t.csv", index=False)
+    run = Run.fit(tmp_path / "t.csv", tmp_path / "run", TableSpec(features="s?", score="y", context="ctx"),
+                  scorer_fit=ScorerFit(epochs=4, ensemble=3, seed=0), progress=False)
+    assert run.generator is None
+    default = run.generate(k=6)
+    assert default.attrs["decoder"] == "slices" and default.attrs["scorer_calls"] == 2 * 256
+    assert run.generate(k=1).attrs["decoder"] == "exhaustive"
+    got = run.generate(k=6, decoder="portfolio")
+    assert got.attrs["scorer_calls"] == 2 * 256 and len(got) == 12
+    with pytest.raises(InputError, match="exhaustive returns the exact top-k, portfolio and slices"):
+        run.generate(k=6, decoder="polish")

@@ -506,10 +506,11 @@ def generate_cmd(
              "unseen in training is an error.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Distinct rows per context.")] = 10,
     decoder: Annotated[Optional[str], typer.Option(
-        help="argmax, sample, topk, rerank, polish, anneal, portfolio or exhaustive. Default: polish; portfolio for a "
-             "run fitted with --ensemble k (and beta 0) and --top-k > 1 (polish's search, then the K rows that maximise the expected "
-             "best of the K over the ensemble's hypotheses, for proposals judged by their best); exhaustive (the exact "
-             "top-K) for a run whose small space was enumerated instead of training a generator.")] = None,
+        help="argmax, sample, topk, rerank, polish, anneal, portfolio, slices or exhaustive. Default: polish; slices for a "
+             "run fitted with --ensemble k (and beta 0) and --top-k > 1 (polish's search, then each member's own best rows "
+             "in turn, K / k of each, for proposals judged by their best); exhaustive (the exact top-K) for a run whose "
+             "small space was enumerated instead of training a generator (slices there too for an ensemble, over every "
+             "row). portfolio: the K rows of the highest expected best over draws from the members' spread.")] = None,
     fix: Annotated[Optional[list[str]], typer.Option(help="Fix a feature: FEATURE=CATEGORY (repeatable).")] = None,
     temperature: Annotated[Optional[float], typer.Option(
         help="Sampling temperature (sample, rerank, polish); default 1, but 2 for an item run's polish.")] = None,

@@ -45,6 +45,7 @@ from choicegrad.data.split import hold_out_upper
 from choicegrad.data.stream import GENERATOR_ROWS, ParquetTable, parquet_files, scan_parquet
 from choicegrad.data.table import TableData, load_table
 from choicegrad.decoding import candidates_frame, decode, default_budget
+from choicegrad.decoding.decoders import ENUMERATING
 from choicegrad.decoding.fix import Fix, parse_fix
 from choicegrad.decoding.rows import MAX_ENUMERATE
 from choicegrad.errors import InputError
@@ -135,16 +136,17 @@ def _read_contexts(source: str | Path, context: ContextEncoder) -> tuple[pd.Data
 
 
 def default_decoder(has_generator: bool, scorer, k: int, beta: Optional[float] = None) -> str:
-    """generate's decoder when none is asked for: exhaustive without a generator (an enumerated small
-    space); portfolio for k > 1 rows from a scorer ensemble without pessimism (beta, else the
-    scorer's, 0: portfolio bets on the members' disagreement, which pessimism avoids;
-    benchmarks/portfolio.py: polish's search and calls, max of 128 on gb1 0.914 -> 0.944 over 3 seeds,
-    tfbind8 unchanged); else polish."""
-    if not has_generator:
-        return "exhaustive"
+    """generate's decoder when none is asked for: slices for k > 1 rows from a scorer ensemble without
+    pessimism (beta, else the scorer's, 0: slices bet on the members' disagreement, which pessimism
+    avoids; benchmarks/portfolio.py, 5 members, 3 seeds, polish's search and calls: max of 128 on gb1
+    polish 0.914, portfolio 0.944, slices 0.954; tfbind8 0.955 for all three), over polish's search or,
+    without a generator, over every row; else exhaustive without a generator (an enumerated small
+    space), polish with one."""
     ensemble = scorer is not None and len(scorer.members) > 1
     pessimism = (scorer.beta if beta is None else beta) if scorer is not None else 0.0
-    return "portfolio" if ensemble and pessimism == 0 and k > 1 else "polish"
+    if ensemble and pessimism == 0 and k > 1:
+        return "slices"
+    return "polish" if has_generator else "exhaustive"
 
 
 class Run:
@@ -337,9 +339,11 @@ class Run:
         the features, `score` and `rank` (what `choicegrad generate` writes).
         Many parameters: one per flag of `choicegrad generate`.
 
-        decoder: None is polish (portfolio when the scorer is an ensemble and k > 1: the same search,
-        the k rows chosen for the expected best over the members), or exhaustive (the exact top-k) for
-        a run whose space was enumerated instead of training a generator (small_space). contexts: DataFrame or CSV/Parquet path of
+        decoder: None is polish (slices when the scorer is an ensemble without pessimism and k > 1: the
+        same search, then each member's own best rows in turn), or exhaustive (the exact top-k) for a
+        run whose space was enumerated instead of training a generator (small_space; slices there too
+        for an ensemble, over every row); portfolio: the k rows of the highest expected best over
+        draws from the members' spread (decoding.portfolio). contexts: DataFrame or CSV/Parquet path of
         contexts (None: the run's training contexts), new
         ones included: a numeric value outside the training range is allowed, far outside it (more
         than one training std beyond min/max) a ContextRangeWarning; a category unseen in training
@@ -374,10 +378,11 @@ class Run:
         frame, ctx = self._contexts(contexts)
         rows_k = self._rows_per_context(k, fixed, len(ctx))
         objective, column = self._objective(decoder, beta, frame)
-        if decoder == "portfolio" and objective.members < 2:
-            warnings.warn(f"decoder portfolio: {objective.name} has one hypothesis (a scorer of one member, or an "
-                          "objective of your own), so portfolio decodes as polish; fit the scorer with --ensemble 5 "
-                          "(ScorerFit(ensemble=5)) for a portfolio over its members", stacklevel=2)
+        if decoder in ("portfolio", "slices") and objective.members < 2:
+            warnings.warn(f"decoder {decoder}: {objective.name} has one hypothesis (a scorer of one member, or an "
+                          f"objective of your own), so {decoder} decodes as "
+                          f"{'polish' if self.generator is not None else 'exhaustive'}; fit the scorer with --ensemble 5 "
+                          f"(ScorerFit(ensemble=5)) for {decoder} over its members", stacklevel=2)
         rng = torch.Generator(device=self.device).manual_seed(seed)
         mask = None if self.generator is not None else self.space.mask().to(self.device)
         # InputError('decoder') e.g. for exhaustive on a space too large to enumerate
@@ -401,11 +406,12 @@ class Run:
         if decoder is None:
             decoder = default_decoder(self.generator is not None, self.scorer, k, beta)
         problems = generate_problems(k, decoder, temperature, samples, budget, seed)
-        if self.generator is None and decoder != "exhaustive" and not problems:
+        if self.generator is None and decoder not in ENUMERATING and not problems:
             rows = self.space.num_rows()
             problems.append(f"decoder: {decoder} needs a generator; this run has none (each context's space holds "
-                            f"{rows:,} rows, enumerated instead): exhaustive, the default, returns the exact top-k; "
-                            "fit with force_generator=True for a generator")
+                            f"{rows:,} rows, enumerated instead): exhaustive returns the exact top-k, portfolio and "
+                            "slices choose from every row for an ensemble scorer; fit with force_generator=True for a "
+                            "generator")
         if problems:
             raise InputError("generate", problems)
         return decoder

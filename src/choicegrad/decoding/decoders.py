@@ -20,7 +20,12 @@ portfolio   for max-of-K under a scorer ensemble: polish's search, then, from th
             by the mean among all it scored (their members' scores kept as it scored them: no further
             call), the K that maximise the expected best of the K over draws from the ensemble's spread
             (portfolio.py), not the mean's K best; with a single scorer (one member) it is polish
+slices      for max-of-K under a scorer ensemble: polish's search, then K / E rows per member, each
+            member's own best among all rows the search scored, taken in turn (portfolio.slices); with
+            a single scorer it is polish
 exhaustive  every row of a small space, the K best: the reference optimum
+portfolio, slices and exhaustive also decode without a generator (gen None, options.mask given):
+the search is then every row of the space.
 register_decoder(name) adds a decoder of one's own (docs/architecture.md).
 
 Every decoder keeps fixed slots (fixed (B, S) or (S,) long, -1 = free) at their value, returns K
@@ -44,7 +49,7 @@ from choicegrad.decoding.local_search import (SEARCH_CATEGORIES, anneal_from, ge
                                               move_count, polish, search_moves)
 from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixed, distinct_in_order, distinct_topk,
                                       enumerate_allowed, neighbour_count, space_size, union_of)
-from choicegrad.decoding.portfolio import PORTFOLIO_POOL, MemberRecord, TaggedContext, choose
+from choicegrad.decoding.portfolio import PORTFOLIO_POOL, MemberRecord, TaggedContext, choose, slices
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import MASK_VALUE
@@ -169,8 +174,10 @@ def distinct_draws(gen: Generator, ctx: Context, m: int, temperature: float, fix
     return rows, valid
 
 
-def exhaustive(objective: Objective, ctx: Context, k: int, allowed: Tensor, chunk: int = 1 << 16) -> Candidates:
-    """The k best rows of the allowed space by the objective, enumerating it in chunks."""
+def exhaustive(objective: Objective, ctx: Context, k: int, allowed: Tensor, chunk: int = 1 << 16,
+               each: Optional[Callable[[], None]] = None) -> Candidates:
+    """The k best rows of the allowed space by the objective, enumerating it in chunks (each: called
+    after every chunk, e.g. to compact what a MemberRecord objective keeps)."""
     B, S, V = allowed.shape
     total = int(space_size(union_of(allowed)[None])[0].item())
     if total > MAX_ENUMERATE:
@@ -188,6 +195,8 @@ def exhaustive(objective: Objective, ctx: Context, k: int, allowed: Tensor, chun
         best_rows, best_scores, best_valid = distinct_topk(
             torch.cat([best_rows, grid], 1), torch.cat([best_scores, scores], 1), k, V,
             torch.cat([best_valid, ok], 1))
+        if each is not None:
+            each()
     return Candidates(best_rows, best_scores, best_valid, calls)
 
 
@@ -289,17 +298,33 @@ def _polish(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
     return finish(objective, ctx, cands.rows, cands.valid, k, allowed, cands.scores, cands.scorer_calls, rng)
 
 
-def _portfolio(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
-    if objective.members < 2 or not isinstance(ctx, TableContext):   # one hypothesis: the mean's best is polish's
-        return _polish(gen, objective, ctx, k, allowed, fixed, o, rng)
+def _from_members(by: str, size: int, select: Callable[[Tensor, Tensor, int, torch.Generator], tuple[Tensor, Tensor]],
+                  gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
+    """portfolio and slices: polish's search (every row of the space without a generator) through a
+    MemberRecord, then `select` K rows from its pool of `size` per context (MemberRecord.pool's `by`)."""
+    if objective.members < 2 or not isinstance(ctx, TableContext):   # one hypothesis: the mean's best
+        return (_polish if gen is not None else _exhaustive)(gen, objective, ctx, k, allowed, fixed, o, rng)
     B, S, V = allowed.shape
     record = MemberRecord(objective)
-    cands = _polish(gen, record, TaggedContext.of(ctx), k, allowed, fixed, o, rng)   # the search polish makes
-    rows, scores, members, valid = record.pool(B, PORTFOLIO_POOL * k, V)
-    pick, ok = choose(members, valid, k, generator=rng)
+    tagged = TaggedContext.of(ctx)
+    if gen is None:
+        cands = exhaustive(record, tagged, k, allowed, o.chunk, each=lambda: record.compact(B, size, V, by))
+    else:
+        cands = _polish(gen, record, tagged, k, allowed, fixed, o, rng)
+    rows, scores, members, valid = record.pool(B, size, V, by)
+    pick, ok = select(members, valid, k, rng)
     ok &= valid.gather(1, pick)
     chosen = rows.gather(1, pick.unsqueeze(-1).expand(B, pick.shape[1], S))
     return finish(objective, ctx, chosen, ok, k, allowed, scores.gather(1, pick), cands.scorer_calls, rng)
+
+
+def _portfolio(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
+    return _from_members("mean", PORTFOLIO_POOL * k, lambda m, v, n, g: choose(m, v, n, generator=g),
+                         gen, objective, ctx, k, allowed, fixed, o, rng)
+
+
+def _slices(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
+    return _from_members("members", k, lambda m, v, n, g: slices(m, v, n), gen, objective, ctx, k, allowed, fixed, o, rng)
 
 
 def _anneal(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
@@ -316,9 +341,11 @@ def _exhaustive(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -
 
 _DECODE: dict[str, Callable[..., Candidates]] = {
     "argmax": _argmax, "sample": _sample, "topk": _topk, "rerank": _rerank, "polish": _polish,
-    "anneal": _anneal, "portfolio": _portfolio, "exhaustive": _exhaustive,
+    "anneal": _anneal, "portfolio": _portfolio, "slices": _slices, "exhaustive": _exhaustive,
 }
 DECODERS = tuple(_DECODE)
+#: Decoders that take no generator: they enumerate the space (MAX_ENUMERATE rows at most).
+ENUMERATING = ("exhaustive", "portfolio", "slices")
 
 
 def register_decoder(name: str) -> Callable[[Callable[..., Candidates]], Callable[..., Candidates]]:
@@ -391,8 +418,9 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
         gen_mask = gen.choice_mask(ctx) if o.mask is None else o.mask.expand(len(ctx), -1, -1)
         fixed = check_fixed(o.fixed, gen_mask)
         allowed = allowed_choices(gen_mask, fixed)
-        if gen is None and name != "exhaustive":
-            raise InputError("decoder", [f"{name} needs a generator; only exhaustive decodes without one"])
+        if gen is None and name not in ENUMERATING:
+            raise InputError("decoder", [f"{name} needs a generator; only {', '.join(ENUMERATING)} decode without one "
+                                         "(by enumerating the space)"])
         k = int(min(int(k), max(1.0, float(space_size(allowed).max()))))   # no more candidates than rows
         per = max(1, int(o.max_rows) // rows_per_context(k, o))            # contexts per group
         return in_context_chunks(lambda c, a, f: _DECODE[name](gen, objective, c, k, a, f, o, rng), ctx, per,

@@ -11,6 +11,11 @@ hypotheses, mean_h max_{i in set} f_h(x_i), is a facility-location objective: mo
 submodular, so adding rows greedily by their gain reaches at least 1 - 1/e of the best set
 (Nemhauser et al. 1978). The first row is the mean's best; each next one adds the most where the
 hypotheses disagree with the rows already chosen.
+
+`slices` bets on the members themselves rather than on draws mixing them: K / E rows per member, its
+own best ones, taken in turn. Where the members' upper tails differ (nets fitted on the rows below the
+median and kept at their last epoch each overfit their own way), some member's slice reaches rows
+that no mixture of the members ranks near the top.
 """
 
 from __future__ import annotations
@@ -98,6 +103,34 @@ def expected_max_select(values: Tensor, valid: Tensor, k: int) -> tuple[Tensor, 
     return torch.stack(picks, 1), torch.stack(oks, 1)
 
 
+def slices(members: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """K rows as one slice per member: member 0's best candidate not yet chosen, then member 1's, ...,
+    member E-1's, then member 0's next, and so on. members (B, P, E), valid (B, P) -> (pick (B, k)
+    long indices into P in the order chosen, ok (B, k) bool: False past a context's valid candidates).
+    One member: its top k."""
+    B, P, E = members.shape
+    k = min(int(k), P)
+    taken = ~valid
+    picks, oks = [], []
+    for i in range(k):                                    # each pick depends on the ones before it
+        ok = (~taken).any(1)
+        pick = members[..., i % E].masked_fill(taken, float("-inf")).argmax(1)
+        pick = torch.where(ok, pick, torch.zeros_like(pick))
+        taken = taken | (torch.nn.functional.one_hot(pick, P).bool() & ok.unsqueeze(1))
+        picks.append(pick)
+        oks.append(ok)
+    return torch.stack(picks, 1), torch.stack(oks, 1)
+
+
+def member_ranks(members: Tensor, valid: Tensor) -> Tensor:
+    """(B, P) long: each valid candidate's best rank under any one member (0: some member's best);
+    P where not valid. members (B, P, E), valid (B, P)."""
+    B, P, E = members.shape
+    order = members.masked_fill(~valid.unsqueeze(-1), float("-inf")).argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(P, device=members.device).view(1, P, 1).expand(B, P, E))
+    return ranks.amin(-1).masked_fill(~valid, P)
+
+
 @dataclass
 class TaggedContext(TableContext):
     """A TableContext whose contexts carry their position in the batch being decoded (tag (B,) long),
@@ -147,8 +180,9 @@ class MemberRecord(Objective):
             self._scores.append(scores.float())
         return scores
 
-    def pool(self, contexts: int, size: int, vocab: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def pool(self, contexts: int, size: int, vocab: int, by: str = "mean") -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Each of the `contexts` contexts' `size` best distinct rows by score among those it scored
+        (by="members": every distinct row within the `size` best of some member, at most E * size)
         -> (rows (B, P, S), scores (B, P), members (B, P, E), valid (B, P))."""
         B = contexts
         tags, rows = torch.cat(self._tags), torch.cat(self._rows)
@@ -165,10 +199,23 @@ class MemberRecord(Objective):
         pad_members[tags, slot] = members
         pad_scores[tags, slot] = scores
         keep = first_occurrence(row_keys(pad_rows, vocab), torch.isfinite(pad_scores))
-        top = pad_scores.masked_fill(~keep, float("-inf")).topk(min(int(size), M), dim=1)   # (B, P)
-        P = top.indices.shape[1]
-        return (pad_rows.gather(1, top.indices.unsqueeze(-1).expand(B, P, S)), top.values,
-                pad_members.gather(1, top.indices.unsqueeze(-1).expand(B, P, E)), torch.isfinite(top.values))
+        if by == "members":
+            rank = member_ranks(pad_members, keep)
+            top = (-rank.float()).masked_fill(rank >= size, float("-inf")).topk(min(E * int(size), M), dim=1)
+        else:
+            top = pad_scores.masked_fill(~keep, float("-inf")).topk(min(int(size), M), dim=1)   # (B, P)
+        P, idx, valid = top.indices.shape[1], top.indices, torch.isfinite(top.values)
+        return (pad_rows.gather(1, idx.unsqueeze(-1).expand(B, P, S)), pad_scores.gather(1, idx).masked_fill(~valid, float("-inf")),
+                pad_members.gather(1, idx.unsqueeze(-1).expand(B, P, E)), valid)
+
+    def compact(self, contexts: int, size: int, vocab: int, by: str = "mean") -> None:
+        """Keep only what `pool` (the same arguments) would return: bounded memory over an enumeration.
+        Exact: a row outside a subset's pool stays outside the pool of any superset."""
+        if not self._rows:
+            return
+        rows, scores, members, valid = self.pool(contexts, size, vocab, by)
+        tags = torch.arange(contexts, device=rows.device)[:, None].expand(valid.shape)
+        self._rows, self._tags, self._members, self._scores = [rows[valid]], [tags[valid]], [members[valid]], [scores[valid]]
 
 
 def member_grid(objective, rows: Tensor, ctx, valid: Tensor, chunk: int) -> tuple[Tensor, int]:
@@ -189,4 +236,4 @@ def expected_max(values: Tensor, pick: Tensor, ok: Tensor) -> Tensor:
 
 
 __all__ = ["PORTFOLIO_HYPOTHESES", "PORTFOLIO_POOL", "MemberRecord", "TaggedContext", "choose", "draws",
-           "expected_max", "expected_max_select", "hypotheses", "member_grid"]
+           "expected_max", "expected_max_select", "hypotheses", "member_grid", "member_ranks", "slices"]
