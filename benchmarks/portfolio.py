@@ -1,7 +1,8 @@
-"""Portfolio decoding against polish for max-of-K on the real landscapes, with a scorer ensemble.
+"""Portfolio and slices decoding against polish for max-of-K on the real landscapes, with a scorer ensemble.
 
     python benchmarks/portfolio.py                                  # tfbind8 and gb1, 3 seeds, 5 members (about 25 minutes; 10 with the scorers cached)
     python benchmarks/portfolio.py --tasks gb1 --seeds 0 --members 3 --out runs/portfolio
+    python benchmarks/portfolio.py --fit '{"keep": "last", "epochs": 20, "model": {"activation": "relu"}}' --out runs/portfolio-upper
 
 Each task is the benchmark's (choicegrad.bench.harness: its training rows below each context's
 median, its budget of scorer calls per context, K = 128 proposals judged by the ground truth), with
@@ -11,9 +12,14 @@ seed the default pipeline's generator (autoregressive/reinforce) is trained once
 - polish: the default decoder, the K best rows by the ensemble's mean it finds;
 - portfolio: the same search and calls, then, from the 8K best distinct rows it scored, the K rows
   that maximise the expected best over draws from the ensemble's spread (choicegrad.decoding.portfolio);
+- slices: the same search and calls, then K / E rows per member, each member's own best among the
+  rows the search scored, in turn (choicegrad.decoding.portfolio.slices);
 
-beside two references that enumerate the scorer (every row of every context, not under the budget):
-the mean's top K, and the portfolio chosen from the mean's top --pool rows. Figures: the max, median
+beside references that enumerate the scorer (every row of every context, not under the budget): the
+mean's top K, the portfolio chosen from the mean's top --pool rows, and the slices of every row
+(`decode("slices", None, ...)`, what `choicegrad generate` does for an enumerated run). --fit: more
+ScorerFit settings for the members (the task's spec.scorer_fit), e.g. the upper-tail settings of
+docs/choosing.md. Figures: the max, median
 and top-1 of the K rows' normalised truth (mean over contexts), for tfbind8 also SIX6's max alone,
 and how often the portfolio's expected best under the ensemble beats the mean's top K (its own aim).
 One torch thread. Prints a markdown table per task and writes every figure to OUT/portfolio.json.
@@ -63,12 +69,14 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=1024, help="the enumerated reference's pool: the mean's top rows")
     ap.add_argument("--out", type=Path, default=Path("runs/portfolio"))
     ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--fit", default="{}", help="more ScorerFit settings of the members (JSON)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine_line(), "members": args.members, "tasks": {}}
+    report = {"machine": machine_line(), "members": args.members, "fit": json.loads(args.fit), "tasks": {}}
     method = parse_method("autoregressive/reinforce/polish")
     for name in args.tasks.split(","):
-        spec = dataclasses.replace(SPECS[name], scorer_ensemble=args.members)
+        spec = dataclasses.replace(SPECS[name], scorer_ensemble=args.members,
+                                   scorer_fit={**SPECS[name].scorer_fit, **json.loads(args.fit)})
         start = time.perf_counter()
         problem = build_problem(name, args.data_dir, args.out / "scorers", specs={name: spec})
         setup = time.perf_counter() - start
@@ -95,12 +103,14 @@ def main() -> None:
         record("mean's top K (enumerated scorer)", mean_top, float("nan"), enumerated)
         record(f"portfolio of the mean's top {args.pool} (enumerated scorer)",
                Candidates(port_rows, top.scores.gather(1, pick), ok, 0), float("nan"), enumerated)
+        record("slices of every row (enumerated scorer)", decode("slices", None, problem.objective, problem.ctx, K,
+                                                                  mask=problem.allowed), float("nan"), enumerated)
         runs: dict = {}
         beats = []
         for seed in [int(s) for s in args.seeds.split(",")]:
             trained = train_pipeline(problem, method, seed, progress=False)
             gen = trained[0].generator
-            for decoder in ("polish", "portfolio"):
+            for decoder in ("polish", "portfolio", "slices"):
                 cands = decode(decoder, gen, problem.objective, problem.ctx, K, budget=spec.budget,
                                generator=torch.Generator().manual_seed(seed))
                 record(decoder, cands, cands.scorer_calls / B, runs)
@@ -108,7 +118,7 @@ def main() -> None:
             a = aim(problem, rows_out[(seed, "portfolio")].rows, rows_out[(seed, "portfolio")].valid, 100 + seed)
             b = aim(problem, rows_out[(seed, "polish")].rows, rows_out[(seed, "polish")].valid, 100 + seed)
             beats.append(float((a > b + 1e-6).float().mean()))
-            print(f"{name} seed {seed}: " + ", ".join(f"{d} max {runs[d][-1]['max']:.3f}" for d in ("polish", "portfolio")),
+            print(f"{name} seed {seed}: " + ", ".join(f"{d} max {runs[d][-1]['max']:.3f}" for d in ("polish", "portfolio", "slices")),
                   flush=True)
         table = {}
         for label, entries in {**enumerated, **runs}.items():
