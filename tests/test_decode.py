@@ -408,3 +408,27 @@ def test_polish_led_by_the_gradient_keeps_small_budgets(budget, k, starts):
                    generator=torch.Generator().manual_seed(0))
         assert bool((counts <= budget).all()), (budget, k, counts)
         assert c.scorer_calls == int(counts.sum()) and bool(c.valid.all())
+
+
+@pytest.mark.parametrize("name", ["polish", "anneal"])
+def test_min_distance_keeps_the_searchs_best_row_and_spreads_the_rest(name):
+    """K rows pairwise at least D slots apart where the search scored enough such rows, the first
+    the best the search scored (the decoder's own best row), the scores the objective's, best first;
+    where it scored too few (rerank's peaked draws), K distinct rows all the same, topped up; decoders
+    that return what they score (topk, sample, slices) refuse it."""
+    gen, f = generator("autoregressive"), potts_objective()
+    short = decode("rerank", gen, f, CTX, 4, samples=200, min_distance=3)
+    assert short.valid.all() and all(len({tuple(r) for r in short.rows[b].tolist()}) == 4 for b in range(3))
+    assert torch.equal(short.rows[:, 0], decode("rerank", gen, f, CTX, 4, samples=200).rows[:, 0])
+    base = decode(name, gen, f, CTX, 4, budget=300, generator=torch.Generator().manual_seed(0))
+    far = decode(name, gen, f, CTX, 4, budget=300, min_distance=2, generator=torch.Generator().manual_seed(0))
+    assert far.valid.all() and far.scorer_calls == base.scorer_calls
+    assert torch.equal(far.rows[:, 0], base.rows[:, 0])
+    for b in range(3):
+        r = far.rows[b]
+        assert ((r[:, None, :] != r[None, :, :]).sum(-1) + 9 * torch.eye(4, dtype=torch.long) >= 2).all()
+        torch.testing.assert_close(far.scores[b], f(r, CTX.index(torch.full((4,), b))))
+    assert (far.scores[:, :-1] >= far.scores[:, 1:]).all()
+    for other in ("topk", "sample", "slices"):
+        with pytest.raises(InputError, match=f"min_distance: {other} does not take it"):
+            decode(other, gen, f, CTX, 4, min_distance=2)

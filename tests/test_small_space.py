@@ -113,3 +113,33 @@ def test_an_objective_run_over_a_small_space_enumerates_with_the_objective(tmp_p
     with pytest.raises(InputError, match="no generator"):
         again.generate(k=1)
     assert len(again.use_objective(FrameObjective(score)).generate(k=2)) == 4
+
+
+def test_generate_min_distance_spreads_the_exact_top_rows(tmp_path):
+    """--min-distance 2 on an enumerated run: exhaustive's rows, each the best of every row at least 2
+    features from the ones before it (greedy over the 32K best, brute force here); a decoder that
+    cannot take it, or a distance below 1, exits 2 with nothing written."""
+    _table().to_csv(tmp_path / "t.csv", index=False)
+    assert run("fit", tmp_path / "t.csv", "--features", "f?", "--score", "y", "--context", "user",
+               "--scorer-epochs", "2", "--out", tmp_path / "run").exit_code == 0
+    res = run("generate", tmp_path / "run", "--top-k", "6", "--min-distance", "2", "--out", tmp_path / "far.csv")
+    assert res.exit_code == 0, res.output
+    assert "with exhaustive" in res.output and "(3600 scorer calls)" in res.output
+    got = pd.read_csv(tmp_path / "far.csv", dtype=str)
+    loaded = Run.load(tmp_path / "run")
+    every = torch.tensor(list(itertools.product(*(range(len(s.categories)) for s in loaded.space.slots))))
+    for user, rows in got.groupby("user"):
+        cat, num = loaded.context.encode(pd.DataFrame({"user": [user] * len(every)}), "contexts")
+        with torch.no_grad():
+            order = every[loaded.scorer(every, cat, num).argsort(descending=True)[:192]].tolist()
+        want: list[list[int]] = []
+        for row in order:
+            if len(want) < 6 and all(sum(a != b for a, b in zip(row, w)) >= 2 for w in want):
+                want.append(row)
+        labels = [[loaded.space.slots[s].categories[i] for s, i in enumerate(r)] for r in want]
+        assert rows[["f0", "f1", "f2"]].to_numpy().tolist() == labels
+    res = run("generate", tmp_path / "run", "--min-distance", "2", "--decoder", "slices", "--out", tmp_path / "x.csv")
+    assert res.exit_code == 2 and "min_distance: slices does not take it" in res.output
+    res = run("generate", tmp_path / "run", "--min-distance", "0", "--out", tmp_path / "x.csv")
+    assert res.exit_code == 2 and "--min-distance" in res.output
+    assert not (tmp_path / "x.csv").exists()

@@ -519,6 +519,10 @@ def generate_cmd(
     budget: Annotated[Optional[int], typer.Option(help="Scorer calls per context for rerank/polish/anneal: a quarter on draws, "
                                                   "the rest on the search (default max(5 x top-k, 256) unless --samples is given).")] = None,
     beta: Annotated[Optional[float], typer.Option(min=0.0, help="Override the scorer's ensemble pessimism.")] = None,
+    min_distance: Annotated[int, typer.Option(
+        min=1, help="Rows of a context differ pairwise in at least this many features (rerank, polish, anneal, "
+                    "exhaustive: the best rows the search scored, each far enough from those before it). 2 spreads "
+                    "the K over more peaks of the score, for proposals judged by their best.")] = 1,
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     objective: Annotated[Optional[str], typer.Option(
@@ -546,7 +550,7 @@ def generate_cmd(
 
     start = time.perf_counter()
     check_table_out(out)
-    problems = generate_problems(top_k, decoder or DEFAULT_DECODER, temperature, samples, budget)
+    problems = generate_problems(top_k, decoder or DEFAULT_DECODER, temperature, samples, budget, min_distance=min_distance)
     if problems:
         raise InputError("generate", problems)
     check_device(device, "--device")
@@ -563,7 +567,8 @@ def generate_cmd(
                        err=True)
             decoder = "topk"
         result = loaded.generate(contexts, items=items, lists=lists, k=top_k, decoder=decoder, fix=fix,
-                                 temperature=temperature, samples=samples, budget=budget, beta=beta, seed=seed)
+                                 temperature=temperature, samples=samples, budget=budget, beta=beta, seed=seed,
+                                 min_distance=min_distance)
         stats, result.attrs = result.attrs, {}
         write_table(result, out)
         if stats["short"]:
@@ -595,7 +600,7 @@ def generate_cmd(
     with warnings.catch_warnings(record=True) as caught:   # new contexts far outside the training range
         warnings.simplefilter("always", ContextRangeWarning)
         result = loaded.generate(contexts, k=top_k, decoder=decoder, fix=fix, temperature=temperature,
-                                 samples=samples, budget=budget, beta=beta, seed=seed)
+                                 samples=samples, budget=budget, beta=beta, seed=seed, min_distance=min_distance)
     for w in caught:
         if issubclass(w.category, ContextRangeWarning):
             typer.echo(f"warning: {contexts}: {w.message}", err=True)

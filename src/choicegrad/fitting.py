@@ -42,12 +42,13 @@ def check_method(method: str, kind: str) -> str:
 
 
 def generate_problems(k: int, decoder: str, temperature: Optional[float], samples: Optional[int],
-                      budget: Optional[int], seed: int = 0) -> list[str]:
+                      budget: Optional[int], seed: int = 0, min_distance: int = 1) -> list[str]:
     """'argument: problem' lines for bad Run.generate options (empty when all are fine): decode's own
     check (decode_problems; temperature None: the decoder's default) and the seed's, for a caller to
     check them before reading anything (the
     CLI, item runs)."""
-    problems = decode_problems(decoder, k, 1.0 if temperature is None else temperature, samples, budget)
+    problems = decode_problems(decoder, k, 1.0 if temperature is None else temperature, samples, budget,
+                               min_distance=min_distance)
     if not 0 <= seed < 2**63:
         problems.append(f"seed: expected an integer in 0 .. 2**63 - 1, got {seed}")
     return problems

@@ -334,7 +334,7 @@ class Run:
                  fix: Fix = None, temperature: Optional[float] = None, samples: Optional[int] = None,
                  budget: Optional[int] = None, beta: Optional[float] = None, seed: int = 0,
                  items: pd.DataFrame | str | Path | None = None, lists: pd.DataFrame | str | Path | None = None,
-                 ) -> pd.DataFrame:
+                 min_distance: int = 1) -> pd.DataFrame:
         """The top-k distinct rows per context: one row per (context, rank) with the context columns,
         the features, `score` and `rank` (what `choicegrad generate` writes).
         Many parameters: one per flag of `choicegrad generate`.
@@ -343,7 +343,10 @@ class Run:
         same search, then each member's own best rows in turn), or exhaustive (the exact top-k) for a
         run whose space was enumerated instead of training a generator (small_space; slices there too
         for an ensemble, over every row); portfolio: the k rows of the highest expected best over
-        draws from the members' spread (decoding.portfolio). contexts: DataFrame or CSV/Parquet path of
+        draws from the members' spread (decoding.portfolio). min_distance: the k rows differ pairwise in at
+        least this many features (rerank, polish, anneal, exhaustive; None decoder: polish, or exhaustive
+        for an enumerated run): the best of the rows the search scored, each far enough from those before
+        it. contexts: DataFrame or CSV/Parquet path of
         contexts (None: the run's training contexts), new
         ones included: a numeric value outside the training range is allowed, far outside it (more
         than one training std beyond min/max) a ContextRangeWarning; a category unseen in training
@@ -368,12 +371,16 @@ class Run:
         if self.items is not None:
             from choicegrad.items import generate_items
 
+            if min_distance != 1:
+                raise InputError("min_distance", ["rows a distance apart are chosen for a table's runs; an item run's "
+                                                  "slates take min_distance 1"])
             return generate_items(self, items=items, lists=lists, contexts=contexts, k=k, decoder=decoder, fix=fix,
                                   temperature=temperature, samples=samples, budget=budget, beta=beta, seed=seed)
         if items is not None or lists is not None:
             raise InputError("items", ["items and lists are for a run fitted on item lists (an ItemSpec); this run "
                                        "was fitted on a table"])
-        decoder = self._generate_decoder(decoder, k, temperature, samples, budget, seed, beta)   # before anything is read
+        decoder = self._generate_decoder(decoder, k, temperature, samples, budget, seed, beta,   # before anything is read
+                                         min_distance)
         fixed = parse_fix(fix, self.space)
         frame, ctx = self._contexts(contexts)
         rows_k = self._rows_per_context(k, fixed, len(ctx))
@@ -388,7 +395,8 @@ class Run:
         # InputError('decoder') e.g. for exhaustive on a space too large to enumerate
         cands = decode(decoder, self.generator, objective, ctx, rows_k, fixed=fixed, mask=mask,
                        temperature=1.0 if temperature is None else temperature, samples=samples, generator=rng,
-                       budget=budget if budget is not None or samples is not None else default_budget(rows_k))
+                       budget=budget if budget is not None or samples is not None else default_budget(rows_k),
+                       min_distance=min_distance)
         result = candidates_frame(self.space, cands, frame)
         values = result.pop("score").to_numpy()
         result.insert(len(result.columns) - 1, column, self.scorer.to_score(values) if self.scorer is not None else values)
@@ -398,14 +406,15 @@ class Run:
         return result
 
     def _generate_decoder(self, decoder: Optional[str], k: int, temperature: Optional[float], samples: Optional[int],
-                          budget: Optional[int], seed: int, beta: Optional[float] = None) -> str:
+                          budget: Optional[int], seed: int, beta: Optional[float] = None, min_distance: int = 1) -> str:
         """The decoder generate uses (None: default_decoder);
         InputError('generate') for bad settings or a decoder this run cannot use."""
         if self.scorer_only:
             raise InputError(str(self.out), ["loaded with scorer_only=True, for scoring: load the whole run to generate"])
         if decoder is None:
-            decoder = default_decoder(self.generator is not None, self.scorer, k, beta)
-        problems = generate_problems(k, decoder, temperature, samples, budget, seed)
+            decoder = (default_decoder(self.generator is not None, self.scorer, k, beta) if min_distance == 1 else
+                       "polish" if self.generator is not None else "exhaustive")
+        problems = generate_problems(k, decoder, temperature, samples, budget, seed, min_distance)
         if self.generator is None and decoder not in ENUMERATING and not problems:
             rows = self.space.num_rows()
             problems.append(f"decoder: {decoder} needs a generator; this run has none (each context's space holds "

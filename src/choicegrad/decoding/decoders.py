@@ -25,7 +25,8 @@ slices      for max-of-K under a scorer ensemble: polish's search, then K / E ro
             a single scorer it is polish
 exhaustive  every row of a small space, the K best: the reference optimum
 portfolio, slices and exhaustive also decode without a generator (gen None, options.mask given):
-the search is then every row of the space.
+the search is then every row of the space. min_distance=D (rerank, polish, anneal, exhaustive): the
+K rows differ pairwise in at least D slots, the best of the rows the search scored taken greedily.
 register_decoder(name) adds a decoder of one's own (docs/architecture.md).
 
 Every decoder keeps fixed slots (fixed (B, S) or (S,) long, -1 = free) at their value, returns K
@@ -39,6 +40,7 @@ of contexts.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Optional
 
 import torch
@@ -51,6 +53,7 @@ from choicegrad.decoding.rows import (MAX_ENUMERATE, allowed_choices, check_fixe
                                       enumerate_allowed, neighbour_count, space_size, union_of)
 from choicegrad.decoding.portfolio import PORTFOLIO_POOL, MemberRecord, TaggedContext, choose, slices
 from choicegrad.decoding.scoring import Candidates, finish, score_grid
+from choicegrad.decoding.select import select_batch
 from choicegrad.errors import InputError, did_you_mean
 from choicegrad.estimators import MASK_VALUE
 from choicegrad.generators.base import Generator, masked_log_softmax
@@ -58,6 +61,8 @@ from choicegrad.generators.context import DECODE_ELEMENTS, Context, TableContext
 from choicegrad.generators.objective import SCORE_CHUNK, Objective, as_objective
 
 _NEG = float("-inf")
+#: min_distance > 1 picks the K among this many times K of the best distinct rows the search scored.
+SPREAD_POOL = 32
 
 
 class DecodeOptions(BaseModel):
@@ -77,7 +82,10 @@ class DecodeOptions(BaseModel):
     starts: polish climbs from this many of the best draws (default K); by_slot: polish changes one
     slot per step; gradient: polish, under a budget and on a differentiable objective, rates every
     single-slot change by the objective's gradient at the row (one call) and scores them best rated
-    first, one per step (local_search.polish).
+    first, one per step (local_search.polish). min_distance: the K rows differ pairwise in at least
+    this many slots (rerank, polish, anneal, exhaustive): after the search, the best of the 32K best
+    rows it scored (SPREAD_POOL), greedy, each far enough from those before it; where fewer lie that far apart, the
+    rest are topped up as always (single-slot variants).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -96,6 +104,7 @@ class DecodeOptions(BaseModel):
     starts: Optional[int] = None
     by_slot: bool = False
     gradient: bool = False
+    min_distance: int = 1
 
     @field_validator("fixed", mode="before")
     @classmethod
@@ -298,33 +307,53 @@ def _polish(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Ca
     return finish(objective, ctx, cands.rows, cands.valid, k, allowed, cands.scores, cands.scorer_calls, rng)
 
 
-def _from_members(by: str, size: int, select: Callable[[Tensor, Tensor, int, torch.Generator], tuple[Tensor, Tensor]],
-                  gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
-    """portfolio and slices: polish's search (every row of the space without a generator) through a
-    MemberRecord, then `select` K rows from its pool of `size` per context (MemberRecord.pool's `by`)."""
-    if objective.members < 2 or not isinstance(ctx, TableContext):   # one hypothesis: the mean's best
-        return (_polish if gen is not None else _exhaustive)(gen, objective, ctx, k, allowed, fixed, o, rng)
+def _pooled(search: Callable[..., Candidates], by: str, size: int,
+            select: Callable[[Tensor, Tensor, Tensor, Tensor, int, torch.Generator], tuple[Tensor, Tensor]],
+            gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
+    """`search` run through a MemberRecord (exhaustive: compacted after every chunk), then
+    select(rows (B, P, S), scores (B, P), members (B, P, E), valid (B, P), k, rng) -> (pick, ok) picks
+    K rows of its pool of `size` per context (MemberRecord.pool's `by`); finish tops them up."""
     B, S, V = allowed.shape
     record = MemberRecord(objective)
     tagged = TaggedContext.of(ctx)
-    if gen is None:
+    if search is _exhaustive:
         cands = exhaustive(record, tagged, k, allowed, o.chunk, each=lambda: record.compact(B, size, V, by))
     else:
-        cands = _polish(gen, record, tagged, k, allowed, fixed, o, rng)
+        cands = search(gen, record, tagged, k, allowed, fixed, o, rng)
     rows, scores, members, valid = record.pool(B, size, V, by)
-    pick, ok = select(members, valid, k, rng)
+    pick, ok = select(rows, scores, members, valid, k, rng)
     ok &= valid.gather(1, pick)
     chosen = rows.gather(1, pick.unsqueeze(-1).expand(B, pick.shape[1], S))
     return finish(objective, ctx, chosen, ok, k, allowed, scores.gather(1, pick), cands.scorer_calls, rng)
 
 
+def _from_members(by: str, size: int, select: Callable[..., tuple[Tensor, Tensor]],
+                  gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
+    """portfolio and slices: polish's search (every row of the space without a generator), then
+    `select` K rows of its pool; one hypothesis (or contexts that are not a table's): the mean's best."""
+    search = _polish if gen is not None else _exhaustive
+    if objective.members < 2 or not isinstance(ctx, TableContext):
+        return search(gen, objective, ctx, k, allowed, fixed, o, rng)
+    return _pooled(search, by, size, select, gen, objective, ctx, k, allowed, fixed, o, rng)
+
+
+def _spread(search: Callable[..., Candidates], gen, objective, ctx, k, allowed, fixed, o: DecodeOptions,
+            rng) -> Candidates:
+    """decode(..., min_distance=D): `search`, then the K best rows by the objective among the
+    SPREAD_POOL * K best it scored, each at least D slots from every one picked before it (select_batch)."""
+    def select(rows, scores, members, valid, n, g):
+        return select_batch(rows, scores.masked_fill(~valid, _NEG), n, min_distance=o.min_distance)
+    return _pooled(search, "mean", SPREAD_POOL * k, select, gen, objective, ctx, k, allowed, fixed, o, rng)
+
+
 def _portfolio(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
-    return _from_members("mean", PORTFOLIO_POOL * k, lambda m, v, n, g: choose(m, v, n, generator=g),
+    return _from_members("mean", PORTFOLIO_POOL * k, lambda r, s, m, v, n, g: choose(m, v, n, generator=g),
                          gen, objective, ctx, k, allowed, fixed, o, rng)
 
 
 def _slices(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
-    return _from_members("members", k, lambda m, v, n, g: slices(m, v, n), gen, objective, ctx, k, allowed, fixed, o, rng)
+    return _from_members("members", k, lambda r, s, m, v, n, g: slices(m, v, n), gen, objective, ctx, k, allowed, fixed,
+                         o, rng)
 
 
 def _anneal(gen, objective, ctx, k, allowed, fixed, o: DecodeOptions, rng) -> Candidates:
@@ -346,6 +375,8 @@ _DECODE: dict[str, Callable[..., Candidates]] = {
 DECODERS = tuple(_DECODE)
 #: Decoders that take no generator: they enumerate the space (MAX_ENUMERATE rows at most).
 ENUMERATING = ("exhaustive", "portfolio", "slices")
+#: Decoders that take min_distance > 1: they choose the K among every row their search scored.
+SPREADING = ("rerank", "polish", "anneal", "exhaustive")
 
 
 def register_decoder(name: str) -> Callable[[Callable[..., Candidates]], Callable[..., Candidates]]:
@@ -371,7 +402,7 @@ def register_decoder(name: str) -> Callable[[Callable[..., Candidates]], Callabl
 
 
 def decode_problems(name: str, k: int, temperature: float = 1.0, samples: Optional[int] = None,
-                    budget: Optional[int] = None, draw_share: float = 0.25) -> list[str]:
+                    budget: Optional[int] = None, draw_share: float = 0.25, min_distance: int = 1) -> list[str]:
     """'argument: problem' lines for bad decode arguments (empty when all are fine): what decode
     raises as one InputError, and what a caller can check before any work (Run.generate's options)."""
     problems = []
@@ -388,6 +419,11 @@ def decode_problems(name: str, k: int, temperature: float = 1.0, samples: Option
         problems.append(f"budget: expected an integer >= 1 scorer call per context, got {budget}")
     if not 0 < draw_share <= 1:
         problems.append(f"draw_share: expected a share in (0, 1], got {draw_share}")
+    if int(min_distance) < 1:
+        problems.append(f"min_distance: expected an integer >= 1 (slots in which two rows differ), got {min_distance}")
+    elif int(min_distance) > 1 and name in DECODERS and name not in SPREADING:
+        problems.append(f"min_distance: {name} does not take it; min_distance > 1 needs a decoder that scores more "
+                        f"rows than it returns: {', '.join(SPREADING)}")
     return problems
 
 
@@ -409,7 +445,9 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
     o = options if options is not None else DecodeOptions()
     if overrides:
         o = DecodeOptions(**{**dict(o), **overrides})
-    problems = decode_problems(name, k, o.temperature, o.samples, o.budget, o.draw_share)
+    problems = decode_problems(name, k, o.temperature, o.samples, o.budget, o.draw_share, o.min_distance)
+    if o.min_distance > 1 and not isinstance(ctx, TableContext):
+        problems.append("min_distance: rows a distance apart are chosen for a table's contexts only, not item lists")
     if problems:
         raise InputError("decode", problems)
     rng = o.generator if o.generator is not None else torch.Generator(device=ctx.device).manual_seed(0)
@@ -423,5 +461,5 @@ def decode(name: str, gen: Optional[Generator], objective: Objective, ctx: Conte
                                          "(by enumerating the space)"])
         k = int(min(int(k), max(1.0, float(space_size(allowed).max()))))   # no more candidates than rows
         per = max(1, int(o.max_rows) // rows_per_context(k, o))            # contexts per group
-        return in_context_chunks(lambda c, a, f: _DECODE[name](gen, objective, c, k, a, f, o, rng), ctx, per,
-                                 allowed, fixed)
+        run = _DECODE[name] if o.min_distance == 1 else partial(_spread, _DECODE[name])
+        return in_context_chunks(lambda c, a, f: run(gen, objective, c, k, a, f, o, rng), ctx, per, allowed, fixed)

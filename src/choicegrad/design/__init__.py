@@ -2,6 +2,6 @@
 
 from choicegrad.design.acquisition import Acquisition, Measured
 from choicegrad.design.designer import DesignConfig, Designer
-from choicegrad.design.select import select_batch
+from choicegrad.decoding.select import select_batch
 
 __all__ = ["Acquisition", "DesignConfig", "Designer", "Measured", "select_batch"]

@@ -19,7 +19,7 @@ uniform random rows as a reserve (`pool` x n of each per context), or every row 
 at most max(pool x n, 4096). `local_share` of the batch is picked first near the `elite` best
 measured rows (a trust region; searched spaces only): every single-slot change of the best of them
 where that fits, then one- and two-slot changes and crossovers of any two; the rest from all
-candidates (choicegrad.design.select).
+candidates (choicegrad.decoding.select).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from choicegrad.decoding import Candidates, decode
 from choicegrad.decoding.local_search import polish, single_changes
 from choicegrad.decoding.rows import MAX_ENUMERATE, change_one_slot, cross_rows, neighbour_count, uniform_rows
 from choicegrad.design.acquisition import Acquisition, Measured, PairSupport, context_keys, log_feasible
-from choicegrad.design.select import select_batch
+from choicegrad.decoding.select import select_batch
 from choicegrad.device import Device
 from choicegrad.errors import InputError
 from choicegrad.generators import GeneratorConfig, TableContext
