@@ -1,8 +1,9 @@
-"""Portfolio and slices decoding against polish for max-of-K on the real landscapes, with a scorer ensemble.
+"""Portfolio, slices and min-distance decoding against polish for max-of-K on the real landscapes, with a scorer ensemble.
 
     python benchmarks/portfolio.py                                  # tfbind8 and gb1, 3 seeds, 5 members (about 25 minutes; 10 with the scorers cached)
     python benchmarks/portfolio.py --tasks gb1 --seeds 0 --members 3 --out runs/portfolio
     python benchmarks/portfolio.py --fit '{"keep": "last", "epochs": 20, "model": {"activation": "relu"}}' --out runs/portfolio-upper
+    python benchmarks/portfolio.py --members 1 --out runs/spread     # the suite's single scorer: polish against min_distance 2
 
 Each task is the benchmark's (choicegrad.bench.harness: its training rows below each context's
 median, its budget of scorer calls per context, K = 128 proposals judged by the ground truth), with
@@ -14,6 +15,8 @@ seed the default pipeline's generator (autoregressive/reinforce) is trained once
   that maximise the expected best over draws from the ensemble's spread (choicegrad.decoding.portfolio);
 - slices: the same search and calls, then K / E rows per member, each member's own best among the
   rows the search scored, in turn (choicegrad.decoding.portfolio.slices);
+- polish, min_distance D (for each D of --min-distances): the same search and calls, then the K best
+  rows it scored that differ pairwise in at least D slots (`generate --min-distance D`);
 
 beside references that enumerate the scorer (every row of every context, not under the budget): the
 mean's top K, the portfolio chosen from the mean's top --pool rows, and the slices of every row
@@ -70,6 +73,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/portfolio"))
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--fit", default="{}", help="more ScorerFit settings of the members (JSON)")
+    ap.add_argument("--min-distances", default="2", help="polish with these min_distance values too ('' for none)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine_line(), "members": args.members, "fit": json.loads(args.fit), "tasks": {}}
@@ -110,15 +114,17 @@ def main() -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             trained = train_pipeline(problem, method, seed, progress=False)
             gen = trained[0].generator
-            for decoder in ("polish", "portfolio", "slices"):
+            spread = [("polish", int(d)) for d in args.min_distances.split(",") if d]
+            for decoder, distance in [("polish", 1), ("portfolio", 1), ("slices", 1), *spread]:
                 cands = decode(decoder, gen, problem.objective, problem.ctx, K, budget=spec.budget,
-                               generator=torch.Generator().manual_seed(seed))
-                record(decoder, cands, cands.scorer_calls / B, runs)
-                rows_out[(seed, decoder)] = cands
+                               min_distance=distance, generator=torch.Generator().manual_seed(seed))
+                label = decoder if distance == 1 else f"{decoder}, min_distance {distance}"
+                record(label, cands, cands.scorer_calls / B, runs)
+                rows_out[(seed, label)] = cands
             a = aim(problem, rows_out[(seed, "portfolio")].rows, rows_out[(seed, "portfolio")].valid, 100 + seed)
             b = aim(problem, rows_out[(seed, "polish")].rows, rows_out[(seed, "polish")].valid, 100 + seed)
             beats.append(float((a > b + 1e-6).float().mean()))
-            print(f"{name} seed {seed}: " + ", ".join(f"{d} max {runs[d][-1]['max']:.3f}" for d in ("polish", "portfolio", "slices")),
+            print(f"{name} seed {seed}: " + ", ".join(f"{d} max {runs[d][-1]['max']:.3f}" for d in runs),
                   flush=True)
         table = {}
         for label, entries in {**enumerated, **runs}.items():
