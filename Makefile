@@ -28,7 +28,8 @@ fuzz: $(BIN)/choicegrad
 # default `choicegrad fit` + `generate` on tfbind8 (timed), greedy generation throughput, then quality
 # against inference budget on unseen contexts (bench-budgets, its own section of docs/benchmarks.md, 35
 # minutes) and generation speed for 20,000 unseen contexts with `choicegrad fit` timed on a 40,000-row log,
-# then portfolio decoding against polish on tfbind8 and gb1 with 5-member ensembles (25 minutes), then the
+# then portfolio, slices and min-distance decoding against polish on tfbind8 and gb1 with 5-member ensembles
+# (25 minutes) and with the suite's single scorer (min-distance; 15 minutes), then the
 # scorer's ceiling on tfbind8 per TF against a one-hot MLP reference and with the upper-tail settings, and
 # the suite's tfbind8 and gb1 again with those settings (about 20 minutes).
 bench: $(BIN)/choicegrad
@@ -42,6 +43,8 @@ bench: $(BIN)/choicegrad
 	$(BIN)/python benchmarks/unseen_speed.py --refit | tee runs/unseen_speed.json
 	mkdir -p runs/portfolio
 	$(BIN)/python benchmarks/portfolio.py --out runs/portfolio | tee runs/portfolio/log.txt
+	mkdir -p runs/spread
+	$(BIN)/python benchmarks/portfolio.py --members 1 --out runs/spread | tee runs/spread/log.txt
 	$(BIN)/python benchmarks/tfbind8_scorers.py --out runs/tfbind8-scorers.json | tee runs/tfbind8-scorers.txt
 	$(BIN)/python benchmarks/tfbind8_scorers.py --scorers choicegrad --fit '{"keep": "last", "epochs": 20, "model": {"activation": "relu"}}' --out runs/tfbind8-scorers-tail.json | tee runs/tfbind8-scorers-tail.txt
 	$(BIN)/python benchmarks/upper_tail.py --out runs/upper-tail | tee runs/upper-tail.txt
