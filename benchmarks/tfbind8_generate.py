@@ -163,7 +163,7 @@ def main() -> None:
     summary["method"] = (config.get("generator_fit") or {}).get("method")
     summary["generator"] = (config.get("generator") or {}).get("kind")
     ensemble = (config.get("scorer_fit") or {}).get("ensemble", 1) > 1 and args.top_k > 1
-    summary["decoder"] = args.decoder or ("portfolio (default)" if ensemble else "polish (default)" if summary["generator"]
+    summary["decoder"] = args.decoder or ("slices (default)" if ensemble else "polish (default)" if summary["generator"]
                                           else "exhaustive (default)")
     summary["runs"] = f"one per TF ({len(per_tf)})" if args.per_tf else "one, tf as context"
     summary = {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()}

@@ -774,8 +774,8 @@ def small_space_note(plan: dict, calls: str = "scorer") -> str:
     return (f"generator: not trained: each context's space holds {plan['space_rows']:,} rows, so enumerating all "
             f"{plan['contexts']:,} context(s) ({plan['enumeration_calls']:,} {calls} calls, {ENUMERATION_SPEEDUP}x cheaper "
             f"each than in training) costs less than training a generator would (at least {plan['training_calls']:,} "
-            "calls); generate returns the exact top-K by enumeration "
-            "(force a generator with force_generator=True)")
+            "calls); generate returns the exact top-K by enumeration (for an ensemble scorer, the members' best "
+            "rows in turn: slices over every row) (force a generator with force_generator=True)")
 
 
 Writer = Union[RunWriter, RankView]
