@@ -199,7 +199,7 @@ def test_member_ranks_and_the_record_pool_by_members_compact_exactly():
     whole.score(rows, ctx)
     for i in range(0, 120, 16):
         parts.score(rows[i:i + 16], ctx.index(torch.arange(i, min(i + 16, 120))))
-        parts.compact(3, 4, max(SIZES), by="members")
+        parts.compact(3, 4, max(SIZES), by="members", slack=0)
     a, b = whole.pool(3, 4, max(SIZES), by="members"), parts.pool(3, 4, max(SIZES), by="members")
     for ctx_b in range(3):
         got = {tuple(r) for r, v in zip(a[0][ctx_b].tolist(), a[3][ctx_b].tolist()) if v}

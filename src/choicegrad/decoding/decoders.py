@@ -84,8 +84,8 @@ class DecodeOptions(BaseModel):
     single-slot change by the objective's gradient at the row (one call) and scores them best rated
     first, one per step (local_search.polish). min_distance: the K rows differ pairwise in at least
     this many slots (rerank, polish, anneal, exhaustive): after the search, the best of the 32K best
-    rows it scored (SPREAD_POOL), greedy, each far enough from those before it; where fewer lie that far apart, the
-    rest are topped up as always (single-slot variants).
+    rows it scored (SPREAD_POOL), greedy, each far enough from those before it; where fewer lie that
+    far apart, the rest are topped up as always (single-slot variants).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")

@@ -127,7 +127,8 @@ def member_ranks(members: Tensor, valid: Tensor) -> Tensor:
     P where not valid. members (B, P, E), valid (B, P)."""
     B, P, E = members.shape
     order = members.masked_fill(~valid.unsqueeze(-1), float("-inf")).argsort(dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(P, device=members.device).view(1, P, 1).expand(B, P, E))
+    place = torch.arange(P, device=members.device).view(1, P, 1).expand(B, P, E)
+    ranks = torch.empty_like(order).scatter_(1, order, place)
     return ranks.amin(-1).masked_fill(~valid, P)
 
 
@@ -205,17 +206,21 @@ class MemberRecord(Objective):
         else:
             top = pad_scores.masked_fill(~keep, float("-inf")).topk(min(int(size), M), dim=1)   # (B, P)
         P, idx, valid = top.indices.shape[1], top.indices, torch.isfinite(top.values)
-        return (pad_rows.gather(1, idx.unsqueeze(-1).expand(B, P, S)), pad_scores.gather(1, idx).masked_fill(~valid, float("-inf")),
+        return (pad_rows.gather(1, idx.unsqueeze(-1).expand(B, P, S)),
+                pad_scores.gather(1, idx).masked_fill(~valid, float("-inf")),
                 pad_members.gather(1, idx.unsqueeze(-1).expand(B, P, E)), valid)
 
-    def compact(self, contexts: int, size: int, vocab: int, by: str = "mean") -> None:
-        """Keep only what `pool` (the same arguments) would return: bounded memory over an enumeration.
-        Exact: a row outside a subset's pool stays outside the pool of any superset."""
-        if not self._rows:
+    def compact(self, contexts: int, size: int, vocab: int, by: str = "mean", slack: int = 8) -> None:
+        """Keep only what `pool` (the same arguments) would return, once it holds more than `slack`
+        times that: bounded memory over an enumeration. Exact: a row outside a subset's pool stays
+        outside the pool of any superset."""
+        bound = contexts * size * (self.members if by == "members" else 1)
+        if sum(len(r) for r in self._rows) <= slack * bound:
             return
         rows, scores, members, valid = self.pool(contexts, size, vocab, by)
         tags = torch.arange(contexts, device=rows.device)[:, None].expand(valid.shape)
-        self._rows, self._tags, self._members, self._scores = [rows[valid]], [tags[valid]], [members[valid]], [scores[valid]]
+        self._rows, self._tags = [rows[valid]], [tags[valid]]
+        self._members, self._scores = [members[valid]], [scores[valid]]
 
 
 def member_grid(objective, rows: Tensor, ctx, valid: Tensor, chunk: int) -> tuple[Tensor, int]:
