@@ -139,7 +139,7 @@ def test_generate_min_distance_spreads_the_exact_top_rows(tmp_path):
         labels = [[loaded.space.slots[s].categories[i] for s, i in enumerate(r)] for r in want]
         assert rows[["f0", "f1", "f2"]].to_numpy().tolist() == labels
     res = run("generate", tmp_path / "run", "--min-distance", "2", "--decoder", "slices", "--out", tmp_path / "x.csv")
-    assert res.exit_code == 2 and "min_distance: slices does not take it" in res.output
+    assert res.exit_code == 2 and "--min-distance: slices does not take it" in res.output
     res = run("generate", tmp_path / "run", "--min-distance", "0", "--out", tmp_path / "x.csv")
     assert res.exit_code == 2 and "--min-distance" in res.output
     assert not (tmp_path / "x.csv").exists()

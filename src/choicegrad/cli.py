@@ -488,12 +488,14 @@ def _item_spec(data, slots, items, item_id, score, context, lists, list_id, dist
 
 #: Run.generate's arguments -> generate's flags.
 GENERATE_FLAGS = {**same_flags("out", "contexts", "decoder", "fix", "temperature", "samples", "budget", "beta", "seed",
-                               "device", "objective", "items", "lists"), "k": "--top-k", "changed": "--objective-changed",
+                               "device", "objective", "items", "lists", "min_distance"), "k": "--top-k", "changed": "--objective-changed",
                   "force_generator": "--force-generator"}
 
 
 @app.command("generate", epilog="Example: choicegrad generate runs/tfbind8 --top-k 128 --out candidates.csv\n\n"
              "Example: choicegrad generate runs/tfbind8 --contexts tfs.csv --fix s0=A --decoder rerank --out c.csv\n\n"
+             "Example (128 rows, each 2 features from the others): choicegrad generate runs/gb1 --top-k 128 "
+             "--min-distance 2 --out spread.csv\n\n"
              "Example (an item run, lists and items never seen): choicegrad generate runs/slates --items new_items.csv "
              "--lists new_lists.csv --top-k 5 --out slates.csv")
 @command(GENERATE_FLAGS)
