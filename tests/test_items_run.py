@@ -177,6 +177,11 @@ def test_distinct_items_and_eligibility(data, run_distinct, decoder):
     assert slates.attrs["short"] == 0
 
 
+def test_min_distance_is_for_a_tables_run_only(data, run_distinct):
+    with pytest.raises(InputError, match="rows a distance apart are chosen for a table's runs"):
+        Run.load(run_distinct).generate(lists=data.new_lists.drop(columns="list").drop_duplicates(), k=4, min_distance=2)
+
+
 def test_distinct_items_fill_a_list_of_exactly_the_slots(data, run_distinct):
     """A list of 3 items for 3 slots, the left one type a: exactly 2 slates of distinct items exist."""
     a, others = data.items.id[data.items.type == "a"].iloc[0], data.items.id[data.items.type != "a"].iloc[:2]
