@@ -135,16 +135,16 @@ def _read_contexts(source: str | Path, context: ContextEncoder) -> tuple[pd.Data
     return frame[[c.name for c in context.columns]].reset_index(drop=True), ctx
 
 
-def default_decoder(has_generator: bool, scorer, k: int, beta: Optional[float] = None) -> str:
+def default_decoder(has_generator: bool, scorer, k: int, beta: Optional[float] = None, min_distance: int = 1) -> str:
     """generate's decoder when none is asked for: slices for k > 1 rows from a scorer ensemble without
     pessimism (beta, else the scorer's, 0: slices bet on the members' disagreement, which pessimism
     avoids; benchmarks/portfolio.py, 5 members, 3 seeds, polish's search and calls: max of 128 on gb1
     polish 0.914, portfolio 0.944, slices 0.954; tfbind8 0.955 for all three), over polish's search or,
-    without a generator, over every row; else exhaustive without a generator (an enumerated small
-    space), polish with one."""
+    without a generator, over every row; else (or with min_distance > 1, which slices does not take)
+    exhaustive without a generator (an enumerated small space), polish with one."""
     ensemble = scorer is not None and len(scorer.members) > 1
     pessimism = (scorer.beta if beta is None else beta) if scorer is not None else 0.0
-    if ensemble and pessimism == 0 and k > 1:
+    if ensemble and pessimism == 0 and k > 1 and min_distance == 1:
         return "slices"
     return "polish" if has_generator else "exhaustive"
 
@@ -412,8 +412,7 @@ class Run:
         if self.scorer_only:
             raise InputError(str(self.out), ["loaded with scorer_only=True, for scoring: load the whole run to generate"])
         if decoder is None:
-            decoder = (default_decoder(self.generator is not None, self.scorer, k, beta) if min_distance == 1 else
-                       "polish" if self.generator is not None else "exhaustive")
+            decoder = default_decoder(self.generator is not None, self.scorer, k, beta, min_distance)
         problems = generate_problems(k, decoder, temperature, samples, budget, seed, min_distance)
         if self.generator is None and decoder not in ENUMERATING and not problems:
             rows = self.space.num_rows()
