@@ -448,7 +448,8 @@ class _ScorerTraining:
                 bar.set_postfix(member=self.member, train=f"{train_loss:.4f}", val=f"{vl:.4f}")
                 if vl < self.best - 1e-5:
                     self.best, self.bad = vl, 0
-                    self.best_state = {k: v.detach().clone() for k, v in member.state_dict().items()}
+                    if fit.keep == "best":       # keep "last" never restores it: no copy to make or checkpoint
+                        self.best_state = {k: v.detach().clone() for k, v in member.state_dict().items()}
                 else:
                     self.bad += 1
                 self.epoch, self.order = self.epoch + 1, None
