@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -58,12 +59,15 @@ def diversity(rows: np.ndarray, train: np.ndarray, chunk: int = 256) -> tuple[fl
     return pairwise, float(nearest.mean())
 
 
-def run(cmd: list[str]) -> float:
-    """Run a choicegrad command (same interpreter), echo it, return its wall time in seconds."""
+def run(cmd: list[str], capture: bool = False) -> tuple[float, str]:
+    """Run a choicegrad command (same interpreter) and echo it; -> (wall seconds, its stdout when
+    `capture`, echoed after it ends, else "": the output streams)."""
     print("$ choicegrad " + " ".join(cmd), flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "choicegrad.cli", *cmd], check=True)
-    return time.perf_counter() - start
+    done = subprocess.run([sys.executable, "-m", "choicegrad.cli", *cmd], check=True, text=True,
+                          stdout=subprocess.PIPE if capture else None)
+    print(done.stdout or "", end="", flush=True)
+    return time.perf_counter() - start, done.stdout or ""
 
 
 def evaluate(candidates: pd.DataFrame, landscape: pd.DataFrame, train_quantile: float = 0.5) -> pd.DataFrame:
@@ -106,6 +110,7 @@ def main() -> None:
     out = Path(args.out)
     landscape = pd.read_parquet(DATA)
     times = {"fit_s": 0.0, "generate_s": 0.0}
+    used: set[str] = set()
 
     def fit_and_generate(table: Path, folder: Path, context: list[str]) -> pd.DataFrame:
         run_dir = folder / "run"     # the run folder; candidates, log and summary sit beside it
@@ -116,11 +121,13 @@ def main() -> None:
             cmd += ["--generator", args.generator] if args.generator else []
             cmd += ["--force-generator"] if args.force_generator else []
             cmd += shlex.split(args.fit_flags)
-            times["fit_s"] += run(cmd)
+            times["fit_s"] += run(cmd)[0]
         cands_path = folder / "candidates.csv"
         cmd = ["generate", str(run_dir), "--top-k", str(args.top_k), "--out", str(cands_path), "--seed", str(args.seed)]
         cmd += ["--decoder", args.decoder] if args.decoder else []
-        times["generate_s"] += run(cmd)
+        seconds, said = run(cmd, capture=True)
+        times["generate_s"] += seconds
+        used.update(re.findall(r" with (\S+) in ", said))     # generate's summary names the decoder it used
         return pd.read_csv(cands_path, dtype={f: str for f in FEATURES})
 
     if args.per_tf:
@@ -162,9 +169,7 @@ def main() -> None:
     # a run whose space was enumerated (the default on tfbind8) records no generator: null in config.json
     summary["method"] = (config.get("generator_fit") or {}).get("method")
     summary["generator"] = (config.get("generator") or {}).get("kind")
-    ensemble = (config.get("scorer_fit") or {}).get("ensemble", 1) > 1 and args.top_k > 1
-    summary["decoder"] = args.decoder or ("slices (default)" if ensemble else "polish (default)" if summary["generator"]
-                                          else "exhaustive (default)")
+    summary["decoder"] = ", ".join(sorted(used)) + ("" if args.decoder else " (default)")
     summary["runs"] = f"one per TF ({len(per_tf)})" if args.per_tf else "one, tf as context"
     summary = {k: (round(float(v), 4) if isinstance(v, (float, np.floating)) else v) for k, v in summary.items()}
     summary = {k: summary[k] for k in [k for k in summary if k != "six6"] + (["six6"] if "six6" in summary else [])}
