@@ -620,8 +620,9 @@ def generate_cmd(
 
 #: Designer's arguments (DesignConfig's fields, tell's rows, ask's n, warm_from's and save's path) -> propose's flags.
 PROPOSE_FLAGS = {**same_flags("out", "features", "score", "context", "contexts", "space", "state", "acquisition", "kappa",
-                              "min_distance", "ensemble", "max_minutes", "seed", "device", "neighbour_pairs"),
-                 "n": "--batch", "rows": "MEASURED", "path": "--state"}
+                              "min_distance", "ensemble", "max_minutes", "seed", "device", "neighbour_pairs",
+                              "scorer_keep", "scorer_epochs"),
+                 "config.scorer.activation": "--scorer-activation", "n": "--batch", "rows": "MEASURED", "path": "--state"}
 
 
 @app.command("propose", epilog="Example (one design round a week): choicegrad propose measured.csv --features 's?' "
@@ -649,6 +650,12 @@ def propose_cmd(
     min_distance: Annotated[int, typer.Option(min=1, help="Least Hamming distance between two rows of a batch.")] = 1,
     ensemble: Annotated[int, typer.Option(min=2, help="Scorer ensemble members (their spread is the uncertainty).")] = 4,
     max_minutes: Annotated[float, typer.Option(min=0.01, help="Time for the round's refits (2.5: a round of 50,000 rows x 32 slots x 32 categories takes under 3 minutes on 2 cores).")] = 2.5,
+    scorer_keep: Annotated[str, typer.Option(
+        help="last: each scorer member's weights after its last epoch (the members differ more and rank the top rows "
+             "better); best: those of its epoch of lowest validation loss, stopping early.")] = "last",
+    scorer_epochs: Annotated[Optional[int], typer.Option(
+        min=1, help="Epochs of each scorer member (default: automatic, within the round's time).")] = None,
+    scorer_activation: Annotated[str, typer.Option(help="Of the scorer's hidden layers: relu, silu or leaky_relu.")] = "relu",
     seed: Annotated[int, typer.Option(min=0, max=2**62 - 1, help="Random seed (round r uses seed + r).")] = 0,
     device: Device = "cpu",
     neighbour_pairs: Annotated[bool, typer.Option(
@@ -671,7 +678,9 @@ def propose_cmd(
 
     start = time.perf_counter()
     config = DesignConfig(acquisition=acquisition, kappa=kappa, min_distance=min_distance, ensemble=ensemble,
-                          max_minutes=max_minutes, seed=seed, device=device, neighbour_pairs=neighbour_pairs)
+                          max_minutes=max_minutes, seed=seed, device=device, neighbour_pairs=neighbour_pairs,
+                          scorer_keep=scorer_keep, scorer_epochs=scorer_epochs,
+                          scorer=dict(activation=scorer_activation))
     check_table_out(out)
     check_device(device, "--device")
     if out.resolve() == measured.resolve() or (state is not None and state.resolve() in out.resolve().parents):

@@ -250,7 +250,7 @@ def parse_method(name: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if base != "designer" or key not in DesignConfig.model_fields:
             raise ValueError(f"{name!r}: {key!r} is not a designer setting")
-        options[key] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
+        options[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-{[" else value
     DesignConfig(**options)                                  # bad values fail here, before any round
     return base, options
 

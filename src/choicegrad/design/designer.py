@@ -91,11 +91,16 @@ class DesignConfig(BaseModel):
                                "rows (a trust region, where the scorer is least wrong: their single-slot changes, "
                                "one- and two-slot changes and crossovers); the rest from the whole search")
     elite: int = Field(32, ge=1, description="best measured rows per context the local changes start from")
+    scorer_keep: Literal["best", "last"] = Field("last", description="each scorer member's weights: those after its "
+                                                 "last epoch (members differ more, and rank the top rows better), or "
+                                                 "those of its best validation epoch (stopping early)")
+    scorer_epochs: Optional[int] = Field(None, ge=1, description="epochs of each scorer member (None: ScorerFit's "
+                                         "automatic count, within the round's time)")
     budget: Optional[int] = Field(None, ge=1, description="scorer calls per context for the search "
                                   "(None: 5 x pool x batch, at least 256)")
     max_minutes: float = Field(2.5, gt=0, description="time for one round's refits (the whole round, with the search, stays near it)")
     generator_steps: int = Field(1500, ge=0)
-    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
+    scorer: ScorerConfig = Field(default_factory=lambda: ScorerConfig(activation="relu"))
     seed: int = Field(0, ge=0, lt=2**62)
     device: Device = "cpu"
 
@@ -254,6 +259,7 @@ class Designer:
                  "rows failed")
 
         res = fit_scorer(feasible, ScorerFit(model=cfg.scorer, ensemble=cfg.ensemble, seed=seed, test_fraction=0.0,
+                                             keep=cfg.scorer_keep, epochs=cfg.scorer_epochs,
                                              max_minutes=SCORER_SHARE * cfg.max_minutes, device=cfg.device),
                          progress=progress, init=self.scorer)
         self.scorer = res.scorer.to(cfg.device).eval().requires_grad_(False)
