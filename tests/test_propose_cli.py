@@ -41,12 +41,14 @@ def test_three_rounds_with_state_and_space(tmp_path, measured):
         assert not set(map(tuple, batch[COLS].astype(str).to_numpy())) & seen
         table = pd.concat([table, batch[COLS].assign(y=np.linspace(0, 1, len(batch)))], ignore_index=True)
         table.to_csv(measured, index=False)                               # the lab adds its results
-    assert json.loads((state / "designer.json").read_text())["rounds"] == 3
+    saved = json.loads((state / "designer.json").read_text())
+    assert saved["rounds"] == 3
+    assert saved["config"]["scorer_keep"] == "last" and saved["config"]["scorer"]["activation"] == "relu"
 
 
 def test_propose_without_state_writes_parquet_and_leaves_nothing_else(tmp_path, measured):
     res = run("propose", measured, *FAST, "--batch", "4", "--min-distance", "2", "--acquisition", "thompson",
-              "--out", tmp_path / "b.parquet")
+              "--scorer-keep", "best", "--scorer-epochs", "2", "--scorer-activation", "silu", "--out", tmp_path / "b.parquet")
     assert res.exit_code == 0, res.output
     batch = pd.read_parquet(tmp_path / "b.parquet")
     assert batch.groupby("ctx").size().tolist() == [4, 4] and np.isfinite(batch["predicted"]).all()
@@ -59,6 +61,8 @@ def test_propose_without_state_writes_parquet_and_leaves_nothing_else(tmp_path, 
     (["--batch", "4", "--out", "x.csv", "--space", "space.json"], ["space.json", "not a label"]),
     (["--batch", "4", "--out", "x.csv", "--contexts", "ctx.csv"], ["ctx.csv", "unknown"]),
     (["--batch", "4", "--out", "x.csv", "--state", "measured.csv"], ["--state", "not a folder"]),
+    (["--batch", "4", "--out", "x.csv", "--scorer-keep", "first"], ["--scorer-keep", "'best' or 'last'"]),
+    (["--batch", "4", "--out", "x.csv", "--scorer-activation", "tanh"], ["--scorer-activation", "relu"]),
 ])
 def test_propose_bad_inputs_exit_2_and_write_nothing(tmp_path, measured, monkeypatch, args, needles):
     monkeypatch.chdir(tmp_path)

@@ -7,7 +7,8 @@
     d.save("state")                           # models for the next round's warm start
     d = Designer.load("state"); d.tell(all_rows_so_far); d.ask(128)
 
-Each `ask` refits, within `max_minutes`: the scorer ensemble on the rows that did not fail, a
+Each `ask` refits, within `max_minutes`: the scorer ensemble on the rows that did not fail (each
+member to its last epoch, ReLU units: scorer_keep, scorer), a
 feasibility classifier on all rows (when some failed), the pairs of categories in neighbouring slots
 of a sequence (slots with the same categories) that the rows which did not fail hold (PairSupport: feasibility before any row has failed, where
 banned neighbours make rows fail; no penalty where the slots show no such sign), and the
