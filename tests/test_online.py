@@ -1,5 +1,7 @@
 """The online benchmark on a tiny Ehrlich function: every method's rounds, its invariants, the report."""
 
+import re
+
 import pandas as pd
 import pytest
 import torch
@@ -63,8 +65,15 @@ def test_parse_method():
     assert parse_method("designer") == ("designer", {})
     assert parse_method("designer:min_distance=3+acquisition=thompson") == (
         "designer", {"min_distance": 3, "acquisition": "thompson"})
+    assert parse_method('designer:scorer={"activation":"silu"}+scorer_keep=best') == (
+        "designer", {"scorer": {"activation": "silu"}, "scorer_keep": "best"})
     for bad in ("nope", "genetic:kappa=1", "designer:foo=1", "designer:kappa=-1"):
         with pytest.raises(ValueError):
+            parse_method(bad)
+    for bad, needle in (("designer:scorer={bad", "scorer={bad is not valid JSON"),
+                        ('designer:scorer={"activation":"tanh"}', "scorer.activation: Input should be"),
+                        ("designer:kappa=", "kappa: Input should be a valid number")):
+        with pytest.raises(ValueError, match=re.escape(needle)):
             parse_method(bad)
 
 

@@ -36,6 +36,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from choicegrad.bench.metrics import normalise
@@ -50,7 +51,7 @@ from choicegrad.decoding.rows import distinct_in_order, uniform_rows
 from choicegrad.design import DesignConfig, Designer, Measured
 from choicegrad.errors import did_you_mean
 from choicegrad.generators import GeneratorConfig, TableContext, TableObjective
-from choicegrad.io import atomic_write_text, write_table
+from choicegrad.io import atomic_write_text, meta_problem, write_table
 from choicegrad.scorer.fit import ScorerFit, fit_scorer
 from choicegrad.training.loop import GeneratorFit, fit_table_generator
 
@@ -250,8 +251,14 @@ def parse_method(name: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if base != "designer" or key not in DesignConfig.model_fields:
             raise ValueError(f"{name!r}: {key!r} is not a designer setting")
-        options[key] = json.loads(value) if value[:1].isdigit() or value[:1] in "-{[" else value
-    DesignConfig(**options)                                  # bad values fail here, before any round
+        try:
+            options[key] = json.loads(value) if value[:1].isdigit() or value.startswith(("-", "{", "[")) else value
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name!r}: {key}={value} is not valid JSON ({exc.msg})") from None
+    try:
+        DesignConfig(**options)                              # bad values fail here, before any round
+    except ValidationError as exc:
+        raise ValueError(f"{name!r}: {meta_problem(exc)}") from None
     return base, options
 
 
