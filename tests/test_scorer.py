@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pandas as pd
 import pytest
@@ -245,3 +246,61 @@ def test_embedding_gradients_repeat_bit_for_bit_on_two_threads():
         assert all(torch.equal(first, grad()) for _ in range(20))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_timed_member_fits_its_schedule_to_its_pace(potts_frame):
+    """With a time limit, a member whose pace cannot keep its epochs continues on a one-cycle schedule
+    of the steps that fit, at the step it is at (the rate that schedule has there); a pace within
+    PACE_TOLERANCE changes nothing, and the schedule never grows past the epochs' steps."""
+    from choicegrad.scorer.fit import PACE_STEPS, _ScorerTraining
+    t = load_table(potts_frame, "s?", "y", "ctx")
+    tr = _ScorerTraining(t, ScorerFit(model=ScorerConfig(embed_dim=4, hidden=[16]), epochs=100, batch_size=16,
+                                      max_minutes=1.0, seed=0), None)
+    tr._new_member()
+    full = tr.total_steps()
+    for _ in range(40):
+        tr.opt.step()
+        tr.sched.step()
+    tr.pace(deadline=30.0, elapsed=1.0)                    # the first batch timed: the pace starts here
+    assert tr.began == (1.0, 40) and tr.sched.total_steps == full
+    tr.began = (0.0, 0)
+    tr.pace(deadline=30.0, elapsed=5.0)                    # 40 steps in 5 s: 240 by 30 s
+    assert (tr.sched.total_steps, tr.sched.last_epoch) == (240, 40)
+    ref_opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=tr.fit.lr)
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=tr.fit.lr, pct_start=0.05, total_steps=240)
+    for _ in range(40):
+        ref_opt.step()
+        ref.step()
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"])
+    assert tr.opt.param_groups[0]["betas"] == pytest.approx(ref_opt.param_groups[0]["betas"])
+    tr.pace(deadline=30.0, elapsed=5.05)                   # 237 fit: within the tolerance, kept
+    assert tr.sched.total_steps == 240
+    tr.pace(deadline=1e6, elapsed=5.0)                     # time to spare: the epochs' schedule
+    assert (tr.sched.total_steps, tr.sched.last_epoch) == (full, 40)
+    tr.pace(deadline=1e-3, elapsed=5.0)                    # past the deadline: one more step ends it
+    assert tr.sched.total_steps == 41
+    assert PACE_STEPS <= 40
+
+
+def test_a_timed_fit_ends_each_member_annealed(potts_frame, monkeypatch):
+    """A fit whose time is too short for its epochs (a clock of 1 ms per batch here) ends every member
+    at the end of its shortened schedule, not cut mid-way; without a limit the schedule is the epochs'."""
+    import itertools
+    from choicegrad.scorer import fit as fit_module
+    clock = itertools.count()
+    monkeypatch.setattr(fit_module._ScorerTraining, "elapsed", lambda self: next(clock) * 1e-3)
+    made = []
+    schedule = fit_module._ScorerTraining.schedule
+    monkeypatch.setattr(fit_module._ScorerTraining, "schedule",
+                        lambda self, total, at=0: made.append(schedule(self, total, at)) or made[-1])
+    t = load_table(potts_frame, "s?", "y", "ctx")
+    base = dict(model=ScorerConfig(embed_dim=4, hidden=[16]), epochs=200, batch_size=16, seed=0, keep="last")
+    res = fit_scorer(t, ScorerFit(**base, ensemble=2, max_minutes=0.01), progress=False)   # 0.3 s a member
+    finals = [s for i, s in enumerate(made) if i + 1 == len(made) or made[i + 1].optimizer is not s.optimizer]
+    assert len(finals) == 2 and len(made) > 2
+    for s in finals:
+        assert s.last_epoch == s.total_steps < 200 * math.ceil(len(t) * 0.8 / 16)
+    assert max(h["epoch"] for h in res.history) < 199
+    made.clear()
+    fit_scorer(t, ScorerFit(**{**base, "epochs": 2}), progress=False)
+    assert len(made) == 1 and made[0].last_epoch == made[0].total_steps

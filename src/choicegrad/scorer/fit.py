@@ -50,7 +50,9 @@ class ScorerFit(BaseModel):
     test_fraction: float = Field(0.1, ge=0, lt=0.5)
     seed: int = Field(0, ge=0, lt=2**63, description="random seed (torch takes 0 <= seed < 2**63)")
     max_minutes: float | None = Field(None, gt=0, description="time limit for the whole fit: member m of k trains "
-                                      "until (m + 1) / k of it has passed (checked after every batch)")
+                                      "until (m + 1) / k of it has passed (checked after every batch); a member "
+                                      "whose pace cannot keep its epochs in that time has its learning-rate "
+                                      "schedule shortened to the steps that fit, so it ends annealed")
     device: Device = "cpu"
 
 
@@ -101,6 +103,10 @@ def ranking_loss(pred: torch.Tensor, target: torch.Tensor, generator: torch.Gene
 #: Fewest optimiser steps without validation gain before a fit stops early: at 600 rows an epoch is 4
 #: steps, and 6 epochs stopped fits still warming up (benchmarks/partial_rows.py, docs/choosing.md).
 PATIENCE_STEPS = 120
+
+#: A timed member's schedule follows its pace (_ScorerTraining.pace) once it has taken PACE_STEPS
+#: steps (fewer time the pace poorly), when the steps that fit differ by more than PACE_TOLERANCE.
+PACE_STEPS, PACE_TOLERANCE = 16, 0.02
 
 #: Least noise variance (in standard deviations of the score, squared) the mixture loss of partial
 #: rows assumes: an exact fit of the complete rows would otherwise make it a hard minimum.
@@ -214,7 +220,8 @@ class _ScorerTraining:
     checkpoint taken between any two batches resumes to the same result.
 
     With max_minutes, member m trains until (m + 1) / k of the time has passed (at least one batch),
-    checked after every batch."""
+    checked after every batch, and its one-cycle schedule follows its pace (`pace`): cut at the
+    deadline mid-schedule, its last weights would be those of a high learning rate."""
 
     def __init__(self, data: TableData, fit: ScorerFit, checkpoint: Checkpointer | None,
                  init: Scorer | None = None):
@@ -286,11 +293,38 @@ class _ScorerTraining:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(member, device_ids=ids, gradient_as_bucket_view=True)
         self.opt = torch.optim.AdamW(member.parameters(), lr=self.fit.lr, weight_decay=self.fit.weight_decay)
-        total = self.total_steps()
-        pct = 0.05 if 0.05 * total != 1 else 0.04  # OneCycleLR divides by zero when pct_start * total_steps == 1
-        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=self.fit.lr, pct_start=pct,
-                                                         total_steps=total)
+        self.sched = self.schedule(self.total_steps())
         self.best, self.best_state, self.bad, self.epoch, self.order = math.inf, None, 0, 0, None
+        self.began: tuple[float, int] | None = None     # (elapsed, step) the pace is timed from
+
+    def schedule(self, total: int, at: int = 0) -> torch.optim.lr_scheduler.OneCycleLR:
+        """The member's one-cycle learning-rate schedule of `total` steps, at step `at` (the optimiser's
+        rate and momentum set to that step's)."""
+        pct = 0.05 if 0.05 * total != 1 else 0.04  # OneCycleLR divides by zero when pct_start * total_steps == 1
+        sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=self.fit.lr, pct_start=pct, total_steps=total)
+        if at:
+            sched.last_epoch = at - 1
+            sched.step()
+        return sched
+
+    def pace(self, deadline: float, elapsed: float) -> None:
+        """Fit the schedule to the steps the member's pace fits before `deadline` (never more than its
+        epochs'), when they differ from its length by more than PACE_TOLERANCE: a member the deadline
+        cuts then ends annealed, not at a high rate. The pace is timed from the member's first batch
+        (or the first after a resume), over at least PACE_STEPS steps; data-parallel ranks pass the
+        same elapsed time, so they agree."""
+        if not math.isfinite(deadline):
+            return
+        done, total = self.sched.last_epoch, self.sched.total_steps
+        if self.began is None:
+            self.began = (elapsed, done)
+            return
+        spent, taken = elapsed - self.began[0], done - self.began[1]
+        if taken < PACE_STEPS or spent <= 0:
+            return
+        fits = min(self.total_steps(), max(done + 1, int(done + taken / spent * (deadline - elapsed))))
+        if abs(fits - total) > PACE_TOLERANCE * total:
+            self.sched = self.schedule(fits, at=done)
 
     def total_steps(self) -> int:
         """Optimiser steps of the current member (its learning-rate schedule's length)."""
@@ -401,24 +435,27 @@ class _ScorerTraining:
         return False
 
     def after_batch(self, deadline: float) -> bool:
-        """Save when it is time (or a signal came, then stop); True when the member's time ran out.
-        Data-parallel ranks decide together (collective_checks)."""
+        """Save when it is time (or a signal came, then stop), and fit the schedule to the pace; True
+        when the member's time ran out or its schedule ended. Data-parallel ranks decide together
+        (collective_checks)."""
         if self.world.distributed:
-            return self.collective_checks(deadline)
-        if self.ckpt is not None and self.ckpt.tick("scorer"):
-            self.ckpt.save("scorer", self.state())
-            self.ckpt.check_stop("scorer")
-        return self.elapsed() > deadline
+            elapsed = self.collective_checks()
+        else:
+            if self.ckpt is not None and self.ckpt.tick("scorer"):
+                self.ckpt.save("scorer", self.state())
+                self.ckpt.check_stop("scorer")
+            elapsed = self.elapsed()
+        self.pace(deadline, elapsed)
+        return elapsed > deadline or self.sched.last_epoch >= self.sched.total_steps
 
-    def collective_checks(self, deadline: float) -> bool:
-        """Data-parallel ranks decide together whether to save, stop on a signal (raising Interrupted
-        with the same signal on every rank) or end on the time limit (True), or one rank would wait
-        for the others forever."""
+    def collective_checks(self) -> float:
+        """Data-parallel ranks decide together whether to save or stop on a signal (raising Interrupted
+        with the same signal on every rank), or one rank would wait for the others forever -> the
+        ranks' longest elapsed time (ms), which the time limit and the pace are judged on alike."""
         ckpt = self.ckpt
         save = ckpt is not None and ckpt.tick("scorer")
         signum = (ckpt.stop or 0) if ckpt is not None else 0
-        save, late, signum = distributed.max_ranks([int(save), int(self.elapsed() > deadline), int(signum)],
-                                                   self.device)
+        save, ms, signum = distributed.max_ranks([int(save), int(self.elapsed() * 1000), int(signum)], self.device)
         if (save or signum) and ckpt is not None:
             total = distributed.sum_ranks(self.total, self.device)    # the epoch's loss so far, every rank's
             if self.world.main:
@@ -427,7 +464,7 @@ class _ScorerTraining:
                 ckpt.saved_elsewhere()
         if signum:
             raise Interrupted(signum, ckpt.label if ckpt is not None else "the fit", "scorer")
-        return bool(late)
+        return ms / 1000
 
     def run(self, progress: bool | None) -> None:
         fit = self.fit
