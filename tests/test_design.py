@@ -240,6 +240,23 @@ def test_ask_tell_rounds_on_a_small_space_are_new_distinct_and_use_unmeasured_ca
     assert not rest & seen and len(rest | seen) == 2 * 36                # with every row of "d", never measured
 
 
+def test_generator_steps_follow_the_space_size():
+    """generator_steps None: REINFORCE steps only where a context's space is beyond MAX_ENUMERATE rows
+    (then the scorer has SCORER_SHARE of the time, else SCORER_ALONE_SHARE); a set count is kept."""
+    from choicegrad.decoding.rows import MAX_ENUMERATE
+    from choicegrad.design.designer import GENERATOR_STEPS
+    frame = PottsTask(slots=3, vocab=3, contexts=2, seed=0).table(n=30, seed=1)
+    wide = {f"s{i}": list("abc") for i in range(3)} | {f"t{i}": [str(v) for v in range(10)] for i in range(7)}
+    wide_frame = frame.assign(**{f"t{i}": "0" for i in range(7)})
+    for features, space, table, steps in (("s?", None, frame, 0), (["s?", "t?"], wide, wide_frame, GENERATOR_STEPS)):
+        d = Designer(features, "y", "ctx", space=space, config=DesignConfig(**{**FAST, "generator_steps": None}))
+        d.tell(table)
+        assert (d.table().space.num_rows() > MAX_ENUMERATE) == (steps > 0)
+        assert d.generator_steps(d.table()) == steps
+        d.config = DesignConfig(**FAST)
+        assert d.generator_steps(d.table()) == FAST["generator_steps"]
+
+
 def _failing_table(n=240, seed=1):
     """6 slots x 5 categories (searched, not enumerated), 2 contexts; rows with s0 == s1 fail."""
     task = PottsTask(slots=6, vocab=5, contexts=2, seed=0)

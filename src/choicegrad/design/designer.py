@@ -12,9 +12,10 @@ member to its last epoch, ReLU units: scorer_keep, scorer), a
 feasibility classifier on all rows (when some failed), the pairs of categories in neighbouring slots
 of a sequence (slots with the same categories) that the rows which did not fail hold (PairSupport: feasibility before any row has failed, where
 banned neighbours make rows fail; no penalty where the slots show no such sign), and the
-autoregressive generator trained by
-REINFORCE on the acquisition (choicegrad.design.acquisition); each starts from the last round's
-weights when it has them. Candidates are then searched on the acquisition with measured rows kept
+autoregressive generator, which imitates the best measured rows and, where a context's space is too
+large to enumerate (generator_steps), is trained by REINFORCE on the acquisition
+(choicegrad.design.acquisition); each starts from the last round's weights when it has them. A
+member's learning rate anneals by its time limit (ScorerFit.max_minutes). Candidates are then searched on the acquisition with measured rows kept
 out: polish decoding from the generator's draws, polish climbs from the best measured rows, and
 uniform random rows as a reserve (`pool` x n of each per context), or every row when the space holds
 at most max(pool x n, 4096). `local_share` of the batch is picked first near the `elite` best
@@ -69,7 +70,12 @@ MAX_POOL_ROWS = 20_000_000
 MAX_NEIGHBOUR_CELLS = 65_536
 #: Shares of a round's max_minutes: the scorer ensemble, the feasibility classifier (when rows
 #: failed), then the generator gets this share of what is left (the search is bounded by calls).
-SCORER_SHARE, FEASIBILITY_SHARE, GENERATOR_SHARE = 0.45, 0.1, 0.8
+#: Where the generator takes no REINFORCE steps the scorer has SCORER_ALONE_SHARE instead.
+SCORER_SHARE, FEASIBILITY_SHARE, GENERATOR_SHARE, SCORER_ALONE_SHARE = 0.45, 0.1, 0.8, 0.85
+#: REINFORCE steps of the generator (generator_steps None) where a context's space holds more than
+#: MAX_ENUMERATE rows; in smaller spaces none (polish from the imitation of the best rows finds
+#: the same candidates, and the scorer's time is worth more: docs/targets.md, issue 31).
+GENERATOR_STEPS = 1500
 
 
 class DesignConfig(BaseModel):
@@ -100,7 +106,11 @@ class DesignConfig(BaseModel):
     budget: Optional[int] = Field(None, ge=1, description="scorer calls per context for the search "
                                   "(None: 5 x pool x batch, at least 256)")
     max_minutes: float = Field(2.5, gt=0, description="time for one round's refits (the whole round, with the search, stays near it)")
-    generator_steps: int = Field(1500, ge=0)
+    generator_steps: Optional[int] = Field(None, ge=0, description="REINFORCE steps of the generator on the "
+                                           "acquisition, whose draws the search polishes; with 0 it only imitates "
+                                           "the best measured rows (its warm start) and the scorer takes the time "
+                                           "(None: GENERATOR_STEPS where a context's space holds more than "
+                                           "MAX_ENUMERATE rows, else 0)")
     scorer: ScorerConfig = Field(default_factory=lambda: ScorerConfig(activation="relu"))
     seed: int = Field(0, ge=0, lt=2**62)
     device: Device = "cpu"
@@ -223,6 +233,7 @@ class Designer:
         out = self._frame(rows, ok_batch, ctx, frame)
         self.rounds += 1
         self.last = {"round": self.rounds, "rows": len(data), "failed": int((~ok).sum()), "seconds": timing,
+                     "generator_steps": self.generator_steps(data),
                      "search_calls_per_context": (acq.calls - calls_before) / max(1, len(ctx)),
                      "short": out.attrs["short"]}
         echo(f"round {self.rounds}: {len(out)} rows for {len(ctx)} context(s) in "
@@ -259,9 +270,11 @@ class Designer:
                  f"{' ...' if len(all_failed) > 5 else ''}): their proposals rest on the other contexts and on which "
                  "rows failed")
 
+        steps = self.generator_steps(data)
+        share = SCORER_SHARE if steps else SCORER_ALONE_SHARE
         res = fit_scorer(feasible, ScorerFit(model=cfg.scorer, ensemble=cfg.ensemble, seed=seed, test_fraction=0.0,
                                              keep=cfg.scorer_keep, epochs=cfg.scorer_epochs,
-                                             max_minutes=SCORER_SHARE * cfg.max_minutes, device=cfg.device),
+                                             max_minutes=share * cfg.max_minutes, device=cfg.device),
                          progress=progress, init=self.scorer)
         self.scorer = res.scorer.to(cfg.device).eval().requires_grad_(False)
         timing["scorer"] = res.seconds
@@ -276,7 +289,7 @@ class Designer:
                           cfg.feasibility_weight, pairs=self.pairs)
         left = max(0.05, (budget_s - (time.perf_counter() - start)) / 60)
         t0 = time.perf_counter()
-        self._fit_generator(feasible, acq, seed, GENERATOR_SHARE * left, progress)
+        self._fit_generator(feasible, acq, seed, steps, GENERATOR_SHARE * left, progress)
         timing["generator"] = time.perf_counter() - t0
         return acq, timing
 
@@ -290,7 +303,14 @@ class Designer:
         return fit_scorer(labels, fit, progress=progress, init=self.feasibility).scorer.to(
             cfg.device).eval().requires_grad_(False)
 
-    def _fit_generator(self, feasible: TableData, acq: Acquisition, seed: int, minutes: float, progress) -> None:
+    def generator_steps(self, data: TableData) -> int:
+        """The generator's REINFORCE steps this round: config.generator_steps, or its automatic count."""
+        if self.config.generator_steps is not None:
+            return self.config.generator_steps
+        return GENERATOR_STEPS if data.space.num_rows() > MAX_ENUMERATE else 0
+
+    def _fit_generator(self, feasible: TableData, acq: Acquisition, seed: int, steps: int, minutes: float,
+                       progress) -> None:
         cfg = self.config
         with seeded_rng(seed):          # the weights' initialisation, the caller's global RNG untouched
             gen = generators.build(GeneratorConfig(kind="autoregressive"), space=self.scorer.space,
@@ -298,7 +318,7 @@ class Designer:
         warm = self.generator is not None and not state_problems(gen, self.generator.state_dict())
         if warm:
             gen.load_state_dict(self.generator.state_dict())
-        fit = GeneratorFit(method="reinforce", steps=cfg.generator_steps, seed=seed, device=cfg.device,
+        fit = GeneratorFit(method="reinforce", steps=steps, seed=seed, device=cfg.device,
                            max_minutes=minutes, warm_start_steps=50 if warm else 200)
         res = fit_generator(gen, acq, TableContexts(feasible, device=cfg.device), fit, progress=progress)
         self.generator = res.generator
