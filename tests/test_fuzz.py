@@ -502,7 +502,7 @@ PROPOSE_FLAGS = some(
     flag("--kappa", st.sampled_from(["0", "1", "2.5"]) | FLOATS),
     flag("--acquisition", st.sampled_from(["ucb", "thompson", "ucb", "thompson", "ei", ""])),
     flag("--ensemble", st.sampled_from(["2", "3", "2", "3", "1", "x"])), flag("--seed", INTS),
-    flag("--device", st.just("cpu") | DEVICES),
+    flag("--device", st.just("cpu") | DEVICES), flag("--generator-steps", st.sampled_from(["0", "3", "-1", "x"])),
 )
 
 

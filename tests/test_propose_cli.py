@@ -44,11 +44,13 @@ def test_three_rounds_with_state_and_space(tmp_path, measured):
     saved = json.loads((state / "designer.json").read_text())
     assert saved["rounds"] == 3
     assert saved["config"]["scorer_keep"] == "last" and saved["config"]["scorer"]["activation"] == "relu"
+    assert saved["config"]["generator_steps"] is None and saved["last"]["generator_steps"] == 0   # a small space
 
 
 def test_propose_without_state_writes_parquet_and_leaves_nothing_else(tmp_path, measured):
     res = run("propose", measured, *FAST, "--batch", "4", "--min-distance", "2", "--acquisition", "thompson",
-              "--scorer-keep", "best", "--scorer-epochs", "2", "--scorer-activation", "silu", "--out", tmp_path / "b.parquet")
+              "--scorer-keep", "best", "--scorer-epochs", "2", "--scorer-activation", "silu", "--generator-steps", "3",
+              "--out", tmp_path / "b.parquet")
     assert res.exit_code == 0, res.output
     batch = pd.read_parquet(tmp_path / "b.parquet")
     assert batch.groupby("ctx").size().tolist() == [4, 4] and np.isfinite(batch["predicted"]).all()
@@ -63,6 +65,7 @@ def test_propose_without_state_writes_parquet_and_leaves_nothing_else(tmp_path, 
     (["--batch", "4", "--out", "x.csv", "--state", "measured.csv"], ["--state", "not a folder"]),
     (["--batch", "4", "--out", "x.csv", "--scorer-keep", "first"], ["--scorer-keep", "'best' or 'last'"]),
     (["--batch", "4", "--out", "x.csv", "--scorer-activation", "tanh"], ["--scorer-activation", "relu"]),
+    (["--batch", "4", "--out", "x.csv", "--generator-steps", "-1"], ["--generator-steps", "0"]),
 ])
 def test_propose_bad_inputs_exit_2_and_write_nothing(tmp_path, measured, monkeypatch, args, needles):
     monkeypatch.chdir(tmp_path)

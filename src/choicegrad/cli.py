@@ -621,7 +621,7 @@ def generate_cmd(
 #: Designer's arguments (DesignConfig's fields, tell's rows, ask's n, warm_from's and save's path) -> propose's flags.
 PROPOSE_FLAGS = {**same_flags("out", "features", "score", "context", "contexts", "space", "state", "acquisition", "kappa",
                               "min_distance", "ensemble", "max_minutes", "seed", "device", "neighbour_pairs",
-                              "scorer_keep", "scorer_epochs"),
+                              "scorer_keep", "scorer_epochs", "generator_steps"),
                  "config.scorer.activation": "--scorer-activation", "n": "--batch", "rows": "MEASURED", "path": "--state"}
 
 
@@ -656,6 +656,10 @@ def propose_cmd(
     scorer_epochs: Annotated[Optional[int], typer.Option(
         min=1, help="Epochs of each scorer member (default: automatic, within the round's time).")] = None,
     scorer_activation: Annotated[str, typer.Option(help="Of the scorer's hidden layers: relu, silu or leaky_relu.")] = "relu",
+    generator_steps: Annotated[Optional[int], typer.Option(
+        min=0, help="REINFORCE steps of the generator whose draws the search climbs (default: 1500 where a context's "
+                    "space holds more than 5 million rows, else 0: the generator then only imitates the best measured "
+                    "rows, and the scorer takes its time).")] = None,
     seed: Annotated[int, typer.Option(min=0, max=2**62 - 1, help="Random seed (round r uses seed + r).")] = 0,
     device: Device = "cpu",
     neighbour_pairs: Annotated[bool, typer.Option(
@@ -679,7 +683,7 @@ def propose_cmd(
     start = time.perf_counter()
     config = DesignConfig(acquisition=acquisition, kappa=kappa, min_distance=min_distance, ensemble=ensemble,
                           max_minutes=max_minutes, seed=seed, device=device, neighbour_pairs=neighbour_pairs,
-                          scorer_keep=scorer_keep, scorer_epochs=scorer_epochs,
+                          scorer_keep=scorer_keep, scorer_epochs=scorer_epochs, generator_steps=generator_steps,
                           scorer=dict(activation=scorer_activation))
     check_table_out(out)
     check_device(device, "--device")
