@@ -94,7 +94,7 @@ class DesignConfig(BaseModel):
                                   "row has failed, where banned neighbours (a sequence's transitions) make rows fail; "
                                   "no penalty where the slots show no sign of banned pairs")
     pool: int = Field(4, ge=1, description="candidates searched per batch row before the batch is picked")
-    local_share: float = Field(0.5, ge=0, le=1, description="share of the batch picked near the best measured "
+    local_share: float = Field(0.75, ge=0, le=1, description="share of the batch picked near the best measured "
                                "rows (a trust region, where the scorer is least wrong: their single-slot changes, "
                                "one- and two-slot changes and crossovers); the rest from the whole search")
     elite: int = Field(32, ge=1, description="best measured rows per context the local changes start from")
