@@ -451,7 +451,8 @@ class _ScorerTraining:
     def collective_checks(self) -> float:
         """Data-parallel ranks decide together whether to save or stop on a signal (raising Interrupted
         with the same signal on every rank), or one rank would wait for the others forever -> the
-        ranks' longest elapsed time (ms), which the time limit and the pace are judged on alike."""
+        ranks' longest elapsed time in seconds (shared as whole milliseconds), which the time limit
+        and the pace are judged on alike."""
         ckpt = self.ckpt
         save = ckpt is not None and ckpt.tick("scorer")
         signum = (ckpt.stop or 0) if ckpt is not None else 0
