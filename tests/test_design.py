@@ -87,6 +87,10 @@ def test_acquisition_is_mean_plus_kappa_std_plus_log_feasible(fitted):
     both = Acquisition(scorer, kappa=0.0, feasibility=feas, weight=0.5)
     assert torch.allclose(both(x, ctx), m.mean(0) + 0.5 * float(scorer.y_std) * p.log(), atol=1e-5)
     assert acq.calls == 8 and both.calls == 8
+    assert acq.log_p_feasible(x, ctx) is None and torch.allclose(both.log_p_feasible(x, ctx), p.log(), atol=1e-5)
+    pairs = PairSupport.fit(data.rows[:40], _cats(4, 4, 4))
+    with_pairs = Acquisition(scorer, feasibility=feas, pairs=pairs)
+    assert torch.allclose(with_pairs.log_p_feasible(x, ctx), p.log() + pairs.log_prob(x), atol=1e-5)
     soft = torch.nn.functional.one_hot(x, 4).float().requires_grad_(True)   # relaxed estimators need gradients
     both(soft, ctx).sum().backward()
     assert soft.grad is not None and torch.isfinite(soft.grad).all()
@@ -167,6 +171,28 @@ def test_designer_keeps_proposals_feasible_before_any_row_failed():
         shares[pairs] = float(((x[:, 1:] - x[:, :-1]) % 6 == 1).any(1).float().mean())
         assert (d.pairs is not None) == pairs and "p_feasible" not in batch.columns
     assert shares[True] == 0.0 and shares[False] > shares[True], shares   # the fits are time-capped: no finer bound
+
+
+def test_picks_keep_to_plausible_rows_and_fill_from_the_rest_only_when_short():
+    """min_feasible: candidates whose estimated P(feasible) is below it are picked only where a
+    context has too few others, after every plausible one, local pool or not."""
+    d = Designer("s?", "y", config=DesignConfig(**FAST, local_share=0.5))
+    rows = torch.arange(12).view(1, 6, 2)                                   # six distinct candidates
+    value = torch.tensor([[6.0, 5, 4, 3, 2, 1]])
+    rng = torch.Generator().manual_seed(0)
+
+    def picked(plausible, n, local=None):
+        out, ok = d._pick(rows, value, None, local, torch.tensor([plausible]), n, rng)
+        assert ok.all()
+        return sorted((out[0, :, 0] // 2).tolist())
+
+    assert picked([False, False, True, True, True, True], 3) == [2, 3, 4]
+    assert picked([False, False, False, False, True, True], 3) == [0, 4, 5]       # short: the best of the rest
+    # the local pool (the last three): half the batch from its plausible rows first
+    assert picked([True, True, False, True, True, False], 2, local=rows[:, 3:]) == [0, 3]
+    assert picked([True] * 6, 2, local=rows[:, 3:]) == [0, 3]
+    no_floor, ok = d._pick(rows, value, None, None, None, 2, rng)
+    assert ok.all() and (no_floor[0, :, 0] // 2).tolist() == [0, 1]
 
 
 def test_logistic_scorer_learns_a_feasibility_rule(fitted):

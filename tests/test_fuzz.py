@@ -503,6 +503,8 @@ PROPOSE_FLAGS = some(
     flag("--acquisition", st.sampled_from(["ucb", "thompson", "ucb", "thompson", "ei", ""])),
     flag("--ensemble", st.sampled_from(["2", "3", "2", "3", "1", "x"])), flag("--seed", INTS),
     flag("--device", st.just("cpu") | DEVICES), flag("--generator-steps", st.sampled_from(["0", "3", "-1", "x"])),
+    flag("--local-share", st.sampled_from(["0", "0.5", "1", "1.5", "x"])),
+    flag("--min-feasible", st.sampled_from(["0", "0.5", "1", "-0.1", "x"])),
 )
 
 

@@ -50,7 +50,7 @@ def test_three_rounds_with_state_and_space(tmp_path, measured):
 def test_propose_without_state_writes_parquet_and_leaves_nothing_else(tmp_path, measured):
     res = run("propose", measured, *FAST, "--batch", "4", "--min-distance", "2", "--acquisition", "thompson",
               "--scorer-keep", "best", "--scorer-epochs", "2", "--scorer-activation", "silu", "--generator-steps", "3",
-              "--out", tmp_path / "b.parquet")
+              "--local-share", "0.5", "--min-feasible", "0.9", "--out", tmp_path / "b.parquet")
     assert res.exit_code == 0, res.output
     batch = pd.read_parquet(tmp_path / "b.parquet")
     assert batch.groupby("ctx").size().tolist() == [4, 4] and np.isfinite(batch["predicted"]).all()
@@ -66,6 +66,8 @@ def test_propose_without_state_writes_parquet_and_leaves_nothing_else(tmp_path, 
     (["--batch", "4", "--out", "x.csv", "--scorer-keep", "first"], ["--scorer-keep", "'best' or 'last'"]),
     (["--batch", "4", "--out", "x.csv", "--scorer-activation", "tanh"], ["--scorer-activation", "relu"]),
     (["--batch", "4", "--out", "x.csv", "--generator-steps", "-1"], ["--generator-steps", "0"]),
+    (["--batch", "4", "--out", "x.csv", "--local-share", "1.5"], ["--local-share", "less than or equal to 1"]),
+    (["--batch", "4", "--out", "x.csv", "--min-feasible", "-0.1"], ["--min-feasible", "greater than or equal to 0"]),
 ])
 def test_propose_bad_inputs_exit_2_and_write_nothing(tmp_path, measured, monkeypatch, args, needles):
     monkeypatch.chdir(tmp_path)

@@ -621,7 +621,7 @@ def generate_cmd(
 #: Designer's arguments (DesignConfig's fields, tell's rows, ask's n, warm_from's and save's path) -> propose's flags.
 PROPOSE_FLAGS = {**same_flags("out", "features", "score", "context", "contexts", "space", "state", "acquisition", "kappa",
                               "min_distance", "ensemble", "max_minutes", "seed", "device", "neighbour_pairs",
-                              "scorer_keep", "scorer_epochs", "generator_steps"),
+                              "scorer_keep", "scorer_epochs", "generator_steps", "local_share", "min_feasible"),
                  "config.scorer.activation": "--scorer-activation", "n": "--batch", "rows": "MEASURED", "path": "--state"}
 
 
@@ -660,6 +660,14 @@ def propose_cmd(
         min=0, help="REINFORCE steps of the generator whose draws the search climbs (default: 1500 where a context's "
                     "space holds more than 5 million rows, else 0: the generator then only imitates the best measured "
                     "rows, and the scorer takes its time).")] = None,
+    local_share: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of the batch picked near the best measured rows (their one- and two-slot "
+                               "changes and crossovers, where the scorer is least wrong); the rest from the whole "
+                               "search.")] = 0.75,
+    min_feasible: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Least estimated probability that a proposal does not fail (the failed rows' "
+                               "classifier and the neighbour pairs together); rows below it are proposed only where "
+                               "a context has too few others. 0: no floor.")] = 0.5,
     seed: Annotated[int, typer.Option(min=0, max=2**62 - 1, help="Random seed (round r uses seed + r).")] = 0,
     device: Device = "cpu",
     neighbour_pairs: Annotated[bool, typer.Option(
@@ -684,7 +692,7 @@ def propose_cmd(
     config = DesignConfig(acquisition=acquisition, kappa=kappa, min_distance=min_distance, ensemble=ensemble,
                           max_minutes=max_minutes, seed=seed, device=device, neighbour_pairs=neighbour_pairs,
                           scorer_keep=scorer_keep, scorer_epochs=scorer_epochs, generator_steps=generator_steps,
-                          scorer=dict(activation=scorer_activation))
+                          local_share=local_share, min_feasible=min_feasible, scorer=dict(activation=scorer_activation))
     check_table_out(out)
     check_device(device, "--device")
     if out.resolve() == measured.resolve() or (state is not None and state.resolve() in out.resolve().parents):

@@ -130,11 +130,19 @@ class Acquisition(Objective):
     def members(self, x: Tensor, ctx: TableContext) -> Tensor:
         """(k, N) member scores plus the feasibility term: one Thompson draw per member."""
         scores = self.scorer.member_scores(x, ctx.cat, ctx.num)
+        log_p = self.log_p_feasible(x, ctx)
+        return scores if log_p is None else scores + self.weight * log_p
+
+    def log_p_feasible(self, x: Tensor, ctx: TableContext) -> Optional[Tensor]:
+        """(N,) log P(the row does not fail): the classifier's and the pairs' together (None without either)."""
+        if self.feasibility is None and self.pairs is None:
+            return None
+        log_p = torch.zeros(len(x), device=x.device)
         if self.feasibility is not None:
-            scores = scores + self.weight * log_feasible(self.feasibility, x, ctx)
+            log_p = log_p + log_feasible(self.feasibility, x, ctx)
         if self.pairs is not None:
-            scores = scores + self.weight * self.pairs.log_prob(x)
-        return scores
+            log_p = log_p + self.pairs.log_prob(x)
+        return log_p
 
     def prepare(self, device) -> Acquisition:
         for model in (self.scorer, self.feasibility):

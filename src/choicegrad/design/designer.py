@@ -8,25 +8,29 @@
     d = Designer.load("state"); d.tell(all_rows_so_far); d.ask(128)
 
 Each `ask` refits, within `max_minutes`: the scorer ensemble on the rows that did not fail (each
-member to its last epoch, ReLU units: scorer_keep, scorer), a
-feasibility classifier on all rows (when some failed), the pairs of categories in neighbouring slots
-of a sequence (slots with the same categories) that the rows which did not fail hold (PairSupport: feasibility before any row has failed, where
-banned neighbours make rows fail; no penalty where the slots show no such sign), and the
-autoregressive generator, which imitates the best measured rows and, where a context's space is too
-large to enumerate (generator_steps), is trained by REINFORCE on the acquisition
-(choicegrad.design.acquisition); each starts from the last round's weights when it has them. A
-member's learning rate anneals by its time limit (ScorerFit.max_minutes). Candidates are then searched on the acquisition with measured rows kept
-out: polish decoding from the generator's draws, polish climbs from the best measured rows, and
-uniform random rows as a reserve (`pool` x n of each per context), or every row when the space holds
-at most max(pool x n, 4096). `local_share` of the batch is picked first near the `elite` best
-measured rows (a trust region; searched spaces only): every single-slot change of the best of them
-where that fits, then one- and two-slot changes and crossovers of any two; the rest from all
-candidates (choicegrad.decoding.select).
+member to its last epoch, ReLU units: scorer_keep, scorer; its learning rate anneals by its time
+limit, ScorerFit.max_minutes), a feasibility classifier on all rows (when some failed), the pairs
+of categories in neighbouring slots of a sequence that the rows which did not fail hold
+(PairSupport: feasibility before any row has failed, where banned neighbours make rows fail; no
+penalty where the slots show no such sign), and the autoregressive generator, which imitates the
+best measured rows and, where a context's space is too large to enumerate (generator_steps), is
+trained by REINFORCE on the acquisition (choicegrad.design.acquisition); each starts from the
+last round's weights when it has them.
+
+Candidates are then searched on the acquisition with measured rows kept out: polish decoding from
+the generator's draws, polish climbs from the best measured rows, and uniform random rows as a
+reserve (`pool` x n of each per context), or every row when the space holds at most
+max(pool x n, 4096). `local_share` of the batch is picked first near the `elite` best measured
+rows (a trust region; searched spaces only): every single-slot change of the best of them where
+that fits, then one- and two-slot changes and crossovers of any two; the rest from all candidates
+(choicegrad.decoding.select). Both picks keep to rows whose estimated P(feasible) is at least
+`min_feasible`, and take others only where a context has too few.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -45,7 +49,7 @@ from choicegrad.data.table import MIN_ROWS, TableData, load_table
 from choicegrad.decoding import Candidates, decode
 from choicegrad.decoding.local_search import polish, single_changes
 from choicegrad.decoding.rows import MAX_ENUMERATE, change_one_slot, cross_rows, neighbour_count, uniform_rows
-from choicegrad.design.acquisition import Acquisition, Measured, PairSupport, context_keys, log_feasible
+from choicegrad.design.acquisition import Acquisition, Measured, PairSupport, context_keys
 from choicegrad.decoding.select import select_batch
 from choicegrad.device import Device
 from choicegrad.errors import InputError
@@ -94,6 +98,9 @@ class DesignConfig(BaseModel):
                                   "row has failed, where banned neighbours (a sequence's transitions) make rows fail; "
                                   "no penalty where the slots show no sign of banned pairs")
     pool: int = Field(4, ge=1, description="candidates searched per batch row before the batch is picked")
+    min_feasible: float = Field(0.5, ge=0, le=1, description="least estimated P(feasible) (the feasibility "
+                                "classifier's and the neighbour pairs' together) of a proposal: rows below it are "
+                                "proposed only where a context has too few rows above it (0: no floor)")
     local_share: float = Field(0.75, ge=0, le=1, description="share of the batch picked near the best measured "
                                "rows (a trust region, where the scorer is least wrong: their single-slot changes, "
                                "one- and two-slot changes and crossovers); the rest from the whole search")
@@ -225,15 +232,15 @@ class Designer:
             raise InputError("n", [f"{n:,} rows for each of {len(ctx):,} contexts searches {len(ctx) * n * cfg.pool:,} "
                                    f"candidates; at most {MAX_POOL_ROWS:,}: ask for fewer rows or fewer contexts"])
         start = time.perf_counter()
-        acq, timing = self._fit_models(data, ok, seed, start, progress, echo)
+        acq, timing, steps = self._fit_models(data, ok, seed, start, progress, echo)
         t0 = time.perf_counter()
         calls_before = acq.calls
         rows, ok_batch = self._search(data, acq, ctx, int(n), seed)
         timing["search"] = time.perf_counter() - t0
-        out = self._frame(rows, ok_batch, ctx, frame)
+        out = self._frame(rows, ok_batch, ctx, frame, acq)
         self.rounds += 1
         self.last = {"round": self.rounds, "rows": len(data), "failed": int((~ok).sum()), "seconds": timing,
-                     "generator_steps": self.generator_steps(data),
+                     "generator_steps": steps,
                      "search_calls_per_context": (acq.calls - calls_before) / max(1, len(ctx)),
                      "short": out.attrs["short"]}
         echo(f"round {self.rounds}: {len(out)} rows for {len(ctx)} context(s) in "
@@ -254,10 +261,10 @@ class Designer:
         return ok
 
     def _fit_models(self, data: TableData, ok: np.ndarray, seed: int, start: float, progress, echo,
-                    ) -> tuple[Acquisition, dict[str, float]]:
+                    ) -> tuple[Acquisition, dict[str, float], int]:
         """Fit the round's scorer (on the scored rows, repeats merged), feasibility classifier (when
         some row failed) and generator (on the acquisition, in what is left of the time budget
-        counted from `start`) -> (the acquisition, seconds per fit)."""
+        counted from `start`) -> (the acquisition, seconds per fit, the generator's REINFORCE steps)."""
         cfg, timing = self.config, {}
         budget_s = 60 * cfg.max_minutes
         feasible, differing = _merge_repeats(data.subset(np.flatnonzero(ok)))
@@ -291,7 +298,7 @@ class Designer:
         t0 = time.perf_counter()
         self._fit_generator(feasible, acq, seed, steps, GENERATOR_SHARE * left, progress)
         timing["generator"] = time.perf_counter() - t0
-        return acq, timing
+        return acq, timing, steps
 
     def _fit_feasibility(self, data: TableData, ok: np.ndarray, seed: int, progress) -> Scorer:
         """A classifier of rows that do not fail (logistic loss on 0/1), on every measured row."""
@@ -362,7 +369,13 @@ class Designer:
         if cfg.acquisition == "thompson":
             with torch.no_grad():
                 draws = acq.members(rows.clamp(min=0).flatten(0, 1), flat_ctx).view(-1, B, P)
-        picked, ok = self._pick(rows, value, draws, local, n, rng)
+        plausible = None
+        if cfg.min_feasible > 0:
+            with torch.no_grad():
+                log_p = acq.log_p_feasible(rows.clamp(min=0).flatten(0, 1), flat_ctx)
+            if log_p is not None:
+                plausible = (log_p >= math.log(cfg.min_feasible)).view(B, P)
+        picked, ok = self._pick(rows, value, draws, local, plausible, n, rng)
         return _best_first(picked, ok, acq, ctx)
 
     def _pools(self, data: TableData, acq: Acquisition, ctx: TableContext, measured: Measured, n: int,
@@ -406,26 +419,33 @@ class Designer:
         return start, elite, has
 
     def _pick(self, rows: torch.Tensor, value: torch.Tensor, draws: Optional[torch.Tensor],
-              local: Optional[torch.Tensor], n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+              local: Optional[torch.Tensor], plausible: Optional[torch.Tensor], n: int,
+              rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(picked (B, n, S), ok (B, n)) from the pooled rows (B, P, S) / values (B, P): local_share of
         n from the local pool (the last, `local`; none without one), then as many more as each context
-        still needs; the ok picks first."""
+        still needs from all pools, both among the `plausible` candidates (B, P) bool (estimated
+        P(feasible) >= min_feasible; None: all), then from the rest where a context is still short;
+        the ok picks first."""
         cfg = self.config
         B, P, S = rows.shape
         n_local = round(cfg.local_share * n) if local is not None else 0
+        floor = value if plausible is None else value.masked_fill(~plausible, float("-inf"))
+        every = torch.arange(P, device=rows.device)
+        passes = [(every[P - local.shape[1]:], floor, n_local)] if n_local else []     # the local pool is last
+        passes.append((every, floor, n))
+        if plausible is not None:
+            passes.append((every, value, n))
         taken = rows.new_zeros((B, 0, S))
         parts, oks = [], []
-        if n_local:
-            at = torch.arange(P - local.shape[1], P, device=torch.device(cfg.device))   # the local pool is last
-            idx, ok = select_batch(rows[:, at], value[:, at], n_local, min_distance=cfg.min_distance,
-                                   draws=None if draws is None else draws[:, :, at], generator=rng)
-            taken = torch.where(ok[..., None], rows[:, at].gather(1, idx[..., None].expand(-1, -1, S)), -1)
-            parts.append(taken)
+        for at, v, k in passes:
+            if oks and bool((torch.cat(oks, 1).sum(1) >= n).all()):
+                break
+            idx, ok = select_batch(rows[:, at], v[:, at], k, min_distance=cfg.min_distance,
+                                   draws=None if draws is None else draws[:, :, at], generator=rng, taken=taken)
+            got = torch.where(ok[..., None], rows[:, at].gather(1, idx[..., None].expand(-1, -1, S)), -1)
+            taken = torch.cat([taken, got], 1)
+            parts.append(got)
             oks.append(ok)
-        # as many more as each context still needs: all n where the local pass came up short
-        idx, ok = select_batch(rows, value, n, min_distance=cfg.min_distance, draws=draws, generator=rng, taken=taken)
-        parts.append(rows.gather(1, idx[..., None].expand(-1, -1, S)))
-        oks.append(ok)
         picked, ok = torch.cat(parts, 1), torch.cat(oks, 1)
         first = (~ok).to(torch.int8).argsort(dim=1, stable=True)[:, :n]           # the ok picks, in order
         return picked.gather(1, first[..., None].expand(-1, -1, S)), ok.gather(1, first)
@@ -452,7 +472,8 @@ class Designer:
         has_t = torch.as_tensor(has, device=dev)
         return torch.where(has_t[..., None], rows, -1), has_t
 
-    def _frame(self, rows: torch.Tensor, ok: torch.Tensor, ctx: TableContext, frame: pd.DataFrame) -> pd.DataFrame:
+    def _frame(self, rows: torch.Tensor, ok: torch.Tensor, ctx: TableContext, frame: pd.DataFrame,
+               acq: Acquisition) -> pd.DataFrame:
         B, n, S = rows.shape
         keep = ok.flatten().cpu().numpy()
         flat = rows.flatten(0, 1)
@@ -461,8 +482,7 @@ class Designer:
             members = self.scorer.member_scores(flat, flat_ctx.cat, flat_ctx.num)     # (k, B * n)
             p_ok = None
             if self.feasibility is not None:      # shown once some row failed: the classifier, and the pairs' view
-                log_p = log_feasible(self.feasibility, flat, flat_ctx)
-                p_ok = (log_p + self.pairs.log_prob(flat) if self.pairs is not None else log_p).exp()
+                p_ok = acq.log_p_feasible(flat, flat_ctx).exp()
         owner = np.repeat(np.arange(B), n)[keep]
         out = frame.iloc[owner].reset_index(drop=True) if len(frame.columns) else pd.DataFrame(index=range(len(owner)))
         feats = self.scorer.space.decode(flat[torch.as_tensor(keep, device=flat.device)])
