@@ -168,6 +168,35 @@ def test_fitted_ensemble_members_differ_and_keep_beta():
     assert [(h["member"], h["epoch"]) for h in timed.history] == [(0, 0), (1, 0)]
 
 
+def test_a_timed_item_fit_ends_each_member_annealed(monkeypatch):
+    """A fit whose time is too short for its epochs (a clock of 1 ms per batch) ends every member at
+    the end of a shortened one-cycle schedule (fit to its pace), not cut mid-way; without a limit
+    each member has the epochs' schedule."""
+    import itertools
+    from choicegrad.scorer import items as items_module
+    task = Slates(2)
+    vectors = torch.from_numpy(task.rng.normal(size=(40, D)).astype(np.float32))
+    idx = torch.from_numpy(task.rng.integers(0, 40, size=(400, S)))
+    y = torch.from_numpy(task.truth(vectors[idx].numpy(), np.zeros(400, int), np.zeros(400)))
+    clock = itertools.count()
+    monkeypatch.setattr(items_module._MemberTrainer, "elapsed", lambda self: next(clock) * 1e-3)
+    made = []
+    one_cycle = items_module.one_cycle
+    monkeypatch.setattr(items_module, "one_cycle", lambda *a, **k: made.append(one_cycle(*a, **k)) or made[-1])
+    no_context = (torch.zeros(400, 0, dtype=torch.long), torch.zeros(400, 0))
+    base = dict(ensemble=2, epochs=200, batch_size=16, seed=0)
+    fit_item_scorer(vectors, idx, *no_context, y, SLOTS, ContextEncoder(), "y", ScorerFit(**base, max_minutes=0.01),
+                    ItemScorerConfig(hidden=[16]), progress=False)                    # 0.3 s a member
+    finals = [s for i, s in enumerate(made) if i + 1 == len(made) or made[i + 1].optimizer is not s.optimizer]
+    assert len(finals) == 2 and len(made) > 2
+    for s in finals:
+        assert s.last_epoch == s.total_steps < 200 * 20
+    made.clear()
+    fit_item_scorer(vectors, idx, *no_context, y, SLOTS, ContextEncoder(), "y", ScorerFit(**{**base, "epochs": 2}),
+                    ItemScorerConfig(hidden=[16]), progress=False)
+    assert len(made) == 2 and all(s.last_epoch == s.total_steps == 2 * 20 for s in made)
+
+
 def test_scores_of_any_size_and_divergence(fitted):
     task, vectors, context, _ = fitted
     idx = torch.from_numpy(task.rng.integers(0, M, size=(300, S)))

@@ -262,8 +262,8 @@ def test_a_timed_member_fits_its_schedule_to_its_pace(potts_frame):
         tr.opt.step()
         tr.sched.step()
     tr.pace(deadline=30.0, elapsed=1.0)                    # the first batch timed: the pace starts here
-    assert tr.began == (1.0, 40) and tr.sched.total_steps == full
-    tr.began = (0.0, 0)
+    assert tr.pacer.began == (1.0, 40) and tr.sched.total_steps == full
+    tr.pacer.began = (0.0, 0)
     tr.pace(deadline=30.0, elapsed=5.0)                    # 40 steps in 5 s: 240 by 30 s
     assert (tr.sched.total_steps, tr.sched.last_epoch) == (240, 40)
     ref_opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=tr.fit.lr)

@@ -104,9 +104,46 @@ def ranking_loss(pred: torch.Tensor, target: torch.Tensor, generator: torch.Gene
 #: steps, and 6 epochs stopped fits still warming up (benchmarks/partial_rows.py, docs/choosing.md).
 PATIENCE_STEPS = 120
 
-#: A timed member's schedule follows its pace (_ScorerTraining.pace) once it has taken PACE_STEPS
-#: steps (fewer time the pace poorly), when the steps that fit differ by more than PACE_TOLERANCE.
+#: A timed member's schedule follows its pace (Pace) once it has taken PACE_STEPS steps (fewer time
+#: the pace poorly), when the steps that fit differ by more than PACE_TOLERANCE.
 PACE_STEPS, PACE_TOLERANCE = 16, 0.02
+
+
+def one_cycle(opt: torch.optim.Optimizer, lr: float, total: int, at: int = 0) -> torch.optim.lr_scheduler.OneCycleLR:
+    """A one-cycle learning-rate schedule of `total` steps for `opt`, at step `at` (the optimiser's rate
+    and momentum set to that step's)."""
+    pct = 0.05 if 0.05 * total != 1 else 0.04  # OneCycleLR divides by zero when pct_start * total_steps == 1
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, pct_start=pct, total_steps=total)
+    if at:
+        sched.last_epoch = at - 1
+        sched.step()
+    return sched
+
+
+class Pace:
+    """The pace of one timed member, from its first timed batch (`began`: (elapsed, step)): `length`
+    says how long its one-cycle schedule should be to end by the deadline, so that a member the
+    deadline cuts ends annealed, not at a high learning rate."""
+
+    def __init__(self) -> None:
+        self.began: tuple[float, int] | None = None
+
+    def length(self, sched: torch.optim.lr_scheduler.OneCycleLR, most: int, deadline: float,
+               elapsed: float) -> int | None:
+        """The steps the pace fits before `deadline` (never more than `most`, the epochs' steps) when
+        they differ from sched's length by more than PACE_TOLERANCE, else None (keep it); timed over
+        at least PACE_STEPS steps. Data-parallel ranks pass the same elapsed time, so they agree."""
+        if not math.isfinite(deadline):
+            return None
+        done, total = sched.last_epoch, sched.total_steps
+        if self.began is None:
+            self.began = (elapsed, done)
+            return None
+        spent, taken = elapsed - self.began[0], done - self.began[1]
+        if taken < PACE_STEPS or spent <= 0:
+            return None
+        fits = min(most, max(done + 1, int(done + taken / spent * (deadline - elapsed))))
+        return fits if abs(fits - total) > PACE_TOLERANCE * total else None
 
 #: Least noise variance (in standard deviations of the score, squared) the mixture loss of partial
 #: rows assumes: an exact fit of the complete rows would otherwise make it a hard minimum.
@@ -295,36 +332,18 @@ class _ScorerTraining:
         self.opt = torch.optim.AdamW(member.parameters(), lr=self.fit.lr, weight_decay=self.fit.weight_decay)
         self.sched = self.schedule(self.total_steps())
         self.best, self.best_state, self.bad, self.epoch, self.order = math.inf, None, 0, 0, None
-        self.began: tuple[float, int] | None = None     # (elapsed, step) the pace is timed from
+        self.pacer = Pace()
 
     def schedule(self, total: int, at: int = 0) -> torch.optim.lr_scheduler.OneCycleLR:
-        """The member's one-cycle learning-rate schedule of `total` steps, at step `at` (the optimiser's
-        rate and momentum set to that step's)."""
-        pct = 0.05 if 0.05 * total != 1 else 0.04  # OneCycleLR divides by zero when pct_start * total_steps == 1
-        sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=self.fit.lr, pct_start=pct, total_steps=total)
-        if at:
-            sched.last_epoch = at - 1
-            sched.step()
-        return sched
+        """The member's one-cycle schedule of `total` steps, at step `at` (one_cycle)."""
+        return one_cycle(self.opt, self.fit.lr, total, at)
 
     def pace(self, deadline: float, elapsed: float) -> None:
-        """Fit the schedule to the steps the member's pace fits before `deadline` (never more than its
-        epochs'), when they differ from its length by more than PACE_TOLERANCE: a member the deadline
-        cuts then ends annealed, not at a high rate. The pace is timed from the member's first batch
-        (or the first after a resume), over at least PACE_STEPS steps; data-parallel ranks pass the
-        same elapsed time, so they agree."""
-        if not math.isfinite(deadline):
-            return
-        done, total = self.sched.last_epoch, self.sched.total_steps
-        if self.began is None:
-            self.began = (elapsed, done)
-            return
-        spent, taken = elapsed - self.began[0], done - self.began[1]
-        if taken < PACE_STEPS or spent <= 0:
-            return
-        fits = min(self.total_steps(), max(done + 1, int(done + taken / spent * (deadline - elapsed))))
-        if abs(fits - total) > PACE_TOLERANCE * total:
-            self.sched = self.schedule(fits, at=done)
+        """Fit the schedule to the member's pace (Pace), timed from its first batch (or the first
+        after a resume)."""
+        fits = self.pacer.length(self.sched, self.total_steps(), deadline, elapsed)
+        if fits is not None:
+            self.sched = self.schedule(fits, at=self.sched.last_epoch)
 
     def total_steps(self) -> int:
         """Optimiser steps of the current member (its learning-rate schedule's length)."""

@@ -28,8 +28,8 @@ from choicegrad.io import load_state, meta_problem, read_meta, read_state, save_
 from choicegrad.metrics import regression_report
 from choicegrad.progress import progress_bar
 from choicegrad.scorer.model import check_ensemble_weights, in_score_units
-from choicegrad.scorer.fit import (PATIENCE_STEPS, ScorerFit, ScorerResult, auto_batch_size, auto_epochs, ranking_loss,
-                                   split_indices)
+from choicegrad.scorer.fit import (PATIENCE_STEPS, Pace, ScorerFit, ScorerResult, auto_batch_size, auto_epochs,
+                                   one_cycle, ranking_loss, split_indices)
 
 KIND = "choicegrad.ItemScorer"
 
@@ -390,17 +390,16 @@ class _MemberTrainer:
         return total / len(self.val_t)
 
     def train(self, m: int, member: ItemNet) -> None:
-        """Train member m with early stopping, leaving it at its best epoch's weights."""
+        """Train member m with early stopping, leaving it at its best epoch's weights. With a time
+        limit its one-cycle schedule follows its pace (Pace), ending annealed by its deadline."""
         fit, epochs = self.fit, self.epochs
         opt = torch.optim.AdamW(member.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
-        total_steps = epochs * self.steps_per_epoch
-        pct = 0.05 if 0.05 * total_steps != 1 else 0.04  # OneCycleLR divides by 0 when pct_start * total_steps == 1
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=fit.lr, pct_start=pct, total_steps=total_steps)
+        self.sched, self.pace = one_cycle(opt, fit.lr, epochs * self.steps_per_epoch), Pace()
         best, best_state, bad = math.inf, None, 0
         deadline = self.budget * (m + 1) / fit.ensemble
         member.train()
         for epoch in range(epochs):
-            train_loss, late = self.epoch(member, opt, sched, deadline)
+            train_loss, late = self.epoch(member, opt, deadline)
             vl = self.val_loss(member)
             self.history.append({"member": m, "epoch": epoch, "train_loss": train_loss, "val_mse": vl})
             self.bar.update(1)
@@ -421,9 +420,9 @@ class _MemberTrainer:
         if best_state is not None:
             member.load_state_dict(best_state)
 
-    def epoch(self, member: ItemNet, opt, sched, deadline: float) -> tuple[float, bool]:
+    def epoch(self, member: ItemNet, opt, deadline: float) -> tuple[float, bool]:
         """One pass over the training rows in a fresh order -> (mean training loss, whether the
-        member's deadline passed, ending the pass early)."""
+        member's deadline passed or its schedule ended, ending the pass early)."""
         log, fit = self.log, self.fit
         order = self.train_t[torch.randperm(self.n_train, generator=self.gen).to(self.train_t.device)]
         seen = 0.0
@@ -435,8 +434,16 @@ class _MemberTrainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            self.sched.step()
             seen += float(loss.detach()) * len(b)
-            if time.perf_counter() - self.start > deadline:
+            elapsed = self.elapsed()
+            fits = self.pace.length(self.sched, self.epochs * self.steps_per_epoch, deadline, elapsed)
+            if fits is not None:
+                self.sched = one_cycle(opt, fit.lr, fits, at=self.sched.last_epoch)
+            if elapsed > deadline or self.sched.last_epoch >= self.sched.total_steps:
                 return seen / self.n_train, True
         return seen / self.n_train, False
+
+    def elapsed(self) -> float:
+        """Seconds since the fit began."""
+        return time.perf_counter() - self.start
