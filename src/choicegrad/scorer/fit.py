@@ -145,6 +145,7 @@ class Pace:
         fits = min(most, max(done + 1, int(done + taken / spent * (deadline - elapsed))))
         return fits if abs(fits - total) > PACE_TOLERANCE * total else None
 
+
 #: Least noise variance (in standard deviations of the score, squared) the mixture loss of partial
 #: rows assumes: an exact fit of the complete rows would otherwise make it a hard minimum.
 NOISE_FLOOR = 1e-3
