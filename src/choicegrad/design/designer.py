@@ -361,18 +361,18 @@ class Designer:
         rows = torch.cat([r for r, _ in pools], 1)
         value = torch.cat([v.float() for _, v in pools], 1)
         B, P = rows.shape[:2]
-        flat_ctx = ctx.repeat_interleave(P)
+        flat, flat_ctx = rows.clamp(min=0).flatten(0, 1), ctx.repeat_interleave(P)
         valid = (rows >= 0).all(-1)
-        seen = measured.contains(rows.clamp(min=0).flatten(0, 1), flat_ctx).view(B, P)
+        seen = measured.contains(flat, flat_ctx).view(B, P)
         value = value.masked_fill(seen | ~valid | ~torch.isfinite(value), float("-inf"))
         draws = None
         if cfg.acquisition == "thompson":
             with torch.no_grad():
-                draws = acq.members(rows.clamp(min=0).flatten(0, 1), flat_ctx).view(-1, B, P)
+                draws = acq.members(flat, flat_ctx).view(-1, B, P)
         plausible = None
         if cfg.min_feasible > 0:
             with torch.no_grad():
-                log_p = acq.log_p_feasible(rows.clamp(min=0).flatten(0, 1), flat_ctx)
+                log_p = acq.log_p_feasible(flat, flat_ctx)
             if log_p is not None:
                 plausible = (log_p >= math.log(cfg.min_feasible)).view(B, P)
         picked, ok = self._pick(rows, value, draws, local, plausible, n, rng)
@@ -430,8 +430,8 @@ class Designer:
         B, P, S = rows.shape
         n_local = round(cfg.local_share * n) if local is not None else 0
         floor = value if plausible is None else value.masked_fill(~plausible, float("-inf"))
-        every = torch.arange(P, device=rows.device)
-        passes = [(every[P - local.shape[1]:], floor, n_local)] if n_local else []     # the local pool is last
+        every = slice(None)                                     # slices: views of the pool, not copies
+        passes = [(slice(P - local.shape[1], P), floor, n_local)] if n_local else []     # the local pool is last
         passes.append((every, floor, n))
         if plausible is not None:
             passes.append((every, value, n))
